@@ -1,0 +1,44 @@
+# securechat — see README.md. Every target installs what it needs through the
+# project's own scripts, into ~/.cache/securechat, once.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cache/securechat/bin:$(HOME)/.cargo/bin:$(PATH)
+KUBECONFIG ?= $(CURDIR)/.securechat/kubeconfig
+export KUBECONFIG
+CARGO ?= cargo
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: tools
+tools: ## build etcd, kube-*, kubectl, helm, kwok from Go modules into ~/.cache/securechat/bin (once)
+	@tests/cluster/build-tools.sh
+
+.PHONY: cluster-up
+cluster-up: tools ## start the local control plane with fake GPU nodes (.securechat/kubeconfig)
+	@tests/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane and remove its data
+	@tests/cluster/down.sh
+
+.PHONY: crds
+crds: ## regenerate charts/securechat/crds from the Rust types
+	$(CARGO) run -q -p securechat-crds --bin crdgen
+
+.PHONY: demo
+demo: ## the quick start: tools, cluster, CRDs, an example SecureChatModel, kubectl get scm
+	@scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: cluster-down ## stop everything make demo started
+
+.PHONY: lint
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: test
+test: ## every test, against a real control plane (started and stopped here)
+	@scripts/test.sh

@@ -1,0 +1,23 @@
+//! securechat's API types.
+//!
+//! - [`v1alpha1`]: the `SecureChatModel` and `ChatApiKey` custom resources,
+//!   with their OpenAPI schema, defaults and CEL validation rules, so that the
+//!   API server itself rejects invalid specs.
+//! - [`duration`]: Go-style duration strings (`24h`, `90m`, `1h30m`), as
+//!   Kubernetes and cert-manager write them.
+//! - [`conditions`]: pure helpers that maintain a Kubernetes-convention
+//!   condition list.
+//! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
+//!
+//! This crate holds no client code.
+
+pub mod conditions;
+pub mod crd;
+pub mod duration;
+pub mod v1alpha1;
+
+pub use duration::Duration;
+pub use v1alpha1::{ChatApiKey, SecureChatModel};
+
+/// The API group of every securechat resource.
+pub const GROUP: &str = "securechat.dev";

@@ -1,0 +1,181 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Tier;
+use crate::Duration;
+
+/// An API key for a SecureChatModel, with a lifecycle: Active -> Rotating
+/// (the old secret still works until the grace period ends) -> Suspended
+/// (can be resumed) -> Expired; deleting the resource revokes the key for
+/// good. The plaintext key is written only to the consumer Secret
+/// `secretName`; the model keeps only a hash.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "securechat.dev",
+    version = "v1alpha1",
+    kind = "ChatApiKey",
+    plural = "chatapikeys",
+    singular = "chatapikey",
+    shortname = "cak",
+    category = "securechat",
+    namespaced,
+    status = "ChatApiKeyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.modelRef.name"}"#,
+    printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.expiresAfter) && has(self.expiresAt))",
+     "message": "expiresAfter and expiresAt are mutually exclusive: set one of them"}
+]))]
+pub struct ChatApiKeySpec {
+    /// The SecureChatModel this key is for. Immutable: a key belongs to one
+    /// model.
+    pub model_ref: ModelRef,
+
+    /// Permission tier: ReadOnly (default), Developer or Admin.
+    #[serde(default)]
+    pub tier: Tier,
+
+    /// Lifetime from the moment the key is minted (Go duration, e.g.
+    /// `720h`). Mutually exclusive with expiresAt. Neither: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after: Option<Duration>,
+
+    /// Fixed expiry time (RFC 3339). Mutually exclusive with expiresAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// Automatic rotation of the secret. The key id stays the same; the old
+    /// secret keeps working until the grace period ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<KeyRotation>,
+
+    /// Temporarily deactivate the key; set back to false to resume it.
+    #[serde(default)]
+    pub suspended: bool,
+
+    /// Secret in this namespace that receives the plaintext key (key
+    /// `api-key`). Default: the ChatApiKey's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: Option<String>,
+}
+
+/// Reference to a SecureChatModel.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self == oldSelf", "message": "modelRef is immutable: create a new ChatApiKey for another model"}
+]))]
+pub struct ModelRef {
+    /// Name of the SecureChatModel.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Its namespace. Default: the ChatApiKey's namespace. The model must
+    /// list this key's namespace in auth.apiKeys.allowedNamespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+}
+
+/// Automatic rotation of an API key's secret (the rotation seed's 24h with
+/// overlap).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "duration(self.gracePeriod) < duration(self.period)",
+     "message": "rotation.gracePeriod: must be shorter than rotation.period"},
+    {"rule": "duration(self.period) >= duration('1m')",
+     "message": "rotation.period: must be at least 1m"}
+]))]
+pub struct KeyRotation {
+    /// How often a new secret is issued.
+    #[serde(default = "default_key_rotation_period")]
+    pub period: Duration,
+
+    /// How long the previous secret keeps working after a rotation.
+    #[serde(default = "default_key_grace_period")]
+    pub grace_period: Duration,
+}
+
+impl Default for KeyRotation {
+    fn default() -> Self {
+        Self {
+            period: default_key_rotation_period(),
+            grace_period: default_key_grace_period(),
+        }
+    }
+}
+
+fn default_key_rotation_period() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_key_grace_period() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Lifecycle phase of an API key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum KeyPhase {
+    /// Waiting for the model or for permission to mint.
+    Pending,
+    /// Usable.
+    Active,
+    /// A new secret was issued; the previous one works until the grace ends.
+    Rotating,
+    /// Deactivated by spec.suspended; can be resumed.
+    Suspended,
+    /// Past its expiry; refused by the server.
+    Expired,
+}
+
+/// Observed state of a ChatApiKey.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatApiKeyStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready (the key works), and reasons when it does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<KeyPhase>,
+
+    /// Public key id (the non-secret prefix of the key); stable across
+    /// rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+
+    /// Secret holding the plaintext key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// When the key stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When the current secret was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_at: Option<Time>,
+
+    /// When the next automatic rotation happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+
+    /// Until when the previous secret still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ends_at: Option<Time>,
+}

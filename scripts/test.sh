@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `make test`: everything, on a fresh machine or a warm one. Installs the
+# tools it needs (cached), starts the local control plane if none is up,
+# runs every test, and stops the control plane again if it started it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
+export KUBECONFIG="$root/.securechat/kubeconfig"
+
+t0=$SECONDS
+step() { echo; echo "== $* ($((SECONDS - t0))s)"; }
+
+step "tools"
+tests/cluster/build-tools.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "CRDs match the Rust types"
+cargo run -q -p securechat-crds --bin crdgen -- --check
+
+started_cluster=0
+cleanup() {
+	if [ "$started_cluster" = 1 ]; then
+		tests/cluster/down.sh >/dev/null 2>&1 || true
+	fi
+}
+trap cleanup EXIT
+if ! kubectl get --raw /readyz >/dev/null 2>&1; then
+	step "cluster up"
+	tests/cluster/up.sh
+	started_cluster=1
+fi
+
+step "cargo test"
+cargo test --workspace --no-fail-fast
+
+step "clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+step "done in $((SECONDS - t0))s"

@@ -1,0 +1,4 @@
+//! The securechat server: the workload image the operator deploys, and a
+//! standalone HTTPS chat server.
+
+pub mod engine;

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl), helm and kwok from Go modules into
+# ~/.cache/securechat/bin. Each binary is stored under a versioned name and
+# linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${SECURECHAT_CACHE:-$HOME/.cache/securechat}
+bin="$cache/bin"
+mkdir -p "$bin"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+# Two cores here: more parallel link jobs only add memory pressure.
+jobs=${GO_BUILD_JOBS:-2}
+
+k8s_version=v1.37.2
+etcd_version=v3.6.16
+helm_version=v4.3.1
+kwok_version=v0.7.0
+
+command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
+
+# build NAME VERSION MODULE_DIR PACKAGE [LDFLAGS]
+build() {
+	local name=$1 version=$2 dir=$3 pkg=$4 ldflags=${5:-}
+	local target="$bin/$name-$version"
+	if [ -x "$target" ]; then
+		ln -sfn "$name-$version" "$bin/$name"
+		return
+	fi
+	echo "building $name $version ..."
+	local start=$SECONDS
+	(cd "$here/$dir" && go build -p "$jobs" -trimpath -ldflags "-s -w $ldflags" -o "$target.tmp" "$pkg")
+	mv "$target.tmp" "$target"
+	ln -sfn "$name-$version" "$bin/$name"
+	echo "built $name $version in $((SECONDS - start))s"
+}
+
+k8s_ldflags() {
+	local v=${k8s_version#v} minor
+	minor=$(echo "$v" | cut -d. -f2)
+	local flags=""
+	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+		flags+=" -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean"
+		flags+=" -X $p.buildDate=2026-01-01T00:00:00Z"
+	done
+	echo "$flags"
+}
+
+only=${1:-all}
+want() { [ "$only" = all ] || [[ " $only " == *" $1 "* ]]; }
+
+want etcd && build etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+	want "$cmd" && build "$cmd" "$k8s_version" kubernetes "k8s.io/kubernetes/cmd/$cmd" "$(k8s_ldflags)"
+done
+want helm && build helm "$helm_version" helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$helm_version"
+want kwok && build kwok "$kwok_version" kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
+exit 0
