@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "securechat-operator", version, about = "Deploys chat models securely on Kubernetes")]
+#[command(
+    name = "securechat-operator",
+    version,
+    about = "Deploys chat models securely on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -100,6 +100,15 @@ wait_for() { # description seconds command...
 	shift 2
 	local deadline=$((SECONDS + secs))
 	until "$@" >/dev/null 2>&1; do
+		for pidfile in "$dir"/*.pid; do
+			if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+				local name
+				name=$(basename "$pidfile" .pid)
+				echo "error: $name exited while waiting for $what; its log ($dir/logs/$name.log) ends:" >&2
+				tail -n 20 "$dir/logs/$name.log" >&2
+				exit 1
+			fi
+		done
 		if [ $SECONDS -ge $deadline ]; then
 			echo "error: timed out after ${secs}s waiting for $what; logs in $dir/logs" >&2
 			tail -n 20 "$dir"/logs/*.log >&2 || true
@@ -126,6 +135,7 @@ launch kube-apiserver kube-apiserver \
 	--service-account-issuer "https://127.0.0.1:$api_port" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--allow-privileged=true \
+	--endpoint-reconciler-type none \
 	--enable-priority-and-fairness=false \
 	--profiling=false \
 	--v=1
@@ -141,7 +151,6 @@ launch kube-controller-manager kube-controller-manager \
 	--use-service-account-credentials=true \
 	--cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
 	--leader-elect=false --bind-address 127.0.0.1 --secure-port "$(free_port)" \
-	--controllers '*,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller' \
 	--node-monitor-grace-period 40s \
 	--v=1
 launch kube-scheduler kube-scheduler \

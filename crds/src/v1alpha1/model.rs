@@ -14,11 +14,12 @@ use crate::Duration;
 /// securechat HTTPS server, with generated TLS certificates, NetworkPolicies
 /// that mirror security-group rules, and signing keys that rotate by
 /// themselves. An empty spec deploys the embedded default model, locked down.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "securechat.dev",
     version = "v1alpha1",
     kind = "SecureChatModel",
+    doc = "A chat model served securely: GPU-scheduled inference pods running the securechat HTTPS server, generated TLS certificates, NetworkPolicies mirroring security-group rules, and self-rotating signing keys. An empty spec deploys the embedded default model, locked down.",
     plural = "securechatmodels",
     singular = "securechatmodel",
     shortname = "scm",
@@ -248,7 +249,10 @@ pub struct VolumeSource {
 #[serde(rename_all = "camelCase")]
 pub struct HuggingFaceSource {
     /// Repository id, e.g. `THUDM/chatglm3-6b`.
-    #[schemars(length(min = 3, max = 200), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 3, max = 200),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub repo: String,
 
     /// Branch, tag or commit. Pin a commit for reproducible deployments.
@@ -319,7 +323,12 @@ pub struct GpuSpec {
 
     /// Extended resource name of the GPU device plugin.
     #[serde(default = "default_gpu_resource_name")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+        )
+    )]
     pub resource_name: String,
 
     /// GPU product, matched against the node label `nvidia.com/gpu.product`
@@ -506,7 +515,12 @@ fn default_tls_validity() -> Duration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct DnsName(
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
     pub String,
 );
 
@@ -684,13 +698,19 @@ pub struct ApiKeysSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct NamespaceName(
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"))] pub String,
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+    )]
+    pub String,
 );
 
 // ---------------------------------------------------------------- roles ---
 
 /// What a caller may do.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum Permission {
     /// POST /v1/chat/completions and /api/chat.
     Chat,
@@ -765,7 +785,12 @@ impl TierSpec {
 
     pub fn admin() -> Self {
         Self {
-            permissions: vec![Permission::Chat, Permission::Models, Permission::Usage, Permission::Admin],
+            permissions: vec![
+                Permission::Chat,
+                Permission::Models,
+                Permission::Usage,
+                Permission::Admin,
+            ],
             requests_per_minute: None,
             tokens_per_minute: None,
             max_tokens_per_request: None,
@@ -854,13 +879,19 @@ pub struct CorsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct Origin(
-    #[schemars(length(min = 8, max = 512), regex(pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"))] pub String,
+    #[schemars(
+        length(min = 8, max = 512),
+        regex(pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    )]
+    pub String,
 );
 
 // -------------------------------------------------------- sensitive data ---
 
 /// Built-in detectors of sensitive data.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum Detector {
     /// Payment card numbers: 13–19 digits, spaces or dashes allowed, Luhn
     /// checked.
@@ -1162,4 +1193,27 @@ pub struct SigningKeysStatus {
     /// When the next rotation step happens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_at: Option<Time>,
+}
+
+/// The spec an empty `spec: {}` means, with every default filled in.
+impl Default for SecureChatModelSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: None,
+            model: ModelSpec::default(),
+            resources: ResourcesSpec::default(),
+            scheduling: SchedulingSpec::default(),
+            ports: PortsSpec::default(),
+            tls: TlsSpec::default(),
+            signing_keys: SigningKeysSpec::default(),
+            auth: AuthSpec::default(),
+            roles: RolesSpec::default(),
+            rate_limit: RateLimitSpec::default(),
+            cors: CorsSpec::default(),
+            sensitive_data: SensitiveDataSpec::default(),
+            network: NetworkSpec::default(),
+            audit: AuditSpec::default(),
+        }
+    }
 }

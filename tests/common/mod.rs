@@ -1,0 +1,231 @@
+//! Test harness for the integration tests: a client for the local control
+//! plane (`make cluster-up`), one fresh namespace per test, CRD installation
+//! and waiting helpers. A test that needs the cluster and finds none fails
+//! with a message that says what to run; it never skips.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Repository root (the root package's manifest dir).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig the tests use: $KUBECONFIG, else .securechat/kubeconfig.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| repo_root().join(".securechat/kubeconfig"))
+}
+
+const NO_CLUSTER: &str =
+    "no local control plane: run `make cluster-up` (or `make test`, which starts one)";
+
+/// A client for the local control plane. Panics with instructions when it is
+/// not running.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("{NO_CLUSTER}\n(cannot read {}: {e})", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{NO_CLUSTER}\n(bad kubeconfig {}: {e})", path.display()));
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        panic!(
+            "{NO_CLUSTER}\n(API server at {} does not answer: {e})",
+            path.display()
+        );
+    }
+    client
+}
+
+/// Runs kubectl against the test cluster; returns (success, stdout, stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl ({e}): run `make tools`"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// kubectl that must succeed; returns stdout.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = kubectl(args);
+    assert!(ok, "kubectl {} failed:\n{stderr}", args.join(" "));
+    stdout
+}
+
+/// kubectl that must succeed within 30s (for discovery and OpenAPI data
+/// that the API server publishes shortly after a CRD is Established).
+pub fn kubectl_eventually(args: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, stdout, stderr) = kubectl(args);
+        if ok {
+            return stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl {} kept failing for 30s:\n{stderr}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn kubectl_bin() -> PathBuf {
+    let cached = dirs_home().join(".cache/securechat/bin/kubectl");
+    if cached.exists() {
+        cached
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// Installs the committed CRDs (server-side apply, idempotent) and waits
+/// until both are Established.
+pub fn install_crds() {
+    let dir = repo_root().join("charts/securechat/crds");
+    let dir = dir.to_str().expect("utf-8 path");
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/securechatmodels.securechat.dev",
+        "crd/chatapikeys.securechat.dev",
+    ]);
+}
+
+/// A namespace that exists for one test and is deleted when dropped (also
+/// when the test panics).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestNamespace {
+    /// Creates `t-<prefix>-<unique>` and waits for its default
+    /// ServiceAccount, so pods can be created in it at once.
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let unique = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+                ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut name = format!("t-{prefix}-{unique}");
+        name.truncate(63);
+        let name = name.trim_end_matches('-').to_string();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("securechat.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("default service account", Duration::from_secs(60), || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await.ok().flatten() }
+        })
+        .await;
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl deletes without waiting for finalizers.
+        let _ = Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics after `timeout` saying what
+/// was awaited. For state a watch cannot express directly (e.g. "some pod
+/// of this label is Running"); prefer `kube::runtime::wait` where it can.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Awaits a kube-runtime condition with a timeout, panicking with `what`.
+pub async fn await_condition<K>(
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl kube::runtime::wait::Condition<K>,
+) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    match tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api, name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("{what}: {name} was deleted while waiting"),
+        Ok(Err(e)) => panic!("{what}: watch failed: {e}"),
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what} ({name})"),
+    }
+}

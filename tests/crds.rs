@@ -1,0 +1,472 @@
+//! The CRDs against a real kube-apiserver: they install, document
+//! themselves, fill in defaults, show printer columns, and the API server
+//! rejects invalid specs with a message that names the field.
+
+mod common;
+
+use common::{TestNamespace, client, install_crds, kubectl, kubectl_eventually, kubectl_ok};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind, Status};
+use securechat_crds::v1alpha1::{
+    ChatApiKey, SecureChatModel, SigningAlgorithm, TlsMode, TlsVersion,
+};
+use serde_json::{Value, json};
+
+fn scm_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "securechat.dev",
+        "v1alpha1",
+        "SecureChatModel",
+    ))
+}
+
+fn cak_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "securechat.dev",
+        "v1alpha1",
+        "ChatApiKey",
+    ))
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid object")
+}
+
+/// Creates the object and returns the API server's refusal.
+async fn rejection(api: &Api<DynamicObject>, obj: &DynamicObject) -> Status {
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => panic!("the API server accepted an invalid spec: {}", obj.data),
+        Err(kube::Error::Api(status)) => *status,
+        Err(other) => panic!("unexpected error kind: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn crds_are_established_and_documented() {
+    let _ = client().await;
+    install_crds();
+    // The OpenAPI document is published a moment after Established.
+    let explain = kubectl_eventually(&["explain", "scm.spec.network"]);
+    assert!(
+        explain.contains("security-group"),
+        "kubectl explain lacks the field docs:\n{explain}"
+    );
+    let explain = kubectl_ok(&["explain", "scm.spec.signingKeys.gracePeriod"]);
+    assert!(explain.contains("previous key still verifies"), "{explain}");
+    let explain = kubectl_ok(&["explain", "cak.spec.expiresAfter"]);
+    assert!(explain.contains("Mutually exclusive"), "{explain}");
+    let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
+    assert!(names.contains("scm") && names.contains("cak"), "{names}");
+    let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
+    assert!(ok, "the `securechat` category should be listable: {out}");
+}
+
+#[tokio::test]
+async fn empty_spec_is_accepted_and_read_back_with_defaults() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "defaults").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &scm_resource());
+    api.create(
+        &PostParams::default(),
+        &object("SecureChatModel", "empty", json!({})),
+    )
+    .await
+    .expect("an empty spec is valid");
+
+    let typed: Api<SecureChatModel> = Api::namespaced(client, &ns.name);
+    let scm = typed.get("empty").await.expect("read back");
+    let spec = &scm.spec;
+    assert_eq!(spec.replicas, 1);
+    assert!(
+        spec.model.source.embedded.is_some(),
+        "default source is the embedded model"
+    );
+    assert_eq!(spec.model.max_tokens, 2048);
+    assert_eq!(spec.model.temperature, 0.7);
+    assert_eq!((spec.ports.api, spec.ports.web), (8000, 8501));
+    assert_eq!(spec.tls.mode, TlsMode::Generated);
+    assert_eq!(spec.tls.min_version, TlsVersion::V1_3);
+    assert_eq!(spec.signing_keys.algorithm, SigningAlgorithm::EdDSA);
+    assert_eq!(spec.signing_keys.rotation_period.as_secs(), 24 * 3600);
+    assert_eq!(spec.signing_keys.grace_period.as_secs(), 3600);
+    assert_eq!(spec.auth.token_ttl.as_secs(), 30 * 60);
+    assert_eq!(spec.auth.leeway.as_secs(), 5);
+    assert_eq!(spec.rate_limit.requests_per_minute, 10);
+    assert_eq!(spec.resources.gpu.count, 0);
+    assert_eq!(spec.resources.gpu.resource_name, "nvidia.com/gpu");
+    assert_eq!(spec.sensitive_data.detectors.len(), 5);
+    assert!(spec.sensitive_data.input && spec.sensitive_data.output);
+    assert!(spec.audit.enabled && !spec.audit.include_prompts);
+    assert!(
+        spec.network.ingress.is_empty(),
+        "locked down: no ingress by default"
+    );
+    assert!(spec.cors.allowed_origins.is_empty());
+    assert_eq!(spec.roles.read_only.permissions.len(), 1);
+
+    // The raw stored object shows the defaults too (what `kubectl get -o yaml` prints).
+    let raw = api.get("empty").await.expect("raw read back");
+    assert_eq!(
+        raw.data["spec"]["signingKeys"]["rotationPeriod"],
+        json!("24h")
+    );
+    assert_eq!(raw.data["spec"]["model"]["family"], json!("Llama-GGUF"));
+}
+
+#[tokio::test]
+async fn invalid_model_specs_are_rejected_naming_the_field() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "invalid-scm").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns.name, &scm_resource());
+
+    // (case, spec, text the refusal must contain)
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "bad CIDR",
+            json!({"network": {"ingress": [{"port": 8000, "from": ["10.0.0.0/33"]}]}}),
+            "must be a CIDR",
+        ),
+        (
+            "CIDR garbage",
+            json!({"network": {"ingress": [{"port": 8000, "from": ["internal"]}]}}),
+            "must be a CIDR",
+        ),
+        (
+            "port 0",
+            json!({"network": {"ingress": [{"port": 0, "from": ["10.0.0.0/16"]}]}}),
+            "spec.network.ingress[0].port",
+        ),
+        (
+            "port too high",
+            json!({"ports": {"api": 70000}}),
+            "spec.ports.api",
+        ),
+        (
+            "duplicate ports",
+            json!({"ports": {"api": 8443, "web": 8443}}),
+            "api and web must be different",
+        ),
+        (
+            "rule without source",
+            json!({"network": {"ingress": [{"port": 8000}]}}),
+            "each rule needs a source",
+        ),
+        (
+            "egress bad CIDR",
+            json!({"network": {"egress": [{"port": 443, "to": ["300.1.1.1/32"]}]}}),
+            "must be a CIDR",
+        ),
+        (
+            "renewBefore >= validity",
+            json!({"tls": {"validity": "24h", "renewBefore": "48h"}}),
+            "tls.renewBefore: must be shorter than tls.validity",
+        ),
+        (
+            "validity malformed",
+            json!({"tls": {"validity": "90d"}}),
+            "spec.tls.validity",
+        ),
+        (
+            "ExistingSecret without secretName",
+            json!({"tls": {"mode": "ExistingSecret"}}),
+            "tls.secretName: required",
+        ),
+        (
+            "Generated with secretName",
+            json!({"tls": {"secretName": "mine"}}),
+            "tls.secretName: only allowed",
+        ),
+        (
+            "unknown TLS mode",
+            json!({"tls": {"mode": "SelfSigned"}}),
+            "spec.tls.mode",
+        ),
+        (
+            "grace >= rotation",
+            json!({"signingKeys": {"rotationPeriod": "1h", "gracePeriod": "2h"}}),
+            "signingKeys.gracePeriod: must be shorter",
+        ),
+        (
+            "rotation too short",
+            json!({"signingKeys": {"rotationPeriod": "1m", "gracePeriod": "30s"}}),
+            "signingKeys.rotationPeriod: must be at least",
+        ),
+        (
+            "unknown algorithm",
+            json!({"signingKeys": {"algorithm": "HS256"}}),
+            "spec.signingKeys.algorithm",
+        ),
+        (
+            "zero requests per minute",
+            json!({"rateLimit": {"requestsPerMinute": 0}}),
+            "spec.rateLimit.requestsPerMinute",
+        ),
+        (
+            "negative burst",
+            json!({"rateLimit": {"burst": -1}}),
+            "spec.rateLimit.burst",
+        ),
+        (
+            "17 GPUs",
+            json!({"resources": {"gpu": {"count": 17}}}),
+            "spec.resources.gpu.count",
+        ),
+        (
+            "negative GPUs",
+            json!({"resources": {"gpu": {"count": -1}}}),
+            "spec.resources.gpu.count",
+        ),
+        (
+            "product without GPUs",
+            json!({"resources": {"gpu": {"product": "NVIDIA-A100-SXM4-80GB"}}}),
+            "resources.gpu.product",
+        ),
+        (
+            "negative replicas",
+            json!({"replicas": -1}),
+            "spec.replicas",
+        ),
+        (
+            "two model sources",
+            json!({"model": {"source": {"embedded": {}, "volume": {"claimName": "w", "path": "m.gguf"}}}}),
+            "set exactly one of",
+        ),
+        (
+            "embedded with ChatGLM3",
+            json!({"model": {"family": "ChatGLM3"}}),
+            "model.family",
+        ),
+        (
+            "unknown family",
+            json!({"model": {"family": "GPT5"}}),
+            "spec.model.family",
+        ),
+        (
+            "temperature > 2",
+            json!({"model": {"temperature": 3.5}}),
+            "spec.model.temperature",
+        ),
+        (
+            "leeway too large",
+            json!({"auth": {"leeway": "10m"}}),
+            "auth.leeway",
+        ),
+        (
+            "http OIDC issuer",
+            json!({"auth": {"oidc": [{"issuerURL": "http://idp.example.com", "audience": "chat"}]}}),
+            "must be an https URL",
+        ),
+        (
+            "bad allowed namespace",
+            json!({"auth": {"apiKeys": {"allowedNamespaces": ["Not_A_Namespace"]}}}),
+            "spec.auth.apiKeys.allowedNamespaces[0]",
+        ),
+        (
+            "unknown detector",
+            json!({"sensitiveData": {"detectors": ["Passport"]}}),
+            "spec.sensitiveData.detectors[0]",
+        ),
+        (
+            "bad CORS origin",
+            json!({"cors": {"allowedOrigins": ["*"]}}),
+            "spec.cors.allowedOrigins[0]",
+        ),
+        (
+            "volume path escapes",
+            json!({"model": {"family": "ChatGLM3", "source": {"volume": {"claimName": "w", "path": "../etc"}}}}),
+            "must not contain '..'",
+        ),
+    ];
+    assert!(cases.len() >= 10);
+    let mut failures = Vec::new();
+    for (i, (case, spec, expected)) in cases.iter().enumerate() {
+        let refusal = match api
+            .create(
+                &PostParams::default(),
+                &object("SecureChatModel", &format!("bad-{i}"), spec.clone()),
+            )
+            .await
+        {
+            Ok(_) => {
+                failures.push(format!("{case}: accepted {spec}"));
+                continue;
+            }
+            Err(kube::Error::Api(status)) => *status,
+            Err(other) => panic!("{case}: unexpected error {other}"),
+        };
+        if refusal.code != 422 || !refusal.message.contains(expected) {
+            failures.push(format!(
+                "{case}: expected 422 mentioning {expected:?}, got {}: {}",
+                refusal.code, refusal.message
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    let long_name = "a".repeat(41);
+    let refusal = rejection(&api, &object("SecureChatModel", &long_name, json!({}))).await;
+    assert!(
+        refusal
+            .message
+            .contains("metadata.name: must be at most 40"),
+        "{}",
+        refusal.message
+    );
+}
+
+#[tokio::test]
+async fn invalid_api_key_specs_are_rejected_naming_the_field() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "invalid-cak").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns.name, &cak_resource());
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "no modelRef",
+            json!({"tier": "Developer"}),
+            "spec.modelRef: Required",
+        ),
+        (
+            "modelRef without name",
+            json!({"modelRef": {}}),
+            "spec.modelRef.name: Required",
+        ),
+        (
+            "unknown tier",
+            json!({"modelRef": {"name": "m"}, "tier": "SuperUser"}),
+            "spec.tier",
+        ),
+        (
+            "both expiries",
+            json!({"modelRef": {"name": "m"}, "expiresAfter": "24h", "expiresAt": "2030-01-01T00:00:00Z"}),
+            "mutually exclusive",
+        ),
+        (
+            "expiresAt not RFC 3339",
+            json!({"modelRef": {"name": "m"}, "expiresAt": "tomorrow"}),
+            "spec.expiresAt",
+        ),
+        (
+            "expiresAfter in days",
+            json!({"modelRef": {"name": "m"}, "expiresAfter": "30d"}),
+            "spec.expiresAfter",
+        ),
+        (
+            "rotation grace >= period",
+            json!({"modelRef": {"name": "m"}, "rotation": {"period": "1h", "gracePeriod": "1h"}}),
+            "rotation.gracePeriod: must be shorter",
+        ),
+        (
+            "bad secret name",
+            json!({"modelRef": {"name": "m"}, "secretName": "Has Spaces"}),
+            "spec.secretName",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (case, spec, expected)) in cases.iter().enumerate() {
+        let refusal = rejection(
+            &api,
+            &object("ChatApiKey", &format!("bad-{i}"), spec.clone()),
+        )
+        .await;
+        if refusal.code != 422 || !refusal.message.contains(expected) {
+            failures.push(format!(
+                "{case}: expected 422 mentioning {expected:?}, got {}: {}",
+                refusal.code, refusal.message
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // modelRef is immutable.
+    api.create(
+        &PostParams::default(),
+        &object("ChatApiKey", "good", json!({"modelRef": {"name": "m"}})),
+    )
+    .await
+    .expect("a minimal ChatApiKey is valid");
+    let typed: Api<ChatApiKey> = Api::namespaced(api.clone().into_client(), &ns.name);
+    let key = typed.get("good").await.expect("read back");
+    assert_eq!(
+        key.spec.tier,
+        securechat_crds::v1alpha1::Tier::ReadOnly,
+        "least privilege by default"
+    );
+    let patch = json!({"spec": {"modelRef": {"name": "other"}}});
+    match api
+        .patch("good", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains("modelRef is immutable"),
+            "{}",
+            status.message
+        ),
+        other => panic!("changing modelRef must be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn printer_columns_are_shown() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "columns").await;
+    let scm: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &scm_resource());
+    scm.create(
+        &PostParams::default(),
+        &object("SecureChatModel", "cols", json!({})),
+    )
+    .await
+    .expect("create scm");
+    let cak: Api<DynamicObject> = Api::namespaced_with(client, &ns.name, &cak_resource());
+    cak.create(
+        &PostParams::default(),
+        &object(
+            "ChatApiKey",
+            "cols",
+            json!({"modelRef": {"name": "cols"}, "tier": "Admin"}),
+        ),
+    )
+    .await
+    .expect("create cak");
+
+    let out = kubectl_ok(&["get", "scm", "-n", &ns.name]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "MODEL", "REPLICAS", "ENDPOINT", "AGE"],
+        "{out}"
+    );
+    let out = kubectl_ok(&["get", "cak", "-n", &ns.name]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "MODEL", "TIER", "EXPIRES", "AGE"],
+        "{out}"
+    );
+    assert!(out.contains("cols") && out.contains("Admin"), "{out}");
+}
