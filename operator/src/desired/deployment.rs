@@ -1,0 +1,489 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
+
+use super::Context;
+use crate::labels::{self, Names};
+
+/// Where the server reads its files; each is a separate mount so a Secret
+/// update (rotation) reaches the pod in place, with no restart.
+pub const CONFIG_DIR: &str = "/etc/securechat/config";
+pub const TLS_DIR: &str = "/etc/securechat/tls";
+pub const SIGNING_KEYS_DIR: &str = "/etc/securechat/signing-keys";
+pub const API_KEYS_DIR: &str = "/etc/securechat/api-keys";
+const MODELS_DIR: &str = "/models";
+/// Where the server image keeps the embedded default model.
+pub const EMBEDDED_MODEL_PATH: &str = "/opt/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Non-root uid/gid of the server image (distroless "nonroot").
+pub const RUN_AS: i64 = 65532;
+/// Pod template annotation that changes when the server config changes, so
+/// config changes roll the pods while secret rotations (hot-reloaded) do not.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "securechat.dev/config-checksum";
+pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+
+/// The hardened, GPU-aware Deployment of the server.
+pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
+    let spec = &ctx.model.spec;
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        CONFIG_CHECKSUM_ANNOTATION.to_string(),
+        config_checksum.to_string(),
+    );
+
+    let (volumes, mounts, model_path) = volumes(ctx);
+    let container = Container {
+        name: "server".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| ctx.default_image.to_string()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/config.yaml"),
+            "--model".into(),
+            model_path,
+            "--api-addr".into(),
+            format!("0.0.0.0:{}", spec.ports.api),
+            "--web-addr".into(),
+            format!("0.0.0.0:{}", spec.ports.web),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("api".into()),
+                container_port: spec.ports.api,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("web".into()),
+                container_port: spec.ports.web,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(resources(ctx)),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(https_probe("/readyz", 5, 3)),
+        liveness_probe: Some(https_probe("/healthz", 10, 6)),
+        // Loading a model can take a while; liveness waits for it.
+        startup_probe: Some(Probe {
+            failure_threshold: Some(60),
+            ..https_probe("/healthz", 5, 60)
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let scheduling = &spec.scheduling;
+    let mut node_selector = scheduling.node_selector.clone();
+    let mut tolerations = scheduling.tolerations.clone();
+    if spec.resources.gpu.count > 0 {
+        if let Some(product) = &spec.resources.gpu.product {
+            node_selector.insert(GPU_PRODUCT_LABEL.into(), product.clone());
+        }
+        let gpu_toleration = Toleration {
+            key: Some(GPU_TAINT_KEY.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        };
+        if !tolerations.contains(&gpu_toleration) {
+            tolerations.push(gpu_toleration);
+        }
+    }
+
+    let pod = PodSpec {
+        service_account_name: Some(Names::service_account(&ctx.name)),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity: scheduling.affinity.clone(),
+        runtime_class_name: scheduling.runtime_class_name.clone(),
+        priority_class_name: scheduling.priority_class_name.clone(),
+        topology_spread_constraints: (!scheduling.topology_spread_constraints.is_empty())
+            .then(|| scheduling.topology_spread_constraints.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: ctx.metadata(Names::deployment(&ctx.name)),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels::selector(&ctx.name)),
+                ..Default::default()
+            },
+            // GPUs are scarce: replace one pod at a time rather than asking
+            // for an extra GPU during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(if spec.resources.gpu.count > 0 {
+                        0
+                    } else {
+                        1
+                    })),
+                    max_unavailable: Some(IntOrString::Int(if spec.resources.gpu.count > 0 {
+                        1
+                    } else {
+                        0
+                    })),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels::common(&ctx.name)),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn https_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("api".into()),
+            scheme: Some("HTTPS".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn resources(ctx: &Context) -> ResourceRequirements {
+    let spec = &ctx.model.spec.resources;
+    let mut requests = quantities(spec.requests.as_ref());
+    let mut limits = quantities(spec.limits.as_ref());
+    if spec.gpu.count > 0 {
+        // Extended resources must have requests == limits.
+        let gpus = Quantity(spec.gpu.count.to_string());
+        requests.insert(spec.gpu.resource_name.clone(), gpus.clone());
+        limits.insert(spec.gpu.resource_name.clone(), gpus);
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+fn quantities(resources: Option<&ComputeResources>) -> BTreeMap<String, Quantity> {
+    let mut map = BTreeMap::new();
+    if let Some(r) = resources {
+        if let Some(cpu) = &r.cpu {
+            map.insert("cpu".to_string(), cpu.clone());
+        }
+        if let Some(memory) = &r.memory {
+            map.insert("memory".to_string(), memory.clone());
+        }
+    }
+    map
+}
+
+/// Volumes, their mounts, and the model path the server is told to load.
+fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
+    let spec = &ctx.model.spec;
+    let secret = |volume: &str, secret_name: String| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tls_secret = match spec.tls.mode {
+        TlsMode::ExistingSecret => spec
+            .tls
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| Names::tls_secret(&ctx.name)),
+        TlsMode::Generated => Names::tls_secret(&ctx.name),
+    };
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: Names::config_map(&ctx.name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        secret("tls", tls_secret),
+        secret("signing-keys", Names::signing_keys(&ctx.name)),
+        secret("api-keys", Names::api_keys(&ctx.name)),
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR),
+        mount("tls", TLS_DIR),
+        mount("signing-keys", SIGNING_KEYS_DIR),
+        mount("api-keys", API_KEYS_DIR),
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let source = &spec.model.source;
+    let model_path = if let Some(volume) = &source.volume {
+        volumes.push(Volume {
+            name: "model".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("model", MODELS_DIR));
+        format!("{MODELS_DIR}/{}", volume.path.trim_start_matches('/'))
+    } else {
+        EMBEDDED_MODEL_PATH.to_string()
+    };
+    (volumes, mounts, model_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+    use serde_json::json;
+
+    fn build(spec: serde_json::Value) -> Deployment {
+        let m = model("chat", spec);
+        deployment(
+            &Context::new(&m, "securechat/server:0.1.0").expect("ctx"),
+            "abc",
+        )
+    }
+
+    fn pod(d: &Deployment) -> PodSpec {
+        d.spec.clone().template.spec.expect("pod spec")
+    }
+
+    #[test]
+    fn pods_are_hardened() {
+        let d = build(json!({}));
+        let pod = pod(&d);
+        let c = &pod.containers[0];
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(c.image.as_deref(), Some("securechat/server:0.1.0"));
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("probe");
+        assert_eq!(
+            (probe.scheme.as_deref(), probe.path.as_deref()),
+            (Some("HTTPS"), Some("/readyz"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_mounted_as_files_and_config_changes_roll_pods() {
+        let d = build(json!({}));
+        let template = d.spec.clone().template;
+        let annotations = template
+            .metadata
+            .expect("meta")
+            .annotations
+            .expect("annotations");
+        assert_eq!(
+            annotations
+                .get(CONFIG_CHECKSUM_ANNOTATION)
+                .map(String::as_str),
+            Some("abc")
+        );
+        let volumes = template.spec.expect("pod").volumes.expect("volumes");
+        let secrets: Vec<_> = volumes
+            .iter()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(secrets, ["chat-tls", "chat-signing-keys", "chat-api-keys"]);
+    }
+
+    #[test]
+    fn gpus_become_requests_limits_toleration_and_node_selector() {
+        let d =
+            build(json!({"resources": {"gpu": {"count": 2, "product": "NVIDIA-H100-80GB-HBM3"}}}));
+        let pod = pod(&d);
+        let res = pod.containers[0].resources.clone().expect("resources");
+        assert_eq!(
+            res.limits.expect("limits").get("nvidia.com/gpu"),
+            Some(&Quantity("2".into()))
+        );
+        assert_eq!(
+            res.requests.expect("requests").get("nvidia.com/gpu"),
+            Some(&Quantity("2".into()))
+        );
+        let tolerations = pod.tolerations.expect("tolerations");
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.key.as_deref() == Some("nvidia.com/gpu")
+                    && t.effect.as_deref() == Some("NoSchedule"))
+        );
+        assert_eq!(
+            pod.node_selector
+                .expect("selector")
+                .get(GPU_PRODUCT_LABEL)
+                .map(String::as_str),
+            Some("NVIDIA-H100-80GB-HBM3")
+        );
+    }
+
+    #[test]
+    fn no_gpu_means_no_gpu_toleration() {
+        let pod = pod(&build(json!({})));
+        assert!(pod.tolerations.is_none());
+        assert!(pod.node_selector.is_none());
+    }
+
+    #[test]
+    fn custom_resource_name_and_user_scheduling_pass_through() {
+        let d = build(json!({
+            "resources": {"gpu": {"count": 1, "resourceName": "amd.com/gpu"}, "requests": {"cpu": "2", "memory": "8Gi"}},
+            "scheduling": {
+                "nodeSelector": {"zone": "a"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+                "runtimeClassName": "nvidia",
+                "priorityClassName": "high"
+            }
+        }));
+        let pod = pod(&d);
+        let res = pod.containers[0].resources.clone().expect("resources");
+        let requests = res.requests.expect("requests");
+        assert_eq!(requests.get("amd.com/gpu"), Some(&Quantity("1".into())));
+        assert_eq!(requests.get("memory"), Some(&Quantity("8Gi".into())));
+        assert_eq!(pod.tolerations.expect("tolerations").len(), 2);
+        assert_eq!(
+            pod.node_selector
+                .expect("selector")
+                .get("zone")
+                .map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn volume_source_mounts_the_claim_read_only() {
+        let d = build(
+            json!({"model": {"family": "ChatGLM3", "source": {"volume": {"claimName": "weights", "path": "chatglm3-6b"}}}}),
+        );
+        let pod = pod(&d);
+        let args = pod.containers[0].args.clone().expect("args");
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--model" && w[1] == "/models/chatglm3-6b"),
+            "{args:?}"
+        );
+        let claim = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find_map(|v| v.persistent_volume_claim)
+            .expect("pvc volume");
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("weights", Some(true))
+        );
+    }
+
+    #[test]
+    fn existing_tls_secret_is_mounted_instead() {
+        let d =
+            build(json!({"tls": {"mode": "ExistingSecret", "secretName": "from-cert-manager"}}));
+        let volumes = pod(&d).volumes.expect("volumes");
+        let tls = volumes
+            .iter()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.clone())
+            .expect("tls volume");
+        assert_eq!(tls.secret_name.as_deref(), Some("from-cert-manager"));
+    }
+}

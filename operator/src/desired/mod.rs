@@ -1,0 +1,84 @@
+//! Desired state: pure functions from a SecureChatModel to the objects that
+//! should exist for it. Unit-tested without a cluster; the reconcile loop
+//! applies whatever these return.
+
+mod deployment;
+mod network_policy;
+mod pdb;
+mod service;
+mod service_account;
+
+pub use deployment::{CONFIG_DIR, deployment};
+pub use network_policy::{NetworkPolicyPlan, RefusedRule, network_policy};
+pub use pdb::pdb;
+pub use service::service;
+pub use service_account::service_account;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use securechat_crds::SecureChatModel;
+
+use crate::{Error, Result, labels};
+
+/// What every builder needs besides the resource itself.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub model: &'a SecureChatModel,
+    pub name: String,
+    pub namespace: String,
+    /// Server image when the spec names none: the operator's own version.
+    pub default_image: &'a str,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(model: &'a SecureChatModel, default_image: &'a str) -> Result<Self> {
+        Ok(Self {
+            name: model.name_any(),
+            namespace: model
+                .namespace()
+                .ok_or(Error::MissingField("metadata.namespace"))?,
+            model,
+            default_image,
+        })
+    }
+
+    fn owner_reference(&self) -> Option<OwnerReference> {
+        self.model.controller_owner_ref(&())
+    }
+
+    /// Metadata for an owned object: name, namespace, labels, controller
+    /// owner reference (so the garbage collector removes it with the model).
+    pub fn metadata(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels::common(&self.name)),
+            owner_references: self.owner_reference().map(|o| vec![o]),
+            ..Default::default()
+        }
+    }
+
+    /// The in-cluster DNS name of the model's Service.
+    pub fn service_host(&self) -> String {
+        format!(
+            "{}.{}.svc",
+            labels::Names::service(&self.name),
+            self.namespace
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use securechat_crds::SecureChatModel;
+    use securechat_crds::v1alpha1::SecureChatModelSpec;
+
+    /// A model as the API server would return it: defaults filled, uid set.
+    pub fn model(name: &str, spec: serde_json::Value) -> SecureChatModel {
+        let spec: SecureChatModelSpec = serde_json::from_value(spec).expect("valid spec");
+        let mut model = SecureChatModel::new(name, spec);
+        model.metadata.namespace = Some("team".into());
+        model.metadata.uid = Some("0000-uid".into());
+        model
+    }
+}

@@ -1,0 +1,237 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use securechat_crds::v1alpha1::{IngressRule, Protocol};
+
+use super::Context;
+use crate::labels::{self, Names};
+
+/// A security-group rule that cannot become a NetworkPolicy rule, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRule {
+    pub index: usize,
+    pub port: i32,
+    pub reason: String,
+}
+
+/// The policy to apply plus the rules that were refused (reported as the
+/// NetworkReady condition, never silently dropped).
+#[derive(Debug, Clone)]
+pub struct NetworkPolicyPlan {
+    pub policy: NetworkPolicy,
+    pub refused: Vec<RefusedRule>,
+}
+
+/// Default deny in both directions for the model's pods, then one ingress
+/// rule per security-group rule, and egress only to DNS, to what the model
+/// source and OIDC issuers need, and to the user's egress rules.
+pub fn network_policy(ctx: &Context) -> NetworkPolicyPlan {
+    let spec = &ctx.model.spec;
+    let served = [spec.ports.api, spec.ports.web];
+    let mut refused = Vec::new();
+    let mut ingress = Vec::new();
+    for (index, rule) in spec.network.ingress.iter().enumerate() {
+        if !served.contains(&rule.port) {
+            refused.push(RefusedRule {
+                index,
+                port: rule.port,
+                reason: format!(
+                    "network.ingress[{index}]: port {} is not served by the pods (api {}, web {}); \
+                     a pod has no SSH or other ports, so this rule cannot apply",
+                    rule.port, spec.ports.api, spec.ports.web
+                ),
+            });
+            continue;
+        }
+        ingress.push(ingress_rule(rule));
+    }
+
+    let mut egress = vec![dns_egress()];
+    // A Hugging Face source is fetched over HTTPS, and OIDC discovery/JWKS
+    // too; their addresses are not known in advance, so 443 is opened to
+    // all destinations only when one of them is configured.
+    if spec.model.source.hugging_face.is_some() || !spec.auth.oidc.is_empty() {
+        egress.push(NetworkPolicyEgressRule {
+            ports: Some(vec![port(443, Protocol::TCP)]),
+            to: Some(vec![ip_block("0.0.0.0/0"), ip_block("::/0")]),
+        });
+    }
+    for rule in &spec.network.egress {
+        egress.push(NetworkPolicyEgressRule {
+            ports: Some(vec![port(rule.port, rule.protocol)]),
+            to: Some(rule.to.iter().map(|c| ip_block(&c.0)).collect()),
+        });
+    }
+
+    let policy = NetworkPolicy {
+        metadata: ctx.metadata(Names::network_policy(&ctx.name)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(&ctx.name)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    };
+    NetworkPolicyPlan { policy, refused }
+}
+
+fn ingress_rule(rule: &IngressRule) -> NetworkPolicyIngressRule {
+    let mut from: Vec<NetworkPolicyPeer> = rule.from.iter().map(|c| ip_block(&c.0)).collect();
+    match (&rule.from_namespaces, &rule.from_pods) {
+        (None, None) => {}
+        // Both set: pods matching fromPods in namespaces matching
+        // fromNamespaces (one peer, so the selectors AND).
+        (namespaces, pods) => from.push(NetworkPolicyPeer {
+            namespace_selector: namespaces.clone(),
+            pod_selector: pods.clone(),
+            ip_block: None,
+        }),
+    }
+    NetworkPolicyIngressRule {
+        ports: Some(vec![port(rule.port, rule.protocol)]),
+        from: Some(from),
+    }
+}
+
+fn port(number: i32, protocol: Protocol) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(number)),
+        protocol: Some(match protocol {
+            Protocol::TCP => "TCP".into(),
+            Protocol::UDP => "UDP".into(),
+        }),
+        end_port: None,
+    }
+}
+
+fn ip_block(cidr: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_string(),
+            except: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn dns_egress() -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        ports: Some(vec![port(53, Protocol::UDP), port(53, Protocol::TCP)]),
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    "kube-system".to_string(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "k8s-app".to_string(),
+                    "kube-dns".to_string(),
+                )])),
+                ..Default::default()
+            }),
+            ip_block: None,
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+    use serde_json::json;
+
+    fn plan(spec: serde_json::Value) -> NetworkPolicyPlan {
+        let m = model("chat", spec);
+        network_policy(&Context::new(&m, "img").expect("ctx"))
+    }
+
+    #[test]
+    fn empty_spec_denies_all_ingress_and_allows_only_dns_egress() {
+        let p = plan(json!({}));
+        let spec = p.policy.spec.expect("spec");
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".to_string(), "Egress".to_string()])
+        );
+        assert_eq!(spec.ingress, Some(vec![]));
+        let egress = spec.egress.expect("egress");
+        assert_eq!(egress.len(), 1);
+        assert!(
+            egress[0]
+                .ports
+                .as_ref()
+                .expect("ports")
+                .iter()
+                .all(|p| p.port == Some(IntOrString::Int(53)))
+        );
+        assert!(p.refused.is_empty());
+    }
+
+    #[test]
+    fn seed_security_group_rules_become_ingress_rules_and_ssh_is_refused() {
+        let p = plan(json!({"network": {"ingress": [
+            {"port": 8501, "from": ["0.0.0.0/0"], "description": "Web"},
+            {"port": 8000, "from": ["10.0.0.0/16"], "description": "internal API"},
+            {"port": 22, "from": ["203.0.113.7/32"], "description": "SSH"}
+        ]}}));
+        let ingress = p.policy.spec.expect("spec").ingress.expect("ingress");
+        assert_eq!(ingress.len(), 2);
+        assert_eq!(
+            ingress[1].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(8000))
+        );
+        let cidr = ingress[1].from.as_ref().expect("from")[0]
+            .ip_block
+            .as_ref()
+            .expect("ipBlock")
+            .cidr
+            .clone();
+        assert_eq!(cidr, "10.0.0.0/16");
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!((p.refused[0].index, p.refused[0].port), (2, 22));
+        assert!(p.refused[0].reason.contains("network.ingress[2]"));
+    }
+
+    #[test]
+    fn in_cluster_sources_become_selectors() {
+        let p = plan(json!({"network": {"ingress": [
+            {"port": 8000, "fromNamespaces": {"matchLabels": {"team": "apps"}}, "fromPods": {"matchLabels": {"role": "client"}}}
+        ]}}));
+        let ingress = p.policy.spec.expect("spec").ingress.expect("ingress");
+        let peer = &ingress[0].from.as_ref().expect("from")[0];
+        assert!(
+            peer.namespace_selector.is_some()
+                && peer.pod_selector.is_some()
+                && peer.ip_block.is_none()
+        );
+    }
+
+    #[test]
+    fn oidc_or_hugging_face_opens_https_egress_and_user_rules_are_added() {
+        let p = plan(json!({
+            "auth": {"oidc": [{"issuerURL": "https://idp.example.com", "audience": "chat"}]},
+            "network": {"egress": [{"port": 5432, "to": ["10.1.0.0/16"]}]}
+        }));
+        let egress = p.policy.spec.expect("spec").egress.expect("egress");
+        assert_eq!(egress.len(), 3);
+        assert_eq!(
+            egress[1].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(443))
+        );
+        assert_eq!(
+            egress[2].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(5432))
+        );
+    }
+}

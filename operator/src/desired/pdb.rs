@@ -1,0 +1,42 @@
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Context;
+use crate::labels::{self, Names};
+
+/// With more than one replica, voluntary disruptions (node drains) take at
+/// most one pod at a time. With one replica a PDB would block drains
+/// forever, so none is made (and an old one is deleted).
+pub fn pdb(ctx: &Context) -> Option<PodDisruptionBudget> {
+    (ctx.model.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: ctx.metadata(Names::pdb(&ctx.name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(&ctx.name)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+
+    #[test]
+    fn only_with_more_than_one_replica() {
+        let one = model("chat", serde_json::json!({"replicas": 1}));
+        assert!(pdb(&Context::new(&one, "img").expect("ctx")).is_none());
+        let three = model("chat", serde_json::json!({"replicas": 3}));
+        let budget = pdb(&Context::new(&three, "img").expect("ctx")).expect("pdb");
+        assert_eq!(
+            budget.spec.expect("spec").max_unavailable,
+            Some(IntOrString::Int(1))
+        );
+    }
+}

@@ -1,0 +1,31 @@
+use thiserror::Error;
+
+/// Everything a reconcile can fail on. Each variant has a metric label, so
+/// failures are counted by kind, and decides how soon to retry.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("cannot serialise {kind}: {source}")]
+    Serialize {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("resource has no {0}")]
+    MissingField(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_api",
+            Error::Serialize { .. } => "serialize",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The securechat operator: turns a SecureChatModel into a hardened,
+//! GPU-scheduled, network-isolated deployment of the securechat server.
+//!
+//! - [`desired`]: pure builders, one per owned kind, from the resource to the
+//!   object that should exist. No client in there.
+//! - [`status`]: pure computation of conditions from what was observed.
+//! - [`apply`]: server-side apply with one field manager, orphan cleanup.
+//! - [`controller`]: the thin reconcile loop that wires them together.
+
+pub mod apply;
+pub mod controller;
+pub mod desired;
+pub mod error;
+pub mod labels;
+pub mod status;
+
+pub use error::{Error, Result};
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "securechat-operator";

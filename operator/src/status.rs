@@ -1,0 +1,243 @@
+//! Conditions computed from what was observed. Pure: `now` is passed in, and
+//! `lastTransitionTime` only moves when a condition's status changes.
+
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::jiff::Timestamp;
+use securechat_crds::conditions::{ConditionUpdate, set_condition};
+use securechat_crds::v1alpha1::{ModelFamily, SecureChatModel, SecureChatModelStatus};
+
+use crate::desired::RefusedRule;
+
+pub const READY: &str = "Ready";
+pub const AVAILABLE: &str = "Available";
+pub const NETWORK_READY: &str = "NetworkReady";
+pub const DEGRADED: &str = "Degraded";
+
+/// What the reconcile saw after applying.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub deployment: Option<DeploymentStatus>,
+    pub refused_rules: Vec<RefusedRule>,
+    pub endpoint: String,
+    pub web_endpoint: String,
+}
+
+/// The status to write, starting from the current one so condition
+/// transition times are kept.
+pub fn model_status(
+    model: &SecureChatModel,
+    observed: &Observed,
+    now: Timestamp,
+) -> SecureChatModelStatus {
+    let generation = model.metadata.generation;
+    let mut status = model.status.clone().unwrap_or_default();
+    let desired = model.spec.replicas;
+    let ready = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.ready_replicas)
+        .unwrap_or(0);
+    let updated = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.updated_replicas)
+        .unwrap_or(0);
+
+    let available = if desired == 0 {
+        ConditionUpdate::new(
+            AVAILABLE,
+            true,
+            "ScaledToZero",
+            "replicas is 0; keys and certificates are kept",
+        )
+    } else if ready >= desired && updated >= desired {
+        ConditionUpdate::new(
+            AVAILABLE,
+            true,
+            "ReplicasReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
+    } else if ready > 0 {
+        ConditionUpdate::new(
+            AVAILABLE,
+            true,
+            "PartiallyReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
+    } else {
+        ConditionUpdate::new(
+            AVAILABLE,
+            false,
+            "NoReplicasReady",
+            format!("0/{desired} replicas ready"),
+        )
+    };
+    let network = if observed.refused_rules.is_empty() {
+        ConditionUpdate::new(
+            NETWORK_READY,
+            true,
+            "PolicyApplied",
+            "NetworkPolicy mirrors spec.network",
+        )
+    } else {
+        let reasons: Vec<&str> = observed
+            .refused_rules
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        ConditionUpdate::new(NETWORK_READY, false, "RuleRefused", reasons.join("; "))
+    };
+    let degraded_reasons: Vec<String> = [
+        (!observed.refused_rules.is_empty()).then(|| "network rules refused".to_string()),
+        (desired > 0 && ready > 0 && ready < desired)
+            .then(|| format!("only {ready}/{desired} replicas ready")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let degraded = if degraded_reasons.is_empty() {
+        ConditionUpdate::new(DEGRADED, false, "AsExpected", "")
+    } else {
+        ConditionUpdate::new(DEGRADED, true, "Degraded", degraded_reasons.join("; "))
+    };
+    let is_ready = available.status && network.status;
+    let ready_condition = if is_ready {
+        ConditionUpdate::new(READY, true, "Ready", "serving")
+    } else if !available.status {
+        ConditionUpdate::new(
+            READY,
+            false,
+            available.reason.clone(),
+            available.message.clone(),
+        )
+    } else {
+        ConditionUpdate::new(
+            READY,
+            false,
+            network.reason.clone(),
+            network.message.clone(),
+        )
+    };
+    for update in [ready_condition, available, network, degraded] {
+        set_condition(&mut status.conditions, update, generation, now);
+    }
+
+    status.observed_generation = generation;
+    status.ready_replicas = Some(ready);
+    status.replicas = Some(format!("{ready}/{desired}"));
+    status.model = Some(model_description(model));
+    status.endpoint = Some(observed.endpoint.clone());
+    status.web_endpoint = Some(observed.web_endpoint.clone());
+    status
+}
+
+/// A short description of the served model for `kubectl get scm`.
+pub fn model_description(model: &SecureChatModel) -> String {
+    let source = &model.spec.model.source;
+    if source.embedded.is_some() {
+        "SmolLM2-135M-Instruct (embedded)".to_string()
+    } else if let Some(hf) = &source.hugging_face {
+        hf.repo.clone()
+    } else if let Some(volume) = &source.volume {
+        let family = match model.spec.model.family {
+            ModelFamily::ChatGLM3 => "ChatGLM3",
+            ModelFamily::GLM4 => "GLM4",
+            ModelFamily::LlamaGguf => "Llama-GGUF",
+        };
+        format!("{family} ({}:{})", volume.claim_name, volume.path)
+    } else {
+        "unknown".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+    use securechat_crds::conditions::{condition_status, is_true};
+    use serde_json::json;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    fn deployment(ready: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            ready_replicas: Some(ready),
+            updated_replicas: Some(ready),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ready_when_all_replicas_ready_and_network_applied() {
+        let m = model("chat", json!({"replicas": 2}));
+        let obs = Observed {
+            deployment: Some(deployment(2)),
+            ..Default::default()
+        };
+        let status = model_status(&m, &obs, at(1));
+        assert!(is_true(&status.conditions, READY));
+        assert_eq!(
+            condition_status(&status.conditions, DEGRADED),
+            Some("False")
+        );
+        assert_eq!(status.replicas.as_deref(), Some("2/2"));
+    }
+
+    #[test]
+    fn not_ready_without_replicas() {
+        let m = model("chat", json!({}));
+        let status = model_status(&m, &Observed::default(), at(1));
+        assert!(!is_true(&status.conditions, READY));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("ready");
+        assert_eq!(ready.reason, "NoReplicasReady");
+    }
+
+    #[test]
+    fn refused_rule_surfaces_as_network_condition() {
+        let m = model("chat", json!({}));
+        let obs = Observed {
+            deployment: Some(deployment(1)),
+            refused_rules: vec![RefusedRule {
+                index: 0,
+                port: 22,
+                reason: "network.ingress[0]: port 22".into(),
+            }],
+            ..Default::default()
+        };
+        let status = model_status(&m, &obs, at(1));
+        let net = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == NETWORK_READY)
+            .expect("net");
+        assert_eq!(
+            (net.status.as_str(), net.reason.as_str()),
+            ("False", "RuleRefused")
+        );
+        assert!(!is_true(&status.conditions, READY));
+        assert!(is_true(&status.conditions, DEGRADED));
+    }
+
+    #[test]
+    fn transition_time_is_kept_across_reconciles() {
+        let mut m = model("chat", json!({}));
+        let obs = Observed {
+            deployment: Some(deployment(1)),
+            ..Default::default()
+        };
+        m.status = Some(model_status(&m, &obs, at(10)));
+        let again = model_status(&m, &obs, at(20));
+        let ready = again
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("ready");
+        assert_eq!(ready.last_transition_time.0, at(10));
+    }
+}
