@@ -22,7 +22,12 @@ pub struct ConditionUpdate {
 }
 
 impl ConditionUpdate {
-    pub fn new(type_: impl Into<String>, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: impl Into<String>,
+        status: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_: type_.into(),
             status,
@@ -72,7 +77,10 @@ pub fn set_condition(
 
 /// The status of a condition by type, if present.
 pub fn condition_status<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str())
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
 }
 
 /// True when the condition is present with status "True".
@@ -91,7 +99,12 @@ mod tests {
     #[test]
     fn adds_a_new_condition_with_now_as_transition_time() {
         let mut list = Vec::new();
-        assert!(set_condition(&mut list, ConditionUpdate::new("Ready", false, "Pending", "waiting"), Some(1), at(10)));
+        assert!(set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", false, "Pending", "waiting"),
+            Some(1),
+            at(10)
+        ));
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].status, FALSE);
         assert_eq!(list[0].last_transition_time, Time(at(10)));
@@ -101,11 +114,26 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut list = Vec::new();
-        set_condition(&mut list, ConditionUpdate::new("Ready", false, "Pending", "a"), Some(1), at(10));
-        assert!(set_condition(&mut list, ConditionUpdate::new("Ready", false, "StillPending", "b"), Some(1), at(20)));
+        set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", false, "Pending", "a"),
+            Some(1),
+            at(10),
+        );
+        assert!(set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", false, "StillPending", "b"),
+            Some(1),
+            at(20)
+        ));
         assert_eq!(list[0].last_transition_time, Time(at(10)));
         assert_eq!(list[0].reason, "StillPending");
-        assert!(set_condition(&mut list, ConditionUpdate::new("Ready", true, "Available", "ok"), Some(2), at(30)));
+        assert!(set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", true, "Available", "ok"),
+            Some(2),
+            at(30)
+        ));
         assert_eq!(list[0].last_transition_time, Time(at(30)));
         assert!(is_true(&list, "Ready"));
     }
@@ -113,16 +141,36 @@ mod tests {
     #[test]
     fn identical_update_reports_no_change() {
         let mut list = Vec::new();
-        set_condition(&mut list, ConditionUpdate::new("Ready", true, "Available", "ok"), Some(1), at(10));
-        assert!(!set_condition(&mut list, ConditionUpdate::new("Ready", true, "Available", "ok"), Some(1), at(99)));
+        set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", true, "Available", "ok"),
+            Some(1),
+            at(10),
+        );
+        assert!(!set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", true, "Available", "ok"),
+            Some(1),
+            at(99)
+        ));
         assert_eq!(list[0].last_transition_time, Time(at(10)));
     }
 
     #[test]
     fn conditions_are_keyed_by_type() {
         let mut list = Vec::new();
-        set_condition(&mut list, ConditionUpdate::new("Ready", true, "A", ""), None, at(1));
-        set_condition(&mut list, ConditionUpdate::new("TLSReady", false, "B", ""), None, at(1));
+        set_condition(
+            &mut list,
+            ConditionUpdate::new("Ready", true, "A", ""),
+            None,
+            at(1),
+        );
+        set_condition(
+            &mut list,
+            ConditionUpdate::new("TLSReady", false, "B", ""),
+            None,
+            at(1),
+        );
         assert_eq!(list.len(), 2);
         assert_eq!(condition_status(&list, "TLSReady"), Some(FALSE));
         assert_eq!(condition_status(&list, "Missing"), None);

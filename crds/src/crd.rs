@@ -8,7 +8,10 @@ use crate::v1alpha1::{ChatApiKey, SecureChatModel};
 /// Every CRD with the file name it is written under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("securechatmodels.securechat.dev.yaml", SecureChatModel::crd()),
+        (
+            "securechatmodels.securechat.dev.yaml",
+            SecureChatModel::crd(),
+        ),
         ("chatapikeys.securechat.dev.yaml", ChatApiKey::crd()),
     ]
 }

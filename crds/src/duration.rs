@@ -30,7 +30,9 @@ pub struct Duration {
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("invalid duration {0:?}: expected numbers with units ns, us, ms, s, m or h, e.g. \"24h\" or \"1h30m\"")]
+    #[error(
+        "invalid duration {0:?}: expected numbers with units ns, us, ms, s, m or h, e.g. \"24h\" or \"1h30m\""
+    )]
     Invalid(String),
     #[error("duration {0:?} has a missing unit: write e.g. \"30s\", not \"30\"")]
     MissingUnit(String),
@@ -116,7 +118,12 @@ fn parse_go_duration(input: &str) -> Result<std::time::Duration, DurationError> 
             "s" => 1_000_000_000,
             "m" => 60 * 1_000_000_000,
             "h" => 3_600 * 1_000_000_000,
-            other => return Err(DurationError::UnknownUnit(input.to_string(), other.to_string())),
+            other => {
+                return Err(DurationError::UnknownUnit(
+                    input.to_string(),
+                    other.to_string(),
+                ));
+            }
         };
         let overflow = || DurationError::Overflow(input.to_string());
         let whole: u128 = if int_part.is_empty() {
@@ -137,9 +144,13 @@ fn parse_go_duration(input: &str) -> Result<std::time::Duration, DurationError> 
         total_nanos = total_nanos.checked_add(nanos).ok_or_else(overflow)?;
         rest = tail;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(input.to_string()))?;
+    let secs = u64::try_from(total_nanos / 1_000_000_000)
+        .map_err(|_| DurationError::Overflow(input.to_string()))?;
     // Go's limit is ~290 years; ours is generous but finite.
-    Ok(std::time::Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
+    Ok(std::time::Duration::new(
+        secs,
+        (total_nanos % 1_000_000_000) as u32,
+    ))
 }
 
 /// Formats the shortest Go-style string for the value, e.g. `1h30m`, `90s`
@@ -244,11 +255,25 @@ mod tests {
     #[test]
     fn refuses_what_go_refuses() {
         assert_eq!("".parse::<Duration>(), Err(DurationError::Empty));
-        assert!(matches!("30".parse::<Duration>(), Err(DurationError::MissingUnit(_))));
-        assert!(matches!("1d".parse::<Duration>(), Err(DurationError::UnknownUnit(_, u)) if u == "d"));
-        assert!(matches!("h".parse::<Duration>(), Err(DurationError::Invalid(_))));
-        assert!(matches!("-5s".parse::<Duration>(), Err(DurationError::Invalid(_))));
-        assert!(matches!("5 s".parse::<Duration>(), Err(DurationError::UnknownUnit(_, _))));
+        assert!(matches!(
+            "30".parse::<Duration>(),
+            Err(DurationError::MissingUnit(_))
+        ));
+        assert!(
+            matches!("1d".parse::<Duration>(), Err(DurationError::UnknownUnit(_, u)) if u == "d")
+        );
+        assert!(matches!(
+            "h".parse::<Duration>(),
+            Err(DurationError::Invalid(_))
+        ));
+        assert!(matches!(
+            "-5s".parse::<Duration>(),
+            Err(DurationError::Invalid(_))
+        ));
+        assert!(matches!(
+            "5 s".parse::<Duration>(),
+            Err(DurationError::UnknownUnit(_, _))
+        ));
         assert!(matches!(
             "99999999999999999999999h".parse::<Duration>(),
             Err(DurationError::Overflow(_))

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut check = false;
-    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/securechat/crds"));
+    let mut dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/securechat/crds"
+    ));
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--check" => check = true,
@@ -43,7 +46,9 @@ fn main() -> ExitCode {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 stale.push(path.display().to_string());
             }
-        } else if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml)) {
+        } else if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml))
+        {
             eprintln!("crdgen: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         } else {

@@ -248,7 +248,10 @@ pub struct VolumeSource {
 #[serde(rename_all = "camelCase")]
 pub struct HuggingFaceSource {
     /// Repository id, e.g. `THUDM/chatglm3-6b`.
-    #[schemars(length(min = 3, max = 200), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 3, max = 200),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub repo: String,
 
     /// Branch, tag or commit. Pin a commit for reproducible deployments.
@@ -319,7 +322,12 @@ pub struct GpuSpec {
 
     /// Extended resource name of the GPU device plugin.
     #[serde(default = "default_gpu_resource_name")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+        )
+    )]
     pub resource_name: String,
 
     /// GPU product, matched against the node label `nvidia.com/gpu.product`
@@ -506,7 +514,12 @@ fn default_tls_validity() -> Duration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct DnsName(
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
     pub String,
 );
 
@@ -684,13 +697,19 @@ pub struct ApiKeysSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct NamespaceName(
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"))] pub String,
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+    )]
+    pub String,
 );
 
 // ---------------------------------------------------------------- roles ---
 
 /// What a caller may do.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum Permission {
     /// POST /v1/chat/completions and /api/chat.
     Chat,
@@ -765,7 +784,12 @@ impl TierSpec {
 
     pub fn admin() -> Self {
         Self {
-            permissions: vec![Permission::Chat, Permission::Models, Permission::Usage, Permission::Admin],
+            permissions: vec![
+                Permission::Chat,
+                Permission::Models,
+                Permission::Usage,
+                Permission::Admin,
+            ],
             requests_per_minute: None,
             tokens_per_minute: None,
             max_tokens_per_request: None,
@@ -854,13 +878,19 @@ pub struct CorsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct Origin(
-    #[schemars(length(min = 8, max = 512), regex(pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"))] pub String,
+    #[schemars(
+        length(min = 8, max = 512),
+        regex(pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    )]
+    pub String,
 );
 
 // -------------------------------------------------------- sensitive data ---
 
 /// Built-in detectors of sensitive data.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum Detector {
     /// Payment card numbers: 13–19 digits, spaces or dashes allowed, Luhn
     /// checked.

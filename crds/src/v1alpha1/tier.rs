@@ -4,7 +4,20 @@ use serde::{Deserialize, Serialize};
 /// A permission tier, as in the key-rotation seed: ReadOnly < Developer <
 /// Admin. The OAuth seed's role names map onto these: `guest` -> ReadOnly,
 /// `user` -> Developer, `admin` -> Admin.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
 pub enum Tier {
     /// Chat only, with a low quota.
     #[default]
@@ -48,7 +61,8 @@ impl std::str::FromStr for Tier {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Tier::from_role_name(s).ok_or_else(|| format!("unknown tier {s:?}: expected ReadOnly, Developer or Admin"))
+        Tier::from_role_name(s)
+            .ok_or_else(|| format!("unknown tier {s:?}: expected ReadOnly, Developer or Admin"))
     }
 }
 
