@@ -89,7 +89,10 @@ pub enum GenerationEvent {
     /// the engine only emits complete characters).
     Text(String),
     /// The last event of a successful generation.
-    Done { finish_reason: FinishReason, usage: Usage },
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
 }
 
 /// A stream of events for one request. Dropping the receiver cancels the
@@ -101,10 +104,18 @@ pub type GenerationStream = mpsc::Receiver<Result<GenerationEvent, EngineError>>
 pub enum EngineError {
     /// The queue is full: 503 with Retry-After.
     #[error("the model is busy: {queued} requests are queued; retry in {}s", retry_after.as_secs())]
-    QueueFull { queued: usize, retry_after: Duration },
+    QueueFull {
+        queued: usize,
+        retry_after: Duration,
+    },
     /// The prompt does not fit the context window: 400.
-    #[error("the prompt is {prompt_tokens} tokens; this model's context is {context_length} tokens")]
-    PromptTooLong { prompt_tokens: usize, context_length: usize },
+    #[error(
+        "the prompt is {prompt_tokens} tokens; this model's context is {context_length} tokens"
+    )]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context_length: usize,
+    },
     /// A request the engine cannot serve (e.g. no messages): 400.
     #[error("{0}")]
     InvalidRequest(String),
