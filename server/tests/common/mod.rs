@@ -76,6 +76,7 @@ impl Engine for EchoEngine {
         let words: Vec<&str> = text.split_inclusive(' ').take(max).collect();
         let truncated = words.len() < text.split_inclusive(' ').count();
         let answer = words.concat();
+        let word_count = words.len() as u32;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let chars: Vec<char> = answer.chars().collect();
@@ -97,7 +98,7 @@ impl Engine for EchoEngine {
                     },
                     usage: Usage {
                         prompt_tokens,
-                        completion_tokens: words.len() as u32,
+                        completion_tokens: word_count,
                     },
                 }))
                 .await;
