@@ -164,9 +164,9 @@ impl fmt::Display for Duration {
         let secs = self.value.as_secs();
         let sub_nanos = self.value.subsec_nanos();
         if secs == 0 {
-            return if sub_nanos % 1_000_000 == 0 {
+            return if sub_nanos.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", sub_nanos / 1_000_000)
-            } else if sub_nanos % 1_000 == 0 {
+            } else if sub_nanos.is_multiple_of(1_000) {
                 write!(f, "{}us", sub_nanos / 1_000)
             } else {
                 write!(f, "{sub_nanos}ns")

@@ -16,8 +16,9 @@ use crate::v1alpha1::{
     AuditSpec, CorsSpec, OidcIssuer, RateLimitSpec, RolesSpec, SensitiveDataSpec, TlsVersion,
 };
 
-/// The whole configuration file.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The whole configuration file. `Default` equals an empty YAML document:
+/// every section's defaults live in its own type.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default)]
@@ -40,25 +41,6 @@ pub struct ServerConfig {
     pub audit: AuditSpec,
     #[serde(default)]
     pub limits: Limits,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        // Same as an empty YAML document, so the defaults live in one place:
-        // the field-level serde defaults.
-        Self {
-            files: FilePaths::default(),
-            tls: ServerTls::default(),
-            generation: GenerationDefaults::default(),
-            auth: ServerAuth::default(),
-            roles: RolesSpec::default(),
-            rate_limit: RateLimitSpec::default(),
-            cors: CorsSpec::default(),
-            sensitive_data: SensitiveDataSpec::default(),
-            audit: AuditSpec::default(),
-            limits: Limits::default(),
-        }
-    }
 }
 
 /// Where the other files are.

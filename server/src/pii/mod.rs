@@ -54,6 +54,8 @@ pub struct Filter {
     regex: Option<Regex>,
     detectors: Vec<Detector>,
     custom_names: Vec<String>,
+    /// Capture-group names of the custom patterns (`c0`, `c1`, …).
+    custom_groups: Vec<String>,
     pub action: FilterAction,
     pub input: bool,
     pub output: bool,
@@ -92,6 +94,7 @@ impl Filter {
         Ok(Self {
             regex,
             detectors: spec.detectors.clone(),
+            custom_groups: (0..custom_names.len()).map(|i| format!("c{i}")).collect(),
             custom_names,
             action: spec.action,
             input: spec.input,
@@ -120,16 +123,15 @@ impl Filter {
                 if is_isolated(text, m.start(), m.end()) {
                     self.classify_run(text, m.start(), m.end(), &mut out);
                 }
-            } else if let Some(i) =
-                (0..self.custom_names.len()).find(|i| caps.name(&format!("c{i}")).is_some())
+            } else if let Some((i, m)) = (0..self.custom_names.len())
+                .find_map(|i| caps.name(&self.custom_groups[i]).map(|m| (i, m)))
+                && !m.is_empty()
             {
-                if let Some(m) = caps.name(&format!("c{i}")).filter(|m| !m.is_empty()) {
-                    out.push(Finding {
-                        start: m.start(),
-                        end: m.end(),
-                        kind: Kind::Custom(self.custom_names[i].clone()),
-                    });
-                }
+                out.push(Finding {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: Kind::Custom(self.custom_names[i].clone()),
+                });
             }
         }
         out
