@@ -263,3 +263,178 @@ pub fn new_jti() -> Result<String, String> {
     getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use securechat_crds::files::keyset::SigningKey;
+
+    /// A throwaway RSA key generated for these tests only.
+    const RSA_PEM: &str = include_str!("testdata/rs256-test-only.pem");
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            leeway_secs: 5,
+        }
+    }
+
+    fn claims(now: DateTime<Utc>) -> Claims {
+        Claims {
+            iss: "iss".into(),
+            aud: "aud".into(),
+            sub: "user".into(),
+            role: "user".into(),
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            exp: now.timestamp() + 600,
+            jti: "j".into(),
+        }
+    }
+
+    fn key(kid: &str, alg: SigningAlgorithm, state: KeyState, now: DateTime<Utc>) -> SigningKey {
+        let (from, to) = (now - Duration::hours(1), now + Duration::hours(1));
+        match alg {
+            SigningAlgorithm::RS256 => SigningKey {
+                kid: kid.into(),
+                alg,
+                state,
+                not_before: from,
+                not_after: to,
+                private_key_pem: RSA_PEM.into(),
+            },
+            _ => crate::dev::new_signing_key(kid, alg, state, from, to).unwrap(),
+        }
+    }
+
+    fn sign_with(k: &SigningKey, header_alg: Algorithm, c: &Claims) -> String {
+        let pem = k.private_key_pem.as_bytes();
+        let enc = match k.alg {
+            SigningAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+            SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem),
+            SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+        }
+        .unwrap();
+        let mut header = Header::new(header_alg);
+        header.kid = Some(k.kid.clone());
+        jsonwebtoken::encode(&header, c, &enc).unwrap()
+    }
+
+    fn keyset(now: DateTime<Utc>) -> SigningKeySet {
+        SigningKeySet {
+            keys: vec![
+                key("active", SigningAlgorithm::ES256, KeyState::Active, now),
+                key("previous", SigningAlgorithm::EdDSA, KeyState::Previous, now),
+                key("next", SigningAlgorithm::EdDSA, KeyState::Next, now),
+                key("rsa", SigningAlgorithm::RS256, KeyState::Previous, now),
+            ],
+        }
+    }
+
+    #[test]
+    fn each_algorithm_signs_and_verifies_under_its_own_kid() {
+        let now = Utc::now();
+        let set = keyset(now);
+        let m = SigningMaterial::from_keyset(&set).unwrap();
+        let token = m.sign(&claims(now), now).unwrap();
+        let (c, tier) = m.verify(&token, &policy(), now).unwrap();
+        assert_eq!((c.sub.as_str(), tier), ("user", Tier::Developer));
+        assert_eq!(
+            jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
+            Some("active")
+        );
+        let previous = sign_with(&set.keys[1], Algorithm::EdDSA, &claims(now));
+        assert!(
+            m.verify(&previous, &policy(), now).is_ok(),
+            "previous key still verifies"
+        );
+        let rsa = sign_with(&set.keys[3], Algorithm::RS256, &claims(now));
+        assert!(m.verify(&rsa, &policy(), now).is_ok());
+        let jwks = m.jwks(now);
+        let kinds: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kty"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["EC", "OKP", "OKP", "RSA"]);
+    }
+
+    #[test]
+    fn next_keys_and_keys_past_their_window_do_not_verify() {
+        let now = Utc::now();
+        let set = keyset(now);
+        let m = SigningMaterial::from_keyset(&set).unwrap();
+        let next = sign_with(&set.keys[2], Algorithm::EdDSA, &claims(now));
+        assert_eq!(
+            m.verify(&next, &policy(), now).err(),
+            Some(AuthFailure::UnknownKid)
+        );
+        let later = now + Duration::hours(2);
+        let mut c = claims(later);
+        c.exp = later.timestamp() + 600;
+        let previous = sign_with(&set.keys[1], Algorithm::EdDSA, &c);
+        assert_eq!(
+            m.verify(&previous, &policy(), later).err(),
+            Some(AuthFailure::UnknownKid)
+        );
+        assert!(m.jwks(later)["keys"].as_array().unwrap().is_empty());
+        assert!(
+            m.sign(&c, later).is_err(),
+            "the active key is past its window"
+        );
+    }
+
+    #[test]
+    fn a_kid_only_verifies_with_its_own_algorithm() {
+        let now = Utc::now();
+        let set = keyset(now);
+        let m = SigningMaterial::from_keyset(&set).unwrap();
+        // An EdDSA signature presented under the ES256 key's kid.
+        let mut impostor = set.keys[1].clone();
+        impostor.kid = "active".into();
+        let token = sign_with(&impostor, Algorithm::EdDSA, &claims(now));
+        assert_eq!(
+            m.verify(&token, &policy(), now).err(),
+            Some(AuthFailure::AlgorithmMismatch)
+        );
+        // HS256 keyed with the RSA key's public material (the classic
+        // confusion attack) is refused before any HMAC is computed.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa".into());
+        let jwks = m.jwks(now);
+        let n = jwks["keys"][3]["n"].as_str().unwrap();
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims(now),
+            &EncodingKey::from_secret(n.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            m.verify(&token, &policy(), now).err(),
+            Some(AuthFailure::AlgorithmMismatch)
+        );
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_refused_at_load() {
+        let now = Utc::now();
+        let mut k = key("k", SigningAlgorithm::EdDSA, KeyState::Active, now);
+        k.alg = SigningAlgorithm::ES256;
+        let err = SigningMaterial::from_keyset(&SigningKeySet { keys: vec![k] })
+            .err()
+            .unwrap();
+        assert!(err.contains("not an ES256 key"), "{err}");
+        let mut garbled = key("g", SigningAlgorithm::EdDSA, KeyState::Active, now);
+        garbled.private_key_pem =
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        assert!(
+            SigningMaterial::from_keyset(&SigningKeySet {
+                keys: vec![garbled]
+            })
+            .is_err()
+        );
+    }
+}
