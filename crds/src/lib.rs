@@ -7,6 +7,8 @@
 //!   Kubernetes and cert-manager write them.
 //! - [`conditions`]: pure helpers that maintain a Kubernetes-convention
 //!   condition list.
+//! - [`files`]: the file formats the operator writes and the server reads
+//!   (server config, signing keyset, API-key table).
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
 //!
 //! This crate holds no client code.
@@ -14,6 +16,7 @@
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod files;
 pub mod v1alpha1;
 
 pub use duration::Duration;

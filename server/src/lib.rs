@@ -1,4 +1,29 @@
 //! The securechat server: the workload image the operator deploys, and a
 //! standalone HTTPS chat server.
+//!
+//! Request path: TLS (`serve`, `tls`) -> audit/metrics middleware (`audit`)
+//! -> origin guard + CORS (`routes`) -> `auth::Authorized` (brute-force
+//! guard, API key or JWT, tier permission, rate limit) -> handler
+//! (`routes::*`) -> `generation` (input filter, quotas, context check) ->
+//! `engine::Engine` -> streaming output filter (`pii`).
 
+pub mod audit;
+pub mod auth;
+pub mod der;
+pub mod dev;
 pub mod engine;
+pub mod error;
+pub mod files;
+pub mod generation;
+pub mod keys_cli;
+pub mod metrics;
+pub mod model_loader;
+pub mod pii;
+pub mod ratelimit;
+pub mod routes;
+pub mod serve;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use routes::app;

@@ -1,6 +1,178 @@
-//! securechat-server: the HTTPS chat server (see `--help`).
+//! securechat-server: the HTTPS chat server and its key-management verbs.
 
-fn main() {
-    eprintln!("securechat-server: not built yet (issue 2/8)");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use securechat_crds::files::names;
+use securechat_crds::v1alpha1::Tier;
+use securechat_server::server::{ServeOptions, run};
+use securechat_server::{dev, keys_cli, model_loader};
+
+#[derive(Parser)]
+#[command(
+    name = "securechat-server",
+    version,
+    about = "HTTPS chat server with auth, limits, filters and audit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and web ports over HTTPS.
+    Serve(ServeArgs),
+    /// Manage API keys in the local key table.
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (config.yaml).
+    #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
+    config: Option<PathBuf>,
+    /// Create dev TLS material, keys, key table and config in --data-dir if absent.
+    #[arg(long, requires = "data_dir")]
+    dev: bool,
+    /// Directory for --dev.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8000", env = "SECURECHAT_API_ADDR")]
+    api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8501", env = "SECURECHAT_WEB_ADDR")]
+    web_addr: SocketAddr,
+    /// Model file (GGUF). Default: the SmolLM2-135M-Instruct Q4_1 cache path.
+    #[arg(long, env = "SECURECHAT_MODEL")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeysArgs {
+    /// Directory holding api-keys.json.
+    #[arg(long, global = true, default_value = ".")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    verb: KeysVerb,
+}
+
+#[derive(Subcommand)]
+enum KeysVerb {
+    /// Create a key; prints the plaintext key alone on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// ReadOnly, Developer or Admin (guest/user/admin also accepted).
+        #[arg(long, default_value = "ReadOnly")]
+        tier: Tier,
+        /// Lifetime, e.g. 30d or 720h. Default: no expiry.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List keys (never secrets).
+    List,
+    /// Deactivate a key (can be resumed).
+    Suspend { id: String },
+    /// Reactivate a suspended key.
+    Resume { id: String },
+    /// New secret for the same id; the old one works until the grace ends.
+    Rotate {
+        id: String,
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
+    /// Revoke a key for good.
+    Revoke { id: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Keys(args) => keys(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config_path = match (args.config, args.dev, args.data_dir) {
+        (Some(config), _, _) => config,
+        (None, true, Some(dir)) => dev::ensure(&dir)?,
+        _ => anyhow::bail!("either --config FILE or --dev --data-dir DIR is required"),
+    };
+    let model = args.model.unwrap_or_else(model_loader::default_model_path);
+    let engine = model_loader::load_engine(&model)?;
+    let options = ServeOptions {
+        config_path,
+        api_addr: args.api_addr,
+        web_addr: args.web_addr,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(&options, engine))
+}
+
+fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    let path = args.data_dir.join(names::API_KEYS);
+    let now = chrono::Utc::now();
+    let mut table = keys_cli::load(&path)?;
+    let plaintext = match args.verb {
+        KeysVerb::List => {
+            print!("{}", keys_cli::render_list(&table, now));
+            return Ok(());
+        }
+        KeysVerb::Create {
+            name,
+            tier,
+            expires_in,
+        } => {
+            let lifetime = expires_in
+                .as_deref()
+                .map(keys_cli::parse_lifetime)
+                .transpose()?;
+            let (id, key) = keys_cli::create(&mut table, &name, tier, lifetime, now)?;
+            println!("created key {id} ({name}, {tier}); store it now, it is not shown again:");
+            Some(key)
+        }
+        KeysVerb::Suspend { id } => {
+            keys_cli::suspend(&mut table, &id)?;
+            println!("suspended {id}");
+            None
+        }
+        KeysVerb::Resume { id } => {
+            keys_cli::resume(&mut table, &id)?;
+            println!("resumed {id}");
+            None
+        }
+        KeysVerb::Rotate { id, grace } => {
+            let grace = keys_cli::parse_lifetime(&grace)?;
+            let key = keys_cli::rotate(&mut table, &id, grace, now)?;
+            println!(
+                "rotated {id}; the previous secret works until {}; new key:",
+                now + grace
+            );
+            Some(key)
+        }
+        KeysVerb::Revoke { id } => {
+            keys_cli::revoke(&mut table, &id)?;
+            println!("revoked {id}");
+            None
+        }
+    };
+    keys_cli::save(&path, &table)?;
+    if let Some(key) = plaintext {
+        println!("{key}");
+    }
+    Ok(())
 }

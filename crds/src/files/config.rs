@@ -1,0 +1,390 @@
+//! `config.yaml`: the server configuration.
+//!
+//! The policy sections reuse the SecureChatModel spec types, so the operator
+//! copies them from the resource without translation and a standalone user
+//! writes the same YAML they would write under `spec:`. Paths are relative
+//! to the directory of the config file (in a pod: the mounted ConfigMap; the
+//! operator writes absolute paths of the mounted Secrets).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ValidationError, names};
+use crate::Duration;
+use crate::v1alpha1::{
+    AuditSpec, CorsSpec, OidcIssuer, RateLimitSpec, RolesSpec, SensitiveDataSpec, TlsVersion,
+};
+
+/// The whole configuration file. `Default` equals an empty YAML document:
+/// every section's defaults live in its own type.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default)]
+    pub files: FilePaths,
+    #[serde(default)]
+    pub tls: ServerTls,
+    #[serde(default)]
+    pub generation: GenerationDefaults,
+    #[serde(default)]
+    pub auth: ServerAuth,
+    #[serde(default)]
+    pub roles: RolesSpec,
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+    #[serde(default)]
+    pub cors: CorsSpec,
+    #[serde(default)]
+    pub sensitive_data: SensitiveDataSpec,
+    #[serde(default)]
+    pub audit: AuditSpec,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Where the other files are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilePaths {
+    #[serde(default = "default_tls_cert")]
+    pub tls_cert: PathBuf,
+    #[serde(default = "default_tls_key")]
+    pub tls_key: PathBuf,
+    #[serde(default = "default_keyset")]
+    pub signing_keys: PathBuf,
+    #[serde(default = "default_api_keys")]
+    pub api_keys: PathBuf,
+}
+
+impl Default for FilePaths {
+    fn default() -> Self {
+        Self {
+            tls_cert: default_tls_cert(),
+            tls_key: default_tls_key(),
+            signing_keys: default_keyset(),
+            api_keys: default_api_keys(),
+        }
+    }
+}
+
+fn default_tls_cert() -> PathBuf {
+    Path::new("tls").join(names::TLS_CERT)
+}
+fn default_tls_key() -> PathBuf {
+    Path::new("tls").join(names::TLS_KEY)
+}
+fn default_keyset() -> PathBuf {
+    Path::new("signing-keys").join(names::KEYSET)
+}
+fn default_api_keys() -> PathBuf {
+    PathBuf::from(names::API_KEYS)
+}
+
+impl FilePaths {
+    /// The same paths with relative ones resolved against `base` (the
+    /// config file's directory).
+    pub fn resolved(&self, base: &Path) -> FilePaths {
+        let r = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        FilePaths {
+            tls_cert: r(&self.tls_cert),
+            tls_key: r(&self.tls_key),
+            signing_keys: r(&self.signing_keys),
+            api_keys: r(&self.api_keys),
+        }
+    }
+}
+
+/// Listener TLS settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTls {
+    /// "1.2" or "1.3" (default).
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// Sampling defaults for requests that do not set them (the seed's values).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerationDefaults {
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+}
+
+impl Default for GenerationDefaults {
+    fn default() -> Self {
+        Self {
+            max_tokens: default_max_tokens(),
+            temperature: default_temperature(),
+            top_p: default_top_p(),
+        }
+    }
+}
+
+fn default_max_tokens() -> u32 {
+    2048
+}
+fn default_temperature() -> f32 {
+    0.7
+}
+fn default_top_p() -> f32 {
+    1.0
+}
+
+/// Token issuing and verification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerAuth {
+    /// `iss` of issued tokens, and required of tokens verified with the
+    /// server's own keys.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// `aud` of issued tokens, and required of them.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    #[serde(default = "default_token_ttl", rename = "tokenTTL")]
+    pub token_ttl: Duration,
+    /// Clock-skew allowance for exp / nbf / iat.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// External OpenID Connect issuers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<OidcIssuer>,
+}
+
+impl Default for ServerAuth {
+    fn default() -> Self {
+        Self {
+            issuer: default_issuer(),
+            audience: default_audience(),
+            token_ttl: default_token_ttl(),
+            leeway: default_leeway(),
+            oidc: Vec::new(),
+        }
+    }
+}
+
+fn default_issuer() -> String {
+    "https://localhost:8000".into()
+}
+fn default_audience() -> String {
+    "securechat".into()
+}
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Resource limits that protect the server itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Failed authentications per minute from one client address before
+    /// it is throttled (brute-force guard).
+    #[serde(default = "default_max_auth_failures")]
+    pub max_auth_failures_per_minute: u32,
+    /// Principals and addresses the limiters remember; the idlest are
+    /// evicted beyond this, so memory stays bounded.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked_clients: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            max_auth_failures_per_minute: default_max_auth_failures(),
+            max_tracked_clients: default_max_tracked(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_auth_failures() -> u32 {
+    20
+}
+fn default_max_tracked() -> u32 {
+    10_000
+}
+
+impl ServerConfig {
+    /// Parses YAML; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks that the regular-expression syntax of custom patterns cannot
+    /// catch (the server compiles them and refuses the file if they do not
+    /// compile).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut problems = Vec::new();
+        if self.auth.issuer.is_empty() {
+            problems.push("auth.issuer: must not be empty".to_string());
+        }
+        if self.auth.audience.is_empty() {
+            problems.push("auth.audience: must not be empty".to_string());
+        }
+        if self.auth.leeway > Duration::from_secs(60) {
+            problems.push("auth.leeway: must be at most 60s (5s is recommended)".to_string());
+        }
+        if self.auth.token_ttl < Duration::from_secs(60)
+            || self.auth.token_ttl > Duration::from_secs(24 * 3600)
+        {
+            problems.push("auth.tokenTTL: must be between 1m and 24h".to_string());
+        }
+        for (i, oidc) in self.auth.oidc.iter().enumerate() {
+            if !oidc.issuer_url.starts_with("https://") {
+                problems.push(format!("auth.oidc[{i}].issuerURL: must be an https URL"));
+            }
+        }
+        if self.rate_limit.requests_per_minute < 1 {
+            problems.push("rateLimit.requestsPerMinute: must be at least 1".to_string());
+        }
+        if self.rate_limit.burst.is_some_and(|b| b < 1) {
+            problems.push("rateLimit.burst: must be at least 1".to_string());
+        }
+        if !(0.0..=2.0).contains(&self.generation.temperature) {
+            problems.push("generation.temperature: must be between 0 and 2".to_string());
+        }
+        if !(self.generation.top_p > 0.0 && self.generation.top_p <= 1.0) {
+            problems.push("generation.topP: must be in (0, 1]".to_string());
+        }
+        if self.generation.max_tokens == 0 {
+            problems.push("generation.maxTokens: must be at least 1".to_string());
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.limits.max_body_bytes) {
+            problems.push("limits.maxBodyBytes: must be between 1KiB and 64MiB".to_string());
+        }
+        if self.limits.max_tracked_clients == 0 {
+            problems.push("limits.maxTrackedClients: must be at least 1".to_string());
+        }
+        for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
+            if !(origin.0.starts_with("https://") || origin.0.starts_with("http://"))
+                || origin.0.ends_with('/')
+            {
+                problems.push(format!(
+                    "cors.allowedOrigins[{i}]: must be scheme://host[:port] without a path"
+                ));
+            }
+        }
+        ValidationError::check(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1alpha1::{FilterAction, Origin};
+
+    #[test]
+    fn empty_document_gives_seed_defaults() {
+        let c = ServerConfig::from_yaml("").unwrap();
+        assert_eq!(c, ServerConfig::from_yaml("{}").unwrap());
+        assert_eq!(c.rate_limit.requests_per_minute, 10);
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(1800));
+        assert_eq!(c.auth.leeway, Duration::from_secs(5));
+        assert_eq!(c.generation.max_tokens, 2048);
+        assert!(c.cors.allowed_origins.is_empty());
+        assert_eq!(c.tls.min_version, TlsVersion::V1_3);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn reads_the_spec_shaped_sections() {
+        let yaml = r#"
+auth:
+  issuer: https://chat.example
+  audience: chat
+  tokenTTL: 10m
+rateLimit:
+  requestsPerMinute: 60
+  burst: 5
+cors:
+  allowedOrigins: ["https://app.example"]
+sensitiveData:
+  action: Reject
+  customPatterns:
+    - name: employee-id
+      regex: "EMP-[0-9]{6}"
+tls:
+  minVersion: "1.2"
+files:
+  apiKeys: /etc/securechat/api-keys/api-keys.json
+"#;
+        let c = ServerConfig::from_yaml(yaml).unwrap();
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(600));
+        assert_eq!(c.rate_limit.burst, Some(5));
+        assert_eq!(
+            c.cors.allowed_origins,
+            vec![Origin("https://app.example".into())]
+        );
+        assert_eq!(c.sensitive_data.action, FilterAction::Reject);
+        assert_eq!(c.tls.min_version, TlsVersion::V1_2);
+        let files = c.files.resolved(Path::new("/cfg"));
+        assert_eq!(
+            files.api_keys,
+            PathBuf::from("/etc/securechat/api-keys/api-keys.json")
+        );
+        assert_eq!(files.tls_cert, PathBuf::from("/cfg/tls/tls.crt"));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn typos_are_refused_not_ignored() {
+        let err = ServerConfig::from_yaml("rateLimits: {}\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let mut c = ServerConfig::default();
+        c.auth.issuer.clear();
+        c.auth.leeway = Duration::from_secs(120);
+        c.auth.token_ttl = Duration::from_secs(10);
+        c.rate_limit.requests_per_minute = 0;
+        c.generation.temperature = 3.0;
+        c.limits.max_body_bytes = 10;
+        c.cors.allowed_origins = vec![Origin("https://x.example/".into())];
+        let text = c.validate().unwrap_err().to_string();
+        for needle in [
+            "auth.issuer",
+            "auth.leeway",
+            "auth.tokenTTL",
+            "rateLimit.requestsPerMinute",
+            "generation.temperature",
+            "limits.maxBodyBytes",
+            "cors.allowedOrigins[0]",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn serialises_back_to_yaml_that_reads_the_same() {
+        let c = ServerConfig::default();
+        let yaml = serde_yaml::to_string(&c).unwrap();
+        assert!(yaml.contains("tokenTTL: 30m"), "{yaml}");
+        assert_eq!(ServerConfig::from_yaml(&yaml).unwrap(), c);
+    }
+}

@@ -1,0 +1,242 @@
+//! Authentication and authorisation. The only place credentials are parsed
+//! and compared.
+//!
+//! `Authorized<P>` is an extractor: brute-force guard -> credential check
+//! (API key or JWT) -> permission `P` for the caller's tier -> request rate
+//! limit. Handlers that take it run only for permitted, in-budget callers.
+
+pub mod api_key;
+pub mod jwt;
+
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use securechat_crds::v1alpha1::{Permission, Tier};
+
+use crate::audit::{Audit, RateInfo};
+use crate::error::{ApiError, AuthFailure};
+use crate::ratelimit::{Decision, Rate};
+use crate::serve::ClientAddr;
+use crate::state::AppState;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    ApiKey,
+    Token,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Stable identity for limits and audit: `key:<id>` for API keys and
+    /// tokens minted from them.
+    pub subject: String,
+    pub key_id: Option<String>,
+    pub tier: Tier,
+    pub method: Method,
+}
+
+/// Reads the bearer credential from the Authorization header.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        // Two Authorization headers: which one would a proxy have checked?
+        return Err(AuthFailure::Malformed);
+    }
+    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, credential) = text.split_once(' ').ok_or(AuthFailure::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Malformed);
+    }
+    let credential = credential.trim();
+    if credential.is_empty() || credential.len() > 8192 {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(credential)
+}
+
+/// Checks a credential against the current keys.
+pub fn authenticate(
+    state: &AppState,
+    credential: &str,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthFailure> {
+    if api_key::looks_like_api_key(credential) {
+        let table = state.api_keys.load();
+        let record = api_key::verify(&table, credential, now)?;
+        return Ok(Principal {
+            subject: format!("key:{}", record.id),
+            key_id: Some(record.id.clone()),
+            tier: record.tier,
+            method: Method::ApiKey,
+        });
+    }
+    if credential.split('.').count() != 3 {
+        return Err(AuthFailure::Malformed);
+    }
+    let runtime = state.runtime();
+    let (claims, tier) = state
+        .signing
+        .load()
+        .verify(credential, &runtime.policy, now)?;
+    // Tokens minted from an API key die with it: a revoked or suspended
+    // key's outstanding tokens stop working at once, not at their exp.
+    let key_id = claims.sub.strip_prefix("key:").map(str::to_string);
+    if let Some(id) = &key_id {
+        let table = state.api_keys.load();
+        let record = table.get(id).ok_or(AuthFailure::UnknownKey)?;
+        match record.status_at(now) {
+            securechat_crds::files::api_keys::ApiKeyStatus::Active => {}
+            securechat_crds::files::api_keys::ApiKeyStatus::Suspended => {
+                return Err(AuthFailure::Suspended);
+            }
+            securechat_crds::files::api_keys::ApiKeyStatus::Expired => {
+                return Err(AuthFailure::Expired);
+            }
+            securechat_crds::files::api_keys::ApiKeyStatus::Revoked => {
+                return Err(AuthFailure::Revoked);
+            }
+        }
+    }
+    Ok(Principal {
+        subject: claims.sub,
+        key_id,
+        tier,
+        method: Method::Token,
+    })
+}
+
+fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ClientAddr>().map(|a| a.0.ip())
+}
+
+/// Refuses clients with too many recent failures, before any crypto work.
+pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
+    let Some(ip) = ip else { return Ok(()) };
+    let runtime = state.runtime();
+    let max = runtime.config.limits.max_auth_failures_per_minute;
+    let rate = Rate::per_minute(max, max);
+    match state.failure_buckets.peek(&ip.to_string(), rate, 1.0, now) {
+        Decision::Allowed { .. } => Ok(()),
+        Decision::Denied { retry_after } => {
+            state.metrics.limited("auth_failures");
+            Err(ApiError::AuthThrottled(retry_after))
+        }
+    }
+}
+
+/// Counts a failure against the client address and the metrics.
+pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, now: Instant) {
+    state.metrics.auth_failure(failure.label());
+    if let Some(ip) = ip {
+        let max = state.runtime().config.limits.max_auth_failures_per_minute;
+        state
+            .failure_buckets
+            .charge(&ip.to_string(), Rate::per_minute(max, max), 1.0, now);
+    }
+}
+
+/// Authenticates the request's bearer credential, with the guard.
+pub fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let now = Instant::now();
+    let ip = client_ip(parts);
+    check_guard(state, ip, now)?;
+    let result = bearer(&parts.headers).and_then(|c| authenticate(state, c, Utc::now()));
+    match result {
+        Ok(p) => Ok(p),
+        Err(failure) => {
+            note_failure(state, ip, failure, now);
+            Err(ApiError::Unauthorized(failure))
+        }
+    }
+}
+
+/// A permission an endpoint requires.
+pub trait Needs: Send + Sync + 'static {
+    const PERMISSION: Permission;
+    const NAME: &'static str;
+}
+
+pub struct ChatPermission;
+impl Needs for ChatPermission {
+    const PERMISSION: Permission = Permission::Chat;
+    const NAME: &'static str = "Chat";
+}
+pub struct ModelsPermission;
+impl Needs for ModelsPermission {
+    const PERMISSION: Permission = Permission::Models;
+    const NAME: &'static str = "Models";
+}
+pub struct AdminPermission;
+impl Needs for AdminPermission {
+    const PERMISSION: Permission = Permission::Admin;
+    const NAME: &'static str = "Admin";
+}
+
+/// An authenticated, permitted, in-budget caller.
+pub struct Authorized<P: Needs> {
+    pub principal: Principal,
+    _p: PhantomData<P>,
+}
+
+impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let audit = parts
+            .extensions
+            .get::<Audit>()
+            .cloned()
+            .unwrap_or_else(Audit::disabled);
+        let principal = principal_from_parts(parts, state)?;
+        audit.principal(
+            &principal.subject,
+            principal.key_id.as_deref(),
+            principal.tier.as_str(),
+        );
+        let runtime = state.runtime();
+        let tier_spec = runtime.config.roles.tier(principal.tier);
+        if !tier_spec.permissions.contains(&P::PERMISSION) {
+            return Err(ApiError::Forbidden(P::NAME));
+        }
+        let limits = &runtime.config.rate_limit;
+        let per_minute = tier_spec
+            .requests_per_minute
+            .unwrap_or(limits.requests_per_minute)
+            .max(1) as u32;
+        let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
+        let rate = Rate::per_minute(per_minute, burst);
+        match state
+            .request_buckets
+            .take(&principal.subject, rate, 1.0, Instant::now())
+        {
+            Decision::Allowed { remaining, reset } => audit.rate(RateInfo {
+                limit: per_minute,
+                remaining,
+                reset_secs: reset.as_secs(),
+            }),
+            Decision::Denied { retry_after } => {
+                state.metrics.limited("requests");
+                return Err(ApiError::RateLimited {
+                    limit: per_minute,
+                    retry_after,
+                });
+            }
+        }
+        if let Some(id) = &principal.key_id {
+            state.record_usage(id, 0, 0, true, Utc::now());
+        }
+        Ok(Self {
+            principal,
+            _p: PhantomData,
+        })
+    }
+}

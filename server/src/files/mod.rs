@@ -1,0 +1,4 @@
+//! Reading the watched files and keeping the last good version of each.
+
+pub mod atomic;
+pub mod reload;

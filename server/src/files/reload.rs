@@ -1,0 +1,241 @@
+//! Hot reload. Kubernetes updates mounted Secrets and ConfigMaps by swapping
+//! a symlink, which some inotify setups miss, so a change event triggers a
+//! reload and a slow poll catches anything the events did not. Files whose
+//! bytes did not change are skipped; an invalid file is logged and counted
+//! and the last good version stays in force.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use securechat_crds::files::api_keys::ApiKeyTable;
+use securechat_crds::files::config::{FilePaths, ServerConfig};
+use securechat_crds::files::keyset::SigningKeySet;
+use securechat_crds::v1alpha1::TlsVersion;
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::jwt::SigningMaterial;
+use crate::state::{AppState, Runtime};
+use crate::tls::{self, LoadedCert, SwappableCert};
+
+const POLL_INTERVAL: Duration = Duration::from_secs(30);
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn parse_config(bytes: &[u8]) -> Result<Runtime, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "config is not UTF-8".to_string())?;
+    Runtime::new(ServerConfig::from_yaml(text)?)
+}
+
+pub fn parse_keyset(bytes: &[u8]) -> Result<SigningMaterial, String> {
+    let set: SigningKeySet = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    SigningMaterial::from_keyset(&set)
+}
+
+pub fn parse_table(bytes: &[u8]) -> Result<ApiKeyTable, String> {
+    let table: ApiKeyTable = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    table.validate().map_err(|e| e.to_string())?;
+    Ok(table)
+}
+
+pub fn load_config(path: &Path) -> Result<Runtime, String> {
+    parse_config(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+pub fn load_keyset(path: &Path) -> Result<SigningMaterial, String> {
+    parse_keyset(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+pub fn load_table(path: &Path) -> Result<ApiKeyTable, String> {
+    parse_table(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+pub fn load_cert(files: &FilePaths) -> Result<LoadedCert, String> {
+    tls::load_cert(&read(&files.tls_cert)?, &read(&files.tls_key)?)
+}
+
+/// The TLS side of the reloadable state.
+pub struct TlsState {
+    pub cert: Arc<SwappableCert>,
+    pub acceptor: Arc<ArcSwap<TlsAcceptor>>,
+    min_version: Mutex<TlsVersion>,
+}
+
+impl TlsState {
+    pub fn new(cert: LoadedCert, min_version: TlsVersion) -> Result<Self, String> {
+        let cert = Arc::new(SwappableCert(ArcSwap::new(cert.key)));
+        let acceptor = tls::acceptor(cert.clone(), min_version)?;
+        Ok(Self {
+            cert,
+            acceptor: Arc::new(ArcSwap::from_pointee(acceptor)),
+            min_version: Mutex::new(min_version),
+        })
+    }
+}
+
+/// Knows the files and swaps in new versions.
+pub struct Reloader {
+    pub state: AppState,
+    pub tls: Arc<TlsState>,
+    pub config_path: Option<PathBuf>,
+    pub files: FilePaths,
+    digests: Mutex<HashMap<&'static str, [u8; 32]>>,
+}
+
+impl Reloader {
+    pub fn new(
+        state: AppState,
+        tls: Arc<TlsState>,
+        config_path: Option<PathBuf>,
+        files: FilePaths,
+    ) -> Self {
+        let reloader = Self {
+            state,
+            tls,
+            config_path,
+            files,
+            digests: Mutex::new(HashMap::new()),
+        };
+        // Remember what was loaded at startup so the first poll is a no-op.
+        for (name, path) in reloader.watched() {
+            if let Ok(bytes) = std::fs::read(&path) {
+                reloader.changed(name, &bytes);
+            }
+        }
+        reloader
+    }
+
+    fn watched(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut out = vec![
+            ("signing_keys", self.files.signing_keys.clone()),
+            ("api_keys", self.files.api_keys.clone()),
+            ("tls_cert", self.files.tls_cert.clone()),
+            ("tls_key", self.files.tls_key.clone()),
+        ];
+        if let Some(c) = &self.config_path {
+            out.push(("config", c.clone()));
+        }
+        out
+    }
+
+    /// Records the digest; true when it differs from the last one seen.
+    fn changed(&self, name: &'static str, bytes: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let mut map = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(name, digest) != Some(digest)
+    }
+
+    fn outcome<T>(&self, file: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => {
+                tracing::info!(file, "reloaded");
+                self.state.metrics.reload(file, true);
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!(file, error = %e, "invalid file; keeping the last good version");
+                self.state.metrics.reload(file, false);
+                None
+            }
+        }
+    }
+
+    /// Re-reads every file that changed.
+    pub fn reload_all(&self) {
+        if let Some(path) = &self.config_path
+            && let Ok(bytes) = read(path)
+            && self.changed("config", &bytes)
+            && let Some(runtime) = self.outcome("config", parse_config(&bytes))
+        {
+            let min = runtime.config.tls.min_version;
+            self.state.runtime.store(Arc::new(runtime));
+            self.apply_min_version(min);
+        }
+        if let Ok(bytes) = read(&self.files.signing_keys)
+            && self.changed("signing_keys", &bytes)
+            && let Some(m) = self.outcome("signing_keys", parse_keyset(&bytes))
+        {
+            self.state.signing.store(Arc::new(m));
+        }
+        if let Ok(bytes) = read(&self.files.api_keys)
+            && self.changed("api_keys", &bytes)
+            && let Some(t) = self.outcome("api_keys", parse_table(&bytes))
+        {
+            self.state.api_keys.store(Arc::new(t));
+        }
+        // Certificate and key change together; either changing reloads both.
+        if let (Ok(cert), Ok(key)) = (read(&self.files.tls_cert), read(&self.files.tls_key)) {
+            let c = self.changed("tls_cert", &cert);
+            let k = self.changed("tls_key", &key);
+            if (c || k)
+                && let Some(loaded) = self.outcome("tls", tls::load_cert(&cert, &key))
+            {
+                *self
+                    .state
+                    .cert_not_after
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = loaded.not_after;
+                self.tls.cert.0.store(loaded.key);
+            }
+        }
+    }
+
+    fn apply_min_version(&self, min: TlsVersion) {
+        let mut current = self
+            .tls
+            .min_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current == min {
+            return;
+        }
+        match tls::acceptor(self.tls.cert.clone(), min) {
+            Ok(acceptor) => {
+                self.tls.acceptor.store(Arc::new(acceptor));
+                *current = min;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot apply tls.minVersion"),
+        }
+    }
+}
+
+/// Watches the files' directories and reloads on change, plus a periodic
+/// poll. The returned watcher must be kept alive.
+pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        // A full channel already means "reload pending".
+        let _ = tx.try_send(());
+    })?;
+    let mut dirs: Vec<PathBuf> = reloader
+        .watched()
+        .iter()
+        .filter_map(|(_, p)| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; relying on polling");
+        }
+    }
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => tokio::time::sleep(DEBOUNCE).await,
+                _ = poll.tick() => {}
+            }
+            // Drain events that arrived during the debounce.
+            while rx.try_recv().is_ok() {}
+            let r = reloader.clone();
+            // File reads and key parsing are blocking work.
+            let _ = tokio::task::spawn_blocking(move || r.reload_all()).await;
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,346 @@
+//! The chat pipeline shared by /v1/chat/completions and /api/chat:
+//! input filter -> tier clamps -> token quota -> context check -> engine,
+//! then the engine's events through the streaming output filter.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use securechat_crds::v1alpha1::FilterAction;
+use tokio::sync::mpsc;
+
+use crate::audit::Audit;
+use crate::auth::Principal;
+use crate::engine::{
+    ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
+    Usage,
+};
+use crate::error::ApiError;
+use crate::pii::StreamFilter;
+use crate::ratelimit::{Decision, Rate};
+use crate::state::{AppState, Runtime};
+
+/// Sampling values as the caller sent them (None: use the defaults).
+#[derive(Debug, Default, Clone)]
+pub struct Requested {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub seed: Option<u64>,
+}
+
+/// What the output side emits.
+#[derive(Debug)]
+pub enum Piece {
+    Text(String),
+    Finished {
+        finish_reason: FinishReason,
+        usage: Usage,
+        /// The output filter refused the rest of the answer.
+        filtered: bool,
+    },
+    Failed(ApiError),
+}
+
+/// A request ready for the engine.
+pub struct Prepared {
+    pub request: GenerationRequest,
+    pub prompt_tokens: usize,
+    runtime: Arc<Runtime>,
+    quota: Option<Rate>,
+}
+
+fn token_quota(runtime: &Runtime, principal: &Principal) -> Option<(u32, Rate)> {
+    let tier = runtime.config.roles.tier(principal.tier).tokens_per_minute;
+    let global = runtime.config.rate_limit.tokens_per_minute;
+    let limit = match (tier, global) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    }
+    .max(1) as u32;
+    Some((limit, Rate::per_minute(limit, limit)))
+}
+
+/// Validates and filters the input; fails before anything is queued.
+pub fn prepare(
+    state: &AppState,
+    principal: &Principal,
+    audit: &Audit,
+    mut messages: Vec<ChatMessage>,
+    requested: Requested,
+) -> Result<Prepared, ApiError> {
+    let runtime = state.runtime();
+    let config = &runtime.config;
+    if messages.is_empty() {
+        return Err(ApiError::InvalidField {
+            message: "messages: at least one message is required".into(),
+            param: "messages",
+        });
+    }
+    let temperature = requested
+        .temperature
+        .unwrap_or(config.generation.temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::InvalidField {
+            message: "temperature: must be between 0 and 2".into(),
+            param: "temperature",
+        });
+    }
+    let top_p = requested.top_p.unwrap_or(config.generation.top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::InvalidField {
+            message: "top_p: must be greater than 0 and at most 1".into(),
+            param: "top_p",
+        });
+    }
+    if requested.max_tokens == Some(0) {
+        return Err(ApiError::InvalidField {
+            message: "max_tokens: must be at least 1".into(),
+            param: "max_tokens",
+        });
+    }
+    if requested.stop.len() > 4 || requested.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(ApiError::InvalidField {
+            message: "stop: at most 4 non-empty strings of up to 256 bytes".into(),
+            param: "stop",
+        });
+    }
+    // The tier's cap silently clamps, like OpenAI's per-model maximum.
+    let tier_cap = config
+        .roles
+        .tier(principal.tier)
+        .max_tokens_per_request
+        .map(|c| c.max(1) as u32);
+    let max_tokens = requested
+        .max_tokens
+        .unwrap_or(config.generation.max_tokens)
+        .min(tier_cap.unwrap_or(u32::MAX));
+
+    audit.prompt(|| {
+        messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    if runtime.filter.input {
+        let mut found = 0u64;
+        for message in &mut messages {
+            let (redacted, findings) = runtime.filter.redact(&message.content);
+            for f in &findings {
+                state.metrics.redacted("input", &f.kind.label());
+            }
+            found += findings.len() as u64;
+            if !findings.is_empty() && runtime.filter.action == FilterAction::Reject {
+                audit.redactions(found);
+                let kinds: Vec<String> = findings.iter().map(|f| f.kind.label()).collect();
+                return Err(ApiError::SensitiveData(kinds.join(", ")));
+            }
+            message.content = redacted;
+        }
+        audit.redactions(found);
+    }
+
+    let quota = token_quota(&runtime, principal);
+    if let Some((limit, rate)) = quota
+        && let Decision::Denied { retry_after } =
+            state
+                .token_buckets
+                .peek(&principal.subject, rate, 1.0, Instant::now())
+    {
+        state.metrics.limited("tokens");
+        return Err(ApiError::QuotaExceeded { limit, retry_after });
+    }
+
+    let info = state.engine.info();
+    let prompt_tokens = state.engine.count_prompt_tokens(&messages)?;
+    if prompt_tokens >= info.context_length {
+        return Err(EngineError::PromptTooLong {
+            prompt_tokens,
+            context_length: info.context_length,
+        }
+        .into());
+    }
+    let params = SamplingParams {
+        max_tokens,
+        temperature,
+        top_p,
+        seed: requested.seed,
+        stop: requested.stop,
+        ..SamplingParams::default()
+    };
+    Ok(Prepared {
+        request: GenerationRequest { messages, params },
+        prompt_tokens,
+        quota: quota.map(|(_, rate)| rate),
+        runtime,
+    })
+}
+
+/// Queues the request and returns the filtered output as a channel. A
+/// full queue fails here, before any response is started (503).
+pub fn start(
+    state: &AppState,
+    principal: &Principal,
+    audit: &Audit,
+    prepared: Prepared,
+    received: Instant,
+) -> Result<mpsc::Receiver<Piece>, ApiError> {
+    let mut events = state.engine.generate(prepared.request)?;
+    state
+        .metrics
+        .queue_depth
+        .set(state.engine.queue_depth() as i64);
+    let (tx, rx) = mpsc::channel(32);
+    let state = state.clone();
+    let principal = principal.clone();
+    let audit = audit.clone();
+    let runtime = prepared.runtime;
+    let quota = prepared.quota;
+    tokio::spawn(async move {
+        let filter_output = runtime.filter.output;
+        let mut filter = StreamFilter::new(&runtime.filter);
+        let mut first = true;
+        let mut answer = String::new();
+        let mut redactions = 0u64;
+        // Sends one piece; false when the client has gone (dropping
+        // `events` then cancels the generation).
+        macro_rules! send {
+            ($piece:expr) => {
+                if tx.send($piece).await.is_err() {
+                    return;
+                }
+            };
+        }
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(GenerationEvent::Text(text)) => {
+                    if first {
+                        first = false;
+                        state
+                            .metrics
+                            .time_to_first_token
+                            .observe(received.elapsed().as_secs_f64());
+                    }
+                    let released = if filter_output {
+                        let r = filter.push(&text);
+                        redactions += r.findings.len() as u64;
+                        for f in &r.findings {
+                            state.metrics.redacted("output", &f.kind.label());
+                        }
+                        r
+                    } else {
+                        crate::pii::Released {
+                            text,
+                            ..Default::default()
+                        }
+                    };
+                    if !released.text.is_empty() {
+                        answer.push_str(&released.text);
+                        send!(Piece::Text(released.text));
+                    }
+                    if released.rejected {
+                        let usage = Usage {
+                            prompt_tokens: prepared.prompt_tokens as u32,
+                            completion_tokens: 0,
+                        };
+                        finish(
+                            &state, &principal, &audit, quota, usage, redactions, &answer,
+                        );
+                        send!(Piece::Finished {
+                            finish_reason: FinishReason::Stop,
+                            usage,
+                            filtered: true,
+                        });
+                        return;
+                    }
+                }
+                Ok(GenerationEvent::Done {
+                    finish_reason,
+                    usage,
+                }) => {
+                    let rest = filter.finish();
+                    redactions += rest.findings.len() as u64;
+                    for f in &rest.findings {
+                        state.metrics.redacted("output", &f.kind.label());
+                    }
+                    if !rest.text.is_empty() {
+                        answer.push_str(&rest.text);
+                        send!(Piece::Text(rest.text));
+                    }
+                    finish(
+                        &state, &principal, &audit, quota, usage, redactions, &answer,
+                    );
+                    send!(Piece::Finished {
+                        finish_reason,
+                        usage,
+                        filtered: rest.rejected,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    send!(Piece::Failed(e.into()));
+                    return;
+                }
+            }
+        }
+        send!(Piece::Failed(ApiError::Engine(EngineError::Internal(
+            "the engine ended the stream without finishing".into()
+        ))));
+    });
+    Ok(rx)
+}
+
+fn finish(
+    state: &AppState,
+    principal: &Principal,
+    audit: &Audit,
+    quota: Option<Rate>,
+    usage: Usage,
+    redactions: u64,
+    answer: &str,
+) {
+    let completion = u64::from(usage.completion_tokens);
+    state.metrics.tokens_generated.inc_by(completion);
+    state
+        .metrics
+        .prompt_tokens
+        .inc_by(u64::from(usage.prompt_tokens));
+    if let Some(rate) = quota {
+        state
+            .token_buckets
+            .charge(&principal.subject, rate, completion as f64, Instant::now());
+    }
+    if let Some(id) = &principal.key_id {
+        state.record_usage(
+            id,
+            u64::from(usage.prompt_tokens),
+            completion,
+            false,
+            Utc::now(),
+        );
+    }
+    audit.tokens(u64::from(usage.prompt_tokens), completion);
+    audit.redactions(redactions);
+    audit.answer(answer);
+}
+
+/// Drains the pieces into one answer (non-streaming responses).
+pub async fn collect(
+    mut rx: mpsc::Receiver<Piece>,
+) -> Result<(String, FinishReason, Usage, bool), ApiError> {
+    let mut text = String::new();
+    while let Some(piece) = rx.recv().await {
+        match piece {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Finished {
+                finish_reason,
+                usage,
+                filtered,
+            } => return Ok((text, finish_reason, usage, filtered)),
+            Piece::Failed(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal("generation task ended early".into()))
+}

@@ -1,0 +1,335 @@
+//! Sensitive-data detection and redaction. Pure: no I/O, no clock.
+//!
+//! One regular expression with one alternative per detector family scans
+//! the text once: e-mail addresses, runs of digits (with spaces or dashes
+//! and an optional trailing X), and the custom patterns. Runs of digits are
+//! then classified in code (resident-ID checksum, Luhn, SSN shape, mobile
+//! prefix), because checksums cannot be expressed as regular expressions
+//! and because a single "number run" alternative avoids the ambiguity of
+//! four overlapping digit patterns competing for the same text.
+
+mod checks;
+mod stream;
+
+use regex::Regex;
+use securechat_crds::v1alpha1::{Detector, FilterAction, SensitiveDataSpec};
+
+pub use stream::{Released, StreamFilter};
+
+/// What replaces each match.
+pub const REDACTION: &str = "[FILTERED]";
+
+/// Which rule matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Builtin(Detector),
+    Custom(String),
+}
+
+impl Kind {
+    /// Metric / audit label.
+    pub fn label(&self) -> String {
+        match self {
+            Kind::Builtin(Detector::CreditCard) => "credit_card".into(),
+            Kind::Builtin(Detector::USSSN) => "us_ssn".into(),
+            Kind::Builtin(Detector::Email) => "email".into(),
+            Kind::Builtin(Detector::ChineseResidentID) => "cn_resident_id".into(),
+            Kind::Builtin(Detector::ChineseMobile) => "cn_mobile".into(),
+            Kind::Custom(name) => format!("custom:{name}"),
+        }
+    }
+}
+
+/// One detection: byte range in the scanned text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub start: usize,
+    pub end: usize,
+    pub kind: Kind,
+}
+
+/// A compiled filter for one configuration.
+#[derive(Debug)]
+pub struct Filter {
+    regex: Option<Regex>,
+    detectors: Vec<Detector>,
+    custom_names: Vec<String>,
+    /// Capture-group names of the custom patterns (`c0`, `c1`, …).
+    custom_groups: Vec<String>,
+    pub action: FilterAction,
+    pub input: bool,
+    pub output: bool,
+}
+
+const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
+// Digits with single space/dash separators, an optional leading + (country
+// code) and an optional trailing X (resident-ID check character).
+const NUMBER_RUN: &str = r"\+?[0-9](?:[ -]?[0-9])*(?:[Xx])?";
+
+impl Filter {
+    /// Compiles the configured detectors and custom patterns into one
+    /// regular expression. Fails on a custom pattern that does not compile.
+    pub fn new(spec: &SensitiveDataSpec) -> Result<Self, regex::Error> {
+        let mut alternatives = Vec::new();
+        if spec.detectors.contains(&Detector::Email) {
+            alternatives.push(format!("(?P<email>{EMAIL})"));
+        }
+        if spec.detectors.iter().any(|d| *d != Detector::Email) {
+            alternatives.push(format!("(?P<num>{NUMBER_RUN})"));
+        }
+        let mut custom_names = Vec::new();
+        for (i, pattern) in spec.custom_patterns.iter().enumerate() {
+            // Compiled alone first so an error names the pattern, and so a
+            // pattern cannot smuggle in an unbalanced group that would
+            // swallow the other alternatives.
+            Regex::new(&pattern.regex)?;
+            alternatives.push(format!("(?P<c{i}>{})", pattern.regex));
+            custom_names.push(pattern.name.clone());
+        }
+        let regex = if alternatives.is_empty() {
+            None
+        } else {
+            Some(Regex::new(&alternatives.join("|"))?)
+        };
+        Ok(Self {
+            regex,
+            detectors: spec.detectors.clone(),
+            custom_groups: (0..custom_names.len()).map(|i| format!("c{i}")).collect(),
+            custom_names,
+            action: spec.action,
+            input: spec.input,
+            output: spec.output,
+        })
+    }
+
+    fn enabled(&self, d: Detector) -> bool {
+        self.detectors.contains(&d)
+    }
+
+    /// All detections in `text`, in order, non-overlapping.
+    pub fn find(&self, text: &str) -> Vec<Finding> {
+        let Some(regex) = &self.regex else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for caps in regex.captures_iter(text) {
+            if let Some(m) = caps.name("email") {
+                out.push(Finding {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: Kind::Builtin(Detector::Email),
+                });
+            } else if let Some(m) = caps.name("num") {
+                if is_isolated(text, m.start(), m.end()) {
+                    self.classify_run(text, m.start(), m.end(), &mut out);
+                }
+            } else if let Some((i, m)) = (0..self.custom_names.len())
+                .find_map(|i| caps.name(&self.custom_groups[i]).map(|m| (i, m)))
+                && !m.is_empty()
+            {
+                out.push(Finding {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: Kind::Custom(self.custom_names[i].clone()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Classifies a run of digits; when the whole run is not sensitive,
+    /// tries windows of its separator-delimited groups, so "card 4111 1111
+    /// 1111 1111 2025" still finds the card in front of the year.
+    fn classify_run(&self, text: &str, start: usize, end: usize, out: &mut Vec<Finding>) {
+        if let Some(kind) = self.classify(&text[start..end]) {
+            out.push(Finding { start, end, kind });
+            return;
+        }
+        // Group boundaries (byte offsets within text).
+        let mut groups = Vec::new();
+        let mut group_start = start;
+        for (i, c) in text[start..end].char_indices() {
+            if c == ' ' || c == '-' {
+                groups.push((group_start, start + i));
+                group_start = start + i + 1;
+            }
+        }
+        groups.push((group_start, end));
+        if groups.len() < 2 || groups.len() > 12 {
+            return;
+        }
+        let mut from = 0;
+        while from < groups.len() {
+            let mut found = None;
+            // Longest window first, so a card is not reported as a phone.
+            for to in (from..groups.len()).rev() {
+                if (from, to) == (0, groups.len() - 1) {
+                    continue;
+                }
+                let (s, e) = (groups[from].0, groups[to].1);
+                if let Some(kind) = self.classify(&text[s..e]) {
+                    found = Some((
+                        to,
+                        Finding {
+                            start: s,
+                            end: e,
+                            kind,
+                        },
+                    ));
+                    break;
+                }
+            }
+            match found {
+                Some((to, finding)) => {
+                    out.push(finding);
+                    from = to + 1;
+                }
+                None => from += 1,
+            }
+        }
+    }
+
+    fn classify(&self, raw: &str) -> Option<Kind> {
+        let compact: Vec<u8> = raw.bytes().filter(|b| b.is_ascii_alphanumeric()).collect();
+        let check = |d: Detector, ok: bool| (self.enabled(d) && ok).then_some(Kind::Builtin(d));
+        check(
+            Detector::ChineseResidentID,
+            checks::is_cn_resident_id(&compact),
+        )
+        .or_else(|| {
+            check(
+                Detector::CreditCard,
+                !raw.starts_with('+') && checks::is_card(&compact),
+            )
+        })
+        .or_else(|| check(Detector::USSSN, checks::is_us_ssn(raw)))
+        .or_else(|| check(Detector::ChineseMobile, checks::is_cn_mobile(&compact)))
+    }
+
+    /// Replaces every detection with [`REDACTION`].
+    pub fn redact(&self, text: &str) -> (String, Vec<Finding>) {
+        let findings = self.find(text);
+        if findings.is_empty() {
+            return (text.to_string(), findings);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in &findings {
+            out.push_str(&text[at..f.start]);
+            out.push_str(REDACTION);
+            at = f.end;
+        }
+        out.push_str(&text[at..]);
+        (out, findings)
+    }
+}
+
+/// A number glued to letters or other digits (an id like `ab4111…`, part of
+/// a longer token) is not a standalone number.
+fn is_isolated(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(|c| c.is_ascii_alphanumeric())
+        && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use securechat_crds::v1alpha1::CustomPattern;
+
+    fn all() -> Filter {
+        Filter::new(&SensitiveDataSpec::default()).unwrap()
+    }
+
+    fn kinds(text: &str) -> Vec<String> {
+        all().find(text).iter().map(|f| f.kind.label()).collect()
+    }
+
+    #[test]
+    fn true_positives_for_every_detector() {
+        let cases = [
+            ("card 4111 1111 1111 1111 please", "credit_card"),
+            ("card 4111-1111-1111-1111.", "credit_card"),
+            ("amex 378282246310005", "credit_card"),
+            ("ssn 123-45-6789 ok", "us_ssn"),
+            ("mail john.doe+x@example.co.uk now", "email"),
+            ("身份证11010519491231002X。", "cn_resident_id"),
+            ("id 440308199901010012", "cn_resident_id"),
+            ("手机13812345678", "cn_mobile"),
+            ("call +86 138 1234 5678", "cn_mobile"),
+            ("call 138-1234-5678", "cn_mobile"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(kinds(text), vec![want.to_string()], "{text}");
+        }
+    }
+
+    #[test]
+    fn false_positives_are_left_alone() {
+        for text in [
+            "4111 1111 1111 1112",     // fails Luhn
+            "order 1234567890123",     // 13 digits failing Luhn
+            "110105194912310021",      // bad ID checksum
+            "12812345678",             // not a mobile prefix
+            "000-12-3456",             // never-issued SSN
+            "123456789",               // bare nine digits
+            "version 1.2.3 at 10:30",  // small numbers
+            "user@localhost",          // no TLD
+            "tokenab4111111111111111", // glued to letters
+            "year 2025, page 12",
+        ] {
+            assert!(kinds(text).is_empty(), "{text}: {:?}", kinds(text));
+        }
+    }
+
+    #[test]
+    fn redacts_each_match_in_one_pass() {
+        let (out, findings) = all()
+            .redact("a 4111111111111111, b x@y.io, c 13812345678 and 4111 1111 1111 1111 2025");
+        assert_eq!(
+            out,
+            "a [FILTERED], b [FILTERED], c [FILTERED] and [FILTERED] 2025"
+        );
+        assert_eq!(findings.len(), 4);
+    }
+
+    #[test]
+    fn only_enabled_detectors_fire() {
+        let spec = SensitiveDataSpec {
+            detectors: vec![Detector::Email],
+            ..Default::default()
+        };
+        let f = Filter::new(&spec).unwrap();
+        assert_eq!(f.find("4111111111111111 a@b.cd").len(), 1);
+        let none = Filter::new(&SensitiveDataSpec {
+            detectors: vec![],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(none.find("a@b.cd 4111111111111111").is_empty());
+    }
+
+    #[test]
+    fn custom_patterns_are_named_and_bad_ones_refused() {
+        let spec = SensitiveDataSpec {
+            custom_patterns: vec![CustomPattern {
+                name: "employee".into(),
+                regex: "EMP-[0-9]{6}".into(),
+            }],
+            ..Default::default()
+        };
+        let f = Filter::new(&spec).unwrap();
+        let (out, found) = f.redact("badge EMP-123456 ok");
+        assert_eq!(out, "badge [FILTERED] ok");
+        assert_eq!(found[0].kind.label(), "custom:employee");
+        let bad = SensitiveDataSpec {
+            custom_patterns: vec![CustomPattern {
+                name: "x".into(),
+                regex: "(unclosed".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(Filter::new(&bad).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! Keyed token buckets with bounded memory. Used for requests per minute
+//! per principal, generated tokens per minute per principal, and failed
+//! authentications per client address. Pure apart from a mutex: the caller
+//! passes `now`, so tests drive the clock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The pace of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Most units available at once (burst).
+    pub capacity: f64,
+    /// Units added back per second.
+    pub per_second: f64,
+}
+
+impl Rate {
+    /// `per_minute` units a minute, `burst` at once.
+    pub fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self {
+            capacity: f64::from(burst.max(1)),
+            per_second: f64::from(per_minute.max(1)) / 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    updated: Instant,
+}
+
+/// The outcome of taking from a bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    Allowed { remaining: u32, reset: Duration },
+    Denied { retry_after: Duration },
+}
+
+/// Many buckets, one per key; at most `max_keys` remembered.
+#[derive(Debug)]
+pub struct KeyedBuckets {
+    buckets: Mutex<HashMap<String, Bucket>>,
+    max_keys: usize,
+}
+
+impl KeyedBuckets {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    /// Takes `cost` units if available.
+    pub fn take(&self, key: &str, rate: Rate, cost: f64, now: Instant) -> Decision {
+        self.with_bucket(key, rate, now, |b| {
+            if b.level >= cost {
+                b.level -= cost;
+                Decision::Allowed {
+                    remaining: b.level.floor() as u32,
+                    reset: secs((rate.capacity - b.level) / rate.per_second),
+                }
+            } else {
+                Decision::Denied {
+                    retry_after: secs((cost - b.level) / rate.per_second),
+                }
+            }
+        })
+    }
+
+    /// Whether at least `cost` units are available, without taking them.
+    pub fn peek(&self, key: &str, rate: Rate, cost: f64, now: Instant) -> Decision {
+        self.with_bucket(key, rate, now, |b| {
+            if b.level >= cost {
+                Decision::Allowed {
+                    remaining: b.level.floor() as u32,
+                    reset: secs((rate.capacity - b.level) / rate.per_second),
+                }
+            } else {
+                Decision::Denied {
+                    retry_after: secs((cost - b.level) / rate.per_second),
+                }
+            }
+        })
+    }
+
+    /// Takes `amount` units unconditionally; the level may go negative (a
+    /// generation that overshot the token quota is paid off by waiting).
+    pub fn charge(&self, key: &str, rate: Rate, amount: f64, now: Instant) {
+        self.with_bucket(key, rate, now, |b| b.level -= amount);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        // A panic while holding the lock leaves consistent numbers behind;
+        // keep limiting rather than failing every request.
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_bucket<T>(
+        &self,
+        key: &str,
+        rate: Rate,
+        now: Instant,
+        f: impl FnOnce(&mut Bucket) -> T,
+    ) -> T {
+        let mut map = self.lock();
+        if !map.contains_key(key) && map.len() >= self.max_keys {
+            evict_idlest(&mut map, self.max_keys / 10 + 1);
+        }
+        let bucket = map.entry(key.to_string()).or_insert(Bucket {
+            level: rate.capacity,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.level = (bucket.level + elapsed * rate.per_second).min(rate.capacity);
+        bucket.updated = now;
+        f(bucket)
+    }
+}
+
+/// Drops the `count` least recently used buckets. Evicting forgets debt,
+/// which only ever favours a client that has been idle the longest.
+fn evict_idlest(map: &mut HashMap<String, Bucket>, count: usize) {
+    let mut times: Vec<Instant> = map.values().map(|b| b.updated).collect();
+    times.sort_unstable();
+    if let Some(cutoff) = times.get(count.min(times.len()) - 1).copied() {
+        map.retain(|_, b| b.updated > cutoff);
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_per_minute_denies_the_eleventh_and_refills() {
+        let b = KeyedBuckets::new(100);
+        let rate = Rate::per_minute(10, 10);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(
+                matches!(b.take("k", rate, 1.0, t0), Decision::Allowed { .. }),
+                "request {i}"
+            );
+        }
+        match b.take("k", rate, 1.0, t0) {
+            Decision::Denied { retry_after } => assert_eq!(retry_after.as_secs(), 6),
+            other => panic!("{other:?}"),
+        }
+        // Other keys are independent.
+        assert!(matches!(
+            b.take("other", rate, 1.0, t0),
+            Decision::Allowed { .. }
+        ));
+        // One request's worth refills in 6 seconds.
+        assert!(matches!(
+            b.take("k", rate, 1.0, t0 + Duration::from_secs(6)),
+            Decision::Allowed { .. }
+        ));
+    }
+
+    #[test]
+    fn charges_can_overdraw_and_peek_does_not_take() {
+        let b = KeyedBuckets::new(10);
+        let rate = Rate::per_minute(600, 600);
+        let t0 = Instant::now();
+        assert!(matches!(
+            b.peek("k", rate, 1.0, t0),
+            Decision::Allowed { remaining: 600, .. }
+        ));
+        b.charge("k", rate, 700.0, t0);
+        match b.peek("k", rate, 1.0, t0) {
+            Decision::Denied { retry_after } => assert_eq!(retry_after.as_secs(), 10),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded_by_evicting_the_idlest() {
+        let b = KeyedBuckets::new(100);
+        let rate = Rate::per_minute(10, 10);
+        let t0 = Instant::now();
+        for i in 0..1000u64 {
+            b.take(&format!("k{i}"), rate, 1.0, t0 + Duration::from_millis(i));
+        }
+        assert!(b.len() <= 100, "{}", b.len());
+        // The most recent key survived.
+        let map = b.lock();
+        assert!(map.contains_key("k999"));
+    }
+}

@@ -1,0 +1,141 @@
+//! Admin endpoints: key metadata and usage (never a secret), and the live
+//! configuration.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::Utc;
+use securechat_crds::files::config::ServerConfig;
+use serde_json::{Value, json};
+
+use super::body::ApiJson;
+use crate::auth::{AdminPermission, Authorized};
+use crate::error::ApiError;
+use crate::files::atomic::write_atomic;
+use crate::state::{AppState, Runtime};
+
+pub async fn keys(
+    State(state): State<AppState>,
+    _caller: Authorized<AdminPermission>,
+) -> Json<Value> {
+    let now = Utc::now();
+    let table = state.api_keys.load();
+    let usage = state
+        .usage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let keys: Vec<Value> = table
+        .keys
+        .iter()
+        .map(|k| {
+            let live = usage.get(&k.id).cloned().unwrap_or_default();
+            let last_used = match (k.last_used_at, live.last_used_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            json!({
+                "id": k.id,
+                "name": k.name,
+                "tier": k.tier,
+                "status": k.status_at(now).as_str(),
+                "createdAt": k.created_at,
+                "expiresAt": k.expires_at,
+                "rotatedAt": k.rotated_at,
+                "previousSecretValidUntil": k.previous_secret_valid_until,
+                "lastUsedAt": last_used,
+                "usage": {
+                    "requests": live.requests,
+                    "promptTokens": live.prompt_tokens,
+                    "completionTokens": live.completion_tokens,
+                },
+            })
+        })
+        .collect();
+    Json(json!({ "keys": keys }))
+}
+
+pub async fn get_config(
+    State(state): State<AppState>,
+    _caller: Authorized<AdminPermission>,
+) -> Json<ServerConfig> {
+    Json(state.runtime().config.clone())
+}
+
+/// JSON merge patch (RFC 7386) onto the live config. The result is
+/// validated like a reloaded file; when the config file is writable it is
+/// persisted (standalone), otherwise (a mounted ConfigMap) it lasts until
+/// the file next changes, and the response says so.
+pub async fn patch_config(
+    State(state): State<AppState>,
+    _caller: Authorized<AdminPermission>,
+    ApiJson(patch): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::InvalidRequest(
+            "the patch must be a JSON object".into(),
+        ));
+    }
+    let current = state.runtime();
+    let mut doc =
+        serde_json::to_value(&current.config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    merge_patch(&mut doc, &patch);
+    let config: ServerConfig =
+        serde_json::from_value(doc).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let runtime = Runtime::new(config).map_err(ApiError::InvalidRequest)?;
+    let yaml =
+        serde_yaml::to_string(&runtime.config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let persisted = match &state.config_path {
+        Some(path) => match write_atomic(path, yaml.as_bytes(), false) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "config patched in memory only");
+                false
+            }
+        },
+        None => false,
+    };
+    let config = runtime.config.clone();
+    state.runtime.store(std::sync::Arc::new(runtime));
+    Ok(Json(
+        json!({ "status": "updated", "persisted": persisted, "config": config }),
+    ))
+}
+
+/// RFC 7386: objects merge recursively, null deletes, anything else
+/// replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(target_map) = target {
+        for (key, value) in patch_map {
+            if value.is_null() {
+                target_map.remove(key);
+            } else {
+                merge_patch(target_map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1], "e": 1});
+        merge_patch(
+            &mut doc,
+            &json!({"a": {"b": 9, "c": null}, "d": [2, 3], "f": {"g": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": {"b": 9}, "d": [2, 3], "e": 1, "f": {"g": 1}})
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Every route, built in one function.
+
+pub mod admin;
+pub mod body;
+pub mod health;
+pub mod oauth;
+pub mod openai;
+pub mod seed;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::audit;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The application: routes, then (outermost last) CORS, the origin guard
+/// and the audit/metrics middleware.
+pub fn app(state: AppState) -> Router {
+    let admin_config = get(admin::get_config).patch(admin::patch_config);
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/api/chat", post(seed::chat))
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/admin/keys", get(admin::keys))
+        .route("/admin/config", admin_config.clone())
+        // The seed's path; it used POST to update.
+        .route(
+            "/api/admin/configuration",
+            admin_config.post(admin::patch_config),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn(audit::note_route))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(cors(state.clone()))
+        .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::middleware,
+        ))
+        .with_state(state)
+}
+
+fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
+    state
+        .runtime()
+        .config
+        .cors
+        .allowed_origins
+        .iter()
+        .any(|o| origin.as_bytes() == o.0.as_bytes())
+}
+
+/// Browser CORS for the configured origins only (read per request, so a
+/// config reload applies at once).
+fn cors(state: AppState) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin_allowed(&state, origin)
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
+        .allow_headers([AUTHORIZATION, CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Refuses requests carrying a foreign `Origin` outright (403), so a
+/// cross-site page cannot even trigger work whose answer the browser would
+/// hide. Same-origin requests (the web UI) pass.
+async fn origin_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(ORIGIN) {
+        let same_origin = request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes());
+        if !same_origin && !origin_allowed(&state, origin) {
+            return ApiError::OriginNotAllowed.into_response();
+        }
+    }
+    next.run(request).await
+}

@@ -1,0 +1,136 @@
+//! Starting the server: load every file (strictly: a bad file at startup
+//! is an error, there is no last good version yet), then serve both ports
+//! and watch the files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::files::reload::{self, Reloader, TlsState};
+use crate::routes::app;
+use crate::serve::serve_tls;
+use crate::state::AppState;
+
+/// Where to listen and what to read.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config_path: PathBuf,
+    pub api_addr: SocketAddr,
+    pub web_addr: SocketAddr,
+}
+
+/// A started server.
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub web_addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Running {
+    /// Stops accepting connections.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Loads the files, binds both ports and starts serving.
+pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::Result<Running> {
+    let config_path = options.config_path.clone();
+    let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let runtime = reload::load_config(&config_path).map_err(anyhow::Error::msg)?;
+    let files = runtime.config.files.resolved(&base);
+    let signing = reload::load_keyset(&files.signing_keys).map_err(anyhow::Error::msg)?;
+    let table = reload::load_table(&files.api_keys).map_err(anyhow::Error::msg)?;
+    let cert = reload::load_cert(&files)
+        .map_err(anyhow::Error::msg)
+        .context("loading the TLS certificate")?;
+    let min_version = runtime.config.tls.min_version;
+    let state = AppState::new(engine, runtime, signing, table, Some(config_path.clone()));
+    *state
+        .cert_not_after
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = cert.not_after;
+    let tls = Arc::new(TlsState::new(cert, min_version).map_err(anyhow::Error::msg)?);
+    let reloader = Arc::new(Reloader::new(
+        state.clone(),
+        tls.clone(),
+        Some(config_path),
+        files,
+    ));
+    let watcher = match reload::spawn(reloader) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; polling only");
+            None
+        }
+    };
+    let api = TcpListener::bind(options.api_addr)
+        .await
+        .with_context(|| format!("binding the API port {}", options.api_addr))?;
+    let web = TcpListener::bind(options.web_addr)
+        .await
+        .with_context(|| format!("binding the web port {}", options.web_addr))?;
+    let (api_addr, web_addr) = (api.local_addr()?, web.local_addr()?);
+    let (shutdown, rx) = watch::channel(false);
+    let router = app(state.clone());
+    let tasks = vec![
+        tokio::spawn(serve_tls(
+            api,
+            tls.acceptor.clone(),
+            router.clone(),
+            rx.clone(),
+        )),
+        tokio::spawn(serve_tls(web, tls.acceptor.clone(), router, rx)),
+    ];
+    Ok(Running {
+        api_addr,
+        web_addr,
+        state,
+        shutdown,
+        tasks,
+        _watcher: watcher,
+    })
+}
+
+/// Serves until SIGINT / SIGTERM.
+pub async fn run(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::Result<()> {
+    let running = start(options, engine).await?;
+    tracing::info!(api = %running.api_addr, web = %running.web_addr, "serving HTTPS");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

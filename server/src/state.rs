@@ -1,0 +1,134 @@
+//! What every request reads: the engine, and the hot-reloadable material
+//! (config, signing keys, API-key table), each behind an ArcSwap so a
+//! reload is one atomic pointer swap and readers never block.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use securechat_crds::files::api_keys::ApiKeyTable;
+use securechat_crds::files::config::ServerConfig;
+use serde::Serialize;
+
+use crate::auth::jwt::{SigningMaterial, TokenPolicy};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::pii::Filter;
+use crate::ratelimit::KeyedBuckets;
+
+/// A validated config with its compiled parts.
+pub struct Runtime {
+    pub config: ServerConfig,
+    pub filter: Filter,
+    pub policy: TokenPolicy,
+}
+
+impl Runtime {
+    /// Validates and compiles; any error leaves the caller's last good
+    /// runtime in force.
+    pub fn new(config: ServerConfig) -> Result<Self, String> {
+        config.validate().map_err(|e| e.to_string())?;
+        let filter = Filter::new(&config.sensitive_data)
+            .map_err(|e| format!("sensitiveData.customPatterns: {e}"))?;
+        let policy = TokenPolicy {
+            issuer: config.auth.issuer.clone(),
+            audience: config.auth.audience.clone(),
+            leeway_secs: config.auth.leeway.as_secs(),
+        };
+        Ok(Self {
+            config,
+            filter,
+            policy,
+        })
+    }
+}
+
+/// Live usage of one API key, reported by /admin/keys (the key table is
+/// read-only to the server: in Kubernetes it is a mounted Secret).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Shared state; cloned per request as one Arc.
+pub struct Shared {
+    pub engine: Arc<dyn Engine>,
+    pub runtime: ArcSwap<Runtime>,
+    pub signing: ArcSwap<SigningMaterial>,
+    pub api_keys: ArcSwap<ApiKeyTable>,
+    pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
+    /// Requests per principal.
+    pub request_buckets: KeyedBuckets,
+    /// Generated tokens per principal.
+    pub token_buckets: KeyedBuckets,
+    /// Failed authentications per client address.
+    pub failure_buckets: KeyedBuckets,
+    pub usage: Mutex<HashMap<String, KeyUsage>>,
+    pub metrics: Metrics,
+    /// Where PATCH /admin/config persists the merged config, when writable.
+    pub config_path: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        runtime: Runtime,
+        signing: SigningMaterial,
+        api_keys: ApiKeyTable,
+        config_path: Option<PathBuf>,
+    ) -> Self {
+        let max = runtime.config.limits.max_tracked_clients as usize;
+        Self(Arc::new(Shared {
+            engine,
+            runtime: ArcSwap::from_pointee(runtime),
+            signing: ArcSwap::from_pointee(signing),
+            api_keys: ArcSwap::from_pointee(api_keys),
+            cert_not_after: Mutex::new(None),
+            request_buckets: KeyedBuckets::new(max),
+            token_buckets: KeyedBuckets::new(max),
+            failure_buckets: KeyedBuckets::new(max),
+            usage: Mutex::new(HashMap::new()),
+            metrics: Metrics::new(),
+            config_path,
+        }))
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Adds to a key's usage.
+    pub fn record_usage(
+        &self,
+        key_id: &str,
+        prompt: u64,
+        completion: u64,
+        request: bool,
+        now: DateTime<Utc>,
+    ) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded like the limiters: ids come from the key table, which the
+        // operator bounds, so this cannot grow from unauthenticated input.
+        let entry = usage.entry(key_id.to_string()).or_default();
+        entry.requests += u64::from(request);
+        entry.prompt_tokens += prompt;
+        entry.completion_tokens += completion;
+        entry.last_used_at = Some(now);
+    }
+}

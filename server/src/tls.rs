@@ -1,0 +1,68 @@
+//! TLS termination with rustls. The certificate lives behind an ArcSwap that
+//! the resolver reads on every handshake, so a renewed certificate is used
+//! by the next connection while open connections carry on undisturbed.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use securechat_crds::v1alpha1::TlsVersion;
+use tokio_rustls::TlsAcceptor;
+
+/// The crypto provider used everywhere (ring: already built for kube).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A parsed certificate chain and key.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// Parses PEM chain + PKCS#8/PKCS#1/SEC1 key and checks they belong together.
+pub fn load_cert(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let first = chain.first().ok_or("certificate: no CERTIFICATE block")?;
+    let not_after = crate::der::certificate_not_after(first.as_ref());
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("certificate/key: {e}"))?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        not_after,
+    })
+}
+
+/// Hands out whatever certificate is current.
+#[derive(Debug)]
+pub struct SwappableCert(pub ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A TLS acceptor for the given minimum version. TLS 1.3 is always offered
+/// and preferred; 1.2 only when the config allows it.
+pub fn acceptor(cert: Arc<SwappableCert>, min_version: TlsVersion) -> Result<TlsAcceptor, String> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,246 @@
+//! Test harness: a real server over real TLS with a deterministic engine.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use securechat_crds::files::api_keys::ApiKeyState;
+use securechat_crds::files::keyset::SigningKeySet;
+use securechat_crds::v1alpha1::Tier;
+use securechat_server::engine::{
+    ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStream, ModelInfo, Role, Usage,
+};
+use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::{dev, keys_cli};
+use tokio::sync::mpsc;
+
+pub const MODEL: &str = "test-model";
+pub const CONTEXT: usize = 512;
+
+/// Echoes the last user message back, three characters per event (so the
+/// streaming filter sees numbers split across chunks). One "token" per
+/// whitespace-separated word.
+pub struct EchoEngine {
+    info: ModelInfo,
+    pub queue_full: AtomicBool,
+    pub calls: AtomicUsize,
+}
+
+impl EchoEngine {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            info: ModelInfo {
+                id: MODEL.into(),
+                family: "echo".into(),
+                context_length: CONTEXT,
+            },
+            queue_full: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Engine for EchoEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, EngineError> {
+        Ok(messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() + 1)
+            .sum())
+    }
+
+    fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
+        if self.queue_full.load(Ordering::SeqCst) {
+            return Err(EngineError::QueueFull {
+                queued: 8,
+                retry_after: Duration::from_secs(2),
+            });
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let prompt_tokens = self.count_prompt_tokens(&request.messages)? as u32;
+        let text = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let max = request.params.max_tokens as usize;
+        let words: Vec<&str> = text.split_inclusive(' ').take(max).collect();
+        let truncated = words.len() < text.split_inclusive(' ').count();
+        let answer = words.concat();
+        let word_count = words.len() as u32;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let chars: Vec<char> = answer.chars().collect();
+            for chunk in chars.chunks(3) {
+                if tx
+                    .send(Ok(GenerationEvent::Text(chunk.iter().collect())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Ok(GenerationEvent::Done {
+                    finish_reason: if truncated {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    },
+                    usage: Usage {
+                        prompt_tokens,
+                        completion_tokens: word_count,
+                    },
+                }))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    fn queue_depth(&self) -> usize {
+        0
+    }
+}
+
+/// Keys of every state, created with the CLI's functions.
+pub struct Keys {
+    pub admin: String,
+    pub developer: String,
+    pub readonly: String,
+    pub suspended: String,
+    pub revoked: String,
+    pub expired: String,
+    pub admin_id: String,
+    pub developer_id: String,
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub running: Running,
+    pub engine: Arc<EchoEngine>,
+    pub keys: Keys,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn keyset(&self) -> SigningKeySet {
+        let bytes = std::fs::read(self.data().join("signing-keys/keyset.json")).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+    pub fn ca_path(&self) -> PathBuf {
+        self.data().join("tls/ca.crt")
+    }
+}
+
+fn add_keys(dir: &Path) -> Keys {
+    let path = dir.join("api-keys.json");
+    let now = Utc::now();
+    let mut table = keys_cli::load(&path).unwrap();
+    let (admin_id, admin) = keys_cli::create(&mut table, "admin", Tier::Admin, None, now).unwrap();
+    let (developer_id, developer) = keys_cli::create(
+        &mut table,
+        "dev",
+        Tier::Developer,
+        Some(chrono::Duration::days(30)),
+        now,
+    )
+    .unwrap();
+    let (_, readonly) = keys_cli::create(&mut table, "guest", Tier::ReadOnly, None, now).unwrap();
+    let (sid, suspended) =
+        keys_cli::create(&mut table, "suspended", Tier::Admin, None, now).unwrap();
+    keys_cli::suspend(&mut table, &sid).unwrap();
+    let (rid, revoked) = keys_cli::create(&mut table, "revoked", Tier::Admin, None, now).unwrap();
+    keys_cli::revoke(&mut table, &rid).unwrap();
+    let (eid, expired) = keys_cli::create(&mut table, "expired", Tier::Admin, None, now).unwrap();
+    let rec = table.get_mut(&eid).unwrap();
+    rec.created_at = now - chrono::Duration::days(2);
+    rec.expires_at = Some(now - chrono::Duration::days(1));
+    assert_eq!(rec.state, ApiKeyState::Active);
+    keys_cli::save(&path, &table).unwrap();
+    Keys {
+        admin,
+        developer,
+        readonly,
+        suspended,
+        revoked,
+        expired,
+        admin_id,
+        developer_id,
+    }
+}
+
+/// A TLS client that trusts only the dev CA.
+pub fn client_for(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Starts a server; `extra_config` is YAML appended to the dev config.
+pub async fn server(extra_config: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dev::ensure(dir.path()).unwrap();
+    if !extra_config.is_empty() {
+        std::fs::write(&config, extra_config).unwrap();
+    }
+    let keys = add_keys(dir.path());
+    let engine = EchoEngine::new();
+    let options = ServeOptions {
+        config_path: config,
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        web_addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let running = start(&options, engine.clone()).await.unwrap();
+    let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
+    let base = format!("https://localhost:{}", running.api_addr.port());
+    TestServer {
+        dir,
+        running,
+        engine,
+        keys,
+        client,
+        base,
+    }
+}
+
+/// A config generous enough that limits do not interfere with other tests.
+pub const RELAXED: &str =
+    "rateLimit:\n  requestsPerMinute: 100000\nlimits:\n  maxAuthFailuresPerMinute: 100000\n";
+
+pub fn chat_body(text: &str) -> serde_json::Value {
+    serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+}

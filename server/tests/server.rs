@@ -1,0 +1,613 @@
+//! The server over real TLS: chat (JSON and SSE), the seed API, tokens,
+//! admin, limits, filters, hot reload, metrics.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use common::{MODEL, RELAXED, chat_body, server};
+use securechat_server::keys_cli;
+
+#[tokio::test]
+async fn chat_completion_with_an_api_key() {
+    let s = server(RELAXED).await;
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.readonly)
+        .json(&chat_body("hello there friend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("ratelimit-remaining"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "hello there friend"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(
+        body["usage"]["total_tokens"],
+        body["usage"]["prompt_tokens"].as_u64().unwrap() + 3
+    );
+}
+
+#[tokio::test]
+async fn sensitive_input_is_redacted_before_the_model_sees_it() {
+    let s = server(RELAXED).await;
+    let body: Value = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body(
+            "card 4111 1111 1111 1111 and mail a.b@example.com ok",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "card [FILTERED] and mail [FILTERED] ok"
+    );
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("direction=\"input\",detector=\"credit_card\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn reject_mode_refuses_sensitive_input() {
+    let s = server(&format!("{RELAXED}sensitiveData:\n  action: Reject\n")).await;
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body("my ssn is 123-45-6789"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "sensitive_data");
+    assert_eq!(
+        s.engine.calls.load(Ordering::SeqCst),
+        0,
+        "the model never saw it"
+    );
+}
+
+/// Output filtering of a stream: the echo engine sends three characters per
+/// event, so the card number arrives split across many SSE chunks.
+#[tokio::test]
+async fn streaming_redacts_numbers_split_across_chunks() {
+    // Input filtering off, so the card reaches the model and comes back in
+    // pieces through the output filter.
+    let s = server(&format!("{RELAXED}sensitiveData:\n  input: false\n")).await;
+    let mut body = chat_body("pay with 4111 1111 1111 1111 today");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.developer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "pay with [FILTERED] today");
+    assert!(
+        chunks.len() > 4,
+        "streamed in several chunks: {}",
+        chunks.len()
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
+    let usage = chunks
+        .iter()
+        .find(|c| c["usage"].is_object())
+        .expect("usage chunk");
+    assert_eq!(usage["usage"]["completion_tokens"], 7);
+}
+
+#[tokio::test]
+async fn seed_chat_api_shape() {
+    let s = server(RELAXED).await;
+    let body: Value = s
+        .client
+        .post(s.url("/api/chat"))
+        .bearer_auth(&s.keys.developer)
+        .json(&json!({"message": "ni hao", "history": [["q", "a"]], "max_length": 2048, "temperature": 0.7}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["response"], "ni hao");
+    assert_eq!(body["user"], format!("key:{}", s.keys.developer_id));
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[0], json!({"role": "user", "content": "q"}));
+    assert_eq!(
+        history[3],
+        json!({"role": "assistant", "content": "ni hao"})
+    );
+}
+
+#[tokio::test]
+async fn oauth_token_then_bearer_jwt_and_jwks() {
+    let s = server(RELAXED).await;
+    // Form encoding, as OAuth clients send it.
+    let resp = s
+        .client
+        .post(s.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_secret", s.keys.developer.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 1800);
+    let jwt = token["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let jwks: Value = s
+        .client
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"].as_str(), header.kid.as_deref());
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert!(jwks.to_string().find("PRIVATE").is_none() && jwks["keys"][0].get("d").is_none());
+    let models = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let models: Value = models.json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    // JSON body works too; a ReadOnly token cannot list models.
+    let ro: Value = s
+        .client
+        .post(s.url("/oauth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_secret": s.keys.readonly}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(ro["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn admin_sees_keys_without_secrets_and_patches_config() {
+    let s = server(RELAXED).await;
+    let resp = s
+        .client
+        .get(s.url("/admin/keys"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("sha256") && !text.contains("sk-sc-"),
+        "{text}"
+    );
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    let states: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap())
+        .collect();
+    for state in ["Active", "Suspended", "Revoked", "Expired"] {
+        assert!(states.contains(&state), "{states:?}");
+    }
+    let resp = s
+        .client
+        .patch(s.url("/admin/config"))
+        .bearer_auth(&s.keys.admin)
+        .json(&json!({"cors": {"allowedOrigins": ["https://app.example"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let patched: Value = resp.json().await.unwrap();
+    assert_eq!(patched["persisted"], true);
+    // The new origin now passes CORS.
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.admin)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // An invalid patch is refused and changes nothing.
+    let resp = s
+        .client
+        .post(s.url("/api/admin/configuration"))
+        .bearer_auth(&s.keys.admin)
+        .json(&json!({"rateLimit": {"requestsPerMinute": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let config: Value = s
+        .client
+        .get(s.url("/admin/config"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["rateLimit"]["requestsPerMinute"], 100000);
+}
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_minute_is_limited() {
+    let s = server("").await;
+    for i in 0..10 {
+        let resp = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.admin)
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry), "{retry}");
+    assert_eq!(resp.headers()["ratelimit-limit"], "10");
+    assert_eq!(resp.headers()["ratelimit-remaining"], "0");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // Another principal is unaffected.
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.developer)
+        .json(&chat_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_from_one_address_are_throttled() {
+    let s = server("limits:\n  maxAuthFailuresPerMinute: 5\n").await;
+    for _ in 0..5 {
+        let resp = s
+            .client
+            .get(s.url("/v1/models"))
+            .bearer_auth("sk-sc-nope-x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    // Even a valid key is refused while the address is throttled.
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_auth_failures");
+}
+
+#[tokio::test]
+async fn a_full_queue_is_503_with_retry_after() {
+    let s = server(RELAXED).await;
+    s.engine.queue_full.store(true, Ordering::SeqCst);
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_busy");
+}
+
+#[tokio::test]
+async fn token_quota_per_tier() {
+    // ReadOnly gets 10 tokens a minute here; the echo engine spends one per word.
+    let s = server(&format!(
+        "{RELAXED}roles:\n  readOnly:\n    permissions: [Chat]\n    tokensPerMinute: 10\n"
+    ))
+    .await;
+    let words = "a b c d e f g h i j k l";
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.readonly)
+        .json(&chat_body(words))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.readonly)
+        .json(&chat_body("again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "token_quota_exceeded");
+}
+
+async fn wait_for(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn key_table_changes_are_hot_reloaded_and_bad_files_keep_the_last_good() {
+    let s = server(RELAXED).await;
+    let table_path = s.data().join("api-keys.json");
+    // Mint a JWT from the developer key, then revoke the key on disk.
+    let token: Value = s
+        .client
+        .post(s.url("/oauth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_secret": s.keys.developer}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = token["access_token"].as_str().unwrap().to_string();
+    let mut table = keys_cli::load(&table_path).unwrap();
+    keys_cli::revoke(&mut table, &s.keys.developer_id).unwrap();
+    let (_, fresh) = keys_cli::create(
+        &mut table,
+        "fresh",
+        securechat_crds::v1alpha1::Tier::Developer,
+        None,
+        Utc::now(),
+    )
+    .unwrap();
+    keys_cli::save(&table_path, &table).unwrap();
+    let c = &s.client;
+    assert!(
+        wait_for(async || c
+            .get(s.url("/v1/models"))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200)
+        .await,
+        "new key never became valid"
+    );
+    let resp = c
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Tokens minted from a revoked key die with it.
+    let resp = c
+        .get(s.url("/v1/models"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // A corrupt table is refused; the last good one stays.
+    std::fs::write(&table_path, b"{ this is not json").unwrap();
+    let metrics_url = s.url("/metrics");
+    assert!(
+        wait_for(async || c
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("file=\"api_keys\",result=\"error\""))
+        .await,
+        "reload error not counted"
+    );
+    let resp = c
+        .get(s.url("/v1/models"))
+        .bearer_auth(&fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = server(RELAXED).await;
+    assert_eq!(
+        s.client
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = s
+        .client
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    s.client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body("one two"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "securechat_http_requests_total{route=\"/v1/chat/completions\",method=\"POST\",status=\"200\"}",
+        "securechat_http_request_duration_seconds_bucket",
+        "securechat_tokens_generated_total 2",
+        "securechat_time_to_first_token_seconds_count 1",
+        "securechat_certificate_expiry_seconds",
+        "securechat_signing_key_expiry_seconds{kid=",
+        "securechat_api_key_expiry_seconds{key_id=",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn both_ports_speak_only_tls_1_3_by_default() {
+    let s = server(RELAXED).await;
+    let web = format!("https://localhost:{}/healthz", s.running.web_addr.port());
+    assert_eq!(s.client.get(&web).send().await.unwrap().status(), 200);
+    let tls12 = common::client_for(&s.ca_path(), &[&rustls::version::TLS12]);
+    assert!(
+        tls12.get(s.url("/healthz")).send().await.is_err(),
+        "TLS 1.2 must be refused"
+    );
+    // Plain HTTP gets no answer.
+    assert!(
+        s.client
+            .get(format!(
+                "http://localhost:{}/healthz",
+                s.running.api_addr.port()
+            ))
+            .send()
+            .await
+            .is_err()
+    );
+    // With minVersion 1.2 a 1.2 client connects.
+    let s12 = server(&format!("{RELAXED}tls:\n  minVersion: \"1.2\"\n")).await;
+    let tls12 = common::client_for(&s12.ca_path(), &[&rustls::version::TLS12]);
+    assert_eq!(
+        tls12
+            .get(s12.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
