@@ -15,7 +15,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel};
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::desired::{self, Context};
@@ -74,11 +73,9 @@ async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Act
     apply::apply(client, &desired::service(&ctx)).await?;
     let network = desired::network_policy(&ctx);
     apply::apply(client, &network.policy).await?;
-    let deployment = apply::apply(
-        client,
-        &desired::deployment(&ctx, &config_checksum(&model)?),
-    )
-    .await?;
+    let (config_map, config_checksum) = desired::config_map(&ctx)?;
+    apply::apply(client, &config_map).await?;
+    let deployment = apply::apply(client, &desired::deployment(&ctx, &config_checksum)).await?;
     match desired::pdb(&ctx) {
         Some(pdb) => {
             apply::apply(client, &pdb).await?;
@@ -120,35 +117,6 @@ fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Ac
     warn!(model = %model.name_any(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
-        Error::Serialize { .. } | Error::MissingField(_) => {
-            Action::requeue(Duration::from_secs(60))
-        }
+        Error::Render { .. } | Error::MissingField(_) => Action::requeue(Duration::from_secs(60)),
     }
-}
-
-/// Hash of everything in the spec that the server reads from its config, so
-/// a change there rolls the pods. Scheduling, replicas and resources are left
-/// out: the Deployment itself carries them.
-fn config_checksum(model: &SecureChatModel) -> Result<String> {
-    let s = &model.spec;
-    let relevant = (
-        &s.model,
-        &s.ports,
-        &s.tls.min_version,
-        &s.signing_keys.algorithm,
-        &s.auth,
-        &s.roles,
-        &s.rate_limit,
-        &s.cors,
-        &s.sensitive_data,
-        &s.audit,
-    );
-    let bytes = serde_json::to_vec(&relevant).map_err(|source| Error::Serialize {
-        kind: "spec",
-        source,
-    })?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

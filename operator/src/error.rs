@@ -7,12 +7,8 @@ pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 
-    #[error("cannot serialise {kind}: {source}")]
-    Serialize {
-        kind: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("cannot render {what}: {message}")]
+    Render { what: &'static str, message: String },
 
     #[error("resource has no {0}")]
     MissingField(&'static str),
@@ -24,7 +20,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube_api",
-            Error::Serialize { .. } => "serialize",
+            Error::Render { .. } => "render",
             Error::MissingField(_) => "missing_field",
         }
     }

@@ -2,12 +2,14 @@
 //! should exist for it. Unit-tested without a cluster; the reconcile loop
 //! applies whatever these return.
 
+mod config_map;
 mod deployment;
 mod network_policy;
 mod pdb;
 mod service;
 mod service_account;
 
+pub use config_map::{config_map, server_config};
 pub use deployment::{CONFIG_DIR, deployment};
 pub use network_policy::{NetworkPolicyPlan, RefusedRule, network_policy};
 pub use pdb::pdb;

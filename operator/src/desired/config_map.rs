@@ -1,0 +1,117 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use securechat_crds::files::config::{
+    FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls,
+};
+use securechat_crds::files::names;
+use sha2::{Digest, Sha256};
+
+use super::Context;
+use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR};
+use crate::labels::Names;
+use crate::{Error, Result};
+
+/// The server configuration the pods read, derived from the spec. The
+/// policy sections are the spec's own types, copied as they are.
+pub fn server_config(ctx: &Context) -> ServerConfig {
+    let spec = &ctx.model.spec;
+    let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
+    ServerConfig {
+        files: FilePaths {
+            tls_cert: dir(TLS_DIR, names::TLS_CERT),
+            tls_key: dir(TLS_DIR, names::TLS_KEY),
+            signing_keys: dir(SIGNING_KEYS_DIR, names::KEYSET),
+            api_keys: dir(API_KEYS_DIR, names::API_KEYS),
+        },
+        tls: ServerTls {
+            min_version: spec.tls.min_version,
+        },
+        generation: GenerationDefaults {
+            max_tokens: u32::try_from(spec.model.max_tokens).unwrap_or(2048),
+            temperature: spec.model.temperature as f32,
+            top_p: spec.model.top_p as f32,
+        },
+        auth: ServerAuth {
+            issuer: spec
+                .auth
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("https://{}", ctx.service_host())),
+            audience: spec
+                .auth
+                .audience
+                .clone()
+                .unwrap_or_else(|| ctx.name.clone()),
+            token_ttl: spec.auth.token_ttl,
+            leeway: spec.auth.leeway,
+            oidc: spec.auth.oidc.clone(),
+        },
+        roles: spec.roles.clone(),
+        rate_limit: spec.rate_limit.clone(),
+        cors: spec.cors.clone(),
+        sensitive_data: spec.sensitive_data.clone(),
+        audit: spec.audit.clone(),
+        limits: Default::default(),
+    }
+}
+
+/// The ConfigMap holding `config.yaml`, and the checksum of its content
+/// (the Deployment's pod-template annotation, so a config change rolls the
+/// pods).
+pub fn config_map(ctx: &Context) -> Result<(ConfigMap, String)> {
+    let config = server_config(ctx);
+    let yaml = serde_yaml::to_string(&config).map_err(|e| Error::Render {
+        what: "server config",
+        message: e.to_string(),
+    })?;
+    let checksum = Sha256::digest(yaml.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let map = ConfigMap {
+        metadata: ctx.metadata(Names::config_map(&ctx.name)),
+        data: Some(BTreeMap::from([(names::CONFIG.to_string(), yaml)])),
+        ..Default::default()
+    };
+    Ok((map, checksum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+    use serde_json::json;
+
+    fn render(spec: serde_json::Value) -> (ConfigMap, String) {
+        let m = model("chat", spec);
+        config_map(&Context::new(&m, "img").expect("ctx")).expect("renders")
+    }
+
+    #[test]
+    fn the_server_reads_back_what_the_operator_writes() {
+        let (map, _) = render(
+            json!({"rateLimit": {"requestsPerMinute": 30}, "cors": {"allowedOrigins": ["https://chat.example.com"]}}),
+        );
+        let yaml = &map.data.expect("data")[names::CONFIG];
+        let parsed = ServerConfig::from_yaml(yaml).expect("server parses it");
+        parsed.validate().expect("and accepts it");
+        assert_eq!(parsed.rate_limit.requests_per_minute, 30);
+        assert_eq!(parsed.cors.allowed_origins.len(), 1);
+        assert_eq!(parsed.auth.issuer, "https://chat.team.svc");
+        assert_eq!(parsed.auth.audience, "chat");
+        assert_eq!(
+            parsed.files.signing_keys,
+            std::path::Path::new("/etc/securechat/signing-keys/keyset.json")
+        );
+    }
+
+    #[test]
+    fn checksum_follows_config_changes_only() {
+        let (_, a) = render(json!({"replicas": 1}));
+        let (_, b) = render(json!({"replicas": 3}));
+        let (_, c) = render(json!({"rateLimit": {"requestsPerMinute": 11}}));
+        assert_eq!(a, b, "scaling must not roll the pods");
+        assert_ne!(a, c, "a config change must roll the pods");
+    }
+}
