@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use common::{TestNamespace, await_condition, client, install_crds, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::conditions::condition_status;
+use securechat_crds::files::api_keys::ApiKeyTable;
+use securechat_crds::files::config::ServerConfig;
+use securechat_crds::files::keyset::SigningKeySet;
 use securechat_operator::controller::{self, State};
 use serde_json::json;
 
@@ -146,6 +149,50 @@ async fn a_model_becomes_a_running_gpu_deployment_with_network_policy_and_status
     )
     .await;
 
+    // Certificate, CA bundle, signing keys, API-key table and config exist,
+    // in the formats the server reads, and the status points at them.
+    let ready = models.get("chat").await.expect("model");
+    let status = ready.status.expect("status");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let tls = secrets.get("chat-tls").await.expect("tls secret");
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    let tls_data = tls.data.expect("tls data");
+    assert!(String::from_utf8_lossy(&tls_data["tls.crt"].0).contains("BEGIN CERTIFICATE"));
+    let dns = &tls.metadata.annotations.expect("annotations")["securechat.dev/dns-names"];
+    assert!(dns.contains(&format!("chat.{}.svc", ns.name)), "{dns}");
+    let bundle = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get("chat-ca-bundle")
+        .await
+        .expect("ca bundle");
+    assert_eq!(
+        bundle.data.expect("data")["ca.crt"].as_bytes(),
+        tls_data["ca.crt"].0.as_slice()
+    );
+    let tls_status = status.tls.expect("tls status");
+    assert!(tls_status.not_after.is_some() && tls_status.renew_at.is_some());
+    let keys = secrets
+        .get("chat-signing-keys")
+        .await
+        .expect("signing keys");
+    let keyset: SigningKeySet =
+        serde_json::from_slice(&keys.data.expect("data")["keyset.json"].0).expect("keyset");
+    keyset.validate().expect("valid keyset");
+    let active_kid = keyset.active().expect("active key").kid.clone();
+    assert_eq!(
+        status.signing_keys.expect("keys status").active_kid,
+        Some(active_kid.clone())
+    );
+    let table = secrets.get("chat-api-keys").await.expect("api keys");
+    let table: ApiKeyTable =
+        serde_json::from_slice(&table.data.expect("data")["api-keys.json"].0).expect("table");
+    assert!(table.keys.is_empty());
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get("chat-config")
+        .await
+        .expect("config");
+    ServerConfig::from_yaml(&config.data.expect("data")["config.yaml"])
+        .expect("server config parses");
+
     // Drift is reverted: a deleted Service comes back, a hand-edited
     // replica count is restored.
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
@@ -184,6 +231,15 @@ async fn a_model_becomes_a_running_gpu_deployment_with_network_policy_and_status
         |d: Option<&Deployment>| d.and_then(|d| d.spec.replicas) == Some(2),
     )
     .await;
+
+    // Reconciles do not re-issue key material.
+    let keys = secrets
+        .get("chat-signing-keys")
+        .await
+        .expect("signing keys");
+    let again: SigningKeySet =
+        serde_json::from_slice(&keys.data.expect("data")["keyset.json"].0).expect("keyset");
+    assert_eq!(again.active().map(|k| k.kid.clone()), Some(active_kid));
 
     // Scaling to one replica removes the PDB.
     models

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::desired::{self, Context};
 use crate::labels::Names;
 use crate::status::{Observed, model_status};
-use crate::{Error, FIELD_MANAGER, Result, apply};
+use crate::{Error, FIELD_MANAGER, Result, apply, material};
 
 /// Shared by every reconcile.
 pub struct State {
@@ -73,6 +73,10 @@ async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Act
     apply::apply(client, &desired::service(&ctx)).await?;
     let network = desired::network_policy(&ctx);
     apply::apply(client, &network.policy).await?;
+    let now = chrono::Utc::now();
+    let tls = material::tls(client, &ctx, now).await?;
+    let keys = material::signing_keys(client, &ctx, now).await?;
+    material::api_keys(client, &ctx).await?;
     let (config_map, config_checksum) = desired::config_map(&ctx)?;
     apply::apply(client, &config_map).await?;
     let deployment = apply::apply(client, &desired::deployment(&ctx, &config_checksum)).await?;
@@ -96,6 +100,18 @@ async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Act
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
+        tls: Some((
+            tls.ready,
+            tls.reason,
+            tls.message.clone(),
+            tls.status.clone(),
+        )),
+        signing_keys: Some((
+            keys.ready,
+            keys.reason,
+            keys.message.clone(),
+            keys.status.clone(),
+        )),
     };
     let status = model_status(&model, &observed, Timestamp::now());
     if model.status.as_ref() != Some(&status) {
@@ -108,9 +124,18 @@ async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Act
         )
         .await?;
     }
-    // Owned objects wake us on change; the periodic requeue catches anything
-    // a watch missed.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // Owned objects wake us on change; certificate renewal and key rotation
+    // are due at known times; the periodic requeue catches anything a watch
+    // missed.
+    let due = [tls.next_action_at, keys.next_action_at]
+        .into_iter()
+        .flatten()
+        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+        .min()
+        .unwrap_or(Duration::MAX);
+    Ok(Action::requeue(
+        due.clamp(Duration::from_secs(1), Duration::from_secs(300)),
+    ))
 }
 
 fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Action {

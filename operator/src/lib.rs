@@ -12,6 +12,8 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod labels;
+pub mod material;
+pub mod pki;
 pub mod status;
 
 pub use error::{Error, Result};

@@ -4,7 +4,9 @@
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
 use securechat_crds::conditions::{ConditionUpdate, set_condition};
-use securechat_crds::v1alpha1::{ModelFamily, SecureChatModel, SecureChatModelStatus};
+use securechat_crds::v1alpha1::{
+    ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
+};
 
 use crate::desired::RefusedRule;
 
@@ -12,6 +14,11 @@ pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
 pub const NETWORK_READY: &str = "NetworkReady";
 pub const DEGRADED: &str = "Degraded";
+pub const TLS_READY: &str = "TLSReady";
+pub const SIGNING_KEYS_READY: &str = "SigningKeysReady";
+
+/// (ready, reason, message, status) of one kind of key material.
+pub type MaterialState<S> = (bool, &'static str, String, S);
 
 /// What the reconcile saw after applying.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +27,8 @@ pub struct Observed {
     pub refused_rules: Vec<RefusedRule>,
     pub endpoint: String,
     pub web_endpoint: String,
+    pub tls: Option<MaterialState<TlsStatus>>,
+    pub signing_keys: Option<MaterialState<SigningKeysStatus>>,
 }
 
 /// The status to write, starting from the current one so condition
@@ -100,25 +109,22 @@ pub fn model_status(
     } else {
         ConditionUpdate::new(DEGRADED, true, "Degraded", degraded_reasons.join("; "))
     };
-    let is_ready = available.status && network.status;
-    let ready_condition = if is_ready {
-        ConditionUpdate::new(READY, true, "Ready", "serving")
-    } else if !available.status {
-        ConditionUpdate::new(
+    let tls = material(TLS_READY, &observed.tls);
+    let keys = material(SIGNING_KEYS_READY, &observed.signing_keys);
+    // Ready names the first thing that is not.
+    let blocker = [&available, &network, &tls, &keys]
+        .into_iter()
+        .find(|c| !c.status);
+    let ready_condition = match blocker {
+        None => ConditionUpdate::new(READY, true, "Ready", "serving"),
+        Some(c) => ConditionUpdate::new(
             READY,
             false,
-            available.reason.clone(),
-            available.message.clone(),
-        )
-    } else {
-        ConditionUpdate::new(
-            READY,
-            false,
-            network.reason.clone(),
-            network.message.clone(),
-        )
+            c.reason.clone(),
+            format!("{}: {}", c.type_, c.message),
+        ),
     };
-    for update in [ready_condition, available, network, degraded] {
+    for update in [ready_condition, available, network, tls, keys, degraded] {
         set_condition(&mut status.conditions, update, generation, now);
     }
 
@@ -128,7 +134,18 @@ pub fn model_status(
     status.model = Some(model_description(model));
     status.endpoint = Some(observed.endpoint.clone());
     status.web_endpoint = Some(observed.web_endpoint.clone());
+    status.tls = observed.tls.as_ref().map(|t| t.3.clone());
+    status.signing_keys = observed.signing_keys.as_ref().map(|k| k.3.clone());
     status
+}
+
+fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate {
+    match state {
+        Some((ready, reason, message, _)) => {
+            ConditionUpdate::new(type_, *ready, *reason, message.clone())
+        }
+        None => ConditionUpdate::new(type_, false, "Pending", "not reconciled yet"),
+    }
 }
 
 /// A short description of the served model for `kubectl get scm`.
@@ -174,7 +191,7 @@ mod tests {
         let m = model("chat", json!({"replicas": 2}));
         let obs = Observed {
             deployment: Some(deployment(2)),
-            ..Default::default()
+            ..material_ready()
         };
         let status = model_status(&m, &obs, at(1));
         assert!(is_true(&status.conditions, READY));
@@ -183,6 +200,41 @@ mod tests {
             Some("False")
         );
         assert_eq!(status.replicas.as_deref(), Some("2/2"));
+    }
+
+    fn material_ready() -> Observed {
+        Observed {
+            tls: Some((
+                true,
+                "CertificateIssued",
+                String::new(),
+                TlsStatus::default(),
+            )),
+            signing_keys: Some((
+                true,
+                "KeysetReady",
+                String::new(),
+                SigningKeysStatus::default(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn not_ready_until_tls_and_keys_are() {
+        let m = model("chat", json!({}));
+        let obs = Observed {
+            deployment: Some(deployment(1)),
+            ..Default::default()
+        };
+        let status = model_status(&m, &obs, at(1));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("ready");
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.starts_with("TLSReady"), "{}", ready.message);
     }
 
     #[test]
@@ -229,7 +281,7 @@ mod tests {
         let mut m = model("chat", json!({}));
         let obs = Observed {
             deployment: Some(deployment(1)),
-            ..Default::default()
+            ..material_ready()
         };
         m.status = Some(model_status(&m, &obs, at(10)));
         let again = model_status(&m, &obs, at(20));

@@ -6,6 +6,7 @@ mod config_map;
 mod deployment;
 mod network_policy;
 mod pdb;
+pub mod secrets;
 mod service;
 mod service_account;
 
