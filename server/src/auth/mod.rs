@@ -7,6 +7,7 @@
 
 pub mod api_key;
 pub mod jwt;
+pub mod oidc;
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -64,7 +65,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 }
 
 /// Checks a credential against the current keys.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     credential: &str,
     now: DateTime<Utc>,
@@ -83,6 +84,27 @@ pub fn authenticate(
         return Err(AuthFailure::Malformed);
     }
     let runtime = state.runtime();
+    // Tokens of a configured external issuer go to its verifier; all
+    // others must be ours.
+    if let Some(iss) = oidc::peek_issuer(credential)
+        && let Some(issuer) = runtime
+            .config
+            .auth
+            .oidc
+            .iter()
+            .find(|i| i.issuer_url.trim_end_matches('/') == iss.trim_end_matches('/'))
+    {
+        let identity = state
+            .oidc
+            .verify(credential, issuer, runtime.policy.leeway_secs)
+            .await?;
+        return Ok(Principal {
+            subject: format!("oidc:{}#{}", identity.issuer, identity.subject),
+            key_id: None,
+            tier: identity.tier,
+            method: Method::Token,
+        });
+    }
     let (claims, tier) = state
         .signing
         .load()
@@ -145,11 +167,14 @@ pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, 
 }
 
 /// Authenticates the request's bearer credential, with the guard.
-pub fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
     let ip = client_ip(parts);
     check_guard(state, ip, now)?;
-    let result = bearer(&parts.headers).and_then(|c| authenticate(state, c, Utc::now()));
+    let result = match bearer(&parts.headers) {
+        Ok(credential) => authenticate(state, credential, Utc::now()).await,
+        Err(failure) => Err(failure),
+    };
     match result {
         Ok(p) => Ok(p),
         Err(failure) => {
@@ -196,7 +221,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
             .get::<Audit>()
             .cloned()
             .unwrap_or_else(Audit::disabled);
-        let principal = principal_from_parts(parts, state)?;
+        let principal = principal_from_parts(parts, state).await?;
         audit.principal(
             &principal.subject,
             principal.key_id.as_deref(),

@@ -210,9 +210,13 @@ pub fn client_for(
         .unwrap()
 }
 
-/// Starts a server; `extra_config` is YAML appended to the dev config.
+/// Starts a server; `extra_config` replaces the dev config.
 pub async fn server(extra_config: &str) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
+    server_in(tempfile::tempdir().unwrap(), extra_config).await
+}
+
+/// Same, in a directory that may already hold dev material.
+pub async fn server_in(dir: tempfile::TempDir, extra_config: &str) -> TestServer {
     let config = dev::ensure(dir.path()).unwrap();
     if !extra_config.is_empty() {
         std::fs::write(&config, extra_config).unwrap();
