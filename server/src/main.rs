@@ -90,6 +90,7 @@ enum KeysVerb {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
