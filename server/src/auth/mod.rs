@@ -18,6 +18,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
+use securechat_crds::files::api_keys::ApiKeyStatus;
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
@@ -112,21 +113,18 @@ pub async fn authenticate(
     // Tokens minted from an API key die with it: a revoked or suspended
     // key's outstanding tokens stop working at once, not at their exp.
     let key_id = claims.sub.strip_prefix("key:").map(str::to_string);
+    let mut tier = tier;
     if let Some(id) = &key_id {
         let table = state.api_keys.load();
         let record = table.get(id).ok_or(AuthFailure::UnknownKey)?;
         match record.status_at(now) {
-            securechat_crds::files::api_keys::ApiKeyStatus::Active => {}
-            securechat_crds::files::api_keys::ApiKeyStatus::Suspended => {
-                return Err(AuthFailure::Suspended);
-            }
-            securechat_crds::files::api_keys::ApiKeyStatus::Expired => {
-                return Err(AuthFailure::Expired);
-            }
-            securechat_crds::files::api_keys::ApiKeyStatus::Revoked => {
-                return Err(AuthFailure::Revoked);
-            }
+            ApiKeyStatus::Active => {}
+            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
+            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
+            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
         }
+        // A tier lowered since the token was minted applies at once.
+        tier = tier.min(record.tier);
     }
     Ok(Principal {
         subject: claims.sub,
