@@ -11,7 +11,9 @@ use common::{MODEL, RELAXED, server};
 #[tokio::test]
 async fn openai_python_sdk_works_with_keys_and_tokens() {
     let dir = env!("CARGO_MANIFEST_DIR");
-    let setup = Command::new(format!("{dir}/tests/python/setup-venv.sh")).output().unwrap();
+    let setup = Command::new(format!("{dir}/tests/python/setup-venv.sh"))
+        .output()
+        .unwrap();
     assert!(
         setup.status.success(),
         "could not set up the Python venv with the openai SDK: {}",
