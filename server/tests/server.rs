@@ -741,3 +741,39 @@ async fn certificate_and_signing_keys_are_hot_reloaded() {
     let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
     assert_eq!(client.get(&health).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn developers_see_their_own_usage_and_readonly_cannot() {
+    let s = server(RELAXED).await;
+    for _ in 0..2 {
+        s.client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.developer)
+            .json(&chat_body("one two three"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let usage: Value = s
+        .client
+        .get(s.url("/v1/usage"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["keyId"], s.keys.developer_id.as_str());
+    assert_eq!(usage["usage"]["completionTokens"], 6);
+    // Two chats and this request.
+    assert_eq!(usage["usage"]["requests"], 3);
+    let resp = s
+        .client
+        .get(s.url("/v1/usage"))
+        .bearer_auth(&s.keys.readonly)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}

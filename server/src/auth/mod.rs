@@ -198,6 +198,11 @@ impl Needs for ModelsPermission {
     const PERMISSION: Permission = Permission::Models;
     const NAME: &'static str = "Models";
 }
+pub struct UsagePermission;
+impl Needs for UsagePermission {
+    const PERMISSION: Permission = Permission::Usage;
+    const NAME: &'static str = "Usage";
+}
 pub struct AdminPermission;
 impl Needs for AdminPermission {
     const PERMISSION: Permission = Permission::Admin;
