@@ -143,17 +143,15 @@ impl Filter {
                     end: m.end(),
                     kind: Kind::Builtin(Detector::Email),
                 }),
-                Some(Alternative::Number) => {
-                    if is_isolated(text, m.start(), m.end()) {
-                        self.classify_run(text, m.start(), m.end(), &mut out);
-                    }
+                Some(Alternative::Number) if is_isolated(text, m.start(), m.end()) => {
+                    self.classify_run(text, m.start(), m.end(), &mut out);
                 }
                 Some(Alternative::Custom(i)) => out.push(Finding {
                     start: m.start(),
                     end: m.end(),
                     kind: Kind::Custom(self.custom_names[i].clone()),
                 }),
-                None => {}
+                Some(Alternative::Number) | None => {}
             }
         }
         out
