@@ -127,6 +127,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn keys(args: KeysArgs) -> anyhow::Result<()> {
     let path = args.data_dir.join(names::API_KEYS);
     let now = chrono::Utc::now();
+    let _lock = match args.verb {
+        KeysVerb::List => None,
+        _ => Some(keys_cli::TableLock::acquire(&path)?),
+    };
     let mut table = keys_cli::load(&path)?;
     let plaintext = match args.verb {
         KeysVerb::List => {

@@ -777,3 +777,50 @@ async fn developers_see_their_own_usage_and_readonly_cannot() {
         .unwrap();
     assert_eq!(resp.status(), 403);
 }
+
+#[tokio::test]
+async fn web_page_is_served_with_a_strict_policy_and_security_headers() {
+    let s = server(RELAXED).await;
+    let web = format!("https://localhost:{}", s.running.web_addr.port());
+    let resp = s.client.get(format!("{web}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert!(resp.headers().contains_key("strict-transport-security"));
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("/ui/app.js") && !html.contains("<script>"),
+        "no inline script"
+    );
+    let js = s
+        .client
+        .get(format!("{web}/ui/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    let js = js.text().await.unwrap();
+    assert!(js.contains("/v1/chat/completions") && !js.contains("innerHTML"));
+    // API answers are never cached.
+    let models = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.headers()["cache-control"], "no-store");
+}
