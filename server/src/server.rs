@@ -23,6 +23,10 @@ pub struct ServeOptions {
     pub config_path: PathBuf,
     pub api_addr: SocketAddr,
     pub web_addr: SocketAddr,
+    /// Extra PEM CA certificates trusted when fetching OIDC discovery and
+    /// JWKS (identity providers behind a private CA); system roots are
+    /// always trusted.
+    pub oidc_ca_bundle: Option<PathBuf>,
 }
 
 /// A started server.
@@ -57,7 +61,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .map_err(anyhow::Error::msg)
         .context("loading the TLS certificate")?;
     let min_version = runtime.config.tls.min_version;
-    let extra_roots = match &files.oidc_ca_bundle {
+    let extra_roots = match &options.oidc_ca_bundle {
         Some(path) => {
             Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
         }

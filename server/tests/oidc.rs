@@ -106,7 +106,7 @@ async fn oidc_tokens_are_verified_through_a_cached_jwks() {
     dev::ensure(dir.path()).unwrap();
     let idp = start_idp(dir.path()).await;
     let config = format!(
-        "{RELAXED}files:\n  oidcCaBundle: tls/ca.crt\nauth:\n  oidc:\n    - issuerURL: {}\n      audience: chat-ui\n      roleClaim: role\n",
+        "{RELAXED}auth:\n  oidc:\n    - issuerURL: {}\n      audience: chat-ui\n      roleClaim: role\n",
         idp.url
     );
     let s = server_in(dir, &config).await;

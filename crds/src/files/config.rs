@@ -55,11 +55,6 @@ pub struct FilePaths {
     pub signing_keys: PathBuf,
     #[serde(default = "default_api_keys")]
     pub api_keys: PathBuf,
-    /// Extra PEM CA certificates trusted when fetching OIDC discovery
-    /// documents and JWKS (for identity providers behind a private CA);
-    /// the system roots are always trusted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oidc_ca_bundle: Option<PathBuf>,
 }
 
 impl Default for FilePaths {
@@ -69,7 +64,6 @@ impl Default for FilePaths {
             tls_key: default_tls_key(),
             signing_keys: default_keyset(),
             api_keys: default_api_keys(),
-            oidc_ca_bundle: None,
         }
     }
 }
@@ -103,7 +97,6 @@ impl FilePaths {
             tls_key: r(&self.tls_key),
             signing_keys: r(&self.signing_keys),
             api_keys: r(&self.api_keys),
-            oidc_ca_bundle: self.oidc_ca_bundle.as_ref().map(r),
         }
     }
 }

@@ -227,6 +227,9 @@ pub async fn server_in(dir: tempfile::TempDir, extra_config: &str) -> TestServer
         config_path: config,
         api_addr: "127.0.0.1:0".parse().unwrap(),
         web_addr: "127.0.0.1:0".parse().unwrap(),
+        // The dev CA, so the OIDC test's fake identity provider (which
+        // serves the same dev certificate) is trusted.
+        oidc_ca_bundle: Some(dir.path().join("tls/ca.crt")),
     };
     let running = start(&options, engine.clone()).await.unwrap();
     let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
