@@ -182,6 +182,47 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     }
 }
 
+/// Takes one request from the principal's per-minute budget (tier
+/// override, else the global limit; `burst` at once).
+pub fn take_request(
+    state: &AppState,
+    subject: &str,
+    tier: Tier,
+    audit: &Audit,
+) -> Result<(), ApiError> {
+    let runtime = state.runtime();
+    let limits = &runtime.config.rate_limit;
+    let per_minute = runtime
+        .config
+        .roles
+        .tier(tier)
+        .requests_per_minute
+        .unwrap_or(limits.requests_per_minute)
+        .max(1) as u32;
+    let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
+    let rate = Rate::per_minute(per_minute, burst);
+    match state
+        .request_buckets
+        .take(subject, rate, 1.0, Instant::now())
+    {
+        Decision::Allowed { remaining, reset } => {
+            audit.rate(RateInfo {
+                limit: per_minute,
+                remaining,
+                reset_secs: reset.as_secs(),
+            });
+            Ok(())
+        }
+        Decision::Denied { retry_after } => {
+            state.metrics.limited("requests");
+            Err(ApiError::RateLimited {
+                limit: per_minute,
+                retry_after,
+            })
+        }
+    }
+}
+
 /// A permission an endpoint requires.
 pub trait Needs: Send + Sync + 'static {
     const PERMISSION: Permission;
@@ -235,30 +276,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));
         }
-        let limits = &runtime.config.rate_limit;
-        let per_minute = tier_spec
-            .requests_per_minute
-            .unwrap_or(limits.requests_per_minute)
-            .max(1) as u32;
-        let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
-        let rate = Rate::per_minute(per_minute, burst);
-        match state
-            .request_buckets
-            .take(&principal.subject, rate, 1.0, Instant::now())
-        {
-            Decision::Allowed { remaining, reset } => audit.rate(RateInfo {
-                limit: per_minute,
-                remaining,
-                reset_secs: reset.as_secs(),
-            }),
-            Decision::Denied { retry_after } => {
-                state.metrics.limited("requests");
-                return Err(ApiError::RateLimited {
-                    limit: per_minute,
-                    retry_after,
-                });
-            }
-        }
+        take_request(state, &principal.subject, principal.tier, &audit)?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }
