@@ -14,7 +14,6 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::Utc;
-use serde::Serialize;
 
 use crate::error::AuthFailure;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -23,14 +22,14 @@ use crate::state::AppState;
 
 /// Rate-limit state reported in `RateLimit-*` headers of a successful
 /// response.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct RateInfo {
     pub limit: u32,
     pub remaining: u32,
     pub reset_secs: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 struct Record {
     time: String,
     client: Option<String>,
@@ -46,11 +45,8 @@ struct Record {
     tokens_in: u64,
     tokens_out: u64,
     redactions: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<String>,
-    #[serde(skip)]
     rate: Option<RateInfo>,
 }
 
@@ -65,11 +61,29 @@ impl Drop for Inner {
         if !self.enabled {
             return;
         }
-        let record = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
-        match serde_json::to_string(record) {
-            Ok(line) => tracing::info!(target: "securechat::audit", "{line}"),
-            Err(e) => tracing::warn!(error = %e, "audit record not serialisable"),
-        }
+        let r = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Structured fields: with the JSON log format each request is one
+        // JSON object on one line.
+        tracing::info!(
+            target: "securechat::audit",
+            time = %r.time,
+            client = r.client.as_deref(),
+            method = %r.method,
+            route = %r.route,
+            status = r.status,
+            decision = r.decision,
+            principal = r.principal.as_deref(),
+            key_id = r.key_id.as_deref(),
+            role = r.role.as_deref(),
+            auth_failure = r.auth_failure,
+            latency_ms = r.latency_ms,
+            tokens_in = r.tokens_in,
+            tokens_out = r.tokens_out,
+            redactions = r.redactions,
+            prompt = r.prompt.as_deref(),
+            answer = r.answer.as_deref(),
+            "audit"
+        );
     }
 }
 

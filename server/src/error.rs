@@ -89,6 +89,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     #[error("the request contains sensitive data ({0}) and was refused")]
     SensitiveData(String),
     #[error("the model {0:?} does not exist")]
@@ -121,6 +123,7 @@ impl ApiError {
             | ApiError::SensitiveData(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Engine(e) => match e {
@@ -157,6 +160,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => "invalid_value",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::SensitiveData(_) => "sensitive_data",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::NotFound => "not_found",

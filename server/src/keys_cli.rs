@@ -123,6 +123,54 @@ pub fn revoke(table: &mut ApiKeyTable, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on the table for one read-modify-write, so two CLI
+/// runs at once cannot lose each other's change. A lock file older than a
+/// minute is left over from a crash and is taken over.
+pub struct TableLock {
+    path: std::path::PathBuf,
+}
+
+impl TableLock {
+    pub fn acquire(table: &Path) -> anyhow::Result<Self> {
+        let path = table.with_extension("json.lock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(Self { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                    if stale {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        bail!(
+                            "{} is locked by another securechat-server keys command",
+                            table.display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 pub fn load(path: &Path) -> anyhow::Result<ApiKeyTable> {
     if !path.exists() {
         return Ok(ApiKeyTable::default());
@@ -219,6 +267,35 @@ mod tests {
         assert!(parse_lifetime("0d").is_err());
         assert!(parse_lifetime("0s").is_err());
         assert!(parse_lifetime("soon").is_err());
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-keys.json");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let _lock = TableLock::acquire(&path).unwrap();
+                    let mut table = load(&path).unwrap();
+                    create(
+                        &mut table,
+                        &format!("k{i}"),
+                        Tier::ReadOnly,
+                        None,
+                        Utc::now(),
+                    )
+                    .unwrap();
+                    save(&path, &table).unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(load(&path).unwrap().keys.len(), 8);
+        assert!(!dir.path().join("api-keys.json.lock").exists());
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct ServeArgs {
     api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8501", env = "SECURECHAT_WEB_ADDR")]
     web_addr: SocketAddr,
+    /// Extra PEM CA bundle trusted for OIDC discovery/JWKS (private IdPs).
+    #[arg(long, env = "SECURECHAT_OIDC_CA_BUNDLE")]
+    oidc_ca_bundle: Option<PathBuf>,
     /// Model file (GGUF). Default: the SmolLM2-135M-Instruct Q4_1 cache path.
     #[arg(long, env = "SECURECHAT_MODEL")]
     model: Option<PathBuf>,
@@ -90,6 +93,7 @@ enum KeysVerb {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -115,6 +119,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config_path,
         api_addr: args.api_addr,
         web_addr: args.web_addr,
+        oidc_ca_bundle: args.oidc_ca_bundle,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,6 +131,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn keys(args: KeysArgs) -> anyhow::Result<()> {
     let path = args.data_dir.join(names::API_KEYS);
     let now = chrono::Utc::now();
+    let _lock = match args.verb {
+        KeysVerb::List => None,
+        _ => Some(keys_cli::TableLock::acquire(&path)?),
+    };
     let mut table = keys_cli::load(&path)?;
     let plaintext = match args.verb {
         KeysVerb::List => {

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::reload::{self, Reloader, TlsState};
 use crate::routes::app;
@@ -22,6 +23,10 @@ pub struct ServeOptions {
     pub config_path: PathBuf,
     pub api_addr: SocketAddr,
     pub web_addr: SocketAddr,
+    /// Extra PEM CA certificates trusted when fetching OIDC discovery and
+    /// JWKS (identity providers behind a private CA); system roots are
+    /// always trusted.
+    pub oidc_ca_bundle: Option<PathBuf>,
 }
 
 /// A started server.
@@ -56,7 +61,22 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .map_err(anyhow::Error::msg)
         .context("loading the TLS certificate")?;
     let min_version = runtime.config.tls.min_version;
-    let state = AppState::new(engine, runtime, signing, table, Some(config_path.clone()));
+    let extra_roots = match &options.oidc_ca_bundle {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let oidc =
+        Arc::new(OidcVerifier::new(extra_roots.as_deref()).context("building the OIDC client")?);
+    let state = AppState::new(
+        engine,
+        runtime,
+        signing,
+        table,
+        oidc,
+        Some(config_path.clone()),
+    );
     *state
         .cert_not_after
         .lock()

@@ -13,6 +13,7 @@ use securechat_crds::files::config::ServerConfig;
 use serde::Serialize;
 
 use crate::auth::jwt::{SigningMaterial, TokenPolicy};
+use crate::auth::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub failure_buckets: KeyedBuckets,
     pub usage: Mutex<HashMap<String, KeyUsage>>,
     pub metrics: Metrics,
+    /// JWKS caches of the external OIDC issuers.
+    pub oidc: Arc<OidcVerifier>,
     /// Where PATCH /admin/config persists the merged config, when writable.
     pub config_path: Option<PathBuf>,
 }
@@ -91,6 +94,7 @@ impl AppState {
         runtime: Runtime,
         signing: SigningMaterial,
         api_keys: ApiKeyTable,
+        oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
     ) -> Self {
         let max = runtime.config.limits.max_tracked_clients as usize;
@@ -105,6 +109,7 @@ impl AppState {
             failure_buckets: KeyedBuckets::new(max),
             usage: Mutex::new(HashMap::new()),
             metrics: Metrics::new(),
+            oidc,
             config_path,
         }))
     }

@@ -611,3 +611,216 @@ async fn both_ports_speak_only_tls_1_3_by_default() {
         200
     );
 }
+
+#[tokio::test]
+async fn certificate_and_signing_keys_are_hot_reloaded() {
+    let s = server(RELAXED).await;
+    let c = &s.client;
+    let old_token: Value = c
+        .post(s.url("/oauth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_secret": s.keys.admin}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_jwt = old_token["access_token"].as_str().unwrap().to_string();
+    let old_kid = jsonwebtoken::decode_header(&old_jwt).unwrap().kid.unwrap();
+
+    // Rotate: a new active key, the old one kept as Previous.
+    let mut set = s.keyset();
+    set.keys[0].state = securechat_crds::files::keyset::KeyState::Previous;
+    let now = Utc::now();
+    let mut fresh =
+        securechat_server::dev::signing_keyset(now + chrono::Duration::seconds(1)).unwrap();
+    fresh.keys[0].kid = "rotated1".into();
+    set.keys.push(fresh.keys.remove(0));
+    securechat_server::files::atomic::write_atomic(
+        &s.data().join("signing-keys/keyset.json"),
+        &serde_json::to_vec(&set).unwrap(),
+        true,
+    )
+    .unwrap();
+    let token_url = s.url("/oauth/token");
+    let admin = s.keys.admin.clone();
+    assert!(
+        wait_for(async || {
+            let t: Value = c
+                .post(&token_url)
+                .json(&json!({"grant_type": "client_credentials", "client_secret": admin}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            jsonwebtoken::decode_header(t["access_token"].as_str().unwrap())
+                .unwrap()
+                .kid
+                .as_deref()
+                == Some("rotated1")
+        })
+        .await,
+        "the new key never started signing"
+    );
+    // The token from the previous key still verifies during the grace.
+    let resp = c
+        .get(s.url("/v1/models"))
+        .bearer_auth(&old_jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let jwks: Value = c
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&"rotated1"),
+        "{kids:?}"
+    );
+
+    // A new certificate from a new CA: new connections present it.
+    let certs = securechat_server::dev::certificates(Utc::now()).unwrap();
+    let tls = s.data().join("tls");
+    let new_ca = s.data().join("new-ca.crt");
+    std::fs::write(&new_ca, &certs.ca_cert).unwrap();
+    securechat_server::files::atomic::write_atomic(
+        &tls.join("tls.key"),
+        certs.key.as_bytes(),
+        true,
+    )
+    .unwrap();
+    securechat_server::files::atomic::write_atomic(
+        &tls.join("tls.crt"),
+        certs.cert.as_bytes(),
+        false,
+    )
+    .unwrap();
+    let health = s.url("/healthz");
+    assert!(
+        wait_for(async || {
+            // A fresh client per try: no pooled connection to the old cert.
+            let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+            client
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "the new certificate was never served"
+    );
+    // A corrupt certificate is refused; the new one stays.
+    std::fs::write(tls.join("tls.crt"), b"-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
+    let metrics_url = s.url("/metrics");
+    let fresh_client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+    assert!(
+        wait_for(async || fresh_client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("file=\"tls\",result=\"error\""))
+        .await
+    );
+    let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+    assert_eq!(client.get(&health).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn developers_see_their_own_usage_and_readonly_cannot() {
+    let s = server(RELAXED).await;
+    for _ in 0..2 {
+        s.client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.developer)
+            .json(&chat_body("one two three"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let usage: Value = s
+        .client
+        .get(s.url("/v1/usage"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["keyId"], s.keys.developer_id.as_str());
+    assert_eq!(usage["usage"]["completionTokens"], 6);
+    // Two chats and this request.
+    assert_eq!(usage["usage"]["requests"], 3);
+    let resp = s
+        .client
+        .get(s.url("/v1/usage"))
+        .bearer_auth(&s.keys.readonly)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn web_page_is_served_with_a_strict_policy_and_security_headers() {
+    let s = server(RELAXED).await;
+    let web = format!("https://localhost:{}", s.running.web_addr.port());
+    let resp = s.client.get(format!("{web}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert!(resp.headers().contains_key("strict-transport-security"));
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("/ui/app.js") && !html.contains("<script>"),
+        "no inline script"
+    );
+    let js = s
+        .client
+        .get(format!("{web}/ui/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    let js = js.text().await.unwrap();
+    assert!(js.contains("/v1/chat/completions") && !js.contains("innerHTML"));
+    // API answers are never cached.
+    let models = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.headers()["cache-control"], "no-store");
+}

@@ -7,6 +7,7 @@
 
 pub mod api_key;
 pub mod jwt;
+pub mod oidc;
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
+use securechat_crds::files::api_keys::ApiKeyStatus;
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
@@ -64,7 +66,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 }
 
 /// Checks a credential against the current keys.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     credential: &str,
     now: DateTime<Utc>,
@@ -83,6 +85,27 @@ pub fn authenticate(
         return Err(AuthFailure::Malformed);
     }
     let runtime = state.runtime();
+    // Tokens of a configured external issuer go to its verifier; all
+    // others must be ours.
+    if let Some(iss) = oidc::peek_issuer(credential)
+        && let Some(issuer) = runtime
+            .config
+            .auth
+            .oidc
+            .iter()
+            .find(|i| i.issuer_url.trim_end_matches('/') == iss.trim_end_matches('/'))
+    {
+        let identity = state
+            .oidc
+            .verify(credential, issuer, runtime.policy.leeway_secs)
+            .await?;
+        return Ok(Principal {
+            subject: format!("oidc:{}#{}", identity.issuer, identity.subject),
+            key_id: None,
+            tier: identity.tier,
+            method: Method::Token,
+        });
+    }
     let (claims, tier) = state
         .signing
         .load()
@@ -90,21 +113,18 @@ pub fn authenticate(
     // Tokens minted from an API key die with it: a revoked or suspended
     // key's outstanding tokens stop working at once, not at their exp.
     let key_id = claims.sub.strip_prefix("key:").map(str::to_string);
+    let mut tier = tier;
     if let Some(id) = &key_id {
         let table = state.api_keys.load();
         let record = table.get(id).ok_or(AuthFailure::UnknownKey)?;
         match record.status_at(now) {
-            securechat_crds::files::api_keys::ApiKeyStatus::Active => {}
-            securechat_crds::files::api_keys::ApiKeyStatus::Suspended => {
-                return Err(AuthFailure::Suspended);
-            }
-            securechat_crds::files::api_keys::ApiKeyStatus::Expired => {
-                return Err(AuthFailure::Expired);
-            }
-            securechat_crds::files::api_keys::ApiKeyStatus::Revoked => {
-                return Err(AuthFailure::Revoked);
-            }
+            ApiKeyStatus::Active => {}
+            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
+            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
+            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
         }
+        // A tier lowered since the token was minted applies at once.
+        tier = tier.min(record.tier);
     }
     Ok(Principal {
         subject: claims.sub,
@@ -145,16 +165,60 @@ pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, 
 }
 
 /// Authenticates the request's bearer credential, with the guard.
-pub fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
     let ip = client_ip(parts);
     check_guard(state, ip, now)?;
-    let result = bearer(&parts.headers).and_then(|c| authenticate(state, c, Utc::now()));
+    let result = match bearer(&parts.headers) {
+        Ok(credential) => authenticate(state, credential, Utc::now()).await,
+        Err(failure) => Err(failure),
+    };
     match result {
         Ok(p) => Ok(p),
         Err(failure) => {
             note_failure(state, ip, failure, now);
             Err(ApiError::Unauthorized(failure))
+        }
+    }
+}
+
+/// Takes one request from the principal's per-minute budget (tier
+/// override, else the global limit; `burst` at once).
+pub fn take_request(
+    state: &AppState,
+    subject: &str,
+    tier: Tier,
+    audit: &Audit,
+) -> Result<(), ApiError> {
+    let runtime = state.runtime();
+    let limits = &runtime.config.rate_limit;
+    let per_minute = runtime
+        .config
+        .roles
+        .tier(tier)
+        .requests_per_minute
+        .unwrap_or(limits.requests_per_minute)
+        .max(1) as u32;
+    let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
+    let rate = Rate::per_minute(per_minute, burst);
+    match state
+        .request_buckets
+        .take(subject, rate, 1.0, Instant::now())
+    {
+        Decision::Allowed { remaining, reset } => {
+            audit.rate(RateInfo {
+                limit: per_minute,
+                remaining,
+                reset_secs: reset.as_secs(),
+            });
+            Ok(())
+        }
+        Decision::Denied { retry_after } => {
+            state.metrics.limited("requests");
+            Err(ApiError::RateLimited {
+                limit: per_minute,
+                retry_after,
+            })
         }
     }
 }
@@ -174,6 +238,11 @@ pub struct ModelsPermission;
 impl Needs for ModelsPermission {
     const PERMISSION: Permission = Permission::Models;
     const NAME: &'static str = "Models";
+}
+pub struct UsagePermission;
+impl Needs for UsagePermission {
+    const PERMISSION: Permission = Permission::Usage;
+    const NAME: &'static str = "Usage";
 }
 pub struct AdminPermission;
 impl Needs for AdminPermission {
@@ -196,7 +265,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
             .get::<Audit>()
             .cloned()
             .unwrap_or_else(Audit::disabled);
-        let principal = principal_from_parts(parts, state)?;
+        let principal = principal_from_parts(parts, state).await?;
         audit.principal(
             &principal.subject,
             principal.key_id.as_deref(),
@@ -207,30 +276,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));
         }
-        let limits = &runtime.config.rate_limit;
-        let per_minute = tier_spec
-            .requests_per_minute
-            .unwrap_or(limits.requests_per_minute)
-            .max(1) as u32;
-        let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
-        let rate = Rate::per_minute(per_minute, burst);
-        match state
-            .request_buckets
-            .take(&principal.subject, rate, 1.0, Instant::now())
-        {
-            Decision::Allowed { remaining, reset } => audit.rate(RateInfo {
-                limit: per_minute,
-                remaining,
-                reset_secs: reset.as_secs(),
-            }),
-            Decision::Denied { retry_after } => {
-                state.metrics.limited("requests");
-                return Err(ApiError::RateLimited {
-                    limit: per_minute,
-                    retry_after,
-                });
-            }
-        }
+        take_request(state, &principal.subject, principal.tier, &audit)?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }

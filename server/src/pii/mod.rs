@@ -53,9 +53,8 @@ pub struct Finding {
 pub struct Filter {
     regex: Option<Regex>,
     detectors: Vec<Detector>,
+    anchored: Vec<(Alternative, Regex)>,
     custom_names: Vec<String>,
-    /// Capture-group names of the custom patterns (`c0`, `c1`, …).
-    custom_groups: Vec<String>,
     pub action: FilterAction,
     pub input: bool,
     pub output: bool,
@@ -66,35 +65,52 @@ const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za
 // code) and an optional trailing X (resident-ID check character).
 const NUMBER_RUN: &str = r"\+?[0-9](?:[ -]?[0-9])*(?:[Xx])?";
 
+/// Which alternative of the combined regex produced a match.
+#[derive(Debug, Clone, Copy)]
+enum Alternative {
+    Email,
+    Number,
+    Custom(usize),
+}
+
 impl Filter {
     /// Compiles the configured detectors and custom patterns into one
     /// regular expression. Fails on a custom pattern that does not compile.
     pub fn new(spec: &SensitiveDataSpec) -> Result<Self, regex::Error> {
-        let mut alternatives = Vec::new();
+        let mut sources: Vec<(Alternative, String)> = Vec::new();
         if spec.detectors.contains(&Detector::Email) {
-            alternatives.push(format!("(?P<email>{EMAIL})"));
+            sources.push((Alternative::Email, EMAIL.to_string()));
         }
         if spec.detectors.iter().any(|d| *d != Detector::Email) {
-            alternatives.push(format!("(?P<num>{NUMBER_RUN})"));
+            sources.push((Alternative::Number, NUMBER_RUN.to_string()));
         }
         let mut custom_names = Vec::new();
         for (i, pattern) in spec.custom_patterns.iter().enumerate() {
-            // Compiled alone first so an error names the pattern, and so a
-            // pattern cannot smuggle in an unbalanced group that would
-            // swallow the other alternatives.
+            // Compiled alone first so an error names the pattern.
             Regex::new(&pattern.regex)?;
-            alternatives.push(format!("(?P<c{i}>{})", pattern.regex));
+            sources.push((Alternative::Custom(i), pattern.regex.clone()));
             custom_names.push(pattern.name.clone());
         }
-        let regex = if alternatives.is_empty() {
+        let regex = if sources.is_empty() {
             None
         } else {
-            Some(Regex::new(&alternatives.join("|"))?)
+            let joined: Vec<String> = sources.iter().map(|(_, s)| format!("(?:{s})")).collect();
+            Some(Regex::new(&joined.join("|"))?)
         };
+        // The scan uses `find_iter`, which runs the fast DFA engines;
+        // resolving capture groups on every match would not. Which
+        // alternative matched is then decided by testing the (short) match
+        // against each alternative anchored, in order: with leftmost-first
+        // semantics the first alternative that matches it whole is the one
+        // that produced it.
+        let anchored = sources
+            .iter()
+            .map(|(alt, s)| Regex::new(&format!("^(?:{s})$")).map(|r| (*alt, r)))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             regex,
+            anchored,
             detectors: spec.detectors.clone(),
-            custom_groups: (0..custom_names.len()).map(|i| format!("c{i}")).collect(),
             custom_names,
             action: spec.action,
             input: spec.input,
@@ -112,26 +128,30 @@ impl Filter {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for caps in regex.captures_iter(text) {
-            if let Some(m) = caps.name("email") {
-                out.push(Finding {
+        for m in regex.find_iter(text) {
+            if m.is_empty() {
+                continue;
+            }
+            let which = self
+                .anchored
+                .iter()
+                .find(|(_, r)| r.is_match(m.as_str()))
+                .map(|(alt, _)| *alt);
+            match which {
+                Some(Alternative::Email) => out.push(Finding {
                     start: m.start(),
                     end: m.end(),
                     kind: Kind::Builtin(Detector::Email),
-                });
-            } else if let Some(m) = caps.name("num") {
-                if is_isolated(text, m.start(), m.end()) {
+                }),
+                Some(Alternative::Number) if is_isolated(text, m.start(), m.end()) => {
                     self.classify_run(text, m.start(), m.end(), &mut out);
                 }
-            } else if let Some((i, m)) = (0..self.custom_names.len())
-                .find_map(|i| caps.name(&self.custom_groups[i]).map(|m| (i, m)))
-                && !m.is_empty()
-            {
-                out.push(Finding {
+                Some(Alternative::Custom(i)) => out.push(Finding {
                     start: m.start(),
                     end: m.end(),
                     kind: Kind::Custom(self.custom_names[i].clone()),
-                });
+                }),
+                Some(Alternative::Number) | None => {}
             }
         }
         out

@@ -8,7 +8,7 @@ use securechat_crds::files::config::ServerConfig;
 use serde_json::{Value, json};
 
 use super::body::ApiJson;
-use crate::auth::{AdminPermission, Authorized};
+use crate::auth::{AdminPermission, Authorized, UsagePermission};
 use crate::error::ApiError;
 use crate::files::atomic::write_atomic;
 use crate::state::{AppState, Runtime};
@@ -52,6 +52,33 @@ pub async fn keys(
         })
         .collect();
     Json(json!({ "keys": keys }))
+}
+
+/// The caller's own usage (Developer and Admin): requests and tokens since
+/// the server started, for the API key behind the credential.
+pub async fn own_usage(
+    State(state): State<AppState>,
+    caller: Authorized<UsagePermission>,
+) -> Json<Value> {
+    let p = caller.principal;
+    let usage = p
+        .key_id
+        .as_ref()
+        .and_then(|id| {
+            state
+                .usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .cloned()
+        })
+        .unwrap_or_default();
+    Json(json!({
+        "principal": p.subject,
+        "keyId": p.key_id,
+        "tier": p.tier,
+        "usage": usage,
+    }))
 }
 
 pub async fn get_config(

@@ -13,6 +13,8 @@ use crate::state::AppState;
 
 pub struct ApiJson<T>(pub T);
 
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether the request declares `want` (parameters such as charset ignored).
 pub fn has_content_type(request: &Request, want: &str) -> bool {
     request
@@ -37,12 +39,13 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    to_bytes(
-        request.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    )
-    .await
-    .map_err(|_| ApiError::PayloadTooLarge(limit))
+    // A client trickling its body must not hold a task forever.
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match tokio::time::timeout(BODY_TIMEOUT, to_bytes(request.into_body(), limit_usize)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::PayloadTooLarge(limit)),
+        Err(_) => Err(ApiError::RequestTimeout),
+    }
 }
 
 /// Parses JSON, telling syntax errors (400 invalid_json) from shape errors

@@ -6,12 +6,16 @@ pub mod health;
 pub mod oauth;
 pub mod openai;
 pub mod seed;
+pub mod web;
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, REFERRER_POLICY,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +33,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/usage", get(admin::own_usage))
         .route("/api/chat", post(seed::chat))
         .route("/oauth/token", post(oauth::token))
         .route("/.well-known/jwks.json", get(oauth::jwks))
@@ -39,6 +44,9 @@ pub fn app(state: AppState) -> Router {
             "/api/admin/configuration",
             admin_config.post(admin::patch_config),
         )
+        .route("/", get(web::index))
+        .route("/ui/app.js", get(web::script))
+        .route("/ui/style.css", get(web::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -47,6 +55,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(cors(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             audit::middleware,
@@ -74,6 +83,23 @@ fn cors(state: AppState) -> CorsLayer {
         .allow_methods([Method::GET, Method::POST, Method::PATCH])
         .allow_headers([AUTHORIZATION, CONTENT_TYPE])
         .max_age(Duration::from_secs(600))
+}
+
+/// Headers every response carries: HTTPS only from now on, no MIME
+/// sniffing, no caching of answers or keys, no referrer leaks.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Refuses requests carrying a foreign `Origin` outright (403), so a

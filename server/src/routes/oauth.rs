@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::body::{has_content_type, parse_json, read_limited};
 use crate::audit::Audit;
 use crate::auth::jwt::{Claims, new_jti};
-use crate::auth::{api_key, check_guard, note_failure};
+use crate::auth::{api_key, check_guard, note_failure, take_request};
 use crate::error::{ApiError, AuthFailure};
 use crate::serve::ClientAddr;
 use crate::state::AppState;
@@ -96,6 +96,8 @@ pub async fn token(
     }
     let subject = format!("key:{}", record.id);
     audit.principal(&subject, Some(&record.id), record.tier.as_str());
+    // Minting tokens counts against the key's request budget like any call.
+    take_request(&state, &subject, record.tier, &audit)?;
     let runtime = state.runtime();
     let ttl = runtime.config.auth.token_ttl.as_chrono();
     // A token never outlives the key it was minted from.

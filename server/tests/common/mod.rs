@@ -210,9 +210,13 @@ pub fn client_for(
         .unwrap()
 }
 
-/// Starts a server; `extra_config` is YAML appended to the dev config.
+/// Starts a server; `extra_config` replaces the dev config.
 pub async fn server(extra_config: &str) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
+    server_in(tempfile::tempdir().unwrap(), extra_config).await
+}
+
+/// Same, in a directory that may already hold dev material.
+pub async fn server_in(dir: tempfile::TempDir, extra_config: &str) -> TestServer {
     let config = dev::ensure(dir.path()).unwrap();
     if !extra_config.is_empty() {
         std::fs::write(&config, extra_config).unwrap();
@@ -223,6 +227,9 @@ pub async fn server(extra_config: &str) -> TestServer {
         config_path: config,
         api_addr: "127.0.0.1:0".parse().unwrap(),
         web_addr: "127.0.0.1:0".parse().unwrap(),
+        // The dev CA, so the OIDC test's fake identity provider (which
+        // serves the same dev certificate) is trusted.
+        oidc_ca_bundle: Some(dir.path().join("tls/ca.crt")),
     };
     let running = start(&options, engine.clone()).await.unwrap();
     let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);

@@ -1,0 +1,170 @@
+//! External OIDC issuers: a fake identity provider over TLS publishes
+//! discovery and a JWKS; the server verifies its tokens, maps roles, limits
+//! refetches on unknown kids and keeps the last good keys when it is down.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::get;
+use chrono::{Duration, Utc};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use securechat_crds::files::keyset::{KeyState, SigningKeySet};
+use securechat_crds::v1alpha1::{SigningAlgorithm, TlsVersion};
+use securechat_server::auth::jwt::SigningMaterial;
+use securechat_server::{dev, serve, tls};
+use serde_json::{Value, json};
+
+use common::{RELAXED, server_in};
+
+struct Idp {
+    url: String,
+    pem: String,
+    kid: String,
+    jwks_fetches: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn start_idp(data: &std::path::Path) -> Idp {
+    let now = Utc::now();
+    let key = dev::new_signing_key(
+        "idpkey1",
+        SigningAlgorithm::ES256,
+        KeyState::Active,
+        now - Duration::hours(1),
+        now + Duration::hours(1),
+    )
+    .unwrap();
+    let jwks = SigningMaterial::from_keyset(&SigningKeySet {
+        keys: vec![key.clone()],
+    })
+    .unwrap()
+    .jwks(now);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
+    let counter = fetches.clone();
+    let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { axum::Json(discovery) }),
+        )
+        .route(
+            "/jwks",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { axum::Json(jwks) }
+            }),
+        );
+    let cert = tls::load_cert(
+        &std::fs::read(data.join("tls/tls.crt")).unwrap(),
+        &std::fs::read(data.join("tls/tls.key")).unwrap(),
+    )
+    .unwrap();
+    let swappable = Arc::new(tls::SwappableCert(ArcSwap::new(cert.key)));
+    let acceptor = Arc::new(ArcSwap::from_pointee(
+        tls::acceptor(swappable, TlsVersion::V1_3).unwrap(),
+    ));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve::serve_tls(listener, acceptor, app, rx));
+    Idp {
+        url,
+        pem: key.private_key_pem,
+        kid: key.kid,
+        jwks_fetches: fetches,
+        stop,
+    }
+}
+
+impl Idp {
+    fn token(&self, kid: &str, f: impl FnOnce(&mut Value)) -> String {
+        let now = Utc::now().timestamp();
+        let mut claims = json!({"iss": self.url, "aud": "chat-ui", "sub": "alice", "role": "admin",
+                                "iat": now, "exp": now + 300});
+        f(&mut claims);
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn oidc_tokens_are_verified_through_a_cached_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    dev::ensure(dir.path()).unwrap();
+    let idp = start_idp(dir.path()).await;
+    let config = format!(
+        "{RELAXED}auth:\n  oidc:\n    - issuerURL: {}\n      audience: chat-ui\n      roleClaim: role\n",
+        idp.url
+    );
+    let s = server_in(dir, &config).await;
+    let get = |path: &str, token: String| s.client.get(s.url(path)).bearer_auth(token).send();
+
+    let admin = idp.token(&idp.kid, |_| {});
+    assert_eq!(
+        get("/admin/keys", admin.clone()).await.unwrap().status(),
+        200
+    );
+    let guest = idp.token(&idp.kid, |c| c["role"] = json!("guest"));
+    assert_eq!(
+        get("/v1/models", guest).await.unwrap().status(),
+        403,
+        "guest maps to ReadOnly"
+    );
+    let users = idp.token(&idp.kid, |c| c["role"] = json!(["guest", "user"]));
+    assert_eq!(
+        get("/v1/models", users).await.unwrap().status(),
+        200,
+        "highest role wins"
+    );
+    let wrong_aud = idp.token(&idp.kid, |c| c["aud"] = json!("other"));
+    assert_eq!(get("/v1/models", wrong_aud).await.unwrap().status(), 401);
+    let no_role = idp.token(&idp.kid, |c| {
+        c.as_object_mut().unwrap().remove("role");
+    });
+    assert_eq!(
+        get("/v1/models", no_role).await.unwrap().status(),
+        401,
+        "no role and no default tier"
+    );
+    let expired = idp.token(&idp.kid, |c| c["exp"] = json!(Utc::now().timestamp() - 60));
+    assert_eq!(get("/v1/models", expired).await.unwrap().status(), 401);
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(idp.kid.clone());
+    let forged = jsonwebtoken::encode(
+        &hs,
+        &json!({"iss": idp.url, "aud": "chat-ui", "sub": "x", "role": "admin", "exp": Utc::now().timestamp() + 60}),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    assert_eq!(get("/v1/models", forged).await.unwrap().status(), 401);
+
+    // Unknown kids: at most one refetch per interval, however many arrive.
+    let before = idp.jwks_fetches.load(Ordering::SeqCst);
+    for i in 0..5 {
+        let t = idp.token(&format!("rogue{i}"), |_| {});
+        assert_eq!(get("/v1/models", t).await.unwrap().status(), 401);
+    }
+    let after = idp.jwks_fetches.load(Ordering::SeqCst);
+    assert!(
+        after - before <= 1,
+        "{} refetches for 5 unknown kids",
+        after - before
+    );
+
+    // The issuer goes down: cached keys keep working.
+    idp.stop.send(true).unwrap();
+    assert_eq!(get("/admin/keys", admin).await.unwrap().status(), 200);
+}
