@@ -2,3 +2,4 @@
 //! standalone HTTPS chat server.
 
 pub mod engine;
+pub mod inference;
