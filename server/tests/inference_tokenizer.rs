@@ -7,15 +7,15 @@ use std::sync::OnceLock;
 
 use inference_support::model_path;
 use securechat_server::engine::{ChatMessage, Role};
-use securechat_server::inference::{LoadedModel, PromptEncoder, WeightFormat, load_model};
-
-fn loaded() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| load_model(&model_path(), None, WeightFormat::AsStored).expect("load"))
-}
+use securechat_server::inference::{PromptEncoder, WeightFormat, load_model};
 
 fn encoder() -> &'static PromptEncoder {
-    &loaded().encoder
+    static ENCODER: OnceLock<PromptEncoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        load_model(&model_path(), None, WeightFormat::AsStored)
+            .expect("load")
+            .encoder
+    })
 }
 
 fn id(token: &str) -> u32 {

@@ -78,19 +78,27 @@ fn split_markers(rendered: &str, messages: &[ChatMessage]) -> Result<Vec<Segment
     let mut rest = rendered;
     while let Some(start) = rest.find(OPEN) {
         let after_open = &rest[start + OPEN.len_utf8()..];
-        let end = after_open.find(CLOSE).ok_or_else(|| altered())?;
+        let end = after_open.find(CLOSE).ok_or_else(altered)?;
         let index: usize = after_open[..end].parse().map_err(|_| altered())?;
-        let message = messages.get(index).ok_or_else(|| altered())?;
+        let message = messages.get(index).ok_or_else(altered)?;
         if start > 0 {
-            segments.push(Segment::Structure(rest[..start].to_owned()));
+            segments.push(structure(&rest[..start])?);
         }
         segments.push(Segment::Content(message.content.clone()));
         rest = &after_open[end + CLOSE.len_utf8()..];
     }
     if !rest.is_empty() {
-        segments.push(Segment::Structure(rest.to_owned()));
+        segments.push(structure(rest)?);
     }
     Ok(segments)
+}
+
+/// Template text; a stray half of a marker means the template cut one up.
+fn structure(text: &str) -> Result<Segment> {
+    if text.contains([OPEN, CLOSE]) {
+        return Err(altered());
+    }
+    Ok(Segment::Structure(text.to_owned()))
 }
 
 // A template that edits message text (slicing, case changes) would break the

@@ -70,11 +70,11 @@ impl KvCache {
         for layer in &mut self.layers {
             let k = Tensor::zeros(shape, DType::F32, &self.device)?;
             let v = Tensor::zeros(shape, DType::F32, &self.device)?;
-            if let Some((old_k, old_v)) = layer.as_ref() {
-                if self.len > 0 {
-                    k.slice_set(&old_k.narrow(1, 0, self.len)?, 1, 0)?;
-                    v.slice_set(&old_v.narrow(1, 0, self.len)?, 1, 0)?;
-                }
+            if let Some((old_k, old_v)) = layer.as_ref()
+                && self.len > 0
+            {
+                k.slice_set(&old_k.narrow(1, 0, self.len)?, 1, 0)?;
+                v.slice_set(&old_v.narrow(1, 0, self.len)?, 1, 0)?;
             }
             *layer = Some((k, v));
         }

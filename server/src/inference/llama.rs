@@ -22,6 +22,10 @@ pub enum WeightFormat {
     /// Q4_1 (and other formats without a fast candle kernel) converted to
     /// Q8_0 at load: ~1.7x the memory of Q4_1, ~3x faster matmuls on x86.
     Q8_0,
+    /// Everything dequantized to f32 (~4x the memory of Q8_0): no activation
+    /// quantization, so results depend only on summation order. For
+    /// reference checks, not for serving.
+    F32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,11 +288,18 @@ fn convert(t: QTensor, format: WeightFormat) -> Result<QTensor> {
     );
     // Q8_0 blocks span 32 values along each row.
     let fits = t.shape().dims().last().is_some_and(|d| d % 32 == 0);
-    if format == WeightFormat::Q8_0 && slow && fits {
-        let dense = t.dequantize(&t.device())?;
-        return Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?);
+    match format {
+        WeightFormat::Q8_0 if slow && fits => {
+            let dense = t.dequantize(&t.device())?;
+            Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
+        }
+        // candle runs F32 "quantized" tensors as plain f32 matmuls.
+        WeightFormat::F32 => Ok(QTensor::quantize(
+            &t.dequantize(&t.device())?,
+            GgmlDType::F32,
+        )?),
+        _ => Ok(t),
     }
-    Ok(t)
 }
 
 /// cos/sin of the rotary angles for every position of the context, `[ctx, hd/2]`.

@@ -162,10 +162,11 @@ impl GgufTokenizer {
         // Chat models whose metadata names only <|endoftext|> as eos still end
         // turns with <|im_end|> (ChatML); llama.cpp treats it as end-of-generation too.
         for name in ["<|im_end|>", "<|eot_id|>", "<|end|>"] {
-            if let Some(i) = tokens.iter().position(|t| t == name) {
-                if control[i] && !end_of_turn.contains(&(i as u32)) {
-                    end_of_turn.push(i as u32);
-                }
+            if let Some(i) = tokens.iter().position(|t| t == name)
+                && control[i]
+                && !end_of_turn.contains(&(i as u32))
+            {
+                end_of_turn.push(i as u32);
             }
         }
 
