@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod generation;
+pub mod inference;
 pub mod keys_cli;
 pub mod metrics;
 pub mod model_loader;

@@ -14,8 +14,12 @@ pub fn default_model_path() -> PathBuf {
 
 /// Loads the model at `model_path` behind the engine's bounded queue.
 pub fn load_engine(model_path: &Path) -> anyhow::Result<Arc<dyn Engine>> {
-    anyhow::bail!(
-        "inference engine not built into this binary yet (issue 3/8); cannot serve {}",
-        model_path.display()
-    )
+    if !model_path.exists() {
+        anyhow::bail!(
+            "model file {} does not exist (run `make model` for the default model)",
+            model_path.display()
+        );
+    }
+    crate::inference::load_engine(model_path, crate::inference::EngineOptions::default())
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", model_path.display()))
 }

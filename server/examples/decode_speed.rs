@@ -1,0 +1,101 @@
+//! Prefill and decode speed of the default model, printed as tokens/s.
+//!
+//!     cargo run --release -p securechat-server --example decode_speed [-- as-stored|q8_0]
+//!
+//! Prefill: a ~200-token prompt from scratch. Decode: 128 greedy steps
+//! (end-of-sequence ignored, so every run does the same work). Best of 3
+//! runs, each with a different first line. Also prints the resident set
+//! size after loading.
+
+use std::time::{Duration, Instant};
+
+use securechat_server::engine::{ChatMessage, Role};
+use securechat_server::inference::{WeightFormat, default_model_path, load_model};
+
+const RUNS: usize = 3;
+const DECODE_TOKENS: usize = 128;
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for i in 0..v.len() {
+        if v[i] > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let format = match std::env::args().nth(1).as_deref() {
+        None | Some("q8_0") => WeightFormat::Q8_0,
+        Some("as-stored") => WeightFormat::AsStored,
+        Some(other) => {
+            return Err(format!("unknown weight format {other:?} (q8_0 | as-stored)").into());
+        }
+    };
+    let path = default_model_path().ok_or("HOME is not set")?;
+    let file_mib = std::fs::metadata(&path)
+        .map_err(|e| format!("{}: {e}; run `make model`", path.display()))?
+        .len() as f64
+        / (1024.0 * 1024.0);
+    let t = Instant::now();
+    let mut loaded = load_model(&path, None, format)?;
+    let load = t.elapsed();
+    let rss = rss_mib().unwrap_or(f64::NAN);
+
+    let body =
+        "The quick brown fox jumps over the lazy dog while the farmer counts sheep in the meadow. "
+            .repeat(10);
+    let (mut best_prefill, mut best_decode) = (Duration::MAX, Duration::MAX);
+    let mut prompt_len = 0;
+    for run in 0..RUNS {
+        let content = format!("Run {run}: summarise this text.\n{body}");
+        let prompt = loaded.encoder.encode(&[ChatMessage {
+            role: Role::User,
+            content,
+        }])?;
+        prompt_len = prompt.len();
+        let t = Instant::now();
+        let mut logits = loaded.model.forward(&prompt, 0)?;
+        best_prefill = best_prefill.min(t.elapsed());
+        let t = Instant::now();
+        for step in 0..DECODE_TOKENS {
+            let next = argmax(&logits);
+            logits = loaded.model.forward(&[next], prompt.len() + step)?;
+        }
+        best_decode = best_decode.min(t.elapsed());
+    }
+    println!(
+        "model     {} ({format:?}), loaded in {:.2}s",
+        path.display(),
+        load.as_secs_f64()
+    );
+    println!(
+        "threads   {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "prefill   {prompt_len} tokens in {:.1} ms = {:.1} tok/s",
+        best_prefill.as_secs_f64() * 1e3,
+        prompt_len as f64 / best_prefill.as_secs_f64()
+    );
+    println!(
+        "decode    {DECODE_TOKENS} tokens in {:.1} ms = {:.1} tok/s",
+        best_decode.as_secs_f64() * 1e3,
+        DECODE_TOKENS as f64 / best_decode.as_secs_f64()
+    );
+    println!(
+        "rss       {rss:.0} MiB after load ({:.2}x the {file_mib:.0} MiB GGUF)",
+        rss / file_mib
+    );
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The one error type of the inference module. Handlers never see it: the
+//! engine maps it to [`crate::engine::EngineError`] at the trait boundary.
+
+use std::path::PathBuf;
+
+/// Why loading a model or running it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path} is missing; run `make model`")]
+    ModelMissing { path: PathBuf },
+    #[error("invalid GGUF metadata: {0}")]
+    Metadata(String),
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(#[from] minijinja::Error),
+    #[error("tensor computation: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("could not start the inference worker: {0}")]
+    Worker(String),
+}
+
+impl InferenceError {
+    /// A short, stable label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::ModelMissing { .. } => "model_missing",
+            Self::Metadata(_) => "metadata",
+            Self::Unsupported(_) => "unsupported",
+            Self::Tokenizer(_) => "tokenizer",
+            Self::Template(_) => "template",
+            Self::Tensor(_) => "tensor",
+            Self::Worker(_) => "worker",
+        }
+    }
+}
+
+pub type Result<T, E = InferenceError> = std::result::Result<T, E>;

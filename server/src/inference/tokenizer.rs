@@ -1,0 +1,307 @@
+//! The tokenizer of a GGUF llama-family model, rebuilt from its metadata with
+//! the `tokenizers` crate so that token ids match llama.cpp's.
+//!
+//! Two encoders share one vocabulary: `structure` matches control tokens
+//! (`<|im_start|>`) and is only fed text the chat template produced; `content`
+//! treats them as plain text and is fed what users wrote, so a user cannot
+//! forge turn boundaries.
+
+use std::collections::HashMap;
+
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use super::error::{InferenceError, Result};
+use super::gguf::Metadata;
+
+// llama.cpp's token types (llama_token_type).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// A piece of prompt text and whether it may contain control tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Produced by the chat template: control tokens are structure.
+    Structure(String),
+    /// Written by a user: control-token strings are just text.
+    Content(String),
+}
+
+pub struct GgufTokenizer {
+    structure: Tokenizer,
+    content: Tokenizer,
+    /// The bytes each token id stands for; empty for control tokens, which
+    /// are never shown to users.
+    token_bytes: Vec<Vec<u8>>,
+    control: Vec<bool>,
+    pub bos: Option<u32>,
+    pub eos: u32,
+    /// Tokens that end a turn besides `eos` (e.g. `<|im_end|>` when eos is
+    /// `<|endoftext|>`).
+    pub end_of_turn: Vec<u32>,
+    tokens: Vec<String>,
+}
+
+impl GgufTokenizer {
+    pub(crate) fn from_metadata(md: Metadata<'_>) -> Result<Self> {
+        let model = md.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(InferenceError::Unsupported(format!(
+                "tokenizer model `{model}` (only byte-level BPE, `gpt2`, is supported)"
+            )));
+        }
+        let pre = if md.contains("tokenizer.ggml.pre") {
+            md.string("tokenizer.ggml.pre")?
+        } else {
+            "default"
+        };
+        let tokens: Vec<String> = md
+            .strings("tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let types = if md.contains("tokenizer.ggml.token_type") {
+            md.integers("tokenizer.ggml.token_type")?
+        } else {
+            vec![1; tokens.len()]
+        };
+        if types.len() != tokens.len() {
+            return Err(InferenceError::Metadata(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let merges = md
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| InferenceError::Metadata(format!("merge `{m}` has no space")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| InferenceError::Tokenizer(format!("BPE: {e}")))?;
+
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+
+        // Control tokens are special (matched only in `structure`);
+        // user-defined ones are matched everywhere, as llama.cpp does.
+        let control: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == TOKEN_TYPE_CONTROL)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+            .collect();
+        let user_defined: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), false))
+            .collect();
+        tokenizer
+            .add_special_tokens(specials)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        tokenizer
+            .add_tokens(user_defined)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+
+        let structure = tokenizer.clone();
+        let mut content = tokenizer;
+        content.set_encode_special_tokens(true);
+
+        let byte_of = unicode_to_byte();
+        let token_bytes = tokens
+            .iter()
+            .zip(&control)
+            .map(|(tok, &is_control)| {
+                if is_control {
+                    Vec::new()
+                } else {
+                    token_to_bytes(tok, &byte_of)
+                }
+            })
+            .collect();
+
+        let id = |key: &str| -> Result<Option<u32>> {
+            if md.contains(key) {
+                Ok(Some(md.usize(key)? as u32))
+            } else {
+                Ok(None)
+            }
+        };
+        let eos = id("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
+            InferenceError::Metadata("missing key `tokenizer.ggml.eos_token_id`".into())
+        })?;
+        let add_bos = md.contains("tokenizer.ggml.add_bos_token")
+            && md.bool("tokenizer.ggml.add_bos_token")?;
+        let bos = if add_bos {
+            id("tokenizer.ggml.bos_token_id")?
+        } else {
+            None
+        };
+        let mut end_of_turn = Vec::new();
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            if let Some(t) = id(key)? {
+                end_of_turn.push(t);
+            }
+        }
+        // Chat models whose metadata names only <|endoftext|> as eos still end
+        // turns with <|im_end|> (ChatML); llama.cpp treats it as end-of-generation too.
+        for name in ["<|im_end|>", "<|eot_id|>", "<|end|>"] {
+            if let Some(i) = tokens.iter().position(|t| t == name)
+                && control[i]
+                && !end_of_turn.contains(&(i as u32))
+            {
+                end_of_turn.push(i as u32);
+            }
+        }
+
+        Ok(Self {
+            structure,
+            content,
+            token_bytes,
+            control,
+            bos,
+            eos,
+            end_of_turn,
+            tokens,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Encodes prompt segments; a BOS token is prepended when the model asks for one.
+    pub fn encode_segments(&self, segments: &[Segment]) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        for segment in segments {
+            let (tokenizer, text) = match segment {
+                Segment::Structure(t) => (&self.structure, t),
+                Segment::Content(t) => (&self.content, t),
+            };
+            if text.is_empty() {
+                continue;
+            }
+            let enc = tokenizer
+                .encode_fast(text.as_str(), false)
+                .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+            ids.extend_from_slice(enc.get_ids());
+        }
+        Ok(ids)
+    }
+
+    /// Encodes user text: control-token strings are not parsed.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_segments(&[Segment::Content(text.to_owned())])
+            .map(|mut ids| {
+                if self.bos.is_some() {
+                    ids.remove(0);
+                }
+                ids
+            })
+    }
+
+    /// The raw bytes of a token (possibly part of a UTF-8 character).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        id == self.eos || self.end_of_turn.contains(&id)
+    }
+
+    /// The token's string as stored in the vocabulary (for templates: bos/eos).
+    pub fn token_str(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+}
+
+/// The pre-tokenizer named by `tokenizer.ggml.pre`, as llama.cpp defines it.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    // Every supported variant ends in GPT-2's byte-level split *without* a
+    // prefix space (llama.cpp never adds one for BPE vocabularies).
+    let byte_level = ByteLevel::new(false, false, true);
+    Ok(match pre {
+        // SmolLM: each digit is its own pre-token.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" => byte_level.into(),
+        other => {
+            return Err(InferenceError::Unsupported(format!(
+                "pre-tokenizer `{other}`"
+            )));
+        }
+    })
+}
+
+/// GPT-2's byte-to-printable-character table, inverted: byte-level BPE vocab
+/// entries spell each byte as one of these characters.
+fn unicode_to_byte() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut map = HashMap::with_capacity(256);
+    let mut shifted = 0u32;
+    for b in 0..=255u8 {
+        let c = if printable(b) {
+            char::from(b)
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap_or('\u{FFFD}')
+        };
+        map.insert(c, b);
+    }
+    map
+}
+
+fn token_to_bytes(token: &str, byte_of: &HashMap<char, u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(token.len());
+    for c in token.chars() {
+        match byte_of.get(&c) {
+            Some(b) => out.push(*b),
+            // Not a byte-level spelling (e.g. a user-defined token): its own text.
+            None => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_round_trips_all_bytes() {
+        let map = unicode_to_byte();
+        assert_eq!(map.len(), 256);
+        let mut seen: Vec<u8> = map.values().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..=255u8).collect::<Vec<_>>());
+        // Space is spelled 'Ġ' (U+0120) and newline 'Ċ' (U+010A) in GPT-2 vocabularies.
+        assert_eq!(map[&'\u{120}'], b' ');
+        assert_eq!(map[&'\u{10A}'], b'\n');
+        assert_eq!(token_to_bytes("\u{120}hi", &map), b" hi");
+    }
+}

@@ -1,0 +1,183 @@
+//! The Engine behaviour the HTTP handlers rely on, with the real default
+//! model (`make model`).
+
+mod inference_support;
+
+use std::time::{Duration, Instant};
+
+use inference_support::*;
+use securechat_server::engine::{EngineError, FinishReason, GenerationEvent, SamplingParams};
+
+const PROMPT: &str = "Write three sentences about the sea.";
+
+#[test]
+fn loads_the_default_model() {
+    let engine = engine(4);
+    let info = engine.info();
+    assert_eq!(info.family, "llama");
+    assert_eq!(info.context_length, 8192);
+    assert!(!info.id.is_empty());
+    assert_eq!(engine.queue_depth(), 0);
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_streams() {
+    let engine = engine(4);
+    let first = run(engine.as_ref(), request(PROMPT, greedy(40)));
+    let second = run(engine.as_ref(), request(PROMPT, greedy(40)));
+    assert_eq!(first.text(), second.text());
+    assert!(
+        first.text().split_whitespace().count() >= 5,
+        "too little text: {:?}",
+        first.text()
+    );
+    // Streamed piece by piece, not in one block at the end.
+    assert!(
+        first.pieces.len() >= 10,
+        "only {} pieces",
+        first.pieces.len()
+    );
+    let prompt_tokens = engine.count_prompt_tokens(&user(PROMPT)).unwrap();
+    assert_eq!(first.usage.prompt_tokens as usize, prompt_tokens);
+    assert!(first.usage.completion_tokens > 0 && first.usage.completion_tokens <= 40);
+    if first.finish_reason == FinishReason::Length {
+        assert_eq!(first.usage.completion_tokens, 40);
+    }
+}
+
+#[test]
+fn seeded_sampling_repeats_and_seeds_differ() {
+    let engine = engine(4);
+    let params = |seed| SamplingParams {
+        max_tokens: 24,
+        temperature: 1.0,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let a = run(engine.as_ref(), request(PROMPT, params(1))).text();
+    let b = run(engine.as_ref(), request(PROMPT, params(1))).text();
+    let c = run(engine.as_ref(), request(PROMPT, params(2))).text();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn stop_sequence_ends_generation_before_it() {
+    let engine = engine(4);
+    let full = run(engine.as_ref(), request(PROMPT, greedy(40))).text();
+    // A stop string taken from the middle of the unconstrained output.
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(
+        words.len() >= 6,
+        "output too short to pick a stop word: {full:?}"
+    );
+    let stop = format!(" {}", words[4]);
+    let expected = &full[..full.find(&stop).expect("stop word in output")];
+
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..greedy(40)
+    };
+    let stopped = run(engine.as_ref(), request(PROMPT, params));
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+    assert_eq!(stopped.text(), expected);
+    assert!(!stopped.text().contains(&stop));
+}
+
+#[test]
+fn max_tokens_reports_length() {
+    let engine = engine(4);
+    let out = run(engine.as_ref(), request(PROMPT, greedy(3)));
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert_eq!(out.usage.completion_tokens, 3);
+}
+
+#[test]
+fn full_queue_fails_fast_with_retry_after() {
+    let engine = engine(1);
+    let long = || request(PROMPT, greedy(400));
+    // One running plus one waiting is all that capacity 1 admits.
+    let mut streams = Vec::new();
+    let mut rejected = None;
+    let started = Instant::now();
+    for _ in 0..4 {
+        match engine.generate(long()) {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                rejected = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "generate must not block"
+    );
+    match rejected {
+        Some(EngineError::QueueFull {
+            queued,
+            retry_after,
+        }) => {
+            assert!(queued >= 1, "queued {queued}");
+            assert!(retry_after >= Duration::from_secs(1));
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    assert!(streams.len() <= 2, "{} requests admitted", streams.len());
+    assert_eq!(engine.queue_depth(), streams.len());
+    // Dropping the clients frees the queue.
+    drop(streams);
+    wait_until_idle(engine.as_ref(), Duration::from_secs(10)).unwrap();
+    let after = run(engine.as_ref(), request(PROMPT, greedy(2)));
+    assert_eq!(after.usage.completion_tokens, 2);
+}
+
+#[test]
+fn dropping_the_stream_cancels_generation() {
+    let engine = engine(2);
+    let mut stream = engine.generate(request(PROMPT, greedy(2000))).unwrap();
+    match stream.blocking_recv() {
+        Some(Ok(GenerationEvent::Text(_))) => {}
+        other => panic!("expected text first, got {other:?}"),
+    }
+    let dropped = Instant::now();
+    drop(stream);
+    // One decode step of this model is tens of milliseconds.
+    wait_until_idle(engine.as_ref(), Duration::from_secs(2)).unwrap();
+    eprintln!("idle {:?} after the client left", dropped.elapsed());
+}
+
+#[test]
+fn prompt_longer_than_context_is_rejected() {
+    let engine = engine(2);
+    let huge = "lorem ipsum ".repeat(5000);
+    let counted = engine.count_prompt_tokens(&user(&huge)).unwrap();
+    assert!(counted > 8192, "{counted} tokens");
+    match engine.generate(request(&huge, greedy(8))) {
+        Err(EngineError::PromptTooLong {
+            prompt_tokens,
+            context_length,
+        }) => {
+            assert_eq!(prompt_tokens, counted);
+            assert_eq!(context_length, 8192);
+        }
+        other => panic!(
+            "expected PromptTooLong, got {:?}",
+            other.map(|_| "a stream")
+        ),
+    }
+    assert_eq!(engine.queue_depth(), 0);
+}
+
+#[test]
+fn empty_conversation_is_invalid() {
+    let engine = engine(2);
+    let req = securechat_server::engine::GenerationRequest {
+        messages: vec![],
+        params: greedy(4),
+    };
+    assert!(matches!(
+        engine.generate(req),
+        Err(EngineError::InvalidRequest(_))
+    ));
+}
