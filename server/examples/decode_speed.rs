@@ -1,6 +1,9 @@
 //! Prefill and decode speed of the default model, printed as tokens/s.
 //!
-//!     cargo run --release -p securechat-server --example decode_speed [-- as-stored|q8_0]
+//!     cargo run --release -p securechat-server --example decode_speed [-- q8_0|as-stored|stock]
+//!
+//! `stock` runs candle-transformers' `quantized_llama` on the same file, the
+//! baseline this module's own implementation replaces.
 //!
 //! Prefill: a ~200-token prompt from scratch. Decode: 128 greedy steps
 //! (end-of-sequence ignored, so every run does the same work). Best of 3
@@ -9,8 +12,31 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
 use securechat_server::engine::{ChatMessage, Role};
-use securechat_server::inference::{WeightFormat, default_model_path, load_model};
+use securechat_server::inference::{CausalLm, WeightFormat, default_model_path, load_model};
+
+/// candle-transformers' stock model behind our trait, for comparison.
+struct Stock(ModelWeights);
+
+impl CausalLm for Stock {
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<Vec<f32>, securechat_server::inference::InferenceError> {
+        let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        Ok(self.0.forward(&input, pos)?.squeeze(0)?.to_vec1()?)
+    }
+    fn context_length(&self) -> usize {
+        4096
+    }
+    fn vocab_size(&self) -> usize {
+        49152
+    }
+}
 
 const RUNS: usize = 3;
 const DECODE_TOKENS: usize = 128;
@@ -33,11 +59,13 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let format = match std::env::args().nth(1).as_deref() {
-        None | Some("q8_0") => WeightFormat::Q8_0,
-        Some("as-stored") => WeightFormat::AsStored,
+    let arg = std::env::args().nth(1);
+    let (format, stock) = match arg.as_deref() {
+        None | Some("q8_0") => (WeightFormat::Q8_0, false),
+        Some("as-stored") => (WeightFormat::AsStored, false),
+        Some("stock") => (WeightFormat::AsStored, true),
         Some(other) => {
-            return Err(format!("unknown weight format {other:?} (q8_0 | as-stored)").into());
+            return Err(format!("unknown variant {other:?} (q8_0 | as-stored | stock)").into());
         }
     };
     let path = default_model_path().ok_or("HOME is not set")?;
@@ -47,6 +75,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         / (1024.0 * 1024.0);
     let t = Instant::now();
     let mut loaded = load_model(&path, None, format)?;
+    if stock {
+        let mut file = std::fs::File::open(&path)?;
+        let content = gguf_file::Content::read(&mut file)?;
+        loaded.model = Box::new(Stock(ModelWeights::from_gguf(
+            content,
+            &mut file,
+            &Device::Cpu,
+        )?));
+    }
     let load = t.elapsed();
     let rss = rss_mib().unwrap_or(f64::NAN);
 
@@ -72,8 +109,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         best_decode = best_decode.min(t.elapsed());
     }
+    let variant = if stock {
+        "candle quantized_llama".to_owned()
+    } else {
+        format!("{format:?}")
+    };
     println!(
-        "model     {} ({format:?}), loaded in {:.2}s",
+        "model     {} ({variant}), loaded in {:.2}s",
         path.display(),
         load.as_secs_f64()
     );

@@ -142,3 +142,19 @@ fn quantized_paths_stay_close_to_exact() {
         );
     }
 }
+
+#[test]
+fn long_prompt_in_pieces_matches_one_pass() {
+    // > 512 tokens: the model itself splits the one-pass run into chunks;
+    // the pieces here start at other offsets, exercising prefill at pos > 0.
+    let mut m = ours(WeightFormat::F32);
+    let text = "The river carried the boats past seven villages and a mill. ".repeat(50);
+    let ids = m.encoder.encode(&user(&text)).unwrap();
+    assert!(ids.len() > 600, "{} tokens", ids.len());
+    let whole = m.model.forward(&ids, 0).unwrap();
+    m.model.forward(&ids[..100], 0).unwrap();
+    m.model.forward(&ids[100..450], 100).unwrap();
+    let pieces = m.model.forward(&ids[450..], 450).unwrap();
+    let diff = max_abs_diff(&whole, &pieces);
+    assert!(diff <= 1e-3, "pieces differ by {diff}");
+}

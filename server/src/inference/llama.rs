@@ -10,9 +10,14 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::error::{InferenceError, Result};
+use super::fused::FusedProjection;
 use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
 use super::model::CausalLm;
+
+/// Prompt positions run per forward pass; bounds attention memory at
+/// 9 heads x 512 x 8192 x 4 bytes = 150 MB for a full context.
+const PREFILL_CHUNK: usize = 512;
 
 /// How matrix weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,13 +96,12 @@ impl LlamaConfig {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    /// Q, K and V projections in one matmul.
+    qkv: FusedProjection,
     wo: QMatMul,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
+    /// The MLP's gate and up projections in one matmul.
+    gate_up: FusedProjection,
     w_down: QMatMul,
 }
 
@@ -119,18 +123,19 @@ impl Llama {
         let embedding = Arc::new(matrix(file, "token_embd.weight", format, device)?);
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let mut mm = |part: &str| -> Result<QMatMul> {
-                let t = matrix(file, &format!("blk.{i}.{part}.weight"), format, device)?;
-                Ok(QMatMul::from_qtensor(t)?)
-            };
+            let mut weight =
+                |part: &str| matrix(file, &format!("blk.{i}.{part}.weight"), format, device);
+            let qkv = FusedProjection::new(vec![
+                weight("attn_q")?,
+                weight("attn_k")?,
+                weight("attn_v")?,
+            ])?;
+            let gate_up = FusedProjection::new(vec![weight("ffn_gate")?, weight("ffn_up")?])?;
             layers.push(Layer {
-                wq: mm("attn_q")?,
-                wk: mm("attn_k")?,
-                wv: mm("attn_v")?,
-                wo: mm("attn_output")?,
-                w_gate: mm("ffn_gate")?,
-                w_up: mm("ffn_up")?,
-                w_down: mm("ffn_down")?,
+                qkv,
+                gate_up,
+                wo: QMatMul::from_qtensor(weight("attn_output")?)?,
+                w_down: QMatMul::from_qtensor(weight("ffn_down")?)?,
                 attn_norm: vector(file, &format!("blk.{i}.attn_norm.weight"), device)?,
                 ffn_norm: vector(file, &format!("blk.{i}.ffn_norm.weight"), device)?,
             });
@@ -182,10 +187,13 @@ impl Llama {
         };
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
-        let q = candle_nn::rotary_emb::rope_i(&heads(layer.wq.forward(x)?, c.n_head)?, &cos, &sin)?;
-        let k =
-            candle_nn::rotary_emb::rope_i(&heads(layer.wk.forward(x)?, c.n_kv_head)?, &cos, &sin)?;
-        let v = heads(layer.wv.forward(x)?, c.n_kv_head)?;
+        let [q, k, v]: [Tensor; 3] =
+            layer.qkv.forward(x)?.try_into().map_err(|_| {
+                candle_core::Error::Msg("QKV projection must give 3 outputs".into())
+            })?;
+        let q = candle_nn::rotary_emb::rope_i(&heads(q, c.n_head)?, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(k, c.n_kv_head)?, &cos, &sin)?;
+        let v = heads(v, c.n_kv_head)?;
         let (k, v) = self.cache.append(index, &k.squeeze(0)?, &v.squeeze(0)?)?;
         let kv_len = k.dim(1)?;
 
@@ -207,7 +215,13 @@ impl Llama {
         layer.wo.forward(&y)
     }
 
-    fn forward_impl(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+    /// Runs one chunk; returns the last position's logits when asked.
+    fn forward_chunk(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        want_logits: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         let seq = tokens.len();
         if pos != self.cache.len() {
             candle_core::bail!(
@@ -224,18 +238,26 @@ impl Llama {
             x = (x + self.attention(i, &h, pos)?)?;
             let layer = &self.layers[i];
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            x = (x + layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?)?;
+            let [gate, up]: [Tensor; 2] = layer.gate_up.forward(&h)?.try_into().map_err(|_| {
+                candle_core::Error::Msg("gate/up projection must give 2 outputs".into())
+            })?;
+            x = (x + layer
+                .w_down
+                .forward(&(candle_nn::ops::silu(&gate)? * up)?)?)?;
         }
         self.cache.advance(seq);
+        if !want_logits {
+            return Ok(None);
+        }
         // Only the last position's logits are needed to pick the next token.
         let last = x.narrow(0, seq - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
-        self.output
+        let logits = self
+            .output
             .forward(&last)?
             .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec1()
+            .to_dtype(DType::F32)?;
+        Ok(Some(logits.to_vec1()?))
     }
 }
 
@@ -249,7 +271,16 @@ impl CausalLm for Llama {
         if pos == 0 {
             self.cache.clear();
         }
-        self.forward_impl(tokens, pos).map_err(InferenceError::from)
+        // Long prompts go in chunks: attention scores of one chunk take
+        // n_head x chunk x context floats, which must stay small.
+        let chunks = tokens.chunks(PREFILL_CHUNK);
+        let n = chunks.len();
+        let mut logits = None;
+        for (i, chunk) in chunks.enumerate() {
+            let chunk_pos = pos + i * PREFILL_CHUNK;
+            logits = self.forward_chunk(chunk, chunk_pos, i + 1 == n)?;
+        }
+        logits.ok_or_else(|| InferenceError::Tensor(candle_core::Error::Msg("no logits".into())))
     }
 
     fn context_length(&self) -> usize {

@@ -6,6 +6,7 @@
 
 mod chat_template;
 mod error;
+mod fused;
 mod generate;
 mod gguf;
 mod kv_cache;
