@@ -101,7 +101,7 @@ fn keys_verbs_print_the_plaintext_once_and_store_only_a_hash() {
 }
 
 #[test]
-fn serve_dev_creates_material_and_refuses_to_run_without_a_real_engine() {
+fn serve_dev_creates_material_and_refuses_a_missing_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = bin(&[
@@ -118,7 +118,10 @@ fn serve_dev_creates_material_and_refuses_to_run_without_a_real_engine() {
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("issue 3/8"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/model.gguf") && stderr.contains("make model"),
+        "{stderr}"
+    );
     for f in [
         "tls/ca.crt",
         "tls/tls.crt",
