@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{ValidationError, names};
 use crate::Duration;
 use crate::v1alpha1::{
-    AuditSpec, CorsSpec, OidcIssuer, RateLimitSpec, RolesSpec, SensitiveDataSpec, TlsVersion,
+    AuditSpec, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, OidcIssuer,
+    RateLimitSpec, RolesSpec, SensitiveDataSpec, TlsVersion,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -133,13 +134,13 @@ impl Default for GenerationDefaults {
 }
 
 fn default_max_tokens() -> u32 {
-    2048
+    DEFAULT_MAX_TOKENS
 }
 fn default_temperature() -> f32 {
-    0.7
+    DEFAULT_TEMPERATURE as f32
 }
 fn default_top_p() -> f32 {
-    1.0
+    DEFAULT_TOP_P as f32
 }
 
 /// Token issuing and verification.

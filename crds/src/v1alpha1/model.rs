@@ -181,14 +181,20 @@ impl Default for ModelSpec {
     }
 }
 
+/// Generation defaults (the seed's `max_length=2048, temperature=0.7`), shared
+/// with the server config so both read the same numbers.
+pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+pub const DEFAULT_TOP_P: f64 = 1.0;
+
 fn default_max_tokens() -> i32 {
-    2048
+    DEFAULT_MAX_TOKENS as i32
 }
 fn default_temperature() -> f64 {
-    0.7
+    DEFAULT_TEMPERATURE
 }
 fn default_top_p() -> f64 {
-    1.0
+    DEFAULT_TOP_P
 }
 
 /// Where the weights come from: exactly one of the three.
