@@ -20,6 +20,7 @@ use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::keyset::SigningKeySet;
 use securechat_operator::controller::{self, State};
+use securechat_operator::metrics::Metrics;
 use serde_json::json;
 
 fn condition_is(model: Option<&SecureChatModel>, type_: &str, status: &str) -> bool {
@@ -33,12 +34,13 @@ async fn a_model_becomes_a_running_gpu_deployment_with_network_policy_and_status
     let client = client().await;
     install_crds();
     let ns = TestNamespace::create(&client, "operator").await;
-    let state = Arc::new(State {
-        client: client.clone(),
-        default_image: "securechat/server:test".into(),
-    });
-    let namespace = ns.name.clone();
-    let operator = tokio::spawn(async move { controller::run(state, Some(&namespace)).await });
+    let state = Arc::new(State::new(
+        client.clone(),
+        "securechat/server:test".into(),
+        Arc::new(Metrics::new()),
+    ));
+    let namespaces = vec![ns.name.clone()];
+    let operator = tokio::spawn(async move { controller::run(state, &namespaces).await });
 
     let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
     let model: SecureChatModel = serde_json::from_value(json!({

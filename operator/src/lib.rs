@@ -6,13 +6,17 @@
 //! - [`status`]: pure computation of conditions from what was observed.
 //! - [`apply`]: server-side apply with one field manager, orphan cleanup.
 //! - [`controller`]: the thin reconcile loop that wires them together.
+//! - [`leader`]: Lease-based leader election, so only one replica reconciles.
+//! - [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod apply;
 pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod labels;
+pub mod leader;
 pub mod material;
+pub mod metrics;
 pub mod pki;
 pub mod status;
 

@@ -6,17 +6,17 @@
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Client;
 use kube::api::Api;
 use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::{SigningKeysStatus, TlsMode, TlsStatus};
 use tracing::info;
 
+use crate::apply::Writer;
 use crate::desired::Context;
 use crate::desired::secrets::{self, IssuedCertificate};
 use crate::labels::Names;
-use crate::{Result, apply, pki};
+use crate::{Result, pki};
 
 /// The outcome for one kind of material: whether it is usable, why, what
 /// the status shows, and when it next needs attention.
@@ -37,11 +37,11 @@ fn to_time(t: DateTime<Utc>) -> Option<Time> {
 
 /// Ensures the CA, the server certificate and the CA bundle.
 pub async fn tls(
-    client: &Client,
+    writer: &mut Writer,
     ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<TlsStatus>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     let spec = &ctx.model.spec.tls;
     if spec.mode == TlsMode::ExistingSecret {
         let name = spec.secret_name.clone().unwrap_or_default();
@@ -84,7 +84,7 @@ pub async fn tls(
                 now,
                 now + TimeDelta::days(secrets::CA_VALIDITY_DAYS),
             )?;
-            apply::apply(client, &secrets::ca_secret(ctx, &ca)).await?;
+            writer.apply(&secrets::ca_secret(ctx, &ca)).await?;
             info!(model = %ctx.name, "issued a new CA");
             (ca, true)
         }
@@ -107,16 +107,14 @@ pub async fn tls(
                 renew_at,
                 dns_names: wanted,
             };
-            apply::apply(
-                client,
-                &secrets::tls_secret(ctx, &ca.cert_pem, &leaf, &issued),
-            )
-            .await?;
+            writer
+                .apply(&secrets::tls_secret(ctx, &ca.cert_pem, &leaf, &issued))
+                .await?;
             info!(model = %ctx.name, ?reason, %not_after, "issued a server certificate");
             issued
         }
     };
-    apply::apply(client, &secrets::ca_bundle(ctx, &ca.cert_pem)).await?;
+    writer.apply(&secrets::ca_bundle(ctx, &ca.cert_pem)).await?;
     Ok(Outcome {
         ready: true,
         reason: "CertificateIssued",
@@ -140,11 +138,11 @@ pub async fn tls(
 /// here as well once it lands; today a new keyset is made only when none
 /// is usable.)
 pub async fn signing_keys(
-    client: &Client,
+    writer: &mut Writer,
     ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<SigningKeysStatus>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     let spec = &ctx.model.spec.signing_keys;
     let name = Names::signing_keys(&ctx.name);
     let existing = secrets
@@ -169,7 +167,9 @@ pub async fn signing_keys(
                 now + lifetime,
             )?;
             let keyset = SigningKeySet { keys: vec![key] };
-            apply::apply(client, &secrets::signing_keys_secret(ctx, &keyset)?).await?;
+            writer
+                .apply(&secrets::signing_keys_secret(ctx, &keyset)?)
+                .await?;
             info!(model = %ctx.name, alg = ?spec.algorithm, "created a signing keyset");
             keyset
         }
@@ -199,14 +199,14 @@ pub async fn signing_keys(
 
 /// Creates the empty API-key table once; ChatApiKeys fill it, so it is
 /// never overwritten here.
-pub async fn api_keys(client: &Client, ctx: &Context<'_>) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ctx.namespace);
+pub async fn api_keys(writer: &mut Writer, ctx: &Context<'_>) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     if secrets
         .get_opt(&Names::api_keys(&ctx.name))
         .await?
         .is_none()
     {
-        apply::apply(client, &secrets::empty_api_keys_secret(ctx)?).await?;
+        writer.apply(&secrets::empty_api_keys_secret(ctx)?).await?;
     }
     Ok(())
 }

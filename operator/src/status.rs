@@ -24,6 +24,9 @@ pub type MaterialState<S> = (bool, &'static str, String, S);
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub deployment: Option<DeploymentStatus>,
+    /// The scheduler's message for a pod of this model it could not place
+    /// (PodScheduled=False, reason Unschedulable), if any.
+    pub unschedulable: Option<String>,
     pub refused_rules: Vec<RefusedRule>,
     pub endpoint: String,
     pub web_endpoint: String,
@@ -73,6 +76,8 @@ pub fn model_status(
             "PartiallyReady",
             format!("{ready}/{desired} replicas ready"),
         )
+    } else if let Some(message) = &observed.unschedulable {
+        ConditionUpdate::new(AVAILABLE, false, "Unschedulable", message.clone())
     } else {
         ConditionUpdate::new(
             AVAILABLE,
@@ -100,6 +105,10 @@ pub fn model_status(
         (!observed.refused_rules.is_empty()).then(|| "network rules refused".to_string()),
         (desired > 0 && ready > 0 && ready < desired)
             .then(|| format!("only {ready}/{desired} replicas ready")),
+        (ready > 0)
+            .then_some(observed.unschedulable.as_ref())
+            .flatten()
+            .map(|m| format!("a replica cannot be scheduled: {m}")),
     ]
     .into_iter()
     .flatten()
@@ -291,5 +300,26 @@ mod tests {
             .find(|c| c.type_ == READY)
             .expect("ready");
         assert_eq!(ready.last_transition_time.0, at(10));
+    }
+
+    #[test]
+    fn an_unplaceable_gpu_request_is_unschedulable_with_the_schedulers_message() {
+        let m = model("chat", json!({"resources": {"gpu": {"count": 2}}}));
+        let message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.";
+        let observed = Observed {
+            unschedulable: Some(message.into()),
+            ..Default::default()
+        };
+        let status = model_status(&m, &observed, Timestamp::now());
+        let available = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == AVAILABLE)
+            .expect("Available");
+        assert_eq!(available.status, "False");
+        assert_eq!(available.reason, "Unschedulable");
+        assert_eq!(available.message, message);
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, "Unschedulable");
     }
 }

@@ -125,6 +125,22 @@ launch etcd etcd --name default --data-dir "$dir/etcd" \
 	--unsafe-no-fsync=true --log-level=warn
 wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
+# Audit log of every write (reads are too many to keep): tests count the
+# operator's write requests from here, as the API server saw them, rather
+# than trusting the operator's own counters. Node-heartbeat and leader
+# leases of the system components are left out.
+cat >"$dir/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: None
+  namespaces: [kube-system, kube-node-lease]
+- level: Metadata
+POLICY
+
 launch kube-apiserver kube-apiserver \
 	--etcd-servers "http://127.0.0.1:$etcd_port" \
 	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -138,6 +154,8 @@ launch kube-apiserver kube-apiserver \
 	--endpoint-reconciler-type none \
 	--enable-priority-and-fairness=false \
 	--profiling=false \
+	--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
+	--audit-log-format json --audit-log-maxsize 200 --audit-log-maxbackup 1 \
 	--v=1
 wait_for kube-apiserver 90 kubectl --kubeconfig "$kubeconfig.tmp" get --raw /readyz
 mv "$kubeconfig.tmp" "$kubeconfig"

@@ -50,6 +50,79 @@ pub async fn client() -> Client {
     client
 }
 
+/// A client whose requests carry `user_agent`, so the API server's audit
+/// log can tell them apart (see [`audit_writes`]).
+pub async fn client_as(user_agent: &str) -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("{NO_CLUSTER}\n(cannot read {}: {e})", path.display()));
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{NO_CLUSTER}\n(bad kubeconfig {}: {e})", path.display()));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(user_agent).expect("user agent is a header value"),
+    ));
+    Client::try_from(config).expect("client from kubeconfig")
+}
+
+/// The API server's audit log of write requests (tests/cluster/up.sh).
+pub fn audit_log_path() -> PathBuf {
+    repo_root().join(".securechat/cluster/audit.log")
+}
+
+/// Current end of the audit log, to count writes from here on.
+pub fn audit_log_offset() -> u64 {
+    std::fs::metadata(audit_log_path())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no audit log at {} ({e}): restart the control plane with `make cluster-down cluster-up`",
+                audit_log_path().display()
+            )
+        })
+        .len()
+}
+
+/// One write request the API server recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedWrite {
+    pub verb: String,
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Write requests (create, update, patch, delete) the API server logged
+/// after `offset` from clients with exactly this user agent.
+pub fn audit_writes(offset: u64, user_agent: &str) -> Vec<AuditedWrite> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let mut file = std::fs::File::open(audit_log_path()).expect("audit log");
+    file.seek(SeekFrom::Start(offset)).expect("seek audit log");
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .filter(|e| e["userAgent"] == user_agent)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .map(|e| {
+            let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+            AuditedWrite {
+                verb: s(&e["verb"]).unwrap_or_default(),
+                resource: s(&e["objectRef"]["resource"]).unwrap_or_default(),
+                subresource: s(&e["objectRef"]["subresource"]),
+                namespace: s(&e["objectRef"]["namespace"]),
+                name: s(&e["objectRef"]["name"]),
+            }
+        })
+        .collect()
+}
+
 /// Runs kubectl against the test cluster; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(kubectl_bin())
@@ -108,16 +181,21 @@ fn dirs_home() -> PathBuf {
 /// Installs the committed CRDs (server-side apply, idempotent) and waits
 /// until both are Established.
 pub fn install_crds() {
-    let dir = repo_root().join("charts/securechat/crds");
-    let dir = dir.to_str().expect("utf-8 path");
-    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/securechatmodels.securechat.dev",
-        "crd/chatapikeys.securechat.dev",
-    ]);
+    // Once per test binary: tests run in parallel, and a CRD being
+    // re-applied by one test has no conditions yet for another's wait.
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let dir = repo_root().join("charts/securechat/crds");
+        let dir = dir.to_str().expect("utf-8 path");
+        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
+        kubectl_eventually(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/securechatmodels.securechat.dev",
+            "crd/chatapikeys.securechat.dev",
+        ]);
+    });
 }
 
 /// A namespace that exists for one test and is deleted when dropped (also
