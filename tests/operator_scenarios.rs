@@ -565,3 +565,177 @@ async fn an_operator_restarted_mid_reconcile_converges_to_the_same_state() {
     assert_eq!(secrets.get("r-signing-keys").await.unwrap().uid(), keys_uid);
     assert_eq!(secrets.get("r-tls").await.unwrap().uid(), tls_uid);
 }
+
+/// np-guard's list of allowed connections: (source, destination, conn).
+fn np_guard_connections(dir: &std::path::Path) -> Vec<(String, String, String)> {
+    let out = std::process::Command::new(common::tool("k8snetpolicy"))
+        .args(["list", "--quiet", "-o", "json", "--dirpath"])
+        .arg(dir)
+        .output()
+        .expect("run k8snetpolicy");
+    assert!(
+        out.status.success(),
+        "k8snetpolicy list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list json");
+    list.iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().expect("string field").to_string();
+            (s("src"), s("dst"), s("conn"))
+        })
+        .collect()
+}
+
+fn ipv4(s: &str) -> u32 {
+    u32::from(s.parse::<std::net::Ipv4Addr>().expect("IPv4"))
+}
+
+/// Whether the evaluator lists TCP `port` from `ip` to `target` as allowed.
+/// Sources are printed as address ranges ("10.0.0.0-10.0.255.255"),
+/// connections as "All Connections" or "TCP 8000,8501" (ranges "a-b").
+fn allowed_from_ip(
+    connections: &[(String, String, String)],
+    ip: &str,
+    target: &str,
+    port: u16,
+) -> bool {
+    let ip = ipv4(ip);
+    connections.iter().any(|(src, dst, conn)| {
+        // Pods and workloads ("ns/name[Pod]") are not address ranges.
+        let in_range = !src.contains('/')
+            && match src.split_once('-') {
+                Some((lo, hi)) => (ipv4(lo)..=ipv4(hi)).contains(&ip),
+                None => ipv4(src) == ip,
+            };
+        in_range
+            && dst == target
+            && (conn == "All Connections"
+                || conn.split(';').any(|part| {
+                    let part = part.trim();
+                    part.strip_prefix("TCP ").is_some_and(|ports| {
+                        ports.split(',').any(|p| match p.split_once('-') {
+                            Some((lo, hi)) => {
+                                (lo.parse().unwrap_or(0)..=hi.parse().unwrap_or(0)).contains(&port)
+                            }
+                            None => p.parse() == Ok(port),
+                        })
+                    })
+                }))
+    })
+}
+
+/// Asks np-guard's NetworkPolicy evaluator whether a connection is allowed
+/// by the policies and pods in `dir`.
+fn np_guard_allows(dir: &std::path::Path, args: &[&str]) -> bool {
+    let out = std::process::Command::new(common::tool("k8snetpolicy"))
+        .args(["eval", "--quiet", "--dirpath"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run k8snetpolicy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "k8snetpolicy eval {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match stdout.trim().rsplit(' ').next() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => panic!("unexpected k8snetpolicy output for {args:?}: {stdout}"),
+    }
+}
+
+#[tokio::test]
+async fn the_network_policy_means_what_the_security_group_says_per_a_real_evaluator() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "netpol").await;
+    let _operator = Operator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    // The seed's security group, without a GPU so it does not compete with
+    // the other tests for the A100s.
+    let mut model = example_model(&ns.name);
+    model.spec.resources.gpu.count = 0;
+    model.spec.resources.gpu.product = None;
+    let name = model.name_any();
+    models
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("create");
+    await_condition(
+        models.clone(),
+        &name,
+        "Ready=True",
+        Duration::from_secs(90),
+        |m: Option<&SecureChatModel>| is(m, "Ready", "True"),
+    )
+    .await;
+    let pod = pods_of(&client, &ns.name, &name)
+        .await
+        .into_iter()
+        .next()
+        .expect("a pod")
+        .name_any();
+
+    // What the evaluator reads: the model's pods and policy as the API
+    // server holds them, the namespaces, and a stand-in cluster DNS pod.
+    let dir = std::env::temp_dir().join(format!("securechat-netpol-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = common::kubectl_ok(&["get", "pods,networkpolicies", "-n", &ns.name, "-o", "json"]);
+    let mut live: serde_json::Value = serde_json::from_str(&live).expect("kubectl json");
+    // Owner references make the evaluator report the ReplicaSet instead
+    // of the pod; the policy selects pods by label either way.
+    for item in live["items"].as_array_mut().expect("items") {
+        item["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("ownerReferences");
+    }
+    std::fs::write(dir.join("model.json"), live.to_string()).unwrap();
+    let namespaces = common::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
+    std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
+    std::fs::write(
+        dir.join("dns.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}\n\
+         spec: {containers: [{name: coredns, image: coredns, ports: [{containerPort: 53, protocol: UDP}]}]}\n\
+         status: {podIP: 10.0.0.10, hostIP: 10.0.0.10}\n",
+    )
+    .unwrap();
+
+    // Ingress from external addresses comes from the evaluator's full
+    // connectivity list (its `eval --source-ip` needs a destination IP as
+    // well in v1.4.4, which cannot name a pod).
+    let connections = np_guard_connections(&dir);
+    let target = format!("{}/{pod}[Pod]", ns.name);
+    let from_ip = |ip: &str, port: &str| {
+        allowed_from_ip(&connections, ip, &target, port.parse().expect("port"))
+    };
+    assert!(from_ip("10.0.5.7", "8000"), "API from the internal network");
+    assert!(!from_ip("192.168.1.10", "8000"), "API from outside 10.0.0.0/16");
+    assert!(from_ip("192.168.1.10", "8501"), "web from anywhere");
+    assert!(from_ip("203.0.113.9", "8501"), "web from anywhere");
+    assert!(!from_ip("10.0.5.7", "22"), "no SSH");
+    assert!(!from_ip("10.0.5.7", "9090"), "no other port");
+
+    let from_pod = ["-s", pod.as_str(), "-n", ns.name.as_str()];
+    let egress = |extra: &[&str]| {
+        let mut args = from_pod.to_vec();
+        args.extend(extra);
+        np_guard_allows(&dir, &args)
+    };
+    assert!(
+        egress(&["-d", "coredns", "--destination-namespace", "kube-system", "-p", "53", "--protocol", "udp"]),
+        "DNS to the cluster resolver"
+    );
+    assert!(
+        !egress(&["--destination-ip", "8.8.8.8", "-p", "443"]),
+        "no egress to the internet"
+    );
+    assert!(
+        !egress(&["--destination-ip", "10.0.5.7", "-p", "5432"]),
+        "no egress inside the cluster either"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

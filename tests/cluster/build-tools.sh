@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl), helm and kwok from Go modules into
+# kube-scheduler, kubectl), helm, kwok and the NetworkPolicy evaluator
+# (np-guard's k8snetpolicy) from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -18,6 +19,7 @@ k8s_version=v1.37.2
 etcd_version=v3.6.16
 helm_version=v4.3.1
 kwok_version=v0.7.0
+netpol_version=v1.4.4
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -58,4 +60,5 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 done
 want helm && build helm "$helm_version" helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$helm_version"
 want kwok && build kwok "$kwok_version" kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
+want k8snetpolicy && build k8snetpolicy "$netpol_version" netpol github.com/np-guard/netpol-analyzer/cmd/netpolicy
 exit 0

@@ -15,9 +15,15 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-/// Repository root (the root package's manifest dir).
+/// Repository root: the manifest dir of the package whose tests include
+/// this module, or the nearest directory above it holding tests/cluster.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("tests/cluster").is_dir())
+        .map(PathBuf::from)
+        .unwrap_or(manifest)
 }
 
 /// The kubeconfig the tests use: $KUBECONFIG, else .securechat/kubeconfig.
@@ -170,6 +176,21 @@ fn kubectl_bin() -> PathBuf {
     } else {
         PathBuf::from("kubectl")
     }
+}
+
+/// A tool `make tools` builds into ~/.cache/securechat/bin (or
+/// $SECURECHAT_CACHE/bin). Panics with what to run when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("SECURECHAT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs_home().join(".cache/securechat"));
+    let path = cache.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make tools`",
+        path.display()
+    );
+    path
 }
 
 fn dirs_home() -> PathBuf {
