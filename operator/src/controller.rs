@@ -311,6 +311,8 @@ fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Ac
     warn!(model = %model.name_any(), namespace = ?model.namespace(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
-        Error::Render { .. } | Error::MissingField(_) => Action::requeue(Duration::from_secs(60)),
+        Error::Render { .. } | Error::MissingField(_) | Error::Finalizer(_) => {
+            Action::requeue(Duration::from_secs(60))
+        }
     }
 }

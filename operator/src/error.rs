@@ -12,6 +12,9 @@ pub enum Error {
 
     #[error("resource has no {0}")]
     MissingField(&'static str),
+
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -22,6 +25,7 @@ impl Error {
             Error::Kube(_) => "kube_api",
             Error::Render { .. } => "render",
             Error::MissingField(_) => "missing_field",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

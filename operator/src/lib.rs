@@ -9,15 +9,18 @@
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
+pub mod api_keys;
 pub mod apply;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod key_controller;
 pub mod labels;
 pub mod leader;
 pub mod material;
 pub mod metrics;
 pub mod pki;
+pub mod rotation;
 pub mod status;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use securechat_operator::controller::{self, State};
+use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::{self, Metrics};
 use tracing::{error, info};
@@ -155,7 +156,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let state = Arc::new(State::new(client, args.server_image, metrics.clone()));
-    let reconciling = controller::run(state, &args.namespaces);
+    let reconciling = async {
+        tokio::join!(
+            controller::run(state.clone(), &args.namespaces),
+            key_controller::run(state.clone(), &args.namespaces),
+        );
+    };
     match &elector {
         Some(elector) => {
             tokio::select! {

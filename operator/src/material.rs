@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use securechat_crds::files::keyset::{KeyState, SigningKeySet};
+use securechat_crds::files::keyset::KeyState;
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::{SigningKeysStatus, TlsMode, TlsStatus};
 use tracing::info;
@@ -16,7 +16,7 @@ use crate::apply::Writer;
 use crate::desired::Context;
 use crate::desired::secrets::{self, IssuedCertificate};
 use crate::labels::Names;
-use crate::{Result, pki};
+use crate::{Result, pki, rotation};
 
 /// The outcome for one kind of material: whether it is usable, why, what
 /// the status shows, and when it next needs attention.
@@ -133,10 +133,15 @@ pub async fn tls(
     })
 }
 
-/// Ensures a signing keyset exists with one active key of the spec's
-/// algorithm. (Timed rotation through next/active/previous is driven from
-/// here as well once it lands; today a new keyset is made only when none
-/// is usable.)
+/// Model annotation for incident response: a new value rotates the signing
+/// keys now (through Next, keeping the grace period).
+pub const ROTATE_NOW_ANNOTATION: &str = "securechat.dev/rotate-signing-keys";
+/// On the keyset Secret: the last rotate-now value acted upon.
+pub const ROTATION_HANDLED_ANNOTATION: &str = "securechat.dev/rotation-handled";
+
+/// Drives the signing keyset through its three-phase rotation: one step
+/// (one Secret write) per reconcile at most, requeued at the next step's
+/// time.
 pub async fn signing_keys(
     writer: &mut Writer,
     ctx: &Context<'_>,
@@ -145,46 +150,101 @@ pub async fn signing_keys(
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     let spec = &ctx.model.spec.signing_keys;
     let name = Names::signing_keys(&ctx.name);
-    let existing = secrets
-        .get_opt(&name)
-        .await?
-        .as_ref()
-        .and_then(secrets::keyset_from_secret);
-    let keyset = match existing {
-        Some(keyset)
-            if keyset
-                .active()
-                .is_some_and(|k| k.alg == spec.algorithm && k.is_within_validity(now)) =>
-        {
-            keyset
-        }
-        _ => {
-            let lifetime = spec.rotation_period.as_chrono() + spec.grace_period.as_chrono();
-            let key = pki::new_signing_key(
-                spec.algorithm,
-                KeyState::Active,
-                now - TimeDelta::minutes(1),
-                now + lifetime,
-            )?;
-            let keyset = SigningKeySet { keys: vec![key] };
-            writer
-                .apply(&secrets::signing_keys_secret(ctx, &keyset)?)
-                .await?;
-            info!(model = %ctx.name, alg = ?spec.algorithm, "created a signing keyset");
-            keyset
-        }
+    let schedule = rotation::Schedule {
+        algorithm: spec.algorithm,
+        rotation_period: spec.rotation_period.as_chrono(),
+        grace_period: spec.grace_period.as_chrono(),
     };
+    let secret = secrets.get_opt(&name).await?;
+    let existing = secret.as_ref().and_then(secrets::keyset_from_secret);
+    let requested = ctx
+        .model
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROTATE_NOW_ANNOTATION))
+        .cloned();
+    let handled = secret
+        .as_ref()
+        .and_then(|s| s.metadata.annotations.as_ref())
+        .and_then(|a| a.get(ROTATION_HANDLED_ANNOTATION))
+        .cloned();
+    let rotate_now = requested.is_some() && requested != handled;
+    let (step, mut next_at) = rotation::next_step(existing.as_ref(), &schedule, rotate_now, now);
+    let keyset = if step == rotation::Step::Wait {
+        existing.expect("waiting implies a keyset")
+    } else {
+        let new_key = match step {
+            rotation::Step::Bootstrap | rotation::Step::PublishNext => Some(pki::new_signing_key(
+                spec.algorithm,
+                KeyState::Next,
+                // A bootstrap key signs at once: a minute of tolerance for
+                // replicas whose clocks are behind. A Next key's
+                // publication time is exact: its propagation wait counts
+                // from it.
+                if step == rotation::Step::Bootstrap {
+                    now - TimeDelta::minutes(1)
+                } else {
+                    now
+                },
+                now + schedule.lifetime(),
+            )?),
+            _ => None,
+        };
+        let keyset = rotation::apply_step(
+            &existing.unwrap_or_default(),
+            &step,
+            &schedule,
+            now,
+            new_key,
+        );
+        let mut desired = secrets::signing_keys_secret(ctx, &keyset)?;
+        // Remember a handled rotate-now request so it acts once.
+        let handled = if step == rotation::Step::PublishNext && rotate_now {
+            requested.clone()
+        } else {
+            handled
+        };
+        if let Some(value) = handled {
+            desired
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(ROTATION_HANDLED_ANNOTATION.into(), value);
+        }
+        writer.apply(&desired).await?;
+        info!(model = %ctx.name, ?step, "signing keys: rotation step");
+        // The next step is computed on the next reconcile, soon.
+        next_at = Some(now + TimeDelta::seconds(1));
+        keyset
+    };
+    if next_at.is_none() {
+        next_at = rotation::next_step(Some(&keyset), &schedule, false, now).1;
+    }
     let active = keyset.active();
     let previous = keyset.keys.iter().find(|k| k.state == KeyState::Previous);
     let next = keyset.keys.iter().find(|k| k.state == KeyState::Next);
-    let next_rotation = active.map(|k| k.not_before + spec.rotation_period.as_chrono());
+    let next_rotation = active.map(|k| k.not_before + schedule.rotation_period);
     Ok(Outcome {
         ready: active.is_some(),
-        reason: "KeysetReady",
+        reason: if next.is_some() {
+            "Rotating"
+        } else {
+            "KeysetReady"
+        },
         message: format!(
-            "{} key(s), active {}",
+            "{} key(s): active {}{}{}",
             keyset.keys.len(),
-            active.map_or("none", |k| k.kid.as_str())
+            active.map_or("none", |k| k.kid.as_str()),
+            next.map(|k| format!(", next {} (published, not signing yet)", k.kid))
+                .unwrap_or_default(),
+            previous
+                .map(|k| format!(
+                    ", previous {} (verifies until {})",
+                    k.kid,
+                    k.not_after.to_rfc3339()
+                ))
+                .unwrap_or_default(),
         ),
         status: SigningKeysStatus {
             secret_name: Some(name),
@@ -193,7 +253,7 @@ pub async fn signing_keys(
             next_kid: next.map(|k| k.kid.clone()),
             next_rotation_at: next_rotation.and_then(to_time),
         },
-        next_action_at: next_rotation,
+        next_action_at: next_at,
     })
 }
 
