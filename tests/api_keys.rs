@@ -58,7 +58,11 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
         "securechat/server:test".into(),
         Arc::new(Metrics::new()),
     ));
-    let scopes = vec![models_ns.name.clone(), apps.name.clone(), other.name.clone()];
+    let scopes = vec![
+        models_ns.name.clone(),
+        apps.name.clone(),
+        other.name.clone(),
+    ];
     let (s1, s2, n1, n2) = (state.clone(), state, scopes.clone(), scopes);
     let models_task = tokio::spawn(async move { controller::run(s1, &n1).await });
     let keys_task = tokio::spawn(async move { key_controller::run(s2, &n2).await });
@@ -99,14 +103,22 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
         "NamespaceNotAllowed",
         Duration::from_secs(60),
         |k: Option<&ChatApiKey>| {
-            k.and_then(|k| k.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NamespaceNotAllowed"))
+            k.and_then(|k| k.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "NamespaceNotAllowed")
+            })
         },
     )
     .await;
     assert!(consumer(&client, &other.name, "sneaky").await.is_none());
     let refused_id = refused.status.unwrap().key_id.unwrap();
-    assert!(table(&client, &models_ns.name, "m").await.get(&refused_id).is_none());
+    assert!(
+        table(&client, &models_ns.name, "m")
+            .await
+            .get(&refused_id)
+            .is_none()
+    );
 
     // An allowed key with a fast rotation.
     let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &apps.name);
@@ -233,7 +245,13 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
     wait_for("the record to be removed", Duration::from_secs(30), || {
         let client = client.clone();
         let (ns, id) = (models_ns.name.clone(), id.clone());
-        async move { table(&client, &ns, "m").await.get(&id).is_none().then_some(()) }
+        async move {
+            table(&client, &ns, "m")
+                .await
+                .get(&id)
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
     wait_for("the ChatApiKey to be gone", Duration::from_secs(30), || {

@@ -694,7 +694,8 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
             .remove("ownerReferences");
     }
     std::fs::write(dir.join("model.json"), live.to_string()).unwrap();
-    let namespaces = common::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
+    let namespaces =
+        common::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
     std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
     std::fs::write(
         dir.join("dns.yaml"),
@@ -713,7 +714,10 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
         allowed_from_ip(&connections, ip, &target, port.parse().expect("port"))
     };
     assert!(from_ip("10.0.5.7", "8000"), "API from the internal network");
-    assert!(!from_ip("192.168.1.10", "8000"), "API from outside 10.0.0.0/16");
+    assert!(
+        !from_ip("192.168.1.10", "8000"),
+        "API from outside 10.0.0.0/16"
+    );
     assert!(from_ip("192.168.1.10", "8501"), "web from anywhere");
     assert!(from_ip("203.0.113.9", "8501"), "web from anywhere");
     assert!(!from_ip("10.0.5.7", "22"), "no SSH");
@@ -726,7 +730,16 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
         np_guard_allows(&dir, &args)
     };
     assert!(
-        egress(&["-d", "coredns", "--destination-namespace", "kube-system", "-p", "53", "--protocol", "udp"]),
+        egress(&[
+            "-d",
+            "coredns",
+            "--destination-namespace",
+            "kube-system",
+            "-p",
+            "53",
+            "--protocol",
+            "udp"
+        ]),
         "DNS to the cluster resolver"
     );
     assert!(
@@ -738,4 +751,120 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
         "no egress inside the cluster either"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_through_next_active_previous_on_request() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "rotate").await;
+    let _operator = Operator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    let model: SecureChatModel = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+        "metadata": {"name": "k", "namespace": ns.name},
+        "spec": {"replicas": 0, "signingKeys": {"rotationPeriod": "5m", "gracePeriod": "40s"}}
+    }))
+    .unwrap();
+    models
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("create");
+    let keys_status = |m: Option<&SecureChatModel>| {
+        m.and_then(|m| m.status.as_ref())
+            .and_then(|s| s.signing_keys.clone())
+            .unwrap_or_default()
+    };
+    let ready = await_condition(
+        models.clone(),
+        "k",
+        "an active key",
+        Duration::from_secs(60),
+        |m: Option<&SecureChatModel>| keys_status(m).active_kid.is_some(),
+    )
+    .await;
+    let first = keys_status(Some(&ready)).active_kid.unwrap();
+    let keyset = || async {
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns.name)
+            .get("k-signing-keys")
+            .await
+            .expect("keyset secret");
+        serde_json::from_slice::<securechat_crds::files::keyset::SigningKeySet>(
+            &secret.data.expect("data")["keyset.json"].0,
+        )
+        .expect("keyset")
+    };
+
+    // Incident response: rotate now.
+    models
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"securechat.dev/rotate-signing-keys": "incident-1"}}})),
+        )
+        .await
+        .expect("rotate now");
+    let published = await_condition(
+        models.clone(),
+        "k",
+        "a Next key published",
+        Duration::from_secs(30),
+        |m: Option<&SecureChatModel>| keys_status(m).next_kid.is_some(),
+    )
+    .await;
+    let second = keys_status(Some(&published)).next_kid.unwrap();
+    assert_eq!(
+        keys_status(Some(&published)).active_kid,
+        Some(first.clone()),
+        "the old key still signs"
+    );
+    let set = keyset().await;
+    assert_eq!(set.keys.len(), 2);
+    set.validate().expect("valid while rotating");
+
+    // After the propagation time the new key signs and the old verifies.
+    let promoted = await_condition(
+        models.clone(),
+        "k",
+        "the new key active",
+        Duration::from_secs(90),
+        |m: Option<&SecureChatModel>| keys_status(m).active_kid.as_deref() == Some(second.as_str()),
+    )
+    .await;
+    assert_eq!(
+        keys_status(Some(&promoted)).previous_kid,
+        Some(first.clone())
+    );
+    let set = keyset().await;
+    let previous = set
+        .keys
+        .iter()
+        .find(|k| k.kid == first)
+        .expect("old key kept");
+    assert!(
+        previous.not_after > chrono::Utc::now(),
+        "verifies during the grace"
+    );
+
+    // After the grace, the old key is gone; the request was handled once.
+    await_condition(
+        models.clone(),
+        "k",
+        "the previous key removed",
+        Duration::from_secs(90),
+        |m: Option<&SecureChatModel>| {
+            let s = keys_status(m);
+            s.previous_kid.is_none() && s.active_kid.as_deref() == Some(second.as_str())
+        },
+    )
+    .await;
+    let set = keyset().await;
+    assert_eq!(set.keys.len(), 1);
+    assert_eq!(set.keys[0].kid, second);
+    assert!(
+        keys_status(Some(&models.get("k").await.unwrap()))
+            .next_kid
+            .is_none(),
+        "rotate-now acted once"
+    );
 }

@@ -89,11 +89,7 @@ impl Operator {
         let Ok(mut s) = std::net::TcpStream::connect(&self.metrics) else {
             return 0;
         };
-        let _ = write!(
-            s,
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.metrics
-        );
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics);
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
         body.lines()
@@ -225,8 +221,12 @@ async fn main() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(|s| s.trim().to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|s| s.trim().to_string())
+            })
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

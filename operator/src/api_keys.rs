@@ -223,10 +223,14 @@ pub fn next_key_step(
     }
     // Phase 1 when the period is over.
     let wake = |at: Option<DateTime<Utc>>| {
-        [at, expiry, record.previous_secret_valid_until.filter(|v| *v > now)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            at,
+            expiry,
+            record.previous_secret_valid_until.filter(|v| *v > now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     };
     match &rotation {
         Some(r) if !key.spec.suspended => {
@@ -276,7 +280,9 @@ mod tests {
     /// every write that the key callers hold is accepted by the table.
     #[test]
     fn rotation_never_hands_callers_a_key_the_table_does_not_accept() {
-        let k = key(json!({"modelRef": {"name": "m"}, "rotation": {"period": "10m", "gracePeriod": "2m"}}));
+        let k = key(
+            json!({"modelRef": {"name": "m"}, "rotation": {"period": "10m", "gracePeriod": "2m"}}),
+        );
         let id = key_id("uid-1");
         let mut consumer = Consumer::default();
         let mut table = ApiKeyTable::default();
@@ -336,7 +342,13 @@ mod tests {
         };
         let step = |k: &ChatApiKey, record: Option<&ApiKeyRecord>| {
             next_key_step(
-                &KeyView { key: k, id: &id, consumer: &consumer, record, now: t(5) },
+                &KeyView {
+                    key: k,
+                    id: &id,
+                    consumer: &consumer,
+                    record,
+                    now: t(5),
+                },
                 || unreachable!(),
             )
             .unwrap()
@@ -376,9 +388,21 @@ mod tests {
             rotated_at: None,
             last_used_at: None,
         };
-        let view = |now| KeyView { key: &k, id: &id, consumer: &consumer, record: Some(&record), now };
-        assert_eq!(next_key_step(&view(t(10)), || unreachable!()).unwrap(), KeyStep::Wait(Some(t(3600))));
-        assert_eq!(next_key_step(&view(t(3600)), || unreachable!()).unwrap(), KeyStep::RemoveRecord);
+        let view = |now| KeyView {
+            key: &k,
+            id: &id,
+            consumer: &consumer,
+            record: Some(&record),
+            now,
+        };
+        assert_eq!(
+            next_key_step(&view(t(10)), || unreachable!()).unwrap(),
+            KeyStep::Wait(Some(t(3600)))
+        );
+        assert_eq!(
+            next_key_step(&view(t(3600)), || unreachable!()).unwrap(),
+            KeyStep::RemoveRecord
+        );
     }
 
     #[test]
@@ -386,7 +410,14 @@ mod tests {
         let id = key_id("0b1c-uid");
         assert_eq!(id, key_id("0b1c-uid"));
         assert_eq!(id.len(), 16);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert!(new_plaintext(&id).unwrap().starts_with(&format!("sk-sc-{id}-")));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert!(
+            new_plaintext(&id)
+                .unwrap()
+                .starts_with(&format!("sk-sc-{id}-"))
+        );
     }
 }

@@ -67,7 +67,9 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
 }
 
 async fn reconcile(key: Arc<ChatApiKey>, state: Arc<State>) -> Result<Action> {
-    let namespace = key.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let namespace = key
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<ChatApiKey> = Api::namespaced(state.client.clone(), &namespace);
     finalizer::finalizer(&api, api_keys::FINALIZER, key, |event| async {
         match event {
@@ -93,7 +95,11 @@ async fn apply_key(key: &ChatApiKey, state: &State) -> Result<Action> {
     let namespace = key.namespace().unwrap_or_default();
     let model_ns = model_namespace(key);
     let model_name = &key.spec.model_ref.name;
-    let id = api_keys::key_id(key.uid().as_deref().ok_or(Error::MissingField("metadata.uid"))?);
+    let id = api_keys::key_id(
+        key.uid()
+            .as_deref()
+            .ok_or(Error::MissingField("metadata.uid"))?,
+    );
     let secret_name = key
         .spec
         .secret_name
@@ -146,7 +152,14 @@ async fn apply_key(key: &ChatApiKey, state: &State) -> Result<Action> {
         .await?
         .and_then(|c| c.data?.get(names::CA_CERT).cloned());
     let consumer_object = |c: &Consumer| {
-        consumer_secret_object(key, &secret_name, &id, c, endpoint.as_deref(), ca.as_deref())
+        consumer_secret_object(
+            key,
+            &secret_name,
+            &id,
+            c,
+            endpoint.as_deref(),
+            ca.as_deref(),
+        )
     };
     let requeue = match &step {
         KeyStep::Mint { plaintext } => {
@@ -224,19 +237,32 @@ async fn apply_key(key: &ChatApiKey, state: &State) -> Result<Action> {
             .previous_secret_valid_until
             .filter(|v| *v > now)
             .and_then(to_time);
-        status.next_rotation_at = key.spec.rotation.as_ref().and_then(|rot| {
-            to_time(r.rotated_at.unwrap_or(r.created_at) + rot.period.as_chrono())
-        });
+        status.next_rotation_at =
+            key.spec.rotation.as_ref().and_then(|rot| {
+                to_time(r.rotated_at.unwrap_or(r.created_at) + rot.period.as_chrono())
+            });
     }
     let (ready, reason, message) = match phase {
-        KeyPhase::Active => (true, "Active", format!("key {id} is in Secret {secret_name}")),
+        KeyPhase::Active => (
+            true,
+            "Active",
+            format!("key {id} is in Secret {secret_name}"),
+        ),
         KeyPhase::Rotating => (
             true,
             "Rotating",
             format!("key {id} is rotating; the previous secret works until the grace ends"),
         ),
-        KeyPhase::Suspended => (false, "Suspended", "spec.suspended is true; requests with this key are refused".into()),
-        KeyPhase::Expired => (false, "Expired", "the key expired and was removed from the model's table".into()),
+        KeyPhase::Suspended => (
+            false,
+            "Suspended",
+            "spec.suspended is true; requests with this key are refused".into(),
+        ),
+        KeyPhase::Expired => (
+            false,
+            "Expired",
+            "the key expired and was removed from the model's table".into(),
+        ),
         KeyPhase::Pending => (false, "Minting", "minting the key".into()),
     };
     write_status(key, state, status, ready, reason, message).await?;
@@ -279,7 +305,8 @@ async fn write_status(
     }
     let api: Api<ChatApiKey> =
         Api::namespaced(state.client.clone(), &key.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "ChatApiKey", "status": status});
+    let patch =
+        serde_json::json!({"apiVersion": API_VERSION, "kind": "ChatApiKey", "status": status});
     api.patch_status(
         &key.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -374,12 +401,17 @@ fn consumer_secret_object(
             namespace: key.namespace(),
             labels: Some(
                 [
-                    ("app.kubernetes.io/managed-by".to_string(), labels::MANAGED_BY.to_string()),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        labels::MANAGED_BY.to_string(),
+                    ),
                     ("securechat.dev/api-key".to_string(), key.name_any()),
                 ]
                 .into(),
             ),
-            owner_references: key.controller_owner_ref(&()).map(|o: OwnerReference| vec![o]),
+            owner_references: key
+                .controller_owner_ref(&())
+                .map(|o: OwnerReference| vec![o]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),

@@ -30,7 +30,7 @@ impl Schedule {
     /// How long a new key stays Next before it signs: long enough for
     /// every replica to load it, short against the rotation period.
     pub fn propagation(&self) -> Duration {
-        (self.rotation_period / 4).min(Duration::minutes(2))
+        (self.rotation_period / 10).min(Duration::minutes(2))
     }
 
     /// A key's validity when published: its whole planned life plus one
@@ -150,7 +150,7 @@ pub fn apply_step(
         }
     }
     // Newest first: easiest to read in `kubectl get secret -o yaml`.
-    keys.sort_by(|a, b| b.not_before.cmp(&a.not_before));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.not_before));
     SigningKeySet { keys }
 }
 
@@ -186,7 +186,11 @@ mod tests {
 
     /// Runs the operator's loop in simulated time, one write per step, and
     /// returns every keyset that was ever written.
-    fn simulate(s: &Schedule, hours: i64, token_ttl: Duration) -> Vec<(DateTime<Utc>, SigningKeySet)> {
+    fn simulate(
+        s: &Schedule,
+        hours: i64,
+        token_ttl: Duration,
+    ) -> Vec<(DateTime<Utc>, SigningKeySet)> {
         let mut now = t0();
         let mut n = 0;
         let mut keyset: Option<SigningKeySet> = None;
@@ -277,7 +281,12 @@ mod tests {
                     .keys
                     .iter()
                     .find(|k| k.kid == signer.kid)
-                    .unwrap_or_else(|| panic!("{} removed at {later_at} while a token from {at} lives", signer.kid));
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{} removed at {later_at} while a token from {at} lives",
+                            signer.kid
+                        )
+                    });
                 assert!(k.not_after >= token_expiry, "{} expires too early", k.kid);
             }
         }
@@ -288,7 +297,10 @@ mod tests {
         let history = simulate(&schedule(), 200, Duration::minutes(30));
         for (_, set) in history {
             assert_eq!(
-                set.keys.iter().filter(|k| k.state == KeyState::Active).count(),
+                set.keys
+                    .iter()
+                    .filter(|k| k.state == KeyState::Active)
+                    .count(),
                 1
             );
             assert!(set.keys.len() <= 3, "{set:?}");
@@ -299,7 +311,13 @@ mod tests {
     fn rotate_now_skips_the_period_but_not_propagation_or_grace() {
         let s = schedule();
         let now = t0() + Duration::hours(1);
-        let set = apply_step(&SigningKeySet::default(), &Step::Bootstrap, &s, t0(), Some(key(1, t0(), &s)));
+        let set = apply_step(
+            &SigningKeySet::default(),
+            &Step::Bootstrap,
+            &s,
+            t0(),
+            Some(key(1, t0(), &s)),
+        );
         assert_eq!(next_step(Some(&set), &s, false, now).0, Step::Wait);
         assert_eq!(next_step(Some(&set), &s, true, now).0, Step::PublishNext);
         let set = apply_step(&set, &Step::PublishNext, &s, now, Some(key(2, now, &s)));
@@ -317,7 +335,13 @@ mod tests {
     #[test]
     fn an_algorithm_change_rotates_through_next_not_by_replacement() {
         let s = schedule();
-        let set = apply_step(&SigningKeySet::default(), &Step::Bootstrap, &s, t0(), Some(key(1, t0(), &s)));
+        let set = apply_step(
+            &SigningKeySet::default(),
+            &Step::Bootstrap,
+            &s,
+            t0(),
+            Some(key(1, t0(), &s)),
+        );
         let rs = Schedule {
             algorithm: SigningAlgorithm::RS256,
             ..s

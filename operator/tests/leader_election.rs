@@ -27,7 +27,13 @@ impl OperatorProcess {
         let log = std::env::temp_dir().join(format!("securechat-{namespace}-{identity}.log"));
         let out = File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_securechat-operator"))
-            .args(["run", "--namespace", namespace, "--lease-namespace", namespace])
+            .args([
+                "run",
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+            ])
             .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string()])
             .args(["--lease-retry-seconds", "1", "--identity", identity])
             .args(["--metrics-addr", "127.0.0.1:0"])
