@@ -86,18 +86,25 @@ pub fn rotations(old: &ApiKeyTable, new: &ApiKeyTable) -> u64 {
 /// real paths are the paths themselves and this is two ordinary reads.
 pub fn read_pair(first: &Path, second: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
-    let mut last_error = String::new();
-    for _ in 0..5 {
+    let attempt = || -> Result<(Vec<u8>, Vec<u8>), String> {
         let a = real(first)?;
         let b = real(second)?;
         if real(first)? != a {
-            last_error = "the mount changed while resolving; retrying".into();
-            continue;
+            return Err("the mount changed while resolving".into());
         }
-        match (read(&a), read(&b)) {
-            (Ok(x), Ok(y)) => return Ok((x, y)),
-            // The generation was removed under us: a newer one is in place.
-            (Err(e), _) | (_, Err(e)) => last_error = e,
+        Ok((read(&a)?, read(&b)?))
+    };
+    // Losing a race with a swap shows as a generation that vanished
+    // mid-resolution or mid-read; the next attempt sees the new one. A
+    // file that is really missing fails every attempt.
+    let mut last_error = String::new();
+    for n in 0..8 {
+        match attempt() {
+            Ok(pair) => return Ok(pair),
+            Err(e) => last_error = e,
+        }
+        if n >= 2 {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
     Err(last_error)
