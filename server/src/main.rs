@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
-use securechat_server::server::{ServeOptions, run};
+use securechat_server::server::{LAST_USED_INTERVAL, ServeOptions, run};
 use securechat_server::{dev, keys_cli, model_loader};
 
 #[derive(Parser)]
@@ -108,9 +108,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config_path = match (args.config, args.dev, args.data_dir) {
-        (Some(config), _, _) => config,
-        (None, true, Some(dir)) => dev::ensure(&dir)?,
+    // Dev mode owns its key table (the `keys` verbs edit it), so it records
+    // lastUsedAt there; with --config the table is usually a mounted Secret.
+    let (config_path, record_last_used) = match (args.config, args.dev, args.data_dir) {
+        (Some(config), _, _) => (config, None),
+        (None, true, Some(dir)) => (dev::ensure(&dir)?, Some(LAST_USED_INTERVAL)),
         _ => anyhow::bail!("either --config FILE or --dev --data-dir DIR is required"),
     };
     let model = args.model.unwrap_or_else(model_loader::default_model_path);
@@ -120,6 +122,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_addr: args.api_addr,
         web_addr: args.web_addr,
         oidc_ca_bundle: args.oidc_ca_bundle,
+        record_last_used,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,7 +1,9 @@
 //! Prometheus metrics (text exposition format at /metrics).
 //!
-//! Expiry gauges are recomputed from the loaded files at every scrape, so a
-//! key that was removed from the table disappears from the metrics too.
+//! Expiry and last-use gauges are recomputed from the loaded files at every
+//! scrape, so a key that was removed from the table disappears from the
+//! metrics too. Names are a contract with the alert rules (chart): the full
+//! list is in server/README.md; rename nothing without updating both.
 
 use std::sync::atomic::AtomicU64;
 
@@ -42,15 +44,36 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KidLabels {
     pub kid: String,
+    /// next, active or previous.
+    pub phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyIdLabels {
     pub key_id: String,
     pub name: String,
+    pub tier: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// The watched file kinds, as the `file` label spells them.
+pub const FILE_KINDS: [&str; 4] = ["config", "signing_keys", "api_keys", "tls"];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -72,9 +95,16 @@ pub struct Metrics {
     pub prompt_tokens: Counter,
     pub time_to_first_token: Histogram,
     pub reloads: Family<ReloadLabels, Counter>,
+    pub file_stale: Family<FileLabels, Gauge>,
     pub cert_expiry: FloatGauge,
     pub signing_key_expiry: Family<KidLabels, FloatGauge>,
     pub api_key_expiry: Family<KeyIdLabels, FloatGauge>,
+    pub certificate_renewals: Counter,
+    pub signing_key_rotations: Counter,
+    pub api_key_rotations: Counter,
+    pub api_key_last_used: Family<KeyLabels, FloatGauge>,
+    pub key_table_writes: Family<ResultLabels, Counter>,
+    pub jwt_verifications: Family<ResultLabels, Counter>,
     pub queue_depth: Gauge,
 }
 
@@ -141,6 +171,25 @@ impl Metrics {
             "Reloads of watched files by file and result (ok, error)",
             reloads.clone(),
         );
+        // Every kind starts at zero so that `increase()` in an alert sees
+        // the first failure, not a series that appears already at 1.
+        for file in FILE_KINDS {
+            for result in ["ok", "error"] {
+                let _ = reloads.get_or_create(&ReloadLabels {
+                    file: file.into(),
+                    result: result.into(),
+                });
+            }
+        }
+        let file_stale = Family::<FileLabels, Gauge>::default();
+        registry.register(
+            "file_stale",
+            "1 while the file on disk is invalid and its last good version is in force",
+            file_stale.clone(),
+        );
+        for file in FILE_KINDS {
+            let _ = file_stale.get_or_create(&FileLabels { file: file.into() });
+        }
         let cert_expiry = FloatGauge::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -150,14 +199,50 @@ impl Metrics {
         let signing_key_expiry = Family::<KidLabels, FloatGauge>::default();
         registry.register(
             "signing_key_expiry_seconds",
-            "Seconds until each signing key's notAfter",
+            "Seconds until each signing key's notAfter, by kid and phase",
             signing_key_expiry.clone(),
         );
         let api_key_expiry = Family::<KeyIdLabels, FloatGauge>::default();
         registry.register(
             "api_key_expiry_seconds",
-            "Seconds until each API key expires (keys without expiry are absent)",
+            "Seconds until each API key expires (keys without expiry and revoked keys are absent)",
             api_key_expiry.clone(),
+        );
+        let certificate_renewals = Counter::default();
+        registry.register(
+            "certificate_renewals",
+            "New serving certificates loaded since start",
+            certificate_renewals.clone(),
+        );
+        let signing_key_rotations = Counter::default();
+        registry.register(
+            "signing_key_rotations",
+            "Changes of the active signing key seen since start",
+            signing_key_rotations.clone(),
+        );
+        let api_key_rotations = Counter::default();
+        registry.register(
+            "api_key_rotations",
+            "API-key secret rotations seen in the key table since start",
+            api_key_rotations.clone(),
+        );
+        let api_key_last_used = Family::<KeyLabels, FloatGauge>::default();
+        registry.register(
+            "api_key_last_used_timestamp_seconds",
+            "Unix time of each API key's last successful use",
+            api_key_last_used.clone(),
+        );
+        let key_table_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_table_writes",
+            "Write-backs of lastUsedAt to a server-owned key table, by result",
+            key_table_writes.clone(),
+        );
+        let jwt_verifications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "jwt_verifications",
+            "Verifications of tokens signed with this server's keys, by result (ok or failure reason)",
+            jwt_verifications.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -176,9 +261,16 @@ impl Metrics {
             prompt_tokens,
             time_to_first_token,
             reloads,
+            file_stale,
             cert_expiry,
             signing_key_expiry,
             api_key_expiry,
+            certificate_renewals,
+            signing_key_rotations,
+            api_key_rotations,
+            api_key_last_used,
+            key_table_writes,
+            jwt_verifications,
             queue_depth,
         }
     }
@@ -212,6 +304,25 @@ impl Metrics {
         self.reloads
             .get_or_create(&ReloadLabels {
                 file: file.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        self.file_stale
+            .get_or_create(&FileLabels { file: file.into() })
+            .set(i64::from(!ok));
+    }
+
+    pub fn jwt_verification(&self, result: &str) {
+        self.jwt_verifications
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn key_table_write(&self, ok: bool) {
+        self.key_table_writes
+            .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();

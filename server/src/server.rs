@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::auth::oidc::OidcVerifier;
 use crate::engine::Engine;
+use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
 use crate::routes::app;
 use crate::serve::serve_tls;
@@ -27,7 +29,15 @@ pub struct ServeOptions {
     /// JWKS (identity providers behind a private CA); system roots are
     /// always trusted.
     pub oidc_ca_bundle: Option<PathBuf>,
+    /// `Some(interval)` when this process owns the API-key table
+    /// (standalone mode): each key's `lastUsedAt` is written back at most
+    /// once per interval. `None` for a table that is a mounted Secret.
+    pub record_last_used: Option<Duration>,
 }
+
+/// How often standalone mode writes `lastUsedAt` back: at most one table
+/// rewrite a minute however busy the keys are.
+pub const LAST_USED_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A started server.
 pub struct Running {
@@ -40,7 +50,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting connections.
+    /// Stops accepting connections and writes pending `lastUsedAt` times.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -86,7 +96,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         state.clone(),
         tls.clone(),
         Some(config_path),
-        files,
+        files.clone(),
     ));
     let watcher = match reload::spawn(reloader) {
         Ok(w) => Some(w),
@@ -104,15 +114,31 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     let (api_addr, web_addr) = (api.local_addr()?, web.local_addr()?);
     let (shutdown, rx) = watch::channel(false);
     let router = app(state.clone());
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(serve_tls(
             api,
             tls.acceptor.clone(),
             router.clone(),
             rx.clone(),
         )),
-        tokio::spawn(serve_tls(web, tls.acceptor.clone(), router, rx)),
+        tokio::spawn(serve_tls(web, tls.acceptor.clone(), router, rx.clone())),
     ];
+    if let Some(interval) = options.record_last_used {
+        if last_used::is_projected(&files.api_keys) {
+            // A projected Secret is read-only and shared by replicas.
+            tracing::warn!(
+                path = %files.api_keys.display(),
+                "the API-key table is a projected file; lastUsedAt is exported as a metric only"
+            );
+        } else {
+            tasks.push(tokio::spawn(last_used::run(
+                state.clone(),
+                files.api_keys.clone(),
+                interval,
+                rx,
+            )));
+        }
+    }
     Ok(Running {
         api_addr,
         web_addr,

@@ -446,6 +446,22 @@ async fn wait_for(mut check: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
+/// `securechat_file_reloads_total{file, result="error"}` (which starts at 0).
+async fn reload_errors(client: &reqwest::Client, metrics_url: &str, file: &str) -> f64 {
+    let text = client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("securechat_file_reloads_total{{file=\"{file}\",result=\"error\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
 #[tokio::test]
 async fn key_table_changes_are_hot_reloaded_and_bad_files_keep_the_last_good() {
     let s = server(RELAXED).await;
@@ -502,19 +518,11 @@ async fn key_table_changes_are_hot_reloaded_and_bad_files_keep_the_last_good() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     // A corrupt table is refused; the last good one stays.
-    std::fs::write(&table_path, b"{ this is not json").unwrap();
     let metrics_url = s.url("/metrics");
+    let errors_before = reload_errors(c, &metrics_url, "api_keys").await;
+    std::fs::write(&table_path, b"{ this is not json").unwrap();
     assert!(
-        wait_for(async || c
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .contains("file=\"api_keys\",result=\"error\""))
-        .await,
+        wait_for(async || reload_errors(c, &metrics_url, "api_keys").await > errors_before).await,
         "reload error not counted"
     );
     let resp = c
@@ -723,20 +731,13 @@ async fn certificate_and_signing_keys_are_hot_reloaded() {
         "the new certificate was never served"
     );
     // A corrupt certificate is refused; the new one stays.
-    std::fs::write(tls.join("tls.crt"), b"-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
     let metrics_url = s.url("/metrics");
     let fresh_client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+    let errors_before = reload_errors(&fresh_client, &metrics_url, "tls").await;
+    std::fs::write(tls.join("tls.crt"), b"-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
     assert!(
-        wait_for(async || fresh_client
-            .get(&metrics_url)
-            .send()
+        wait_for(async || reload_errors(&fresh_client, &metrics_url, "tls").await > errors_before)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .contains("file=\"tls\",result=\"error\""))
-        .await
     );
     let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
     assert_eq!(client.get(&health).send().await.unwrap().status(), 200);

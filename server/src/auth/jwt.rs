@@ -36,7 +36,6 @@ pub struct TokenPolicy {
 struct VerifyingKey {
     kid: String,
     alg: Algorithm,
-    state: KeyState,
     not_before: DateTime<Utc>,
     not_after: DateTime<Utc>,
     key: DecodingKey,
@@ -55,8 +54,16 @@ pub struct SigningMaterial {
     active: Option<ActiveKey>,
     keys: Vec<VerifyingKey>,
     jwks: Value,
-    /// (kid, notAfter) for the expiry metrics.
-    pub expiries: Vec<(String, DateTime<Utc>)>,
+    /// Every key's phase and end, for the expiry metrics.
+    pub expiries: Vec<KeyExpiry>,
+}
+
+/// When one signing key stops verifying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyExpiry {
+    pub kid: String,
+    pub phase: KeyState,
+    pub not_after: DateTime<Utc>,
 }
 
 fn algorithm(alg: SigningAlgorithm) -> Algorithm {
@@ -103,7 +110,6 @@ impl SigningMaterial {
             keys.push(VerifyingKey {
                 kid: k.kid.clone(),
                 alg,
-                state: k.state,
                 not_before: k.not_before,
                 not_after: k.not_after,
                 key: decoding,
@@ -116,7 +122,11 @@ impl SigningMaterial {
             expiries: set
                 .keys
                 .iter()
-                .map(|k| (k.kid.clone(), k.not_after))
+                .map(|k| KeyExpiry {
+                    kid: k.kid.clone(),
+                    phase: k.state,
+                    not_after: k.not_after,
+                })
                 .collect(),
         })
     }
@@ -142,6 +152,12 @@ impl SigningMaterial {
         json!({ "keys": keys })
     }
 
+    /// The kid marked Active in the keyset, whatever its window: what a
+    /// rotation changes.
+    pub fn designated_active_kid(&self) -> Option<&str> {
+        self.active.as_ref().map(|a| a.kid.as_str())
+    }
+
     /// The kid that signs now, if the active key is inside its window.
     pub fn active_kid(&self, now: DateTime<Utc>) -> Option<&str> {
         self.active
@@ -163,7 +179,8 @@ impl SigningMaterial {
     }
 
     /// Verifies a token: header alg must equal the kid's algorithm, the kid
-    /// must be Active or Previous inside its window, and exp / nbf / iss /
+    /// must be one of the keyset's keys (Next, Active or Previous) inside
+    /// its window, and exp / nbf / iss /
     /// aud must hold with the leeway.
     pub fn verify(
         &self,
@@ -175,15 +192,13 @@ impl SigningMaterial {
         // type has no such variant.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure::InvalidToken)?;
         let kid = header.kid.as_deref().ok_or(AuthFailure::UnknownKid)?;
+        // Next keys verify too: during a rotation another replica may
+        // already have loaded the keyset where this key is Active and sign
+        // with it, while this one still sees it as Next.
         let key = self
             .keys
             .iter()
-            .find(|k| {
-                k.kid == kid
-                    && k.state != KeyState::Next
-                    && k.not_before <= now
-                    && now <= k.not_after
-            })
+            .find(|k| k.kid == kid && k.not_before <= now && now <= k.not_after)
             .ok_or(AuthFailure::UnknownKid)?;
         if header.alg != key.alg {
             return Err(AuthFailure::AlgorithmMismatch);
@@ -363,14 +378,22 @@ mod tests {
     }
 
     #[test]
-    fn next_keys_and_keys_past_their_window_do_not_verify() {
+    fn next_keys_verify_and_keys_past_their_window_do_not() {
         let now = Utc::now();
         let set = keyset(now);
         let m = SigningMaterial::from_keyset(&set).unwrap();
         let next = sign_with(&set.keys[2], Algorithm::EdDSA, &claims(now));
+        assert!(
+            m.verify(&next, &policy(), now).is_ok(),
+            "a Next key verifies (another replica may already sign with it)"
+        );
         assert_eq!(
-            m.verify(&next, &policy(), now).err(),
-            Some(AuthFailure::UnknownKid)
+            jsonwebtoken::decode_header(m.sign(&claims(now), now).unwrap())
+                .unwrap()
+                .kid
+                .as_deref(),
+            Some("active"),
+            "but only the Active key signs"
         );
         let later = now + Duration::hours(2);
         let mut c = claims(later);

@@ -106,10 +106,15 @@ pub async fn authenticate(
             method: Method::Token,
         });
     }
-    let (claims, tier) = state
+    let verified = state
         .signing
         .load()
-        .verify(credential, &runtime.policy, now)?;
+        .verify(credential, &runtime.policy, now);
+    state.metrics.jwt_verification(match &verified {
+        Ok(_) => "ok",
+        Err(failure) => failure.label(),
+    });
+    let (claims, tier) = verified?;
     // Tokens minted from an API key die with it: a revoked or suspended
     // key's outstanding tokens stop working at once, not at their exp.
     let key_id = claims.sub.strip_prefix("key:").map(str::to_string);

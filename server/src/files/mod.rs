@@ -1,4 +1,5 @@
 //! Reading the watched files and keeping the last good version of each.
 
 pub mod atomic;
+pub mod last_used;
 pub mod reload;

@@ -55,7 +55,59 @@ pub fn load_table(path: &Path) -> Result<ApiKeyTable, String> {
     parse_table(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 pub fn load_cert(files: &FilePaths) -> Result<LoadedCert, String> {
-    tls::load_cert(&read(&files.tls_cert)?, &read(&files.tls_key)?)
+    let (cert, key) = read_pair(&files.tls_cert, &files.tls_key)?;
+    tls::load_cert(&cert, &key)
+}
+
+/// How many keys of `new` carry a different secret than in `old` (a
+/// rotation; new and removed keys are not rotations).
+pub fn rotations(old: &ApiKeyTable, new: &ApiKeyTable) -> u64 {
+    new.keys
+        .iter()
+        .filter(|k| {
+            old.get(&k.id)
+                .is_some_and(|o| o.secret_hash != k.secret_hash)
+        })
+        .count() as u64
+}
+
+/// Reads a certificate and its key as one consistent pair.
+///
+/// The kubelet updates a mounted Secret by writing a new timestamped
+/// directory and swapping the `..data` symlink; `tls.crt` and `tls.key` are
+/// symlinks through it. Reading the two names one after the other could
+/// straddle a swap and pair a new certificate with an old key. So both
+/// names are resolved to their real paths first, and the pair is accepted
+/// only if the certificate still resolves to the same real path after the
+/// key was resolved: the swap is one atomic rename and generations never
+/// come back, so nothing swapped in between. A generation directory is
+/// never modified, only deleted, so reading through the resolved paths
+/// sees that generation or fails (and is retried). With plain files the
+/// real paths are the paths themselves and this is two ordinary reads.
+pub fn read_pair(first: &Path, second: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let attempt = || -> Result<(Vec<u8>, Vec<u8>), String> {
+        let a = real(first)?;
+        let b = real(second)?;
+        if real(first)? != a {
+            return Err("the mount changed while resolving".into());
+        }
+        Ok((read(&a)?, read(&b)?))
+    };
+    // Losing a race with a swap shows as a generation that vanished
+    // mid-resolution or mid-read; the next attempt sees the new one. A
+    // file that is really missing fails every attempt.
+    let mut last_error = String::new();
+    for n in 0..8 {
+        match attempt() {
+            Ok(pair) => return Ok(pair),
+            Err(e) => last_error = e,
+        }
+        if n >= 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Err(last_error)
 }
 
 /// The TLS side of the reloadable state.
@@ -159,28 +211,39 @@ impl Reloader {
             && self.changed("signing_keys", &bytes)
             && let Some(m) = self.outcome("signing_keys", parse_keyset(&bytes))
         {
-            self.state.signing.store(Arc::new(m));
+            let old = self.state.signing.swap(Arc::new(m));
+            let new = self.state.signing.load();
+            if old.designated_active_kid() != new.designated_active_kid() {
+                self.state.metrics.signing_key_rotations.inc();
+            }
         }
         if let Ok(bytes) = read(&self.files.api_keys)
             && self.changed("api_keys", &bytes)
             && let Some(t) = self.outcome("api_keys", parse_table(&bytes))
         {
-            self.state.api_keys.store(Arc::new(t));
+            let old = self.state.api_keys.swap(Arc::new(t));
+            let rotated = rotations(&old, &self.state.api_keys.load());
+            self.state.metrics.api_key_rotations.inc_by(rotated);
         }
-        // Certificate and key change together; either changing reloads both.
-        if let (Ok(cert), Ok(key)) = (read(&self.files.tls_cert), read(&self.files.tls_key)) {
-            let c = self.changed("tls_cert", &cert);
-            let k = self.changed("tls_key", &key);
-            if (c || k)
-                && let Some(loaded) = self.outcome("tls", tls::load_cert(&cert, &key))
-            {
-                *self
-                    .state
-                    .cert_not_after
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = loaded.not_after;
-                self.tls.cert.0.store(loaded.key);
+        // Certificate and key change together; either changing reloads both,
+        // read from one generation of the mount (see `read_pair`).
+        match read_pair(&self.files.tls_cert, &self.files.tls_key) {
+            Ok((cert, key)) => {
+                let c = self.changed("tls_cert", &cert);
+                let k = self.changed("tls_key", &key);
+                if (c || k)
+                    && let Some(loaded) = self.outcome("tls", tls::load_cert(&cert, &key))
+                {
+                    *self
+                        .state
+                        .cert_not_after
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = loaded.not_after;
+                    self.tls.cert.0.store(loaded.key);
+                    self.state.metrics.certificate_renewals.inc();
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot read the certificate and key"),
         }
     }
 

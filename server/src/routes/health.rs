@@ -6,10 +6,12 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use chrono::Utc;
+use securechat_crds::files::api_keys::ApiKeyState;
+use securechat_crds::files::keyset::KeyState;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::metrics::{KeyIdLabels, KidLabels};
+use crate::metrics::{KeyIdLabels, KeyLabels, KidLabels};
 use crate::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
@@ -43,22 +45,51 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         m.cert_expiry.set(secs(t));
     }
     m.signing_key_expiry.clear();
-    for (kid, not_after) in &state.signing.load().expiries {
+    for key in &state.signing.load().expiries {
+        let phase = match key.phase {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Previous => "previous",
+        };
         m.signing_key_expiry
-            .get_or_create(&KidLabels { kid: kid.clone() })
-            .set(secs(*not_after));
+            .get_or_create(&KidLabels {
+                kid: key.kid.clone(),
+                phase: phase.into(),
+            })
+            .set(secs(key.not_after));
     }
+    let table = state.api_keys.load();
     m.api_key_expiry.clear();
-    for key in &state.api_keys.load().keys {
-        if let Some(expires) = key.expires_at {
+    for key in &table.keys {
+        // A revoked key can never be used again; its expiry is no reason
+        // to page anyone.
+        if let Some(expires) = key.expires_at
+            && key.state != ApiKeyState::Revoked
+        {
             m.api_key_expiry
                 .get_or_create(&KeyIdLabels {
                     key_id: key.id.clone(),
                     name: key.name.clone(),
+                    tier: key.tier.as_str().into(),
                 })
                 .set(secs(expires));
         }
     }
+    m.api_key_last_used.clear();
+    let usage = state.usage.lock().unwrap_or_else(|e| e.into_inner());
+    for key in &table.keys {
+        // This process's own record, or what the table's writer recorded
+        // (another replica, or this server before a restart).
+        let seen = usage.get(&key.id).and_then(|u| u.last_used_at);
+        if let Some(last) = seen.max(key.last_used_at) {
+            m.api_key_last_used
+                .get_or_create(&KeyLabels {
+                    key_id: key.id.clone(),
+                })
+                .set(last.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+    drop(usage);
     m.queue_depth.set(state.engine.queue_depth() as i64);
     (
         [(

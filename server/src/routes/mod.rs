@@ -4,6 +4,7 @@ pub mod admin;
 pub mod body;
 pub mod health;
 pub mod oauth;
+pub mod oauth_error;
 pub mod openai;
 pub mod seed;
 pub mod web;

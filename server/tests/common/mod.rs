@@ -148,7 +148,7 @@ impl TestServer {
     }
 }
 
-fn add_keys(dir: &Path) -> Keys {
+pub fn add_keys(dir: &Path) -> Keys {
     let path = dir.join("api-keys.json");
     let now = Utc::now();
     let mut table = keys_cli::load(&path).unwrap();
@@ -217,19 +217,42 @@ pub async fn server(extra_config: &str) -> TestServer {
 
 /// Same, in a directory that may already hold dev material.
 pub async fn server_in(dir: tempfile::TempDir, extra_config: &str) -> TestServer {
+    server_with(dir, extra_config, None).await
+}
+
+/// Same, choosing whether the server owns the key table and writes
+/// `lastUsedAt` back (standalone) or only reads it (operator mode).
+pub async fn server_with(
+    dir: tempfile::TempDir,
+    extra_config: &str,
+    record_last_used: Option<Duration>,
+) -> TestServer {
     let config = dev::ensure(dir.path()).unwrap();
     if !extra_config.is_empty() {
         std::fs::write(&config, extra_config).unwrap();
     }
     let keys = add_keys(dir.path());
+    serve_prepared(dir, keys, record_last_used).await
+}
+
+/// Starts a server on a directory already holding its dev material, its
+/// config and `keys`.
+pub async fn serve_prepared(
+    dir: tempfile::TempDir,
+    keys: Keys,
+    record_last_used: Option<Duration>,
+) -> TestServer {
     let engine = EchoEngine::new();
     let options = ServeOptions {
-        config_path: config,
+        config_path: dir.path().join("config.yaml"),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         web_addr: "127.0.0.1:0".parse().unwrap(),
         // The dev CA, so the OIDC test's fake identity provider (which
         // serves the same dev certificate) is trusted.
         oidc_ca_bundle: Some(dir.path().join("tls/ca.crt")),
+        // Off unless asked for: tests that edit the table without the CLI's
+        // lock would race the writer.
+        record_last_used,
     };
     let running = start(&options, engine.clone()).await.unwrap();
     let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
@@ -250,4 +273,35 @@ pub const RELAXED: &str =
 
 pub fn chat_body(text: &str) -> serde_json::Value {
     serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The text exposition at /metrics.
+pub async fn metrics_text(s: &TestServer) -> String {
+    s.client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Polls `check` until it holds or 10 s pass: reloads are asynchronous.
+/// A deadline, not a timing assertion: the value is what is checked.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
