@@ -17,6 +17,11 @@ tests/cluster/build-tools.sh
 step "model"
 scripts/fetch-model.sh
 
+# The inference parity tests compare token ids and logits with llama.cpp
+# (llama-cpp-python, built from source once and cached).
+step "llama.cpp reference venv"
+scripts/llama-cpp-venv.sh >/dev/null
+
 step "format"
 cargo fmt --all -- --check
 

@@ -1,7 +1,10 @@
 //! Prefill and decode speed of the default model, printed as tokens/s.
 //!
-//!     cargo run --release -p securechat-server --example decode_speed [-- q8_0|as-stored|stock]
+//!     cargo run --release -p securechat-server --example decode_speed [-- q8_0|as-stored|stock] [--json]
 //!
+//! `--json` prints one JSON object instead (timings of every run, the prompt
+//! ids, RSS) for scripts/bench-inference-vs-llamacpp.sh, which feeds the same
+//! prompt ids to llama.cpp.
 //! `stock` runs candle-transformers' `quantized_llama` on the same file, the
 //! baseline this module's own implementation replaces.
 //!
@@ -59,8 +62,10 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = std::env::args().nth(1);
-    let (format, stock) = match arg.as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let arg = args.iter().find(|a| !a.starts_with("--"));
+    let (format, stock) = match arg.map(String::as_str) {
         None | Some("q8_0") => (WeightFormat::Q8_0, false),
         Some("as-stored") => (WeightFormat::AsStored, false),
         Some("stock") => (WeightFormat::AsStored, true),
@@ -92,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .repeat(10);
     let (mut best_prefill, mut best_decode) = (Duration::MAX, Duration::MAX);
     let mut prompt_len = 0;
+    let (mut prompts, mut prefill_s, mut decode_s) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let content = format!("Run {run}: summarise this text.\n{body}");
         let prompt = loaded.encoder.encode(&[ChatMessage {
@@ -101,13 +107,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt_len = prompt.len();
         let t = Instant::now();
         let mut logits = loaded.model.forward(&prompt, 0)?;
-        best_prefill = best_prefill.min(t.elapsed());
+        let prefill = t.elapsed();
         let t = Instant::now();
         for step in 0..DECODE_TOKENS {
             let next = argmax(&logits);
             logits = loaded.model.forward(&[next], prompt.len() + step)?;
         }
-        best_decode = best_decode.min(t.elapsed());
+        let decode = t.elapsed();
+        best_prefill = best_prefill.min(prefill);
+        best_decode = best_decode.min(decode);
+        prefill_s.push(prefill.as_secs_f64());
+        decode_s.push(decode.as_secs_f64());
+        prompts.push(prompt);
+    }
+    if json {
+        let out = serde_json::json!({
+            "prompts": prompts,
+            "prompt_tokens": prompt_len,
+            "decode_tokens": DECODE_TOKENS,
+            "prefill_s": prefill_s,
+            "decode_s": decode_s,
+            "rss_after_load_mib": rss,
+            "rss_after_run_mib": rss_mib().unwrap_or(f64::NAN),
+            "gguf_mib": file_mib,
+            "load_s": load.as_secs_f64(),
+        });
+        println!("{out}");
+        return Ok(());
     }
     let variant = if stock {
         "candle quantized_llama".to_owned()

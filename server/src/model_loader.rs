@@ -12,11 +12,13 @@ pub fn default_model_path() -> PathBuf {
     home.join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// Loads the model at `model_path` behind the engine's bounded queue.
+/// Loads the model at `model_path` behind the engine's bounded queue: a GGUF
+/// llama-family file, or a ChatGLM3 / GLM-4 directory (config.json,
+/// tokenizer.json, safetensors); the family is read from what the path holds.
 pub fn load_engine(model_path: &Path) -> anyhow::Result<Arc<dyn Engine>> {
     if !model_path.exists() {
         anyhow::bail!(
-            "model file {} does not exist (run `make model` for the default model)",
+            "model path {} does not exist (run `make model` for the default model)",
             model_path.display()
         );
     }

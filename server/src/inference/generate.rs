@@ -8,7 +8,7 @@ use super::error::Result;
 use super::model::CausalLm;
 use super::sampler::{Sampler, SamplingConfig};
 use super::text_stream::{StopFilter, StopOutcome, Utf8Stream};
-use super::tokenizer::GgufTokenizer;
+use super::tokenizer::ChatTokenizer;
 use crate::engine::{FinishReason, SamplingParams, Usage};
 
 /// Where generated text goes.
@@ -50,7 +50,7 @@ pub fn sampling_config(p: &SamplingParams) -> SamplingConfig {
 /// context and is not empty.
 pub fn generate(
     model: &mut dyn CausalLm,
-    tokenizer: &GgufTokenizer,
+    tokenizer: &ChatTokenizer,
     prompt: &[u32],
     params: &SamplingParams,
     seed: u64,

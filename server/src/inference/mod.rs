@@ -1,4 +1,5 @@
-//! Inference with candle: loads a model, and serves it behind the
+//! Inference with candle: loads a model (a GGUF llama-family file, or a
+//! ChatGLM3 / GLM-4 safetensors directory), and serves it behind the
 //! [`crate::engine::Engine`] trait with a bounded queue.
 //!
 //! The HTTP side only calls [`load_engine`] and the trait; no candle type
@@ -9,6 +10,7 @@ mod error;
 mod fused;
 mod generate;
 mod gguf;
+mod glm;
 mod kv_cache;
 mod llama;
 mod model;
@@ -23,10 +25,11 @@ use std::sync::Arc;
 
 pub use error::InferenceError;
 pub use generate::{Ending, GenerationReport, TextSink, generate};
+pub use glm::GlmFamily;
 pub use llama::WeightFormat;
 pub use model::CausalLm;
 pub use prompt::PromptEncoder;
-pub use tokenizer::{GgufTokenizer, Segment};
+pub use tokenizer::{ChatTokenizer, Segment};
 
 use crate::engine::{Engine, ModelInfo};
 
@@ -65,16 +68,91 @@ pub struct LoadedModel {
     pub info: ModelInfo,
 }
 
-/// Loads a GGUF llama-family model (tokenizer, chat template, weights).
+/// What a model path holds, as far as the loader can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// A GGUF file (llama architecture, checked at load).
+    LlamaGguf,
+    /// A Hugging Face directory with config.json, tokenizer.json, safetensors.
+    Glm(GlmFamily),
+}
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// Picks the family from what `path` is: a GGUF file by its magic bytes, a
+/// ChatGLM3 / GLM-4 directory by its config files.
+pub fn detect_family(path: &Path) -> Result<ModelFamily, InferenceError> {
+    let io = |source| InferenceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        return Err(InferenceError::ModelMissing {
+            path: path.to_owned(),
+        });
+    }
+    if path.is_dir() {
+        if !glm::is_glm_dir(path) {
+            return Err(InferenceError::Unsupported(format!(
+                "{} is a directory without config.json (expected a ChatGLM3 or GLM-4 checkpoint)",
+                path.display()
+            )));
+        }
+        let config = std::fs::read_to_string(path.join("config.json")).map_err(io)?;
+        let config: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|e| InferenceError::Metadata(format!("config.json: {e}")))?;
+        let tokenizer_config = std::fs::read_to_string(path.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        return glm::detect_family(&config, tokenizer_config.as_ref()).map(ModelFamily::Glm);
+    }
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(path).map_err(io)?, &mut magic)
+        .map_err(io)?;
+    if &magic == GGUF_MAGIC {
+        Ok(ModelFamily::LlamaGguf)
+    } else {
+        Err(InferenceError::Unsupported(format!(
+            "{} is neither a GGUF file nor a ChatGLM3 / GLM-4 directory",
+            path.display()
+        )))
+    }
+}
+
+/// Where the model runs: the first GPU when built with `cuda` and one is
+/// present, else the CPU.
+pub fn default_device() -> Result<candle_core::Device, InferenceError> {
+    #[cfg(feature = "cuda")]
+    if candle_core::utils::cuda_is_available() {
+        return Ok(candle_core::Device::new_cuda(0)?);
+    }
+    Ok(candle_core::Device::Cpu)
+}
+
+/// Loads the model at `path`, whichever family it is. `format` applies to
+/// GGUF weights; GLM safetensors are loaded as f32 (bf16 on a GPU).
 pub fn load_model(
     path: &Path,
     model_id: Option<String>,
     format: WeightFormat,
 ) -> Result<LoadedModel, InferenceError> {
-    let device = candle_core::Device::Cpu;
+    let device = default_device()?;
+    match detect_family(path)? {
+        ModelFamily::LlamaGguf => load_gguf(path, model_id, format, &device),
+        ModelFamily::Glm(_) => glm::load(path, model_id, &device),
+    }
+}
+
+/// Loads a GGUF llama-family model (tokenizer, chat template, weights).
+fn load_gguf(
+    path: &Path,
+    model_id: Option<String>,
+    format: WeightFormat,
+    device: &candle_core::Device,
+) -> Result<LoadedModel, InferenceError> {
     let mut file = gguf::GgufFile::open(path)?;
     let md = file.metadata();
-    let tokenizer = tokenizer::GgufTokenizer::from_metadata(md)?;
+    let tokenizer = tokenizer::ChatTokenizer::from_metadata(md)?;
     let template = if md.contains("tokenizer.chat_template") {
         Some(md.string("tokenizer.chat_template")?.to_owned())
     } else {
@@ -88,7 +166,7 @@ pub fn load_model(
             .unwrap_or_else(|| "model".into())
     };
     let encoder = PromptEncoder::new(tokenizer, template.as_deref())?;
-    let model = llama::Llama::load(&mut file, format, &device)?;
+    let model = llama::Llama::load(&mut file, format, device)?;
     let info = ModelInfo {
         id: model_id.unwrap_or(default_id),
         family: "llama".into(),
@@ -101,7 +179,7 @@ pub fn load_model(
     })
 }
 
-/// Loads a GGUF llama-family model and starts its worker thread.
+/// Loads the model at `path` (see [`load_model`]) and starts its worker thread.
 pub fn load_engine(path: &Path, opts: EngineOptions) -> Result<Arc<dyn Engine>, InferenceError> {
     let loaded = load_model(path, opts.model_id, opts.weight_format)?;
     let engine = worker::LocalEngine::start(

@@ -2,19 +2,19 @@
 
 use super::chat_template::ChatTemplate;
 use super::error::Result;
-use super::tokenizer::GgufTokenizer;
+use super::tokenizer::ChatTokenizer;
 use crate::engine::ChatMessage;
 
 /// ChatML, for GGUF files that carry no template (llama.cpp's fallback too).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 pub struct PromptEncoder {
-    pub tokenizer: GgufTokenizer,
+    pub tokenizer: ChatTokenizer,
     template: ChatTemplate,
 }
 
 impl PromptEncoder {
-    pub fn new(tokenizer: GgufTokenizer, template_source: Option<&str>) -> Result<Self> {
+    pub fn new(tokenizer: ChatTokenizer, template_source: Option<&str>) -> Result<Self> {
         let token = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_str(i))
                 .unwrap_or("")

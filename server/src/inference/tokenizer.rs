@@ -1,5 +1,6 @@
-//! The tokenizer of a GGUF llama-family model, rebuilt from its metadata with
-//! the `tokenizers` crate so that token ids match llama.cpp's.
+//! The tokenizer of a chat model: rebuilt from GGUF metadata with the
+//! `tokenizers` crate so that token ids match llama.cpp's, or read from a
+//! Hugging Face `tokenizer.json` (ChatGLM3, GLM-4).
 //!
 //! Two encoders share one vocabulary: `structure` matches control tokens
 //! (`<|im_start|>`) and is only fed text the chat template produced; `content`
@@ -8,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -30,7 +32,7 @@ pub enum Segment {
     Content(String),
 }
 
-pub struct GgufTokenizer {
+pub struct ChatTokenizer {
     structure: Tokenizer,
     content: Tokenizer,
     /// The bytes each token id stands for; empty for control tokens, which
@@ -45,7 +47,7 @@ pub struct GgufTokenizer {
     tokens: Vec<String>,
 }
 
-impl GgufTokenizer {
+impl ChatTokenizer {
     pub(crate) fn from_metadata(md: Metadata<'_>) -> Result<Self> {
         let model = md.string("tokenizer.ggml.model")?;
         if model != "gpt2" {
@@ -182,6 +184,78 @@ impl GgufTokenizer {
         })
     }
 
+    /// A Hugging Face `tokenizer.json`. Its added special tokens are the
+    /// control tokens; generation ends at `end_ids` (and at `eos`). No BOS is
+    /// added: the chat format spells out its own prefix tokens.
+    pub(crate) fn from_tokenizer_json(
+        tokenizer: Tokenizer,
+        eos: u32,
+        end_ids: Vec<u32>,
+    ) -> Result<Self> {
+        let size = tokenizer.get_vocab_size(true);
+        let mut tokens = vec![String::new(); size];
+        for (token, id) in tokenizer.get_vocab(true) {
+            match tokens.get_mut(id as usize) {
+                Some(slot) => *slot = token,
+                None => {
+                    return Err(InferenceError::Tokenizer(format!(
+                        "token id {id} of `{token}` is past the vocabulary size {size}"
+                    )));
+                }
+            }
+        }
+        let mut control = vec![false; size];
+        for (id, added) in tokenizer.get_added_tokens_decoder() {
+            if added.special
+                && let Some(c) = control.get_mut(id as usize)
+            {
+                *c = true;
+            }
+        }
+        let spelling = if is_byte_level(tokenizer.get_decoder()) {
+            Spelling::ByteLevel(unicode_to_byte())
+        } else {
+            Spelling::SentencePiece
+        };
+        let token_bytes = tokens
+            .iter()
+            .zip(&control)
+            .map(|(tok, &is_control)| {
+                if is_control {
+                    Vec::new()
+                } else {
+                    spelling.bytes(tok)
+                }
+            })
+            .collect();
+        if eos as usize >= size {
+            return Err(InferenceError::Tokenizer(format!(
+                "end-of-sequence id {eos} is past the vocabulary size {size}"
+            )));
+        }
+        let structure = tokenizer.clone();
+        let mut content = tokenizer;
+        content.set_encode_special_tokens(true);
+        Ok(Self {
+            structure,
+            content,
+            token_bytes,
+            control,
+            bos: None,
+            eos,
+            end_of_turn: end_ids.into_iter().filter(|&i| i != eos).collect(),
+            tokens,
+        })
+    }
+
+    /// The id of a token spelled exactly `token`, if the vocabulary has one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokens
+            .iter()
+            .position(|t| t == token)
+            .map(|i| i as u32)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
     }
@@ -273,6 +347,42 @@ fn unicode_to_byte() -> HashMap<char, u8> {
     map
 }
 
+/// How a `tokenizer.json` vocabulary spells bytes.
+enum Spelling {
+    /// GPT-2 style: every byte is one printable character (GLM-4).
+    ByteLevel(HashMap<char, u8>),
+    /// SentencePiece style: `▁` is a space and `<0xNN>` a raw byte (ChatGLM3).
+    SentencePiece,
+}
+
+impl Spelling {
+    fn bytes(&self, token: &str) -> Vec<u8> {
+        match self {
+            Self::ByteLevel(byte_of) => token_to_bytes(token, byte_of),
+            Self::SentencePiece => {
+                let hex = token
+                    .strip_prefix("<0x")
+                    .and_then(|t| t.strip_suffix('>'))
+                    .filter(|h| h.len() == 2);
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => vec![b],
+                    None => token.replace('\u{2581}', " ").into_bytes(),
+                }
+            }
+        }
+    }
+}
+
+fn is_byte_level(decoder: Option<&DecoderWrapper>) -> bool {
+    match decoder {
+        Some(DecoderWrapper::ByteLevel(_)) => true,
+        Some(DecoderWrapper::Sequence(seq)) => {
+            seq.get_decoders().iter().any(|d| is_byte_level(Some(d)))
+        }
+        _ => false,
+    }
+}
+
 fn token_to_bytes(token: &str, byte_of: &HashMap<char, u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(token.len());
     for c in token.chars() {
@@ -303,5 +413,15 @@ mod tests {
         assert_eq!(map[&'\u{120}'], b' ');
         assert_eq!(map[&'\u{10A}'], b'\n');
         assert_eq!(token_to_bytes("\u{120}hi", &map), b" hi");
+    }
+
+    #[test]
+    fn sentencepiece_spelling() {
+        let s = Spelling::SentencePiece;
+        assert_eq!(s.bytes("\u{2581}hello"), b" hello");
+        assert_eq!(s.bytes("<0x0A>"), b"\n");
+        assert_eq!(s.bytes("<0xE4>"), [0xE4]);
+        assert_eq!(s.bytes("<0xZZ>"), b"<0xZZ>");
+        assert_eq!(s.bytes("abc"), b"abc");
     }
 }
