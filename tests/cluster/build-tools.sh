@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl), helm and kwok from Go modules into
+# kube-scheduler, kubectl), helm, kwok, promtool (alert-rule tests) and crane
+# (daemonless image builds) from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -18,6 +19,9 @@ k8s_version=v1.37.2
 etcd_version=v3.6.16
 helm_version=v4.3.1
 kwok_version=v0.7.0
+# v0.316.0 is Prometheus 3.16.0 (go 1.26.7).
+promtool_version=v0.316.0 promtool_release=3.16.0
+crane_version=v0.22.1
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -58,4 +62,7 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 done
 want helm && build helm "$helm_version" helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$helm_version"
 want kwok && build kwok "$kwok_version" kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
+# promtool's main package sets its version through prometheus/common.
+want promtool && build promtool "$promtool_version" promtool github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=$promtool_release"
+want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
 exit 0
