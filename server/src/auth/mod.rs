@@ -95,10 +95,12 @@ pub async fn authenticate(
             .iter()
             .find(|i| i.issuer_url.trim_end_matches('/') == iss.trim_end_matches('/'))
     {
-        let identity = state
+        let verified = state
             .oidc
             .verify(credential, issuer, runtime.policy.leeway_secs)
-            .await?;
+            .await;
+        state.metrics.jwt_verified(verification_result(&verified));
+        let identity = verified?;
         return Ok(Principal {
             subject: format!("oidc:{}#{}", identity.issuer, identity.subject),
             key_id: None,
@@ -106,10 +108,12 @@ pub async fn authenticate(
             method: Method::Token,
         });
     }
-    let (claims, tier) = state
+    let verified = state
         .signing
         .load()
-        .verify(credential, &runtime.policy, now)?;
+        .verify(credential, &runtime.policy, now);
+    state.metrics.jwt_verified(verification_result(&verified));
+    let (claims, tier) = verified?;
     // Tokens minted from an API key die with it: a revoked or suspended
     // key's outstanding tokens stop working at once, not at their exp.
     let key_id = claims.sub.strip_prefix("key:").map(str::to_string);
@@ -132,6 +136,14 @@ pub async fn authenticate(
         tier,
         method: Method::Token,
     })
+}
+
+/// The `result` label of a token verification.
+fn verification_result<T>(verified: &Result<T, AuthFailure>) -> &'static str {
+    match verified {
+        Ok(_) => "ok",
+        Err(failure) => failure.label(),
+    }
 }
 
 fn client_ip(parts: &Parts) -> Option<IpAddr> {
