@@ -17,6 +17,9 @@ tests/cluster/build-tools.sh
 step "model"
 scripts/fetch-model.sh
 
+step "images (tests/images.rs checks them)"
+scripts/images.sh
+
 step "format"
 cargo fmt --all -- --check
 
