@@ -108,7 +108,10 @@ fn every_alert_and_severity_is_seen_firing_in_the_unit_tests() {
     for test in tests["tests"].as_sequence().expect("tests") {
         for case in test["alert_rule_test"].as_sequence().into_iter().flatten() {
             let name = case["alertname"].as_str().expect("alertname").to_string();
-            let expected = case["exp_alerts"].as_sequence().cloned().unwrap_or_default();
+            let expected = case["exp_alerts"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default();
             if expected.is_empty() {
                 quiet.insert(name.clone());
             }

@@ -186,7 +186,10 @@ fn values_schema_rejects_bad_values_with_clear_messages() {
             "watchNamespaces={a,a}",
             "at '/watchNamespaces': items at 0 and 1 are equal",
         ),
-        ("operatr.replicas=1", "additional properties 'operatr' not allowed"),
+        (
+            "operatr.replicas=1",
+            "additional properties 'operatr' not allowed",
+        ),
         (
             "operator.leaderElection.enabled=false,operator.replicas=2",
             "at '/operator/replicas': maximum: got 2, want 1",
@@ -399,7 +402,10 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide() {
             binding["subjects"][0]["name"].as_str(),
             Some("securechat-operator")
         );
-        assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some(NAMESPACE));
+        assert_eq!(
+            binding["subjects"][0]["namespace"].as_str(),
+            Some(NAMESPACE)
+        );
     }
     // The release namespace holds only the leader-election Role: the Lease,
     // and every verb but create limited to its name.
@@ -425,7 +431,11 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide() {
     let objs = objects(&template(&[]));
     assert_eq!(of_kind(&objs, "ClusterRole").len(), 1);
     assert_eq!(of_kind(&objs, "ClusterRoleBinding").len(), 1);
-    assert_eq!(of_kind(&objs, "Role").len(), 1, "only the leader-election Role");
+    assert_eq!(
+        of_kind(&objs, "Role").len(),
+        1,
+        "only the leader-election Role"
+    );
 }
 
 #[test]
@@ -465,7 +475,10 @@ fn chart_ships_the_generated_crds() {
         .collect();
     assert_eq!(
         crds,
-        vec!["chatapikeys.securechat.dev", "securechatmodels.securechat.dev"]
+        vec![
+            "chatapikeys.securechat.dev",
+            "securechatmodels.securechat.dev"
+        ]
     );
 }
 
@@ -529,31 +542,63 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
         ])
     };
     assert!(args_of().contains(&format!("--namespace={}", ns.name)));
-    common::kubectl_ok(&["get", "serviceaccount,service,role,rolebinding", "-n", &ns.name]);
+    common::kubectl_ok(&[
+        "get",
+        "serviceaccount,service,role,rolebinding",
+        "-n",
+        &ns.name,
+    ]);
 
     // What the ServiceAccount may and may not do.
-    let sa = format!("system:serviceaccount:{}:{release}-securechat-operator", ns.name);
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-securechat-operator",
+        ns.name
+    );
     let lease = format!("leases.coordination.k8s.io/{release}-securechat-operator");
     let n = ns.name.as_str();
     for (allowed, args) in [
-        (true, vec!["list", "securechatmodels.securechat.dev", "-n", n]),
         (
             true,
-            vec!["patch", "securechatmodels.securechat.dev", "--subresource=status", "-n", n],
+            vec!["list", "securechatmodels.securechat.dev", "-n", n],
+        ),
+        (
+            true,
+            vec![
+                "patch",
+                "securechatmodels.securechat.dev",
+                "--subresource=status",
+                "-n",
+                n,
+            ],
         ),
         (true, vec!["create", "secrets", "-n", n]),
         (true, vec!["patch", "deployments.apps", "-n", n]),
         (true, vec!["create", "leases.coordination.k8s.io", "-n", n]),
         (true, vec!["update", lease.as_str(), "-n", n]),
-        (false, vec!["update", "leases.coordination.k8s.io/other", "-n", n]),
+        (
+            false,
+            vec!["update", "leases.coordination.k8s.io/other", "-n", n],
+        ),
         (false, vec!["get", "secrets", "-n", "kube-system"]),
         (false, vec!["list", "secrets", "--all-namespaces"]),
-        (false, vec!["create", "clusterroles.rbac.authorization.k8s.io"]),
-        (false, vec!["create", "rolebindings.rbac.authorization.k8s.io", "-n", n]),
+        (
+            false,
+            vec!["create", "clusterroles.rbac.authorization.k8s.io"],
+        ),
+        (
+            false,
+            vec!["create", "rolebindings.rbac.authorization.k8s.io", "-n", n],
+        ),
         (false, vec!["create", "pods", "--subresource=exec", "-n", n]),
         (false, vec!["create", "pods", "-n", n]),
-        (false, vec!["delete", "securechatmodels.securechat.dev", "-n", n]),
-        (false, vec!["update", "customresourcedefinitions.apiextensions.k8s.io"]),
+        (
+            false,
+            vec!["delete", "securechatmodels.securechat.dev", "-n", n],
+        ),
+        (
+            false,
+            vec!["update", "customresourcedefinitions.apiextensions.k8s.io"],
+        ),
     ] {
         assert_eq!(can_i(&sa, &args), allowed, "can-i {args:?}");
     }

@@ -52,7 +52,9 @@ fn image(name: &str) -> Image {
     ));
     let config = read_json(&blob(
         &layout,
-        manifest["config"]["digest"].as_str().expect("config digest"),
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest"),
     ));
     let layers = manifest["layers"]
         .as_array()
@@ -123,7 +125,11 @@ fn image_configs_run_as_nonroot_with_the_right_entrypoint() {
             Some(&*format!("{UID}:{UID}")),
             "{name}"
         );
-        assert_eq!(strings(&c["config"]["Entrypoint"]), vec![entrypoint], "{name}");
+        assert_eq!(
+            strings(&c["config"]["Entrypoint"]),
+            vec![entrypoint],
+            "{name}"
+        );
         assert_eq!(strings(&c["config"]["Cmd"]).first(), Some(&cmd0), "{name}");
         let labels = &c["config"]["Labels"];
         assert_eq!(
@@ -176,7 +182,11 @@ fn image_files_are_root_owned_and_the_model_is_baked_in() {
         .arg(&cached)
         .status()
         .expect("run cmp");
-    assert!(same.success(), "baked-in model differs from {}", cached.display());
+    assert!(
+        same.success(),
+        "baked-in model differs from {}",
+        cached.display()
+    );
     // The non-root user cannot replace the binary or the model.
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for path in [&binary, &model] {
@@ -190,7 +200,10 @@ fn image_files_are_root_owned_and_the_model_is_baked_in() {
         );
     }
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("etc/passwd");
-    assert!(passwd.contains(&format!("nonroot:x:{UID}:{UID}:")), "{passwd}");
+    assert!(
+        passwd.contains(&format!("nonroot:x:{UID}:{UID}:")),
+        "{passwd}"
+    );
     // Nothing else to run in there: no shell, no package manager.
     for absent in ["bin/sh", "usr/bin", "sbin"] {
         assert!(!root.join(absent).exists(), "/{absent} in the image");
@@ -337,8 +350,8 @@ fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() 
     if as_root {
         assert_eq!(uids, vec![UID; 4], "real, effective, saved, fs uid");
     } else {
-        let map = std::fs::read_to_string(format!("/proc/{}/uid_map", server.0.id()))
-            .expect("uid_map");
+        let map =
+            std::fs::read_to_string(format!("/proc/{}/uid_map", server.0.id())).expect("uid_map");
         assert!(map.split_whitespace().next() == Some(UID), "uid_map: {map}");
     }
     // It wrote its dev material as that user, inside the image root.
