@@ -35,6 +35,13 @@ scripts/fetch-model.sh
 # glibc build with its shared libraries and loader copied into the layer.
 if rustup target list --installed 2>/dev/null | grep -qx "$musl" \
 	|| rustup target add "$musl" >/dev/null 2>&1; then
+	# ring and psm compile C for the target: musl-gcc (Debian: musl-tools)
+	# builds it against musl's headers; without it the host gcc is close
+	# enough for their freestanding C.
+	if ! command -v musl-gcc >/dev/null && ! command -v x86_64-linux-musl-gcc >/dev/null; then
+		echo "images: no musl-gcc (apt-get install musl-tools); compiling C with the host gcc" >&2
+		export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-gcc}
+	fi
 	step "cargo build --release --target $musl"
 	# Symbols are stripped: the image is for running, not debugging.
 	CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
