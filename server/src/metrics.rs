@@ -30,11 +30,6 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedactionLabels {
     pub direction: String,
     pub detector: String,
@@ -71,7 +66,6 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistogramFamily<RouteLabels>,
     pub auth_failures: Family<ReasonLabels, Counter>,
-    pub jwt_verifications: Family<ResultLabels, Counter>,
     pub rate_limited: Family<ReasonLabels, Counter>,
     pub redactions: Family<RedactionLabels, Counter>,
     pub tokens_generated: Counter,
@@ -110,14 +104,6 @@ impl Metrics {
             "auth_failures",
             "Failed authentications by reason",
             auth_failures.clone(),
-        );
-        // The denominator of the signature-failure ratio alert: failures
-        // alone cannot tell a forged-token attack from a busy server.
-        let jwt_verifications = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "jwt_verifications",
-            "Bearer JWTs verified (own and OIDC issuers) by result: ok or the failure reason",
-            jwt_verifications.clone(),
         );
         let rate_limited = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -184,7 +170,6 @@ impl Metrics {
             requests,
             latency,
             auth_failures,
-            jwt_verifications,
             rate_limited,
             redactions,
             tokens_generated,
@@ -202,14 +187,6 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
-            })
-            .inc();
-    }
-
-    pub fn jwt_verified(&self, result: &str) {
-        self.jwt_verifications
-            .get_or_create(&ResultLabels {
-                result: result.into(),
             })
             .inc();
     }

@@ -95,12 +95,10 @@ pub async fn authenticate(
             .iter()
             .find(|i| i.issuer_url.trim_end_matches('/') == iss.trim_end_matches('/'))
     {
-        let verified = state
+        let identity = state
             .oidc
             .verify(credential, issuer, runtime.policy.leeway_secs)
-            .await;
-        state.metrics.jwt_verified(verification_result(&verified));
-        let identity = verified?;
+            .await?;
         return Ok(Principal {
             subject: format!("oidc:{}#{}", identity.issuer, identity.subject),
             key_id: None,
@@ -108,12 +106,10 @@ pub async fn authenticate(
             method: Method::Token,
         });
     }
-    let verified = state
+    let (claims, tier) = state
         .signing
         .load()
-        .verify(credential, &runtime.policy, now);
-    state.metrics.jwt_verified(verification_result(&verified));
-    let (claims, tier) = verified?;
+        .verify(credential, &runtime.policy, now)?;
     // Tokens minted from an API key die with it: a revoked or suspended
     // key's outstanding tokens stop working at once, not at their exp.
     let key_id = claims.sub.strip_prefix("key:").map(str::to_string);
@@ -136,14 +132,6 @@ pub async fn authenticate(
         tier,
         method: Method::Token,
     })
-}
-
-/// The `result` label of a token verification.
-fn verification_result<T>(verified: &Result<T, AuthFailure>) -> &'static str {
-    match verified {
-        Ok(_) => "ok",
-        Err(failure) => failure.label(),
-    }
 }
 
 fn client_ip(parts: &Parts) -> Option<IpAddr> {
