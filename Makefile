@@ -12,7 +12,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## build etcd, kube-*, kubectl, helm, kwok from Go modules into ~/.cache/securechat/bin (once)
+tools: ## build etcd, kube-*, kubectl, helm, kwok, promtool, crane from Go modules into ~/.cache/securechat/bin (once)
 	@tests/cluster/build-tools.sh
 
 .PHONY: cluster-up
@@ -34,6 +34,10 @@ operator: ## run the operator locally against the local control plane
 .PHONY: crds
 crds: ## regenerate charts/securechat/crds from the Rust types
 	$(CARGO) run -q -p securechat-crds --bin crdgen
+
+.PHONY: images
+images: ## build the server and operator OCI images without a container engine (target/images/)
+	@scripts/images.sh
 
 .PHONY: demo
 demo: ## the quick start: tools, cluster, CRDs, an example SecureChatModel, kubectl get scm

@@ -22,6 +22,9 @@ scripts/fetch-model.sh
 step "llama.cpp reference venv"
 scripts/llama-cpp-venv.sh >/dev/null
 
+step "images (tests/images.rs checks them)"
+scripts/images.sh
+
 step "format"
 cargo fmt --all -- --check
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl), helm, kwok and the NetworkPolicy evaluator
-# (np-guard's k8snetpolicy) from Go modules into
+# kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
+# k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
+# builds) from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -20,12 +21,15 @@ etcd_version=v3.6.16
 helm_version=v4.3.1
 kwok_version=v0.7.0
 netpol_version=v1.4.4
+# v0.316.0 is Prometheus 3.16.0 (go 1.26.7).
+promtool_version=v0.316.0 promtool_release=3.16.0
+crane_version=v0.22.1
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
-# build NAME VERSION MODULE_DIR PACKAGE [LDFLAGS]
+# build NAME VERSION MODULE_DIR PACKAGE [LDFLAGS [TAGS]]
 build() {
-	local name=$1 version=$2 dir=$3 pkg=$4 ldflags=${5:-}
+	local name=$1 version=$2 dir=$3 pkg=$4 ldflags=${5:-} tags=${6:-}
 	local target="$bin/$name-$version"
 	if [ -x "$target" ]; then
 		ln -sfn "$name-$version" "$bin/$name"
@@ -33,7 +37,7 @@ build() {
 	fi
 	echo "building $name $version ..."
 	local start=$SECONDS
-	(cd "$here/$dir" && go build -p "$jobs" -trimpath -ldflags "-s -w $ldflags" -o "$target.tmp" "$pkg")
+	(cd "$here/$dir" && go build -p "$jobs" -trimpath -tags "$tags" -ldflags "-s -w $ldflags" -o "$target.tmp" "$pkg")
 	mv "$target.tmp" "$target"
 	ln -sfn "$name-$version" "$bin/$name"
 	echo "built $name $version in $((SECONDS - start))s"
@@ -61,4 +65,9 @@ done
 want helm && build helm "$helm_version" helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$helm_version"
 want kwok && build kwok "$kwok_version" kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
 want k8snetpolicy && build k8snetpolicy "$netpol_version" netpol github.com/np-guard/netpol-analyzer/cmd/netpolicy
+# promtool's main package sets its version through prometheus/common. The
+# tests only check and unit-test rule files: remove_all_sd leaves out the
+# service-discovery plugins (cloud SDKs), most of the build.
+want promtool && build promtool "$promtool_version" promtool github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd
+want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
 exit 0

@@ -170,11 +170,17 @@ pub fn kubectl_eventually(args: &[&str]) -> String {
 }
 
 fn kubectl_bin() -> PathBuf {
-    let cached = dirs_home().join(".cache/securechat/bin/kubectl");
+    tool("kubectl")
+}
+
+/// A tool `make tools` builds (kubectl, helm, promtool, crane, ...): the
+/// cached binary when present, else whatever PATH has.
+pub fn tool(name: &str) -> PathBuf {
+    let cached = dirs_home().join(".cache/securechat/bin").join(name);
     if cached.exists() {
         cached
     } else {
-        PathBuf::from("kubectl")
+        PathBuf::from(name)
     }
 }
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# `make images`: the server and operator images as OCI images, without a
+# container engine. The same images as server/Dockerfile and
+# operator/Dockerfile: static binaries on an empty base, uid 65532, the
+# default model baked into the server image.
+#
+# How: cargo builds static (musl) binaries; tar writes reproducible layers
+# (sorted, root-owned, fixed mtime); crane appends them onto an empty OCI base
+# in a loopback registry that lives only for this script, sets user,
+# entrypoint, env and labels, and pulls the result out as an OCI layout and
+# a tarball (`docker load` / `podman load` accept it) under target/images/.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
+
+out="$root/target/images"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Layer mtimes and the creation label come from the commit, so two builds of
+# one commit give identical layers.
+epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+model="$HOME/.cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+musl=x86_64-unknown-linux-musl
+
+t0=$SECONDS
+step() { echo "== $* ($((SECONDS - t0))s)"; }
+
+tests/cluster/build-tools.sh crane
+scripts/fetch-model.sh
+
+# Static binaries: the musl target when rustup has it (its self-contained
+# libc and crt objects need no musl toolchain on the host); otherwise a
+# glibc build with its shared libraries and loader copied into the layer.
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" \
+	|| rustup target add "$musl" >/dev/null 2>&1; then
+	# ring and psm compile C for the target: musl-gcc (Debian: musl-tools)
+	# builds it against musl's headers; without it the host gcc is close
+	# enough for their freestanding C.
+	if ! command -v musl-gcc >/dev/null && ! command -v x86_64-linux-musl-gcc >/dev/null; then
+		echo "images: no musl-gcc (apt-get install musl-tools); compiling C with the host gcc" >&2
+		export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-gcc}
+	fi
+	step "cargo build --release --target $musl"
+	# Symbols are stripped: the image is for running, not debugging.
+	CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
+		cargo build --release --locked --target "$musl" -p securechat-server -p securechat-operator
+	bin_dir="$target_dir/$musl/release"
+	linkage=static-musl
+else
+	step "cargo build --release (glibc; no $musl target available)"
+	CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
+		cargo build --release --locked -p securechat-server -p securechat-operator
+	bin_dir="$target_dir/release"
+	linkage=glibc-with-libs
+fi
+
+work=$(mktemp -d)
+registry_pid=""
+cleanup() {
+	if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# stage DIR BINARY: the binary under /usr/local/bin, plus (glibc build only)
+# the shared libraries it loads at their absolute paths.
+stage_binary() {
+	local dir=$1 bin=$2
+	install -D -m 0755 "$bin" "$dir/usr/local/bin/$(basename "$bin")"
+	if [ "$linkage" = glibc-with-libs ]; then
+		ldd "$bin" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
+			install -D -m 0755 "$(readlink -f "$lib")" "$dir$lib"
+		done
+	elif readelf -l "$bin" | grep -q "Requesting program interpreter"; then
+		echo "images: $bin is dynamically linked; refusing to put it on an empty base" >&2
+		exit 1
+	fi
+}
+
+# layer DIR TAR: a reproducible tarball of DIR's contents.
+layer() {
+	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
+		--format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+		-C "$1" -cf "$2" .
+}
+
+step "layers"
+# Base: what distroless/static has and the binaries need: the nonroot user
+# (65532), CA certificates (OIDC discovery and JWKS over HTTPS), /tmp.
+mkdir -p "$work/base/etc/ssl/certs" "$work/base/tmp"
+chmod 1777 "$work/base/tmp"
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$work/base/etc/passwd"
+printf 'root:x:0:\nnonroot:x:65532:\n' >"$work/base/etc/group"
+cp /etc/ssl/certs/ca-certificates.crt "$work/base/etc/ssl/certs/ca-certificates.crt"
+chmod 0644 "$work/base/etc/passwd" "$work/base/etc/group" "$work/base/etc/ssl/certs/ca-certificates.crt"
+layer "$work/base" "$work/base.tar"
+
+# The model changes far less often than the binary: its own layer, below.
+install -D -m 0644 "$model" "$work/model/opt/securechat/models/$(basename "$model")"
+layer "$work/model" "$work/model.tar"
+
+stage_binary "$work/server" "$bin_dir/securechat-server"
+layer "$work/server" "$work/server.tar"
+stage_binary "$work/operator" "$bin_dir/securechat-operator"
+layer "$work/operator" "$work/operator.tar"
+
+step "images (crane $(crane version))"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/registry"
+crane registry serve --address "127.0.0.1:$port" --disk "$work/registry" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 50); do
+	curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+registry="127.0.0.1:$port"
+
+created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
+labels=(
+	-l "org.opencontainers.image.version=$version"
+	-l "org.opencontainers.image.revision=$revision"
+	-l "org.opencontainers.image.created=$created"
+	-l "org.opencontainers.image.licenses=Apache-2.0"
+	-l "org.opencontainers.image.source=https://github.com/securechat/securechat"
+	-l "dev.securechat.linkage=$linkage"
+)
+
+# image NAME ENTRYPOINT CMD MUTATE_ARGS... LAYERS...
+build_image() {
+	local name=$1 title=$2 description=$3 entrypoint=$4 cmd=$5
+	shift 5
+	local extra=() layers=()
+	while [ $# -gt 0 ]; do
+		case $1 in
+		-f) layers+=(-f "$2"); shift 2 ;;
+		*) extra+=("$1"); shift ;;
+		esac
+	done
+	local ref="$registry/securechat/$name:$version"
+	crane append --oci-empty-base "${layers[@]}" -t "$ref" >/dev/null
+	crane mutate "$ref" -t "$ref" \
+		--set-platform linux/amd64 \
+		--user 65532:65532 --workdir / \
+		--entrypoint "$entrypoint" --cmd "$cmd" \
+		-e PATH=/usr/local/bin -e SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+		-l "org.opencontainers.image.title=$title" \
+		-l "org.opencontainers.image.description=$description" \
+		"${labels[@]}" "${extra[@]}" >/dev/null
+	rm -rf "$out/$name" "$out/$name.tar"
+	crane pull --format=oci "$ref" "$out/$name"
+	crane pull "$ref" "$out/$name.tar"
+	echo "images: $out/$name (OCI layout), $out/$name.tar: $(du -sh "$out/$name" | cut -f1), digest $(crane digest "$ref")"
+}
+
+mkdir -p "$out"
+build_image securechat-server securechat-server \
+	"securechat chat server: HTTPS, auth, filters, inference; default model included" \
+	/usr/local/bin/securechat-server \
+	"serve,--dev,--data-dir,/tmp/securechat,--api-addr,0.0.0.0:8000,--web-addr,0.0.0.0:8501" \
+	-e "SECURECHAT_MODEL=/opt/securechat/models/$(basename "$model")" \
+	--exposed-ports 8000,8501 \
+	-f "$work/base.tar" -f "$work/model.tar" -f "$work/server.tar"
+build_image securechat-operator securechat-operator \
+	"securechat operator: deploys chat models securely on Kubernetes" \
+	/usr/local/bin/securechat-operator run \
+	--exposed-ports 8080 \
+	-f "$work/base.tar" -f "$work/operator.tar"
+step "done ($linkage)"

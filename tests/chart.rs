@@ -1,0 +1,646 @@
+//! The Helm chart (charts/securechat), through the real helm binary that
+//! `make tools` builds: lint, golden renders, the values schema, the
+//! properties the chart promises (hardened pod, least-privilege RBAC, the
+//! alert rules embedded verbatim), and install / upgrade / uninstall against
+//! the local control plane.
+//!
+//! Golden files live in tests/golden/: `<case>.values.yaml` is the input,
+//! `<case>.yaml` the expected `helm template` output. After an intended
+//! change, regenerate them with `UPDATE_GOLDEN=1 cargo test --test chart`
+//! and review the diff.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const RELEASE: &str = "securechat";
+const NAMESPACE: &str = "securechat-system";
+
+fn chart_dir() -> PathBuf {
+    common::repo_root().join("charts/securechat")
+}
+
+fn golden_dir() -> PathBuf {
+    common::repo_root().join("tests/golden")
+}
+
+/// Runs helm; returns (success, stdout, stderr).
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::tool("helm"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run helm ({e}): run `make tools`"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = helm(args);
+    assert!(ok, "helm {} failed:\n{stderr}", args.join(" "));
+    stdout
+}
+
+/// `helm template` of the chart with extra arguments (values files, --set).
+fn template(extra: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    helm_ok(&args)
+}
+
+/// The objects of a multi-document render.
+fn objects(rendered: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind(obj: &Value) -> &str {
+    obj["kind"].as_str().unwrap_or_default()
+}
+
+fn of_kind<'a>(objs: &'a [Value], k: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| kind(o) == k).collect()
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn values_file(case: &str) -> PathBuf {
+    golden_dir().join(format!("{case}.values.yaml"))
+}
+
+fn render_case(case: &str) -> String {
+    let values = values_file(case);
+    if values.exists() {
+        template(&["--values", values.to_str().expect("utf-8 path")])
+    } else {
+        template(&[])
+    }
+}
+
+fn check_golden(case: &str) {
+    let rendered = render_case(case);
+    let path = golden_dir().join(format!("{case}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}); create it with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    if rendered != expected {
+        let diff = first_difference(&expected, &rendered);
+        panic!(
+            "helm template for case {case} differs from {}:\n{diff}\n\
+             If the change is intended: UPDATE_GOLDEN=1 cargo test --test chart, then review the diff.",
+            path.display()
+        );
+    }
+}
+
+fn first_difference(expected: &str, actual: &str) -> String {
+    let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
+    for i in 0..e.len().max(a.len()) {
+        let (x, y) = (e.get(i).copied(), a.get(i).copied());
+        if x != y {
+            return format!(
+                "first difference at line {}:\n  expected: {x:?}\n  actual:   {y:?}",
+                i + 1
+            );
+        }
+    }
+    "no line differs (trailing newline?)".into()
+}
+
+#[test]
+fn helm_lint_passes_for_default_and_non_default_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("utf-8 path");
+    helm_ok(&["lint", "--strict", chart]);
+    let values = values_file("namespaced-monitoring");
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart,
+        "--values",
+        values.to_str().expect("utf-8 path"),
+    ]);
+}
+
+#[test]
+fn golden_default() {
+    check_golden("default");
+}
+
+#[test]
+fn golden_namespaced_with_monitoring() {
+    check_golden("namespaced-monitoring");
+}
+
+#[test]
+fn values_schema_rejects_bad_values_with_clear_messages() {
+    let cases = [
+        (
+            "operator.replicas=-1",
+            "at '/operator/replicas': minimum: got -1, want 0",
+        ),
+        (
+            "operator.replicas=two",
+            "at '/operator/replicas': got string, want integer",
+        ),
+        (
+            "operator.logFormat=xml",
+            "at '/operator/logFormat': value must be one of 'json', 'text'",
+        ),
+        (
+            "operator.logLevel=verbose",
+            "at '/operator/logLevel': value must be one of 'error', 'warn', 'info', 'debug', 'trace'",
+        ),
+        ("metrics.port=80", "at '/metrics/port': minimum: got 80"),
+        (
+            "watchNamespaces={Bad_NS}",
+            "at '/watchNamespaces/0': 'Bad_NS' does not match pattern",
+        ),
+        (
+            "watchNamespaces={a,a}",
+            "at '/watchNamespaces': items at 0 and 1 are equal",
+        ),
+        (
+            "operatr.replicas=1",
+            "additional properties 'operatr' not allowed",
+        ),
+        (
+            "operator.leaderElection.enabled=false,operator.replicas=2",
+            "at '/operator/replicas': maximum: got 2, want 1",
+        ),
+        (
+            "serverImage.digest=abc",
+            "at '/serverImage/digest': 'abc' does not match pattern",
+        ),
+        (
+            "monitoring.enabled=yes",
+            "at '/monitoring/enabled': got string, want boolean",
+        ),
+        (
+            "monitoring.interval=30 seconds",
+            "at '/monitoring/interval': '30 seconds' does not match pattern",
+        ),
+        (
+            "operator.image.pullPolicy=Sometimes",
+            "at '/operator/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
+        ),
+    ];
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("utf-8 path");
+    for (set, message) in cases {
+        let (ok, _, stderr) = helm(&["template", RELEASE, chart, "--set", set]);
+        assert!(!ok, "--set {set} was accepted");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema")
+                && stderr.contains(message),
+            "--set {set}: expected {message:?} in:\n{stderr}"
+        );
+    }
+}
+
+/// The operator container of a render.
+fn operator_container(objs: &[Value]) -> &Value {
+    let deployments = of_kind(objs, "Deployment");
+    assert_eq!(deployments.len(), 1, "one Deployment");
+    &deployments[0]["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn operator_pod_is_hardened_and_probed_on_the_metrics_port() {
+    let objs = objects(&template(&[]));
+    let deployment = of_kind(&objs, "Deployment")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    let c = operator_container(&objs);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null(), "no capability added");
+    assert_eq!(c["ports"][0]["containerPort"].as_i64(), Some(8080));
+    assert_eq!(c["ports"][0]["name"].as_str(), Some("http-metrics"));
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(
+            c[probe]["httpGet"]["port"].as_str(),
+            Some("http-metrics"),
+            "{probe}"
+        );
+    }
+    // The metrics Service targets that port.
+    let service = of_kind(&objs, "Service")[0];
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("http-metrics")
+    );
+}
+
+#[test]
+fn operator_args_follow_the_values() {
+    let args = |objs: &[Value]| -> Vec<String> {
+        strings(&operator_container(objs)["args"])
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let default = args(&objects(&template(&[])));
+    assert_eq!(default[0], "run");
+    assert!(
+        !default.iter().any(|a| a.starts_with("--namespace")),
+        "default watches all namespaces: {default:?}"
+    );
+    for expected in [
+        "--server-image=securechat/server:0.1.0",
+        "--log-level=info",
+        "--log-format=json",
+        "--metrics-address=0.0.0.0:8080",
+        "--leader-elect",
+        "--leader-election-namespace=securechat-system",
+        "--leader-election-lease=securechat-operator",
+    ] {
+        assert!(
+            default.iter().any(|a| a == expected),
+            "{expected} not in {default:?}"
+        );
+    }
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let custom = args(&objects(&template(&[
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "operator.logLevel=debug",
+        "--set",
+        "operator.logFormat=text",
+        "--set",
+        "operator.leaderElection.enabled=false",
+        "--set",
+        "serverImage.repository=registry.example/securechat-server",
+        "--set",
+        &format!("serverImage.digest={digest}"),
+    ])));
+    for expected in [
+        "--namespace=team-a".to_string(),
+        "--namespace=team-b".to_string(),
+        "--log-level=debug".to_string(),
+        "--log-format=text".to_string(),
+        format!("--server-image=registry.example/securechat-server@{digest}"),
+    ] {
+        assert!(custom.contains(&expected), "{expected} not in {custom:?}");
+    }
+    assert!(
+        !custom.iter().any(|a| a.starts_with("--leader-elect")),
+        "leader election off: {custom:?}"
+    );
+}
+
+/// Every RBAC rule of a render, with the namespace it applies in (None:
+/// cluster-wide).
+fn rbac_rules(objs: &[Value]) -> Vec<(Option<String>, &Value)> {
+    objs.iter()
+        .filter(|o| kind(o) == "ClusterRole" || kind(o) == "Role")
+        .flat_map(|role| {
+            let ns = role["metadata"]["namespace"].as_str().map(String::from);
+            role["rules"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(move |rule| (ns.clone(), rule))
+        })
+        .collect()
+}
+
+#[test]
+fn rbac_is_least_privilege_without_wildcards() {
+    for objs in [
+        objects(&template(&[])),
+        objects(&render_case("namespaced-monitoring")),
+    ] {
+        for (_, rule) in rbac_rules(&objs) {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(
+                    !strings(&rule[field]).contains(&"*"),
+                    "wildcard in {field}: {rule:?}"
+                );
+            }
+            let verbs = strings(&rule["verbs"]);
+            for forbidden in ["escalate", "bind", "impersonate", "deletecollection"] {
+                assert!(!verbs.contains(&forbidden), "{forbidden} granted: {rule:?}");
+            }
+            let resources = strings(&rule["resources"]);
+            for forbidden in [
+                "pods/exec",
+                "pods/attach",
+                "pods/portforward",
+                "clusterroles",
+                "clusterrolebindings",
+                "roles",
+                "rolebindings",
+                "customresourcedefinitions",
+                "namespaces",
+                "nodes",
+            ] {
+                assert!(
+                    !resources.contains(&forbidden),
+                    "{forbidden} granted: {rule:?}"
+                );
+            }
+            // Pods and Events are only read.
+            if resources.contains(&"pods") {
+                assert_eq!(verbs, vec!["get", "list", "watch"], "{rule:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_nothing_cluster_wide() {
+    let objs = objects(&render_case("namespaced-monitoring"));
+    assert!(of_kind(&objs, "ClusterRole").is_empty());
+    assert!(of_kind(&objs, "ClusterRoleBinding").is_empty());
+    let secret_namespaces: Vec<_> = rbac_rules(&objs)
+        .into_iter()
+        .filter(|(_, rule)| strings(&rule["resources"]).contains(&"secrets"))
+        .map(|(ns, _)| ns.expect("namespaced"))
+        .collect();
+    assert_eq!(secret_namespaces, vec!["chat", "chat-apps"]);
+    // Each Role is bound to the operator's ServiceAccount in the release
+    // namespace.
+    for binding in of_kind(&objs, "RoleBinding") {
+        assert_eq!(
+            binding["subjects"][0]["name"].as_str(),
+            Some("securechat-operator")
+        );
+        assert_eq!(
+            binding["subjects"][0]["namespace"].as_str(),
+            Some(NAMESPACE)
+        );
+    }
+    // The release namespace holds only the leader-election Role: the Lease,
+    // and every verb but create limited to its name.
+    let lease_rules: Vec<_> = rbac_rules(&objs)
+        .into_iter()
+        .filter(|(ns, _)| ns.as_deref() == Some(NAMESPACE))
+        .map(|(_, rule)| rule)
+        .collect();
+    assert_eq!(lease_rules.len(), 2, "{lease_rules:?}");
+    for rule in lease_rules {
+        assert_eq!(strings(&rule["resources"]), vec!["leases"]);
+        let verbs = strings(&rule["verbs"]);
+        if verbs != vec!["create"] {
+            assert_eq!(
+                strings(&rule["resourceNames"]),
+                vec!["securechat-operator"],
+                "{rule:?}"
+            );
+        }
+    }
+
+    // Default: one ClusterRole, bound cluster-wide.
+    let objs = objects(&template(&[]));
+    assert_eq!(of_kind(&objs, "ClusterRole").len(), 1);
+    assert_eq!(of_kind(&objs, "ClusterRoleBinding").len(), 1);
+    assert_eq!(
+        of_kind(&objs, "Role").len(),
+        1,
+        "only the leader-election Role"
+    );
+}
+
+#[test]
+fn prometheus_rule_embeds_the_shipped_rules_file() {
+    let objs = objects(&render_case("namespaced-monitoring"));
+    let rules = of_kind(&objs, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let file = chart_dir().join("files/prometheus-rules.yaml");
+    let file: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(file).expect("read rules file"))
+            .expect("rules file parses");
+    assert_eq!(rules[0]["spec"], file);
+    assert_eq!(
+        rules[0]["metadata"]["labels"]["release"].as_str(),
+        Some("kube-prometheus-stack"),
+        "monitoring.labels reach the PrometheusRule"
+    );
+    assert_eq!(of_kind(&objs, "ServiceMonitor").len(), 1);
+    assert_eq!(of_kind(&objs, "PodMonitor").len(), 1);
+    // Monitoring off (the default): no Prometheus Operator objects, so the
+    // chart installs where their CRDs do not exist.
+    let objs = objects(&template(&[]));
+    for k in ["PrometheusRule", "ServiceMonitor", "PodMonitor"] {
+        assert!(of_kind(&objs, k).is_empty(), "{k} rendered by default");
+    }
+}
+
+#[test]
+fn chart_ships_the_generated_crds() {
+    // The chart's crds/ directory is what crdgen writes (its --check runs in
+    // `make test`); here: helm installs both with the chart.
+    let rendered = template(&["--include-crds"]);
+    let objs = objects(&rendered);
+    let crds: Vec<_> = of_kind(&objs, "CustomResourceDefinition")
+        .into_iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        crds,
+        vec![
+            "chatapikeys.securechat.dev",
+            "securechatmodels.securechat.dev"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Against the local control plane (`make cluster-up`).
+
+fn kubeconfig() -> String {
+    common::kubeconfig_path()
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+/// `kubectl auth can-i` as the chart's ServiceAccount.
+fn can_i(sa: &str, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i", "--as", sa];
+    all.extend_from_slice(args);
+    let (_, stdout, stderr) = common::kubectl(&all);
+    match stdout.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {args:?}: {other:?} {stderr}"),
+    }
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
+    let client = common::client().await;
+    common::install_crds();
+    let ns = common::TestNamespace::create(&client, "chart").await;
+    let kubeconfig = kubeconfig();
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("utf-8 path");
+    let release = "sc";
+    let base = [
+        "--kubeconfig",
+        kubeconfig.as_str(),
+        "--namespace",
+        ns.name.as_str(),
+    ];
+    let watch = format!("watchNamespaces={{{}}}", ns.name);
+
+    // The default (cluster-wide) install is validated by the API server
+    // without creating anything cluster-scoped.
+    let mut args = vec!["install", release, chart, "--dry-run=server"];
+    args.extend_from_slice(&base);
+    helm_ok(&args);
+
+    let mut args = vec!["install", release, chart, "--set", &watch];
+    args.extend_from_slice(&base);
+    helm_ok(&args);
+    let deployment = format!("deployment/{release}-securechat-operator");
+    let args_of = || {
+        common::kubectl_ok(&[
+            "get",
+            &deployment,
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ])
+    };
+    assert!(args_of().contains(&format!("--namespace={}", ns.name)));
+    common::kubectl_ok(&[
+        "get",
+        "serviceaccount,service,role,rolebinding",
+        "-n",
+        &ns.name,
+    ]);
+
+    // What the ServiceAccount may and may not do.
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-securechat-operator",
+        ns.name
+    );
+    let lease = format!("leases.coordination.k8s.io/{release}-securechat-operator");
+    let n = ns.name.as_str();
+    for (allowed, args) in [
+        (
+            true,
+            vec!["list", "securechatmodels.securechat.dev", "-n", n],
+        ),
+        (
+            true,
+            vec![
+                "patch",
+                "securechatmodels.securechat.dev",
+                "--subresource=status",
+                "-n",
+                n,
+            ],
+        ),
+        (true, vec!["create", "secrets", "-n", n]),
+        (true, vec!["patch", "deployments.apps", "-n", n]),
+        (true, vec!["create", "leases.coordination.k8s.io", "-n", n]),
+        (true, vec!["update", lease.as_str(), "-n", n]),
+        (
+            false,
+            vec!["update", "leases.coordination.k8s.io/other", "-n", n],
+        ),
+        (false, vec!["get", "secrets", "-n", "kube-system"]),
+        (false, vec!["list", "secrets", "--all-namespaces"]),
+        (
+            false,
+            vec!["create", "clusterroles.rbac.authorization.k8s.io"],
+        ),
+        (
+            false,
+            vec!["create", "rolebindings.rbac.authorization.k8s.io", "-n", n],
+        ),
+        (false, vec!["create", "pods", "--subresource=exec", "-n", n]),
+        (false, vec!["create", "pods", "-n", n]),
+        (
+            false,
+            vec!["delete", "securechatmodels.securechat.dev", "-n", n],
+        ),
+        (
+            false,
+            vec!["update", "customresourcedefinitions.apiextensions.k8s.io"],
+        ),
+    ] {
+        assert_eq!(can_i(&sa, &args), allowed, "can-i {args:?}");
+    }
+
+    // A resource the release does not own survives the uninstall, as do the
+    // CRDs (Helm never deletes what it installed from crds/).
+    let model = std::env::temp_dir().join(format!("{n}-model.yaml"));
+    std::fs::write(
+        &model,
+        "apiVersion: securechat.dev/v1alpha1\nkind: SecureChatModel\nmetadata:\n  name: empty\nspec: {}\n",
+    )
+    .expect("write model manifest");
+    common::kubectl_ok(&["apply", "-n", n, "-f", model.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&model);
+
+    let mut args = vec![
+        "upgrade",
+        release,
+        chart,
+        "--reuse-values",
+        "--set",
+        "operator.logLevel=debug",
+    ];
+    args.extend_from_slice(&base);
+    helm_ok(&args);
+    assert!(args_of().contains("--log-level=debug"));
+    let mut args = vec!["status", release, "-o", "json"];
+    args.extend_from_slice(&base);
+    let status: serde_json::Value =
+        serde_json::from_str(&helm_ok(&args)).expect("helm status JSON");
+    assert_eq!(status["version"], 2, "second revision: {status}");
+
+    let mut args = vec!["uninstall", release, "--wait"];
+    args.extend_from_slice(&base);
+    helm_ok(&args);
+    let (found, _, _) = common::kubectl(&["get", &deployment, "-n", n]);
+    assert!(!found, "the operator Deployment is gone");
+    assert_eq!(
+        common::kubectl_ok(&["get", "role,rolebinding", "-n", n, "-o", "name"]).trim(),
+        "",
+        "RBAC is gone"
+    );
+    common::kubectl_ok(&["get", "crd/securechatmodels.securechat.dev"]);
+    common::kubectl_ok(&["get", "securechatmodel/empty", "-n", n]);
+}

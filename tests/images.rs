@@ -1,0 +1,366 @@
+//! The OCI images `make images` builds (target/images/, no container
+//! engine): their configuration, and the server run from nothing but the
+//! image's own files as uid 65532, answering /healthz over TLS.
+//!
+//! Needs `make images` first (scripts/test.sh runs it); a missing image
+//! fails with that instruction instead of skipping.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const UID: &str = "65532";
+const MODEL: &str = "/opt/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn images_dir() -> PathBuf {
+    common::repo_root().join("target/images")
+}
+
+/// An image in OCI layout: its config and its layer blobs, base first.
+struct Image {
+    config: Value,
+    layers: Vec<(PathBuf, String)>,
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}): run `make images` first",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    let (alg, hex) = digest.split_once(':').expect("digest is alg:hex");
+    layout.join("blobs").join(alg).join(hex)
+}
+
+fn image(name: &str) -> Image {
+    let layout = images_dir().join(name);
+    let index = read_json(&layout.join("index.json"));
+    let manifests = index["manifests"].as_array().expect("index.manifests");
+    assert_eq!(manifests.len(), 1, "one image in {}", layout.display());
+    let manifest = read_json(&blob(
+        &layout,
+        manifests[0]["digest"].as_str().expect("manifest digest"),
+    ));
+    let config = read_json(&blob(
+        &layout,
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest"),
+    ));
+    let layers = manifest["layers"]
+        .as_array()
+        .expect("manifest.layers")
+        .iter()
+        .map(|l| {
+            (
+                blob(&layout, l["digest"].as_str().expect("layer digest")),
+                l["mediaType"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Image { config, layers }
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn env_value<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
+    strings(&config["config"]["Env"])
+        .into_iter()
+        .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Unpacks every layer, in order, into an empty directory.
+fn unpack(image: &Image, dir: &Path) {
+    for (layer, media_type) in &image.layers {
+        let flags = if media_type.ends_with("+gzip") {
+            "-xzf"
+        } else {
+            "-xf"
+        };
+        let status = Command::new("tar")
+            .arg(flags)
+            .arg(layer)
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "unpacking {}", layer.display());
+    }
+}
+
+#[test]
+fn image_configs_run_as_nonroot_with_the_right_entrypoint() {
+    let version = env!("CARGO_PKG_VERSION");
+    for (name, entrypoint, cmd0) in [
+        (
+            "securechat-server",
+            "/usr/local/bin/securechat-server",
+            "serve",
+        ),
+        (
+            "securechat-operator",
+            "/usr/local/bin/securechat-operator",
+            "run",
+        ),
+    ] {
+        let image = image(name);
+        let c = &image.config;
+        assert_eq!(c["os"], "linux", "{name}");
+        assert_eq!(c["architecture"], "amd64", "{name}");
+        assert_eq!(
+            c["config"]["User"].as_str(),
+            Some(&*format!("{UID}:{UID}")),
+            "{name}"
+        );
+        assert_eq!(
+            strings(&c["config"]["Entrypoint"]),
+            vec![entrypoint],
+            "{name}"
+        );
+        assert_eq!(strings(&c["config"]["Cmd"]).first(), Some(&cmd0), "{name}");
+        let labels = &c["config"]["Labels"];
+        assert_eq!(
+            labels["org.opencontainers.image.version"].as_str(),
+            Some(version),
+            "{name}"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.title"].as_str(),
+            Some(name),
+            "{name}"
+        );
+        assert!(
+            labels["org.opencontainers.image.revision"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{name}: revision label"
+        );
+        // Every layer of the manifest is in the config's rootfs, and the
+        // image has no base of anyone else's: base, (model,) binary.
+        assert_eq!(
+            c["rootfs"]["diff_ids"].as_array().map(Vec::len),
+            Some(image.layers.len())
+        );
+    }
+    let server = image("securechat-server");
+    assert_eq!(env_value(&server.config, "SECURECHAT_MODEL"), Some(MODEL));
+    assert_eq!(server.layers.len(), 3, "base, model, binary");
+}
+
+#[test]
+fn image_files_are_root_owned_and_the_model_is_baked_in() {
+    let image = image("securechat-server");
+    let root = tempfile_dir("files");
+    unpack(&image, &root);
+    let binary = root.join("usr/local/bin/securechat-server");
+    let model = root.join(MODEL.trim_start_matches('/'));
+    for path in [&binary, &model] {
+        assert!(path.is_file(), "{} missing from the image", path.display());
+    }
+    // The model in the image is the verified default model: the same bytes
+    // `make model` fetched (that script checks their sha256).
+    let cached = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .expect("HOME")
+        .join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let same = Command::new("cmp")
+        .arg("-s")
+        .arg(&model)
+        .arg(&cached)
+        .status()
+        .expect("run cmp");
+    assert!(
+        same.success(),
+        "baked-in model differs from {}",
+        cached.display()
+    );
+    // The non-root user cannot replace the binary or the model.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for path in [&binary, &model] {
+        let meta = std::fs::metadata(path).expect("stat");
+        assert_eq!(meta.uid(), 0, "{} owned by root", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o022,
+            0,
+            "{} writable only by its owner",
+            path.display()
+        );
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("etc/passwd");
+    assert!(
+        passwd.contains(&format!("nonroot:x:{UID}:{UID}:")),
+        "{passwd}"
+    );
+    // Nothing else to run in there: no shell, no package manager.
+    for absent in ["bin/sh", "usr/bin", "sbin"] {
+        assert!(!root.join(absent).exists(), "/{absent} in the image");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn tempfile_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "securechat-image-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Kills the server when the test ends, also on panic.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn effective_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .expect("Uid line")
+}
+
+#[test]
+fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() {
+    let image = image("securechat-server");
+    let root = tempfile_dir("root");
+    unpack(&image, &root);
+
+    let (api, web) = (free_port(), free_port());
+    let entrypoint = strings(&image.config["config"]["Entrypoint"]);
+    let model = env_value(&image.config, "SECURECHAT_MODEL").expect("SECURECHAT_MODEL");
+    let server_args = [
+        "serve",
+        "--dev",
+        "--data-dir",
+        "/tmp/securechat",
+        "--api-addr",
+        &format!("127.0.0.1:{api}"),
+        "--web-addr",
+        &format!("127.0.0.1:{web}"),
+        "--model",
+        model,
+    ];
+    // As root: chroot into the unpacked image and drop to 65532, as a
+    // container runtime would. Otherwise: a user namespace that maps the
+    // caller to 65532 and chroots (unshare --root) before the exec.
+    let as_root = effective_uid() == 0;
+    let mut command = if as_root {
+        let mut c = Command::new("chroot");
+        c.arg(format!("--userspec={UID}:{UID}")).arg(&root);
+        c
+    } else {
+        let mut c = Command::new("unshare");
+        c.args([
+            "--user",
+            &format!("--map-user={UID}"),
+            &format!("--map-group={UID}"),
+        ])
+        .arg(format!("--root={}", root.display()));
+        c
+    };
+    // The log stays outside the root, which holds only the image's files.
+    let log = root.with_extension("log");
+    let child = command
+        .arg(entrypoint[0])
+        .args(server_args)
+        // Only what the image configures: no host environment leaks in.
+        .env_clear()
+        .envs(
+            strings(&image.config["config"]["Env"])
+                .into_iter()
+                .filter_map(|e| e.split_once('=')),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start the server in the image root");
+    let mut server = Running(child);
+
+    let ca = root.join("tmp/securechat/tls/ca.crt");
+    let url = format!("https://localhost:{api}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        if let Some(status) = server.0.try_wait().expect("poll server") {
+            panic!(
+                "server exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if ca.exists() {
+            let out = Command::new("curl")
+                .args(["-fsS", "--max-time", "5", "--cacert"])
+                .arg(&ca)
+                .arg(&url)
+                .output()
+                .expect("run curl");
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS /healthz answer within 120s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(body.contains("\"ok\""), "healthz said {body}");
+
+    // Who it runs as, seen from outside.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
+        .expect("server's /proc status");
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid line")
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    if as_root {
+        assert_eq!(uids, vec![UID; 4], "real, effective, saved, fs uid");
+    } else {
+        let map =
+            std::fs::read_to_string(format!("/proc/{}/uid_map", server.0.id())).expect("uid_map");
+        assert!(map.split_whitespace().next() == Some(UID), "uid_map: {map}");
+    }
+    // It wrote its dev material as that user, inside the image root.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&ca).expect("stat ca").uid();
+    if as_root {
+        assert_eq!(owner.to_string(), UID);
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&log);
+}
