@@ -138,7 +138,8 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     let elector = LeaderElector::new(
         client.clone(),
         LeaseConfig {
-            name: "securechat-operator".into(),
+            // The chart names the Lease like the operator's account.
+            name: account.clone(),
             namespace: system.name.clone(),
             identity: "least-privilege-test".into(),
             lease_duration: Duration::from_secs(15),
@@ -208,7 +209,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     })
     .await;
     assert_eq!(
-        common::kubectl_ok(&["-n", &system.name, "get", "lease", "securechat-operator", "-o", "jsonpath={.spec.holderIdentity}"]),
+        common::kubectl_ok(&["-n", &system.name, "get", "lease", &account, "-o", "jsonpath={.spec.holderIdentity}"]),
         "least-privilege-test"
     );
     assert!(

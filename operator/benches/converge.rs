@@ -184,6 +184,14 @@ async fn main() {
         .filter(|w| w.namespace.as_deref() == Some(&ns.name))
         .collect();
     let events = first.iter().filter(|w| w.resource == "events").count();
+    // Each figure is printed as soon as it is measured: a later phase may
+    // take long on a loaded machine.
+    println!(
+        "{n} models Ready in {:.1} s (creates {:.1} s); {} operator writes ({events} events)",
+        converged.as_secs_f64(),
+        created.as_secs_f64(),
+        first.len()
+    );
 
     operator.quiesce().await;
     let offset = audit_log_offset();
@@ -206,6 +214,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let noop = audit_writes(offset, USER_AGENT).len();
+    println!("no-op pass over {n} models: {noop} writes; RSS {:?} KiB", operator.rss_kib());
 
     create_all(&api, (n..m).map(|i| format!("m{i:04}")).collect(), 0).await;
     loop {

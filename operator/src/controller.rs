@@ -191,20 +191,15 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
         publish(state, model, EventType::Normal, "Applied", note.join("; ")).await;
     }
     if model.status.as_ref() != Some(&status) {
+        // Trouble is reported per condition; good news once, by Ready.
+        // (Every Event is a write: a model converging is not six of them.)
         for (type_, reason, message) in condition_changes(model.status.as_ref(), &status) {
-            let event_type = if reason_is_trouble(&type_, &status) {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            publish(
-                state,
-                model,
-                event_type,
-                &reason,
-                format!("{type_}: {message}"),
-            )
-            .await;
+            if reason_is_trouble(&type_, &status) {
+                let note = format!("{type_}: {message}");
+                publish(state, model, EventType::Warning, &reason, note).await;
+            } else if type_ == crate::status::READY {
+                publish(state, model, EventType::Normal, &reason, message).await;
+            }
         }
         let api: Api<SecureChatModel> = Api::namespaced(state.client.clone(), &ctx.namespace);
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});

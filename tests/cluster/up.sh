@@ -161,6 +161,9 @@ wait_for kube-apiserver 90 kubectl --kubeconfig "$kubeconfig.tmp" get --raw /rea
 mv "$kubeconfig.tmp" "$kubeconfig"
 kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
+# A long node-monitor grace: kwok's heartbeats stall when this 2-core machine
+# is loaded (a 100-model benchmark, parallel builds); a node marked NotReady
+# would flip its pods' Ready condition to False, and kwok never sets it back.
 launch kube-controller-manager kube-controller-manager \
 	--kubeconfig "$dir/controller-manager.kubeconfig" \
 	--authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -169,7 +172,7 @@ launch kube-controller-manager kube-controller-manager \
 	--use-service-account-credentials=true \
 	--cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
 	--leader-elect=false --bind-address 127.0.0.1 --secure-port "$(free_port)" \
-	--node-monitor-grace-period 40s \
+	--node-monitor-grace-period 10m \
 	--v=1
 launch kube-scheduler kube-scheduler \
 	--kubeconfig "$dir/scheduler.kubeconfig" \

@@ -173,17 +173,6 @@ fn kubectl_bin() -> PathBuf {
     tool("kubectl")
 }
 
-/// A tool `make tools` builds (kubectl, helm, promtool, crane, ...): the
-/// cached binary when present, else whatever PATH has.
-pub fn tool(name: &str) -> PathBuf {
-    let cached = dirs_home().join(".cache/securechat/bin").join(name);
-    if cached.exists() {
-        cached
-    } else {
-        PathBuf::from(name)
-    }
-}
-
 /// A tool `make tools` builds into ~/.cache/securechat/bin (or
 /// $SECURECHAT_CACHE/bin). Panics with what to run when it is missing.
 pub fn tool(name: &str) -> PathBuf {
