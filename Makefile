@@ -54,3 +54,8 @@ lint: ## rustfmt and clippy, warnings are errors
 .PHONY: test
 test: ## every test, against a real control plane (started and stopped here)
 	@scripts/test.sh
+
+.PHONY: bench
+bench: model ## criterion benches (filter MB/s, JWT verifications/s), then securechat-server vs the seed's FastAPI stack
+	$(CARGO) bench --bench filter --bench jwt
+	scripts/bench-server-vs-seed.sh

@@ -302,3 +302,46 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<notify::RecommendedWatch
     });
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use securechat_crds::v1alpha1::Tier;
+
+    use crate::keys_cli;
+
+    #[test]
+    fn only_changed_secrets_count_as_rotations() {
+        let now = Utc::now();
+        let mut old = ApiKeyTable::default();
+        let (a, _) = keys_cli::create(&mut old, "a", Tier::Developer, None, now).unwrap();
+        let (b, _) = keys_cli::create(&mut old, "b", Tier::Developer, None, now).unwrap();
+        let mut new = old.clone();
+        assert_eq!(rotations(&old, &new), 0);
+        keys_cli::rotate(&mut new, &a, chrono::Duration::hours(1), now).unwrap();
+        keys_cli::suspend(&mut new, &b).unwrap();
+        keys_cli::create(&mut new, "c", Tier::ReadOnly, None, now).unwrap();
+        assert_eq!(
+            rotations(&old, &new),
+            1,
+            "suspend and create are not rotations"
+        );
+        new.keys.retain(|k| k.id != a);
+        assert_eq!(rotations(&old, &new), 0, "a removed key is not a rotation");
+    }
+
+    #[test]
+    fn read_pair_reports_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        std::fs::write(&cert, b"c").unwrap();
+        let err = read_pair(&cert, &dir.path().join("tls.key")).unwrap_err();
+        assert!(err.contains("tls.key"), "{err}");
+        std::fs::write(dir.path().join("tls.key"), b"k").unwrap();
+        assert_eq!(
+            read_pair(&cert, &dir.path().join("tls.key")).unwrap(),
+            (b"c".to_vec(), b"k".to_vec())
+        );
+    }
+}
