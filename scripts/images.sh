@@ -23,6 +23,14 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 model="$HOME/.cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 musl=x86_64-unknown-linux-musl
+# Knobs for a quick local check of the pipeline: IMAGE_LINKAGE=glibc forces
+# the glibc fallback, IMAGE_CARGO_PROFILE=dev reuses the test build's
+# dependencies. Released images use the defaults (musl, release).
+profile=${IMAGE_CARGO_PROFILE:-release}
+case $profile in
+dev) profile_dir=debug ;;
+*) profile_dir=$profile ;;
+esac
 
 t0=$SECONDS
 step() { echo "== $* ($((SECONDS - t0))s)"; }
@@ -33,8 +41,10 @@ scripts/fetch-model.sh
 # Static binaries: the musl target when rustup has it (its self-contained
 # libc and crt objects need no musl toolchain on the host); otherwise a
 # glibc build with its shared libraries and loader copied into the layer.
-if rustup target list --installed 2>/dev/null | grep -qx "$musl" \
-	|| rustup target add "$musl" >/dev/null 2>&1; then
+if [ "${IMAGE_LINKAGE:-musl}" = musl ] && {
+	rustup target list --installed 2>/dev/null | grep -qx "$musl" \
+		|| rustup target add "$musl" >/dev/null 2>&1
+}; then
 	# ring and psm compile C for the target: musl-gcc (Debian: musl-tools)
 	# builds it against musl's headers; without it the host gcc is close
 	# enough for their freestanding C.
@@ -42,17 +52,17 @@ if rustup target list --installed 2>/dev/null | grep -qx "$musl" \
 		echo "images: no musl-gcc (apt-get install musl-tools); compiling C with the host gcc" >&2
 		export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-gcc}
 	fi
-	step "cargo build --release --target $musl"
+	step "cargo build --profile $profile --target $musl"
 	# Symbols are stripped: the image is for running, not debugging.
 	CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
-		cargo build --release --locked --target "$musl" -p securechat-server -p securechat-operator
-	bin_dir="$target_dir/$musl/release"
+		cargo build --profile "$profile" --locked --target "$musl" -p securechat-server -p securechat-operator
+	bin_dir="$target_dir/$musl/$profile_dir"
 	linkage=static-musl
 else
-	step "cargo build --release (glibc; no $musl target available)"
+	step "cargo build --profile $profile (glibc)"
 	CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
-		cargo build --release --locked -p securechat-server -p securechat-operator
-	bin_dir="$target_dir/release"
+		cargo build --profile "$profile" --locked -p securechat-server -p securechat-operator
+	bin_dir="$target_dir/$profile_dir"
 	linkage=glibc-with-libs
 fi
 
@@ -68,7 +78,8 @@ trap cleanup EXIT
 # the shared libraries it loads at their absolute paths.
 stage_binary() {
 	local dir=$1 bin=$2
-	install -D -m 0755 "$bin" "$dir/usr/local/bin/$(basename "$bin")"
+	# -s: no symbols in the image (a no-op for the stripped release build).
+	install -s -D -m 0755 "$bin" "$dir/usr/local/bin/$(basename "$bin")"
 	if [ "$linkage" = glibc-with-libs ]; then
 		ldd "$bin" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
 			install -D -m 0755 "$(readlink -f "$lib")" "$dir$lib"
@@ -84,6 +95,7 @@ layer() {
 	tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
 		--format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
 		-C "$1" -cf "$2" .
+	rm -rf "$1"
 }
 
 step "layers"
@@ -98,7 +110,10 @@ chmod 0644 "$work/base/etc/passwd" "$work/base/etc/group" "$work/base/etc/ssl/ce
 layer "$work/base" "$work/base.tar"
 
 # The model changes far less often than the binary: its own layer, below.
-install -D -m 0644 "$model" "$work/model/opt/securechat/models/$(basename "$model")"
+# A hard link where possible: the model is 100 MB, disk here is shared.
+mkdir -p "$work/model/opt/securechat/models"
+ln "$model" "$work/model/opt/securechat/models/" 2>/dev/null \
+	|| install -m 0644 "$model" "$work/model/opt/securechat/models/"
 layer "$work/model" "$work/model.tar"
 
 stage_binary "$work/server" "$bin_dir/securechat-server"
@@ -108,8 +123,8 @@ layer "$work/operator" "$work/operator.tar"
 
 step "images (crane $(crane version))"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/registry"
-crane registry serve --address "127.0.0.1:$port" --disk "$work/registry" >"$work/registry.log" 2>&1 &
+# In memory: the registry only lives for this build.
+crane registry serve --address "127.0.0.1:$port" >"$work/registry.log" 2>&1 &
 registry_pid=$!
 for _ in $(seq 50); do
 	curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break

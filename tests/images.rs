@@ -241,6 +241,15 @@ impl Drop for Running {
     }
 }
 
+fn host_tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is required by this test and is not on PATH"))
+}
+
 fn effective_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
@@ -276,12 +285,14 @@ fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() 
     // container runtime would. Otherwise: a user namespace that maps the
     // caller to 65532 and chroots (unshare --root) before the exec.
     let as_root = effective_uid() == 0;
+    // The child gets only the image's environment (its PATH names the
+    // image's directories), so the launcher is looked up on the host's PATH.
     let mut command = if as_root {
-        let mut c = Command::new("chroot");
+        let mut c = Command::new(host_tool("chroot"));
         c.arg(format!("--userspec={UID}:{UID}")).arg(&root);
         c
     } else {
-        let mut c = Command::new("unshare");
+        let mut c = Command::new(host_tool("unshare"));
         c.args([
             "--user",
             &format!("--map-user={UID}"),
