@@ -9,14 +9,16 @@
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{Result, Tensor};
+
+use super::weights::Linear;
 
 pub enum FusedProjection {
     /// One matmul whose output columns are split at these widths.
-    Stacked { matmul: QMatMul, widths: Vec<usize> },
+    Stacked { matmul: Linear, widths: Vec<usize> },
     /// Mixed block formats cannot be stacked: one matmul each.
-    Separate(Vec<QMatMul>),
+    Separate(Vec<Linear>),
 }
 
 impl FusedProjection {
@@ -33,7 +35,7 @@ impl FusedProjection {
         if !stackable {
             let separate = weights
                 .into_iter()
-                .map(QMatMul::from_qtensor)
+                .map(Linear::new)
                 .collect::<Result<_>>()?;
             return Ok(Self::Separate(separate));
         }
@@ -45,7 +47,7 @@ impl FusedProjection {
         }
         let rows = widths.iter().sum::<usize>();
         let storage = QStorage::from_data(Cow::Owned(bytes), &device, dtype)?;
-        let matmul = QMatMul::from_qtensor(QTensor::new(storage, (rows, k))?)?;
+        let matmul = Linear::new(QTensor::new(storage, (rows, k))?)?;
         Ok(Self::Stacked { matmul, widths })
     }
 

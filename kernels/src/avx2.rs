@@ -1,0 +1,164 @@
+//! AVX2 + FMA + F16C kernels (x86-64), chosen at run time when the CPU has
+//! all three. The only module of the workspace with `unsafe`: loads through
+//! raw pointers and calls into `#[target_feature]` functions. Each unsafe
+//! block is one such operation, justified where it stands.
+#![allow(unsafe_code)]
+
+use crate::Kernels;
+
+#[cfg(target_arch = "x86_64")]
+pub fn kernels() -> Option<Kernels> {
+    let has = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
+    has.then_some(Kernels {
+        name: "avx2",
+        dot_q4_1: x86::dot_q4_1,
+        dot_q8_0: x86::dot_q8_0,
+        quantize: x86::quantize_q8_1,
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn kernels() -> Option<Kernels> {
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::{BlockQ8_1, QK, WeightType};
+
+    // The public entry points are only installed by `kernels()` after the
+    // features were detected, which is what makes the calls below sound.
+
+    pub fn dot_q4_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        assert!(w.len() >= a.len() * WeightType::Q4_1.block_bytes());
+        // SAFETY: avx2, fma and f16c were detected before this function
+        // was installed (see `kernels`).
+        unsafe { dot_q4_1_avx2(w, a) }
+    }
+
+    pub fn dot_q8_0(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        assert!(w.len() >= a.len() * WeightType::Q8_0.block_bytes());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q8_0_avx2(w, a) }
+    }
+
+    pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { quantize_q8_1_avx2(x, out) }
+    }
+
+    /// Two little-endian f16 values at `b[0..4]` as f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_pair(b: &[u8]) -> (f32, f32) {
+        let bits = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// 32 signed bytes of an activation block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_qs(b: &BlockQ8_1) -> __m256i {
+        // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        let low = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (wb, ab) in w.chunks_exact(WeightType::Q4_1.block_bytes()).zip(a) {
+            let (d, m) = f16_pair(wb);
+            let nibbles = &wb[4..20];
+            // SAFETY: `nibbles` is 16 readable bytes; the load is unaligned.
+            let q = unsafe { _mm_loadu_si128(nibbles.as_ptr().cast()) };
+            // Element j is the low nibble of byte j, element j+16 the high one.
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+            let wq = _mm256_set_m128i(hi, lo);
+            // Unsigned 4-bit × signed 8-bit pairs fit i16 (≤ 2·15·128).
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, load_qs(ab)), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc);
+            mins += m * ab.s;
+        }
+        hsum(acc) + mins
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (wb, ab) in w.chunks_exact(WeightType::Q8_0.block_bytes()).zip(a) {
+            let d = f16_pair(&[wb[0], wb[1], 0, 0]).0;
+            let qs = &wb[2..34];
+            // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
+            let wq = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
+            let aq = load_qs(ab);
+            // maddubs wants its first operand unsigned: move the weights'
+            // signs onto the activations (|w|·(a·sign w) = w·a). Weights are
+            // in -127..=127, so |w| fits and the pairs fit i16.
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+            let p = _mm256_madd_epi16(p, ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn quantize_q8_1_avx2(x: &[f32], out: &mut [BlockQ8_1]) {
+        let sign_off = _mm256_set1_ps(-0.0);
+        for (xs, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
+            // SAFETY: `xs` is 32 readable f32 (four loads of 8); unaligned.
+            let v: [__m256; 4] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xs[8 * i..].as_ptr()) });
+            let abs = |v: __m256| _mm256_andnot_ps(sign_off, v);
+            let m = _mm256_max_ps(
+                _mm256_max_ps(abs(v[0]), abs(v[1])),
+                _mm256_max_ps(abs(v[2]), abs(v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            // Round half away from zero, as the scalar kernel does.
+            let round = |v: __m256| {
+                let scaled = _mm256_mul_ps(v, inv);
+                let half = _mm256_or_ps(_mm256_and_ps(scaled, sign_off), _mm256_set1_ps(0.5));
+                _mm256_cvttps_epi32(_mm256_add_ps(scaled, half))
+            };
+            let i: [__m256i; 4] = std::array::from_fn(|k| round(v[k]));
+            let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let s = _mm_hadd_epi32(s, s);
+            let s = _mm_hadd_epi32(s, s);
+            // Narrow 32 × i32 to i8 (values are in -127..=127, so saturation
+            // never changes them); packs interleave the 128-bit lanes, which
+            // the final permute undoes.
+            let p16a = _mm256_packs_epi32(i[0], i[1]);
+            let p16b = _mm256_packs_epi32(i[2], i[3]);
+            let p8 = _mm256_packs_epi16(p16a, p16b);
+            let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: `qs` is 32 writable bytes; the store is unaligned.
+            unsafe { _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), p8) };
+            block.d = d;
+            block.s = d * _mm_cvtsi128_si32(s) as f32;
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Quantized matrix × activations products for CPU inference.
+//!
+//! Weights stay in their GGUF block formats (Q4_1, Q8_0), byte for byte, so
+//! the resident size follows the file. Activations are quantized per call to
+//! 8-bit blocks carrying their scale and sum ([`BlockQ8_1`]), which turns
+//! each 32-value block product into one integer dot product plus two
+//! multiply-adds:
+//!
+//! - Q4_1 (`w = d·q + m`, `q` in 0..16): `Σ w·a = d·d_a·Σ q·q_a + m·s_a`
+//! - Q8_0 (`w = d·q`, `q` in -127..=127): `Σ w·a = d·d_a·Σ q·q_a`
+//!
+//! where `s_a = d_a·Σ q_a`. The inner products run on AVX2 when the CPU has
+//! it (chosen once, at run time) and on portable scalar code otherwise; both
+//! compute the same integer sums, so they differ only by float rounding.
+
+mod avx2;
+mod scalar;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Values per quantization block, in every format here.
+pub const QK: usize = 32;
+
+/// One block of quantized activations: `x ≈ d·qs`, `s = d·Σ qs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK],
+}
+
+impl Default for BlockQ8_1 {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; QK],
+        }
+    }
+}
+
+/// A GGUF block format these kernels multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    /// 32 × 4-bit values with an f16 scale and an f16 minimum: 20 bytes.
+    Q4_1,
+    /// 32 × 8-bit values with an f16 scale: 34 bytes.
+    Q8_0,
+}
+
+impl WeightType {
+    /// Bytes per block of [`QK`] values.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// Quantizes `x` (a multiple of [`QK`] long) into `out`, one block per 32
+/// values: the scale maps the block's largest magnitude to 127.
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    (kernels().quantize)(x, out)
+}
+
+/// `Σ w·a` for one weight row (raw blocks of `ty`) and one activation row.
+pub fn dot(ty: WeightType, w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    let k = kernels();
+    match ty {
+        WeightType::Q4_1 => (k.dot_q4_1)(w, a),
+        WeightType::Q8_0 => (k.dot_q8_0)(w, a),
+    }
+}
+
+/// Which implementation [`dot`] and [`quantize_q8_1`] use on this CPU.
+pub fn implementation() -> &'static str {
+    kernels().name
+}
+
+struct Kernels {
+    name: &'static str,
+    dot_q4_1: fn(&[u8], &[BlockQ8_1]) -> f32,
+    dot_q8_0: fn(&[u8], &[BlockQ8_1]) -> f32,
+    quantize: fn(&[f32], &mut [BlockQ8_1]),
+}
+
+fn kernels() -> &'static Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        avx2::kernels().unwrap_or(Kernels {
+            name: "scalar",
+            dot_q4_1: scalar::dot_q4_1,
+            dot_q8_0: scalar::dot_q8_0,
+            quantize: scalar::quantize_q8_1,
+        })
+    })
+}
+
+/// Why a [`QMatrix`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// A `[rows, cols]` weight matrix in a GGUF block format, rows contiguous.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Output rows handed to one task: enough work to amortise the hand-off,
+/// small enough that both cores finish together.
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Tile sizes for several tokens at once: a tile of weight rows and a tile
+/// of activation rows together stay in L1 while every pair is multiplied.
+const ROW_TILE: usize = 16;
+const TOKEN_TILE: usize = 8;
+
+impl QMatrix {
+    pub fn new(
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, ShapeError> {
+        if !cols.is_multiple_of(QK) {
+            return Err(ShapeError(format!(
+                "{cols} columns are not a multiple of the block size {QK}"
+            )));
+        }
+        let expected = rows * cols / QK * ty.block_bytes();
+        if data.len() != expected {
+            return Err(ShapeError(format!(
+                "{ty:?} [{rows}, {cols}] needs {expected} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The raw blocks, rows contiguous.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let bytes = self.cols / QK * self.ty.block_bytes();
+        &self.data[r * bytes..(r + 1) * bytes]
+    }
+
+    /// Row `r` as f32 values (embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        scalar::dequantize_row(self.ty, self.row(r), out)
+    }
+
+    /// `out[t, r] = Σ_c x[t, c]·w[r, c]` for `n = x.len() / cols` tokens;
+    /// `out` is `[n, rows]`. Work is split by rows over rayon's pool.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> Result<(), ShapeError> {
+        if !x.len().is_multiple_of(self.cols) || out.len() != x.len() / self.cols * self.rows {
+            return Err(ShapeError(format!(
+                "matmul of [{}, {}] with {} inputs into {} outputs",
+                self.rows,
+                self.cols,
+                x.len(),
+                out.len()
+            )));
+        }
+        let n = x.len() / self.cols;
+        let kb = self.cols / QK;
+        let mut qa = vec![BlockQ8_1::default(); n * kb];
+        if n > 1 {
+            qa.par_chunks_mut(kb)
+                .zip(x.par_chunks(self.cols))
+                .for_each(|(q, x)| quantize_q8_1(x, q));
+        } else {
+            quantize_q8_1(x, &mut qa);
+        }
+        let per_task = self
+            .rows
+            .div_ceil(rayon::current_num_threads() * 4)
+            .max(MIN_ROWS_PER_TASK);
+        let dot = match self.ty {
+            WeightType::Q4_1 => kernels().dot_q4_1,
+            WeightType::Q8_0 => kernels().dot_q8_0,
+        };
+        if n == 1 {
+            out.par_chunks_mut(per_task)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let first = task * per_task;
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = dot(self.row(first + i), &qa);
+                    }
+                });
+            return Ok(());
+        }
+        // Several tokens: each task fills a block of rows for every token
+        // (row-major [rows, n]), tile by tile, then the result is transposed.
+        let mut by_row = vec![0f32; self.rows * n];
+        by_row
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * per_task;
+                let rows = out.len() / n;
+                for r0 in (0..rows).step_by(ROW_TILE) {
+                    for t0 in (0..n).step_by(TOKEN_TILE) {
+                        for r in r0..(r0 + ROW_TILE).min(rows) {
+                            let w = self.row(first + r);
+                            for t in t0..(t0 + TOKEN_TILE).min(n) {
+                                out[r * n + t] = dot(w, &qa[t * kb..(t + 1) * kb]);
+                            }
+                        }
+                    }
+                }
+            });
+        for (t, out) in out.chunks_exact_mut(self.rows).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = by_row[r * n + t];
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! SIMD against scalar on random data, and the matmul against plain f32
+//! arithmetic on the dequantized values.
+
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn random_blocks(rng: &mut StdRng, ty: WeightType, blocks: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks * ty.block_bytes());
+    for _ in 0..blocks {
+        let d = f16::from_f32(rng.random_range(0.001..0.05f32));
+        out.extend_from_slice(&d.to_le_bytes());
+        match ty {
+            WeightType::Q4_1 => {
+                let m = f16::from_f32(rng.random_range(-0.4..0.0f32));
+                out.extend_from_slice(&m.to_le_bytes());
+                out.extend((0..16).map(|_| rng.random::<u8>()));
+            }
+            WeightType::Q8_0 => out.extend((0..32).map(|_| rng.random_range(-127i8..=127) as u8)),
+        }
+    }
+    out
+}
+
+fn random_f32(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-3.0..3.0f32)).collect()
+}
+
+fn close(a: f32, b: f32, scale: f32) -> bool {
+    (a - b).abs() <= 1e-4 * scale.max(1.0)
+}
+
+/// The SIMD kernels, or None when this CPU cannot run them (checked to be
+/// the CPU's doing, not a detection bug).
+fn simd() -> Option<Kernels> {
+    let k = avx2::kernels();
+    #[cfg(target_arch = "x86_64")]
+    if k.is_none() {
+        assert!(
+            !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")),
+            "the CPU has AVX2/FMA/F16C but the SIMD kernels were not selected"
+        );
+    }
+    k
+}
+
+#[test]
+fn the_fastest_kernels_are_selected() {
+    let expected = if simd().is_some() { "avx2" } else { "scalar" };
+    assert_eq!(implementation(), expected);
+}
+
+#[test]
+fn simd_quantization_matches_scalar() {
+    let Some(k) = simd() else { return };
+    let mut rng = StdRng::seed_from_u64(1);
+    for blocks in [1, 7, 48] {
+        let mut x = random_f32(&mut rng, blocks * QK);
+        x[3] = 0.0;
+        if blocks > 1 {
+            // An all-zero block must give d = 0, not NaN.
+            x[QK..2 * QK].fill(0.0);
+        }
+        let mut a = vec![BlockQ8_1::default(); blocks];
+        let mut b = vec![BlockQ8_1::default(); blocks];
+        scalar::quantize_q8_1(&x, &mut a);
+        (k.quantize)(&x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.d, b.d);
+            assert!(a.d.is_finite());
+            // Ties may round apart after the SIMD add; never by more than 1.
+            let diff =
+                a.qs.iter()
+                    .zip(&b.qs)
+                    .map(|(x, y)| (x - y).abs())
+                    .max()
+                    .unwrap();
+            assert!(diff <= 1, "{a:?} vs {b:?}");
+            assert!(close(a.s, b.s, a.d * 32.0));
+        }
+    }
+}
+
+#[test]
+fn quantization_round_trips_within_half_a_step() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let x = random_f32(&mut rng, 4 * QK);
+    let mut q = vec![BlockQ8_1::default(); 4];
+    quantize_q8_1(&x, &mut q);
+    for (xs, b) in x.chunks(QK).zip(&q) {
+        let mut sum = 0i32;
+        for (v, &qv) in xs.iter().zip(&b.qs) {
+            assert!((v - b.d * f32::from(qv)).abs() <= b.d * 0.5 + 1e-6);
+            sum += i32::from(qv);
+        }
+        assert!(close(b.s, b.d * sum as f32, 1.0));
+        assert!(b.qs.iter().any(|&v| v.abs() == 127));
+    }
+}
+
+#[test]
+fn simd_dot_products_match_scalar() {
+    let Some(k) = simd() else { return };
+    let mut rng = StdRng::seed_from_u64(3);
+    for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+        for blocks in [1, 2, 18, 48] {
+            for _ in 0..50 {
+                let w = random_blocks(&mut rng, ty, blocks);
+                let mut a = vec![BlockQ8_1::default(); blocks];
+                scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
+                let (want, got) = match ty {
+                    WeightType::Q4_1 => (scalar::dot_q4_1(&w, &a), (k.dot_q4_1)(&w, &a)),
+                    WeightType::Q8_0 => (scalar::dot_q8_0(&w, &a), (k.dot_q8_0)(&w, &a)),
+                };
+                assert!(
+                    close(want, got, want.abs()),
+                    "{ty:?} {blocks}: {want} vs {got}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_f32_arithmetic_for_one_and_many_tokens() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+        let (rows, cols) = (75, 96);
+        let w = QMatrix::new(
+            ty,
+            rows,
+            cols,
+            random_blocks(&mut rng, ty, rows * cols / QK),
+        )
+        .unwrap();
+        let mut dense = vec![0f32; rows * cols];
+        for (r, out) in dense.chunks_mut(cols).enumerate() {
+            w.dequantize_row(r, out);
+        }
+        for n in [1, 3, 21] {
+            let x = random_f32(&mut rng, n * cols);
+            let mut out = vec![f32::NAN; n * rows];
+            w.matmul(&x, &mut out).unwrap();
+            for t in 0..n {
+                let mut q = vec![BlockQ8_1::default(); cols / QK];
+                scalar::quantize_q8_1(&x[t * cols..(t + 1) * cols], &mut q);
+                let xq: Vec<f32> = q
+                    .iter()
+                    .flat_map(|b| b.qs.iter().map(move |&v| b.d * f32::from(v)))
+                    .collect();
+                for r in 0..rows {
+                    let row = &dense[r * cols..(r + 1) * cols];
+                    // Exact up to rounding against the quantized activations...
+                    let want: f32 = row.iter().zip(&xq).map(|(a, b)| a * b).sum();
+                    let got = out[t * rows + r];
+                    assert!(
+                        close(want, got, 10.0),
+                        "{ty:?} n={n} t={t} r={r}: {want} vs {got}"
+                    );
+                    // ...and within the 8-bit activation error of the exact product.
+                    let exact: f32 = row.iter().zip(&x[t * cols..]).map(|(a, b)| a * b).sum();
+                    let bound: f32 = row.iter().map(|a| a.abs()).sum::<f32>() * 3.0 / 254.0;
+                    assert!(
+                        (exact - got).abs() <= bound,
+                        "{exact} vs {got} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_are_checked() {
+    assert!(QMatrix::new(WeightType::Q4_1, 2, 48, vec![0; 40]).is_err());
+    assert!(QMatrix::new(WeightType::Q4_1, 2, 64, vec![0; 79]).is_err());
+    let w = QMatrix::new(WeightType::Q4_1, 2, 64, vec![0; 80]).unwrap();
+    assert!(w.matmul(&[0.0; 63], &mut [0.0; 2]).is_err());
+    assert!(w.matmul(&[0.0; 64], &mut [0.0; 3]).is_err());
+    assert!(w.matmul(&[0.0; 128], &mut [0.0; 4]).is_ok());
+}
