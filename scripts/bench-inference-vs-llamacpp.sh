@@ -6,15 +6,15 @@
 # ratios and rewrites the "Inference vs llama.cpp" section of
 # benches/RESULTS.md.
 #
-#   scripts/bench-inference-vs-llamacpp.sh            # 2 threads, weights as stored
-#   THREADS=1 VARIANT=q8_0 scripts/bench-inference-vs-llamacpp.sh
+#   scripts/bench-inference-vs-llamacpp.sh            # 2 threads, Q8_0 weights
+#   THREADS=1 VARIANT=as-stored scripts/bench-inference-vs-llamacpp.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 threads="${THREADS:-2}"
-variant="${VARIANT:-as-stored}"
+variant="${VARIANT:-q8_0}"
 py=$(scripts/llama-cpp-venv.sh)
 scripts/fetch-model.sh >/dev/null
 model="$HOME/.cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -114,7 +114,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .name_any();
     let request = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec![],
+            audiences: None,
             expiration_seconds: Some(3600),
             ..Default::default()
         },
@@ -125,8 +125,8 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .await
         .expect("TokenRequest")
         .status
-        .expect("token")
-        .token;
+        .and_then(|s| s.token)
+        .expect("token");
     let client = client_with_token(&token).await;
     let whoami = kubectl(&["auth", "whoami", "--token", &token, "-o", "jsonpath={.status.userInfo.username}"]);
     assert_eq!(

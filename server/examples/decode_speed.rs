@@ -1,6 +1,6 @@
 //! Prefill and decode speed of the default model, printed as tokens/s.
 //!
-//!     cargo run --release -p securechat-server --example decode_speed [-- as-stored|q8_0|stock] [--json]
+//!     cargo run --release -p securechat-server --example decode_speed [-- q8_0|as-stored|stock] [--json]
 //!
 //! `--json` prints one JSON object instead (timings of every run, the prompt
 //! ids, RSS) for scripts/bench-inference-vs-llamacpp.sh, which feeds the same
@@ -66,8 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json = args.iter().any(|a| a == "--json");
     let arg = args.iter().find(|a| !a.starts_with("--"));
     let (format, stock) = match arg.map(String::as_str) {
-        None | Some("as-stored") => (WeightFormat::AsStored, false),
-        Some("q8_0") => (WeightFormat::Q8_0, false),
+        None | Some("q8_0") => (WeightFormat::Q8_0, false),
+        Some("as-stored") => (WeightFormat::AsStored, false),
         Some("stock") => (WeightFormat::AsStored, true),
         Some(other) => {
             return Err(format!("unknown variant {other:?} (q8_0 | as-stored | stock)").into());

@@ -207,7 +207,7 @@ fn token_ids_match_llama_cpp_on_200_strings() {
 
 #[test]
 fn greedy_output_and_logits_match_llama_cpp() {
-    let mut ours = load_model(&model_path(), None, WeightFormat::AsStored).unwrap();
+    let mut ours = load_model(&model_path(), None, WeightFormat::Q8_0).unwrap();
     let prompts: Vec<Vec<u32>> = PROMPTS
         .iter()
         .map(|p| ours.encoder.encode(&user(p)).unwrap())

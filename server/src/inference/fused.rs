@@ -9,16 +9,14 @@
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{QStorage, QTensor};
-use candle_core::{Result, Tensor};
-
-use super::weights::Linear;
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::{Module, Result, Tensor};
 
 pub enum FusedProjection {
     /// One matmul whose output columns are split at these widths.
-    Stacked { matmul: Linear, widths: Vec<usize> },
+    Stacked { matmul: QMatMul, widths: Vec<usize> },
     /// Mixed block formats cannot be stacked: one matmul each.
-    Separate(Vec<Linear>),
+    Separate(Vec<QMatMul>),
 }
 
 impl FusedProjection {
@@ -35,7 +33,7 @@ impl FusedProjection {
         if !stackable {
             let separate = weights
                 .into_iter()
-                .map(Linear::new)
+                .map(QMatMul::from_qtensor)
                 .collect::<Result<_>>()?;
             return Ok(Self::Separate(separate));
         }
@@ -47,7 +45,7 @@ impl FusedProjection {
         }
         let rows = widths.iter().sum::<usize>();
         let storage = QStorage::from_data(Cow::Owned(bytes), &device, dtype)?;
-        let matmul = Linear::new(QTensor::new(storage, (rows, k))?)?;
+        let matmul = QMatMul::from_qtensor(QTensor::new(storage, (rows, k))?)?;
         Ok(Self::Stacked { matmul, widths })
     }
 

@@ -6,7 +6,6 @@
 //! crosses this module's boundary.
 
 mod chat_template;
-mod cpu_llama;
 mod error;
 mod fused;
 mod generate;
@@ -19,7 +18,6 @@ mod prompt;
 mod sampler;
 mod text_stream;
 mod tokenizer;
-mod weights;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -57,7 +55,7 @@ impl Default for EngineOptions {
         Self {
             model_id: None,
             queue_capacity: 8,
-            weight_format: WeightFormat::AsStored,
+            weight_format: WeightFormat::Q8_0,
         }
     }
 }
@@ -168,25 +166,14 @@ fn load_gguf(
             .unwrap_or_else(|| "model".into())
     };
     let encoder = PromptEncoder::new(tokenizer, template.as_deref())?;
-    // Our own CPU forward pass where the kernels cover every matrix; candle
-    // for the rest (GPU, f32 reference runs, other block formats).
-    let (model, context_length): (Box<dyn CausalLm>, usize) =
-        if device.is_cpu() && cpu_llama::CpuLlama::supports(&file, format) {
-            let m = cpu_llama::CpuLlama::load(&mut file, format)?;
-            let ctx = m.config().context_length;
-            (Box::new(m), ctx)
-        } else {
-            let m = llama::Llama::load(&mut file, format, device)?;
-            let ctx = m.config().context_length;
-            (Box::new(m), ctx)
-        };
+    let model = llama::Llama::load(&mut file, format, device)?;
     let info = ModelInfo {
         id: model_id.unwrap_or(default_id),
         family: "llama".into(),
-        context_length,
+        context_length: model.config().context_length,
     };
     Ok(LoadedModel {
-        model,
+        model: Box::new(model),
         encoder,
         info,
     })
