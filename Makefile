@@ -59,3 +59,10 @@ test: ## every test, against a real control plane (started and stopped here)
 bench: model ## criterion benches (filter MB/s, JWT verifications/s), then securechat-server vs the seed's FastAPI stack
 	$(CARGO) bench --bench filter --bench jwt
 	scripts/bench-server-vs-seed.sh
+
+.PHONY: check-all
+check-all: images ## make test, plus the slow checks: the image tests and llama.cpp parity (builds llama-cpp-python once)
+	scripts/llama-cpp-venv.sh >/dev/null
+	@scripts/test.sh
+	$(CARGO) test --test images -- --ignored
+	$(CARGO) test -p securechat-server --test inference_llamacpp -- --ignored

@@ -17,14 +17,6 @@ tests/cluster/build-tools.sh
 step "model"
 scripts/fetch-model.sh
 
-# The inference parity tests compare token ids and logits with llama.cpp
-# (llama-cpp-python, built from source once and cached).
-step "llama.cpp reference venv"
-scripts/llama-cpp-venv.sh >/dev/null
-
-step "images (tests/images.rs checks them)"
-scripts/images.sh
-
 step "format"
 cargo fmt --all -- --check
 

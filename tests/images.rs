@@ -102,6 +102,7 @@ fn unpack(image: &Image, dir: &Path) {
 }
 
 #[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
 fn image_configs_run_as_nonroot_with_the_right_entrypoint() {
     let version = env!("CARGO_PKG_VERSION");
     for (name, entrypoint, cmd0) in [
@@ -161,6 +162,7 @@ fn image_configs_run_as_nonroot_with_the_right_entrypoint() {
 }
 
 #[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
 fn image_files_are_root_owned_and_the_model_is_baked_in() {
     let image = image("securechat-server");
     let root = tempfile_dir("files");
@@ -261,6 +263,7 @@ fn effective_uid() -> u32 {
 }
 
 #[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
 fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() {
     let image = image("securechat-server");
     let root = tempfile_dir("root");

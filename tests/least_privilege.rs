@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestNamespace, await_condition, client, kubeconfig_path, kubectl, wait_for};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -113,11 +113,11 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .expect("the chart's ServiceAccount")
         .name_any();
     let request = TokenRequest {
-        spec: TokenRequestSpec {
+        spec: Some(TokenRequestSpec {
             audiences: None,
             expiration_seconds: Some(3600),
             ..Default::default()
-        },
+        }),
         ..Default::default()
     };
     let token = accounts
@@ -128,10 +128,18 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .and_then(|s| s.token)
         .expect("token");
     let client = client_with_token(&token).await;
-    let whoami = kubectl(&["auth", "whoami", "--token", &token, "-o", "jsonpath={.status.userInfo.username}"]);
+    // The API server sees the ServiceAccount, not the admin.
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("SelfSubjectReview");
+    let username = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username);
     assert_eq!(
-        whoami.1,
-        format!("system:serviceaccount:{}:{account}", system.name)
+        username,
+        Some(format!("system:serviceaccount:{}:{account}", system.name))
     );
 
     // Leader election in the release namespace, then both controllers.
@@ -151,7 +159,11 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .expect("lease acquired in time")
         .expect("lease");
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(State::new(client.clone(), "securechat/server:test".into(), metrics.clone()));
+    let state = Arc::new(State::new(
+        client.clone(),
+        "securechat/server:test".into(),
+        metrics.clone(),
+    ));
     let watched = vec![models_ns.name.clone(), apps.name.clone()];
     let (s1, s2, w1, w2) = (state.clone(), state, watched.clone(), watched);
     let models_task = tokio::spawn(async move { controller::run(s1, &w1).await });
@@ -186,7 +198,8 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         Duration::from_secs(120),
         |m: Option<&SecureChatModel>| {
             m.and_then(|m| m.status.as_ref()).is_some_and(|s| {
-                securechat_crds::conditions::condition_status(&s.conditions, "Ready") == Some("True")
+                securechat_crds::conditions::condition_status(&s.conditions, "Ready")
+                    == Some("True")
             })
         },
     )
@@ -209,7 +222,15 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     })
     .await;
     assert_eq!(
-        common::kubectl_ok(&["-n", &system.name, "get", "lease", &account, "-o", "jsonpath={.spec.holderIdentity}"]),
+        common::kubectl_ok(&[
+            "-n",
+            &system.name,
+            "get",
+            "lease",
+            &account,
+            "-o",
+            "jsonpath={.spec.holderIdentity}"
+        ]),
         "least-privilege-test"
     );
     assert!(
@@ -225,17 +246,32 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         full.extend(args);
         kubectl(&full).1.trim() == "yes"
     };
-    assert!(can(&["get", "secrets", "-n", &models_ns.name]), "it needs its models' Secrets");
+    assert!(
+        can(&["get", "secrets", "-n", &models_ns.name]),
+        "it needs its models' Secrets"
+    );
     for denied in [
         vec!["get", "secrets", "-n", "kube-system"],
         vec!["list", "secrets", "--all-namespaces"],
         vec!["create", "clusterroles"],
         vec!["create", "clusterrolebindings"],
-        vec!["create", "pods/exec", "-n", &models_ns.name],
+        vec![
+            "create",
+            "pods",
+            "--subresource=exec",
+            "-n",
+            &models_ns.name,
+        ],
         vec!["create", "pods", "-n", &models_ns.name],
         vec!["delete", "nodes"],
         vec!["update", "customresourcedefinitions"],
-        vec!["create", "serviceaccounts/token", "-n", &models_ns.name],
+        vec![
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            &models_ns.name,
+        ],
         vec!["impersonate", "users"],
         vec!["escalate", "roles", "-n", &models_ns.name],
         vec!["*", "*"],

@@ -214,7 +214,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let noop = audit_writes(offset, USER_AGENT).len();
-    println!("no-op pass over {n} models: {noop} writes; RSS {:?} KiB", operator.rss_kib());
+    println!(
+        "no-op pass over {n} models: {noop} writes; RSS {:?} KiB",
+        operator.rss_kib()
+    );
 
     create_all(&api, (n..m).map(|i| format!("m{i:04}")).collect(), 0).await;
     loop {

@@ -53,7 +53,12 @@ struct RunArgs {
     #[arg(long, env = "SECURECHAT_SERVER_IMAGE", default_value = concat!("securechat/server:", env!("CARGO_PKG_VERSION")))]
     server_image: String,
     /// Where /metrics, /healthz and /readyz are served (plain HTTP).
-    #[arg(long, alias = "metrics-address", env = "SECURECHAT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        alias = "metrics-address",
+        env = "SECURECHAT_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     metrics_addr: SocketAddr,
     /// Elect a leader through a Lease so only one replica reconciles.
     #[arg(long, env = "SECURECHAT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set,
@@ -67,7 +72,11 @@ struct RunArgs {
     )]
     lease_name: String,
     /// Namespace of the Lease (default: the pod's namespace, else "default").
-    #[arg(long, alias = "leader-election-namespace", env = "SECURECHAT_LEASE_NAMESPACE")]
+    #[arg(
+        long,
+        alias = "leader-election-namespace",
+        env = "SECURECHAT_LEASE_NAMESPACE"
+    )]
     lease_namespace: Option<String>,
     /// How long a lease lasts without renewal (seconds): the longest a
     /// crashed leader blocks a standby.

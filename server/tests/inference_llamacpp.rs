@@ -176,6 +176,7 @@ fn top(v: &[f32], n: usize) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs the llama.cpp venv (scripts/llama-cpp-venv.sh); run with `make check-all`"]
 fn token_ids_match_llama_cpp_on_200_strings() {
     let ours = load_model(&model_path(), None, WeightFormat::AsStored).unwrap();
     let texts = texts();
@@ -206,6 +207,7 @@ fn token_ids_match_llama_cpp_on_200_strings() {
 }
 
 #[test]
+#[ignore = "needs the llama.cpp venv (scripts/llama-cpp-venv.sh); run with `make check-all`"]
 fn greedy_output_and_logits_match_llama_cpp() {
     let mut ours = load_model(&model_path(), None, WeightFormat::Q8_0).unwrap();
     let prompts: Vec<Vec<u32>> = PROMPTS

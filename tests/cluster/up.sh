@@ -147,7 +147,7 @@ launch kube-apiserver kube-apiserver \
 	--tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
 	--client-ca-file "$pki/ca.crt" \
 	--authorization-mode Node,RBAC \
-	--service-cluster-ip-range 10.0.0.0/24 \
+	--service-cluster-ip-range 10.96.0.0/16 \
 	--service-account-issuer "https://127.0.0.1:$api_port" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--allow-privileged=true \
