@@ -23,7 +23,6 @@ use securechat_operator::controller::{self, State};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::Metrics;
-use serde::Deserialize;
 
 fn helm(args: &[&str]) -> String {
     let out = Command::new(common::tool("helm"))
@@ -52,20 +51,6 @@ async fn client_with_token(token: &str) -> Client {
         ..Default::default()
     };
     Client::try_from(config).expect("token client")
-}
-
-fn example(path: &str, namespace: &str, model_namespace: &str) -> serde_yaml::Value {
-    let text = std::fs::read_to_string(common::repo_root().join(path)).expect("example");
-    let doc = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml document"))
-        .find(|d| d["kind"] != "Namespace")
-        .expect("a resource");
-    let mut doc = doc;
-    doc["metadata"]["namespace"] = namespace.into();
-    if doc["spec"]["modelRef"]["namespace"].is_string() {
-        doc["spec"]["modelRef"]["namespace"] = model_namespace.into();
-    }
-    doc
 }
 
 #[tokio::test]
@@ -171,7 +156,11 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
 
     // The seed example (allowing the apps namespace) and its ChatApiKey,
     // applied by the admin as a platform team would.
-    let mut model = example("examples/chatglm3-secure.yaml", &models_ns.name, "");
+    let mut model = common::example_doc(
+        "examples/chatglm3-secure.yaml",
+        "SecureChatModel",
+        &models_ns.name,
+    );
     model["spec"]["auth"]["apiKeys"]["allowedNamespaces"] =
         serde_yaml::Value::Sequence(vec![apps.name.clone().into()]);
     let model: SecureChatModel = serde_yaml::from_value(model).expect("model");
@@ -180,12 +169,9 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .create(&PostParams::default(), &model)
         .await
         .expect("create model");
-    let key: ChatApiKey = serde_yaml::from_value(example(
-        "examples/chat-apps-key.yaml",
-        &apps.name,
-        &models_ns.name,
-    ))
-    .expect("key");
+    let mut key = common::example_doc("examples/chat-apps-key.yaml", "ChatApiKey", &apps.name);
+    key["spec"]["modelRef"]["namespace"] = models_ns.name.clone().into();
+    let key: ChatApiKey = serde_yaml::from_value(key).expect("key");
     let keys: Api<ChatApiKey> = Api::namespaced(admin.clone(), &apps.name);
     keys.create(&PostParams::default(), &key)
         .await

@@ -142,16 +142,12 @@ fn metric(text: &str, series: &str) -> u64 {
 }
 
 fn example_model(namespace: &str) -> SecureChatModel {
-    let text = std::fs::read_to_string(common::repo_root().join("examples/chatglm3-secure.yaml"))
-        .expect("examples/chatglm3-secure.yaml");
-    // The file also creates its namespace; take the SecureChatModel.
-    let doc = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
-        .find(|d| d["kind"] == "SecureChatModel")
-        .expect("a SecureChatModel in the example");
-    let mut model: SecureChatModel = serde_yaml::from_value(doc).expect("example parses");
-    model.metadata.namespace = Some(namespace.into());
-    model
+    let doc = common::example_doc(
+        "examples/chatglm3-secure.yaml",
+        "SecureChatModel",
+        namespace,
+    );
+    serde_yaml::from_value(doc).expect("example parses")
 }
 
 async fn pods_of(client: &Client, namespace: &str, model: &str) -> Vec<Pod> {

@@ -129,6 +129,19 @@ pub fn audit_writes(offset: u64, user_agent: &str) -> Vec<AuditedWrite> {
         .collect()
 }
 
+/// The document of `kind` in a multi-document YAML file of the repository
+/// (the examples also create their namespaces), placed in `namespace`.
+pub fn example_doc(path: &str, kind: &str, namespace: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(repo_root().join(path))
+        .unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let mut doc = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {path}"));
+    doc["metadata"]["namespace"] = namespace.into();
+    doc
+}
+
 /// Runs kubectl against the test cluster; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(kubectl_bin())
