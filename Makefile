@@ -5,6 +5,9 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cache/securechat/bin:$(HOME)/.cargo/bin:$(PATH)
 KUBECONFIG ?= $(CURDIR)/.securechat/kubeconfig
 export KUBECONFIG
+# One build cache for every checkout on this machine (see scripts/test.sh).
+CARGO_TARGET_DIR ?= $(HOME)/.cache/securechat/target
+export CARGO_TARGET_DIR
 CARGO ?= cargo
 
 .PHONY: help
@@ -40,11 +43,12 @@ images: ## build the server and operator OCI images without a container engine (
 	@scripts/images.sh
 
 .PHONY: demo
-demo: ## the quick start: tools, cluster, CRDs, an example SecureChatModel, kubectl get scm
+demo: ## the quick start: cluster, helm install, operator, examples/, a live server and a first answer
 	@scripts/demo.sh
 
 .PHONY: demo-down
-demo-down: cluster-down ## stop everything make demo started
+demo-down: ## stop everything make demo started (processes and the local control plane)
+	@scripts/demo-down.sh
 
 .PHONY: lint
 lint: ## rustfmt and clippy, warnings are errors

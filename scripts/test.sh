@@ -7,6 +7,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
 export KUBECONFIG="$root/.securechat/kubeconfig"
+# Build cache shared by every checkout on this machine (CI clones afresh
+# each run; rebuilding every dependency on 2 cores takes most of its time).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/securechat/target}"
+scripts/prune-build-cache.sh
 
 t0=$SECONDS
 step() { echo; echo "== $* ($((SECONDS - t0))s)"; }

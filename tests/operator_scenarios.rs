@@ -869,3 +869,230 @@ async fn signing_keys_rotate_through_next_active_previous_on_request() {
         "rotate-now acted once"
     );
 }
+
+/// Whether a server certificate (PEM) chains to one of the CAs in `bundle`
+/// (PEM), checked the way a rustls client checks it.
+fn trusted_by(bundle: &str, leaf: &str, host: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(ca.expect("bundle PEM")).expect("CA accepted");
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .expect("verifier");
+    let leaf = CertificateDer::from_pem_slice(leaf.as_bytes()).expect("leaf PEM");
+    let host = ServerName::try_from(host.to_string()).expect("host");
+    verifier
+        .verify_server_cert(&leaf, &[], &host, &[], UnixTime::now())
+        .is_ok()
+}
+
+/// CA rotation (issue 5/8): the bundle holds old and new CA around the
+/// switch, the server certificate is re-signed only after the new CA has
+/// been in the bundle for the overlap, the old CA leaves the bundle only
+/// after another overlap, and API-key consumers' ca.crt follows the bundle.
+#[tokio::test]
+async fn a_ca_rotation_keeps_clients_trusting_the_served_certificate_throughout() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "carot").await;
+    let user_agent = format!("securechat-test/{}", ns.name);
+    let state = Arc::new(State::new(
+        client_as(&user_agent).await,
+        "securechat/server:test".into(),
+        Arc::new(Metrics::new()),
+    ));
+    let namespaces = vec![ns.name.clone()];
+    let (s1, n1) = (state.clone(), namespaces.clone());
+    let models_task = tokio::spawn(async move { controller::run(s1, &n1).await });
+    let keys_task =
+        tokio::spawn(
+            async move { securechat_operator::key_controller::run(state, &namespaces).await },
+        );
+    let _stop = scopeguard(move || {
+        models_task.abort();
+        keys_task.abort();
+    });
+
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    let model: SecureChatModel = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+        "metadata": {"name": "c", "namespace": ns.name},
+        "spec": {"replicas": 0, "tls": {"caOverlap": "10s"}}
+    }))
+    .unwrap();
+    models
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("create model");
+    let keys: Api<securechat_crds::ChatApiKey> = Api::namespaced(client.clone(), &ns.name);
+    keys.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
+            "metadata": {"name": "app", "namespace": ns.name},
+            "spec": {"modelRef": {"name": "c"}, "secretName": "app-key"}
+        }))
+        .unwrap(),
+    )
+    .await
+    .expect("create key");
+
+    let host = format!("c.{}.svc", ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let text = |s: &Secret, key: &str| {
+        String::from_utf8(s.data.as_ref().expect("data")[key].0.clone()).expect("utf-8")
+    };
+    let bundle = || async {
+        Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+            .get("c-ca-bundle")
+            .await
+            .expect("bundle")
+            .data
+            .expect("data")["ca.crt"]
+            .clone()
+    };
+    let served = || async { text(&secrets.get("c-tls").await.expect("tls"), "tls.crt") };
+    let consumer_ca = || async {
+        secrets
+            .get_opt("app-key")
+            .await
+            .expect("get")
+            .map(|s| text(&s, "ca.crt"))
+    };
+    let tls_status = |m: Option<&SecureChatModel>| {
+        m.and_then(|m| m.status.as_ref())
+            .and_then(|s| s.tls.clone())
+            .unwrap_or_default()
+    };
+    let size = |m: Option<&SecureChatModel>| tls_status(m).ca_bundle_size;
+
+    await_condition(
+        models.clone(),
+        "c",
+        "one CA",
+        Duration::from_secs(60),
+        |m: Option<&SecureChatModel>| size(m) == Some(1),
+    )
+    .await;
+    let first_ca = bundle().await;
+    let first_leaf = served().await;
+    assert!(trusted_by(&first_ca, &first_leaf, &host));
+    wait_for(
+        "the consumer Secret with the CA",
+        Duration::from_secs(30),
+        || async { (consumer_ca().await.as_deref() == Some(first_ca.as_str())).then_some(()) },
+    )
+    .await;
+
+    models
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"securechat.dev/rotate-ca": "incident-7"}}}),
+            ),
+        )
+        .await
+        .expect("rotate the CA");
+    let published = Instant::now();
+    await_condition(
+        models.clone(),
+        "c",
+        "two CAs",
+        Duration::from_secs(30),
+        |m: Option<&SecureChatModel>| size(m) == Some(2),
+    )
+    .await;
+    let both = bundle().await;
+    assert!(
+        both.starts_with(&first_ca),
+        "the old CA stays first: {both}"
+    );
+    assert_eq!(both.matches("BEGIN CERTIFICATE").count(), 2);
+    // The consumers learn the new CA while the old one still signs.
+    wait_for(
+        "the consumer Secret with both CAs",
+        Duration::from_secs(8),
+        || async { (consumer_ca().await.as_deref() == Some(both.as_str())).then_some(()) },
+    )
+    .await;
+
+    // Until the overlap is over, the old certificate is served; afterwards
+    // the new CA signs a new one, and both are trusted by the bundle.
+    let mut saw_switch = None;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let leaf = served().await;
+        let current = bundle().await;
+        assert!(
+            trusted_by(&current, &leaf, &host),
+            "the served certificate is trusted by the bundle at every moment"
+        );
+        if leaf != first_leaf {
+            saw_switch = Some(published.elapsed());
+            assert!(
+                trusted_by(&current, &first_leaf, &host),
+                "old one still trusted"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let switched_after = saw_switch.expect("the certificate was re-signed by the new CA");
+    assert!(
+        switched_after >= Duration::from_secs(9),
+        "the new CA signed only after the overlap: {switched_after:?}"
+    );
+    let second_leaf = served().await;
+    assert!(
+        !trusted_by(&first_ca, &second_leaf, &host),
+        "signed by the new CA"
+    );
+
+    // After another overlap the old CA leaves the bundle and the consumers.
+    let done = await_condition(
+        models.clone(),
+        "c",
+        "one CA again",
+        Duration::from_secs(40),
+        |m: Option<&SecureChatModel>| size(m) == Some(1),
+    )
+    .await;
+    let last = bundle().await;
+    assert_ne!(last, first_ca);
+    assert!(trusted_by(&last, &second_leaf, &host));
+    assert!(!trusted_by(&last, &first_leaf, &host));
+    wait_for(
+        "the consumer Secret with the new CA only",
+        Duration::from_secs(30),
+        || async { (consumer_ca().await.as_deref() == Some(last.as_str())).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        condition(Some(&done), "TLSReady").map(|c| c.1),
+        Some("CertificateIssued".into())
+    );
+    // The request was handled once: no second rotation starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(size(Some(&models.get("c").await.unwrap())), Some(1));
+}
+
+/// Runs `f` when dropped (also when a test panics).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

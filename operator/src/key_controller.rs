@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use securechat_crds::conditions::{ConditionUpdate, set_condition};
@@ -44,19 +45,33 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
         let state = state.clone();
         async move {
             let client = state.client.clone();
-            let (keys, secrets) = match &ns {
+            let (keys, secrets, bundles) = match &ns {
                 Some(ns) => (
                     Api::<ChatApiKey>::namespaced(client.clone(), ns),
                     Api::<Secret>::namespaced(client.clone(), ns),
+                    Api::<ConfigMap>::namespaced(client.clone(), ns),
                 ),
-                None => (Api::all(client.clone()), Api::all(client.clone())),
+                None => (
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                ),
             };
             let owned = watcher::Config::default().labels(&format!(
                 "app.kubernetes.io/managed-by={}",
                 labels::MANAGED_BY
             ));
-            Controller::new(keys, watcher::Config::default())
-                .owns(secrets, owned)
+            let controller = Controller::new(keys, watcher::Config::default());
+            // A CA rotation changes the model's bundle; every key of that
+            // model copies it into its consumer Secret (ca.crt) within the
+            // rotation's overlap. Keys of a model in another namespace of a
+            // namespace list get it at their periodic resync instead.
+            let keys_store = controller.store();
+            controller
+                .owns(secrets, owned.clone())
+                .watches(bundles, owned, move |bundle| {
+                    keys_of_bundle(&keys_store.state(), &bundle)
+                })
                 .shutdown_on_signal()
                 .run(reconcile, error_policy, state)
                 .for_each(|_| async {})
@@ -64,6 +79,26 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
         }
     }))
     .await;
+}
+
+/// The ChatApiKeys whose model's CA bundle this ConfigMap is.
+fn keys_of_bundle(keys: &[Arc<ChatApiKey>], bundle: &ConfigMap) -> Vec<ObjectRef<ChatApiKey>> {
+    let Some(model) = bundle
+        .name_any()
+        .strip_suffix("-ca-bundle")
+        .map(str::to_string)
+    else {
+        return Vec::new();
+    };
+    let namespace = bundle.namespace();
+    keys.iter()
+        .filter(|k| {
+            k.spec.model_ref.name == model
+                && Some(model_namespace(k)) == namespace
+                && Names::ca_bundle(&model) == bundle.name_any()
+        })
+        .map(|k| ObjectRef::from_obj(k.as_ref()))
+        .collect()
 }
 
 async fn reconcile(key: Arc<ChatApiKey>, state: Arc<State>) -> Result<Action> {
@@ -427,4 +462,53 @@ fn to_time(t: chrono::DateTime<Utc>) -> Option<Time> {
 fn error_policy(key: Arc<ChatApiKey>, error: &Error, _: Arc<State>) -> Action {
     warn!(key = %key.name_any(), namespace = ?key.namespace(), error = %error, "ChatApiKey reconcile error");
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(namespace: &str, name: &str, model_ref: serde_json::Value) -> Arc<ChatApiKey> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": API_VERSION,
+                "kind": "ChatApiKey",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"modelRef": model_ref},
+            }))
+            .expect("ChatApiKey"),
+        )
+    }
+
+    fn bundle(namespace: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_bundle_change_wakes_the_keys_of_its_model_only() {
+        let keys = [
+            key("chat", "same-ns", json!({"name": "glm"})),
+            key(
+                "apps",
+                "other-ns",
+                json!({"name": "glm", "namespace": "chat"}),
+            ),
+            key("chat", "other-model", json!({"name": "smol"})),
+            key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
+        ];
+        let woken: Vec<String> = keys_of_bundle(&keys, &bundle("chat", "glm-ca-bundle"))
+            .into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect();
+        assert_eq!(woken, ["chat/same-ns", "apps/other-ns"]);
+        assert!(keys_of_bundle(&keys, &bundle("chat", "glm-config")).is_empty());
+    }
 }

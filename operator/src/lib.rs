@@ -11,6 +11,7 @@
 
 pub mod api_keys;
 pub mod apply;
+pub mod ca_rotation;
 pub mod controller;
 pub mod desired;
 pub mod error;

@@ -13,6 +13,7 @@ use securechat_crds::v1alpha1::{SigningKeysStatus, TlsMode, TlsStatus};
 use tracing::info;
 
 use crate::apply::Writer;
+use crate::ca_rotation::{self, CaSet};
 use crate::desired::Context;
 use crate::desired::secrets::{self, IssuedCertificate};
 use crate::labels::Names;
@@ -70,56 +71,122 @@ pub async fn tls(
         });
     }
 
-    let ca_name = format!("{}-ca", ctx.name);
-    let existing_ca = secrets
-        .get_opt(&ca_name)
-        .await?
+    let schedule = ca_rotation::Schedule {
+        ca_validity: spec.ca_validity.as_chrono(),
+        overlap: spec.ca_overlap.as_chrono(),
+    };
+    let ca_secret = secrets.get_opt(&format!("{}-ca", ctx.name)).await?;
+    let existing = ca_secret.as_ref().and_then(secrets::ca_set_from_secret);
+    let requested = ctx
+        .model
+        .metadata
+        .annotations
         .as_ref()
-        .and_then(secrets::ca_from_secret);
-    let (ca, ca_changed) = match existing_ca {
-        Some(ca) => (ca, false),
-        None => {
-            let ca = pki::new_ca(
-                &ctx.name,
-                now,
-                now + TimeDelta::days(secrets::CA_VALIDITY_DAYS),
-            )?;
-            writer.apply(&secrets::ca_secret(ctx, &ca)).await?;
+        .and_then(|a| a.get(ROTATE_CA_ANNOTATION))
+        .cloned();
+    let rotate_now = requested.is_some()
+        && requested != existing.as_ref().and_then(|s| s.rotation_handled.clone());
+    let (step, mut ca_next_at) =
+        ca_rotation::next_step(existing.as_ref(), &schedule, rotate_now, now);
+    let new_ca = || -> Result<(pki::CertifiedKey, DateTime<Utc>)> {
+        let not_after = now + schedule.ca_validity;
+        Ok((pki::new_ca(&ctx.name, now, not_after)?, not_after))
+    };
+    let set = match (step, existing) {
+        (ca_rotation::Step::Wait, Some(set)) => set,
+        (ca_rotation::Step::Bootstrap, _) | (_, None) => {
+            let (ca, not_after) = new_ca()?;
+            let set = CaSet::bootstrap(ca, not_after);
+            writer.apply(&secrets::ca_secret(ctx, &set)).await?;
             info!(model = %ctx.name, "issued a new CA");
-            (ca, true)
+            set
+        }
+        (step, Some(existing)) => {
+            let fresh = match step {
+                ca_rotation::Step::PublishNext => Some(new_ca()?),
+                _ => None,
+            };
+            let mut set = ca_rotation::apply_step(&existing, &step, &schedule, now, fresh);
+            if step == ca_rotation::Step::PublishNext {
+                if rotate_now {
+                    set.rotation_handled = requested;
+                }
+                // Trust before record: the bundle gains the new CA before
+                // the Secret says it was published, so the overlap counted
+                // from the Secret is never longer than the bundle has had it.
+                writer
+                    .apply(&secrets::ca_bundle(ctx, &set.bundle()))
+                    .await?;
+            }
+            writer.apply(&secrets::ca_secret(ctx, &set)).await?;
+            info!(model = %ctx.name, ?step, "CA rotation step");
+            ca_next_at = Some(now + TimeDelta::seconds(1));
+            set
         }
     };
 
     let wanted = secrets::dns_names(ctx);
     let tls_name = Names::tls_secret(&ctx.name);
-    let existing = secrets
-        .get_opt(&tls_name)
-        .await?
-        .as_ref()
-        .and_then(secrets::issued_certificate);
+    let tls_secret = secrets.get_opt(&tls_name).await?;
+    let existing = tls_secret.as_ref().and_then(secrets::issued_certificate);
+    // Re-issued whenever the CA that signs has changed (a promotion, or a
+    // new CA), also after a crash between the two writes.
+    let ca_changed = tls_secret.as_ref().and_then(secrets::issuer_of).as_deref()
+        != Some(set.active.cert_pem.as_str());
     let issued = match secrets::certificate_decision(existing.as_ref(), &wanted, ca_changed, now) {
         None => existing.expect("no decision means a certificate exists"),
         Some(reason) => {
-            let (not_after, renew_at) = secrets::certificate_times(ctx, now);
-            let leaf = pki::new_server_certificate(&ctx.name, &ca, &wanted, now, not_after)?;
+            let (mut not_after, mut renew_at) = secrets::certificate_times(ctx, now);
+            // Never outlive the CA that signs it.
+            if let Some(ca_not_after) = set.active_not_after.filter(|t| *t < not_after) {
+                renew_at -= not_after - ca_not_after;
+                not_after = ca_not_after;
+            }
+            let leaf =
+                pki::new_server_certificate(&ctx.name, &set.active, &wanted, now, not_after)?;
             let issued = IssuedCertificate {
                 not_after,
                 renew_at,
                 dns_names: wanted,
             };
             writer
-                .apply(&secrets::tls_secret(ctx, &ca.cert_pem, &leaf, &issued))
+                .apply(&secrets::tls_secret(
+                    ctx,
+                    &set.active.cert_pem,
+                    &leaf,
+                    &issued,
+                ))
                 .await?;
             info!(model = %ctx.name, ?reason, %not_after, "issued a server certificate");
             issued
         }
     };
-    writer.apply(&secrets::ca_bundle(ctx, &ca.cert_pem)).await?;
+    writer
+        .apply(&secrets::ca_bundle(ctx, &set.bundle()))
+        .await?;
+    let ca_renew_at = set.active_not_after.map(|t| schedule.renew_at(t));
+    let (reason, rotation_note) = match (&set.next, &set.previous) {
+        (Some(next), _) => (
+            "CaRotating",
+            format!(
+                "; a new CA is in the bundle and signs from {}",
+                (next.published_at + schedule.overlap).to_rfc3339()
+            ),
+        ),
+        (None, Some(previous)) => (
+            "CaRotating",
+            format!(
+                "; the previous CA stays in the bundle until {}",
+                previous.retire_at.to_rfc3339()
+            ),
+        ),
+        (None, None) => ("CertificateIssued", String::new()),
+    };
     Ok(Outcome {
         ready: true,
-        reason: "CertificateIssued",
+        reason,
         message: format!(
-            "valid until {}, renews at {}",
+            "valid until {}, renews at {}{rotation_note}",
             issued.not_after.to_rfc3339(),
             issued.renew_at.to_rfc3339()
         ),
@@ -128,10 +195,17 @@ pub async fn tls(
             not_after: to_time(issued.not_after),
             renew_at: to_time(issued.renew_at),
             ca_bundle_config_map: Some(Names::ca_bundle(&ctx.name)),
+            ca_not_after: set.active_not_after.and_then(to_time),
+            ca_renew_at: ca_renew_at.and_then(to_time),
+            ca_bundle_size: i32::try_from(set.trusted().len()).ok(),
         },
-        next_action_at: Some(issued.renew_at),
+        next_action_at: Some(ca_next_at.map_or(issued.renew_at, |t| t.min(issued.renew_at))),
     })
 }
+
+/// Model annotation for incident response: a new value starts a CA
+/// rotation now (through the bundle overlap, never skipping it).
+pub const ROTATE_CA_ANNOTATION: &str = "securechat.dev/rotate-ca";
 
 /// Model annotation for incident response: a new value rotates the signing
 /// keys now (through Next, keeping the grace period).

@@ -19,19 +19,37 @@ fn pki_error(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
     }
 }
 
-/// A CA: PEM certificate and PKCS#8 PEM key.
-#[derive(Clone)]
+/// A certificate and its key: PEM certificate and PKCS#8 PEM key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CertifiedKey {
     pub cert_pem: String,
     pub key_pem: String,
 }
 
-fn ca_params(model: &str) -> Result<CertificateParams> {
+/// Never prints the key: these values end up in logs and test failures.
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The CA's subject names the model and its key: during a CA rotation two
+/// CAs of one model sit in the bundle, and clients pick a certificate's
+/// issuer by subject, so the subjects must differ. Derived from the key, the
+/// subject can be rebuilt from the key alone when signing.
+fn ca_params(model: &str, key: &KeyPair) -> Result<CertificateParams> {
+    use sha2::{Digest, Sha256};
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_error("CA"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("securechat CA for {model}"));
+    let digest = Sha256::digest(key.public_key_raw());
+    let key_id: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("securechat CA for {model} {key_id}"),
+    );
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
 }
@@ -39,7 +57,7 @@ fn ca_params(model: &str) -> Result<CertificateParams> {
 /// A new self-signed CA for one model.
 pub fn new_ca(model: &str, now: DateTime<Utc>, not_after: DateTime<Utc>) -> Result<CertifiedKey> {
     let key = KeyPair::generate().map_err(pki_error("CA key"))?;
-    let mut params = ca_params(model)?;
+    let mut params = ca_params(model, &key)?;
     params.not_before = to_offset(now - chrono::Duration::days(1));
     params.not_after = to_offset(not_after);
     let cert = params
@@ -63,7 +81,7 @@ pub fn new_server_certificate(
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(pki_error("CA key"))?;
     // The issuer is rebuilt from the CA's subject and key (the same subject
     // new_ca wrote), which is all a signature needs.
-    let issuer = Issuer::new(ca_params(model)?, ca_key);
+    let issuer = Issuer::new(ca_params(model, &ca_key)?, ca_key);
     let key = KeyPair::generate().map_err(pki_error("server key"))?;
     let mut params =
         CertificateParams::new(dns_names.to_vec()).map_err(pki_error("server certificate"))?;
@@ -142,4 +160,62 @@ pub fn new_signing_key(
         not_after,
         private_key_pem,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    fn verifier(cas: &[&CertifiedKey]) -> Arc<rustls::client::WebPkiServerVerifier> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cas {
+            roots
+                .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("CA PEM"))
+                .expect("CA accepted");
+        }
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier")
+    }
+
+    fn verify(
+        verifier: &rustls::client::WebPkiServerVerifier,
+        leaf: &CertifiedKey,
+    ) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("leaf PEM");
+        let name = ServerName::try_from("chat.team.svc").expect("name");
+        verifier
+            .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    /// During a CA rotation the bundle holds two CAs of the same model; a
+    /// client must find the right one for whichever certificate a replica
+    /// serves, so their subjects differ and each leaf chains to its own.
+    #[test]
+    fn certificates_of_two_cas_of_one_model_verify_against_a_bundle_of_both() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::days(1);
+        let names = vec!["chat.team.svc".to_string()];
+        let old_ca = new_ca("chat", now, later).expect("old CA");
+        let new_ca = new_ca("chat", now, later).expect("new CA");
+        let old_leaf =
+            new_server_certificate("chat", &old_ca, &names, now, later).expect("old leaf");
+        let new_leaf =
+            new_server_certificate("chat", &new_ca, &names, now, later).expect("new leaf");
+
+        let both = verifier(&[&old_ca, &new_ca]);
+        verify(&both, &old_leaf).expect("old certificate trusted by the bundle");
+        verify(&both, &new_leaf).expect("new certificate trusted by the bundle");
+
+        let only_old = verifier(&[&old_ca]);
+        assert!(verify(&only_old, &new_leaf).is_err());
+    }
 }

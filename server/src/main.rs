@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Extra PEM CA bundle trusted for OIDC discovery/JWKS (private IdPs).
     #[arg(long, env = "SECURECHAT_OIDC_CA_BUNDLE")]
     oidc_ca_bundle: Option<PathBuf>,
+    /// Read the config's absolute paths below this directory (run a pod's
+    /// config outside the pod, against a projected copy of its mounts).
+    #[arg(long, requires = "config")]
+    path_root: Option<PathBuf>,
     /// Model file (GGUF). Default: the SmolLM2-135M-Instruct Q4_1 cache path.
     #[arg(long, env = "SECURECHAT_MODEL")]
     model: Option<PathBuf>,
@@ -123,6 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         web_addr: args.web_addr,
         oidc_ca_bundle: args.oidc_ca_bundle,
         record_last_used,
+        path_root: args.path_root,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -33,6 +33,10 @@ pub struct ServeOptions {
     /// (standalone mode): each key's `lastUsedAt` is written back at most
     /// once per interval. `None` for a table that is a mounted Secret.
     pub record_last_used: Option<Duration>,
+    /// Absolute paths in the config are read below this directory: runs a
+    /// pod's config outside the pod against a projected copy of its mounts
+    /// (`make demo`). `None`: as written.
+    pub path_root: Option<PathBuf>,
 }
 
 /// How often standalone mode writes `lastUsedAt` back: at most one table
@@ -65,6 +69,10 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let runtime = reload::load_config(&config_path).map_err(anyhow::Error::msg)?;
     let files = runtime.config.files.resolved(&base);
+    let files = match &options.path_root {
+        Some(root) => files.rerooted(root),
+        None => files,
+    };
     let signing = reload::load_keyset(&files.signing_keys).map_err(anyhow::Error::msg)?;
     let table = reload::load_table(&files.api_keys).map_err(anyhow::Error::msg)?;
     let cert = reload::load_cert(&files)

@@ -149,6 +149,7 @@ async fn start_projected(
         oidc_ca_bundle: None,
         // Operator mode: the key table is a read-only Secret.
         record_last_used: None,
+        path_root: None,
     };
     start(&options, EchoEngine::new()).await.unwrap()
 }

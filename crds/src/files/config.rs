@@ -83,6 +83,22 @@ fn default_api_keys() -> PathBuf {
 }
 
 impl FilePaths {
+    /// The same paths with absolute ones taken below `root` instead of `/`:
+    /// a pod's config (which names its mounts, /etc/securechat/...) run
+    /// outside the pod against a copy of those mounts under `root`.
+    pub fn rerooted(&self, root: &Path) -> FilePaths {
+        let r = |p: &PathBuf| match p.strip_prefix("/") {
+            Ok(relative) => root.join(relative),
+            Err(_) => p.clone(),
+        };
+        FilePaths {
+            tls_cert: r(&self.tls_cert),
+            tls_key: r(&self.tls_key),
+            signing_keys: r(&self.signing_keys),
+            api_keys: r(&self.api_keys),
+        }
+    }
+
     /// The same paths with relative ones resolved against `base` (the
     /// config file's directory).
     pub fn resolved(&self, base: &Path) -> FilePaths {
@@ -349,6 +365,12 @@ files:
         );
         assert_eq!(files.tls_cert, PathBuf::from("/cfg/tls/tls.crt"));
         assert!(c.validate().is_ok());
+        let outside = files.rerooted(Path::new("demo/pod"));
+        assert_eq!(
+            outside.api_keys,
+            PathBuf::from("demo/pod/etc/securechat/api-keys/api-keys.json")
+        );
+        assert_eq!(outside.tls_cert, PathBuf::from("demo/pod/cfg/tls/tls.crt"));
     }
 
     #[test]

@@ -469,7 +469,11 @@ pub enum TlsVersion {
     {"rule": "!has(self.renewBefore) || duration(self.renewBefore) < duration(self.validity)",
      "message": "tls.renewBefore: must be shorter than tls.validity"},
     {"rule": "duration(self.validity) >= duration('1h')",
-     "message": "tls.validity: must be at least 1h"}
+     "message": "tls.validity: must be at least 1h"},
+    {"rule": "duration(self.caValidity) >= duration(self.validity)",
+     "message": "tls.caValidity: must be at least tls.validity"},
+    {"rule": "duration(self.caOverlap) < duration(self.caValidity)",
+     "message": "tls.caOverlap: must be shorter than tls.caValidity"}
 ]))]
 pub struct TlsSpec {
     /// Generated (default) or ExistingSecret.
@@ -498,6 +502,19 @@ pub struct TlsSpec {
     /// Lowest TLS version accepted: "1.2" or "1.3" (default).
     #[serde(default)]
     pub min_version: TlsVersion,
+
+    /// Lifetime of the generated per-model CA (Go duration). Default 10
+    /// years. A new CA is rolled in when a third of it is left, or at once
+    /// when the annotation securechat.dev/rotate-ca gets a new value.
+    #[serde(default = "default_ca_validity")]
+    pub ca_validity: Duration,
+
+    /// CA rotation overlap (Go duration, default 24h): a new CA is in the
+    /// CA bundle this long before it signs the server certificate, and the
+    /// old CA stays in the bundle this long after. It must cover the time
+    /// every client takes to reload the bundle.
+    #[serde(default = "default_ca_overlap")]
+    pub ca_overlap: Duration,
 }
 
 impl Default for TlsSpec {
@@ -509,12 +526,22 @@ impl Default for TlsSpec {
             renew_before: None,
             dns_names: Vec::new(),
             min_version: TlsVersion::default(),
+            ca_validity: default_ca_validity(),
+            ca_overlap: default_ca_overlap(),
         }
     }
 }
 
 fn default_tls_validity() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
+}
+
+fn default_ca_validity() -> Duration {
+    Duration::from_secs(10 * 365 * 24 * 3600)
+}
+
+fn default_ca_overlap() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// A DNS name (wildcards allowed in the first label).
@@ -1178,6 +1205,15 @@ pub struct TlsStatus {
     /// ConfigMap with the CA bundle for in-cluster clients (key ca.crt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_config_map: Option<String>,
+    /// Expiry of the CA that signs the server certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<Time>,
+    /// When the next CA rotation starts (a new CA joins the bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_renew_at: Option<Time>,
+    /// Number of CA certificates in the bundle: 2 during a CA rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_size: Option<i32>,
 }
 
 /// Observed state of the signing keys.

@@ -12,6 +12,7 @@ use securechat_crds::files::keyset::SigningKeySet;
 use securechat_crds::files::names;
 
 use super::Context;
+use crate::ca_rotation::{CaSet, NextCa, PreviousCa};
 use crate::labels::Names;
 use crate::pki::CertifiedKey;
 use crate::{Error, Result};
@@ -23,8 +24,6 @@ pub const RENEW_AT_ANNOTATION: &str = "securechat.dev/renew-at";
 pub const DNS_NAMES_ANNOTATION: &str = "securechat.dev/dns-names";
 /// Key of the CA's private key in the operator-only CA Secret.
 pub const CA_KEY: &str = "ca.key";
-/// How long a generated CA lives; server certificates renew far more often.
-pub const CA_VALIDITY_DAYS: i64 = 3650;
 
 /// The names the server certificate must cover: the Service's in-cluster
 /// names plus the user's extras.
@@ -114,30 +113,114 @@ fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }
 
-/// The operator-only Secret with the model's CA key.
-pub fn ca_secret(ctx: &Context, ca: &CertifiedKey) -> Secret {
+/// Data keys and annotations of the CA Secret beyond `ca.crt` / `ca.key`
+/// (the active CA): the CA rotation's state, see `crate::ca_rotation`.
+pub const NEXT_CA_CERT: &str = "next-ca.crt";
+pub const NEXT_CA_KEY: &str = "next-ca.key";
+pub const PREVIOUS_CA_CERT: &str = "previous-ca.crt";
+pub const CA_NOT_AFTER_ANNOTATION: &str = "securechat.dev/ca-not-after";
+pub const NEXT_CA_PUBLISHED_AT_ANNOTATION: &str = "securechat.dev/next-ca-published-at";
+pub const NEXT_CA_NOT_AFTER_ANNOTATION: &str = "securechat.dev/next-ca-not-after";
+pub const PREVIOUS_CA_RETIRE_AT_ANNOTATION: &str = "securechat.dev/previous-ca-retire-at";
+/// The last value of the model's rotate-CA annotation acted upon.
+pub const CA_ROTATION_HANDLED_ANNOTATION: &str = "securechat.dev/ca-rotation-handled";
+
+/// The operator-only Secret with the model's CA keys and rotation state.
+pub fn ca_secret(ctx: &Context, set: &CaSet) -> Secret {
+    let mut data = BTreeMap::from([
+        (names::CA_CERT.to_string(), bytes(&set.active.cert_pem)),
+        (CA_KEY.to_string(), bytes(&set.active.key_pem)),
+    ]);
+    let mut annotations = BTreeMap::new();
+    let mut time = |key: &str, t: DateTime<Utc>| {
+        annotations.insert(key.to_string(), t.to_rfc3339());
+    };
+    if let Some(t) = set.active_not_after {
+        time(CA_NOT_AFTER_ANNOTATION, t);
+    }
+    if let Some(next) = &set.next {
+        data.insert(NEXT_CA_CERT.into(), bytes(&next.ca.cert_pem));
+        data.insert(NEXT_CA_KEY.into(), bytes(&next.ca.key_pem));
+        time(NEXT_CA_PUBLISHED_AT_ANNOTATION, next.published_at);
+        time(NEXT_CA_NOT_AFTER_ANNOTATION, next.not_after);
+    }
+    if let Some(previous) = &set.previous {
+        data.insert(PREVIOUS_CA_CERT.into(), bytes(&previous.cert_pem));
+        time(PREVIOUS_CA_RETIRE_AT_ANNOTATION, previous.retire_at);
+    }
+    if let Some(handled) = &set.rotation_handled {
+        annotations.insert(CA_ROTATION_HANDLED_ANNOTATION.into(), handled.clone());
+    }
+    let mut metadata = ctx.metadata(format!("{}-ca", ctx.name));
+    metadata.annotations = Some(annotations);
     Secret {
-        metadata: ctx.metadata(format!("{}-ca", ctx.name)),
+        metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (names::CA_CERT.to_string(), bytes(&ca.cert_pem)),
-            (CA_KEY.to_string(), bytes(&ca.key_pem)),
-        ])),
+        data: Some(data),
         ..Default::default()
     }
 }
 
-/// Reads a CA back from its Secret.
-pub fn ca_from_secret(secret: &Secret) -> Option<CertifiedKey> {
+/// Reads the CA set back; None when the active CA is missing (then a new
+/// CA is bootstrapped). A next or previous CA missing its time annotation
+/// is dropped rather than trusted forever.
+pub fn ca_set_from_secret(secret: &Secret) -> Option<CaSet> {
     let data = secret.data.as_ref()?;
     let text = |k: &str| {
         data.get(k)
             .and_then(|b| String::from_utf8(b.0.clone()).ok())
     };
-    Some(CertifiedKey {
-        cert_pem: text(names::CA_CERT)?,
-        key_pem: text(CA_KEY)?,
+    let empty = BTreeMap::new();
+    let annotations = secret.metadata.annotations.as_ref().unwrap_or(&empty);
+    let time = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let next = match (
+        text(NEXT_CA_CERT),
+        text(NEXT_CA_KEY),
+        time(NEXT_CA_PUBLISHED_AT_ANNOTATION),
+        time(NEXT_CA_NOT_AFTER_ANNOTATION),
+    ) {
+        (Some(cert_pem), Some(key_pem), Some(published_at), Some(not_after)) => Some(NextCa {
+            ca: CertifiedKey { cert_pem, key_pem },
+            published_at,
+            not_after,
+        }),
+        _ => None,
+    };
+    let previous = match (
+        text(PREVIOUS_CA_CERT),
+        time(PREVIOUS_CA_RETIRE_AT_ANNOTATION),
+    ) {
+        (Some(cert_pem), Some(retire_at)) => Some(PreviousCa {
+            cert_pem,
+            retire_at,
+        }),
+        _ => None,
+    };
+    Some(CaSet {
+        active: CertifiedKey {
+            cert_pem: text(names::CA_CERT)?,
+            key_pem: text(CA_KEY)?,
+        },
+        active_not_after: time(CA_NOT_AFTER_ANNOTATION),
+        next,
+        previous,
+        rotation_handled: annotations.get(CA_ROTATION_HANDLED_ANNOTATION).cloned(),
     })
+}
+
+/// The CA that signed the certificate in a server-certificate Secret (its
+/// `ca.crt`), to tell whether the active CA has changed since.
+pub fn issuer_of(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(names::CA_CERT)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
 }
 
 /// `<name>-tls`: the server certificate, its key and the CA, as a
@@ -320,6 +403,60 @@ mod tests {
         let secret = tls_secret(&ctx, "CA", &leaf, &issued);
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(issued_certificate(&secret), Some(issued));
+    }
+
+    #[test]
+    fn ca_secret_round_trips_a_rotation_in_progress() {
+        let m = model("chat", json!({}));
+        let ctx = Context::new(&m, "img").expect("ctx");
+        let ca = |n: &str| CertifiedKey {
+            cert_pem: format!("CERT {n}"),
+            key_pem: format!("KEY {n}"),
+        };
+        let mut set = CaSet::bootstrap(ca("a"), at("2036-01-01T00:00:00Z"));
+        assert_eq!(
+            ca_set_from_secret(&ca_secret(&ctx, &set)),
+            Some(set.clone())
+        );
+        set.next = Some(NextCa {
+            ca: ca("b"),
+            published_at: at("2026-01-01T00:00:00Z"),
+            not_after: at("2036-01-01T00:00:00Z"),
+        });
+        set.previous = Some(PreviousCa {
+            cert_pem: "CERT z".into(),
+            retire_at: at("2026-01-02T00:00:00Z"),
+        });
+        set.rotation_handled = Some("incident-42".into());
+        let secret = ca_secret(&ctx, &set);
+        assert_eq!(secret.metadata.name.as_deref(), Some("chat-ca"));
+        assert_eq!(ca_set_from_secret(&secret), Some(set));
+    }
+
+    #[test]
+    fn a_next_ca_without_its_times_is_dropped() {
+        let m = model("chat", json!({}));
+        let ctx = Context::new(&m, "img").expect("ctx");
+        let mut set = CaSet::bootstrap(
+            CertifiedKey {
+                cert_pem: "A".into(),
+                key_pem: "KA".into(),
+            },
+            at("2036-01-01T00:00:00Z"),
+        );
+        set.next = Some(NextCa {
+            ca: set.active.clone(),
+            published_at: at("2026-01-01T00:00:00Z"),
+            not_after: at("2036-01-01T00:00:00Z"),
+        });
+        let mut secret = ca_secret(&ctx, &set);
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove(NEXT_CA_PUBLISHED_AT_ANNOTATION);
+        assert_eq!(ca_set_from_secret(&secret).expect("set").next, None);
     }
 
     #[test]

@@ -253,6 +253,7 @@ pub async fn serve_prepared(
         // Off unless asked for: tests that edit the table without the CLI's
         // lock would race the writer.
         record_last_used,
+        path_root: None,
     };
     let running = start(&options, engine.clone()).await.unwrap();
     let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
