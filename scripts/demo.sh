@@ -63,7 +63,7 @@ step "the operator, as ServiceAccount $system_ns/$account"
 # A kubeconfig with the API server's address and CA and a token for the
 # chart's ServiceAccount: the operator has exactly the chart's RBAC.
 server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
-kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
+kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
 	base64 -d >"$demo/cluster-ca.crt"
 token=$(kubectl create token "$account" -n "$system_ns" --duration=24h)
 operator_kubeconfig="$demo/operator.kubeconfig"
@@ -78,6 +78,15 @@ KUBECONFIG="$operator_kubeconfig" POD_NAME="demo-$(hostname)" \
 	--leader-election-lease "$account" \
 	--metrics-address 127.0.0.1:0 >"$demo/logs/operator.log" 2>&1 &
 echo $! >"$demo/pids/operator"
+# Fails here, with its log, rather than as a Ready timeout later.
+running_or_die() { # name
+	kill -0 "$(cat "$demo/pids/$1")" 2>/dev/null && return 0
+	echo "error: $1 exited; its log ($demo/logs/$1.log):" >&2
+	tail -20 "$demo/logs/$1.log" >&2
+	exit 1
+}
+sleep 1
+running_or_die operator
 
 step "kubectl apply -f examples/"
 kubectl apply --server-side -f examples/ >/dev/null
@@ -86,7 +95,12 @@ kubectl apply --server-side -f examples/ >/dev/null
 # re-issues the certificate live).
 kubectl patch scm "$model" -n "$model_ns" --type merge \
 	-p '{"spec":{"tls":{"dnsNames":["localhost"]}}}' >/dev/null
-kubectl wait scm "$model" -n "$model_ns" --for=condition=Ready --timeout=180s >/dev/null
+if ! kubectl wait scm "$model" -n "$model_ns" --for=condition=Ready --timeout=180s >/dev/null; then
+	running_or_die operator
+	kubectl get scm "$model" -n "$model_ns" \
+		-o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2
+	exit 1
+fi
 kubectl wait cak frontend -n "$key_ns" --for=condition=Ready --timeout=60s >/dev/null
 
 step "projecting the model's Secrets and ConfigMap as the kubelet would"

@@ -323,6 +323,15 @@ fn operator_args_follow_the_values() {
         !custom.iter().any(|a| a.starts_with("--leader-elect")),
         "leader election off: {custom:?}"
     );
+    // What the chart passes, the binary accepts: a flag it does not know
+    // would crash-loop the operator's pod.
+    for rendered in [&default, &custom] {
+        let command_line =
+            std::iter::once("securechat-operator".to_string()).chain(rendered.clone());
+        if let Err(e) = securechat_operator::cli::Cli::parse_from_args(command_line) {
+            panic!("the operator rejects the chart's args {rendered:?}:\n{e}");
+        }
+    }
 }
 
 /// Every RBAC rule of a render, with the namespace it applies in (None:

@@ -12,6 +12,7 @@
 pub mod api_keys;
 pub mod apply;
 pub mod ca_rotation;
+pub mod cli;
 pub mod controller;
 pub mod desired;
 pub mod error;

@@ -1,101 +1,17 @@
 //! securechat-operator: reconciles SecureChatModel (and ChatApiKey)
 //! resources.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use securechat_operator::cli::{Cli, Command, LogFormat, RunArgs};
 use securechat_operator::controller::{self, State};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::{self, Metrics};
 use tracing::{error, info};
-
-#[derive(Parser)]
-#[command(
-    name = "securechat-operator",
-    version,
-    about = "Deploys chat models securely on Kubernetes"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the controller with the in-cluster config or $KUBECONFIG.
-    Run(RunArgs),
-    /// Print the CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
-    Crds,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Every setting of `run`, from flags or the environment (the chart sets
-/// the environment).
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Watch only these namespaces (comma-separated; default: all).
-    #[arg(
-        long = "namespace",
-        env = "SECURECHAT_WATCH_NAMESPACES",
-        value_delimiter = ','
-    )]
-    namespaces: Vec<String>,
-    /// Server image for SecureChatModels that name none.
-    #[arg(long, env = "SECURECHAT_SERVER_IMAGE", default_value = concat!("securechat/server:", env!("CARGO_PKG_VERSION")))]
-    server_image: String,
-    /// Where /metrics, /healthz and /readyz are served (plain HTTP).
-    #[arg(
-        long,
-        alias = "metrics-address",
-        env = "SECURECHAT_METRICS_ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
-    metrics_addr: SocketAddr,
-    /// Elect a leader through a Lease so only one replica reconciles.
-    #[arg(long, env = "SECURECHAT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true")]
-    leader_elect: bool,
-    /// Name of the leader-election Lease.
-    #[arg(
-        long,
-        env = "SECURECHAT_LEASE_NAME",
-        default_value = "securechat-operator"
-    )]
-    lease_name: String,
-    /// Namespace of the Lease (default: the pod's namespace, else "default").
-    #[arg(
-        long,
-        alias = "leader-election-namespace",
-        env = "SECURECHAT_LEASE_NAMESPACE"
-    )]
-    lease_namespace: Option<String>,
-    /// How long a lease lasts without renewal (seconds): the longest a
-    /// crashed leader blocks a standby.
-    #[arg(long, env = "SECURECHAT_LEASE_DURATION", default_value_t = 15)]
-    lease_duration_seconds: u64,
-    /// How often the leader renews and standbys retry (seconds).
-    #[arg(long, env = "SECURECHAT_LEASE_RETRY", default_value_t = 2)]
-    lease_retry_seconds: u64,
-    /// This process's identity in the Lease (default: $POD_NAME, else
-    /// hostname-pid).
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// Log format.
-    #[arg(long, env = "SECURECHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax, e.g. info or securechat_operator=debug).
-    #[arg(long, env = "SECURECHAT_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-}
 
 fn init_logs(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)

@@ -118,6 +118,22 @@ impl AppState {
         self.runtime.load_full()
     }
 
+    /// The model id clients use: the configured served name, else the
+    /// model file's own name.
+    pub fn model_id(&self) -> String {
+        self.runtime()
+            .config
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| self.engine.info().id.clone())
+    }
+
+    /// Whether a request's `model` names this server's model: the served
+    /// name or the file's own name.
+    pub fn serves_model(&self, requested: &str) -> bool {
+        requested == self.model_id() || requested == self.engine.info().id
+    }
+
     /// Adds to a key's usage.
     pub fn record_usage(
         &self,

@@ -825,3 +825,36 @@ async fn web_page_is_served_with_a_strict_policy_and_security_headers() {
         .unwrap();
     assert_eq!(models.headers()["cache-control"], "no-store");
 }
+
+/// Deployed by the operator, the server answers to the SecureChatModel's
+/// name (`servedModelName`), and still to the model file's own name.
+#[tokio::test]
+async fn the_served_model_name_is_the_model_id() {
+    let s = server(&format!("{RELAXED}servedModelName: chatglm3-secure\n")).await;
+    let models: Value = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "chatglm3-secure", "{models}");
+    for name in ["chatglm3-secure", MODEL] {
+        let mut body = chat_body("hi");
+        body["model"] = json!(name);
+        let resp = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "model {name}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["model"], "chatglm3-secure");
+    }
+}

@@ -22,6 +22,11 @@ use crate::v1alpha1::{
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerConfig {
+    /// The model id clients name in requests and /v1/models lists. The
+    /// operator writes the SecureChatModel's name. Default: the model
+    /// file's own name. The file's own name is accepted either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model_name: Option<String>,
     #[serde(default)]
     pub files: FilePaths,
     #[serde(default)]

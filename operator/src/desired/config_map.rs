@@ -18,6 +18,7 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
     let spec = &ctx.model.spec;
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {
+        served_model_name: Some(ctx.name.clone()),
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
             tls_key: dir(TLS_DIR, names::TLS_KEY),
@@ -100,6 +101,7 @@ mod tests {
         assert_eq!(parsed.cors.allowed_origins.len(), 1);
         assert_eq!(parsed.auth.issuer, "https://chat.team.svc");
         assert_eq!(parsed.auth.audience, "chat");
+        assert_eq!(parsed.served_model_name.as_deref(), Some("chat"));
         assert_eq!(
             parsed.files.signing_keys,
             std::path::Path::new("/etc/securechat/signing-keys/keyset.json")

@@ -27,7 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     })?;
     Ok(Json(json!({
         "status": "ready",
-        "model": state.engine.info().id,
+        "model": state.model_id(),
         "activeKid": kid,
         "queueDepth": state.engine.queue_depth(),
     })))

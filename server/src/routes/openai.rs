@@ -145,9 +145,9 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let model_id = state.engine.info().id.clone();
+    let model_id = state.model_id();
     if let Some(requested) = &body.model
-        && *requested != model_id
+        && !state.serves_model(requested)
     {
         return Err(ApiError::ModelNotFound(requested.clone()));
     }
@@ -266,7 +266,7 @@ pub async fn models(
     Json(json!({
         "object": "list",
         "data": [{
-            "id": info.id,
+            "id": state.model_id(),
             "object": "model",
             "created": 0,
             "owned_by": "securechat",

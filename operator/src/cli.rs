@@ -1,0 +1,131 @@
+//! The command line of `securechat-operator`, in the library so tests can
+//! check that what the Helm chart passes is what the binary accepts.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "securechat-operator",
+    version,
+    about = "Deploys chat models securely on Kubernetes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the controller with the in-cluster config or $KUBECONFIG.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
+    Crds,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of `run`, from flags or the environment (the chart sets
+/// the environment).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Watch only these namespaces (comma-separated; default: all).
+    #[arg(
+        long = "namespace",
+        env = "SECURECHAT_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Server image for SecureChatModels that name none.
+    #[arg(long, env = "SECURECHAT_SERVER_IMAGE", default_value = concat!("securechat/server:", env!("CARGO_PKG_VERSION")))]
+    pub server_image: String,
+    /// Where /metrics, /healthz and /readyz are served (plain HTTP).
+    #[arg(
+        long,
+        alias = "metrics-address",
+        env = "SECURECHAT_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so only one replica reconciles.
+    #[arg(long, env = "SECURECHAT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        alias = "leader-election-lease",
+        env = "SECURECHAT_LEASE_NAME",
+        default_value = "securechat-operator"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else "default").
+    #[arg(
+        long,
+        alias = "leader-election-namespace",
+        env = "SECURECHAT_LEASE_NAMESPACE"
+    )]
+    pub lease_namespace: Option<String>,
+    /// How long a lease lasts without renewal (seconds): the longest a
+    /// crashed leader blocks a standby.
+    #[arg(long, env = "SECURECHAT_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How often the leader renews and standbys retry (seconds).
+    #[arg(long, env = "SECURECHAT_LEASE_RETRY", default_value_t = 2)]
+    pub lease_retry_seconds: u64,
+    /// This process's identity in the Lease (default: $POD_NAME, else
+    /// hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "SECURECHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. info or securechat_operator=debug).
+    #[arg(long, env = "SECURECHAT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Cli {
+    /// Parses a command line (the program name first), as the binary does.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_charts_flag_names_are_accepted() {
+        let cli = Cli::parse_from_args([
+            "securechat-operator",
+            "run",
+            "--leader-elect",
+            "--leader-election-namespace=ops",
+            "--leader-election-lease=op-lease",
+            "--metrics-address=127.0.0.1:9000",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.lease_name, "op-lease");
+        assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+    }
+}
