@@ -182,11 +182,10 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
-            return session_principal(state, parts, id, Utc::now()).map_err(|e| {
-                if let ApiError::Unauthorized(failure) = &e {
+            return session_principal(state, parts, id, Utc::now()).inspect_err(|e| {
+                if let ApiError::Unauthorized(failure) = e {
                     note_failure(state, ip, *failure, now);
                 }
-                e
             });
         }
         (Ok(credential), _) => authenticate(state, credential, Utc::now()).await,
