@@ -53,6 +53,9 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
         sensitive_data: spec.sensitive_data.clone(),
         audit: spec.audit.clone(),
         limits: Default::default(),
+        // The spec has no fields for the web UI's SSO client (secret file,
+        // redirect URL) yet: default sessions, no SSO button.
+        web: Default::default(),
     }
 }
 
