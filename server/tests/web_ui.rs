@@ -204,6 +204,51 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
     let on_api = client.get(s.url("/")).send().await.unwrap();
     assert_eq!(on_api.status(), 404);
 
+    // SSO pages without SSO configured, or a callback this browser did not
+    // start (login CSRF): clear error pages, no session.
+    let start = client
+        .get(format!("{web}/web/sso/start?provider=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 404);
+    assert!(
+        start
+            .text()
+            .await
+            .unwrap()
+            .contains("Unknown sign-in provider")
+    );
+    let forged = client
+        .get(format!("{web}/web/sso/callback?code=stolen&state=guessed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert!(forged.headers().contains_key("content-security-policy"));
+    assert!(
+        forged
+            .headers()
+            .get("set-cookie")
+            .is_some_and(|c| { c.to_str().unwrap().starts_with("__Host-securechat-login=;") })
+    );
+    assert!(
+        forged
+            .text()
+            .await
+            .unwrap()
+            .contains("not started from this browser")
+    );
+    let denied = client
+        .get(format!(
+            "{web}/web/sso/callback?error=access_denied&state=x"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 400);
+    assert!(denied.text().await.unwrap().contains("access_denied"));
+
     // Login errors: wrong key 401, not a key 401, bad body 400/415.
     let login = |body: Value| client.post(format!("{web}/web/login")).json(&body).send();
     let wrong = login(json!({"apiKey": format!("sk-sc-nosuch-{}", "A".repeat(43))}))
