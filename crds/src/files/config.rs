@@ -295,6 +295,21 @@ pub struct SsoClient {
     pub display_name: Option<String>,
 }
 
+impl SsoClient {
+    /// A public client of `issuer_url` with every default (client id from
+    /// the `auth.oidc` entry, redirect URL from the request's Host).
+    pub fn for_issuer(issuer_url: &str) -> Self {
+        Self {
+            issuer_url: issuer_url.to_string(),
+            client_id: None,
+            client_secret_file: None,
+            redirect_url: None,
+            scopes: default_scopes(),
+            display_name: None,
+        }
+    }
+}
+
 fn default_scopes() -> Vec<String> {
     vec!["openid".into(), "profile".into()]
 }
