@@ -182,7 +182,12 @@ async fn sso_login_with_pkce_key_rotation_and_issuer_down_in_a_real_browser() {
 /// The session design at the HTTP level (the echo engine suffices).
 #[tokio::test]
 async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
-    let s = server(RELAXED).await;
+    // app.example may call the API with bearer credentials (CORS), but
+    // must not be able to log a browser in or use its session.
+    let s = server(&format!(
+        "{RELAXED}cors:\n  allowedOrigins: [\"https://app.example\"]\n"
+    ))
+    .await;
     let web = format!("https://localhost:{}", s.running.web_addr.port());
     let client = client_for(&s.ca_path(), &[&rustls::version::TLS13]);
 
@@ -275,6 +280,17 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
         .await
         .unwrap();
     assert_eq!(form.status(), 415, "a cross-site form cannot log in");
+    for origin in ["https://evil.example", "https://app.example"] {
+        let cross_site = client
+            .post(format!("{web}/web/login"))
+            .header("origin", origin)
+            .json(&json!({"apiKey": s.keys.admin}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cross_site.status(), 403, "login from {origin}");
+        assert!(cross_site.headers().get("set-cookie").is_none());
+    }
     let suspended = login(json!({"apiKey": s.keys.suspended})).await.unwrap();
     assert_eq!(suspended.status(), 401);
 
@@ -338,6 +354,19 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
     .await
     .unwrap();
     assert_eq!(resp.status(), 403, "foreign origin");
+    let resp = get(
+        models.clone(),
+        Some(&cookie),
+        Some(&csrf),
+        Some("https://app.example"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "csrf_refused",
+        "a CORS-allowed origin still cannot ride the session"
+    );
     let resp = get(s.url("/v1/models"), Some(&cookie), Some(&csrf), None)
         .await
         .unwrap();

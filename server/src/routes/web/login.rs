@@ -88,6 +88,16 @@ pub async fn login_with_key(
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     let started = std::time::Instant::now();
     check_guard(&state, ip, started)?;
+    // Only this origin's page logs in (no login CSRF from an origin that
+    // CORS allows for bearer calls).
+    if !auth::same_origin_or_none(request.headers()) {
+        return Err(ApiError::CsrfRefused("the Origin is not this server"));
+    }
+    // A new login replaces the browser's previous session rather than
+    // leaving it alive behind the new cookie.
+    if let Some(old) = cookie(request.headers(), SESSION_COOKIE) {
+        state.sessions.remove(old);
+    }
     let ApiJson(body) = ApiJson::<KeyLogin>::from_request(request, &state).await?;
     let now = Utc::now();
     let key = body.api_key.trim();
