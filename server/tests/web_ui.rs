@@ -106,7 +106,13 @@ async fn run_node(script: &str, envs: Vec<(&'static str, String)>) {
 async fn api_key_login_chat_redaction_and_roles_in_a_real_browser() {
     require_browser_deps();
     let dir = tempfile::tempdir().unwrap();
-    let (running, keys) = real_server(dir.path(), RELAXED).await;
+    // ReadOnly: one request a minute and 16 tokens per answer, so the page
+    // shows a capped control and a 429.
+    let config = format!(
+        "{RELAXED}roles:\n  readOnly:\n    permissions: [Chat]\n    requestsPerMinute: 1\n    \
+         maxTokensPerRequest: 16\n"
+    );
+    let (running, keys) = real_server(dir.path(), &config).await;
     let shots = screenshot_dir("api-key");
     run_node(
         "api-key.mjs",

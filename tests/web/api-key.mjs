@@ -110,6 +110,20 @@ await run([
       });
       check(result.admin === 403 && result.code === "permission_denied", JSON.stringify(result));
       check(result.noCsrf === 403, `without the CSRF token: ${JSON.stringify(result)}`);
+      // The role's limits: max tokens capped, one request a minute (the
+      // test server's config), so the second message gets a clear 429.
+      const cap = await page.textContent("#max-tokens-cap");
+      check(cap.includes("up to 16"), `max tokens cap shown: ${cap}`);
+      await page.fill("#message", "Hello");
+      await page.press("#message", "Enter");
+      await page.locator("#log li.assistant.done").waitFor();
+      const quota = await page.textContent("#quota");
+      check(quota.startsWith("0 of 1 requests left"), `quota: ${quota}`);
+      await page.fill("#message", "Hello again");
+      await page.press("#message", "Enter");
+      await page.locator("#error").filter({ hasText: "Too many requests" }).waitFor();
+      const error = await page.textContent("#error");
+      check(/retry in \d+s/.test(error), `429 message: ${error}`);
       await screenshot(page, "readonly");
     },
   ],
