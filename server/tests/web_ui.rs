@@ -448,3 +448,36 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
         "session_expired"
     );
 }
+
+/// What the page's redaction notice reads: the input count in a header,
+/// the output count on the last stream chunk (echo engine, so the card
+/// comes back in the answer when input filtering is off).
+#[tokio::test]
+async fn redactions_are_reported_for_the_input_and_the_output() {
+    for (input_filter, want_in, want_out) in [(true, "1", None), (false, "0", Some(1))] {
+        let s = server(&format!(
+            "{RELAXED}sensitiveData:\n  input: {input_filter}\n"
+        ))
+        .await;
+        let mut body = common::chat_body("card 4111 1111 1111 1111 ok");
+        body["stream"] = json!(true);
+        let resp = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.developer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-securechat-input-redactions"], want_in);
+        let text = resp.text().await.unwrap();
+        let reported = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find_map(|c| c["securechat"]["output_redactions"].as_u64());
+        assert_eq!(reported, want_out, "input filter {input_filter}: {text}");
+        assert!(!text.contains("4111 1111"), "{text}");
+    }
+}
