@@ -40,6 +40,9 @@ if ! kubectl get --raw /readyz >/dev/null 2>&1; then
 	started_cluster=1
 fi
 
+step "web UI test dependencies"
+scripts/web-test-deps.sh
+
 step "cargo test"
 cargo test --workspace --no-fail-fast
 

@@ -26,6 +26,8 @@ pub enum AuthFailure {
     TokenExpired,
     UnknownKid,
     AlgorithmMismatch,
+    /// A web session cookie that is unknown, signed out or expired.
+    SessionExpired,
 }
 
 impl AuthFailure {
@@ -42,6 +44,7 @@ impl AuthFailure {
             AuthFailure::TokenExpired => "token_expired",
             AuthFailure::UnknownKid => "unknown_kid",
             AuthFailure::AlgorithmMismatch => "algorithm_mismatch",
+            AuthFailure::SessionExpired => "session_expired",
         }
     }
 
@@ -58,6 +61,9 @@ impl AuthFailure {
             AuthFailure::Expired => "this API key has expired",
             AuthFailure::Revoked => "this API key has been revoked",
             AuthFailure::TokenExpired => "the access token has expired",
+            AuthFailure::SessionExpired => {
+                "your session has expired or was signed out; sign in again"
+            }
             _ => "invalid credentials",
         }
     }
@@ -99,6 +105,8 @@ pub enum ApiError {
     NotFound,
     #[error("cross-origin requests from this origin are not allowed")]
     OriginNotAllowed,
+    #[error("request refused by the CSRF defence: {0}")]
+    CsrfRefused(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error(transparent)]
@@ -116,7 +124,9 @@ impl ApiError {
             ApiError::AuthThrottled(_)
             | ApiError::RateLimited { .. }
             | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Forbidden(_) | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::OriginNotAllowed | ApiError::CsrfRefused(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::BadJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidField { .. }
@@ -149,6 +159,7 @@ impl ApiError {
                 AuthFailure::Expired => "key_expired",
                 AuthFailure::Revoked => "key_revoked",
                 AuthFailure::TokenExpired => "token_expired",
+                AuthFailure::SessionExpired => "session_expired",
                 _ => "invalid_api_key",
             },
             ApiError::AuthThrottled(_) => "too_many_auth_failures",
@@ -165,6 +176,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::NotFound => "not_found",
             ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::CsrfRefused(_) => "csrf_refused",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Engine(e) => match e {
                 EngineError::QueueFull { .. } => "model_busy",

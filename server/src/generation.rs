@@ -39,6 +39,8 @@ pub enum Piece {
         usage: Usage,
         /// The output filter refused the rest of the answer.
         filtered: bool,
+        /// Sensitive values the output filter replaced or refused.
+        output_redactions: u64,
     },
     Failed(ApiError),
 }
@@ -47,6 +49,9 @@ pub enum Piece {
 pub struct Prepared {
     pub request: GenerationRequest,
     pub prompt_tokens: usize,
+    /// Sensitive values the input filter replaced in the prompt; reported
+    /// to the caller (a header) so a UI can say the model never saw them.
+    pub input_redactions: u64,
     runtime: Arc<Runtime>,
     quota: Option<Rate>,
 }
@@ -124,6 +129,7 @@ pub fn prepare(
             .collect::<Vec<_>>()
             .join("\n")
     });
+    let mut input_redactions = 0u64;
     if runtime.filter.input {
         let mut found = 0u64;
         for message in &mut messages {
@@ -140,6 +146,7 @@ pub fn prepare(
             message.content = redacted;
         }
         audit.redactions(found);
+        input_redactions = found;
     }
 
     let quota = token_quota(&runtime, principal);
@@ -173,6 +180,7 @@ pub fn prepare(
     Ok(Prepared {
         request: GenerationRequest { messages, params },
         prompt_tokens,
+        input_redactions,
         quota: quota.map(|(_, rate)| rate),
         runtime,
     })
@@ -252,6 +260,7 @@ pub fn start(
                             finish_reason: FinishReason::Stop,
                             usage,
                             filtered: true,
+                            output_redactions: redactions,
                         });
                         return;
                     }
@@ -276,6 +285,7 @@ pub fn start(
                         finish_reason,
                         usage,
                         filtered: rest.rejected,
+                        output_redactions: redactions,
                     });
                     return;
                 }
@@ -338,6 +348,7 @@ pub async fn collect(
                 finish_reason,
                 usage,
                 filtered,
+                ..
             } => return Ok((text, finish_reason, usage, filtered)),
             Piece::Failed(e) => return Err(e),
         }

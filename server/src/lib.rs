@@ -24,7 +24,8 @@ pub mod ratelimit;
 pub mod routes;
 pub mod serve;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod tls;
 
-pub use routes::app;
+pub use routes::{app, web_app};

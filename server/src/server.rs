@@ -15,7 +15,7 @@ use crate::auth::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
-use crate::routes::app;
+use crate::routes::{app, web_app};
 use crate::serve::serve_tls;
 use crate::state::AppState;
 
@@ -121,15 +121,19 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .with_context(|| format!("binding the web port {}", options.web_addr))?;
     let (api_addr, web_addr) = (api.local_addr()?, web.local_addr()?);
     let (shutdown, rx) = watch::channel(false);
-    let router = app(state.clone());
     let mut tasks = vec![
         tokio::spawn(serve_tls(
             api,
             tls.acceptor.clone(),
-            router.clone(),
+            app(state.clone()),
             rx.clone(),
         )),
-        tokio::spawn(serve_tls(web, tls.acceptor.clone(), router, rx.clone())),
+        tokio::spawn(serve_tls(
+            web,
+            tls.acceptor.clone(),
+            web_app(state.clone()),
+            rx.clone(),
+        )),
     ];
     if let Some(interval) = options.record_last_used {
         if last_used::is_projected(&files.api_keys) {

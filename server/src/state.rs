@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
 use crate::ratelimit::KeyedBuckets;
+use crate::session::Sessions;
 
 /// A validated config with its compiled parts.
 pub struct Runtime {
@@ -76,6 +77,8 @@ pub struct Shared {
     pub oidc: Arc<OidcVerifier>,
     /// Where PATCH /admin/config persists the merged config, when writable.
     pub config_path: Option<PathBuf>,
+    /// Web UI sessions and SSO logins in progress.
+    pub sessions: Sessions,
 }
 
 #[derive(Clone)]
@@ -111,6 +114,7 @@ impl AppState {
             metrics: Metrics::new(),
             oidc,
             config_path,
+            sessions: Sessions::new(max),
         }))
     }
 

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub audit: AuditSpec,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default, skip_serializing_if = "WebConfig::is_default")]
+    pub web: WebConfig,
 }
 
 /// Where the other files are.
@@ -247,7 +249,110 @@ fn default_max_tracked() -> u32 {
     10_000
 }
 
+/// The web chat UI on the web port: browser sessions and "Sign in with
+/// SSO" (OpenID Connect authorization code flow with PKCE).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebConfig {
+    /// Longest life of a browser session. An SSO session also ends with
+    /// its ID token, an API-key session with its key.
+    #[serde(default = "default_session_ttl", rename = "sessionTTL")]
+    pub session_ttl: Duration,
+    /// Identity providers offered on the login page. Each names an
+    /// `auth.oidc` issuer, which supplies the role claim mapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sso: Vec<SsoClient>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: default_session_ttl(),
+            sso: Vec::new(),
+        }
+    }
+}
+
+impl WebConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+/// This server as an OpenID Connect relying party of one issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SsoClient {
+    /// An `auth.oidc[].issuerURL`.
+    #[serde(rename = "issuerURL")]
+    pub issuer_url: String,
+    /// OAuth2 client id; the ID token's `aud` must contain it. Default:
+    /// that `auth.oidc` entry's `clientId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// File holding the client secret (a mounted Secret; read at each
+    /// login so a rotated secret applies at once). Unset: a public client
+    /// (PKCE alone protects the code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the provider sends the browser back: must be registered with
+    /// it and end in `/web/sso/callback`. Unset: `https://<Host of the
+    /// login request>/web/sso/callback`.
+    #[serde(
+        default,
+        rename = "redirectURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redirect_url: Option<String>,
+    /// Requested scopes; must include `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Label of the login button. Default: the issuer URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+impl SsoClient {
+    /// A public client of `issuer_url` with every default (client id from
+    /// the `auth.oidc` entry, redirect URL from the request's Host).
+    pub fn for_issuer(issuer_url: &str) -> Self {
+        Self {
+            issuer_url: issuer_url.to_string(),
+            client_id: None,
+            client_secret_file: None,
+            redirect_url: None,
+            scopes: default_scopes(),
+            display_name: None,
+        }
+    }
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+
+/// The path the SSO redirect URL must end with (the route that finishes
+/// the login).
+pub const SSO_CALLBACK_PATH: &str = "/web/sso/callback";
+
 impl ServerConfig {
+    /// The client id of an SSO entry (its own, else its issuer's).
+    pub fn sso_client_id<'a>(&'a self, sso: &'a SsoClient) -> Option<&'a str> {
+        sso.client_id.as_deref().or_else(|| {
+            self.auth
+                .oidc
+                .iter()
+                .find(|o| {
+                    o.issuer_url.trim_end_matches('/') == sso.issuer_url.trim_end_matches('/')
+                })
+                .and_then(|o| o.client_id.as_deref())
+        })
+    }
+
     /// Parses YAML; an empty document gives the defaults.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
@@ -307,6 +412,45 @@ impl ServerConfig {
             {
                 problems.push(format!(
                     "cors.allowedOrigins[{i}]: must be scheme://host[:port] without a path"
+                ));
+            }
+        }
+        if self.web.session_ttl < Duration::from_secs(60)
+            || self.web.session_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("web.sessionTTL: must be between 1m and 7d".to_string());
+        }
+        for (i, sso) in self.web.sso.iter().enumerate() {
+            let known = self.auth.oidc.iter().any(|o| {
+                o.issuer_url.trim_end_matches('/') == sso.issuer_url.trim_end_matches('/')
+            });
+            if !known {
+                problems.push(format!(
+                    "web.sso[{i}].issuerURL: must be one of auth.oidc[].issuerURL"
+                ));
+            }
+            if self.sso_client_id(sso).is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "web.sso[{i}].clientId: required (here or in the auth.oidc entry)"
+                ));
+            }
+            if let Some(url) = &sso.redirect_url
+                && !(url.starts_with("https://") && url.ends_with(SSO_CALLBACK_PATH))
+            {
+                problems.push(format!(
+                    "web.sso[{i}].redirectURL: must be an https URL ending in {SSO_CALLBACK_PATH}"
+                ));
+            }
+            if !sso.scopes.iter().any(|s| s == "openid") {
+                problems.push(format!("web.sso[{i}].scopes: must include openid"));
+            }
+            if sso
+                .scopes
+                .iter()
+                .any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            {
+                problems.push(format!(
+                    "web.sso[{i}].scopes: each scope is one non-empty word"
                 ));
             }
         }
@@ -403,6 +547,42 @@ files:
             "generation.temperature",
             "limits.maxBodyBytes",
             "cors.allowedOrigins[0]",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn sso_entries_are_checked_against_the_oidc_issuers() {
+        let yaml = r#"
+auth:
+  oidc:
+    - issuerURL: https://idp.example
+      audience: chat
+      clientId: chat-web
+web:
+  sessionTTL: 1h
+  sso:
+    - issuerURL: https://idp.example/
+"#;
+        let c = ServerConfig::from_yaml(yaml).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        assert_eq!(c.sso_client_id(&c.web.sso[0]), Some("chat-web"));
+        assert_eq!(c.web.sso[0].scopes, ["openid", "profile"]);
+        assert_eq!(c.web.session_ttl, Duration::from_secs(3600));
+
+        let mut bad = c.clone();
+        bad.web.sso[0].issuer_url = "https://other.example".into();
+        bad.web.sso[0].redirect_url = Some("http://chat.example/web/sso/callback".into());
+        bad.web.sso[0].scopes = vec!["profile".into()];
+        bad.web.session_ttl = Duration::from_secs(10);
+        let text = bad.validate().unwrap_err().to_string();
+        for needle in [
+            "web.sso[0].issuerURL",
+            "web.sso[0].clientId",
+            "web.sso[0].redirectURL",
+            "web.sso[0].scopes",
+            "web.sessionTTL",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }

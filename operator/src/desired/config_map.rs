@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls,
+    FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use sha2::{Digest, Sha256};
@@ -54,6 +54,19 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
         sensitive_data: spec.sensitive_data.clone(),
         audit: spec.audit.clone(),
         limits: Default::default(),
+        // An issuer with a clientId gets a "Sign in with SSO" button, as
+        // the spec documents; as a public client (PKCE), since the spec
+        // has no field for a client secret yet.
+        web: WebConfig {
+            sso: spec
+                .auth
+                .oidc
+                .iter()
+                .filter(|o| o.client_id.is_some())
+                .map(|o| SsoClient::for_issuer(&o.issuer_url))
+                .collect(),
+            ..Default::default()
+        },
     }
 }
 
@@ -106,6 +119,20 @@ mod tests {
             parsed.files.signing_keys,
             std::path::Path::new("/etc/securechat/signing-keys/keyset.json")
         );
+    }
+
+    #[test]
+    fn an_oidc_issuer_with_a_client_id_gets_an_sso_button() {
+        let (map, _) = render(json!({"auth": {"oidc": [
+            {"issuerURL": "https://idp.example", "audience": "chat", "clientId": "chat-web"},
+            {"issuerURL": "https://api-only.example", "audience": "chat"}
+        ]}}));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG])
+            .expect("server parses it");
+        parsed.validate().expect("and accepts it");
+        assert_eq!(parsed.web.sso.len(), 1);
+        assert_eq!(parsed.web.sso[0].issuer_url, "https://idp.example");
+        assert_eq!(parsed.sso_client_id(&parsed.web.sso[0]), Some("chat-web"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use securechat_crds::files::api_keys::ApiKeyStatus;
@@ -25,7 +25,9 @@ use crate::audit::{Audit, RateInfo};
 use crate::error::{ApiError, AuthFailure};
 use crate::ratelimit::{Decision, Rate};
 use crate::serve::ClientAddr;
+use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
+use subtle::ConstantTimeEq;
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,14 +171,25 @@ pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, 
     }
 }
 
-/// Authenticates the request's bearer credential, with the guard.
+/// Authenticates the request's bearer credential, with the guard. On the
+/// web port a request without an Authorization header may instead carry
+/// the web UI's session cookie (see [`session_principal`]).
 pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
     let ip = client_ip(parts);
     check_guard(state, ip, now)?;
-    let result = match bearer(&parts.headers) {
-        Ok(credential) => authenticate(state, credential, Utc::now()).await,
-        Err(failure) => Err(failure),
+    let on_web_port = parts.extensions.get::<WebPort>().is_some();
+    let session_id = cookie(&parts.headers, SESSION_COOKIE);
+    let result = match (bearer(&parts.headers), session_id) {
+        (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
+            return session_principal(state, parts, id, Utc::now()).inspect_err(|e| {
+                if let ApiError::Unauthorized(failure) = e {
+                    note_failure(state, ip, *failure, now);
+                }
+            });
+        }
+        (Ok(credential), _) => authenticate(state, credential, Utc::now()).await,
+        (Err(failure), _) => Err(failure),
     };
     match result {
         Ok(p) => Ok(p),
@@ -185,6 +198,70 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
             Err(ApiError::Unauthorized(failure))
         }
     }
+}
+
+/// The caller behind a web session cookie. The cookie alone is not
+/// enough (it rides along on any request the browser makes to this site):
+/// the request must also carry the session's CSRF token in a custom header,
+/// which only script running on this origin can read (from
+/// `GET /web/session`) and send, and any `Origin` it has must be this
+/// server's own. An API-key session re-checks its key, so suspending,
+/// revoking or downgrading a key applies to open sessions at once.
+pub fn session_principal(
+    state: &AppState,
+    parts: &Parts,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Principal, ApiError> {
+    let session = live_session(state, id, now).map_err(ApiError::Unauthorized)?;
+    if !same_origin_or_none(&parts.headers) {
+        return Err(ApiError::CsrfRefused("the Origin is not this server"));
+    }
+    let presented = parts
+        .headers
+        .get(CSRF_HEADER)
+        .map(|v| v.as_bytes())
+        .ok_or(ApiError::CsrfRefused("the X-CSRF-Token header is missing"))?;
+    if !bool::from(presented.ct_eq(session.csrf.as_bytes())) {
+        return Err(ApiError::CsrfRefused("the X-CSRF-Token header is wrong"));
+    }
+    Ok(session.principal)
+}
+
+/// The session behind a cookie value, with an API-key session's key
+/// re-checked (state and tier) against the current table.
+pub fn live_session(
+    state: &AppState,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Session, AuthFailure> {
+    let mut session = state
+        .sessions
+        .get(id, now)
+        .ok_or(AuthFailure::SessionExpired)?;
+    if let Some(key_id) = &session.principal.key_id {
+        let table = state.api_keys.load();
+        let record = table.get(key_id).ok_or(AuthFailure::UnknownKey)?;
+        match record.status_at(now) {
+            ApiKeyStatus::Active => {}
+            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
+            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
+            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
+        }
+        session.principal.tier = session.principal.tier.min(record.tier);
+    }
+    Ok(session)
+}
+
+/// True when the request has no `Origin`, or this server's own.
+pub fn same_origin_or_none(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes())
 }
 
 /// Takes one request from the principal's per-minute budget (tier

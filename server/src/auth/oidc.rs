@@ -163,8 +163,14 @@ impl OidcVerifier {
             .clone()
     }
 
-    /// Fetches discovery then the JWKS.
-    async fn fetch(&self, issuer: &str) -> Result<CachedJwks, String> {
+    /// The HTTP client that trusts the issuers' CAs (the web UI's SSO
+    /// login exchanges codes with it).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The issuer's discovery document, checked to name that issuer.
+    pub async fn discover(&self, issuer: &str) -> Result<Value, String> {
         let base = normalise(issuer);
         let discovery: Value = self
             .client
@@ -185,6 +191,12 @@ impl OidcVerifier {
         {
             return Err("discovery: issuer does not match".into());
         }
+        Ok(discovery)
+    }
+
+    /// Fetches discovery then the JWKS.
+    async fn fetch(&self, issuer: &str) -> Result<CachedJwks, String> {
+        let discovery = self.discover(issuer).await?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
@@ -240,6 +252,19 @@ impl OidcVerifier {
         issuer: &OidcIssuer,
         leeway_secs: u64,
     ) -> Result<OidcIdentity, AuthFailure> {
+        self.verify_claims(token, issuer, leeway_secs)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    /// Same, also returning every claim (an ID token's `nonce`, `exp` and
+    /// name are checked or shown by the web login).
+    pub async fn verify_claims(
+        self: &Arc<Self>,
+        token: &str,
+        issuer: &OidcIssuer,
+        leeway_secs: u64,
+    ) -> Result<(OidcIdentity, Value), AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure::InvalidToken)?;
         let kid = header.kid.clone().ok_or(AuthFailure::UnknownKid)?;
         let cache = self.cache(&issuer.issuer_url);
@@ -286,11 +311,12 @@ impl OidcVerifier {
         let tier = role_tier(claims.get(&issuer.role_claim))
             .or(issuer.default_tier)
             .ok_or(AuthFailure::InvalidToken)?;
-        Ok(OidcIdentity {
+        let identity = OidcIdentity {
             issuer: normalise(&issuer.issuer_url).to_string(),
             subject: subject.to_string(),
             tier,
-        })
+        };
+        Ok((identity, claims))
     }
 
     /// Starts a background refresh when the cache is getting old.

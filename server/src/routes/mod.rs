@@ -11,25 +11,47 @@ pub mod web;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, REFERRER_POLICY,
-    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::audit;
 use crate::error::ApiError;
+use crate::session::WebPort;
 use crate::state::AppState;
 
-/// The application: routes, then (outermost last) CORS, the origin guard
-/// and the audit/metrics middleware.
+/// The API port's application: the API, then (outermost last) CORS, the
+/// origin guard and the audit/metrics middleware.
 pub fn app(state: AppState) -> Router {
+    finish(api_routes(), state)
+}
+
+/// The web port's application: the same API plus the chat UI and its
+/// session endpoints. Requests here are marked [`WebPort`], which is what
+/// lets the session cookie authenticate API calls on this port only.
+pub fn web_app(state: AppState) -> Router {
+    let ui = Router::new()
+        .route("/", get(web::index))
+        .route("/ui/app.js", get(web::script))
+        .route("/ui/style.css", get(web::style))
+        .route("/web/options", get(web::login::options))
+        .route("/web/session", get(web::login::current))
+        .route("/web/login", post(web::login::login_with_key))
+        .route("/web/logout", post(web::login::logout))
+        .route("/web/sso/start", get(web::sso::start))
+        .route("/web/sso/callback", get(web::sso::callback));
+    finish(api_routes().merge(ui), state).layer(Extension(WebPort))
+}
+
+fn api_routes() -> Router<AppState> {
     let admin_config = get(admin::get_config).patch(admin::patch_config);
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -45,12 +67,13 @@ pub fn app(state: AppState) -> Router {
             "/api/admin/configuration",
             admin_config.post(admin::patch_config),
         )
-        .route("/", get(web::index))
-        .route("/ui/app.js", get(web::script))
-        .route("/ui/style.css", get(web::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+}
+
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .route_layer(middleware::from_fn(audit::note_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -83,6 +106,9 @@ fn cors(state: AppState) -> CorsLayer {
         }))
         .allow_methods([Method::GET, Method::POST, Method::PATCH])
         .allow_headers([AUTHORIZATION, CONTENT_TYPE])
+        // Never: a configured origin gets bearer-token CORS, but a
+        // browser's session cookie must not work from another site.
+        .allow_credentials(false)
         .max_age(Duration::from_secs(600))
 }
 
@@ -97,6 +123,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Old browsers that ignore CSP frame-ancestors: never in a frame
+    // (clickjacking of the chat or admin view).
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers
         .entry(CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -21,6 +22,10 @@ use crate::engine::{ChatMessage, FinishReason, Role, Usage};
 use crate::error::ApiError;
 use crate::generation::{self, Piece, Requested};
 use crate::state::AppState;
+
+/// How many sensitive values the input filter replaced in the prompt
+/// (`[FILTERED]` is what the model saw instead).
+pub const INPUT_REDACTIONS_HEADER: &str = "x-securechat-input-redactions";
 
 /// Message content: a string, or the array-of-parts form (text parts only).
 #[derive(Debug, Deserialize)]
@@ -171,12 +176,13 @@ pub async fn chat_completions(
     };
     let messages = to_messages(body.messages)?;
     let prepared = generation::prepare(&state, &caller.principal, &audit, messages, requested)?;
+    let input_redactions = HeaderValue::from(prepared.input_redactions);
     let rx = generation::start(&state, &caller.principal, &audit, prepared, received)?;
     let id = completion_id();
     let created = chrono::Utc::now().timestamp();
     if !body.stream {
         let (text, reason, usage, filtered) = generation::collect(rx).await?;
-        return Ok(Json(json!({
+        let mut response = Json(json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
@@ -188,13 +194,21 @@ pub async fn chat_completions(
             }],
             "usage": usage_json(usage),
         }))
-        .into_response());
+        .into_response();
+        response
+            .headers_mut()
+            .insert(INPUT_REDACTIONS_HEADER, input_redactions);
+        return Ok(response);
     }
     let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
     let events = sse_events(rx, id, model_id, created, include_usage);
-    Ok(Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    response
+        .headers_mut()
+        .insert(INPUT_REDACTIONS_HEADER, input_redactions);
+    Ok(response)
 }
 
 /// Turns pieces into OpenAI chunk events, ending with `data: [DONE]`.
@@ -231,8 +245,15 @@ fn sse_events(
                     finish_reason: reason,
                     usage,
                     filtered,
+                    output_redactions,
                 }) => {
-                    let mut out = vec![chunk(json!({}), Some(finish_reason(reason, filtered)))];
+                    let mut last = chunk(json!({}), Some(finish_reason(reason, filtered)));
+                    if output_redactions > 0 {
+                        // An extension field (SDKs keep unknown fields):
+                        // the answer had sensitive values replaced.
+                        last["securechat"] = json!({"output_redactions": output_redactions});
+                    }
+                    let mut out = vec![last];
                     if include_usage {
                         let mut u = out[0].clone();
                         u["choices"] = json!([]);

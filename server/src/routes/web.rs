@@ -1,14 +1,22 @@
-//! The web chat page (the seed's Streamlit UI on port 8501): static files
-//! compiled into the binary, served on both ports under a strict Content
-//! Security Policy. The page calls the same authenticated API with the
-//! user's own key or token; it has no privileges of its own.
+//! The web chat UI (the seed's Streamlit page on port 8501), served only on
+//! the web port: static files compiled into the binary under a strict
+//! Content Security Policy, and the session endpoints. The page never holds
+//! a credential: logging in (API key or SSO) opens a server-side session
+//! whose id lives in an HttpOnly cookie, and the page calls the same
+//! authenticated API with that cookie plus a CSRF token.
 
-use axum::http::HeaderValue;
+pub mod login;
+pub mod sso;
+
 use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// No inline script or style, nothing from another origin, no framing, no
+/// form posts (the page submits with fetch), no plugins, no `<base>`.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                       connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+                       frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut response = body.into_response();
@@ -28,4 +36,69 @@ pub async fn script() -> Response {
 
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", include_str!("web/style.css"))
+}
+
+/// Escapes text for an HTML text node or quoted attribute.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A full-page error for the browser flows (the SSO redirects land on
+/// pages, not on script): what went wrong and a way back.
+pub fn error_page(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>securechat: {title}</title><link rel=\"stylesheet\" href=\"/ui/style.css\"></head>\
+         <body><main class=\"error-page\"><h1 id=\"error-title\">{title}</h1>\
+         <p id=\"error-detail\">{detail}</p><p><a href=\"/\">Back to the sign-in page</a></p>\
+         </main></body></html>\n",
+        title = escape_html(title),
+        detail = escape_html(detail),
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn the_policy_forbids_inline_code_framing_and_foreign_origins() {
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(CSP.contains(directive), "{directive}");
+        }
+        assert!(!CSP.contains("unsafe-inline") && !CSP.contains("unsafe-eval"));
+    }
 }
