@@ -156,7 +156,8 @@ cat <<EOF
 API:     https://localhost:$api_port/v1   (OpenAI-compatible; seed API at /chat)
 Web UI:  https://localhost:$web_port/
 CA:      $demo/ca.crt   (from Secret $key_ns/$key_secret, key ca.crt)
-Key:     kubectl get secret $key_secret -n $key_ns -o jsonpath='{.data.api-key}' | base64 -d
+Key:     export KEY=\$(kubectl get secret $key_secret -n $key_ns -o jsonpath='{.data.api-key}' | base64 -d)
+         (export KUBECONFIG=$KUBECONFIG first)
 
 curl --cacert $demo/ca.crt https://localhost:$api_port/v1/chat/completions \\
   -H "Authorization: Bearer \$KEY" -H 'Content-Type: application/json' \\
@@ -170,7 +171,9 @@ print(client.chat.completions.create(model="$model",
       messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)
 PY
 
-Try a rotation live: kubectl annotate scm $model -n $model_ns securechat.dev/rotate-ca=now --overwrite
+Rotate live (the server reloads the projected files, no restart; see $demo/logs/server.log):
+  kubectl annotate scm $model -n $model_ns securechat.dev/rotate-signing-keys=\$(date +%s) --overwrite
+  kubectl annotate scm $model -n $model_ns securechat.dev/rotate-ca=\$(date +%s) --overwrite   # overlap: spec.tls.caOverlap (24h)
 Logs: $demo/logs/   Stop: Ctrl-C here, or make demo-down
 EOF
 

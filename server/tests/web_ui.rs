@@ -75,6 +75,7 @@ async fn real_server(dir: &Path, config: &str) -> (Running, Keys) {
         web_addr: "127.0.0.1:0".parse().unwrap(),
         oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
         record_last_used: None,
+        path_root: None,
     };
     (start(&options, engine).await.unwrap(), keys)
 }

@@ -27,7 +27,7 @@ use crate::Duration;
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.modelRef.name"}"#,
     printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
