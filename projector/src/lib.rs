@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "watch")]
+pub mod follow;
+#[cfg(feature = "watch")]
 pub mod source;
 pub mod writer;
 

@@ -7,19 +7,13 @@
 //! Like the kubelet, it keeps the last projected content when the object is
 //! deleted or the API server is unreachable.
 
-use std::fmt::Debug;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chrono::Utc;
 use clap::{ArgGroup, Parser};
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
-use securechat_projector::source::{config_map_payload, secret_payload};
-use securechat_projector::{AtomicWriter, Outcome, Payload};
-use serde::de::DeserializeOwned;
+use kube::Client;
+use securechat_projector::AtomicWriter;
+use securechat_projector::follow;
 
 #[derive(Parser)]
 #[command(
@@ -73,84 +67,22 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let writer = AtomicWriter::new(&cli.dir);
-    let mode = cli.mode;
+    let (namespace, mode, once) = (cli.namespace.as_str(), cli.mode, cli.once);
     let follow_until_signal = async {
         match (&cli.secret, &cli.config_map) {
             (Some(name), _) => {
-                let api: Api<Secret> = Api::namespaced(client, &cli.namespace);
-                follow(api, name, &writer, cli.once, move |s| {
-                    secret_payload(s, mode)
-                })
-                .await
+                follow::follow_secret(client, namespace, name, &writer, mode, once).await
             }
             (None, Some(name)) => {
-                let api: Api<ConfigMap> = Api::namespaced(client, &cli.namespace);
-                follow(api, name, &writer, cli.once, move |c| {
-                    config_map_payload(c, mode)
-                })
-                .await
+                follow::follow_config_map(client, namespace, name, &writer, mode, once).await
             }
             (None, None) => unreachable!("clap requires --secret or --config-map"),
         }
     };
     tokio::select! {
-        result = follow_until_signal => result,
+        result = follow_until_signal => Ok(result?),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
-}
-
-/// Projects `name` now and, unless `once`, after every change.
-async fn follow<K>(
-    api: Api<K>,
-    name: &str,
-    writer: &AtomicWriter,
-    once: bool,
-    payload: impl Fn(&K) -> Payload,
-) -> anyhow::Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    let kind = K::kind(&());
-    if once {
-        let object = api
-            .get(name)
-            .await
-            .with_context(|| format!("reading {kind} {name}"))?;
-        return project(writer, &kind, name, &payload(&object));
-    }
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    // Retries with backoff while the API server is unreachable; the last
-    // projected content stays in place meanwhile, as with the kubelet.
-    let mut objects = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    tracing::info!(%kind, name, dir = %writer.dir().display(), "watching");
-    while let Some(object) = objects
-        .try_next()
-        .await
-        .with_context(|| format!("watching {kind} {name}"))?
-    {
-        if let Err(e) = project(writer, &kind, name, &payload(&object)) {
-            // A payload the writer refuses (a key that is not a valid
-            // file name) is reported; the next change may fix it.
-            tracing::error!(%kind, name, error = %e, "cannot project");
-        }
-    }
-    Ok(())
-}
-
-fn project(writer: &AtomicWriter, kind: &str, name: &str, payload: &Payload) -> anyhow::Result<()> {
-    match writer
-        .write(payload, Utc::now())
-        .with_context(|| format!("projecting {kind} {name} into {}", writer.dir().display()))?
-    {
-        Outcome::Written { generation } => {
-            tracing::info!(kind, name, generation, files = payload.len(), "projected")
-        }
-        Outcome::Unchanged => tracing::debug!(kind, name, "unchanged"),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
