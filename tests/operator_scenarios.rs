@@ -1096,3 +1096,87 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+/// A certificate that cannot be renewed (here: the CA key in the CA Secret
+/// was damaged) is a condition, a metric and an event, not a silent retry
+/// loop; repairing the CA recovers.
+#[tokio::test]
+async fn a_failed_certificate_renewal_is_a_condition_and_a_metric() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "renewfail").await;
+    let operator = Operator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    let model: SecureChatModel = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+        "metadata": {"name": "r", "namespace": ns.name},
+        "spec": {"replicas": 0}
+    }))
+    .unwrap();
+    models
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("create");
+    await_condition(
+        models.clone(),
+        "r",
+        "a certificate",
+        Duration::from_secs(60),
+        |m: Option<&SecureChatModel>| is(m, "TLSReady", "True"),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let good_ca = secrets.get("r-ca").await.expect("CA secret");
+    secrets
+        .patch(
+            "r-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.key": "bm90IGEga2V5"}})),
+        )
+        .await
+        .expect("damage the CA key");
+    secrets
+        .delete("r-tls", &DeleteParams::default())
+        .await
+        .expect("delete the certificate");
+    let failed = await_condition(
+        models.clone(),
+        "r",
+        "TLSReady=False/RenewalFailed",
+        Duration::from_secs(60),
+        |m: Option<&SecureChatModel>| {
+            condition(m, "TLSReady").is_some_and(|c| c.0 == "False" && c.1 == "RenewalFailed")
+        },
+    )
+    .await;
+    let message = condition(Some(&failed), "TLSReady").unwrap().2;
+    assert!(message.contains("tls"), "{message}");
+    let text = operator.metrics.render();
+    assert!(
+        metric(
+            &text,
+            "securechat_operator_material_failures_total{material=\"tls\"}"
+        ) >= 1,
+        "{text}"
+    );
+
+    // Repaired: the certificate is issued again and the condition clears.
+    let key = good_ca.data.as_ref().expect("data")["ca.key"].clone();
+    secrets
+        .patch(
+            "r-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ca.key": key}})),
+        )
+        .await
+        .expect("repair the CA key");
+    await_condition(
+        models.clone(),
+        "r",
+        "TLSReady again",
+        Duration::from_secs(90),
+        |m: Option<&SecureChatModel>| is(m, "TLSReady", "True"),
+    )
+    .await;
+    assert!(secrets.get_opt("r-tls").await.unwrap().is_some());
+}

@@ -308,7 +308,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
                 n += 1;
                 // A fresh token every 2 s: tokens minted before, during and
                 // after the signing-key rotation are all in use.
-                if n % (2 * RATE) == 0 {
+                if n.is_multiple_of(2 * RATE) {
                     let key = read(&minter.join("api-key")).unwrap_or_default();
                     match mint_jwt(&minter, &url, &key).await {
                         Ok(token) => *jwt.lock().unwrap() = token,
@@ -319,7 +319,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
                         }),
                     }
                 }
-                let credential = if n % 2 == 0 {
+                let credential = if n.is_multiple_of(2) {
                     Credential::ApiKey
                 } else {
                     Credential::Jwt
@@ -331,7 +331,9 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
                         // server's brute-force guard (20 a minute).
                         match *key_state.lock().unwrap() {
                             KeyState::Rejected => continue,
-                            KeyState::Off(_) | KeyState::Resuming(_) if n % 20 != 0 => continue,
+                            KeyState::Off(_) | KeyState::Resuming(_) if !n.is_multiple_of(20) => {
+                                continue;
+                            }
                             _ => {}
                         }
                         read(&app.join("api-key")).unwrap_or_default()

@@ -142,8 +142,19 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
     let network = desired::network_policy(&ctx);
     writer.apply(&network.policy).await?;
     let now = chrono::Utc::now();
-    let tls = material::tls(&mut writer, &ctx, now).await?;
-    let keys = material::signing_keys(&mut writer, &ctx, now).await?;
+    let tls = match material::tls(&mut writer, &ctx, now).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            return Err(material_failed(state, model, "tls", crate::status::TLS_READY, e).await);
+        }
+    };
+    let keys = match material::signing_keys(&mut writer, &ctx, now).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            let condition = crate::status::SIGNING_KEYS_READY;
+            return Err(material_failed(state, model, "signing_keys", condition, e).await);
+        }
+    };
     material::api_keys(&mut writer, &ctx).await?;
     let (config_map, config_checksum) = desired::config_map(&ctx)?;
     writer.apply(&config_map).await?;
@@ -222,6 +233,49 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
     Ok(Action::requeue(
         due.clamp(Duration::from_secs(1), Duration::from_secs(300)),
     ))
+}
+
+/// A certificate renewal or key rotation failed: counted, shown as the
+/// material's condition (reason RenewalFailed) and as a Warning event, then
+/// retried by the error policy. The last good material stays in force.
+async fn material_failed(
+    state: &State,
+    model: &SecureChatModel,
+    material: &str,
+    condition: &str,
+    error: Error,
+) -> Error {
+    state.metrics.material_failed(material);
+    let message = format!("{material}: {error}");
+    let mut status = model.status.clone().unwrap_or_default();
+    let changed = securechat_crds::conditions::set_condition(
+        &mut status.conditions,
+        securechat_crds::conditions::ConditionUpdate::new(
+            condition,
+            false,
+            "RenewalFailed",
+            message.clone(),
+        ),
+        model.metadata.generation,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    if changed {
+        publish(state, model, EventType::Warning, "RenewalFailed", message).await;
+        let api: Api<SecureChatModel> =
+            Api::namespaced(state.client.clone(), &model.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
+        if let Err(e) = api
+            .patch_status(
+                &model.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            warn!(error = %e, "could not report the failed renewal in the status");
+        }
+    }
+    error
 }
 
 /// The scheduler's message for a pod of this model it could not place.

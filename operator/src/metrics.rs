@@ -10,6 +10,9 @@
 //! - `securechat_operator_object_writes_total{kind}` (creates/updates/deletes
 //!   of owned objects; flat in a steady state)
 //! - `securechat_operator_leader` (1 while this process holds the lease)
+//! - `securechat_operator_material_failures_total{material="tls|signing_keys"}`
+//!   (certificate issuance/renewal or key rotation that failed; the model
+//!   also gets TLSReady / SigningKeysReady = False, reason RenewalFailed)
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,6 +42,7 @@ pub struct Metrics {
     managed: Gauge,
     writes: Family<Labels, Counter>,
     leader: Gauge,
+    material_failures: Family<Labels, Counter>,
     models: Mutex<HashSet<(String, String)>>,
     /// Set once the API server answered; /readyz reports it.
     pub ready: AtomicBool,
@@ -84,6 +88,12 @@ impl Metrics {
             "Writes of owned objects (create, update, delete) by kind",
             writes.clone(),
         );
+        let material_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "securechat_operator_material_failures",
+            "Certificate renewals and signing-key rotations that failed, by material",
+            material_failures.clone(),
+        );
         registry.register(
             "securechat_operator_leader",
             "1 while this process holds the leader-election lease",
@@ -97,9 +107,17 @@ impl Metrics {
             managed,
             writes,
             leader,
+            material_failures,
             models: Mutex::default(),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// A certificate renewal or key rotation failed.
+    pub fn material_failed(&self, material: &str) {
+        self.material_failures
+            .get_or_create(&vec![("material", material.to_string())])
+            .inc();
     }
 
     pub fn reconciled(&self, namespace: &str, name: &str, took: Duration, error: Option<&str>) {
