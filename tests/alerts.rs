@@ -4,7 +4,8 @@
 //! threshold and series beside them that must stay quiet — pass.
 //!
 //! That the metric names exist is checked where they are exported:
-//! server/tests/alert_metrics.rs scrapes a running server.
+//! server/tests/alert_metrics.rs scrapes a running server; the operator's
+//! are checked here against its metrics registry.
 
 mod common;
 
@@ -132,4 +133,35 @@ fn every_alert_and_severity_is_seen_firing_in_the_unit_tests() {
     // firing case sits beside series that must not fire (exp_alerts lists
     // are exact); the explicit ones are worth keeping.
     assert!(quiet.len() >= 8, "few explicit quiet cases: {quiet:?}");
+}
+
+/// Every `securechat_operator_*` series a rule reads is one the operator
+/// exports: a renamed metric would leave its alert silently dead.
+#[test]
+fn the_operator_metrics_the_rules_read_exist() {
+    let text = std::fs::read_to_string(rules_file()).expect("rules");
+    let used: BTreeSet<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("securechat_operator_") && !w.ends_with('_'))
+        .map(str::to_string)
+        .collect();
+    assert!(!used.is_empty(), "the rules read no operator metric");
+    // Every labelled series appears once something was counted.
+    let metrics = securechat_operator::metrics::Metrics::new();
+    metrics.reconciled(
+        "ns",
+        "m",
+        std::time::Duration::from_millis(5),
+        Some("kube_api"),
+    );
+    metrics.material_failed("tls");
+    let exported = metrics.render();
+    for name in &used {
+        assert!(
+            exported
+                .lines()
+                .any(|l| l.split(['{', ' ']).next() == Some(name.as_str())),
+            "the rules read {name}, which the operator does not export:\n{exported}"
+        );
+    }
 }
