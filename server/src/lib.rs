@@ -13,6 +13,7 @@ pub mod der;
 pub mod dev;
 pub mod engine;
 pub mod error;
+pub mod fetch;
 pub mod files;
 pub mod generation;
 pub mod inference;

@@ -27,6 +27,35 @@ enum Command {
     Serve(ServeArgs),
     /// Manage API keys in the local key table.
     Keys(KeysArgs),
+    /// Download a model from a Hugging Face repository (the operator's init
+    /// container for a huggingFace source); prints the model path last.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Repository id, e.g. THUDM/chatglm3-6b.
+    #[arg(long)]
+    repo: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// For a GGUF repository: the file to fetch. Default: the safetensors
+    /// weights with config and tokenizer.
+    #[arg(long)]
+    file: Option<String>,
+    /// File holding an access token (gated or private repositories).
+    #[arg(long, env = "HF_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Directory to download into (created if absent).
+    #[arg(long)]
+    dest: PathBuf,
+    /// Hub endpoint (a mirror); https, or http on loopback only.
+    #[arg(long, env = "HF_ENDPOINT", default_value = securechat_server::fetch::DEFAULT_ENDPOINT)]
+    endpoint: String,
+    /// Extra PEM CA certificates to trust (a mirror behind a private CA).
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -108,7 +137,35 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Keys(args) => keys(args),
+        Command::Fetch(args) => fetch(args),
     }
+}
+
+fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    use securechat_server::fetch::{self, FetchRequest};
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let token = match &args.token_file {
+        Some(path) => Some(String::from_utf8(read(path)?)?.trim().to_string()),
+        None => None,
+    };
+    let extra_roots = args.ca_bundle.as_ref().map(read).transpose()?;
+    let request = FetchRequest {
+        endpoint: args.endpoint,
+        repo: args.repo,
+        revision: args.revision,
+        file: args.file,
+        token,
+        dest: args.dest,
+    };
+    let client = fetch::client(extra_roots.as_deref())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(fetch::fetch(&client, &request))?;
+    println!("{}", request.model_path().display());
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

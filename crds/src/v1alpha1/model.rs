@@ -269,6 +269,10 @@ pub struct HuggingFaceSource {
     /// For GGUF repositories: the file to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains('..') && !self.startsWith('/')",
+         "message": "model.source.huggingFace.file: a path inside the repository (no '..', not absolute)"}
+    ]))]
     pub file: Option<String>,
 
     /// Secret in the model's namespace with key `token`, for gated repositories.

@@ -5,9 +5,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -86,25 +86,10 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
             failure_threshold: Some(60),
             ..https_probe("/healthz", 5, 60)
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(hardened()),
         ..Default::default()
     };
+    let init_containers = model_fetcher(ctx).map(|fetcher| vec![fetcher]);
 
     let scheduling = &spec.scheduling;
     let mut node_selector = scheduling.node_selector.clone();
@@ -128,6 +113,7 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
         service_account_name: Some(Names::service_account(&ctx.name)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
+        init_containers,
         containers: vec![container],
         volumes: Some(volumes),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
@@ -188,6 +174,85 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
         },
         ..Default::default()
     }
+}
+
+/// Non-root, read-only root filesystem, no privileges, no capabilities,
+/// the runtime's seccomp profile: every container of the pod.
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where the Hugging Face token Secret is mounted in the init container.
+const HF_TOKEN_DIR: &str = "/var/run/securechat/hf-token";
+
+/// For a `huggingFace` source: the init container that downloads the model
+/// into the pod's `model` emptyDir (`securechat-server fetch`, same image),
+/// so the serving container never talks to the hub.
+fn model_fetcher(ctx: &Context) -> Option<Container> {
+    let spec = &ctx.model.spec;
+    let hf = spec.model.source.hugging_face.as_ref()?;
+    let mut args = vec![
+        "fetch".to_string(),
+        "--repo".into(),
+        hf.repo.clone(),
+        "--revision".into(),
+        hf.revision.clone(),
+        "--dest".into(),
+        MODELS_DIR.into(),
+    ];
+    if let Some(file) = &hf.file {
+        args.extend(["--file".into(), file.clone()]);
+    }
+    let mut mounts = vec![
+        VolumeMount {
+            name: "model".into(),
+            mount_path: MODELS_DIR.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    if hf.token_secret_name.is_some() {
+        args.extend(["--token-file".into(), format!("{HF_TOKEN_DIR}/token")]);
+        mounts.push(VolumeMount {
+            name: "hf-token".into(),
+            mount_path: HF_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Some(Container {
+        name: "fetch-model".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| ctx.default_image.to_string()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        volume_mounts: Some(mounts),
+        security_context: Some(hardened()),
+        ..Default::default()
+    })
 }
 
 fn https_probe(path: &str, period: i32, failures: i32) -> Probe {
@@ -305,6 +370,34 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
         });
         mounts.push(mount("model", MODELS_DIR));
         format!("{MODELS_DIR}/{}", volume.path.trim_start_matches('/'))
+    } else if let Some(hf) = &source.hugging_face {
+        // Filled by the fetch-model init container; read-only here.
+        volumes.push(Volume {
+            name: "model".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(mount("model", MODELS_DIR));
+        if let Some(token_secret) = &hf.token_secret_name {
+            volumes.push(Volume {
+                name: "hf-token".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(token_secret.clone()),
+                    default_mode: Some(0o440),
+                    items: Some(vec![KeyToPath {
+                        key: "token".into(),
+                        path: "token".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        match &hf.file {
+            Some(file) => format!("{MODELS_DIR}/{file}"),
+            None => MODELS_DIR.to_string(),
+        }
     } else {
         EMBEDDED_MODEL_PATH.to_string()
     };
@@ -448,6 +541,99 @@ mod tests {
         );
         assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn a_hugging_face_source_is_fetched_by_a_hardened_init_container() {
+        let d = build(
+            json!({"model": {"family": "Llama-GGUF", "source": {"huggingFace": {
+            "repo": "org/model-GGUF", "revision": "0123abc", "file": "m.Q4_1.gguf",
+            "tokenSecretName": "hf"}}}}),
+        );
+        let pod = pod(&d);
+        let init = pod.init_containers.clone().expect("init containers");
+        assert_eq!(init.len(), 1);
+        let fetcher = &init[0];
+        assert_eq!(fetcher.image.as_deref(), Some("securechat/server:0.1.0"));
+        assert_eq!(
+            fetcher.args.clone().expect("args"),
+            [
+                "fetch",
+                "--repo",
+                "org/model-GGUF",
+                "--revision",
+                "0123abc",
+                "--dest",
+                "/models",
+                "--file",
+                "m.Q4_1.gguf",
+                "--token-file",
+                "/var/run/securechat/hf-token/token"
+            ]
+        );
+        assert_eq!(fetcher.security_context, Some(hardened()));
+        let writable: Vec<_> = fetcher
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.read_only != Some(true))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(writable, ["/models", "/tmp"]);
+        // The server reads the fetched file, read-only, and never the token.
+        let server = &pod.containers[0];
+        let args = server.args.clone().expect("args");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--model", "/models/m.Q4_1.gguf"])
+        );
+        let mounts = server.volume_mounts.clone().expect("mounts");
+        let model = mounts
+            .iter()
+            .find(|m| m.name == "model")
+            .expect("model mount");
+        assert_eq!(model.read_only, Some(true));
+        assert!(!mounts.iter().any(|m| m.name == "hf-token"));
+        let volumes = pod.volumes.expect("volumes");
+        let model = volumes
+            .iter()
+            .find(|v| v.name == "model")
+            .expect("model volume");
+        assert!(model.empty_dir.is_some());
+        let token = volumes
+            .iter()
+            .find(|v| v.name == "hf-token")
+            .expect("token volume");
+        assert_eq!(
+            token.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("hf")
+        );
+    }
+
+    #[test]
+    fn a_safetensors_repository_is_served_from_the_directory_without_a_token() {
+        let d = build(
+            json!({"model": {"family": "ChatGLM3", "source": {"huggingFace": {
+            "repo": "THUDM/chatglm3-6b"}}}}),
+        );
+        let pod = pod(&d);
+        let fetcher = &pod.init_containers.clone().expect("init")[0];
+        let args = fetcher.args.clone().expect("args");
+        assert!(!args.iter().any(|a| a == "--token-file" || a == "--file"));
+        let server_args = pod.containers[0].args.clone().expect("args");
+        assert!(server_args.windows(2).any(|w| w == ["--model", "/models"]));
+        assert!(
+            !pod.volumes
+                .expect("volumes")
+                .iter()
+                .any(|v| v.name == "hf-token")
+        );
+        // No init container for the other sources.
+        assert!(pod_of_default().init_containers.is_none());
+    }
+
+    fn pod_of_default() -> PodSpec {
+        pod(&build(json!({})))
     }
 
     #[test]
