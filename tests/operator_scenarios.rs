@@ -1139,6 +1139,22 @@ async fn a_failed_certificate_renewal_is_a_condition_and_a_metric() {
         .delete("r-tls", &DeleteParams::default())
         .await
         .expect("delete the certificate");
+    // Certificate Secrets are not watched (renewal is driven by time): a
+    // change to the model starts the reconcile that meets the damage.
+    let poke = |value: &'static str| {
+        let models = models.clone();
+        async move {
+            models
+                .patch(
+                    "r",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": value}}})),
+                )
+                .await
+                .expect("poke the model");
+        }
+    };
+    poke("1").await;
     let failed = await_condition(
         models.clone(),
         "r",
@@ -1170,6 +1186,7 @@ async fn a_failed_certificate_renewal_is_a_condition_and_a_metric() {
         )
         .await
         .expect("repair the CA key");
+    poke("2").await;
     await_condition(
         models.clone(),
         "r",

@@ -263,9 +263,14 @@ async fn main() {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
     );
+    let profile = if cfg!(debug_assertions) {
+        "dev-profile (dependencies at opt-level 2)"
+    } else {
+        "release"
+    };
     let section = format!(
         "## Operator convergence (4/8)\n\n{date}, {cores} cores, {cpu}; control plane of tests/cluster \
-         on the same machine; operator release build, one process.\n\n{table}\n\
+         on the same machine; operator {profile} build, one process.\n\n{table}\n\
          Run: `cargo bench -p securechat-operator --bench converge`.\n"
     );
     println!("{section}");

@@ -28,8 +28,12 @@ use tracing::{info, warn};
 use crate::api_keys::{self, Consumer, KeyStep, KeyView};
 use crate::apply::Writer;
 use crate::controller::State;
+use crate::desired::secrets::CA_BUNDLE_LABEL;
 use crate::labels::{self, Names};
 use crate::{Error, FIELD_MANAGER, Result};
+
+/// Label on consumer Secrets, naming their ChatApiKey.
+pub const CONSUMER_LABEL: &str = "securechat.dev/api-key";
 
 /// Expired entries are swept at least this often (the second seed's
 /// five-minute cleanup).
@@ -57,10 +61,11 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
                     Api::all(client.clone()),
                 ),
             };
-            let owned = watcher::Config::default().labels(&format!(
-                "app.kubernetes.io/managed-by={}",
-                labels::MANAGED_BY
-            ));
+            // Only the consumer Secrets and the CA bundles: the operator's
+            // other Secrets and ConfigMaps (keys, certificates, configs of
+            // every model) would otherwise be listed and watched here too.
+            let consumers = watcher::Config::default().labels(CONSUMER_LABEL);
+            let bundle_maps = watcher::Config::default().labels(CA_BUNDLE_LABEL);
             let controller = Controller::new(keys, watcher::Config::default());
             // A CA rotation changes the model's bundle; every key of that
             // model copies it into its consumer Secret (ca.crt) within the
@@ -68,8 +73,8 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
             // namespace list get it at their periodic resync instead.
             let keys_store = controller.store();
             controller
-                .owns(secrets, owned.clone())
-                .watches(bundles, owned, move |bundle| {
+                .owns(secrets, consumers)
+                .watches(bundles, bundle_maps, move |bundle| {
                     keys_of_bundle(&keys_store.state(), &bundle)
                 })
                 .shutdown_on_signal()
@@ -440,7 +445,7 @@ fn consumer_secret_object(
                         "app.kubernetes.io/managed-by".to_string(),
                         labels::MANAGED_BY.to_string(),
                     ),
-                    ("securechat.dev/api-key".to_string(), key.name_any()),
+                    (CONSUMER_LABEL.to_string(), key.name_any()),
                 ]
                 .into(),
             ),

@@ -256,9 +256,18 @@ pub fn tls_secret(
 }
 
 /// `<name>-ca-bundle`: what in-cluster clients trust to call the model.
+/// Label on CA bundle ConfigMaps: the ChatApiKey controller watches these
+/// only, not every ConfigMap the operator made.
+pub const CA_BUNDLE_LABEL: &str = "securechat.dev/ca-bundle";
+
 pub fn ca_bundle(ctx: &Context, ca_cert_pem: &str) -> ConfigMap {
+    let mut metadata = ctx.metadata(Names::ca_bundle(&ctx.name));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(CA_BUNDLE_LABEL.into(), "true".into());
     ConfigMap {
-        metadata: ctx.metadata(Names::ca_bundle(&ctx.name)),
+        metadata,
         data: Some(BTreeMap::from([(
             names::CA_CERT.to_string(),
             ca_cert_pem.to_string(),
