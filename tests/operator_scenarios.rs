@@ -902,23 +902,8 @@ async fn a_ca_rotation_keeps_clients_trusting_the_served_certificate_throughout(
     let client = client().await;
     install_crds();
     let ns = TestNamespace::create(&client, "carot").await;
-    let user_agent = format!("securechat-test/{}", ns.name);
-    let state = Arc::new(State::new(
-        client_as(&user_agent).await,
-        "securechat/server:test".into(),
-        Arc::new(Metrics::new()),
-    ));
-    let namespaces = vec![ns.name.clone()];
-    let (s1, n1) = (state.clone(), namespaces.clone());
-    let models_task = tokio::spawn(async move { controller::run(s1, &n1).await });
-    let keys_task =
-        tokio::spawn(
-            async move { securechat_operator::key_controller::run(state, &namespaces).await },
-        );
-    let _stop = scopeguard(move || {
-        models_task.abort();
-        keys_task.abort();
-    });
+    let _operator =
+        common::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
     let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
     let model: SecureChatModel = serde_json::from_value(json!({
@@ -1082,19 +1067,6 @@ async fn a_ca_rotation_keeps_clients_trusting_the_served_certificate_throughout(
     // The request was handled once: no second rotation starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(size(Some(&models.get("c").await.unwrap())), Some(1));
-}
-
-/// Runs `f` when dropped (also when a test panics).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// A certificate that cannot be renewed (here: the CA key in the CA Secret

@@ -16,12 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, await_condition, client, client_as, install_crds};
+use common::{TestNamespace, await_condition, client, install_crds};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use securechat_crds::{ChatApiKey, SecureChatModel};
-use securechat_operator::controller::{self, State};
-use securechat_operator::key_controller;
-use securechat_operator::metrics::Metrics;
 use securechat_projector::AtomicWriter;
 use securechat_projector::follow::{follow_config_map, follow_secret};
 use securechat_server::server::{ServeOptions, start};
@@ -158,16 +155,8 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
     let kube = client().await;
     install_crds();
     let ns = TestNamespace::create(&kube, "load").await;
-    let user_agent = format!("securechat-test/{}", ns.name);
-    let state = Arc::new(State::new(
-        client_as(&user_agent).await,
-        "securechat/server:test".into(),
-        Arc::new(Metrics::new()),
-    ));
-    let namespaces = vec![ns.name.clone()];
-    let (s1, n1) = (state.clone(), namespaces.clone());
-    let models_task = tokio::spawn(async move { controller::run(s1, &n1).await });
-    let keys_task = tokio::spawn(async move { key_controller::run(state, &namespaces).await });
+    let operator =
+        common::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
     let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &ns.name);
     let keys: Api<ChatApiKey> = Api::namespaced(kube.clone(), &ns.name);
@@ -481,8 +470,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
         "a revoked key is rejected"
     );
     server.shutdown().await;
-    models_task.abort();
-    keys_task.abort();
+    drop(operator);
 
     // Every request is accounted for; none with a valid credential failed.
     let outcomes = outcomes.lock().unwrap();

@@ -336,3 +336,38 @@ where
         Err(_) => panic!("timed out after {timeout:?} waiting for {what} ({name})"),
     }
 }
+
+/// Both of the operator's controllers (SecureChatModel and ChatApiKey)
+/// in-process, scoped to `namespace`, with a client whose User-Agent is
+/// `user_agent`; stopped when dropped (also when the test panics).
+pub struct InProcessOperator {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessOperator {
+    pub async fn start(namespace: &str, user_agent: &str) -> Self {
+        use securechat_operator::controller::{self, State};
+        use securechat_operator::key_controller;
+        use securechat_operator::metrics::Metrics;
+        let state = std::sync::Arc::new(State::new(
+            client_as(user_agent).await,
+            "securechat/server:test".into(),
+            std::sync::Arc::new(Metrics::new()),
+        ));
+        let namespaces = vec![namespace.to_string()];
+        let (s1, n1) = (state.clone(), namespaces.clone());
+        let models = tokio::spawn(async move { controller::run(s1, &n1).await });
+        let keys = tokio::spawn(async move { key_controller::run(state, &namespaces).await });
+        Self {
+            tasks: vec![models, keys],
+        }
+    }
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
