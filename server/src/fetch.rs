@@ -268,21 +268,7 @@ pub async fn fetch(
 /// followed (the hub sends files from a CDN), no overall timeout (weights
 /// are gigabytes) but a connect timeout.
 pub fn client(extra_roots: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(pem) = extra_roots {
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            roots.add(cert?)?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(extra_roots)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(std::time::Duration::from_secs(30))

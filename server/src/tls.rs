@@ -19,6 +19,26 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// TLS for the server's outgoing HTTPS (OIDC discovery and JWKS, model
+/// downloads): the system roots plus `extra_roots` (PEM CA certificates,
+/// for services behind a private CA).
+pub fn client_config(extra_roots: Option<&[u8]>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A malformed system certificate must not stop the server.
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = extra_roots {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots.add(cert?)?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A parsed certificate chain and key.
 pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,

@@ -127,23 +127,7 @@ fn ttl_from(headers: &reqwest::header::HeaderMap) -> Duration {
 impl OidcVerifier {
     /// `extra_roots`: PEM CA certificates trusted besides the system roots.
     pub fn new(extra_roots: Option<&[u8]>) -> anyhow::Result<Self> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // A malformed system certificate must not stop the server.
-            let _ = roots.add(cert);
-        }
-        if let Some(pem) = extra_roots {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                roots.add(cert?)?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls::client_config(extra_roots)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(FETCH_TIMEOUT)
