@@ -60,9 +60,8 @@ test: ## every test, against a real control plane (started and stopped here)
 	@scripts/test.sh
 
 .PHONY: bench
-bench: model ## criterion benches (filter MB/s, JWT verifications/s), then securechat-server vs the seed's FastAPI stack
-	$(CARGO) bench --bench filter --bench jwt
-	scripts/bench-server-vs-seed.sh
+bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, operator convergence) -> benches/RESULTS.md
+	@scripts/bench.sh
 
 .PHONY: check-all
 check-all: images ## make test, plus the slow checks: the image tests and llama.cpp parity (builds llama-cpp-python once)

@@ -180,7 +180,7 @@ DATE="$(date -u +%Y-%m-%dT%H:%MZ)"
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 python3 - "$RESULTS" "$ROOT/benches/RESULTS.md" "$SEED_MICRO" "$CPU" "$CORES" "$DATE" "$COMMIT" \
   "$DURATION" "$CONNECTIONS" "$THREADS" <<'PY'
-import json, sys
+import json, os, sys
 results_path, md_path, micro, cpu, cores, date, commit, duration, conns, threads = sys.argv[1:]
 runs = {r["label"]: r for r in map(json.loads, open(results_path))}
 micro = json.loads(micro)
@@ -231,6 +231,19 @@ section = "\n".join([
     "<!-- bench-server-vs-seed:end -->",
 ])
 print("\n".join(lines + [""] + summary))
+summary_rows = os.environ.get("BENCH_SUMMARY")
+if summary_rows:
+    with open(summary_rows, "a") as out:
+        for row in [
+            {"figure": "secured rps, API key, GET /v1/models", "ours": sc["rps"], "peer": seed["rps"],
+             "peer_name": "seed FastAPI stack (JWT)", "unit": "req/s", "higher_is_better": True, "goal": "≥ 20×"},
+            {"figure": "secured rps, JWT, GET /v1/models", "ours": sc_jwt["rps"], "peer": seed["rps"],
+             "peer_name": "seed FastAPI stack (JWT)", "unit": "req/s", "higher_is_better": True, "goal": "≥ 20×"},
+            {"figure": "p99 latency added by auth", "ours": added, "peer": seed_added,
+             "peer_name": "seed FastAPI stack", "unit": "ms", "higher_is_better": False, "goal": "< 1 ms"},
+            {"figure": "_seed_micro", **micro},
+        ]:
+            out.write(json.dumps(row) + "\n")
 try:
     current = open(md_path, encoding="utf-8").read()
 except FileNotFoundError:

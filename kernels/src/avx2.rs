@@ -74,27 +74,46 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// `Σ q·q_a` of one Q4_1 block as 8 i32 lanes, and its (d, m).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_1_block(wb: &[u8], ab: &BlockQ8_1) -> (__m256i, f32, f32) {
+        let (d, m) = f16_pair(wb);
+        let nibbles = &wb[4..20];
+        // SAFETY: `nibbles` is 16 readable bytes; the load is unaligned.
+        let q = unsafe { _mm_loadu_si128(nibbles.as_ptr().cast()) };
+        let low = _mm_set1_epi8(0x0F);
+        // Element j is the low nibble of byte j, element j+16 the high one.
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        let wq = _mm256_set_m128i(hi, lo);
+        // Unsigned 4-bit × signed 8-bit pairs fit i16 (≤ 2·15·128).
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, load_qs(ab)), _mm256_set1_epi16(1));
+        (p, d, m)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_1_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
-        let low = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for (wb, ab) in w.chunks_exact(WeightType::Q4_1.block_bytes()).zip(a) {
-            let (d, m) = f16_pair(wb);
-            let nibbles = &wb[4..20];
-            // SAFETY: `nibbles` is 16 readable bytes; the load is unaligned.
-            let q = unsafe { _mm_loadu_si128(nibbles.as_ptr().cast()) };
-            // Element j is the low nibble of byte j, element j+16 the high one.
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            let wq = _mm256_set_m128i(hi, lo);
-            // Unsigned 4-bit × signed 8-bit pairs fit i16 (≤ 2·15·128).
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, load_qs(ab)), ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc);
-            mins += m * ab.s;
+        const BYTES: usize = WeightType::Q4_1.block_bytes();
+        // Two blocks per step into independent accumulators: one chain of
+        // dependent multiply-adds would stall on its latency every block.
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut mins = [0f32; 2];
+        let pairs = a.len() / 2;
+        for (wp, ap) in w.chunks_exact(2 * BYTES).zip(a.chunks_exact(2)).take(pairs) {
+            for k in 0..2 {
+                let (p, d, m) = q4_1_block(&wp[k * BYTES..(k + 1) * BYTES], &ap[k]);
+                acc[k] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ap[k].d), acc[k]);
+                mins[k] += m * ap[k].s;
+            }
         }
-        hsum(acc) + mins
+        if a.len() % 2 == 1 {
+            let last = a.len() - 1;
+            let (p, d, m) = q4_1_block(&w[last * BYTES..(last + 1) * BYTES], &a[last]);
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[last].d), acc[0]);
+            mins[0] += m * a[last].s;
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1])) + mins[0] + mins[1]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -107,7 +107,7 @@ fn simd_dot_products_match_scalar() {
     let Some(k) = simd() else { return };
     let mut rng = StdRng::seed_from_u64(3);
     for ty in [WeightType::Q4_1, WeightType::Q8_0] {
-        for blocks in [1, 2, 18, 48] {
+        for blocks in [1, 2, 3, 18, 47, 48] {
             for _ in 0..50 {
                 let w = random_blocks(&mut rng, ty, blocks);
                 let mut a = vec![BlockQ8_1::default(); blocks];

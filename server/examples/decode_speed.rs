@@ -1,6 +1,10 @@
 //! Prefill and decode speed of the default model, printed as tokens/s.
 //!
-//!     cargo run --release -p securechat-server --example decode_speed [-- q8_0|as-stored|stock] [--json]
+//!     cargo run --release -p securechat-server --example decode_speed [-- VARIANT] [--json]
+//!
+//! VARIANT: `as-stored` (default: the file's Q4_1 blocks on our kernels),
+//! `q8_0` (requantized at load, our kernels), `candle-kernels` and
+//! `candle-kernels-q8_0` (our model on candle's kernels), `stock`.
 //!
 //! `--json` prints one JSON object instead (timings of every run, the prompt
 //! ids, RSS) for scripts/bench-inference-vs-llamacpp.sh, which feeds the same
@@ -19,7 +23,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use securechat_server::engine::{ChatMessage, Role};
-use securechat_server::inference::{CausalLm, WeightFormat, default_model_path, load_model};
+use securechat_server::inference::{
+    CausalLm, Placement, WeightFormat, default_model_path, load_model_on,
+};
 
 /// candle-transformers' stock model behind our trait, for comparison.
 struct Stock(ModelWeights);
@@ -65,12 +71,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let arg = args.iter().find(|a| !a.starts_with("--"));
-    let (format, stock) = match arg.map(String::as_str) {
-        None | Some("q8_0") => (WeightFormat::Q8_0, false),
-        Some("as-stored") => (WeightFormat::AsStored, false),
-        Some("stock") => (WeightFormat::AsStored, true),
+    let (format, placement, stock) = match arg.map(String::as_str) {
+        None | Some("as-stored") => (WeightFormat::AsStored, Placement::Cpu, false),
+        Some("q8_0") => (WeightFormat::Q8_0, Placement::Cpu, false),
+        Some("candle-kernels") => (WeightFormat::AsStored, Placement::CpuCandleKernels, false),
+        Some("candle-kernels-q8_0") => (WeightFormat::Q8_0, Placement::CpuCandleKernels, false),
+        Some("stock") => (WeightFormat::AsStored, Placement::Cpu, true),
         Some(other) => {
-            return Err(format!("unknown variant {other:?} (q8_0 | as-stored | stock)").into());
+            return Err(format!(
+                "unknown variant {other:?} (as-stored | q8_0 | candle-kernels | candle-kernels-q8_0 | stock)"
+            )
+            .into());
         }
     };
     let path = default_model_path().ok_or("HOME is not set")?;
@@ -79,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .len() as f64
         / (1024.0 * 1024.0);
     let t = Instant::now();
-    let mut loaded = load_model(&path, None, format)?;
+    let mut loaded = load_model_on(&path, None, format, placement)?;
     if stock {
         let mut file = std::fs::File::open(&path)?;
         let content = gguf_file::Content::read(&mut file)?;
@@ -138,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let variant = if stock {
         "candle quantized_llama".to_owned()
     } else {
-        format!("{format:?}")
+        format!("{format:?}, {placement:?}")
     };
     println!(
         "model     {} ({variant}), loaded in {:.2}s",

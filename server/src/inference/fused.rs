@@ -7,46 +7,33 @@
 //! arithmetic. Rows of a quantized matrix are independent runs of blocks, so
 //! stacking is a byte concatenation and changes no result.
 
-use std::borrow::Cow;
-
-use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Module, Result, Tensor};
+
+use super::linear::{CpuKernels, Linear};
 
 pub enum FusedProjection {
     /// One matmul whose output columns are split at these widths.
-    Stacked { matmul: QMatMul, widths: Vec<usize> },
+    Stacked { matmul: Linear, widths: Vec<usize> },
     /// Mixed block formats cannot be stacked: one matmul each.
-    Separate(Vec<QMatMul>),
+    Separate(Vec<Linear>),
 }
 
 impl FusedProjection {
     /// Weights are `[out_i, in]`, all with the same `in`.
-    pub fn new(weights: Vec<QTensor>) -> Result<Self> {
-        let Some(first) = weights.first() else {
-            candle_core::bail!("no weights to fuse")
-        };
-        let (dtype, device) = (first.dtype(), first.device());
-        let k = first.shape().dims2()?.1;
-        let stackable = weights
-            .iter()
-            .all(|w| w.dtype() == dtype && w.shape().dims2().is_ok_and(|(_, wk)| wk == k));
-        if !stackable {
-            let separate = weights
-                .into_iter()
-                .map(QMatMul::from_qtensor)
+    pub fn new(weights: Vec<QTensor>, kernels: CpuKernels) -> Result<Self> {
+        if let Some(matmul) = Linear::stacked(&weights, kernels)? {
+            let widths = weights
+                .iter()
+                .map(|w| w.shape().dims2().map(|(rows, _)| rows))
                 .collect::<Result<_>>()?;
-            return Ok(Self::Separate(separate));
+            return Ok(Self::Stacked { matmul, widths });
         }
-        let mut widths = Vec::with_capacity(weights.len());
-        let mut bytes = Vec::new();
-        for w in &weights {
-            widths.push(w.shape().dims2()?.0);
-            bytes.extend_from_slice(&w.data()?);
-        }
-        let rows = widths.iter().sum::<usize>();
-        let storage = QStorage::from_data(Cow::Owned(bytes), &device, dtype)?;
-        let matmul = QMatMul::from_qtensor(QTensor::new(storage, (rows, k))?)?;
-        Ok(Self::Stacked { matmul, widths })
+        let separate = weights
+            .into_iter()
+            .map(|w| Linear::new(w, kernels))
+            .collect::<Result<_>>()?;
+        Ok(Self::Separate(separate))
     }
 
     /// One output per weight, in order (views into one buffer when stacked).

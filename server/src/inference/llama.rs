@@ -1,18 +1,17 @@
 //! Llama-family decoder (SmolLM2 and friends) from GGUF weights, written on
 //! candle ops rather than candle-transformers' `quantized_llama` for speed:
 //! an in-place KV cache, grouped-query attention without repeating K/V, only
-//! the last position through the output projection, and optional
-//! requantization of weights whose block format candle has no SIMD kernel for.
+//! the last position through the output projection, and on the CPU our own
+//! quantized matmul kernels (see `linear.rs`) for Q4_1 and Q8_0 weights.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::error::{InferenceError, Result};
 use super::fused::FusedProjection;
 use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
+use super::linear::{CpuKernels, Linear};
 use super::model::CausalLm;
 
 /// Prompt positions run per forward pass; bounds attention memory at
@@ -26,6 +25,7 @@ pub enum WeightFormat {
     AsStored,
     /// Q4_1 (and other formats without a fast candle kernel) converted to
     /// Q8_0 at load: ~1.7x the memory of Q4_1, ~3x faster matmuls on x86.
+    /// CPU only: on a GPU the stored format is kept.
     Q8_0,
     /// Everything dequantized to f32 (~4x the memory of Q8_0): no activation
     /// quantization, so results depend only on summation order. For
@@ -98,19 +98,20 @@ struct Layer {
     attn_norm: Tensor,
     /// Q, K and V projections in one matmul.
     qkv: FusedProjection,
-    wo: QMatMul,
+    wo: Linear,
     ffn_norm: Tensor,
     /// The MLP's gate and up projections in one matmul.
     gate_up: FusedProjection,
-    w_down: QMatMul,
+    w_down: Linear,
 }
 
 pub struct Llama {
     config: LlamaConfig,
-    embedding: Arc<QTensor>,
+    /// Also the output projection when the file ties them.
+    embedding: Linear,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     cache: KvCache,
@@ -118,24 +119,29 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(file: &mut GgufFile, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub fn load(
+        file: &mut GgufFile,
+        format: WeightFormat,
+        device: &Device,
+        kernels: CpuKernels,
+    ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
-        let embedding = Arc::new(matrix(file, "token_embd.weight", format, device)?);
+        let embedding = Linear::new(matrix(file, "token_embd.weight", format, device)?, kernels)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut weight =
                 |part: &str| matrix(file, &format!("blk.{i}.{part}.weight"), format, device);
-            let qkv = FusedProjection::new(vec![
-                weight("attn_q")?,
-                weight("attn_k")?,
-                weight("attn_v")?,
-            ])?;
-            let gate_up = FusedProjection::new(vec![weight("ffn_gate")?, weight("ffn_up")?])?;
+            let qkv = FusedProjection::new(
+                vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?],
+                kernels,
+            )?;
+            let gate_up =
+                FusedProjection::new(vec![weight("ffn_gate")?, weight("ffn_up")?], kernels)?;
             layers.push(Layer {
                 qkv,
                 gate_up,
-                wo: QMatMul::from_qtensor(weight("attn_output")?)?,
-                w_down: QMatMul::from_qtensor(weight("ffn_down")?)?,
+                wo: Linear::new(weight("attn_output")?, kernels)?,
+                w_down: Linear::new(weight("ffn_down")?, kernels)?,
                 attn_norm: vector(file, &format!("blk.{i}.attn_norm.weight"), device)?,
                 ffn_norm: vector(file, &format!("blk.{i}.ffn_norm.weight"), device)?,
             });
@@ -143,9 +149,9 @@ impl Llama {
         let output_norm = vector(file, "output_norm.weight", device)?;
         // Small models tie the output projection to the embedding table.
         let output = if file.has_tensor("output.weight") {
-            QMatMul::from_qtensor(matrix(file, "output.weight", format, device)?)?
+            Linear::new(matrix(file, "output.weight", format, device)?, kernels)?
         } else {
-            QMatMul::from_arc(embedding.clone())?
+            embedding.clone()
         };
         let (cos, sin) = rope_tables(&config, device)?;
         let cache = KvCache::new(
@@ -230,8 +236,7 @@ impl Llama {
             );
         }
         self.cache.reserve(seq)?;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embedding.embedding(&ids)?; // [seq, hidden]
+        let mut x = self.embedding.embedding(tokens)?; // [seq, hidden]
         let eps = self.config.rms_eps;
         for i in 0..self.layers.len() {
             let h = candle_nn::ops::rms_norm(&x, &self.layers[i].attn_norm, eps)?;
@@ -319,8 +324,11 @@ fn convert(t: QTensor, format: WeightFormat) -> Result<QTensor> {
     );
     // Q8_0 blocks span 32 values along each row.
     let fits = t.shape().dims().last().is_some_and(|d| d % 32 == 0);
+    // candle's CUDA kernels multiply every GGUF block format directly, so
+    // on a GPU requantizing would only cost memory.
+    let on_cpu = t.device().is_cpu();
     match format {
-        WeightFormat::Q8_0 if slow && fits => {
+        WeightFormat::Q8_0 if slow && fits && on_cpu => {
             let dense = t.dequantize(&t.device())?;
             Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
         }
