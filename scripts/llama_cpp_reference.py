@@ -34,8 +34,14 @@ def rss_mib():
 
 
 def parity(req):
+    # logits_all: without it llama-cpp-python leaves `scores` at zero.
     llm = llama_cpp.Llama(
-        model_path=req["model"], n_ctx=2048, n_threads=2, n_batch=512, verbose=False
+        model_path=req["model"],
+        n_ctx=2048,
+        n_threads=2,
+        n_batch=512,
+        logits_all=True,
+        verbose=False,
     )
     out = {"tokens": [], "greedy": [], "logits": []}
     for text in req["texts"]:

@@ -5,8 +5,8 @@
 //! once into ~/.cache/securechat (`make test` runs it first). Without the
 //! venv these tests fail and name the script; they never skip.
 //!
-//! Logit tolerance: mean |Δ| ≤ 0.6 over the vocabulary and llama.cpp's top
-//! token in our top 5. Both engines quantize activations to 8 bits, in
+//! Logit tolerance: mean |Δ| over the vocabulary ≤ 1.5 on any prompt and
+//! ≤ 0.6 averaged over the prompts, and llama.cpp's top token in our top 5. Both engines quantize activations to 8 bits, in
 //! different block layouts, so logits differ by tenths (see
 //! inference_reference.rs for the same bound against exact f32 weights).
 
@@ -21,6 +21,9 @@ use securechat_server::inference::{WeightFormat, load_model};
 
 const STEPS: usize = 32;
 const MAX_MEAN_ERROR: f32 = 0.6;
+/// One prompt may stray further: with 8-bit activations a rounding flip in
+/// one block moves every later logit (see inference_reference.rs).
+const MAX_MEAN_ERROR_ONE_PROMPT: f32 = 1.5;
 
 const PROMPTS: [&str; 5] = [
     "What is the capital of France?",
@@ -209,13 +212,15 @@ fn token_ids_match_llama_cpp_on_200_strings() {
 #[test]
 #[ignore = "needs the llama.cpp venv (scripts/llama-cpp-venv.sh); run with `make check-all`"]
 fn greedy_output_and_logits_match_llama_cpp() {
-    let mut ours = load_model(&model_path(), None, WeightFormat::Q8_0).unwrap();
+    // The file's own Q4_1 blocks, as llama.cpp multiplies them.
+    let mut ours = load_model(&model_path(), None, WeightFormat::AsStored).unwrap();
     let prompts: Vec<Vec<u32>> = PROMPTS
         .iter()
         .map(|p| ours.encoder.encode(&user(p)).unwrap())
         .collect();
     let reference = reference(&[], &prompts);
     let mut agreeing = 0;
+    let mut sum = 0.0;
     for ((prompt, ids), (their_greedy, their_logits)) in PROMPTS
         .iter()
         .zip(&prompts)
@@ -233,11 +238,15 @@ fn greedy_output_and_logits_match_llama_cpp() {
             .zip(their_logits)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        assert!(mean <= MAX_MEAN_ERROR, "{prompt:?}: mean |Δlogit| {mean}");
+        assert!(
+            mean <= MAX_MEAN_ERROR_ONE_PROMPT,
+            "{prompt:?}: mean |Δlogit| {mean}"
+        );
         assert!(
             top(&logits, 5).contains(&top(their_logits, 1)[0]),
             "{prompt:?}: llama.cpp's top token not in our top 5"
         );
+        sum += mean;
 
         let mut greedy = Vec::new();
         for pos in ids.len()..ids.len() + STEPS {
@@ -247,10 +256,25 @@ fn greedy_output_and_logits_match_llama_cpp() {
         }
         let same = greedy == *their_greedy;
         agreeing += usize::from(same);
+        let first_difference = greedy
+            .iter()
+            .zip(their_greedy)
+            .take_while(|(a, b)| a == b)
+            .count();
         eprintln!(
-            "{prompt:?}: mean |Δ| {mean:.3}, max |Δ| {max:.3}, greedy 32 {}",
-            if same { "same" } else { "differs" }
+            "{prompt:?}: mean |Δ| {mean:.3}, max |Δ| {max:.3}, greedy {STEPS} {}",
+            if same {
+                "same".to_owned()
+            } else {
+                format!("differs from token {first_difference}")
+            }
         );
     }
+    let mean = sum / PROMPTS.len() as f32;
+    eprintln!("mean |Δlogit| over the prompts: {mean:.3}; greedy agrees on {agreeing} of 5");
+    assert!(
+        mean <= MAX_MEAN_ERROR,
+        "mean |Δlogit| over the prompts {mean}"
+    );
     assert!(agreeing >= 4, "greedy agrees on {agreeing} of 5 prompts");
 }
