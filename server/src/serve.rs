@@ -16,18 +16,23 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::state::AppState;
+
 /// The peer address of a connection, for the brute-force guard and audit.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` turns true.
+/// Serves `app` on `listener` until `shutdown` turns true. Each connection
+/// gets the header read timeout configured when it was accepted
+/// (`limits.headerReadTimeout`): a client that trickles its headers
+/// (slowloris) or sends none is disconnected when it runs out.
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: Arc<ArcSwap<TlsAcceptor>>,
     app: Router,
+    state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -45,6 +50,7 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.load_full();
         let app = app.clone();
+        let header_timeout = state.runtime().config.limits.header_read_timeout.as_std();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -63,7 +69,7 @@ pub async fn serve_tls(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

@@ -126,12 +126,14 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
             api,
             tls.acceptor.clone(),
             app(state.clone()),
+            state.clone(),
             rx.clone(),
         )),
         tokio::spawn(serve_tls(
             web,
             tls.acceptor.clone(),
             web_app(state.clone()),
+            state.clone(),
             rx.clone(),
         )),
     ];
