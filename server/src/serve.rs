@@ -16,8 +16,6 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::state::AppState;
-
 /// The peer address of a connection, for the brute-force guard and audit.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
@@ -25,14 +23,15 @@ pub struct ClientAddr(pub SocketAddr);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` turns true. Each connection
-/// gets the header read timeout configured when it was accepted
-/// (`limits.headerReadTimeout`): a client that trickles its headers
-/// (slowloris) or sends none is disconnected when it runs out.
+/// gets the header read timeout `header_timeout` gives when it is accepted
+/// (the server's reads `limits.headerReadTimeout`, so a reload applies to
+/// new connections): a client that trickles its headers (slowloris) or
+/// sends none is disconnected when it runs out.
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: Arc<ArcSwap<TlsAcceptor>>,
     app: Router,
-    state: AppState,
+    header_timeout: impl Fn() -> Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -50,7 +49,7 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.load_full();
         let app = app.clone();
-        let header_timeout = state.runtime().config.limits.header_read_timeout.as_std();
+        let header_timeout = header_timeout();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
