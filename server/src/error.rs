@@ -93,6 +93,8 @@ pub enum ApiError {
     },
     #[error("request body must be application/json")]
     UnsupportedMediaType,
+    #[error("Content-Encoding {0:?} is not supported: send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
     #[error("the request body was not received in time")]
@@ -131,7 +133,9 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidField { .. }
             | ApiError::SensitiveData(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -170,6 +174,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::InvalidField { .. } => "invalid_value",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_content_encoding",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::SensitiveData(_) => "sensitive_data",

@@ -198,10 +198,17 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let _lock = match args.verb {
         KeysVerb::List => None,
-        _ => Some(keys_cli::TableLock::acquire(&path)?),
+        _ => Some(keys_cli::TableLock::acquire(&path).with_context(|| {
+            format!(
+                "cannot change the key table {}: it cannot be locked for writing",
+                path.display()
+            )
+        })?),
     };
     let mut table = keys_cli::load(&path)?;
-    let plaintext = match args.verb {
+    // Nothing is reported before the table is saved: a failed save must
+    // not leave "created key ..." on the screen.
+    let (report, plaintext) = match args.verb {
         KeysVerb::List => {
             print!("{}", keys_cli::render_list(&table, now));
             return Ok(());
@@ -216,35 +223,38 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
                 .map(keys_cli::parse_lifetime)
                 .transpose()?;
             let (id, key) = keys_cli::create(&mut table, &name, tier, lifetime, now)?;
-            println!("created key {id} ({name}, {tier}); store it now, it is not shown again:");
-            Some(key)
+            (
+                format!("created key {id} ({name}, {tier}); store it now, it is not shown again:"),
+                Some(key),
+            )
         }
         KeysVerb::Suspend { id } => {
             keys_cli::suspend(&mut table, &id)?;
-            println!("suspended {id}");
-            None
+            (format!("suspended {id}"), None)
         }
         KeysVerb::Resume { id } => {
             keys_cli::resume(&mut table, &id)?;
-            println!("resumed {id}");
-            None
+            (format!("resumed {id}"), None)
         }
         KeysVerb::Rotate { id, grace } => {
             let grace = keys_cli::parse_lifetime(&grace)?;
             let key = keys_cli::rotate(&mut table, &id, grace, now)?;
-            println!(
-                "rotated {id}; the previous secret works until {}; new key:",
-                now + grace
-            );
-            Some(key)
+            (
+                format!(
+                    "rotated {id}; the previous secret works until {}; new key:",
+                    now + grace
+                ),
+                Some(key),
+            )
         }
         KeysVerb::Revoke { id } => {
             keys_cli::revoke(&mut table, &id)?;
-            println!("revoked {id}");
-            None
+            (format!("revoked {id}"), None)
         }
     };
-    keys_cli::save(&path, &table)?;
+    keys_cli::save(&path, &table)
+        .with_context(|| format!("cannot save the key table {}", path.display()))?;
+    println!("{report}");
     if let Some(key) = plaintext {
         println!("{key}");
     }

@@ -133,10 +133,13 @@ impl KeyedBuckets {
 /// which only ever favours a client that has been idle the longest.
 fn evict_idlest(map: &mut HashMap<String, Bucket>, count: usize) {
     let mut times: Vec<Instant> = map.values().map(|b| b.updated).collect();
-    times.sort_unstable();
-    if let Some(cutoff) = times.get(count.min(times.len()) - 1).copied() {
-        map.retain(|_, b| b.updated > cutoff);
-    }
+    let Some(nth) = count.min(times.len()).checked_sub(1) else {
+        return;
+    };
+    // Linear, not a sort: this runs under the lock once per `count` new
+    // keys, and a flood of new keys is exactly when it runs most.
+    let (_, &mut cutoff, _) = times.select_nth_unstable(nth);
+    map.retain(|_, b| b.updated > cutoff);
 }
 
 fn secs(s: f64) -> Duration {
@@ -188,6 +191,102 @@ mod tests {
             Decision::Denied { retry_after } => assert_eq!(retry_after.as_secs(), 10),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The default `limits.maxTrackedClients`.
+    const CAP: usize = 10_000;
+    const FLOOD: u64 = 1_000_000;
+
+    #[test]
+    fn a_million_principals_stay_within_the_cap_and_a_busy_one_stays_limited() {
+        let b = KeyedBuckets::new(CAP);
+        let rate = Rate::per_minute(10, 10);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(matches!(
+                b.take("key:legit", rate, 1.0, t0),
+                Decision::Allowed { .. }
+            ));
+        }
+        let mut peak = 0;
+        for i in 0..FLOOD {
+            // The flood spans one second: no refill for anyone.
+            let now = t0 + Duration::from_micros(i);
+            b.take(&format!("key:{i}"), rate, 1.0, now);
+            peak = peak.max(b.len());
+            // The legitimate principal keeps asking and keeps its debt: an
+            // active bucket is never among the idlest, so the flood cannot
+            // evict it into a fresh burst. ("Active" is relative to the
+            // flood: a bucket untouched for ~90% of the cap's worth of new
+            // keys is the idlest and is forgotten, which only ever gives
+            // its owner a fresh burst.)
+            if i % 1_000 == 0 {
+                assert!(
+                    matches!(b.take("key:legit", rate, 1.0, now), Decision::Denied { .. }),
+                    "the busy principal was forgotten after {i} others"
+                );
+            }
+        }
+        assert!(peak <= CAP, "{peak} keys tracked, cap {CAP}");
+        // Once its bucket refills (one request per 6 s) it is served again,
+        // exactly as often as its limit allows.
+        let later = t0 + Duration::from_secs(8);
+        assert!(matches!(
+            b.take("key:legit", rate, 1.0, later),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            b.take("key:legit", rate, 1.0, later),
+            Decision::Denied { .. }
+        ));
+        assert!(b.len() <= CAP);
+    }
+
+    /// The brute-force guard's use (see `auth::check_guard` and
+    /// `note_failure`): peek, then charge one failure per attempt, keyed by
+    /// client address.
+    #[test]
+    fn a_million_failing_addresses_stay_within_the_cap_and_the_attacker_stays_throttled() {
+        let b = KeyedBuckets::new(CAP);
+        let rate = Rate::per_minute(20, 20);
+        let t0 = Instant::now();
+        let attacker = "198.51.100.7";
+        for _ in 0..20 {
+            b.charge(attacker, rate, 1.0, t0);
+        }
+        assert!(matches!(
+            b.peek(attacker, rate, 1.0, t0),
+            Decision::Denied { .. }
+        ));
+        let mut peak = 0;
+        for i in 0..FLOOD {
+            let now = t0 + Duration::from_micros(i);
+            let address = std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i));
+            let key = address.to_string();
+            if matches!(b.peek(&key, rate, 1.0, now), Decision::Allowed { .. }) {
+                b.charge(&key, rate, 1.0, now);
+            }
+            peak = peak.max(b.len());
+            if i % 1_000 == 0 {
+                // The attacker keeps trying from its own address too.
+                assert!(
+                    matches!(b.peek(attacker, rate, 1.0, now), Decision::Denied { .. }),
+                    "the attacker was forgotten after {i} other addresses"
+                );
+                b.charge(attacker, rate, 1.0, now);
+            }
+        }
+        assert!(peak <= CAP, "{peak} addresses tracked, cap {CAP}");
+        // A new, honest address is not throttled by any of it.
+        let now = t0 + Duration::from_secs(1);
+        assert!(matches!(
+            b.peek("192.0.2.1", rate, 1.0, now),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            b.peek(attacker, rate, 1.0, now),
+            Decision::Denied { .. }
+        ));
     }
 
     #[test]

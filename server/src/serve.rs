@@ -21,13 +21,17 @@ use tower::ServiceExt;
 pub struct ClientAddr(pub SocketAddr);
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` turns true.
+/// Serves `app` on `listener` until `shutdown` turns true. Each connection
+/// gets the header read timeout `header_timeout` gives when it is accepted
+/// (the server's reads `limits.headerReadTimeout`, so a reload applies to
+/// new connections): a client that trickles its headers (slowloris) or
+/// sends none is disconnected when it runs out.
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: Arc<ArcSwap<TlsAcceptor>>,
     app: Router,
+    header_timeout: impl Fn() -> Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -45,6 +49,7 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.load_full();
         let app = app.clone();
+        let header_timeout = header_timeout();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -63,7 +68,7 @@ pub async fn serve_tls(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

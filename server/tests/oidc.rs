@@ -73,7 +73,13 @@ async fn start_idp(data: &std::path::Path) -> Idp {
         tls::acceptor(swappable, TlsVersion::V1_3).unwrap(),
     ));
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(serve::serve_tls(listener, acceptor, app, rx));
+    tokio::spawn(serve::serve_tls(
+        listener,
+        acceptor,
+        app,
+        || std::time::Duration::from_secs(30),
+        rx,
+    ));
     Idp {
         url,
         pem: key.private_key_pem,

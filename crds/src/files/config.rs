@@ -227,6 +227,15 @@ pub struct Limits {
     /// evicted beyond this, so memory stays bounded.
     #[serde(default = "default_max_tracked")]
     pub max_tracked_clients: u32,
+    /// How long a client may take to send a request's headers (from the
+    /// connection's first byte, or the end of its previous request); a
+    /// slower one is disconnected (slowloris).
+    #[serde(default = "default_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body once the handler
+    /// starts reading it; a slower one gets 408.
+    #[serde(default = "default_read_timeout")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -235,6 +244,8 @@ impl Default for Limits {
             max_body_bytes: default_max_body_bytes(),
             max_auth_failures_per_minute: default_max_auth_failures(),
             max_tracked_clients: default_max_tracked(),
+            header_read_timeout: default_read_timeout(),
+            body_read_timeout: default_read_timeout(),
         }
     }
 }
@@ -247,6 +258,9 @@ fn default_max_auth_failures() -> u32 {
 }
 fn default_max_tracked() -> u32 {
     10_000
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The web chat UI on the web port: browser sessions and "Sign in with
@@ -406,6 +420,14 @@ impl ServerConfig {
         if self.limits.max_tracked_clients == 0 {
             problems.push("limits.maxTrackedClients: must be at least 1".to_string());
         }
+        for (field, value) in [
+            ("headerReadTimeout", self.limits.header_read_timeout),
+            ("bodyReadTimeout", self.limits.body_read_timeout),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(600) {
+                problems.push(format!("limits.{field}: must be between 1s and 10m"));
+            }
+        }
         for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
             if !(origin.0.starts_with("https://") || origin.0.starts_with("http://"))
                 || origin.0.ends_with('/')
@@ -473,6 +495,8 @@ mod tests {
         assert_eq!(c.generation.max_tokens, 2048);
         assert!(c.cors.allowed_origins.is_empty());
         assert_eq!(c.tls.min_version, TlsVersion::V1_3);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(30));
         assert!(c.validate().is_ok());
     }
 
@@ -537,6 +561,8 @@ files:
         c.rate_limit.requests_per_minute = 0;
         c.generation.temperature = 3.0;
         c.limits.max_body_bytes = 10;
+        c.limits.header_read_timeout = Duration::from_secs(0);
+        c.limits.body_read_timeout = Duration::from_secs(3600);
         c.cors.allowed_origins = vec![Origin("https://x.example/".into())];
         let text = c.validate().unwrap_err().to_string();
         for needle in [
@@ -546,6 +572,8 @@ files:
             "rateLimit.requestsPerMinute",
             "generation.temperature",
             "limits.maxBodyBytes",
+            "limits.headerReadTimeout",
+            "limits.bodyReadTimeout",
             "cors.allowedOrigins[0]",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");

@@ -19,6 +19,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> anyhow::Resu
         .context("path has no file name")?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Until the rename, a failure (full disk, read-only directory) leaves
+    // the target as it was; say so, the reader is deciding what to fix.
+    let unchanged = |step: &str| format!("{step} {} ({name} is unchanged)", tmp.display());
     let result = (|| {
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -27,14 +30,22 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> anyhow::Resu
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(if private { 0o600 } else { 0o644 });
         }
-        let mut file = options
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        let mut file = options.open(&tmp).with_context(|| unchanged("creating"))?;
+        file.write_all(contents)
+            .with_context(|| unchanged("writing"))?;
+        file.sync_all().with_context(|| unchanged("flushing"))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("replacing {} ({name} is unchanged)", path.display()))?;
         // The rename itself is durable only once the directory is synced.
-        File::open(dir)?.sync_all()?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| {
+                format!(
+                    "replaced {} but could not sync {}: the change may not survive a crash",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
         Ok(())
     })();
     if result.is_err() {

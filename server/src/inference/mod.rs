@@ -31,6 +31,7 @@ pub use llama::WeightFormat;
 pub use model::CausalLm;
 pub use prompt::PromptEncoder;
 pub use tokenizer::{ChatTokenizer, Segment};
+pub use worker::LocalEngine;
 
 use crate::engine::{Engine, ModelInfo};
 

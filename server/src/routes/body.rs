@@ -1,11 +1,13 @@
 //! A JSON body extractor whose every failure is one of our JSON errors:
-//! 415 for a wrong content type, 413 over the configured limit (enforced
-//! while reading, so a huge body is never buffered), 400 for bad JSON or a
-//! field of the wrong type.
+//! 415 for a wrong content type or a compressed body, 413 over the
+//! configured limit (enforced while reading, so a huge body is never
+//! buffered), 408 for a body trickled past the read timeout, 400 for bad
+//! JSON, a field of the wrong type or a body that breaks off.
 
 use axum::body::to_bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -13,13 +15,16 @@ use crate::state::AppState;
 
 pub struct ApiJson<T>(pub T);
 
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Whether the request declares `want` (parameters such as charset ignored).
+/// Whether the request declares `want` (parameters such as charset
+/// ignored), once: two Content-Type headers are ambiguous (which one would
+/// a proxy in front have checked?) and match nothing.
 pub fn has_content_type(request: &Request, want: &str) -> bool {
-    request
-        .headers()
-        .get(CONTENT_TYPE)
+    let mut values = request.headers().get_all(CONTENT_TYPE).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return false;
+    }
+    first
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
@@ -30,7 +35,8 @@ pub async fn read_limited(
     request: Request,
     state: &AppState,
 ) -> Result<axum::body::Bytes, ApiError> {
-    let limit = state.runtime().config.limits.max_body_bytes;
+    let limits = state.runtime().config.limits.clone();
+    let limit = limits.max_body_bytes;
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -39,11 +45,30 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
+    // We never decode compressed bodies; reading gzip bytes as JSON would
+    // report the wrong problem (RFC 9110 §8.4.1: answer 415).
+    if let Some(encoding) = request.headers().get(CONTENT_ENCODING) {
+        let name = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        if !name.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedEncoding(name));
+        }
+    }
     // A client trickling its body must not hold a task forever.
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match tokio::time::timeout(BODY_TIMEOUT, to_bytes(request.into_body(), limit_usize)).await {
+    let timeout = limits.body_read_timeout.as_std();
+    match tokio::time::timeout(timeout, to_bytes(request.into_body(), limit_usize)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::PayloadTooLarge(limit)),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.is::<LengthLimitError>() {
+                Err(ApiError::PayloadTooLarge(limit))
+            } else {
+                // Bad chunked framing, or the client went away mid-body.
+                Err(ApiError::InvalidRequest(format!(
+                    "the request body could not be read: {e}"
+                )))
+            }
+        }
         Err(_) => Err(ApiError::RequestTimeout),
     }
 }

@@ -16,7 +16,7 @@ use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, REFERRER_POLICY,
     STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -76,7 +76,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .route_layer(middleware::from_fn(audit::note_route))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
         .layer(middleware::from_fn(security_headers))
@@ -85,6 +85,16 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             audit::middleware,
         ))
         .with_state(state)
+}
+
+/// 405 in the shape of the endpoint asked for: RFC 6749 at the token
+/// endpoint, OpenAI elsewhere.
+async fn method_not_allowed(uri: Uri) -> Response {
+    if uri.path() == "/oauth/token" {
+        oauth_error::OAuthError::method_not_allowed().into_response()
+    } else {
+        ApiError::MethodNotAllowed.into_response()
+    }
 }
 
 fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {

@@ -102,6 +102,15 @@ impl OAuthError {
         }
     }
 
+    /// A method other than POST: 405 (the router adds `Allow`), still in
+    /// this endpoint's error shape.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            ..Self::invalid_request("the token endpoint accepts POST only")
+        }
+    }
+
     /// The same error with another description.
     pub fn described(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();

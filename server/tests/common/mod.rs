@@ -1,9 +1,11 @@
 //! Test harness: a real server over real TLS with a deterministic engine.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -28,6 +30,8 @@ pub struct EchoEngine {
     info: ModelInfo,
     pub queue_full: AtomicBool,
     pub calls: AtomicUsize,
+    /// The messages of the latest request, as the engine received them.
+    pub last_messages: Mutex<Vec<ChatMessage>>,
 }
 
 impl EchoEngine {
@@ -40,6 +44,7 @@ impl EchoEngine {
             },
             queue_full: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
+            last_messages: Mutex::new(Vec::new()),
         })
     }
 }
@@ -64,6 +69,7 @@ impl Engine for EchoEngine {
             });
         }
         self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last_messages.lock().unwrap() = request.messages.clone();
         let prompt_tokens = self.count_prompt_tokens(&request.messages)? as u32;
         let text = request
             .messages
