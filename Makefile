@@ -63,9 +63,14 @@ test: ## every test, against a real control plane (started and stopped here)
 bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, operator convergence) -> benches/RESULTS.md
 	@scripts/bench.sh
 
+.PHONY: fuzz-smoke
+fuzz-smoke: ## run every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each; nightly, installs cargo-fuzz once
+	@scripts/fuzz-smoke.sh
+
 .PHONY: check-all
-check-all: images ## make test, plus the slow checks: the image tests and llama.cpp parity (builds llama-cpp-python once)
+check-all: images ## make test, plus the slow checks: the image tests, llama.cpp parity (builds llama-cpp-python once) and fuzz-smoke
 	scripts/llama-cpp-venv.sh >/dev/null
 	@scripts/test.sh
 	$(CARGO) test --test images -- --ignored
 	$(CARGO) test -p securechat-server --test inference_llamacpp -- --ignored
+	@scripts/fuzz-smoke.sh

@@ -24,12 +24,14 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use chat_template::ChatTemplate;
 pub use error::InferenceError;
 pub use generate::{Ending, GenerationReport, TextSink, generate};
 pub use glm::GlmFamily;
 pub use llama::WeightFormat;
 pub use model::CausalLm;
-pub use prompt::PromptEncoder;
+pub use prompt::{CHATML_TEMPLATE, PromptEncoder};
+pub use text_stream::Utf8Stream;
 pub use tokenizer::{ChatTokenizer, Segment};
 pub use worker::LocalEngine;
 

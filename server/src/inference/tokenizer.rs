@@ -187,11 +187,7 @@ impl ChatTokenizer {
     /// A Hugging Face `tokenizer.json`. Its added special tokens are the
     /// control tokens; generation ends at `end_ids` (and at `eos`). No BOS is
     /// added: the chat format spells out its own prefix tokens.
-    pub(crate) fn from_tokenizer_json(
-        tokenizer: Tokenizer,
-        eos: u32,
-        end_ids: Vec<u32>,
-    ) -> Result<Self> {
+    pub fn from_tokenizer_json(tokenizer: Tokenizer, eos: u32, end_ids: Vec<u32>) -> Result<Self> {
         let size = tokenizer.get_vocab_size(true);
         let mut tokens = vec![String::new(); size];
         for (token, id) in tokenizer.get_vocab(true) {

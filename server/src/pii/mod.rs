@@ -127,31 +127,44 @@ impl Filter {
         let Some(regex) = &self.regex else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for m in regex.find_iter(text) {
-            if m.is_empty() {
-                continue;
-            }
-            let which = self
-                .anchored
-                .iter()
-                .find(|(_, r)| r.is_match(m.as_str()))
-                .map(|(alt, _)| *alt);
+        let matches: Vec<(usize, usize, Option<Alternative>)> = regex
+            .find_iter(text)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let which = self
+                    .anchored
+                    .iter()
+                    .find(|(_, r)| r.is_match(m.as_str()))
+                    .map(|(alt, _)| *alt);
+                (m.start(), m.end(), which)
+            })
+            .collect();
+        let mut out: Vec<Finding> = Vec::new();
+        for (i, &(start, end, which)) in matches.iter().enumerate() {
             match which {
                 Some(Alternative::Email) => out.push(Finding {
-                    start: m.start(),
-                    end: m.end(),
+                    start,
+                    end,
                     kind: Kind::Builtin(Detector::Email),
                 }),
-                Some(Alternative::Number) if is_isolated(text, m.start(), m.end()) => {
-                    self.classify_run(text, m.start(), m.end(), &mut out);
+                Some(Alternative::Number) => {
+                    // A neighbour that is redacted becomes `[FILTERED]` and
+                    // glues to nothing: "a@b.io4111…" must not leave the
+                    // card standing alone after the e-mail is replaced.
+                    let redacted_before = out.last().is_some_and(|f| f.end == start);
+                    let redacted_after = matches.get(i + 1).is_some_and(|&(s, _, w)| {
+                        s == end && matches!(w, Some(Alternative::Email | Alternative::Custom(_)))
+                    });
+                    if is_isolated(text, start, end, redacted_before, redacted_after) {
+                        self.classify_run(text, start, end, &mut out);
+                    }
                 }
                 Some(Alternative::Custom(i)) => out.push(Finding {
-                    start: m.start(),
-                    end: m.end(),
+                    start,
+                    end,
                     kind: Kind::Custom(self.custom_names[i].clone()),
                 }),
-                Some(Alternative::Number) | None => {}
+                None => {}
             }
         }
         out
@@ -245,12 +258,13 @@ impl Filter {
 }
 
 /// A number glued to letters or other digits (an id like `ab4111…`, part of
-/// a longer token) is not a standalone number.
-fn is_isolated(text: &str, start: usize, end: usize) -> bool {
+/// a longer token) is not a standalone number. A side glued to a match that
+/// is redacted counts as free: after redaction the number stands alone.
+fn is_isolated(text: &str, start: usize, end: usize, free_before: bool, free_after: bool) -> bool {
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
-    !before.is_some_and(|c| c.is_ascii_alphanumeric())
-        && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    (free_before || !before.is_some_and(|c| c.is_ascii_alphanumeric()))
+        && (free_after || !after.is_some_and(|c| c.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -312,6 +326,31 @@ mod tests {
             "a [FILTERED], b [FILTERED], c [FILTERED] and [FILTERED] 2025"
         );
         assert_eq!(findings.len(), 4);
+    }
+
+    #[test]
+    fn a_number_glued_to_a_redacted_match_is_still_checked() {
+        // The re-scan property of fuzz/pii_filter: the card stood alone
+        // once the match glued to it became [FILTERED], and leaked.
+        let f = Filter::new(&SensitiveDataSpec {
+            custom_patterns: vec![CustomPattern {
+                name: "employee".into(),
+                regex: "EMP-[0-9]{6}".into(),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        for (text, want) in [
+            ("ab@c.de4111111111111111", "[FILTERED][FILTERED]"),
+            ("4111 1111 1111 1111a@b.co", "[FILTERED][FILTERED]"),
+            ("4111111111111111EMP-123456 ok", "[FILTERED][FILTERED] ok"),
+        ] {
+            let (out, _) = f.redact(text);
+            assert_eq!(out, want, "{text}");
+            assert!(f.find(&out).is_empty(), "{out}");
+        }
+        // Glued to text that stays, a number is still part of a token.
+        assert!(f.find("tokenab4111111111111111").is_empty());
     }
 
     #[test]

@@ -212,7 +212,9 @@ pub async fn chat_completions(
 }
 
 /// Turns pieces into OpenAI chunk events, ending with `data: [DONE]`.
-fn sse_events(
+/// Public for the SSE fuzz target (fuzz/), which checks that no text can
+/// break out of its `data:` line.
+pub fn sse_events(
     rx: tokio::sync::mpsc::Receiver<Piece>,
     id: String,
     model: String,
