@@ -161,6 +161,18 @@ mod tests {
 
     use super::*;
 
+    /// max |a - b| over all elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         let mut state = seed;
         let values: Vec<f32> = (0..rows * cols)
@@ -226,14 +238,7 @@ mod tests {
             let batched = w.forward(&x).unwrap();
             for t in 0..11 {
                 let alone = w.forward(&x.narrow(0, t, 1).unwrap()).unwrap();
-                let diff: f32 = (batched.narrow(0, t, 1).unwrap() - alone)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff: f32 = max_diff(&batched.narrow(0, t, 1).unwrap(), &alone);
                 assert_eq!(diff, 0.0, "{dtype:?}, token {t}");
             }
         }
@@ -264,14 +269,7 @@ mod tests {
             .forward(&x)
             .unwrap();
             let part = stacked.narrow(1, offset, rows).unwrap();
-            let diff: f32 = (part - alone)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff: f32 = max_diff(&part, &alone);
             assert_eq!(diff, 0.0);
             offset += rows;
         }
@@ -288,14 +286,7 @@ mod tests {
         let want = exact
             .index_select(&Tensor::new(&[7u32, 0, 7], &Device::Cpu).unwrap(), 0)
             .unwrap();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff: f32 = max_diff(&got, &want);
         assert!(diff < 1e-6);
         assert!(
             table.embedding(&[10]).is_err(),
