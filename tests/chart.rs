@@ -285,6 +285,7 @@ fn operator_args_follow_the_values() {
         "--server-image=securechat/server:0.1.0",
         "--log-level=info",
         "--log-format=json",
+        "--max-concurrent-reconciles=8",
         "--metrics-address=0.0.0.0:8080",
         "--leader-elect",
         "--leader-election-namespace=securechat-system",
@@ -306,6 +307,8 @@ fn operator_args_follow_the_values() {
         "--set",
         "operator.leaderElection.enabled=false",
         "--set",
+        "operator.maxConcurrentReconciles=32",
+        "--set",
         "serverImage.repository=registry.example/securechat-server",
         "--set",
         &format!("serverImage.digest={digest}"),
@@ -315,6 +318,7 @@ fn operator_args_follow_the_values() {
         "--namespace=team-b".to_string(),
         "--log-level=debug".to_string(),
         "--log-format=text".to_string(),
+        "--max-concurrent-reconciles=32".to_string(),
         format!("--server-image=registry.example/securechat-server@{digest}"),
     ] {
         assert!(custom.contains(&expected), "{expected} not in {custom:?}");

@@ -284,6 +284,12 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             json!({"model": {"family": "ChatGLM3", "source": {"volume": {"claimName": "w", "path": "../etc"}}}}),
             "must not contain '..'",
         ),
+        (
+            "SSO client secret without a client id",
+            json!({"auth": {"oidc": [{"issuerURL": "https://idp.example", "audience": "chat",
+                                      "clientSecretName": "idp-client"}]}}),
+            "auth.oidc.clientSecretName: only with a clientId",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();

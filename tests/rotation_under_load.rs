@@ -12,37 +12,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::serving::{Credential, Outcome, ServedModel, get_models, mint_jwt, read};
 use common::{TestNamespace, await_condition, client, install_crds};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use securechat_crds::{ChatApiKey, SecureChatModel};
-use securechat_projector::AtomicWriter;
-use securechat_projector::follow::{follow_config_map, follow_secret};
-use securechat_server::server::{ServeOptions, start};
 use serde_json::json;
 
 /// Requests per second, and how long the load runs at most.
 const RATE: u64 = 50;
 const MAX_LOAD: Duration = Duration::from_secs(150);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Credential {
-    /// The rotating API key, as the app's mounted Secret has it now.
-    ApiKey,
-    /// A JWT minted by the server from a second, steady key.
-    Jwt,
-}
-
-#[derive(Debug)]
-struct Outcome {
-    credential: Credential,
-    sent: Instant,
-    /// HTTP status, or the transport error.
-    result: Result<u16, String>,
-}
 
 /// When the API key is expected to work: the load skips it while it is
 /// known to be off, so the failure limiter never throttles the test client.
@@ -57,97 +38,6 @@ enum KeyState {
     /// Resumed at the instant: a rejection before the first success is
     /// propagation, not a failure.
     Resuming(Instant),
-}
-
-fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// An HTTPS client trusting exactly the CA bundle in `ca_file` (re-read for
-/// every request, as a client that reloads its mounted bundle would).
-fn https_client(ca_file: &Path) -> Result<reqwest::Client, String> {
-    let pem = std::fs::read(ca_file).map_err(|e| format!("reading the CA: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    for ca in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(ca.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-async fn get_models(app: &Path, url: &str, bearer: &str) -> Result<u16, String> {
-    let client = https_client(&app.join("ca.crt"))?;
-    client
-        .get(format!("{url}/v1/models"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("{e:?}"))
-}
-
-async fn mint_jwt(app: &Path, url: &str, key: &str) -> Result<String, String> {
-    let client = https_client(&app.join("ca.crt"))?;
-    let response = client
-        .post(format!("{url}/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        // The key's characters are URL-safe (a base64url secret).
-        .body(format!("grant_type=client_credentials&client_secret={key}"))
-        .send()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("token endpoint answered {status}: {body}"))
-}
-
-/// Keeps `kind`/`name` projected under `dir` until the test ends.
-fn project(client: &kube::Client, namespace: &str, kind: &str, name: &str, dir: PathBuf) {
-    let (client, namespace, kind, name) = (
-        client.clone(),
-        namespace.to_string(),
-        kind.to_string(),
-        name.to_string(),
-    );
-    tokio::spawn(async move {
-        let writer = AtomicWriter::new(&dir);
-        let result = if kind == "Secret" {
-            follow_secret(client, &namespace, &name, &writer, 0o644, false).await
-        } else {
-            follow_config_map(client, &namespace, &name, &writer, 0o644, false).await
-        };
-        if let Err(e) = result {
-            eprintln!("projecting {kind} {name} stopped: {e}");
-        }
-    });
-}
-
-async fn wait_for_file(path: &Path) {
-    common::wait_for(
-        &format!("{} to be projected", path.display()),
-        Duration::from_secs(60),
-        || async { path.exists().then_some(()) },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,50 +104,9 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
     ready("minter").await;
 
     // The pod's mounts and the apps' mounts, projected as the kubelet would.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pod = dir.path().join("pod");
-    let etc = pod.join("etc/securechat");
-    for (kind, name, mount) in [
-        ("ConfigMap", "m-config", "config"),
-        ("Secret", "m-tls", "tls"),
-        ("Secret", "m-signing-keys", "signing-keys"),
-        ("Secret", "m-api-keys", "api-keys"),
-    ] {
-        project(&kube, &ns.name, kind, name, etc.join(mount));
-    }
-    let app = dir.path().join("app");
-    let minter = dir.path().join("minter");
-    project(&kube, &ns.name, "Secret", "app", app.clone());
-    project(&kube, &ns.name, "Secret", "minter", minter.clone());
-    for f in [
-        etc.join("config/config.yaml"),
-        etc.join("tls/tls.crt"),
-        etc.join("signing-keys/keyset.json"),
-        etc.join("api-keys/api-keys.json"),
-        app.join("api-key"),
-        app.join("ca.crt"),
-        minter.join("api-key"),
-    ] {
-        wait_for_file(&f).await;
-    }
-    let engine = securechat_server::model_loader::load_engine(
-        &securechat_server::model_loader::default_model_path(),
-    )
-    .expect("the default model (make model)");
-    let server = start(
-        &ServeOptions {
-            config_path: etc.join("config/config.yaml"),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            web_addr: "127.0.0.1:0".parse().unwrap(),
-            oidc_ca_bundle: None,
-            record_last_used: None,
-            path_root: Some(pod.clone()),
-        },
-        engine,
-    )
-    .await
-    .expect("the server starts on the projected files");
-    let url = format!("https://localhost:{}", server.api_addr.port());
+    let served = ServedModel::start(&kube, &ns.name, "m", &["app", "minter"]).await;
+    let (etc, url) = (served.etc.clone(), served.url.clone());
+    let (app, minter) = (served.app("app"), served.app("minter"));
     let first_leaf = read(&etc.join("tls/tls.crt")).unwrap();
     let first_api_key = read(&app.join("api-key")).unwrap();
     let first_kid = models
@@ -469,7 +318,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
         Ok(401),
         "a revoked key is rejected"
     );
-    server.shutdown().await;
+    served.server.shutdown().await;
     drop(operator);
 
     // Every request is accounted for; none with a valid credential failed.

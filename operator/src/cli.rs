@@ -82,6 +82,13 @@ pub struct RunArgs {
     /// hostname-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reconciles that run at once, per controller and watched scope. Bounds
+    /// the operator's memory and CPU when many models change together (a
+    /// restart, a mass apply); each object is still reconciled by one
+    /// worker at a time.
+    #[arg(long, env = "SECURECHAT_MAX_CONCURRENT_RECONCILES", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Log format.
     #[arg(long, env = "SECURECHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -33,6 +33,8 @@ pub struct State {
     /// Server image for models that name none.
     pub default_image: String,
     pub metrics: Arc<Metrics>,
+    /// Reconciles at once per controller (`--max-concurrent-reconciles`).
+    pub max_concurrent_reconciles: u16,
     recorder: Recorder,
 }
 
@@ -47,9 +49,24 @@ impl State {
             client,
             default_image,
             metrics,
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
     }
+
+    pub fn with_max_concurrent_reconciles(mut self, n: u16) -> Self {
+        self.max_concurrent_reconciles = n.max(1);
+        self
+    }
+
+    /// The controller settings every controller of the operator uses.
+    pub fn controller_config(&self) -> kube::runtime::controller::Config {
+        kube::runtime::controller::Config::default().concurrency(self.max_concurrent_reconciles)
+    }
 }
+
+/// As `--max-concurrent-reconciles` defaults (kube-runtime's own default
+/// is unbounded: 1,000 models applied at once would all reconcile at once).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
 
 /// Watches SecureChatModels (in all namespaces when `namespaces` is empty,
 /// else in each listed one) and what they own, and reconciles until the
@@ -102,6 +119,8 @@ async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
             Some(ObjectRef::<SecureChatModel>::new(&model).within(&pod.namespace()?))
         },
     )
+    .with_config(state.controller_config())
+    .trigger_backoff(crate::backoff::watch_backoff())
     .shutdown_on_signal()
     .run(reconcile, error_policy, state)
     .for_each(|result| async move {

@@ -66,7 +66,9 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
             // every model) would otherwise be listed and watched here too.
             let consumers = watcher::Config::default().labels(CONSUMER_LABEL);
             let bundle_maps = watcher::Config::default().labels(CA_BUNDLE_LABEL);
-            let controller = Controller::new(keys, watcher::Config::default());
+            let controller = Controller::new(keys, watcher::Config::default())
+                .with_config(state.controller_config())
+                .trigger_backoff(crate::backoff::watch_backoff());
             // A CA rotation changes the model's bundle; every key of that
             // model copies it into its consumer Secret (ca.crt) within the
             // rotation's overlap. Keys of a model in another namespace of a

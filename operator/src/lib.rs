@@ -11,6 +11,7 @@
 
 pub mod api_keys;
 pub mod apply;
+pub mod backoff;
 pub mod ca_rotation;
 pub mod cli;
 pub mod controller;

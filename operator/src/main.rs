@@ -81,7 +81,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.set_leader(true);
     }
 
-    let state = Arc::new(State::new(client, args.server_image, metrics.clone()));
+    let state = Arc::new(
+        State::new(client, args.server_image, metrics.clone())
+            .with_max_concurrent_reconciles(args.max_concurrent_reconciles),
+    );
     let reconciling = async {
         tokio::join!(
             controller::run(state.clone(), &args.namespaces),

@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -21,13 +21,6 @@ pub enum FollowError {
         name: String,
         #[source]
         source: kube::Error,
-    },
-    #[error("watching {kind} {name}: {source}")]
-    Watch {
-        kind: String,
-        name: String,
-        #[source]
-        source: watcher::Error,
     },
     #[error("projecting {kind} {name}: {source}")]
     Project {
@@ -96,22 +89,26 @@ where
         .applied_objects()
         .boxed();
     tracing::info!(%kind, name, dir = %writer.dir().display(), "watching");
-    while let Some(object) = objects
-        .try_next()
-        .await
-        .map_err(|source| FollowError::Watch {
-            kind: kind.to_string(),
-            name: name.into(),
-            source,
-        })?
-    {
-        if let Err(e) = project(writer, &kind, name, &payload(&object)) {
-            // A payload the writer refuses (a key that is not a valid
-            // file name) is reported; the next change may fix it.
-            tracing::error!(%kind, name, error = %e, "cannot project");
+    loop {
+        match objects.next().await {
+            Some(Ok(object)) => {
+                if let Err(e) = project(writer, &kind, name, &payload(&object)) {
+                    // A payload the writer refuses (a key that is not a valid
+                    // file name) is reported; the next change may fix it.
+                    tracing::error!(%kind, name, error = %e, "cannot project");
+                }
+            }
+            // The API server restarting, etcd down, a dropped connection:
+            // the watcher retries with backoff after each error, and the
+            // files stay as last projected, as the kubelet keeps a mount.
+            // (Found by operator/tests/chaos.rs: ending here froze the
+            // projection for good after a kube-apiserver restart.)
+            Some(Err(e)) => {
+                tracing::warn!(%kind, name, error = %e, "watch failed; retrying")
+            }
+            None => return Ok(()),
         }
     }
-    Ok(())
 }
 
 fn project(

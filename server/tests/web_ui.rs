@@ -135,6 +135,36 @@ async fn api_key_login_chat_redaction_and_roles_in_a_real_browser() {
     running.shutdown().await;
 }
 
+/// What the page says for what the echo engine makes happen: a card number
+/// in the answer (input filtering off, so only the output filter sees it)
+/// and a full queue (503 with Retry-After).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_redaction_and_a_busy_model_in_a_real_browser() {
+    require_browser_deps();
+    let s = server(&format!("{RELAXED}sensitiveData:\n  input: false\n")).await;
+    let shots = screenshot_dir("echo");
+    let envs = |scenario: &str| {
+        vec![
+            (
+                "WEB_URL",
+                format!("https://localhost:{}", s.running.web_addr.port()),
+            ),
+            (
+                "WEB_TLS_CERT",
+                s.data().join("tls/tls.crt").display().to_string(),
+            ),
+            ("WEB_SCREENSHOTS", shots.display().to_string()),
+            ("KEY_DEVELOPER", s.keys.developer.clone()),
+            ("SCENARIO", scenario.to_string()),
+        ]
+    };
+    run_node("echo.mjs", envs("output-redaction")).await;
+    s.engine
+        .queue_full
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    run_node("echo.mjs", envs("busy")).await;
+}
+
 /// A free loopback port for the test's identity provider: the server's
 /// config must name the issuer URL before the provider starts.
 fn free_port() -> u16 {

@@ -91,6 +91,9 @@ write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
 launch() { # name command...
 	local name=$1
 	shift
+	# The command line is kept so restart.sh can start it again as it was
+	# (the chaos tests restart kube-apiserver and etcd).
+	printf '%q ' "$@" >"$dir/$name.cmd"
 	setsid "$@" >"$dir/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$dir/$name.pid"
 }

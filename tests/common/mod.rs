@@ -15,6 +15,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod serving;
+
 /// Repository root: the manifest dir of the package whose tests include
 /// this module, or the nearest directory above it holding tests/cluster.
 pub fn repo_root() -> PathBuf {

@@ -684,6 +684,10 @@ fn default_leeway() -> Duration {
 /// An external OpenID Connect issuer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.clientSecretName) || has(self.clientId)",
+     "message": "auth.oidc.clientSecretName: only with a clientId (the web UI's SSO client)"}
+]))]
 pub struct OidcIssuer {
     /// Issuer URL (https); `/.well-known/openid-configuration` is read from it.
     #[schemars(length(min = 9, max = 512))]
@@ -714,6 +718,15 @@ pub struct OidcIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub client_id: Option<String>,
+
+    /// Secret in the model's namespace whose key `client-secret` holds the
+    /// OAuth2 client secret of `clientId`: the web UI then logs in as a
+    /// confidential client (client_secret_basic, and PKCE as well). The
+    /// Secret is mounted into the pods, read at each login, so rotating it
+    /// needs no restart. Unset: a public client (PKCE alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_name: Option<String>,
 }
 
 fn default_role_claim() -> String {

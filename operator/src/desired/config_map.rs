@@ -5,10 +5,11 @@ use securechat_crds::files::config::{
     FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
+use securechat_crds::v1alpha1::OidcIssuer;
 use sha2::{Digest, Sha256};
 
 use super::Context;
-use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR};
+use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, sso_client_secret_file};
 use crate::labels::Names;
 use crate::{Error, Result};
 
@@ -46,7 +47,17 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
                 .unwrap_or_else(|| ctx.name.clone()),
             token_ttl: spec.auth.token_ttl,
             leeway: spec.auth.leeway,
-            oidc: spec.auth.oidc.clone(),
+            // The server reads client secrets from files (web.sso below),
+            // never by Secret name.
+            oidc: spec
+                .auth
+                .oidc
+                .iter()
+                .map(|o| OidcIssuer {
+                    client_secret_name: None,
+                    ..o.clone()
+                })
+                .collect(),
         },
         roles: spec.roles.clone(),
         rate_limit: spec.rate_limit.clone(),
@@ -55,15 +66,22 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
         audit: spec.audit.clone(),
         limits: Default::default(),
         // An issuer with a clientId gets a "Sign in with SSO" button, as
-        // the spec documents; as a public client (PKCE), since the spec
-        // has no field for a client secret yet.
+        // the spec documents: a confidential client when it names a client
+        // secret (mounted by the Deployment), else a public one (PKCE).
         web: WebConfig {
             sso: spec
                 .auth
                 .oidc
                 .iter()
-                .filter(|o| o.client_id.is_some())
-                .map(|o| SsoClient::for_issuer(&o.issuer_url))
+                .enumerate()
+                .filter(|(_, o)| o.client_id.is_some())
+                .map(|(index, o)| SsoClient {
+                    client_secret_file: o
+                        .client_secret_name
+                        .as_ref()
+                        .map(|_| sso_client_secret_file(index)),
+                    ..SsoClient::for_issuer(&o.issuer_url)
+                })
                 .collect(),
             ..Default::default()
         },
@@ -133,6 +151,54 @@ mod tests {
         assert_eq!(parsed.web.sso.len(), 1);
         assert_eq!(parsed.web.sso[0].issuer_url, "https://idp.example");
         assert_eq!(parsed.sso_client_id(&parsed.web.sso[0]), Some("chat-web"));
+    }
+
+    #[test]
+    fn an_sso_client_secret_is_a_mounted_file_never_a_secret_name() {
+        let m = model(
+            "chat",
+            json!({"auth": {"oidc": [
+                {"issuerURL": "https://public.example", "audience": "chat", "clientId": "pub"},
+                {"issuerURL": "https://idp.example", "audience": "chat", "clientId": "chat-web",
+                 "clientSecretName": "idp-client"}
+            ]}}),
+        );
+        let ctx = Context::new(&m, "img").expect("ctx");
+        let (map, _) = config_map(&ctx).expect("renders");
+        let yaml = &map.data.expect("data")[names::CONFIG];
+        assert!(!yaml.contains("idp-client"), "{yaml}");
+        let parsed = ServerConfig::from_yaml(yaml).expect("server parses it");
+        parsed.validate().expect("and accepts it");
+        assert_eq!(parsed.web.sso[0].client_secret_file, None);
+        let file = sso_client_secret_file(1);
+        assert_eq!(parsed.web.sso[1].client_secret_file.as_ref(), Some(&file));
+
+        // The Deployment mounts exactly that key of that Secret there.
+        let deployment = crate::desired::deployment::deployment(&ctx, "checksum");
+        let pod = deployment.spec.template.spec.expect("pod spec");
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| {
+                v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("idp-client")
+            })
+            .expect("a volume of the client secret");
+        let items = volume.secret.unwrap().items.unwrap();
+        assert_eq!(items[0].key, "client-secret");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == volume.name)
+            .expect("mounted")
+            .clone();
+        assert_eq!(
+            std::path::Path::new(&mount.mount_path).join(&items[0].path),
+            file
+        );
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

@@ -300,6 +300,14 @@ fn quantities(resources: Option<&ComputeResources>) -> BTreeMap<String, Quantity
     map
 }
 
+/// Where the client secret of the `index`th `auth.oidc` entry is mounted
+/// (its Secret's key `client-secret`), as the server config names it.
+pub fn sso_client_secret_file(index: usize) -> std::path::PathBuf {
+    std::path::Path::new(&format!("{SSO_DIR}/{index}")).join(SSO_CLIENT_SECRET_KEY)
+}
+const SSO_DIR: &str = "/etc/securechat/sso";
+const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
+
 /// Volumes, their mounts, and the model path the server is told to load.
 fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
     let spec = &ctx.model.spec;
@@ -358,6 +366,28 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         },
     ];
+    // The web UI's SSO client secrets, one volume per issuer that has one.
+    for (index, issuer) in spec.auth.oidc.iter().enumerate() {
+        let Some(secret_name) = &issuer.client_secret_name else {
+            continue;
+        };
+        let name = format!("sso-client-secret-{index}");
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: SSO_CLIENT_SECRET_KEY.into(),
+                    path: SSO_CLIENT_SECRET_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&name, &format!("{SSO_DIR}/{index}")));
+    }
     let source = &spec.model.source;
     let model_path = if let Some(volume) = &source.volume {
         volumes.push(Volume {

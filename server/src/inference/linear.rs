@@ -63,10 +63,26 @@ impl Linear {
             return Ok(None);
         }
         let mut rows = 0;
-        let mut bytes = Vec::new();
+        let mut parts = Vec::with_capacity(weights.len());
         for w in weights {
             rows += w.shape().dims2()?.0;
-            bytes.extend_from_slice(&w.data()?);
+            parts.push(w.data()?);
+        }
+        // One exact allocation, handed to our kernels as it is: growing a
+        // buffer, then copying it into candle's storage and again into the
+        // kernel matrix left ~40 MiB of freed copies in the heap after load.
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in &parts {
+            bytes.extend_from_slice(part);
+        }
+        drop(parts);
+        if kernels == CpuKernels::Ours
+            && device.is_cpu()
+            && let Some(ty) = kernel_type(dtype)
+        {
+            let m = QMatrix::new(ty, rows, cols, bytes)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            return Ok(Some(Self::Kernel(Arc::new(m))));
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), &device, dtype)?;
         Self::new(QTensor::new(storage, (rows, cols))?, kernels).map(Some)
@@ -104,11 +120,18 @@ impl Module for Linear {
     }
 }
 
+/// The block formats our kernels multiply.
+fn kernel_type(dtype: GgmlDType) -> Option<WeightType> {
+    match dtype {
+        GgmlDType::Q4_1 => Some(WeightType::Q4_1),
+        GgmlDType::Q8_0 => Some(WeightType::Q8_0),
+        _ => None,
+    }
+}
+
 fn kernel_matrix(w: &QTensor) -> Result<Option<QMatrix>> {
-    let ty = match w.dtype() {
-        GgmlDType::Q4_1 => WeightType::Q4_1,
-        GgmlDType::Q8_0 => WeightType::Q8_0,
-        _ => return Ok(None),
+    let Some(ty) = kernel_type(w.dtype()) else {
+        return Ok(None);
     };
     if !w.device().is_cpu() {
         return Ok(None);

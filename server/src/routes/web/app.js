@@ -194,7 +194,7 @@ $("ask").addEventListener("submit", async (event) => {
   if (!text) return;
   $("message").value = "";
   $("send").disabled = true;
-  append("user", text);
+  const asked = append("user", text);
   const messages = [];
   const system = $("system-prompt").value.trim();
   if (system) messages.push({ role: "system", content: system });
@@ -259,7 +259,13 @@ $("ask").addEventListener("submit", async (event) => {
     answer.classList.add("done");
   } catch (error) {
     answer.remove();
-    if (error.message !== "signed out") $("error").textContent = String(error.message || error);
+    if (error.message !== "signed out") {
+      $("error").textContent = String(error.message || error);
+      // Unanswered: the question goes back into the box to send again
+      // (after a 429 or 503), rather than being lost.
+      asked.remove();
+      if (!$("message").value) $("message").value = text;
+    }
   } finally {
     $("send").disabled = false;
   }
