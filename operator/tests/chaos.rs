@@ -99,7 +99,11 @@ impl OperatorProcess {
         process
     }
 
+    /// Starts the process unless it is running.
     fn spawn(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
         let out = File::options()
             .create(true)
             .append(true)
@@ -139,6 +143,7 @@ impl OperatorProcess {
         if exited {
             self.crashes += 1;
             eprintln!("the operator exited by itself; starting it again");
+            self.child = None;
             self.spawn();
         }
     }
@@ -154,15 +159,18 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// When the operator was SIGKILLed, by [`kill_at_random`] or [`kill_soon_after`].
+type Kills = Arc<Mutex<Vec<Instant>>>;
+
 /// Kills the operator at random points until stopped; every fourth life is
-/// long enough for it to make progress. Returns the kill times.
+/// long enough for it to make progress.
 fn kill_at_random(
     operator: Arc<Mutex<OperatorProcess>>,
     mut chance: Chance,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Instant>> {
+    kills: Kills,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut kills = Vec::new();
         let mut life = 0u32;
         while !stop.load(Ordering::Relaxed) {
             life += 1;
@@ -180,12 +188,27 @@ fn kill_at_random(
                 operator.supervise();
                 operator.kill();
             }
-            kills.push(Instant::now());
+            kills.lock().unwrap().push(Instant::now());
             tokio::time::sleep(chance.millis(0, 600)).await;
             operator.lock().unwrap().spawn();
         }
-        kills
     })
+}
+
+/// Two more kills early in a phase (100 ms and 400 ms after it began, each
+/// restarted at once), so every phase is hit however the random lives
+/// fall. A kill while the random killer has the process down is skipped.
+async fn kill_soon_after(operator: &Arc<Mutex<OperatorProcess>>, kills: &Kills) {
+    for delay in [100, 300] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let mut operator = operator.lock().unwrap();
+        if operator.child.is_some() {
+            operator.supervise();
+            operator.kill();
+            kills.lock().unwrap().push(Instant::now());
+            operator.spawn();
+        }
+    }
 }
 
 /// Steady load against the server: the rotating API key (as the app's
@@ -434,7 +457,9 @@ async fn operator_killed_at_random_points_converges_and_loses_no_key() {
     keys.create(&PostParams::default(), &api_key("minter", "m", None))
         .await
         .expect("create a key");
-    let killer = kill_at_random(operator.clone(), chance, stop.clone());
+    let kills = Kills::default();
+    let killer = kill_at_random(operator.clone(), chance, stop.clone(), kills.clone());
+    kill_soon_after(&operator, &kills).await;
     let timeout = Duration::from_secs(240);
     model_ready(&models, "m", timeout).await;
     let app_id = key_ready(&keys, "app", timeout).await;
@@ -455,6 +480,7 @@ async fn operator_killed_at_random_points_converges_and_loses_no_key() {
 
     let ca_started = Instant::now();
     annotate(&models, "m", "securechat.dev/rotate-ca", "chaos-1").await;
+    kill_soon_after(&operator, &kills).await;
     wait_for("a server certificate from the new CA", timeout, || async {
         read(&served.etc.join("tls/tls.crt"))
             .filter(|c| *c != first_leaf)
@@ -471,6 +497,7 @@ async fn operator_killed_at_random_points_converges_and_loses_no_key() {
         "chaos-1",
     )
     .await;
+    kill_soon_after(&operator, &kills).await;
     wait_for("a new Active signing key", timeout, || {
         let models = models.clone();
         let first_kid = first_kid.clone();
@@ -494,7 +521,8 @@ async fn operator_killed_at_random_points_converges_and_loses_no_key() {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     stop.store(true, Ordering::Relaxed);
-    let kills = killer.await.expect("the killer ran");
+    killer.await.expect("the killer ran");
+    let kills = kills.lock().unwrap().clone();
     operator.lock().unwrap().supervise();
     model_ready(&models, "m", timeout).await;
     assert_eq!(key_ready(&keys, "app", timeout).await, app_id, "app's id");
