@@ -86,7 +86,7 @@ pub struct RunArgs {
     /// the operator's memory and CPU when many models change together (a
     /// restart, a mass apply); each object is still reconciled by one
     /// worker at a time.
-    #[arg(long, env = "SECURECHAT_MAX_CONCURRENT_RECONCILES", default_value_t = 8,
+    #[arg(long, env = "SECURECHAT_MAX_CONCURRENT_RECONCILES", default_value_t = crate::controller::DEFAULT_MAX_CONCURRENT_RECONCILES,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
     /// Log format.
@@ -116,6 +116,26 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn concurrent_reconciles_default_to_a_bound_and_zero_is_refused() {
+        let parse = |extra: &[&str]| {
+            let args = ["securechat-operator", "run"].iter().chain(extra);
+            Cli::parse_from_args(args).map(|cli| match cli.command {
+                Command::Run(args) => args.max_concurrent_reconciles,
+                Command::Crds => unreachable!(),
+            })
+        };
+        assert_eq!(
+            parse(&[]).expect("parses"),
+            crate::controller::DEFAULT_MAX_CONCURRENT_RECONCILES
+        );
+        assert_eq!(
+            parse(&["--max-concurrent-reconciles=32"]).expect("parses"),
+            32
+        );
+        assert!(parse(&["--max-concurrent-reconciles=0"]).is_err());
     }
 
     #[test]
