@@ -303,9 +303,12 @@ fn quantities(resources: Option<&ComputeResources>) -> BTreeMap<String, Quantity
 /// Where the client secret of the `index`th `auth.oidc` entry is mounted
 /// (its Secret's key `client-secret`), as the server config names it.
 pub fn sso_client_secret_file(index: usize) -> std::path::PathBuf {
-    std::path::Path::new(&format!("{SSO_DIR}/{index}")).join(SSO_CLIENT_SECRET_KEY)
+    std::path::Path::new(&sso_client_secret_dir(index)).join(SSO_CLIENT_SECRET_KEY)
 }
-const SSO_DIR: &str = "/etc/securechat/sso";
+/// The mount point of that Secret.
+fn sso_client_secret_dir(index: usize) -> String {
+    format!("/etc/securechat/sso/{index}")
+}
 const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
 
 /// Volumes, their mounts, and the model path the server is told to load.
@@ -386,7 +389,7 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             }),
             ..Default::default()
         });
-        mounts.push(mount(&name, &format!("{SSO_DIR}/{index}")));
+        mounts.push(mount(&name, &sso_client_secret_dir(index)));
     }
     let source = &spec.model.source;
     let model_path = if let Some(volume) = &source.volume {
