@@ -16,6 +16,9 @@ pub fn kernels() -> Option<Kernels> {
         dot_q4_1: x86::dot_q4_1,
         dot_q8_0: x86::dot_q8_0,
         quantize: x86::quantize_q8_1,
+        dot_f16: x86::dot_f16,
+        axpy_f16: x86::axpy_f16,
+        round_f16: x86::round_f16,
     })
 }
 
@@ -27,6 +30,8 @@ pub fn kernels() -> Option<Kernels> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use half::f16;
 
     use crate::{BlockQ8_1, QK, WeightType};
 
@@ -49,6 +54,89 @@ mod x86 {
     pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         // SAFETY: as for `dot_q4_1`.
         unsafe { quantize_q8_1_avx2(x, out) }
+    }
+
+    pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_f16_avx2(a, b) }
+    }
+
+    pub fn axpy_f16(s: f32, x: &[f16], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { axpy_f16_avx2(s, x, y) }
+    }
+
+    pub fn round_f16(x: &mut [f32]) {
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { round_f16_avx2(x) }
+    }
+
+    /// 8 f16 values widened to f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_f16x8(x: &[f16]) -> __m256 {
+        assert!(x.len() >= 8);
+        // SAFETY: 8 f16 are 16 readable bytes (f16 is a plain u16); the load
+        // is unaligned.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.as_ptr().cast()) })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ac
+            .remainder()
+            .iter()
+            .zip(bc.remainder())
+            .map(|(x, y)| x * y.to_f32())
+            .sum();
+        for (i, (x, y)) in ac.zip(bc).enumerate() {
+            // SAFETY: `x` is 8 readable f32; unaligned.
+            let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+            acc[i % 2] = _mm256_fmadd_ps(xv, load_f16x8(y), acc[i % 2]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn axpy_f16_avx2(s: f32, x: &[f16], y: &mut [f32]) {
+        let sv = _mm256_set1_ps(s);
+        let mut yc = y.chunks_exact_mut(8);
+        let mut xc = x.chunks_exact(8);
+        for (out, x) in (&mut yc).zip(&mut xc) {
+            // SAFETY: `out` is 8 readable and writable f32; unaligned.
+            unsafe {
+                let v = _mm256_fmadd_ps(sv, load_f16x8(x), _mm256_loadu_ps(out.as_ptr()));
+                _mm256_storeu_ps(out.as_mut_ptr(), v);
+            }
+        }
+        for (o, v) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
+            *o += s * v.to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn round_f16_avx2(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` is 8 readable and writable f32; unaligned.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = f16_round(*v);
+        }
+    }
+
+    /// `x` rounded to the nearest f16 (F16C), as f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_round(x: f32) -> f32 {
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+        _mm_cvtss_f32(_mm_cvtph_ps(h))
     }
 
     /// Two little-endian f16 values at `b[0..4]` as f32.
@@ -152,12 +240,12 @@ mod x86 {
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
             let d = amax / 127.0;
-            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            // Round half away from zero, as the scalar kernel does.
+            let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            // Ties to even, as the scalar kernel (and llama.cpp) round.
             let round = |v: __m256| {
-                let scaled = _mm256_mul_ps(v, inv);
-                let half = _mm256_or_ps(_mm256_and_ps(scaled, sign_off), _mm256_set1_ps(0.5));
-                _mm256_cvttps_epi32(_mm256_add_ps(scaled, half))
+                _mm256_cvtps_epi32(_mm256_round_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(_mm256_mul_ps(v, inv)))
             };
             let i: [__m256i; 4] = std::array::from_fn(|k| round(v[k]));
             let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
@@ -176,8 +264,8 @@ mod x86 {
             let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             // SAFETY: `qs` is 32 writable bytes; the store is unaligned.
             unsafe { _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), p8) };
-            block.d = d;
-            block.s = d * _mm_cvtsi128_si32(s) as f32;
+            block.d = f16_round(d);
+            block.s = f16_round(d * _mm_cvtsi128_si32(s) as f32);
         }
     }
 }

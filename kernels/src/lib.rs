@@ -13,7 +13,9 @@
 //! it (chosen once, at run time) and on portable scalar code otherwise; both
 //! compute the same integer sums, so they differ only by float rounding.
 
+pub mod attention;
 mod avx2;
+pub mod ops;
 mod scalar;
 
 use std::sync::OnceLock;
@@ -63,6 +65,12 @@ impl WeightType {
 
 /// Quantizes `x` (a multiple of [`QK`] long) into `out`, one block per 32
 /// values: the scale maps the block's largest magnitude to 127.
+///
+/// Rounded as llama.cpp's CPU backend rounds its Q8_1 / Q8_0 activations
+/// (multiplier `127/max`, ties to even, scale and sum kept at f16
+/// precision), so both engines multiply the same integers by the same
+/// scales: with 8-bit activations a model this small turns any difference
+/// into diverging greedy output.
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     (kernels().quantize)(x, out)
 }
@@ -76,6 +84,27 @@ pub fn dot(ty: WeightType, w: &[u8], a: &[BlockQ8_1]) -> f32 {
     }
 }
 
+/// `x` rounded to the nearest f16, as f32: the precision llama.cpp keeps
+/// activation scales, and the key/value cache, at.
+pub fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+/// Rounds every value of `x` to the nearest f16, in place.
+pub fn f16_round_slice(x: &mut [f32]) {
+    (kernels().round_f16)(x)
+}
+
+/// `Σ a·b` for f32 `a` and f16 `b` (a cached key), summed in f32.
+pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    (kernels().dot_f16)(a, b)
+}
+
+/// `y += s·x` for f16 `x` (a cached value).
+pub fn axpy_f16(s: f32, x: &[half::f16], y: &mut [f32]) {
+    (kernels().axpy_f16)(s, x, y)
+}
+
 /// Which implementation [`dot`] and [`quantize_q8_1`] use on this CPU.
 pub fn implementation() -> &'static str {
     kernels().name
@@ -86,6 +115,9 @@ struct Kernels {
     dot_q4_1: fn(&[u8], &[BlockQ8_1]) -> f32,
     dot_q8_0: fn(&[u8], &[BlockQ8_1]) -> f32,
     quantize: fn(&[f32], &mut [BlockQ8_1]),
+    dot_f16: fn(&[f32], &[half::f16]) -> f32,
+    axpy_f16: fn(f32, &[half::f16], &mut [f32]),
+    round_f16: fn(&mut [f32]),
 }
 
 fn kernels() -> &'static Kernels {
@@ -96,6 +128,9 @@ fn kernels() -> &'static Kernels {
             dot_q4_1: scalar::dot_q4_1,
             dot_q8_0: scalar::dot_q8_0,
             quantize: scalar::quantize_q8_1,
+            dot_f16: scalar::dot_f16,
+            axpy_f16: scalar::axpy_f16,
+            round_f16: scalar::round_f16,
         })
     })
 }

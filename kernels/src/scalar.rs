@@ -13,15 +13,15 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     for (xs, block) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in block.qs.iter_mut().zip(xs) {
-            // |v·inv| ≤ 127 by construction; round half away from zero.
-            *q = (v * inv).round() as i8;
+            // |v·inv| ≤ 127 by construction; ties round to even.
+            *q = (v * inv).round_ties_even() as i8;
             sum += i32::from(*q);
         }
-        block.d = d;
-        block.s = d * sum as f32;
+        block.d = crate::f16_round(d);
+        block.s = crate::f16_round(d * sum as f32);
     }
 }
 
@@ -75,5 +75,21 @@ pub fn dequantize_row(ty: WeightType, w: &[u8], out: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+pub fn axpy_f16(s: f32, x: &[f16], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += s * v.to_f32();
+    }
+}
+
+pub fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = f16::from_f32(*v).to_f32();
     }
 }

@@ -5,10 +5,11 @@
 //! - token by token, same Q4_1 weights and candle's kernels: |Δlogit| ≤ 1e-3
 //!   (same arithmetic; any larger difference is a bug in rope, the KV cache
 //!   or attention);
-//! - our CPU kernels against candle's on the first token: mean |Δ| ≤ 0.1,
-//!   max ≤ 0.5 (measured 0.076 / 0.20: candle keeps the activation scale in
-//!   f16, ours in f32; on one matmul the two are equally far from exact,
-//!   see `linear.rs`);
+//! - our CPU forward pass against candle's stock model on the first token:
+//!   mean |Δ| ≤ 0.25, max ≤ 0.6 (measured 0.15 / 0.32 at most). Ours rounds
+//!   as llama.cpp does (values through an f16 KV cache, activations
+//!   quantized with ties to even), candle keeps f32 values: the same
+//!   arithmetic up to rounding, which 8-bit activations amplify;
 //! - batched prefill vs token by token, f32 weights: |Δlogit| ≤ 1e-3 (only
 //!   summation order differs; checks the causal mask and GQA layout). With
 //!   8-bit activations the two differ by a mean of 0.1–0.7 for candle's
@@ -138,8 +139,9 @@ fn our_kernels_match_candles_on_the_first_token() {
         let a = ours.model.forward(&ids[..1], 0).unwrap();
         let b = stock_step(&mut reference, ids[0], 0);
         let (mean, max) = (mean_abs_diff(&a, &b), max_abs_diff(&a, &b));
+        eprintln!("{prompt:?}: first-token mean |Δ| {mean:.3}, max {max:.3}");
         assert!(
-            mean <= 0.1 && max <= 0.5,
+            mean <= 0.25 && max <= 0.6,
             "{prompt:?}: first-token logits differ by mean {mean}, max {max}"
         );
     }

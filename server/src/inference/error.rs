@@ -24,6 +24,8 @@ pub enum InferenceError {
     Template(#[from] minijinja::Error),
     #[error("tensor computation: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("CPU kernels: {0}")]
+    Kernel(#[from] securechat_kernels::ShapeError),
     #[error("could not start the inference worker: {0}")]
     Worker(String),
 }
@@ -39,6 +41,7 @@ impl InferenceError {
             Self::Tokenizer(_) => "tokenizer",
             Self::Template(_) => "template",
             Self::Tensor(_) => "tensor",
+            Self::Kernel(_) => "kernel",
             Self::Worker(_) => "worker",
         }
     }

@@ -36,6 +36,15 @@ impl FusedProjection {
         Ok(Self::Separate(separate))
     }
 
+    /// The stacked matrix our kernels multiply, when they run this
+    /// projection.
+    pub fn kernel(&self) -> Option<&std::sync::Arc<securechat_kernels::QMatrix>> {
+        match self {
+            Self::Stacked { matmul, .. } => matmul.kernel(),
+            Self::Separate(_) => None,
+        }
+    }
+
     /// One output per weight, in order (views into one buffer when stacked).
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match self {

@@ -88,6 +88,14 @@ impl Linear {
         Self::new(QTensor::new(storage, (rows, cols))?, kernels).map(Some)
     }
 
+    /// The matrix our kernels multiply, when they run this layer.
+    pub fn kernel(&self) -> Option<&Arc<QMatrix>> {
+        match self {
+            Self::Kernel(m) => Some(m),
+            Self::Candle(_) => None,
+        }
+    }
+
     /// Rows of `ids` as f32 vectors (embedding lookup), `[n, cols]`.
     pub fn embedding(&self, ids: &[u32]) -> Result<Tensor> {
         match self {

@@ -1,8 +1,12 @@
-//! Llama-family decoder (SmolLM2 and friends) from GGUF weights, written on
-//! candle ops rather than candle-transformers' `quantized_llama` for speed:
-//! an in-place KV cache, grouped-query attention without repeating K/V, only
-//! the last position through the output projection, and on the CPU our own
-//! quantized matmul kernels (see `linear.rs`) for Q4_1 and Q8_0 weights.
+//! Llama-family decoder (SmolLM2 and friends) from GGUF weights.
+//!
+//! Two forward passes share the loaded weights. On the CPU, when every
+//! matrix is in a format our kernels multiply (Q4_1, Q8_0), the model runs
+//! on plain buffers (`llama_cpu.rs`). Otherwise (GPUs, other block formats,
+//! the candle-kernel reference) it runs on candle ops, written here rather
+//! than with candle-transformers' `quantized_llama` for speed: an in-place KV
+//! cache, grouped-query attention without repeating K/V, and only the last
+//! position through the output projection.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -12,6 +16,7 @@ use super::fused::FusedProjection;
 use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
 use super::linear::{CpuKernels, Linear};
+use super::llama_cpu::CpuLlama;
 use super::model::CausalLm;
 
 /// Prompt positions run per forward pass; bounds attention memory at
@@ -94,24 +99,41 @@ impl LlamaConfig {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
+pub(super) struct LayerWeights {
+    pub attn_norm: Tensor,
     /// Q, K and V projections in one matmul.
-    qkv: FusedProjection,
-    wo: Linear,
-    ffn_norm: Tensor,
+    pub qkv: FusedProjection,
+    pub wo: Linear,
+    pub ffn_norm: Tensor,
     /// The MLP's gate and up projections in one matmul.
-    gate_up: FusedProjection,
-    w_down: Linear,
+    pub gate_up: FusedProjection,
+    pub w_down: Linear,
+}
+
+/// The model's weights as loaded, before a forward pass is chosen.
+pub(super) struct Weights {
+    /// Also the output projection when the file ties them.
+    pub embedding: Linear,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: Tensor,
+    pub output: Linear,
 }
 
 pub struct Llama {
     config: LlamaConfig,
-    /// Also the output projection when the file ties them.
-    embedding: Linear,
-    layers: Vec<Layer>,
-    output_norm: Tensor,
-    output: Linear,
+    forward: Forward,
+}
+
+enum Forward {
+    /// Our kernels on plain buffers (CPU, Q4_1 / Q8_0 weights).
+    Cpu(CpuLlama),
+    /// candle ops (GPUs, other formats, candle's kernels).
+    Candle(CandleLlama),
+}
+
+/// The forward pass on candle ops.
+struct CandleLlama {
+    weights: Weights,
     cos: Tensor,
     sin: Tensor,
     cache: KvCache,
@@ -126,6 +148,43 @@ impl Llama {
         kernels: CpuKernels,
     ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
+        let weights = Weights::load(file, &config, format, device, kernels)?;
+        let forward = match CpuLlama::new(&config, &weights)? {
+            Some(cpu) => Forward::Cpu(cpu),
+            None => {
+                let (cos, sin) = rope_tables(&config, device)?;
+                let cache = KvCache::new(
+                    config.n_layer,
+                    config.n_kv_head,
+                    config.head_dim,
+                    config.context_length,
+                    device,
+                );
+                Forward::Candle(CandleLlama {
+                    weights,
+                    cos,
+                    sin,
+                    cache,
+                    device: device.clone(),
+                })
+            }
+        };
+        Ok(Self { config, forward })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+}
+
+impl Weights {
+    fn load(
+        file: &mut GgufFile,
+        config: &LlamaConfig,
+        format: WeightFormat,
+        device: &Device,
+        kernels: CpuKernels,
+    ) -> Result<Self> {
         let embedding = Linear::new(matrix(file, "token_embd.weight", format, device)?, kernels)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
@@ -137,7 +196,7 @@ impl Llama {
             )?;
             let gate_up =
                 FusedProjection::new(vec![weight("ffn_gate")?, weight("ffn_up")?], kernels)?;
-            layers.push(Layer {
+            layers.push(LayerWeights {
                 qkv,
                 gate_up,
                 wo: Linear::new(weight("attn_output")?, kernels)?,
@@ -153,34 +212,24 @@ impl Llama {
         } else {
             embedding.clone()
         };
-        let (cos, sin) = rope_tables(&config, device)?;
-        let cache = KvCache::new(
-            config.n_layer,
-            config.n_kv_head,
-            config.head_dim,
-            config.context_length,
-            device,
-        );
         Ok(Self {
-            config,
             embedding,
             layers,
             output_norm,
             output,
-            cos,
-            sin,
-            cache,
-            device: device.clone(),
         })
     }
+}
 
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    fn attention(&mut self, index: usize, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let c = &self.config;
-        let layer = &self.layers[index];
+impl CandleLlama {
+    fn attention(
+        &mut self,
+        c: &LlamaConfig,
+        index: usize,
+        x: &Tensor,
+        pos: usize,
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.weights.layers[index];
         let seq = x.dim(0)?;
         let n_rep = c.n_head / c.n_kv_head;
 
@@ -224,6 +273,7 @@ impl Llama {
     /// Runs one chunk; returns the last position's logits when asked.
     fn forward_chunk(
         &mut self,
+        c: &LlamaConfig,
         tokens: &[u32],
         pos: usize,
         want_logits: bool,
@@ -236,12 +286,12 @@ impl Llama {
             );
         }
         self.cache.reserve(seq)?;
-        let mut x = self.embedding.embedding(tokens)?; // [seq, hidden]
-        let eps = self.config.rms_eps;
-        for i in 0..self.layers.len() {
-            let h = candle_nn::ops::rms_norm(&x, &self.layers[i].attn_norm, eps)?;
-            x = (x + self.attention(i, &h, pos)?)?;
-            let layer = &self.layers[i];
+        let mut x = self.weights.embedding.embedding(tokens)?; // [seq, hidden]
+        let eps = c.rms_eps;
+        for i in 0..self.weights.layers.len() {
+            let h = candle_nn::ops::rms_norm(&x, &self.weights.layers[i].attn_norm, eps)?;
+            x = (x + self.attention(c, i, &h, pos)?)?;
+            let layer = &self.weights.layers[i];
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer.gate_up.forward(&h)?.try_into().map_err(|_| {
                 candle_core::Error::Msg("gate/up projection must give 2 outputs".into())
@@ -256,8 +306,9 @@ impl Llama {
         }
         // Only the last position's logits are needed to pick the next token.
         let last = x.narrow(0, seq - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.weights.output_norm, eps)?;
         let logits = self
+            .weights
             .output
             .forward(&last)?
             .squeeze(0)?
@@ -274,7 +325,10 @@ impl CausalLm for Llama {
             )));
         }
         if pos == 0 {
-            self.cache.clear();
+            match &mut self.forward {
+                Forward::Cpu(m) => m.clear(),
+                Forward::Candle(m) => m.cache.clear(),
+            }
         }
         // Long prompts go in chunks: attention scores of one chunk take
         // n_head x chunk x context floats, which must stay small.
@@ -283,7 +337,11 @@ impl CausalLm for Llama {
         let mut logits = None;
         for (i, chunk) in chunks.enumerate() {
             let chunk_pos = pos + i * PREFILL_CHUNK;
-            logits = self.forward_chunk(chunk, chunk_pos, i + 1 == n)?;
+            let last = i + 1 == n;
+            logits = match &mut self.forward {
+                Forward::Cpu(m) => m.forward_chunk(chunk, chunk_pos, last)?,
+                Forward::Candle(m) => m.forward_chunk(&self.config, chunk, chunk_pos, last)?,
+            };
         }
         logits.ok_or_else(|| InferenceError::Tensor(candle_core::Error::Msg("no logits".into())))
     }

@@ -14,6 +14,7 @@ mod glm;
 mod kv_cache;
 mod linear;
 mod llama;
+mod llama_cpu;
 mod model;
 mod prompt;
 mod sampler;

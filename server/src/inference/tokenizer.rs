@@ -2,12 +2,13 @@
 //! `tokenizers` crate so that token ids match llama.cpp's, or read from a
 //! Hugging Face `tokenizer.json` (ChatGLM3, GLM-4).
 //!
-//! Two encoders share one vocabulary: `structure` matches control tokens
-//! (`<|im_start|>`) and is only fed text the chat template produced; `content`
-//! treats them as plain text and is fed what users wrote, so a user cannot
-//! forge turn boundaries.
+//! Prompt text comes in two kinds of segment: what the chat template produced
+//! is parsed for control tokens (`<|im_start|>`); what users wrote is not, so
+//! a user cannot forge turn boundaries. One encoder serves both, switched per
+//! segment: a second copy of the vocabulary and merges cost ~5 MiB resident.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BPE, Vocab};
@@ -33,8 +34,9 @@ pub enum Segment {
 }
 
 pub struct ChatTokenizer {
-    structure: Tokenizer,
-    content: Tokenizer,
+    /// Locked for the length of one prompt's encoding, which sets its
+    /// control-token parsing per segment.
+    encoder: Mutex<Tokenizer>,
     /// The bytes each token id stands for; empty for control tokens, which
     /// are never shown to users.
     token_bytes: Vec<Vec<u8>>,
@@ -99,7 +101,7 @@ impl ChatTokenizer {
         let mut tokenizer = Tokenizer::new(bpe);
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
 
-        // Control tokens are special (matched only in `structure`);
+        // Control tokens are special (parsed only in template segments);
         // user-defined ones are matched everywhere, as llama.cpp does.
         let control: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
         let specials: Vec<AddedToken> = tokens
@@ -120,10 +122,6 @@ impl ChatTokenizer {
         tokenizer
             .add_tokens(user_defined)
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-
-        let structure = tokenizer.clone();
-        let mut content = tokenizer;
-        content.set_encode_special_tokens(true);
 
         let byte_of = unicode_to_byte();
         let token_bytes = tokens
@@ -173,8 +171,7 @@ impl ChatTokenizer {
         }
 
         Ok(Self {
-            structure,
-            content,
+            encoder: Mutex::new(tokenizer),
             token_bytes,
             control,
             bos,
@@ -229,12 +226,8 @@ impl ChatTokenizer {
                 "end-of-sequence id {eos} is past the vocabulary size {size}"
             )));
         }
-        let structure = tokenizer.clone();
-        let mut content = tokenizer;
-        content.set_encode_special_tokens(true);
         Ok(Self {
-            structure,
-            content,
+            encoder: Mutex::new(tokenizer),
             token_bytes,
             control,
             bos: None,
@@ -259,14 +252,19 @@ impl ChatTokenizer {
     /// Encodes prompt segments; a BOS token is prepended when the model asks for one.
     pub fn encode_segments(&self, segments: &[Segment]) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        // A panic mid-encode leaves nothing half-done: the flag is set again
+        // before every segment.
+        let mut tokenizer = self.encoder.lock().unwrap_or_else(PoisonError::into_inner);
         for segment in segments {
-            let (tokenizer, text) = match segment {
-                Segment::Structure(t) => (&self.structure, t),
-                Segment::Content(t) => (&self.content, t),
+            let (user_text, text) = match segment {
+                Segment::Structure(t) => (false, t),
+                Segment::Content(t) => (true, t),
             };
             if text.is_empty() {
                 continue;
             }
+            // "Encode special tokens" as text, i.e. do not parse them.
+            tokenizer.set_encode_special_tokens(user_text);
             let enc = tokenizer
                 .encode_fast(text.as_str(), false)
                 .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;

@@ -1,0 +1,143 @@
+//! The f32 operations between the matmuls of a llama-family layer, on plain
+//! slices with no allocation.
+//!
+//! They round as llama.cpp's CPU backend does where that costs nothing:
+//! sums of squares in f64, rotary angles built by repeated multiplication,
+//! softmax sums in f64. With 8-bit activations a model this small turns the
+//! last bit of one value into a different greedy token many steps later, so
+//! matching the reference's rounding is what makes the outputs comparable.
+
+/// `out = x / rms(x) · weight` for each row of `x` (rows of `weight.len()`).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (row, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// cos and sin of the rotary angles of position `pos`, one pair per two
+/// dimensions of a head: angle `i` is `pos · base^(-2i/head_dim)`, built by
+/// repeated multiplication as llama.cpp builds it.
+pub fn rope_angles(pos: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    let head_dim = 2 * cos.len();
+    let step = base.powf(-2.0 / head_dim as f32);
+    let mut theta = pos as f32;
+    for (c, s) in cos.iter_mut().zip(sin.iter_mut()) {
+        *c = theta.cos();
+        *s = theta.sin();
+        theta *= step;
+    }
+}
+
+/// Rotates every head in `x` (heads of `2·cos.len()` values) by the angles:
+/// adjacent pairs `(x[2i], x[2i+1])`, the layout GGUF llama weights use.
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(2 * cos.len()) {
+        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+/// `out = silu(gate) · up` per row, where each row of `gate_up` holds the
+/// gate's `out.len() / rows` values followed by as many of up's.
+pub fn silu_mul(gate_up: &[f32], out: &mut [f32], width: usize) {
+    for (row, out) in gate_up
+        .chunks_exact(2 * width)
+        .zip(out.chunks_exact_mut(width))
+    {
+        let (gate, up) = row.split_at(width);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// In place: `x = softmax(x · scale)`, max-subtracted, summed in f64.
+pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for v in x.iter_mut() {
+        *v *= scale;
+        max = max.max(*v);
+    }
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_scales_rows_to_unit_rms() {
+        let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let mut out = [0.0; 8];
+        rms_norm(&x, &[1.0, 1.0, 2.0, 2.0], 0.0, &mut out);
+        // rms of the first row is 2.5, of the second 1.
+        assert_eq!(&out[..4], &[1.2, 1.6, 0.0, 0.0]);
+        assert_eq!(&out[4..], &[1.0, 1.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_the_position_angles() {
+        let (mut cos, mut sin) = ([0.0; 2], [0.0; 2]);
+        rope_angles(0, 10_000.0, &mut cos, &mut sin);
+        assert_eq!(
+            (cos, sin),
+            ([1.0, 1.0], [0.0, 0.0]),
+            "position 0 is the identity"
+        );
+        rope_angles(3, 10_000.0, &mut cos, &mut sin);
+        assert!((cos[0] - 3f32.cos()).abs() < 1e-6);
+        // The second pair turns 100× slower: 10000^(-2/4) = 1/100.
+        assert!((sin[1] - 0.03f32.sin()).abs() < 1e-6);
+        let mut x = [1.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 2.0];
+        rope(&mut x, &cos, &sin);
+        for head in x.chunks(4) {
+            assert!((head[0] - cos[0]).abs() < 1e-6 && (head[1] - sin[0]).abs() < 1e-6);
+            assert!((head[2] + 2.0 * sin[1]).abs() < 1e-6 && (head[3] - 2.0 * cos[1]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn silu_mul_gates_each_row() {
+        let gate_up = [0.0, 1.0, 5.0, 7.0, -1.0, 2.0, 3.0, 0.5];
+        let mut out = [0.0; 4];
+        silu_mul(&gate_up, &mut out, 2);
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        assert_eq!(
+            out,
+            [0.0, silu(1.0) * 7.0, silu(-1.0) * 3.0, silu(2.0) * 0.5]
+        );
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = [1.0, 3.0, 2.0, -1000.0];
+        softmax_scaled(&mut x, 0.5);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[2] && x[2] > x[0] && x[3] == 0.0);
+        assert!((x[1] / x[0] - 1f32.exp()).abs() < 1e-5);
+    }
+}
