@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::ops::softmax_scaled;
+use crate::ops::{add_assign, softmax_scaled};
 use crate::{ShapeError, axpy_f16, dot_f16, f16_round_slice};
 
 /// Keys and values of every layer for the positions seen so far, written in
@@ -101,11 +101,16 @@ impl KvCache {
     }
 }
 
+/// Partial sums of the weighted value sum, as in llama.cpp's f16 dot.
+const LANES: usize = 32;
+
 /// Scratch space of one attention task, reused across its items.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
+    /// `[LANES][head_dim]` partial sums.
+    partial: Vec<f32>,
 }
 
 /// Attention of the `seq` newest positions of `layer` (appended, not yet
@@ -159,7 +164,11 @@ pub fn attention(
             let (s, h) = (task / n_head, task % n_head);
             let g = h / n_rep;
             let n_keys = cache.len + s + 1;
-            let Scratch { q: qh, scores } = scratch;
+            let Scratch {
+                q: qh,
+                scores,
+                partial,
+            } = scratch;
             // The query head, at the precision it meets f16 keys.
             let start = s * width + h * hd;
             qh.clear();
@@ -171,10 +180,29 @@ pub fn attention(
             );
             softmax_scaled(scores, scale);
             f16_round_slice(scores);
-            out.fill(0.0);
+            // Σ_j w_j·v_j summed as llama.cpp's f16 dot product sums it
+            // (over j, in 32 interleaved partial sums, folded pairwise).
+            partial.clear();
+            partial.resize(LANES * hd, 0.0);
             for (j, &w) in scores.iter().enumerate() {
-                axpy_f16(w, &values[j * row + g * hd..j * row + (g + 1) * hd], out);
+                let lane = &mut partial[j % LANES * hd..(j % LANES + 1) * hd];
+                axpy_f16(w, &values[j * row + g * hd..j * row + (g + 1) * hd], lane);
             }
+            // Folded row by row (each step adds whole rows, so it
+            // vectorizes): lanes l and l+16, then l and l+8, l and l+4,
+            // then (0+1) + (2+3).
+            for (from, half) in [(16, 16), (8, 8), (4, 4)] {
+                let (low, high) = partial.split_at_mut(from * hd);
+                for l in 0..half {
+                    add_assign(&mut low[l * hd..(l + 1) * hd], &high[l * hd..(l + 1) * hd]);
+                }
+            }
+            let (low, high) = partial.split_at_mut(hd);
+            add_assign(low, &high[..hd]);
+            let (t2, t3) = high[hd..3 * hd].split_at_mut(hd);
+            add_assign(t2, t3);
+            add_assign(low, t2);
+            out.copy_from_slice(low);
         });
     Ok(())
 }

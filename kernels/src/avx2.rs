@@ -19,6 +19,7 @@ pub fn kernels() -> Option<Kernels> {
         dot_f16: x86::dot_f16,
         axpy_f16: x86::axpy_f16,
         round_f16: x86::round_f16,
+        rope: x86::rope,
     })
 }
 
@@ -68,6 +69,23 @@ mod x86 {
         unsafe { axpy_f16_avx2(s, x, y) }
     }
 
+    pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { rope_fma(x, cos, sin) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rope_fma(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        for head in x.chunks_exact_mut(2 * cos.len()) {
+            for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (a, b) = (_mm_set_ss(pair[0]), _mm_set_ss(pair[1]));
+                let (c, s) = (_mm_set_ss(c), _mm_set_ss(s));
+                pair[0] = _mm_cvtss_f32(_mm_fmsub_ss(a, c, _mm_mul_ss(b, s)));
+                pair[1] = _mm_cvtss_f32(_mm_fmadd_ss(a, s, _mm_mul_ss(b, c)));
+            }
+        }
+    }
+
     pub fn round_f16(x: &mut [f32]) {
         // SAFETY: as for `dot_q4_1`.
         unsafe { round_f16_avx2(x) }
@@ -84,20 +102,28 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ac
-            .remainder()
-            .iter()
-            .zip(bc.remainder())
-            .map(|(x, y)| x * y.to_f32())
-            .sum();
-        for (i, (x, y)) in ac.zip(bc).enumerate() {
+        // Summed as llama.cpp sums its f16 dot products, so that attention
+        // scores come out bit for bit the same: 32 lanes (four vectors, one
+        // per 8-value chunk in turn), folded pairwise, the rest in f64.
+        let whole = a.len() / 32 * 32;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, (x, y)) in a[..whole]
+            .chunks_exact(8)
+            .zip(b[..whole].chunks_exact(8))
+            .enumerate()
+        {
             // SAFETY: `x` is 8 readable f32; unaligned.
             let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-            acc[i % 2] = _mm256_fmadd_ps(xv, load_f16x8(y), acc[i % 2]);
+            acc[i % 4] = _mm256_fmadd_ps(load_f16x8(y), xv, acc[i % 4]);
         }
-        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let t = _mm_hadd_ps(t, t);
+        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t, t)));
+        for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+            sum += f64::from(x * y.to_f32());
+        }
+        sum as f32
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -181,27 +207,18 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_1_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        // One accumulator, blocks in order, as llama.cpp sums: two
+        // independent chains measured no faster here (the loop waits on
+        // memory, not on the chain) and would round differently.
         const BYTES: usize = WeightType::Q4_1.block_bytes();
-        // Two blocks per step into independent accumulators: one chain of
-        // dependent multiply-adds would stall on its latency every block.
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut mins = [0f32; 2];
-        let pairs = a.len() / 2;
-        for (wp, ap) in w.chunks_exact(2 * BYTES).zip(a.chunks_exact(2)).take(pairs) {
-            for k in 0..2 {
-                let (p, d, m) = q4_1_block(&wp[k * BYTES..(k + 1) * BYTES], &ap[k]);
-                acc[k] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ap[k].d), acc[k]);
-                mins[k] += m * ap[k].s;
-            }
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (wb, ab) in w.chunks_exact(BYTES).zip(a) {
+            let (p, d, m) = q4_1_block(wb, ab);
+            mins += m * ab.s;
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), acc);
         }
-        if a.len() % 2 == 1 {
-            let last = a.len() - 1;
-            let (p, d, m) = q4_1_block(&w[last * BYTES..(last + 1) * BYTES], &a[last]);
-            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a[last].d), acc[0]);
-            mins[0] += m * a[last].s;
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1])) + mins[0] + mins[1]
+        hsum(acc) + mins
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

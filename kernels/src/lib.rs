@@ -118,6 +118,7 @@ struct Kernels {
     dot_f16: fn(&[f32], &[half::f16]) -> f32,
     axpy_f16: fn(f32, &[half::f16], &mut [f32]),
     round_f16: fn(&mut [f32]),
+    rope: fn(&mut [f32], &[f32], &[f32]),
 }
 
 fn kernels() -> &'static Kernels {
@@ -131,6 +132,7 @@ fn kernels() -> &'static Kernels {
             dot_f16: scalar::dot_f16,
             axpy_f16: scalar::axpy_f16,
             round_f16: scalar::round_f16,
+            rope: scalar::rope,
         })
     })
 }

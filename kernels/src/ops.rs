@@ -11,7 +11,7 @@
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     for (row, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
         let mean = (sum / n as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
@@ -36,14 +36,11 @@ pub fn rope_angles(pos: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
 
 /// Rotates every head in `x` (heads of `2·cos.len()` values) by the angles:
 /// adjacent pairs `(x[2i], x[2i+1])`, the layout GGUF llama weights use.
+/// With FMA each new value is one fused multiply-add over one rounded
+/// product, as llama.cpp's compiled C comes out; from the third position on
+/// anything else already gives different logits.
 pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    for head in x.chunks_exact_mut(2 * cos.len()) {
-        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * c - b * s;
-            pair[1] = a * s + b * c;
-        }
-    }
+    (crate::kernels().rope)(x, cos, sin)
 }
 
 /// `out = silu(gate) · up` per row, where each row of `gate_up` holds the
@@ -74,10 +71,16 @@ pub fn softmax_scaled(x: &mut [f32], scale: f32) {
         *v *= scale;
         max = max.max(*v);
     }
-    let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += f64::from(*v);
+    }
+    // Summed as llama.cpp sums (8 values folded pairwise in f32, then
+    // added in f64), so the normalisation rounds the same way.
+    let mut sum = 0f64;
+    for chunk in x.chunks(8) {
+        let v = |i: usize| chunk.get(i).copied().unwrap_or(0.0);
+        let t: [f32; 4] = std::array::from_fn(|l| v(l + 4) + v(l));
+        sum += f64::from((t[0] + t[2]) + (t[1] + t[3]));
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {

@@ -93,3 +93,13 @@ pub fn round_f16(x: &mut [f32]) {
         *v = f16::from_f32(*v).to_f32();
     }
 }
+
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(2 * cos.len()) {
+        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
