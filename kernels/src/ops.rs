@@ -44,7 +44,7 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 /// `out = silu(gate) · up` per row, where each row of `gate_up` holds the
-/// gate's `out.len() / rows` values followed by as many of up's.
+/// gate's `width` values followed by as many of up's.
 pub fn silu_mul(gate_up: &[f32], out: &mut [f32], width: usize) {
     for (row, out) in gate_up
         .chunks_exact(2 * width)

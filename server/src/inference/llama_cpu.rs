@@ -68,13 +68,16 @@ impl CpuLlama {
         }
         let c = config;
         let (q, kv) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        // Every layer's MLP has the width of the first: the step's buffers
+        // are sized once.
+        let ffn = layers.first().map_or(0, |l| l.down.cols());
         let shapes_fit = layers.iter().all(|l| {
             l.qkv.rows() == q + 2 * kv
                 && l.qkv.cols() == c.hidden
                 && l.wo.rows() == c.hidden
                 && l.wo.cols() == q
-                && l.gate_up.rows() % 2 == 0
-                && l.down.cols() == l.gate_up.rows() / 2
+                && l.down.cols() == ffn
+                && l.gate_up.rows() == 2 * ffn
                 && l.down.rows() == c.hidden
                 && l.attn_norm.len() == c.hidden
                 && l.ffn_norm.len() == c.hidden
