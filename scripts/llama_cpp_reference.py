@@ -6,7 +6,9 @@ Parity (server/tests/inference_llamacpp.rs): {"model": path, "texts": [str],
 "prompts": [[token id]], "steps": int} -> {"tokens": [[id]] (each text
 tokenized without BOS and without parsing special tokens), "greedy": [[id]]
 (argmax continuation of each prompt), "logits": [[float]] (first-step logits
-of each prompt)}.
+of each prompt), "step_sha256": [[hex]] (per prompt, the SHA-256 of the
+little-endian f32 logits after the prompt and after each greedy step: a
+bit-for-bit comparison of every step without shipping every vector)}.
 
 Speed (scripts/bench-inference-vs-llamacpp.sh): {"model": path, "bench":
 {"prompts": [[token id]], "decode": int, "threads": int}} -> {"prefill_s":
@@ -17,6 +19,7 @@ engines do the same work.
 
 Runs with 2 threads (or the bench's count) and a fresh KV cache per prompt.
 """
+import hashlib
 import json
 import sys
 import time
@@ -33,6 +36,10 @@ def rss_mib():
     return float("nan")
 
 
+def digest(logits):
+    return hashlib.sha256(np.asarray(logits, dtype="<f4").tobytes()).hexdigest()
+
+
 def parity(req):
     # logits_all: without it llama-cpp-python leaves `scores` at zero.
     llm = llama_cpp.Llama(
@@ -43,7 +50,7 @@ def parity(req):
         logits_all=True,
         verbose=False,
     )
-    out = {"tokens": [], "greedy": [], "logits": []}
+    out = {"tokens": [], "greedy": [], "logits": [], "step_sha256": []}
     for text in req["texts"]:
         out["tokens"].append(
             llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
@@ -54,11 +61,14 @@ def parity(req):
         logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         out["logits"].append(logits.tolist())
         tokens = []
+        digests = [digest(logits)]
         for _ in range(req["steps"]):
             tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             tokens.append(tok)
             llm.eval([tok])
+            digests.append(digest(llm.scores[llm.n_tokens - 1]))
         out["greedy"].append(tokens)
+        out["step_sha256"].append(digests)
     return out
 
 

@@ -11,7 +11,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::ops::{add_assign, softmax_scaled};
-use crate::{ShapeError, axpy_f16, dot_f16, f16_round_slice};
+use crate::{ShapeError, axpy_f16, dot_f16, dot_f16_tiled, f16_round_slice};
 
 /// Keys and values of every layer for the positions seen so far, written in
 /// place (no copy of the history per token).
@@ -101,15 +101,22 @@ impl KvCache {
     }
 }
 
-/// Partial sums of the weighted value sum, as in llama.cpp's f16 dot.
-const LANES: usize = 32;
+use crate::scalar::{LANES, ROW_LANES};
+
+/// `Σ a·b` over an f32 query and an f16 key.
+type DotF16 = fn(&[f32], &[f16]) -> f32;
+
+// llama.cpp sums a batch of several query rows (a prompt) through
+// llamafile's 16-lane tiles and a single row (a decode step) through its
+// 64-lane vector dot; both are followed here, so either kind of step
+// rounds as it does there.
 
 /// Scratch space of one attention task, reused across its items.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
-    /// `[LANES][head_dim]` partial sums.
+    /// `[lanes][head_dim]` partial sums.
     partial: Vec<f32>,
 }
 
@@ -153,6 +160,11 @@ pub fn attention(
         )));
     }
     let n_rep = n_head / n_kv;
+    let (dot, lanes): (DotF16, usize) = if seq == 1 {
+        (dot_f16, ROW_LANES)
+    } else {
+        (dot_f16_tiled, LANES)
+    };
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (position, query head): with one new token there are
     // still n_head tasks to share between the threads (per KV group there
@@ -176,32 +188,36 @@ pub fn attention(
             f16_round_slice(qh);
             scores.clear();
             scores.extend(
-                (0..n_keys).map(|j| dot_f16(qh, &keys[j * row + g * hd..j * row + (g + 1) * hd])),
+                (0..n_keys).map(|j| dot(qh, &keys[j * row + g * hd..j * row + (g + 1) * hd])),
             );
             softmax_scaled(scores, scale);
             f16_round_slice(scores);
-            // Σ_j w_j·v_j summed as llama.cpp's f16 dot product sums it
-            // (over j, in 32 interleaved partial sums, folded pairwise).
+            // Σ_j w_j·v_j summed as llama.cpp sums it: position j
+            // fused-multiply-added into lane j % lanes, the lanes folded as
+            // `scalar::fold64` and `fold16` (whole rows at a time, so it
+            // vectorizes).
             partial.clear();
-            partial.resize(LANES * hd, 0.0);
+            partial.resize(lanes * hd, 0.0);
             for (j, &w) in scores.iter().enumerate() {
-                let lane = &mut partial[j % LANES * hd..(j % LANES + 1) * hd];
+                let lane = &mut partial[j % lanes * hd..(j % lanes + 1) * hd];
                 axpy_f16(w, &values[j * row + g * hd..j * row + (g + 1) * hd], lane);
             }
-            // Folded row by row (each step adds whole rows, so it
-            // vectorizes): lanes l and l+16, then l and l+8, l and l+4,
-            // then (0+1) + (2+3).
-            for (from, half) in [(16, 16), (8, 8), (4, 4)] {
-                let (low, high) = partial.split_at_mut(from * hd);
+            let halves: &[usize] = if lanes == ROW_LANES {
+                &[32, 16, 8, 4]
+            } else {
+                &[8, 4]
+            };
+            for &half in halves {
+                let (low, high) = partial.split_at_mut(half * hd);
                 for l in 0..half {
                     add_assign(&mut low[l * hd..(l + 1) * hd], &high[l * hd..(l + 1) * hd]);
                 }
             }
-            let (low, high) = partial.split_at_mut(hd);
-            add_assign(low, &high[..hd]);
-            let (t2, t3) = high[hd..3 * hd].split_at_mut(hd);
-            add_assign(t2, t3);
-            add_assign(low, t2);
+            // (0 + 2) + (1 + 3)
+            let (low, high) = partial.split_at_mut(2 * hd);
+            add_assign(&mut low[..2 * hd], &high[..2 * hd]);
+            let (low, high) = low.split_at_mut(hd);
+            add_assign(low, high);
             out.copy_from_slice(low);
         });
     Ok(())

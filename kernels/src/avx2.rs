@@ -17,9 +17,12 @@ pub fn kernels() -> Option<Kernels> {
         dot_q8_0: x86::dot_q8_0,
         quantize: x86::quantize_q8_1,
         dot_f16: x86::dot_f16,
+        dot_f16_tiled: x86::dot_f16_tiled,
         axpy_f16: x86::axpy_f16,
         round_f16: x86::round_f16,
         rope: x86::rope,
+        exp_sum: x86::exp_sum,
+        silu_mul: x86::silu_mul,
     })
 }
 
@@ -34,6 +37,8 @@ mod x86 {
 
     use half::f16;
 
+    use crate::exp::{C0, C1, C2, C3, C4, LN2_HI, LN2_LO, LOG2E, SHIFT, times_pow2};
+    use crate::scalar::{self, LANES, ROW_LANES};
     use crate::{BlockQ8_1, QK, WeightType};
 
     // The public entry points are only installed by `kernels()` after the
@@ -61,6 +66,12 @@ mod x86 {
         assert_eq!(a.len(), b.len());
         // SAFETY: as for `dot_q4_1`.
         unsafe { dot_f16_avx2(a, b) }
+    }
+
+    pub fn dot_f16_tiled(a: &[f32], b: &[f16]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_f16_tiled_avx2(a, b) }
     }
 
     pub fn axpy_f16(s: f32, x: &[f16], y: &mut [f32]) {
@@ -102,28 +113,164 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
-        // Summed as llama.cpp sums its f16 dot products, so that attention
-        // scores come out bit for bit the same: 32 lanes (four vectors, one
-        // per 8-value chunk in turn), folded pairwise, the rest in f64.
-        let whole = a.len() / 32 * 32;
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (i, (x, y)) in a[..whole]
-            .chunks_exact(8)
-            .zip(b[..whole].chunks_exact(8))
-            .enumerate()
+        // 64 lanes (eight vectors) over whole groups of 64, folded as
+        // `scalar::fold64` then `fold16`, the rest in f64: llama.cpp's
+        // vector dot on AVX-512, which scores the keys of a single query.
+        let whole = a.len() / ROW_LANES * ROW_LANES;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (x, y) in a[..whole]
+            .chunks_exact(ROW_LANES)
+            .zip(b[..whole].chunks_exact(ROW_LANES))
         {
-            // SAFETY: `x` is 8 readable f32; unaligned.
-            let xv = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-            acc[i % 4] = _mm256_fmadd_ps(load_f16x8(y), xv, acc[i % 4]);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `x` is 64 readable f32, 8k + 8 ≤ 64; unaligned.
+                let xv = unsafe { _mm256_loadu_ps(x[8 * k..].as_ptr()) };
+                *acc = _mm256_fmadd_ps(xv, load_f16x8(&y[8 * k..]), *acc);
+            }
         }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let t = _mm_hadd_ps(t, t);
-        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t, t)));
+        // Accumulator j of 16 lanes is vectors (2j, 2j + 1).
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        let mut sum = f64::from(hsum(_mm256_add_ps(hi, lo)));
         for (x, y) in a[whole..].iter().zip(&b[whole..]) {
             sum += f64::from(x * y.to_f32());
         }
         sum as f32
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_f16_tiled_avx2(a: &[f32], b: &[f16]) -> f32 {
+        // 16 lanes (two vectors), folded as `scalar::fold16`: the order
+        // llama.cpp's AVX-512 build sums attention scores in, so they come
+        // out bit for bit the same. A short tail joins the lanes
+        // zero-padded, as in the scalar version.
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut step = |x: &[f32], y: &[f16]| {
+            // SAFETY: `x` is 16 readable f32; unaligned.
+            let (xl, xh) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr()),
+                    _mm256_loadu_ps(x[8..].as_ptr()),
+                )
+            };
+            lo = _mm256_fmadd_ps(xl, load_f16x8(y), lo);
+            hi = _mm256_fmadd_ps(xh, load_f16x8(&y[8..]), hi);
+        };
+        let whole = a.len() / LANES * LANES;
+        for (x, y) in a[..whole]
+            .chunks_exact(LANES)
+            .zip(b[..whole].chunks_exact(LANES))
+        {
+            step(x, y);
+        }
+        if whole < a.len() {
+            let (mut x, mut y) = ([0f32; LANES], [f16::ZERO; LANES]);
+            x[..a.len() - whole].copy_from_slice(&a[whole..]);
+            y[..a.len() - whole].copy_from_slice(&b[whole..]);
+            step(&x, &y);
+        }
+        hsum(_mm256_add_ps(hi, lo))
+    }
+
+    pub fn exp_sum(x: &mut [f32], max: f32) -> f64 {
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { exp_sum_avx2(x, max) }
+    }
+
+    pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        assert!(up.len() >= gate.len() && out.len() >= gate.len());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { silu_mul_avx2(gate, up, out) }
+    }
+
+    /// `e^x` per lane, bit for bit `crate::exp::exp` (see there).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn exp8(x: __m256) -> __m256 {
+        let c = _mm256_set1_ps;
+        let shift = c(SHIFT);
+        let z = _mm256_fmadd_ps(x, c(LOG2E), shift);
+        let n = _mm256_sub_ps(z, shift);
+        let r = _mm256_fnmadd_ps(n, c(LN2_LO), _mm256_fnmadd_ps(n, c(LN2_HI), x));
+        let r2 = _mm256_mul_ps(r, r);
+        let p = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(c(C4), r, c(C3)),
+                r2,
+                _mm256_fmadd_ps(c(C2), r, c(C1)),
+            ),
+            r2,
+            _mm256_fmadd_ps(c(C0), r, c(1.0)),
+        );
+        // 2ⁿ from the integer that the shift left in z's low mantissa bits,
+        // moved into the exponent field (exact for |n| ≤ 126).
+        let pow2 = _mm256_castsi256_ps(_mm256_add_epi32(
+            _mm256_slli_epi32::<23>(_mm256_castps_si256(z)),
+            _mm256_set1_epi32(0x3f80_0000),
+        ));
+        let result = _mm256_mul_ps(p, pow2);
+        let abs_n = _mm256_andnot_ps(c(-0.0), n);
+        let ordinary = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(abs_n, c(126.0)));
+        if ordinary == 0xff {
+            return result;
+        }
+        // Underflow, overflow or NaN in some lane: those lanes in scalar.
+        let (mut out, mut ps, mut ns) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        // SAFETY: each array is 8 writable f32; unaligned stores.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), result);
+            _mm256_storeu_ps(ps.as_mut_ptr(), p);
+            _mm256_storeu_ps(ns.as_mut_ptr(), n);
+        }
+        for l in 0..8 {
+            if ordinary & (1 << l) == 0 {
+                out[l] = times_pow2(ps[l], ns[l]);
+            }
+        }
+        // SAFETY: `out` is 8 readable f32; unaligned.
+        unsafe { _mm256_loadu_ps(out.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn exp_sum_avx2(x: &mut [f32], max: f32) -> f64 {
+        let m = _mm256_set1_ps(max);
+        let mut sum = 0f64;
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            // SAFETY: `c` is 16 readable and writable f32; unaligned.
+            unsafe {
+                let lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+                let hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(c[8..].as_ptr()), m));
+                _mm256_storeu_ps(c.as_mut_ptr(), lo);
+                _mm256_storeu_ps(c[8..].as_mut_ptr(), hi);
+                sum += f64::from(hsum(_mm256_add_ps(hi, lo)));
+            }
+        }
+        sum + scalar::exp_sum(chunks.into_remainder(), max)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        // Whole groups of 16 in vectors (as 2 × 8: the same values), the
+        // tail in scalar with libm, as `scalar::silu_mul`.
+        let whole = gate.len() / LANES * LANES;
+        let one = _mm256_set1_ps(1.0);
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 ≤ whole ≤ every slice's length; unaligned.
+            unsafe {
+                let g = _mm256_loadu_ps(gate[i..].as_ptr());
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(
+                    out[i..].as_mut_ptr(),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(up[i..].as_ptr())),
+                );
+            }
+        }
+        scalar::silu_mul(
+            &gate[whole..],
+            &up[whole..gate.len()],
+            &mut out[whole..gate.len()],
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -139,7 +286,7 @@ mod x86 {
             }
         }
         for (o, v) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
-            *o += s * v.to_f32();
+            *o = s.mul_add(v.to_f32(), *o);
         }
     }
 

@@ -15,6 +15,7 @@
 
 pub mod attention;
 mod avx2;
+pub mod exp;
 pub mod ops;
 mod scalar;
 
@@ -95,9 +96,16 @@ pub fn f16_round_slice(x: &mut [f32]) {
     (kernels().round_f16)(x)
 }
 
-/// `Σ a·b` for f32 `a` and f16 `b` (a cached key), summed in f32.
+/// `Σ a·b` for f32 `a` and f16 `b` (a cached key) as llama.cpp's AVX-512
+/// build sums a single query row's: 64 lanes, folded to one.
 pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
     (kernels().dot_f16)(a, b)
+}
+
+/// `Σ a·b` as llama.cpp's AVX-512 build sums the rows of a prompt batch
+/// (llamafile's tiles): 16 lanes, folded to one.
+pub fn dot_f16_tiled(a: &[f32], b: &[half::f16]) -> f32 {
+    (kernels().dot_f16_tiled)(a, b)
 }
 
 /// `y += s·x` for f16 `x` (a cached value).
@@ -116,9 +124,12 @@ struct Kernels {
     dot_q8_0: fn(&[u8], &[BlockQ8_1]) -> f32,
     quantize: fn(&[f32], &mut [BlockQ8_1]),
     dot_f16: fn(&[f32], &[half::f16]) -> f32,
+    dot_f16_tiled: fn(&[f32], &[half::f16]) -> f32,
     axpy_f16: fn(f32, &[half::f16], &mut [f32]),
     round_f16: fn(&mut [f32]),
     rope: fn(&mut [f32], &[f32], &[f32]),
+    exp_sum: fn(&mut [f32], f32) -> f64,
+    silu_mul: fn(&[f32], &[f32], &mut [f32]),
 }
 
 fn kernels() -> &'static Kernels {
@@ -130,9 +141,12 @@ fn kernels() -> &'static Kernels {
             dot_q8_0: scalar::dot_q8_0,
             quantize: scalar::quantize_q8_1,
             dot_f16: scalar::dot_f16,
+            dot_f16_tiled: scalar::dot_f16_tiled,
             axpy_f16: scalar::axpy_f16,
             round_f16: scalar::round_f16,
             rope: scalar::rope,
+            exp_sum: scalar::exp_sum,
+            silu_mul: scalar::silu_mul,
         })
     })
 }

@@ -44,16 +44,16 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 /// `out = silu(gate) · up` per row, where each row of `gate_up` holds the
-/// gate's `width` values followed by as many of up's.
+/// gate's `width` values followed by as many of up's. `e^x` as
+/// [`crate::exp`] computes it, in llama.cpp's groups of 16.
 pub fn silu_mul(gate_up: &[f32], out: &mut [f32], width: usize) {
+    let silu_mul = crate::kernels().silu_mul;
     for (row, out) in gate_up
         .chunks_exact(2 * width)
         .zip(out.chunks_exact_mut(width))
     {
         let (gate, up) = row.split_at(width);
-        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        silu_mul(gate, up, out);
     }
 }
 
@@ -64,24 +64,17 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// In place: `x = softmax(x · scale)`, max-subtracted, summed in f64.
+/// In place: `x = softmax(x · scale)`, max-subtracted, `e^x` as
+/// [`crate::exp`] computes it, summed as llama.cpp's AVX-512 build sums (16
+/// values folded pairwise in f32, the groups added in f64), so the
+/// normalisation rounds the same way.
 pub fn softmax_scaled(x: &mut [f32], scale: f32) {
     let mut max = f32::NEG_INFINITY;
     for v in x.iter_mut() {
         *v *= scale;
         max = max.max(*v);
     }
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-    }
-    // Summed as llama.cpp sums (8 values folded pairwise in f32, then
-    // added in f64), so the normalisation rounds the same way.
-    let mut sum = 0f64;
-    for chunk in x.chunks(8) {
-        let v = |i: usize| chunk.get(i).copied().unwrap_or(0.0);
-        let t: [f32; 4] = std::array::from_fn(|l| v(l + 4) + v(l));
-        sum += f64::from((t[0] + t[2]) + (t[1] + t[3]));
-    }
+    let sum = (crate::kernels().exp_sum)(x, max);
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
@@ -128,6 +121,7 @@ mod tests {
         let gate_up = [0.0, 1.0, 5.0, 7.0, -1.0, 2.0, 3.0, 0.5];
         let mut out = [0.0; 4];
         silu_mul(&gate_up, &mut out, 2);
+        // Rows shorter than 16 take libm's exp (llama.cpp's scalar tail).
         let silu = |g: f32| g / (1.0 + (-g).exp());
         assert_eq!(
             out,

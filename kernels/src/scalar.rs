@@ -78,13 +78,89 @@ pub fn dequantize_row(ty: WeightType, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Lanes of the f16 dot products of a prompt batch and of the softmax
+/// sums: llama.cpp's AVX-512 build sums in 16 lanes (its matrix products
+/// of several query rows through llamafile's 16-wide tiles, its softmax per
+/// 16 values).
+pub const LANES: usize = 16;
+
+/// Lanes of the f16 dot product of one query row: llama.cpp's vector dot
+/// (four 16-lane accumulators in turn), which it uses when a batch has a
+/// single row.
+pub const ROW_LANES: usize = 64;
+
+/// The 16 lanes' total, added as `_mm512_reduce_add_ps` adds them: upper
+/// half onto lower, again, then `(0 + 2) + (1 + 3)`.
+pub fn fold16(v: &[f32; LANES]) -> f32 {
+    let t: [f32; 8] = std::array::from_fn(|l| v[l + 8] + v[l]);
+    let t: [f32; 4] = std::array::from_fn(|l| t[l + 4] + t[l]);
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// The 64 lanes of [`dot_f16`] to 16: accumulators `(0 + 2) + (1 + 3)`.
+pub fn fold64(v: &[f32; ROW_LANES]) -> [f32; LANES] {
+    std::array::from_fn(|s| (v[s] + v[s + 32]) + (v[s + 16] + v[s + 48]))
+}
+
+/// `Σ a·b` as llama.cpp's vector dot sums it: whole groups of 64, element
+/// `i` fused-multiply-added into lane `i % 64`, folded with [`fold64`] and
+/// [`fold16`]; the rest added one by one in f64.
 pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    let whole = a.len().min(b.len()) / ROW_LANES * ROW_LANES;
+    let mut lanes = [0f32; ROW_LANES];
+    for (i, (x, y)) in a[..whole].iter().zip(b).enumerate() {
+        lanes[i % ROW_LANES] = x.mul_add(y.to_f32(), lanes[i % ROW_LANES]);
+    }
+    let mut sum = f64::from(fold16(&fold64(&lanes)));
+    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
+        sum += f64::from(x * y.to_f32());
+    }
+    sum as f32
+}
+
+/// `Σ a·b` as llamafile's tiles sum it: element `i` fused-multiply-added
+/// into lane `i % 16`, then [`fold16`].
+pub fn dot_f16_tiled(a: &[f32], b: &[f16]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        lanes[i % LANES] = x.mul_add(y.to_f32(), lanes[i % LANES]);
+    }
+    fold16(&lanes)
+}
+
+/// `x = e^(x − max)` in place; returns `Σ x` summed per 16 values with
+/// [`fold16`], in f64 across the groups.
+pub fn exp_sum(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0f64;
+    for chunk in x.chunks_mut(LANES) {
+        let mut lanes = [0f32; LANES];
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *v = crate::exp::exp(*v - max);
+            *lane = *v;
+        }
+        sum += f64::from(fold16(&lanes));
+    }
+    sum
+}
+
+/// `out = silu(gate) · up`: whole groups of 16 with [`crate::exp::exp`], a
+/// shorter tail with libm's, as llama.cpp's vector loop and its scalar
+/// tail compute it.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let whole = gate.len() / LANES * LANES;
+    for (i, ((o, &g), &u)) in out.iter_mut().zip(gate).zip(up).enumerate() {
+        let e = if i < whole {
+            crate::exp::exp(0.0 - g)
+        } else {
+            (-g).exp()
+        };
+        *o = g / (1.0 + e) * u;
+    }
 }
 
 pub fn axpy_f16(s: f32, x: &[f16], y: &mut [f32]) {
     for (o, v) in y.iter_mut().zip(x) {
-        *o += s * v.to_f32();
+        *o = s.mul_add(v.to_f32(), *o);
     }
 }
 

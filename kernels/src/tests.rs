@@ -196,34 +196,105 @@ fn shapes_are_checked() {
 }
 
 #[test]
-fn simd_f16_helpers_match_scalar() {
+fn simd_f16_helpers_equal_scalar_bit_for_bit() {
+    // Same lanes, same fused multiply-adds, same folds: equal, not close.
     let Some(k) = simd() else { return };
     let mut rng = StdRng::seed_from_u64(7);
-    for n in [1, 8, 64, 67] {
+    for n in [1, 8, 15, 16, 17, 64, 67, 130, 256] {
         let a = random_f32(&mut rng, n);
         let b: Vec<f16> = random_f32(&mut rng, n)
             .into_iter()
             .map(f16::from_f32)
             .collect();
-        let (x, y) = ((k.dot_f16)(&a, &b), scalar::dot_f16(&a, &b));
-        assert!(close(x, y, n as f32), "{n}: {x} vs {y}");
+        assert_eq!((k.dot_f16)(&a, &b), scalar::dot_f16(&a, &b), "dot, {n}");
+        assert_eq!(
+            (k.dot_f16_tiled)(&a, &b),
+            scalar::dot_f16_tiled(&a, &b),
+            "tiled dot, {n}"
+        );
         let mut p = random_f32(&mut rng, n);
         let mut q = p.clone();
         (k.axpy_f16)(0.75, &b, &mut p);
         scalar::axpy_f16(0.75, &b, &mut q);
-        assert!(p.iter().zip(&q).all(|(x, y)| close(*x, *y, 1.0)));
+        assert_eq!(p, q, "axpy, {n}");
         (k.round_f16)(&mut p);
         scalar::round_f16(&mut q);
-        // Both round to the nearest f16: the same value unless the inputs
-        // straddled a rounding boundary.
-        assert!(
-            p.iter()
-                .zip(&q)
-                .all(|(x, y)| (x - y).abs() <= x.abs() / 1024.0)
-        );
+        assert_eq!(p, q, "round, {n}");
         assert!(
             p.iter().all(|&v| f16::from_f32(v).to_f32() == v),
             "exactly f16 values"
         );
     }
+}
+
+#[test]
+fn f16_dots_sum_in_llama_cpp_lane_order() {
+    // One nonzero product per lane, sized so that every addition rounds
+    // differently depending on the order: the folds must be exactly those
+    // of scalar::fold16 / fold64.
+    let mut rng = StdRng::seed_from_u64(8);
+    let b = vec![f16::ONE; 256];
+    for _ in 0..20 {
+        let a: Vec<f32> = (0..256)
+            .map(|_| f32::from_bits(rng.random_range(0x3000_0000..0x4f00_0000u32)))
+            .collect();
+        let mut lanes16 = [0f32; 16];
+        let mut lanes64 = [0f32; 64];
+        for (i, &x) in a.iter().enumerate() {
+            lanes16[i % 16] += x;
+            lanes64[i % 64] += x;
+        }
+        assert_eq!(dot_f16_tiled(&a, &b), scalar::fold16(&lanes16));
+        assert_eq!(dot_f16(&a, &b), scalar::fold16(&scalar::fold64(&lanes64)));
+    }
+    // fold16 is (upper half onto lower) twice, then (0 + 2) + (1 + 3).
+    let v: [f32; 16] = std::array::from_fn(|i| {
+        if i == 2 {
+            1.0
+        } else if i == 10 {
+            1e8
+        } else if i == 6 {
+            -1e8
+        } else {
+            0.0
+        }
+    });
+    // 1 + 1e8 - 1e8 in the wrong order loses the 1; lanes 2, 10 and 6
+    // meet as (2 + 10) + 6 in llama.cpp's order.
+    assert_eq!(scalar::fold16(&v), ((1.0f32 + 1e8) + -1e8));
+}
+
+#[test]
+fn simd_exp_softmax_and_silu_equal_scalar_bit_for_bit() {
+    let Some(k) = simd() else { return };
+    let mut rng = StdRng::seed_from_u64(9);
+    for n in [1, 7, 16, 31, 48, 100, 1536] {
+        // Scores with a wide spread: some underflow (x − max < −87).
+        let x: Vec<f32> = (0..n).map(|_| rng.random_range(-120.0..10.0f32)).collect();
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (mut p, mut q) = (x.clone(), x.clone());
+        let (sp, sq) = ((k.exp_sum)(&mut p, max), scalar::exp_sum(&mut q, max));
+        assert_eq!(p, q, "exp, {n}");
+        assert_eq!(sp, sq, "sum, {n}");
+        assert!(p.iter().zip(&x).all(|(e, x)| *e == exp::exp(x - max)));
+
+        let gate: Vec<f32> = (0..n).map(|_| rng.random_range(-100.0..100.0f32)).collect();
+        let up = random_f32(&mut rng, n);
+        let (mut p, mut q) = (vec![0.0; n], vec![0.0; n]);
+        (k.silu_mul)(&gate, &up, &mut p);
+        scalar::silu_mul(&gate, &up, &mut q);
+        assert_eq!(p, q, "silu, {n}");
+    }
+    // Special lanes among ordinary ones: infinities, NaN, overflow.
+    let mut x = [0.0f32; 16];
+    x[1] = f32::NEG_INFINITY;
+    x[3] = 100.0;
+    x[5] = -100.0;
+    x[7] = f32::NAN;
+    let (mut p, mut q) = (x, x);
+    (k.exp_sum)(&mut p, 0.0);
+    scalar::exp_sum(&mut q, 0.0);
+    assert_eq!(p.map(f32::to_bits), q.map(f32::to_bits));
+    assert_eq!((p[0], p[1], p[3]), (1.0, 0.0, f32::INFINITY));
+    assert!(p[5] > 0.0 && p[5] < f32::MIN_POSITIVE && p[7].is_nan());
 }
