@@ -15,6 +15,8 @@ pub fn kernels() -> Option<Kernels> {
         name: "avx2",
         dot_q4_1: x86::dot_q4_1,
         dot_q8_0: x86::dot_q8_0,
+        dot_q4_1_x4: x86::dot_q4_1_x4,
+        dot_q8_0_x4: x86::dot_q8_0_x4,
         quantize: x86::quantize_q8_1,
         dot_f16: x86::dot_f16,
         dot_f16_tiled: x86::dot_f16_tiled,
@@ -49,6 +51,20 @@ mod x86 {
         // SAFETY: avx2, fma and f16c were detected before this function
         // was installed (see `kernels`).
         unsafe { dot_q4_1_avx2(w, a) }
+    }
+
+    pub fn dot_q4_1_x4(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
+        assert!(row_bytes >= a.len() * WeightType::Q4_1.block_bytes());
+        assert!(w.len() >= 3 * row_bytes + a.len() * WeightType::Q4_1.block_bytes());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q4_1_x4_avx2(w, row_bytes, a) }
+    }
+
+    pub fn dot_q8_0_x4(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
+        assert!(row_bytes >= a.len() * WeightType::Q8_0.block_bytes());
+        assert!(w.len() >= 3 * row_bytes + a.len() * WeightType::Q8_0.block_bytes());
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q8_0_x4_avx2(w, row_bytes, a) }
     }
 
     pub fn dot_q8_0(w: &[u8], a: &[BlockQ8_1]) -> f32 {
@@ -338,6 +354,12 @@ mod x86 {
     /// `Σ q·q_a` of one Q4_1 block as 8 i32 lanes, and its (d, m).
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q4_1_block(wb: &[u8], ab: &BlockQ8_1) -> (__m256i, f32, f32) {
+        q4_1_block_with(wb, load_qs(ab))
+    }
+
+    /// [`q4_1_block`] with the activation's 32 bytes already loaded.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_1_block_with(wb: &[u8], aq: __m256i) -> (__m256i, f32, f32) {
         let (d, m) = f16_pair(wb);
         let nibbles = &wb[4..20];
         // SAFETY: `nibbles` is 16 readable bytes; the load is unaligned.
@@ -348,7 +370,7 @@ mod x86 {
         let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
         let wq = _mm256_set_m128i(hi, lo);
         // Unsigned 4-bit × signed 8-bit pairs fit i16 (≤ 2·15·128).
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, load_qs(ab)), _mm256_set1_epi16(1));
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), _mm256_set1_epi16(1));
         (p, d, m)
     }
 
@@ -368,24 +390,87 @@ mod x86 {
         hsum(acc) + mins
     }
 
+    /// Four rows (`row_bytes` apart) against one activation row: each
+    /// row's sums exactly as `dot_q4_1_avx2` forms them, interleaved so the
+    /// four dependency chains overlap and the activation block is loaded
+    /// once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1_x4_avx2(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
+        const BYTES: usize = WeightType::Q4_1.block_bytes();
+        let len = a.len() * BYTES;
+        let rows = |r: usize| w[r * row_bytes..r * row_bytes + len].chunks_exact(BYTES);
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let (mut m0, mut m1, mut m2, mut m3) = (0f32, 0f32, 0f32, 0f32);
+        for ((((w0, w1), w2), w3), ab) in rows(0).zip(rows(1)).zip(rows(2)).zip(rows(3)).zip(a) {
+            let aq = load_qs(ab);
+            let step = |wb: &[u8], acc: &mut __m256, mins: &mut f32| {
+                let (p, d, m) = q4_1_block_with(wb, aq);
+                *mins += m * ab.s;
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), *acc);
+            };
+            step(w0, &mut a0, &mut m0);
+            step(w1, &mut a1, &mut m1);
+            step(w2, &mut a2, &mut m2);
+            step(w3, &mut a3, &mut m3);
+        }
+        [hsum(a0) + m0, hsum(a1) + m1, hsum(a2) + m2, hsum(a3) + m3]
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q8_0_block(wb: &[u8], aq: __m256i) -> (__m256, f32) {
+        let d = f16_pair(&[wb[0], wb[1], 0, 0]).0;
+        let qs = &wb[2..34];
+        // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
+        let wq = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
+        // maddubs wants its first operand unsigned: move the weights'
+        // signs onto the activations (|w|·(a·sign w) = w·a). Weights are
+        // in -127..=127, so |w| fits and the pairs fit i16.
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+        (
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))),
+            d,
+        )
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q8_0_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
-        let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for (wb, ab) in w.chunks_exact(WeightType::Q8_0.block_bytes()).zip(a) {
-            let d = f16_pair(&[wb[0], wb[1], 0, 0]).0;
-            let qs = &wb[2..34];
-            // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
-            let wq = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
-            let aq = load_qs(ab);
-            // maddubs wants its first operand unsigned: move the weights'
-            // signs onto the activations (|w|·(a·sign w) = w·a). Weights are
-            // in -127..=127, so |w| fits and the pairs fit i16.
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
-            let p = _mm256_madd_epi16(p, ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc);
+            let (p, d) = q8_0_block(wb, load_qs(ab));
+            acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab.d), acc);
         }
         hsum(acc)
+    }
+
+    /// Four Q8_0 rows at once, as `dot_q4_1_x4_avx2`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0_x4_avx2(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
+        const BYTES: usize = WeightType::Q8_0.block_bytes();
+        let len = a.len() * BYTES;
+        let rows = |r: usize| w[r * row_bytes..r * row_bytes + len].chunks_exact(BYTES);
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        for ((((w0, w1), w2), w3), ab) in rows(0).zip(rows(1)).zip(rows(2)).zip(rows(3)).zip(a) {
+            let aq = load_qs(ab);
+            let step = |wb: &[u8], acc: &mut __m256| {
+                let (p, d) = q8_0_block(wb, aq);
+                *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab.d), *acc);
+            };
+            step(w0, &mut a0);
+            step(w1, &mut a1);
+            step(w2, &mut a2);
+            step(w3, &mut a3);
+        }
+        [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -128,6 +128,35 @@ fn simd_dot_products_match_scalar() {
 }
 
 #[test]
+fn four_row_dots_equal_single_row_dots_bit_for_bit() {
+    // The four-row kernels only interleave four rows' sums; each must come
+    // out exactly as the single-row kernel's (llama.cpp parity rests on it).
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut sets = vec![("scalar", scalar_kernels())];
+    sets.extend(simd().map(|k| ("simd", k)));
+    for (name, k) in sets {
+        for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+            for blocks in [1, 18, 48] {
+                let row_bytes = blocks * ty.block_bytes();
+                let w = random_blocks(&mut rng, ty, 4 * blocks);
+                let mut a = vec![BlockQ8_1::default(); blocks];
+                scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
+                let (single, four) = match ty {
+                    WeightType::Q4_1 => (k.dot_q4_1, k.dot_q4_1_x4),
+                    WeightType::Q8_0 => (k.dot_q8_0, k.dot_q8_0_x4),
+                };
+                let want: Vec<f32> = w.chunks_exact(row_bytes).map(|r| single(r, &a)).collect();
+                assert_eq!(
+                    four(&w, row_bytes, &a).to_vec(),
+                    want,
+                    "{name} {ty:?} {blocks}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_f32_arithmetic_for_one_and_many_tokens() {
     let mut rng = StdRng::seed_from_u64(4);
     for ty in [WeightType::Q4_1, WeightType::Q8_0] {

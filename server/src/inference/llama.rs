@@ -339,7 +339,9 @@ impl CausalLm for Llama {
             let chunk_pos = pos + i * PREFILL_CHUNK;
             let last = i + 1 == n;
             logits = match &mut self.forward {
-                Forward::Cpu(m) => m.forward_chunk(chunk, chunk_pos, last)?,
+                Forward::Cpu(m) => {
+                    securechat_kernels::on_pool(|| m.forward_chunk(chunk, chunk_pos, last))?
+                }
                 Forward::Candle(m) => m.forward_chunk(&self.config, chunk, chunk_pos, last)?,
             };
         }
