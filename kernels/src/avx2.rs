@@ -396,17 +396,9 @@ mod x86 {
     /// once.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_1_x4_avx2(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
-        const BYTES: usize = WeightType::Q4_1.block_bytes();
-        let len = a.len() * BYTES;
-        let rows = |r: usize| w[r * row_bytes..r * row_bytes + len].chunks_exact(BYTES);
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let (mut m0, mut m1, mut m2, mut m3) = (0f32, 0f32, 0f32, 0f32);
-        for ((((w0, w1), w2), w3), ab) in rows(0).zip(rows(1)).zip(rows(2)).zip(rows(3)).zip(a) {
+        let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
+        let [mut m0, mut m1, mut m2, mut m3] = [0f32; 4];
+        for ([w0, w1, w2, w3], ab) in four_rows(w, row_bytes, WeightType::Q4_1, a) {
             let aq = load_qs(ab);
             let step = |wb: &[u8], acc: &mut __m256, mins: &mut f32| {
                 let (p, d, m) = q4_1_block_with(wb, aq);
@@ -419,6 +411,25 @@ mod x86 {
             step(w3, &mut a3, &mut m3);
         }
         [hsum(a0) + m0, hsum(a1) + m1, hsum(a2) + m2, hsum(a3) + m3]
+    }
+
+    /// The blocks of four rows `row_bytes` apart, side by side, with the
+    /// activation block they meet.
+    fn four_rows<'a>(
+        w: &'a [u8],
+        row_bytes: usize,
+        ty: WeightType,
+        a: &'a [BlockQ8_1],
+    ) -> impl Iterator<Item = ([&'a [u8]; 4], &'a BlockQ8_1)> {
+        let bytes = ty.block_bytes();
+        let len = a.len() * bytes;
+        let rows = |r: usize| w[r * row_bytes..r * row_bytes + len].chunks_exact(bytes);
+        rows(0)
+            .zip(rows(1))
+            .zip(rows(2))
+            .zip(rows(3))
+            .map(|(((w0, w1), w2), w3)| [w0, w1, w2, w3])
+            .zip(a)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -450,16 +461,8 @@ mod x86 {
     /// Four Q8_0 rows at once, as `dot_q4_1_x4_avx2`.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q8_0_x4_avx2(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
-        const BYTES: usize = WeightType::Q8_0.block_bytes();
-        let len = a.len() * BYTES;
-        let rows = |r: usize| w[r * row_bytes..r * row_bytes + len].chunks_exact(BYTES);
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        for ((((w0, w1), w2), w3), ab) in rows(0).zip(rows(1)).zip(rows(2)).zip(rows(3)).zip(a) {
+        let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
+        for ([w0, w1, w2, w3], ab) in four_rows(w, row_bytes, WeightType::Q8_0, a) {
             let aq = load_qs(ab);
             let step = |wb: &[u8], acc: &mut __m256| {
                 let (p, d) = q8_0_block(wb, aq);
