@@ -19,6 +19,7 @@ pub mod exp;
 pub mod ops;
 mod scalar;
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -198,10 +199,9 @@ pub struct QMatrix {
 /// Output rows handed to one task: enough work to amortise the hand-off,
 /// small enough that both cores finish together.
 const MIN_ROWS_PER_TASK: usize = 16;
-/// Tile sizes for several tokens at once: a tile of weight rows and a tile
-/// of activation rows together stay in L1 while every pair is multiplied.
+/// Weight rows per tile for several tokens at once: the tile stays in L1
+/// while every token's activations stream past it.
 const ROW_TILE: usize = 16;
-const TOKEN_TILE: usize = 8;
 
 impl QMatrix {
     pub fn new(
@@ -252,6 +252,27 @@ impl QMatrix {
         &self.data[r * bytes..(r + 1) * bytes]
     }
 
+    /// `put(r, Σ w[r]·a)` for each row `r` of `rows`: four rows per call
+    /// of the four-row kernel, the rest one by one.
+    fn dot_rows(&self, rows: Range<usize>, a: &[BlockQ8_1], mut put: impl FnMut(usize, f32)) {
+        let k = kernels();
+        let (dot, dot_x4) = match self.ty {
+            WeightType::Q4_1 => (k.dot_q4_1, k.dot_q4_1_x4),
+            WeightType::Q8_0 => (k.dot_q8_0, k.dot_q8_0_x4),
+        };
+        let row_bytes = self.cols / QK * self.ty.block_bytes();
+        let fours_end = rows.start + rows.len() / 4 * 4;
+        for r in (rows.start..fours_end).step_by(4) {
+            let four = dot_x4(&self.data[r * row_bytes..(r + 4) * row_bytes], row_bytes, a);
+            for (i, v) in four.into_iter().enumerate() {
+                put(r + i, v);
+            }
+        }
+        for r in fours_end..rows.end {
+            put(r, dot(self.row(r), a));
+        }
+    }
+
     /// Row `r` as f32 values (embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         scalar::dequantize_row(self.ty, self.row(r), out)
@@ -283,26 +304,12 @@ impl QMatrix {
             .rows
             .div_ceil(rayon::current_num_threads() * 4)
             .max(MIN_ROWS_PER_TASK);
-        let (dot, dot_x4) = match self.ty {
-            WeightType::Q4_1 => (kernels().dot_q4_1, kernels().dot_q4_1_x4),
-            WeightType::Q8_0 => (kernels().dot_q8_0, kernels().dot_q8_0_x4),
-        };
-        let row_bytes = kb * self.ty.block_bytes();
         if n == 1 {
             out.par_chunks_mut(per_task)
                 .enumerate()
                 .for_each(|(task, out)| {
                     let first = task * per_task;
-                    let done = first + out.len() / 4 * 4;
-                    let mut fours = out.chunks_exact_mut(4);
-                    for (i, o) in (&mut fours).enumerate() {
-                        let r = first + 4 * i;
-                        let rows = &self.data[r * row_bytes..(r + 4) * row_bytes];
-                        o.copy_from_slice(&dot_x4(rows, row_bytes, &qa));
-                    }
-                    for (i, o) in fours.into_remainder().iter_mut().enumerate() {
-                        *o = dot(self.row(done + i), &qa);
-                    }
+                    self.dot_rows(first..first + out.len(), &qa, |r, v| out[r - first] = v);
                 });
             return Ok(());
         }
@@ -316,28 +323,10 @@ impl QMatrix {
                 let first = task * per_task;
                 let rows = out.len() / n;
                 for r0 in (0..rows).step_by(ROW_TILE) {
-                    let r_end = (r0 + ROW_TILE).min(rows);
-                    for t0 in (0..n).step_by(TOKEN_TILE) {
-                        let tokens = t0..(t0 + TOKEN_TILE).min(n);
-                        // Four rows at a time, then the rest one by one.
-                        let mut r = r0;
-                        while r + 4 <= r_end {
-                            let w =
-                                &self.data[(first + r) * row_bytes..(first + r + 4) * row_bytes];
-                            for t in tokens.clone() {
-                                let four = dot_x4(w, row_bytes, &qa[t * kb..(t + 1) * kb]);
-                                for (i, v) in four.into_iter().enumerate() {
-                                    out[(r + i) * n + t] = v;
-                                }
-                            }
-                            r += 4;
-                        }
-                        for r in r..r_end {
-                            let w = self.row(first + r);
-                            for t in tokens.clone() {
-                                out[r * n + t] = dot(w, &qa[t * kb..(t + 1) * kb]);
-                            }
-                        }
+                    let tile = first + r0..first + (r0 + ROW_TILE).min(rows);
+                    for t in 0..n {
+                        let a = &qa[t * kb..(t + 1) * kb];
+                        self.dot_rows(tile.clone(), a, |r, v| out[(r - first) * n + t] = v);
                     }
                 }
             });
