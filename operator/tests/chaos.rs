@@ -363,7 +363,88 @@ async fn model_ready(models: &Api<SecureChatModel>, name: &str, timeout: Duratio
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("timed out after {timeout:?} waiting for model {name} Ready; last seen: {last}");
+    panic!(
+        "timed out after {timeout:?} waiting for model {name} Ready; last seen: {last}\n{}",
+        cluster_state(models.namespace().unwrap_or("default"))
+    );
+}
+
+/// What the control plane holds for a namespace, and the tails of the
+/// system components' logs: a stalled rollout says here which of the
+/// scheduler, the controller manager or kwok stopped moving.
+fn cluster_state(namespace: &str) -> String {
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .args(["-n", namespace])
+            .args(args)
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| format!("kubectl failed: {e}\n"))
+    };
+    let mut out = String::new();
+    out += &kubectl(&["get", "deployments,replicasets,pods", "-o", "wide"]);
+    out += &kubectl(&[
+        "get",
+        "pods",
+        "-o",
+        "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase,\
+         CONDITIONS:.status.conditions[*].type,STATUS:.status.conditions[*].status,\
+         DELETING:.metadata.deletionTimestamp",
+    ]);
+    out += &kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
+    let logs = repo_root().join(".securechat/cluster/logs");
+    let operator_log = std::env::temp_dir().join(format!("securechat-chaos-{namespace}.log"));
+    for (name, path) in [
+        (
+            "kube-controller-manager",
+            logs.join("kube-controller-manager.log"),
+        ),
+        ("kube-scheduler", logs.join("kube-scheduler.log")),
+        ("kwok", logs.join("kwok.log")),
+        ("securechat-operator", operator_log),
+    ] {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out += &format!("--- {name}, last lines of its log ---\n");
+        for line in text
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            out += &without_colours(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The line without the terminal colour codes tracing writes.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip "[...m".
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Waits until the key is Ready and returns its key id.
