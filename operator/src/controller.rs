@@ -24,7 +24,7 @@ use crate::apply::Writer;
 use crate::desired::{self, Context};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
-use crate::status::{Observed, model_status};
+use crate::status::{Observed, model_status, requeue_after};
 use crate::{Error, FIELD_MANAGER, Result, material};
 
 /// Shared by every reconcile.
@@ -242,16 +242,13 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
     }
     // Owned objects and pods wake us on change; certificate renewal and key
     // rotation are due at known times; the periodic requeue catches anything
-    // a watch missed.
-    let due = [tls.next_action_at, keys.next_action_at]
+    // a watch missed, sooner while the model is not Ready.
+    let material_due = [tls.next_action_at, keys.next_action_at]
         .into_iter()
         .flatten()
         .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
-        .min()
-        .unwrap_or(Duration::MAX);
-    Ok(Action::requeue(
-        due.clamp(Duration::from_secs(1), Duration::from_secs(300)),
-    ))
+        .min();
+    Ok(Action::requeue(requeue_after(&status, material_due)))
 }
 
 /// A certificate renewal or key rotation failed: counted, shown as the

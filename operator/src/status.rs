@@ -3,7 +3,9 @@
 
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
-use securechat_crds::conditions::{ConditionUpdate, set_condition};
+use std::time::Duration;
+
+use securechat_crds::conditions::{ConditionUpdate, is_true, set_condition};
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
@@ -157,6 +159,29 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
     }
 }
 
+/// Longest wait between two reconciles of a model that is Ready.
+pub const REQUEUE_READY_AT_MOST: Duration = Duration::from_secs(300);
+/// Longest wait between two reconciles of a model that is not Ready yet.
+/// Its pods' and Deployment's changes wake it through watches; this poll is
+/// the net under them: after an etcd restart a watch can stay silent until
+/// its timeout (minutes; operator/tests/chaos.rs saw a rollout's end go
+/// unnoticed), and a model should not sit NotReady that long for it. Only
+/// models that are not Ready pay for it, with no-op applies (no writes).
+pub const REQUEUE_NOT_READY_AT_MOST: Duration = Duration::from_secs(20);
+
+/// When to reconcile a model again: at the next certificate renewal or key
+/// rotation (`material_due`), but no later than the poll for its state.
+pub fn requeue_after(status: &SecureChatModelStatus, material_due: Option<Duration>) -> Duration {
+    let poll = if is_true(&status.conditions, READY) {
+        REQUEUE_READY_AT_MOST
+    } else {
+        REQUEUE_NOT_READY_AT_MOST
+    };
+    material_due
+        .unwrap_or(Duration::MAX)
+        .clamp(Duration::from_secs(1), poll)
+}
+
 /// A short description of the served model for `kubectl get scm`.
 pub fn model_description(model: &SecureChatModel) -> String {
     let source = &model.spec.model.source;
@@ -180,7 +205,7 @@ pub fn model_description(model: &SecureChatModel) -> String {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
-    use securechat_crds::conditions::{condition_status, is_true};
+    use securechat_crds::conditions::condition_status;
     use serde_json::json;
 
     fn at(s: i64) -> Timestamp {
@@ -227,6 +252,35 @@ mod tests {
             )),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_model_that_is_not_ready_is_polled_sooner_than_a_ready_one() {
+        let m = model("chat", json!({}));
+        let ready = model_status(
+            &m,
+            &Observed {
+                deployment: Some(deployment(1)),
+                ..material_ready()
+            },
+            at(1),
+        );
+        let rolling = model_status(&m, &material_ready(), at(1));
+        assert!(is_true(&ready.conditions, READY));
+        assert!(!is_true(&rolling.conditions, READY));
+
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(requeue_after(&ready, hour), REQUEUE_READY_AT_MOST);
+        assert_eq!(requeue_after(&rolling, hour), REQUEUE_NOT_READY_AT_MOST);
+        assert_eq!(requeue_after(&ready, None), REQUEUE_READY_AT_MOST);
+        // Material due sooner than the poll wins, but never a busy loop.
+        let soon = Some(Duration::from_secs(7));
+        assert_eq!(requeue_after(&ready, soon), Duration::from_secs(7));
+        assert_eq!(requeue_after(&rolling, soon), Duration::from_secs(7));
+        assert_eq!(
+            requeue_after(&ready, Some(Duration::ZERO)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
