@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
-use securechat_crds::conditions::{ConditionUpdate, is_true, set_condition};
+use securechat_crds::conditions::{ConditionUpdate, set_condition};
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
@@ -159,23 +159,28 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
     }
 }
 
-/// Longest wait between two reconciles of a model that is Ready.
-pub const REQUEUE_READY_AT_MOST: Duration = Duration::from_secs(300);
-/// Longest wait between two reconciles of a model that is not Ready yet.
-/// Its pods' and Deployment's changes wake it through watches; this poll is
-/// the net under them: after an etcd restart a watch can stay silent until
-/// its timeout (minutes; operator/tests/chaos.rs saw a rollout's end go
-/// unnoticed), and a model should not sit NotReady that long for it. Only
-/// models that are not Ready pay for it, with no-op applies (no writes).
-pub const REQUEUE_NOT_READY_AT_MOST: Duration = Duration::from_secs(20);
+/// Longest wait between two reconciles of a model.
+pub const REQUEUE_AT_MOST: Duration = Duration::from_secs(300);
+/// Longest wait while a model's replicas are on their way (Available says
+/// NoReplicasReady or PartiallyReady). Their pods' and
+/// Deployment's changes wake the model through watches; this poll is the
+/// net under them: after an etcd restart a watch can stay silent until its
+/// timeout, minutes (operator/tests/chaos.rs once saw a model sit NotReady
+/// for all of its 3 minutes after one). It costs no-op applies, no writes,
+/// and only for models mid-rollout: one that waits on something else
+/// (Unschedulable, failed material) is woken by that or by its own retry.
+pub const REQUEUE_ROLLING_OUT_AT_MOST: Duration = Duration::from_secs(20);
 
 /// When to reconcile a model again: at the next certificate renewal or key
 /// rotation (`material_due`), but no later than the poll for its state.
 pub fn requeue_after(status: &SecureChatModelStatus, material_due: Option<Duration>) -> Duration {
-    let poll = if is_true(&status.conditions, READY) {
-        REQUEUE_READY_AT_MOST
+    let rolling_out = status.conditions.iter().any(|c| {
+        c.type_ == AVAILABLE && matches!(c.reason.as_str(), "NoReplicasReady" | "PartiallyReady")
+    });
+    let poll = if rolling_out {
+        REQUEUE_ROLLING_OUT_AT_MOST
     } else {
-        REQUEUE_NOT_READY_AT_MOST
+        REQUEUE_AT_MOST
     };
     material_due
         .unwrap_or(Duration::MAX)
@@ -205,7 +210,7 @@ pub fn model_description(model: &SecureChatModel) -> String {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
-    use securechat_crds::conditions::condition_status;
+    use securechat_crds::conditions::{condition_status, is_true};
     use serde_json::json;
 
     fn at(s: i64) -> Timestamp {
@@ -255,28 +260,36 @@ mod tests {
     }
 
     #[test]
-    fn a_model_that_is_not_ready_is_polled_sooner_than_a_ready_one() {
-        let m = model("chat", json!({}));
-        let ready = model_status(
-            &m,
-            &Observed {
-                deployment: Some(deployment(1)),
+    fn a_model_mid_rollout_is_polled_sooner_than_one_ready_or_stuck() {
+        let m = model("chat", json!({"replicas": 2}));
+        let with = |deployment: Option<DeploymentStatus>, unschedulable: Option<&str>| {
+            let observed = Observed {
+                deployment,
+                unschedulable: unschedulable.map(String::from),
                 ..material_ready()
-            },
-            at(1),
-        );
-        let rolling = model_status(&m, &material_ready(), at(1));
+            };
+            model_status(&m, &observed, at(1))
+        };
+        let ready = with(Some(deployment(2)), None);
+        let none_yet = with(None, None);
+        let partly = with(Some(deployment(1)), None);
+        let unschedulable = with(None, Some("0/4 nodes are available"));
         assert!(is_true(&ready.conditions, READY));
-        assert!(!is_true(&rolling.conditions, READY));
+        assert!(!is_true(&none_yet.conditions, READY));
+        assert!(!is_true(&unschedulable.conditions, READY));
+        assert!(is_true(&partly.conditions, DEGRADED));
 
         let hour = Some(Duration::from_secs(3600));
-        assert_eq!(requeue_after(&ready, hour), REQUEUE_READY_AT_MOST);
-        assert_eq!(requeue_after(&rolling, hour), REQUEUE_NOT_READY_AT_MOST);
-        assert_eq!(requeue_after(&ready, None), REQUEUE_READY_AT_MOST);
+        assert_eq!(requeue_after(&ready, hour), REQUEUE_AT_MOST);
+        assert_eq!(requeue_after(&ready, None), REQUEUE_AT_MOST);
+        assert_eq!(requeue_after(&none_yet, hour), REQUEUE_ROLLING_OUT_AT_MOST);
+        assert_eq!(requeue_after(&partly, hour), REQUEUE_ROLLING_OUT_AT_MOST);
+        // Waiting for a node is not polled: the pod watch says when.
+        assert_eq!(requeue_after(&unschedulable, hour), REQUEUE_AT_MOST);
         // Material due sooner than the poll wins, but never a busy loop.
         let soon = Some(Duration::from_secs(7));
         assert_eq!(requeue_after(&ready, soon), Duration::from_secs(7));
-        assert_eq!(requeue_after(&rolling, soon), Duration::from_secs(7));
+        assert_eq!(requeue_after(&none_yet, soon), Duration::from_secs(7));
         assert_eq!(
             requeue_after(&ready, Some(Duration::ZERO)),
             Duration::from_secs(1)
