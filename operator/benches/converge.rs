@@ -100,12 +100,23 @@ impl Operator {
             .unwrap_or(0.0) as u64
     }
 
+    /// Waits until 3 s pass without a reconcile. Models mid-rollout are
+    /// polled every 20 s, so that may never come: after 2 minutes it says
+    /// so and returns, and what follows is measured on a busy operator.
     async fn quiesce(&self) {
+        let began = Instant::now();
         let mut last = self.reconciles();
         loop {
             tokio::time::sleep(Duration::from_secs(3)).await;
             let now = self.reconciles();
             if now == last {
+                return;
+            }
+            if began.elapsed() > Duration::from_secs(120) {
+                eprintln!(
+                    "the operator still reconciles ({} in 3 s) after 2 minutes",
+                    now - last
+                );
                 return;
             }
             last = now;
@@ -319,8 +330,9 @@ fn append_summary_rows(rows: &[(String, f64, &str, &str)]) {
     std::io::Write::write_all(&mut file, lines.as_bytes()).expect("write BENCH_SUMMARY");
 }
 
-/// Replaces this benchmark's section of benches/RESULTS.md (sections start
-/// with "## ").
+/// Replaces this benchmark's section of benches/RESULTS.md: from its "## "
+/// title to the next title or the next section's "<!-- " marker, which
+/// belongs to the section after it.
 fn write_section(section: &str) {
     let path = common::repo_root().join("benches/RESULTS.md");
     let old = std::fs::read_to_string(&path)
@@ -330,6 +342,9 @@ fn write_section(section: &str) {
     let mut skipping = false;
     let mut replaced = false;
     for line in old.lines() {
+        if line.starts_with("<!--") {
+            skipping = false;
+        }
         if line.starts_with("## ") {
             skipping = line == title;
             if skipping && !replaced {

@@ -34,6 +34,13 @@ fi
 sleep "$down"
 # The binaries are found where up.sh found them.
 export PATH="${SECURECHAT_CACHE:-$HOME/.cache/securechat}/bin:$PATH"
+if [ "$name" = kwok ]; then
+	# The node leases name the dead process (kwok's identity is random per
+	# process): free them, or the new one waits out their 40 s before it
+	# runs any pod.
+	kubectl --kubeconfig "$root/.securechat/kubeconfig" -n kube-node-lease \
+		delete leases --all --wait=false >/dev/null 2>&1 || true
+fi
 eval "setsid $(cat "$dir/$name.cmd") >>\"\$dir/logs/\$name.log\" 2>&1 </dev/null &"
 echo $! >"$dir/$name.pid"
 echo "$name restarted (pid $(cat "$dir/$name.pid"))"

@@ -164,9 +164,9 @@ wait_for kube-apiserver 90 kubectl --kubeconfig "$kubeconfig.tmp" get --raw /rea
 mv "$kubeconfig.tmp" "$kubeconfig"
 kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
-# A long node-monitor grace: kwok's heartbeats stall when this 2-core machine
-# is loaded (a 100-model benchmark, parallel builds); a node marked NotReady
-# would flip its pods' Ready condition to False, and kwok never sets it back.
+# A long node-monitor grace: a node marked NotReady flips the Ready condition
+# of every pod on it to False, and kwok never sets it back, so a heartbeat
+# late on this loaded 2-core machine must not cost the cluster its pods.
 launch kube-controller-manager kube-controller-manager \
 	--kubeconfig "$dir/controller-manager.kubeconfig" \
 	--authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -183,7 +183,14 @@ launch kube-scheduler kube-scheduler \
 	--authorization-kubeconfig "$dir/scheduler.kubeconfig" \
 	--leader-elect=false --bind-address 127.0.0.1 --secure-port "$(free_port)" \
 	--v=1
+# Node leases, as kwokctl sets them: without --node-lease-duration-seconds,
+# kwok v0.7.0 renews no lease and posts node status only every 10-20 min, so
+# about 10 min after kube-controller-manager started it marked every node
+# NotReady and every pod then on them stayed NotReady (a chaos test's model
+# sat at 0/1 ready in CI). With a lease, kwok renews it every 10 s and posts
+# status every 20-45 s.
 launch kwok kwok --kubeconfig "$kubeconfig" \
+	--node-lease-duration-seconds 40 \
 	--manage-all-nodes=false \
 	--manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
 	--cidr 10.244.0.0/16 --node-ip 127.0.0.1 \
