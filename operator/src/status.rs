@@ -162,13 +162,13 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
 /// Longest wait between two reconciles of a model.
 pub const REQUEUE_AT_MOST: Duration = Duration::from_secs(300);
 /// Longest wait while a model's replicas are on their way (Available says
-/// NoReplicasReady or PartiallyReady). Their pods' and
-/// Deployment's changes wake the model through watches; this poll is the
-/// net under them: after an etcd restart a watch can stay silent until its
-/// timeout, minutes (operator/tests/chaos.rs once saw a model sit NotReady
-/// for all of its 3 minutes after one). It costs no-op applies, no writes,
-/// and only for models mid-rollout: one that waits on something else
-/// (Unschedulable, failed material) is woken by that or by its own retry.
+/// NoReplicasReady or PartiallyReady). Their pods' and Deployment's changes
+/// wake the model through watches; this poll is the net under them: a watch
+/// stalled without an error (a half-open connection across an API server
+/// or etcd restart) is only replaced at its timeout, minutes later, and a
+/// rollout's end should not wait that long to show. It costs no-op applies,
+/// no writes, and only for models mid-rollout: one that waits on something
+/// else (Unschedulable, failed material) is woken by that or by its retry.
 pub const REQUEUE_ROLLING_OUT_AT_MOST: Duration = Duration::from_secs(20);
 
 /// When to reconcile a model again: at the next certificate renewal or key

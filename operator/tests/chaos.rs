@@ -9,9 +9,6 @@
 //! 2. kube-apiserver and then etcd are SIGKILLed mid-reconcile and started
 //!    again (tests/cluster/restart.sh): the operator reconnects and
 //!    converges, and the server keeps serving with its last good files.
-//!    Kubernetes' own controllers (kube-controller-manager, kube-scheduler,
-//!    kwok) are restarted after etcd's restart: their watches can stay
-//!    silent for minutes after it, and they are not what is tested here.
 //!
 //! The two tests take turns (the second restarts the shared control plane).
 //! Kill times come from a seed printed at the start; CHAOS_SEED=N replays it.
@@ -393,6 +390,8 @@ fn cluster_state(namespace: &str) -> String {
             .unwrap_or_else(|e| format!("kubectl failed: {e}\n"))
     };
     let mut out = String::new();
+    // A node the node controller marked NotReady takes its pods' Ready.
+    out += &kubectl(&["get", "nodes"]);
     out += &kubectl(&["get", "deployments,replicasets,pods", "-o", "wide"]);
     out += &kubectl(&[
         "get",
@@ -699,33 +698,24 @@ async fn restart_component(kube: &kube::Client, name: &str, down: Duration) -> D
     outage
 }
 
-/// Restarts the rest of the control plane (SIGTERM, fresh start): after
-/// etcd came back, the watches of kube-controller-manager have stayed silent
-/// for minutes (client-go waits for its watch timeout), which stalls
-/// Deployment rollouts and status. Fresh processes list and watch anew. What
-/// the chaos test checks is the operator and the server, not how soon
-/// Kubernetes' own controllers notice an etcd restart.
-fn restart_controllers() {
-    let script = repo_root().join("tests/cluster/restart.sh");
-    for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
-        match Command::new(&script).arg(name).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "restarting {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("restarting {name} failed: {e}"),
-        }
-    }
-}
-
-/// Restarts the controllers when dropped, also when the test fails, so the
-/// tests that run next do not inherit stalled ones.
+/// Restarts the rest of the control plane (SIGTERM, fresh start) when
+/// dropped, also when the test fails: the tests that run next start from
+/// controllers that never saw an outage, whatever state it left them in.
 struct FreshControllersAfterwards;
 
 impl Drop for FreshControllersAfterwards {
     fn drop(&mut self) {
-        restart_controllers();
+        let script = repo_root().join("tests/cluster/restart.sh");
+        for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
+            match Command::new(&script).arg(name).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "restarting {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("restarting {name} failed: {e}"),
+            }
+        }
     }
 }
 
@@ -781,7 +771,6 @@ async fn api_server_and_etcd_restarted_mid_reconcile() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let etcd_outage = restart_component(&kube, "etcd", Duration::from_secs(2)).await;
     let back = Instant::now();
-    restart_controllers();
     operator.supervise();
     wait_for(
         "the rotated certificate projected after the etcd restart",
