@@ -1,10 +1,10 @@
 //! Conditions computed from what was observed. Pure: `now` is passed in, and
 //! `lastTransitionTime` only moves when a condition's status changes.
 
-use k8s_openapi::api::apps::v1::DeploymentStatus;
-use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::jiff::Timestamp;
 use securechat_crds::conditions::{ConditionUpdate, set_condition};
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,

@@ -119,6 +119,8 @@ impl OperatorProcess {
             .args(["--metrics-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", kubeconfig_path())
             .env("SECURECHAT_LOG_LEVEL", "info")
+            // Plain text in the log file (read back in failure messages).
+            .env("NO_COLOR", "1")
             .stdout(Stdio::from(out.try_clone().expect("operator log")))
             .stderr(Stdio::from(out))
             .spawn()
@@ -374,20 +376,8 @@ async fn model_ready(models: &Api<SecureChatModel>, name: &str, timeout: Duratio
 /// scheduler, the controller manager or kwok stopped moving.
 fn cluster_state(namespace: &str) -> String {
     let kubectl = |args: &[&str]| {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .args(["-n", namespace])
-            .args(args)
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_else(|e| format!("kubectl failed: {e}\n"))
+        let (_, stdout, stderr) = common::kubectl(&[&["-n", namespace], args].concat());
+        stdout + &stderr
     };
     let mut out = String::new();
     // A node the node controller marked NotReady takes its pods' Ready.
@@ -414,36 +404,11 @@ fn cluster_state(namespace: &str) -> String {
         ("securechat-operator", operator_log),
     ] {
         let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
         out += &format!("--- {name}, last lines of its log ---\n");
-        for line in text
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            out += &without_colours(line);
+        for line in &lines[lines.len().saturating_sub(20)..] {
+            out += line;
             out.push('\n');
-        }
-    }
-    out
-}
-
-/// The line without the terminal colour codes tracing writes.
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip "[...m".
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
         }
     }
     out
