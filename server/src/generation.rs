@@ -10,13 +10,13 @@ use securechat_crds::v1alpha1::FilterAction;
 use tokio::sync::mpsc;
 
 use crate::audit::Audit;
-use crate::auth::Principal;
 use crate::engine::{
     ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
     Usage,
 };
 use crate::error::ApiError;
 use crate::pii::StreamFilter;
+use crate::principal::Principal;
 use crate::ratelimit::{Decision, Rate};
 use crate::state::{AppState, Runtime};
 

@@ -21,6 +21,7 @@ pub mod keys_cli;
 pub mod metrics;
 pub mod model_loader;
 pub mod pii;
+pub mod principal;
 pub mod ratelimit;
 pub mod routes;
 pub mod serve;

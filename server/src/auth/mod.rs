@@ -23,29 +23,12 @@ use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
 use crate::error::{ApiError, AuthFailure};
+use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Rate};
 use crate::serve::ClientAddr;
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
-
-/// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    ApiKey,
-    Token,
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Stable identity for limits and audit: `key:<id>` for API keys and
-    /// tokens minted from them.
-    pub subject: String,
-    pub key_id: Option<String>,
-    pub tier: Tier,
-    pub method: Method,
-}
 
 /// Reads the bearer credential from the Authorization header.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 
 use super::error_page;
 use super::login::open_session;
-use crate::auth::{Method, Principal};
+use crate::principal::{Method, Principal};
 use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session, cookie};
 use crate::state::AppState;
 
