@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use serde::Serialize;
@@ -20,6 +21,19 @@ use crate::pii::Filter;
 use crate::ratelimit::KeyedBuckets;
 use crate::session::Sessions;
 
+/// Why a config was refused (the last good one stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not UTF-8")]
+    NotUtf8,
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("sensitiveData.customPatterns: {0}")]
+    Patterns(#[source] regex::Error),
+}
+
 /// A validated config with its compiled parts.
 pub struct Runtime {
     pub config: ServerConfig,
@@ -30,10 +44,9 @@ pub struct Runtime {
 impl Runtime {
     /// Validates and compiles; any error leaves the caller's last good
     /// runtime in force.
-    pub fn new(config: ServerConfig) -> Result<Self, String> {
-        config.validate().map_err(|e| e.to_string())?;
-        let filter = Filter::new(&config.sensitive_data)
-            .map_err(|e| format!("sensitiveData.customPatterns: {e}"))?;
+    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let filter = Filter::new(&config.sensitive_data).map_err(ConfigError::Patterns)?;
         let policy = TokenPolicy {
             issuer: config.auth.issuer.clone(),
             audience: config.auth.audience.clone(),

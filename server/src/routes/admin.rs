@@ -108,7 +108,7 @@ pub async fn patch_config(
     merge_patch(&mut doc, &patch);
     let config: ServerConfig =
         serde_json::from_value(doc).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let runtime = Runtime::new(config).map_err(ApiError::InvalidRequest)?;
+    let runtime = Runtime::new(config).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let yaml =
         serde_yaml::to_string(&runtime.config).map_err(|e| ApiError::Internal(e.to_string()))?;
     let persisted = match &state.config_path {

@@ -203,10 +203,12 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: exp.timestamp(),
-        jti: new_jti().map_err(ApiError::Internal)?,
+        jti: new_jti().map_err(|e| ApiError::Internal(e.to_string()))?,
     };
     let signing = state.signing.load();
-    let token = signing.sign(&claims, now).map_err(ApiError::NotReady)?;
+    let token = signing
+        .sign(&claims, now)
+        .map_err(|e| ApiError::NotReady(e.to_string()))?;
     Ok(json!({
         "access_token": token,
         "token_type": "Bearer",

@@ -119,7 +119,7 @@ pub async fn start(
     };
     let discovery = match state.oidc.discover(&sso.issuer_url).await {
         Ok(d) => d,
-        Err(e) => return unreachable_page(&sso.issuer_url, &e),
+        Err(e) => return unreachable_page(&sso.issuer_url, &e.to_string()),
     };
     let endpoint = |name: &str| {
         discovery
@@ -208,7 +208,7 @@ async fn exchange(
         .oidc
         .discover(&sso.issuer_url)
         .await
-        .map_err(bad_gateway)?;
+        .map_err(|e| bad_gateway(e.to_string()))?;
     let token_endpoint = discovery
         .get("token_endpoint")
         .and_then(Value::as_str)
