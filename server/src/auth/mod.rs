@@ -18,7 +18,6 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use securechat_crds::files::api_keys::ApiKeyStatus;
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
@@ -107,12 +106,7 @@ pub async fn authenticate(
     if let Some(id) = &key_id {
         let table = state.api_keys.load();
         let record = table.get(id).ok_or(AuthFailure::UnknownKey)?;
-        match record.status_at(now) {
-            ApiKeyStatus::Active => {}
-            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
-            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
-            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
-        }
+        api_key::ensure_usable(record, now)?;
         // A tier lowered since the token was minted applies at once.
         tier = tier.min(record.tier);
     }
@@ -225,12 +219,7 @@ pub fn live_session(
     if let Some(key_id) = &session.principal.key_id {
         let table = state.api_keys.load();
         let record = table.get(key_id).ok_or(AuthFailure::UnknownKey)?;
-        match record.status_at(now) {
-            ApiKeyStatus::Active => {}
-            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
-            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
-            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
-        }
+        api_key::ensure_usable(record, now)?;
         session.principal.tier = session.principal.tier.min(record.tier);
     }
     Ok(session)
