@@ -9,6 +9,7 @@
 //!   condition list.
 //! - [`files`]: the file formats the operator writes and the server reads
 //!   (server config, signing keyset, API-key table).
+//! - [`hex`]: the one lowercase-hex encoder of digests.
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
 //!
 //! This crate holds no client code.
@@ -17,6 +18,7 @@ pub mod conditions;
 pub mod crd;
 pub mod duration;
 pub mod files;
+pub mod hex;
 pub mod v1alpha1;
 
 pub use duration::Duration;

@@ -5,6 +5,7 @@ use securechat_crds::files::config::{
     FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
+use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::OidcIssuer;
 use sha2::{Digest, Sha256};
 
@@ -97,10 +98,7 @@ pub fn config_map(ctx: &Context) -> Result<(ConfigMap, String)> {
         what: "server config",
         message: e.to_string(),
     })?;
-    let checksum = Sha256::digest(yaml.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let checksum = hex(&Sha256::digest(yaml.as_bytes()));
     let map = ConfigMap {
         metadata: ctx.metadata(Names::config_map(&ctx.name)),
         data: Some(BTreeMap::from([(names::CONFIG.to_string(), yaml)])),
