@@ -11,11 +11,14 @@
 //!   (server config, signing keyset, API-key table).
 //! - [`hex`]: the one lowercase-hex encoder of digests.
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
+//! - [`default_model`]: the default model's file name and places, shared by
+//!   the operator (the embedded source) and the server (its fallback).
 //!
 //! This crate holds no client code.
 
 pub mod conditions;
 pub mod crd;
+pub mod default_model;
 pub mod duration;
 pub mod files;
 pub mod hex;

@@ -19,7 +19,6 @@ pub mod generation;
 pub mod inference;
 pub mod keys_cli;
 pub mod metrics;
-pub mod model_loader;
 pub mod pii;
 pub mod principal;
 pub mod ratelimit;

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use securechat_crds::default_model;
 use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
 
 use super::Context;
@@ -24,8 +25,6 @@ pub const TLS_DIR: &str = "/etc/securechat/tls";
 pub const SIGNING_KEYS_DIR: &str = "/etc/securechat/signing-keys";
 pub const API_KEYS_DIR: &str = "/etc/securechat/api-keys";
 const MODELS_DIR: &str = "/models";
-/// Where the server image keeps the embedded default model.
-pub const EMBEDDED_MODEL_PATH: &str = "/opt/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Non-root uid/gid of the server image (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 /// Pod template annotation that changes when the server config changes, so
@@ -432,7 +431,7 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             None => MODELS_DIR.to_string(),
         }
     } else {
-        EMBEDDED_MODEL_PATH.to_string()
+        default_model::EMBEDDED_PATH.to_string()
     };
     (volumes, mounts, model_path)
 }

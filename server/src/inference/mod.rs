@@ -37,13 +37,14 @@ pub use text_stream::Utf8Stream;
 pub use tokenizer::{ChatTokenizer, Segment};
 pub use worker::LocalEngine;
 
+use securechat_crds::default_model;
+
 use crate::engine::{Engine, ModelInfo};
 
-/// Where `make model` (scripts/fetch-model.sh) puts the default model.
+/// Where `make model` (scripts/fetch-model.sh) puts the default model for
+/// this user; `None` without a `HOME`.
 pub fn default_model_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|home| {
-        PathBuf::from(home).join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+    std::env::var_os("HOME").map(|home| default_model::cached_path(Path::new(&home)))
 }
 
 /// How to load and serve a model.
