@@ -1,7 +1,7 @@
 //! The securechat server: the workload image the operator deploys, and a
 //! standalone HTTPS chat server.
 //!
-//! Request path: TLS (`serve`, `tls`) -> audit/metrics middleware (`audit`)
+//! Request path: TLS (`listener`, `tls`) -> audit/metrics middleware (`audit`)
 //! -> origin guard + CORS (`routes`) -> `auth::Authorized` (brute-force
 //! guard, API key or JWT, tier permission, rate limit) -> handler
 //! (`routes::*`) -> `generation` (input filter, quotas, context check) ->
@@ -18,12 +18,12 @@ pub mod files;
 pub mod generation;
 pub mod inference;
 pub mod keys_cli;
+pub mod listener;
 pub mod metrics;
 pub mod pii;
 pub mod principal;
 pub mod ratelimit;
 pub mod routes;
-pub mod serve;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -15,8 +15,8 @@ use crate::auth::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
+use crate::listener::serve_tls;
 use crate::routes::{app, web_app};
-use crate::serve::serve_tls;
 use crate::state::AppState;
 
 /// Where to listen and what to read.

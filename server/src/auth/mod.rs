@@ -22,9 +22,9 @@ use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
 use crate::error::{ApiError, AuthFailure};
+use crate::listener::ClientAddr;
 use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Rate};
-use crate::serve::ClientAddr;
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;

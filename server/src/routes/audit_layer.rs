@@ -12,8 +12,8 @@ use chrono::Utc;
 
 use crate::audit::Audit;
 use crate::error::AuthFailure;
+use crate::listener::ClientAddr;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::serve::ClientAddr;
 use crate::state::AppState;
 
 /// Stores the matched route into the audit record; runs inside the router

@@ -22,7 +22,7 @@ use crate::audit::Audit;
 use crate::auth::jwt::{Claims, new_jti};
 use crate::auth::{api_key, check_guard, note_failure, take_request};
 use crate::error::{ApiError, AuthFailure};
-use crate::serve::ClientAddr;
+use crate::listener::ClientAddr;
 use crate::state::AppState;
 
 /// The parameters of a token request (RFC 6749 §4.4.2), from either body

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use crate::auth::{self, api_key, check_guard, live_session, note_failure};
 use crate::error::{ApiError, AuthFailure};
+use crate::listener::ClientAddr;
 use crate::routes::body::ApiJson;
-use crate::serve::ClientAddr;
 use crate::session::{self, Login, SESSION_COOKIE, Session, StoreError, cookie};
 use crate::state::AppState;
 
