@@ -24,8 +24,8 @@ pub mod pii;
 pub mod principal;
 pub mod ratelimit;
 pub mod routes;
-pub mod server;
 pub mod session;
+pub mod startup;
 pub mod state;
 pub mod tls;
 

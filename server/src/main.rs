@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
 use securechat_server::inference::{self, EngineOptions};
-use securechat_server::server::{LAST_USED_INTERVAL, ServeOptions, run};
+use securechat_server::startup::{LAST_USED_INTERVAL, ServeOptions, run};
 use securechat_server::{dev, keys_cli};
 
 #[derive(Parser)]
