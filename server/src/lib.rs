@@ -4,18 +4,18 @@
 //! Request path: TLS (`listener`, `tls`) -> audit/metrics middleware (`audit`)
 //! -> origin guard + CORS (`routes`) -> `auth::Authorized` (brute-force
 //! guard, API key or JWT, tier permission, rate limit) -> handler
-//! (`routes::*`) -> `generation` (input filter, quotas, context check) ->
+//! (`routes::*`) -> `chat_pipeline` (input filter, quotas, context check) ->
 //! `engine::Engine` -> streaming output filter (`pii`).
 
 pub mod audit;
 pub mod auth;
+pub mod chat_pipeline;
 pub mod der;
 pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod files;
-pub mod generation;
 pub mod inference;
 pub mod keys_cli;
 pub mod listener;
