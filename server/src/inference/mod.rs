@@ -6,9 +6,9 @@
 //! crosses this module's boundary.
 
 mod chat_template;
+mod decode_loop;
 mod error;
 mod fused;
-mod generate;
 mod gguf;
 mod glm;
 mod kv_cache;
@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use chat_template::ChatTemplate;
+pub use decode_loop::{Ending, GenerationReport, TextSink, generate};
 pub use error::InferenceError;
-pub use generate::{Ending, GenerationReport, TextSink, generate};
 pub use glm::GlmFamily;
 pub use llama_weights::WeightFormat;
 pub use model::CausalLm;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::decode_loop::{Ending, TextSink, generate};
 use super::error::{InferenceError, Result};
-use super::generate::{Ending, TextSink, generate};
 use super::model::CausalLm;
 use super::prompt::PromptEncoder;
 use crate::engine::{
