@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
-use super::kv_cache::KvCache;
+use super::kv_cache::CandleKvCache;
 use super::linear::CpuKernels;
 use super::llama_cpu::CpuLlama;
 use super::llama_weights::{LlamaConfig, WeightFormat, Weights};
@@ -39,7 +39,7 @@ struct CandleLlama {
     weights: Weights,
     cos: Tensor,
     sin: Tensor,
-    cache: KvCache,
+    cache: CandleKvCache,
     device: Device,
 }
 
@@ -56,7 +56,7 @@ impl Llama {
             Some(cpu) => Forward::Cpu(cpu),
             None => {
                 let (cos, sin) = rope_tables(&config, device)?;
-                let cache = KvCache::new(
+                let cache = CandleKvCache::new(
                     config.n_layer,
                     config.n_kv_head,
                     config.head_dim,
