@@ -71,8 +71,8 @@ pub struct KeyUsage {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Shared state; cloned per request as one Arc.
-pub struct Shared {
+/// What every request reads; [`AppState`] clones it per request as one Arc.
+pub struct AppStateInner {
     pub engine: Arc<dyn Engine>,
     pub runtime: ArcSwap<Runtime>,
     pub signing: ArcSwap<SigningMaterial>,
@@ -95,11 +95,11 @@ pub struct Shared {
 }
 
 #[derive(Clone)]
-pub struct AppState(pub Arc<Shared>);
+pub struct AppState(pub Arc<AppStateInner>);
 
 impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
         &self.0
     }
 }
@@ -114,7 +114,7 @@ impl AppState {
         config_path: Option<PathBuf>,
     ) -> Self {
         let max = runtime.config.limits.max_tracked_clients as usize;
-        Self(Arc::new(Shared {
+        Self(Arc::new(AppStateInner {
             engine,
             runtime: ArcSwap::from_pointee(runtime),
             signing: ArcSwap::from_pointee(signing),
