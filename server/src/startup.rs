@@ -119,8 +119,16 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .with_context(|| format!("binding the web port {}", options.web_addr))?;
     let (api_addr, web_addr) = (api.local_addr()?, web.local_addr()?);
     let (shutdown, rx) = watch::channel(false);
-    let header_timeout =
-        |state: AppState| move || state.runtime().config.limits.header_read_timeout.as_std();
+    let header_timeout = |state: AppState| {
+        move || {
+            state
+                .live_config()
+                .config
+                .limits
+                .header_read_timeout
+                .as_std()
+        }
+    };
     let mut tasks = vec![
         tokio::spawn(serve_tls(
             api,

@@ -34,16 +34,18 @@ pub enum ConfigError {
     Patterns(#[source] regex::Error),
 }
 
-/// A validated config with its compiled parts.
-pub struct Runtime {
+/// The config in force: validated, with its compiled parts (the
+/// sensitive-data filter, the token policy). A reload or an admin PATCH
+/// builds a new one and swaps it in whole.
+pub struct LiveConfig {
     pub config: ServerConfig,
     pub filter: Filter,
     pub policy: TokenPolicy,
 }
 
-impl Runtime {
+impl LiveConfig {
     /// Validates and compiles; any error leaves the caller's last good
-    /// runtime in force.
+    /// config in force.
     pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let filter = Filter::new(&config.sensitive_data).map_err(ConfigError::Patterns)?;
@@ -74,7 +76,8 @@ pub struct KeyUsage {
 /// What every request reads; [`AppState`] clones it per request as one Arc.
 pub struct AppStateInner {
     pub engine: Arc<dyn Engine>,
-    pub runtime: ArcSwap<Runtime>,
+    /// The config in force, swapped whole on a reload or an admin PATCH.
+    pub live_config: ArcSwap<LiveConfig>,
     pub signing: ArcSwap<SigningMaterial>,
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
@@ -107,16 +110,16 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(
         engine: Arc<dyn Engine>,
-        runtime: Runtime,
+        live_config: LiveConfig,
         signing: SigningMaterial,
         api_keys: ApiKeyTable,
         oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
     ) -> Self {
-        let max = runtime.config.limits.max_tracked_clients as usize;
+        let max = live_config.config.limits.max_tracked_clients as usize;
         Self(Arc::new(AppStateInner {
             engine,
-            runtime: ArcSwap::from_pointee(runtime),
+            live_config: ArcSwap::from_pointee(live_config),
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
@@ -131,14 +134,14 @@ impl AppState {
         }))
     }
 
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+    pub fn live_config(&self) -> Arc<LiveConfig> {
+        self.live_config.load_full()
     }
 
     /// The model id clients use: the configured served name, else the
     /// model file's own name.
     pub fn model_id(&self) -> String {
-        self.runtime()
+        self.live_config()
             .config
             .served_model_name
             .clone()

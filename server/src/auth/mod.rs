@@ -68,7 +68,7 @@ pub async fn authenticate(
     if credential.split('.').count() != 3 {
         return Err(AuthFailure::Malformed);
     }
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     // Tokens of a configured external issuer go to its verifier; all
     // others must be ours.
     if let Some(iss) = oidc::peek_issuer(credential)
@@ -125,7 +125,7 @@ fn client_ip(parts: &Parts) -> Option<IpAddr> {
 /// Refuses clients with too many recent failures, before any crypto work.
 pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
     let Some(ip) = ip else { return Ok(()) };
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let max = runtime.config.limits.max_auth_failures_per_minute;
     let rate = Rate::per_minute(max, max);
     match state.failure_buckets.peek(&ip.to_string(), rate, 1.0, now) {
@@ -141,7 +141,11 @@ pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result
 pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, now: Instant) {
     state.metrics.auth_failure(failure.label());
     if let Some(ip) = ip {
-        let max = state.runtime().config.limits.max_auth_failures_per_minute;
+        let max = state
+            .live_config()
+            .config
+            .limits
+            .max_auth_failures_per_minute;
         state
             .failure_buckets
             .charge(&ip.to_string(), Rate::per_minute(max, max), 1.0, now);
@@ -244,7 +248,7 @@ pub fn take_request(
     tier: Tier,
     audit: &Audit,
 ) -> Result<(), ApiError> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let limits = &runtime.config.rate_limit;
     let per_minute = runtime
         .config
@@ -325,7 +329,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
             principal.key_id.as_deref(),
             principal.tier.as_str(),
         );
-        let runtime = state.runtime();
+        let runtime = state.live_config();
         let tier_spec = runtime.config.roles.tier(principal.tier);
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::jwt::{KeysetError, SigningMaterial};
-use crate::state::{AppState, ConfigError, Runtime};
+use crate::state::{AppState, ConfigError, LiveConfig};
 use crate::tls::{self, CertError, LoadedCert, SwappableCert};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -70,10 +70,10 @@ fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     std::fs::read(path).map_err(read_error(path))
 }
 
-pub fn parse_config(bytes: &[u8]) -> Result<Runtime, ParseError> {
+pub fn parse_config(bytes: &[u8]) -> Result<LiveConfig, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
     let config = ServerConfig::from_yaml(text).map_err(ConfigError::from)?;
-    Ok(Runtime::new(config)?)
+    Ok(LiveConfig::new(config)?)
 }
 
 pub fn parse_keyset(bytes: &[u8]) -> Result<SigningMaterial, ParseError> {
@@ -95,7 +95,7 @@ fn load<T>(path: &Path, parse: fn(&[u8]) -> Result<T, ParseError>) -> Result<T, 
     })
 }
 
-pub fn load_config(path: &Path) -> Result<Runtime, FileError> {
+pub fn load_config(path: &Path) -> Result<LiveConfig, FileError> {
     load(path, parse_config)
 }
 pub fn load_keyset(path: &Path) -> Result<SigningMaterial, FileError> {
@@ -254,7 +254,7 @@ impl Reloader {
             && let Some(runtime) = self.outcome("config", parse_config(&bytes))
         {
             let min = runtime.config.tls.min_version;
-            self.state.runtime.store(Arc::new(runtime));
+            self.state.live_config.store(Arc::new(runtime));
             self.apply_min_version(min);
         }
         if let Ok(bytes) = read(&self.files.signing_keys)

@@ -36,7 +36,7 @@ pub async fn middleware(
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let method = request.method().to_string();
     let audit = Audit::start(
         runtime.config.audit.enabled,

@@ -99,7 +99,7 @@ async fn method_not_allowed(uri: Uri) -> Response {
 
 fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
     state
-        .runtime()
+        .live_config()
         .config
         .cors
         .allowed_origins

@@ -191,7 +191,7 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
     // Minting tokens counts against the key's request budget like any call.
     take_request(state, &subject, record.tier, &audit)?;
     state.record_usage(&record.id, 0, 0, true, now);
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let ttl = runtime.config.auth.token_ttl.as_chrono();
     // A token never outlives the key it was minted from.
     let exp = record.expires_at.map_or(now + ttl, |e| e.min(now + ttl));

@@ -41,7 +41,7 @@ impl From<StoreError> for ApiError {
 
 /// What the page learns about its session.
 pub fn session_view(state: &AppState, session: &Session) -> Value {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let config = &runtime.config;
     let tier = config.roles.tier(session.principal.tier);
     json!({
@@ -119,7 +119,7 @@ pub async fn login_with_key(
         .as_deref()
         .and_then(|id| table.get(id))
         .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
-    let ttl = state.runtime().config.web.session_ttl;
+    let ttl = state.live_config().config.web.session_ttl;
     let mut expires_at = now + chrono::Duration::seconds(ttl.as_secs() as i64);
     if let Some(key_expiry) = record.expires_at {
         expires_at = expires_at.min(key_expiry);
@@ -173,7 +173,7 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Result<R
 
 /// `GET /web/options`: how one may sign in (the SSO providers).
 pub async fn options(State(state): State<AppState>) -> Json<Value> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let sso: Vec<Value> = runtime
         .config
         .web

@@ -46,7 +46,7 @@ fn issuers_match(a: &str, b: &str) -> bool {
 /// The SSO entry and its `auth.oidc` issuer, with the ID token's audience:
 /// an ID token is addressed to the client id, not to the API audience.
 fn provider(state: &AppState, issuer_url: &str) -> Option<(SsoClient, OidcIssuer, String)> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let config = &runtime.config;
     let sso = config
         .web
@@ -83,7 +83,7 @@ pub async fn start(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let index = query.get("provider").and_then(|p| p.parse::<usize>().ok());
     let Some(sso) = index.and_then(|i| runtime.config.web.sso.get(i)).cloned() else {
         return error_page(
@@ -331,7 +331,7 @@ async fn finish(
         }
         Err((status, detail)) => return failed(status, &detail),
     };
-    let leeway = state.runtime().policy.leeway_secs;
+    let leeway = state.live_config().policy.leeway_secs;
     let (identity, claims) = match state.oidc.verify_claims(&id_token, &issuer, leeway).await {
         Ok(v) => v,
         Err(failure) => {
@@ -364,7 +364,7 @@ async fn finish(
     else {
         return failed(StatusCode::UNAUTHORIZED, "The ID token has no valid exp.");
     };
-    let ttl = state.runtime().config.web.session_ttl;
+    let ttl = state.live_config().config.web.session_ttl;
     let expires_at = exp.min(now + chrono::Duration::seconds(ttl.as_secs() as i64));
     let display_name = ["name", "preferred_username", "email"]
         .iter()
