@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use securechat_crds::files::api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyTable};
 use securechat_crds::v1alpha1::Tier;
 
-use crate::auth::api_key;
+use crate::credentials::api_key;
 // The table file's lock and its locked read and write live with the other
 // writer of the file (`files::last_used`); re-exported for the CLI's callers.
 pub use crate::files::key_table::{TableLock, load, save};

@@ -10,9 +10,10 @@
 //! filter (`pii`).
 //!
 //! The modules, by concern. No module imports, directly or through
-//! others, one that imports it back: shared types sit in leaf modules
-//! (`principal`, `audit`, `files::key_table`, `inference`'s
-//! `llama_weights`) rather than in the modules that use them.
+//! others, one that imports it back (`make import-cycles`): shared types
+//! sit in leaf modules (`principal`, `audit`, `credentials`,
+//! `files::key_table`, `inference`'s `llama_weights`) rather than in the
+//! modules that use them.
 //!
 //! - Starting: `main.rs` (the CLI: `serve`, `keys`, `fetch`), `startup`
 //!   (load every file strictly, bind both ports, start the tasks), `dev`
@@ -25,8 +26,9 @@
 //!   force, keys, limiters, sessions), `files` (hot reload with last good
 //!   versions, the API-key table file and its lock, atomic writes),
 //!   `metrics`.
-//! - Credentials: `auth` (the extractor; `api_key`, `jwt`, `oidc`: the only
-//!   place keys are parsed and compared), `session` (web UI sessions),
+//! - Credentials: `credentials` (`api_key`, `jwt`, `oidc`: the only place
+//!   secrets are parsed and compared), `auth` (the request-side extractor
+//!   that uses them with the shared state), `session` (web UI sessions),
 //!   `tls`, `der`.
 //! - Leaves: `principal` (who a request speaks for), `audit` (the record
 //!   of one request), `ratelimit`, `pii` (pure filters).
@@ -37,6 +39,7 @@
 pub mod audit;
 pub mod auth;
 pub mod chat_pipeline;
+pub mod credentials;
 pub mod der;
 pub mod dev;
 pub mod engine;

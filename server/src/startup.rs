@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::oidc::OidcVerifier;
+use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};

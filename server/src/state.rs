@@ -13,8 +13,8 @@ use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use serde::Serialize;
 
-use crate::auth::jwt::{SigningMaterial, TokenPolicy};
-use crate::auth::oidc::OidcVerifier;
+use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
+use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pii::Filter;

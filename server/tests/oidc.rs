@@ -14,7 +14,7 @@ use chrono::{Duration, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::v1alpha1::{SigningAlgorithm, TlsVersion};
-use securechat_server::auth::jwt::SigningMaterial;
+use securechat_server::credentials::jwt::SigningMaterial;
 use securechat_server::{dev, listener, tls};
 use serde_json::{Value, json};
 

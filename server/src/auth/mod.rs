@@ -1,13 +1,10 @@
-//! Authentication and authorisation. The only place credentials are parsed
-//! and compared.
+//! Authentication and authorisation of a request: which credential it
+//! carries, whose it is (checked by `credentials`, the only place secrets
+//! are parsed and compared), and whether that caller may do this now.
 //!
 //! `Authorized<P>` is an extractor: brute-force guard -> credential check
 //! (API key or JWT) -> permission `P` for the caller's tier -> request rate
 //! limit. Handlers that take it run only for permitted, in-budget callers.
-
-pub mod api_key;
-pub mod jwt;
-pub mod oidc;
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -21,6 +18,7 @@ use chrono::{DateTime, Utc};
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
+use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
 use crate::listener::ClientAddr;
 use crate::principal::{Method, Principal};

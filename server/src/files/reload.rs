@@ -20,7 +20,7 @@ use securechat_crds::v1alpha1::TlsVersion;
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::jwt::{KeysetError, SigningMaterial};
+use crate::credentials::jwt::{KeysetError, SigningMaterial};
 use crate::state::{AppState, ConfigError, LiveConfig};
 use crate::tls::{self, CertError, LoadedCert, SwappableCert};
 

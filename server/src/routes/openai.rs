@@ -139,7 +139,7 @@ fn usage_json(u: Usage) -> Value {
 }
 
 fn completion_id() -> String {
-    crate::auth::jwt::new_jti()
+    crate::credentials::jwt::new_jti()
         .map_or_else(|_| "chatcmpl-local".into(), |j| format!("chatcmpl-{j}"))
 }
 

@@ -17,7 +17,8 @@ use securechat_crds::v1alpha1::Permission;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{self, api_key, check_guard, live_session, note_failure};
+use crate::auth::{self, check_guard, live_session, note_failure};
+use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
 use crate::listener::ClientAddr;
 use crate::routes::body::ApiJson;
