@@ -21,14 +21,15 @@ use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel, SecureChatModelSta
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::Writer;
-use crate::desired::{self, Context};
+use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
 use crate::status::{Observed, model_status, requeue_after};
 use crate::{Error, FIELD_MANAGER, Result, material};
 
-/// Shared by every reconcile.
-pub struct State {
+/// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
+/// every reconcile of both controllers.
+pub struct Context {
     pub client: Client,
     /// Server image for models that name none.
     pub default_image: String,
@@ -38,7 +39,7 @@ pub struct State {
     recorder: Recorder,
 }
 
-impl State {
+impl Context {
     pub fn new(client: Client, default_image: String, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -71,14 +72,14 @@ pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
 /// Watches SecureChatModels (in all namespaces when `namespaces` is empty,
 /// else in each listed one) and what they own, and reconciles until the
 /// shutdown signal.
-pub async fn run(state: Arc<State>, namespaces: &[String]) {
+pub async fn run(ctx: Arc<Context>, namespaces: &[String]) {
     if namespaces.is_empty() {
-        run_scope(state, None).await;
+        run_scope(ctx, None).await;
     } else {
         futures::future::join_all(
             namespaces
                 .iter()
-                .map(|ns| run_scope(state.clone(), Some(ns.as_str()))),
+                .map(|ns| run_scope(ctx.clone(), Some(ns.as_str()))),
         )
         .await;
     }
@@ -95,8 +96,8 @@ where
     }
 }
 
-async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
-    let client = state.client.clone();
+async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>) {
+    let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
         labels::MANAGED_BY
@@ -119,10 +120,10 @@ async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
             Some(ObjectRef::<SecureChatModel>::new(&model).within(&pod.namespace()?))
         },
     )
-    .with_config(state.controller_config())
+    .with_config(ctx.controller_config())
     .trigger_backoff(crate::backoff::watch_backoff())
     .shutdown_on_signal()
-    .run(reconcile, error_policy, state)
+    .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         match result {
             Ok((obj, _)) => debug!(model = %obj.name, "reconciled"),
@@ -132,69 +133,70 @@ async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
     .await;
 }
 
-async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Action> {
+async fn reconcile(model: Arc<SecureChatModel>, ctx: Arc<Context>) -> Result<Action> {
     let name = model.name_any();
     let namespace = model.namespace().unwrap_or_default();
     let span = info_span!("reconcile", model = %name, namespace = %namespace);
     let started = Instant::now();
-    let result = reconcile_model(&model, &state).instrument(span).await;
+    let result = reconcile_model(&model, &ctx).instrument(span).await;
     let error = result.as_ref().err().map(Error::metric_label);
-    state
-        .metrics
+    ctx.metrics
         .reconciled(&namespace, &name, started.elapsed(), error);
     result
 }
 
-async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Action> {
+async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Action> {
     if model.metadata.deletion_timestamp.is_some() {
         // Owner references hand everything to the garbage collector.
-        state
-            .metrics
+        ctx.metrics
             .forget(&model.namespace().unwrap_or_default(), &model.name_any());
         return Ok(Action::await_change());
     }
-    let ctx = Context::new(model, &state.default_image)?;
-    let mut writer = Writer::new(state.client.clone());
+    let input = Input::new(model, &ctx.default_image)?;
+    let mut writer = Writer::new(ctx.client.clone());
 
-    writer.apply(&desired::service_account(&ctx)).await?;
-    writer.apply(&desired::service(&ctx)).await?;
-    let network = desired::network_policy(&ctx);
+    writer.apply(&desired::service_account(&input)).await?;
+    writer.apply(&desired::service(&input)).await?;
+    let network = desired::network_policy(&input);
     writer.apply(&network.policy).await?;
     let now = chrono::Utc::now();
-    let tls = match material::tls(&mut writer, &ctx, now).await {
+    let tls = match material::tls(&mut writer, &input, now).await {
         Ok(tls) => tls,
         Err(e) => {
-            return Err(material_failed(state, model, "tls", crate::status::TLS_READY, e).await);
+            return Err(material_failed(ctx, model, "tls", crate::status::TLS_READY, e).await);
         }
     };
-    let keys = match material::signing_keys(&mut writer, &ctx, now).await {
+    let keys = match material::signing_keys(&mut writer, &input, now).await {
         Ok(keys) => keys,
         Err(e) => {
             let condition = crate::status::SIGNING_KEYS_READY;
-            return Err(material_failed(state, model, "signing_keys", condition, e).await);
+            return Err(material_failed(ctx, model, "signing_keys", condition, e).await);
         }
     };
-    material::api_keys(&mut writer, &ctx).await?;
-    let (config_map, config_checksum) = desired::config_map(&ctx)?;
+    material::api_keys(&mut writer, &input).await?;
+    let (config_map, config_checksum) = desired::config_map(&input)?;
     writer.apply(&config_map).await?;
     let deployment = writer
-        .apply(&desired::deployment(&ctx, &config_checksum))
+        .apply(&desired::deployment(&input, &config_checksum))
         .await?;
-    match desired::pdb(&ctx) {
+    match desired::pdb(&input) {
         Some(pdb) => {
             writer.apply(&pdb).await?;
         }
         None => {
             writer
-                .delete_if_present::<PodDisruptionBudget>(&ctx.namespace, &Names::pdb(&ctx.name))
+                .delete_if_present::<PodDisruptionBudget>(
+                    &input.namespace,
+                    &Names::pdb(&input.name),
+                )
                 .await?
         }
     }
 
-    let host = ctx.service_host();
+    let host = input.service_host();
     let observed = Observed {
         deployment: deployment.status,
-        unschedulable: unschedulable_message(&state.client, &ctx).await?,
+        unschedulable: unschedulable_message(&ctx.client, &input).await?,
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
@@ -213,12 +215,12 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
     };
     let status = model_status(model, &observed, Timestamp::now());
     for change in &writer.changes {
-        state.metrics.wrote(&change.kind);
+        ctx.metrics.wrote(&change.kind);
     }
     if !writer.changes.is_empty() {
         let note: Vec<String> = writer.changes.iter().map(ToString::to_string).collect();
         info!(changes = %note.join(", "), "applied");
-        publish(state, model, EventType::Normal, "Applied", note.join("; ")).await;
+        publish(ctx, model, EventType::Normal, "Applied", note.join("; ")).await;
     }
     if model.status.as_ref() != Some(&status) {
         // Trouble is reported per condition; good news once, by Ready.
@@ -226,15 +228,15 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
         for (type_, reason, message) in condition_changes(model.status.as_ref(), &status) {
             if reason_is_trouble(&type_, &status) {
                 let note = format!("{type_}: {message}");
-                publish(state, model, EventType::Warning, &reason, note).await;
+                publish(ctx, model, EventType::Warning, &reason, note).await;
             } else if type_ == crate::status::READY {
-                publish(state, model, EventType::Normal, &reason, message).await;
+                publish(ctx, model, EventType::Normal, &reason, message).await;
             }
         }
-        let api: Api<SecureChatModel> = Api::namespaced(state.client.clone(), &ctx.namespace);
+        let api: Api<SecureChatModel> = Api::namespaced(ctx.client.clone(), &input.namespace);
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
         api.patch_status(
-            &ctx.name,
+            &input.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -255,13 +257,13 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
 /// material's condition (reason RenewalFailed) and as a Warning event, then
 /// retried by the error policy. The last good material stays in force.
 async fn material_failed(
-    state: &State,
+    ctx: &Context,
     model: &SecureChatModel,
     material: &str,
     condition: &str,
     error: Error,
 ) -> Error {
-    state.metrics.material_failed(material);
+    ctx.metrics.material_failed(material);
     let message = format!("{material}: {error}");
     let mut status = model.status.clone().unwrap_or_default();
     let changed = securechat_crds::conditions::set_condition(
@@ -276,9 +278,9 @@ async fn material_failed(
         k8s_openapi::jiff::Timestamp::now(),
     );
     if changed {
-        publish(state, model, EventType::Warning, "RenewalFailed", message).await;
+        publish(ctx, model, EventType::Warning, "RenewalFailed", message).await;
         let api: Api<SecureChatModel> =
-            Api::namespaced(state.client.clone(), &model.namespace().unwrap_or_default());
+            Api::namespaced(ctx.client.clone(), &model.namespace().unwrap_or_default());
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
         if let Err(e) = api
             .patch_status(
@@ -295,9 +297,9 @@ async fn material_failed(
 }
 
 /// The scheduler's message for a pod of this model it could not place.
-async fn unschedulable_message(client: &Client, ctx: &Context<'_>) -> Result<Option<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.namespace);
-    let selector = format!("{}={}", labels::MODEL_LABEL, ctx.name);
+async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &input.namespace);
+    let selector = format!("{}={}", labels::MODEL_LABEL, input.name);
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
     Ok(list.items.iter().find_map(|pod| {
         pod.status
@@ -344,7 +346,7 @@ fn reason_is_trouble(type_: &str, status: &SecureChatModelStatus) -> bool {
 }
 
 async fn publish(
-    state: &State,
+    ctx: &Context,
     model: &SecureChatModel,
     type_: EventType,
     reason: &str,
@@ -367,12 +369,12 @@ async fn publish(
     };
     // Events are best effort: failing to record one must not fail the
     // reconcile (e.g. an RBAC gap for events).
-    if let Err(e) = state.recorder.publish(&event, &model.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, &model.object_ref(&())).await {
         warn!(error = %e, "could not publish an event");
     }
 }
 
-fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Action {
+fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<Context>) -> Action {
     warn!(model = %model.name_any(), namespace = ?model.namespace(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
