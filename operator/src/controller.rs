@@ -17,6 +17,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use securechat_crds::conditions;
 use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel, SecureChatModelStatus};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -25,7 +26,7 @@ use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
 use crate::status::{Observed, model_status, requeue_after};
-use crate::{Error, FIELD_MANAGER, Result, material};
+use crate::{Error, FIELD_MANAGER, Result, material, reasons};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
 /// every reconcile of both controllers.
@@ -220,7 +221,14 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
     if !writer.changes.is_empty() {
         let note: Vec<String> = writer.changes.iter().map(ToString::to_string).collect();
         info!(changes = %note.join(", "), "applied");
-        publish(ctx, model, EventType::Normal, "Applied", note.join("; ")).await;
+        publish(
+            ctx,
+            model,
+            EventType::Normal,
+            reasons::APPLIED,
+            note.join("; "),
+        )
+        .await;
     }
     if model.status.as_ref() != Some(&status) {
         // Trouble is reported per condition; good news once, by Ready.
@@ -266,19 +274,26 @@ async fn material_failed(
     ctx.metrics.material_failed(material);
     let message = format!("{material}: {error}");
     let mut status = model.status.clone().unwrap_or_default();
-    let changed = securechat_crds::conditions::set_condition(
+    let changed = conditions::set_condition(
         &mut status.conditions,
-        securechat_crds::conditions::ConditionUpdate::new(
+        conditions::ConditionUpdate::new(
             condition,
             false,
-            "RenewalFailed",
+            reasons::RENEWAL_FAILED,
             message.clone(),
         ),
         model.metadata.generation,
         k8s_openapi::jiff::Timestamp::now(),
     );
     if changed {
-        publish(ctx, model, EventType::Warning, "RenewalFailed", message).await;
+        publish(
+            ctx,
+            model,
+            EventType::Warning,
+            reasons::RENEWAL_FAILED,
+            message,
+        )
+        .await;
         let api: Api<SecureChatModel> =
             Api::namespaced(ctx.client.clone(), &model.namespace().unwrap_or_default());
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
@@ -296,6 +311,11 @@ async fn material_failed(
     error
 }
 
+/// The pod condition the scheduler sets, and its reason when it could not
+/// place the pod (Kubernetes' names, not ours).
+const POD_SCHEDULED: &str = "PodScheduled";
+const SCHEDULER_UNSCHEDULABLE: &str = "Unschedulable";
+
 /// The scheduler's message for a pod of this model it could not place.
 async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Option<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &input.namespace);
@@ -308,9 +328,9 @@ async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Opt
             .as_ref()?
             .iter()
             .find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
+                c.type_ == POD_SCHEDULED
+                    && c.status == conditions::FALSE
+                    && c.reason.as_deref() == Some(SCHEDULER_UNSCHEDULABLE)
             })
             .and_then(|c| c.message.clone())
     }))
@@ -328,7 +348,9 @@ pub fn condition_changes(
             before.is_none_or(|p| p.status != c.status || p.reason != c.reason)
         })
         // Degraded=False on first sight is not news.
-        .filter(|c| !(old.is_none() && c.type_ == crate::status::DEGRADED && c.status == "False"))
+        .filter(|c| {
+            !(old.is_none() && c.type_ == crate::status::DEGRADED && c.status == conditions::FALSE)
+        })
         .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
         .collect()
 }
@@ -338,10 +360,10 @@ fn reason_is_trouble(type_: &str, status: &SecureChatModelStatus) -> bool {
         return false;
     };
     if type_ == crate::status::DEGRADED {
-        c.status == "True"
+        c.status == conditions::TRUE
     } else {
         // A model that is merely starting is not a warning.
-        c.status == "False" && !matches!(c.reason.as_str(), "NoReplicasReady" | "Pending")
+        c.status == conditions::FALSE && !reasons::STARTING.contains(&c.reason.as_str())
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`desired`]: pure builders, one per owned kind, from the resource to the
 //!   object that should exist. No client in there.
 //! - [`status`]: pure computation of conditions from what was observed.
+//! - [`reasons`]: every condition and Event reason, documented, in one place.
 //! - [`apply`]: server-side apply with one field manager, orphan cleanup.
 //! - [`controller`]: the thin reconcile loop that wires them together.
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
@@ -23,6 +24,7 @@ pub mod leader;
 pub mod material;
 pub mod metrics;
 pub mod pki;
+pub mod reasons;
 pub mod rotation;
 pub mod status;
 

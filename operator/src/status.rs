@@ -11,6 +11,7 @@ use securechat_crds::v1alpha1::{
 };
 
 use crate::desired::RefusedRule;
+use crate::reasons;
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -61,30 +62,30 @@ pub fn model_status(
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "ScaledToZero",
+            reasons::SCALED_TO_ZERO,
             "replicas is 0; keys and certificates are kept",
         )
     } else if ready >= desired && updated >= desired {
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "ReplicasReady",
+            reasons::REPLICAS_READY,
             format!("{ready}/{desired} replicas ready"),
         )
     } else if ready > 0 {
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "PartiallyReady",
+            reasons::PARTIALLY_READY,
             format!("{ready}/{desired} replicas ready"),
         )
     } else if let Some(message) = &observed.unschedulable {
-        ConditionUpdate::new(AVAILABLE, false, "Unschedulable", message.clone())
+        ConditionUpdate::new(AVAILABLE, false, reasons::UNSCHEDULABLE, message.clone())
     } else {
         ConditionUpdate::new(
             AVAILABLE,
             false,
-            "NoReplicasReady",
+            reasons::NO_REPLICAS_READY,
             format!("0/{desired} replicas ready"),
         )
     };
@@ -92,16 +93,21 @@ pub fn model_status(
         ConditionUpdate::new(
             NETWORK_READY,
             true,
-            "PolicyApplied",
+            reasons::POLICY_APPLIED,
             "NetworkPolicy mirrors spec.network",
         )
     } else {
-        let reasons: Vec<&str> = observed
+        let refused: Vec<&str> = observed
             .refused_rules
             .iter()
             .map(|r| r.reason.as_str())
             .collect();
-        ConditionUpdate::new(NETWORK_READY, false, "RuleRefused", reasons.join("; "))
+        ConditionUpdate::new(
+            NETWORK_READY,
+            false,
+            reasons::RULE_REFUSED,
+            refused.join("; "),
+        )
     };
     let degraded_reasons: Vec<String> = [
         (!observed.refused_rules.is_empty()).then(|| "network rules refused".to_string()),
@@ -116,9 +122,14 @@ pub fn model_status(
     .flatten()
     .collect();
     let degraded = if degraded_reasons.is_empty() {
-        ConditionUpdate::new(DEGRADED, false, "AsExpected", "")
+        ConditionUpdate::new(DEGRADED, false, reasons::AS_EXPECTED, "")
     } else {
-        ConditionUpdate::new(DEGRADED, true, "Degraded", degraded_reasons.join("; "))
+        ConditionUpdate::new(
+            DEGRADED,
+            true,
+            reasons::DEGRADED,
+            degraded_reasons.join("; "),
+        )
     };
     let tls = material(TLS_READY, &observed.tls);
     let keys = material(SIGNING_KEYS_READY, &observed.signing_keys);
@@ -127,7 +138,7 @@ pub fn model_status(
         .into_iter()
         .find(|c| !c.status);
     let ready_condition = match blocker {
-        None => ConditionUpdate::new(READY, true, "Ready", "serving"),
+        None => ConditionUpdate::new(READY, true, reasons::READY, "serving"),
         Some(c) => ConditionUpdate::new(
             READY,
             false,
@@ -155,7 +166,7 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
         Some((ready, reason, message, _)) => {
             ConditionUpdate::new(type_, *ready, *reason, message.clone())
         }
-        None => ConditionUpdate::new(type_, false, "Pending", "not reconciled yet"),
+        None => ConditionUpdate::new(type_, false, reasons::PENDING, "not reconciled yet"),
     }
 }
 
@@ -174,9 +185,10 @@ pub const REQUEUE_ROLLING_OUT_AT_MOST: Duration = Duration::from_secs(20);
 /// When to reconcile a model again: at the next certificate renewal or key
 /// rotation (`material_due`), but no later than the poll for its state.
 pub fn requeue_after(status: &SecureChatModelStatus, material_due: Option<Duration>) -> Duration {
-    let rolling_out = status.conditions.iter().any(|c| {
-        c.type_ == AVAILABLE && matches!(c.reason.as_str(), "NoReplicasReady" | "PartiallyReady")
-    });
+    let rolling_out = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == AVAILABLE && reasons::ROLLING_OUT.contains(&c.reason.as_str()));
     let poll = if rolling_out {
         REQUEUE_ROLLING_OUT_AT_MOST
     } else {
@@ -210,7 +222,7 @@ pub fn model_description(model: &SecureChatModel) -> String {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
-    use securechat_crds::conditions::{condition_status, is_true};
+    use securechat_crds::conditions::{FALSE, condition_status, is_true};
     use serde_json::json;
 
     fn at(s: i64) -> Timestamp {
@@ -234,10 +246,7 @@ mod tests {
         };
         let status = model_status(&m, &obs, at(1));
         assert!(is_true(&status.conditions, READY));
-        assert_eq!(
-            condition_status(&status.conditions, DEGRADED),
-            Some("False")
-        );
+        assert_eq!(condition_status(&status.conditions, DEGRADED), Some(FALSE));
         assert_eq!(status.replicas.as_deref(), Some("2/2"));
     }
 
@@ -245,13 +254,13 @@ mod tests {
         Observed {
             tls: Some((
                 true,
-                "CertificateIssued",
+                reasons::CERTIFICATE_ISSUED,
                 String::new(),
                 TlsStatus::default(),
             )),
             signing_keys: Some((
                 true,
-                "KeysetReady",
+                reasons::KEYSET_READY,
                 String::new(),
                 SigningKeysStatus::default(),
             )),
@@ -309,8 +318,8 @@ mod tests {
             .iter()
             .find(|c| c.type_ == READY)
             .expect("ready");
-        assert_eq!(ready.status, "False");
-        assert!(ready.message.starts_with("TLSReady"), "{}", ready.message);
+        assert_eq!(ready.status, FALSE);
+        assert!(ready.message.starts_with(TLS_READY), "{}", ready.message);
     }
 
     #[test]
@@ -323,7 +332,7 @@ mod tests {
             .iter()
             .find(|c| c.type_ == READY)
             .expect("ready");
-        assert_eq!(ready.reason, "NoReplicasReady");
+        assert_eq!(ready.reason, reasons::NO_REPLICAS_READY);
     }
 
     #[test]
@@ -346,7 +355,7 @@ mod tests {
             .expect("net");
         assert_eq!(
             (net.status.as_str(), net.reason.as_str()),
-            ("False", "RuleRefused")
+            (FALSE, reasons::RULE_REFUSED)
         );
         assert!(!is_true(&status.conditions, READY));
         assert!(is_true(&status.conditions, DEGRADED));
@@ -383,10 +392,10 @@ mod tests {
             .iter()
             .find(|c| c.type_ == AVAILABLE)
             .expect("Available");
-        assert_eq!(available.status, "False");
-        assert_eq!(available.reason, "Unschedulable");
+        assert_eq!(available.status, FALSE);
+        assert_eq!(available.reason, reasons::UNSCHEDULABLE);
         assert_eq!(available.message, message);
         let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!(ready.reason, "Unschedulable");
+        assert_eq!(ready.reason, reasons::UNSCHEDULABLE);
     }
 }
