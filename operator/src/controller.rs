@@ -18,14 +18,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use securechat_crds::conditions;
-use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel, SecureChatModelStatus};
+use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::Writer;
 use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
-use crate::status::{Observed, model_status, requeue_after};
+use crate::status::{Observed, model_status, requeue_after, status_events};
 use crate::{Error, FIELD_MANAGER, Result, material, reasons};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
@@ -231,15 +231,8 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
         .await;
     }
     if model.status.as_ref() != Some(&status) {
-        // Trouble is reported per condition; good news once, by Ready.
-        // (Every Event is a write: a model converging is not six of them.)
-        for (type_, reason, message) in condition_changes(model.status.as_ref(), &status) {
-            if reason_is_trouble(&type_, &status) {
-                let note = format!("{type_}: {message}");
-                publish(ctx, model, EventType::Warning, &reason, note).await;
-            } else if type_ == crate::status::READY {
-                publish(ctx, model, EventType::Normal, &reason, message).await;
-            }
+        for event in status_events(model.status.as_ref(), &status) {
+            publish(ctx, model, event.type_, &event.reason, event.note).await;
         }
         let api: Api<SecureChatModel> = Api::namespaced(ctx.client.clone(), &input.namespace);
         let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
@@ -334,37 +327,6 @@ async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Opt
             })
             .and_then(|c| c.message.clone())
     }))
-}
-
-/// Conditions whose status or reason changed: (type, reason, message).
-pub fn condition_changes(
-    old: Option<&SecureChatModelStatus>,
-    new: &SecureChatModelStatus,
-) -> Vec<(String, String, String)> {
-    new.conditions
-        .iter()
-        .filter(|c| {
-            let before = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
-            before.is_none_or(|p| p.status != c.status || p.reason != c.reason)
-        })
-        // Degraded=False on first sight is not news.
-        .filter(|c| {
-            !(old.is_none() && c.type_ == crate::status::DEGRADED && c.status == conditions::FALSE)
-        })
-        .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
-        .collect()
-}
-
-fn reason_is_trouble(type_: &str, status: &SecureChatModelStatus) -> bool {
-    let Some(c) = status.conditions.iter().find(|c| c.type_ == type_) else {
-        return false;
-    };
-    if type_ == crate::status::DEGRADED {
-        c.status == conditions::TRUE
-    } else {
-        // A model that is merely starting is not a warning.
-        c.status == conditions::FALSE && !reasons::STARTING.contains(&c.reason.as_str())
-    }
 }
 
 async fn publish(

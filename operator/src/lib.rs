@@ -3,7 +3,8 @@
 //!
 //! - [`desired`]: pure builders, one per owned kind, from the resource to the
 //!   object that should exist. No client in there.
-//! - [`status`]: pure computation of conditions from what was observed.
+//! - [`status`]: pure computation of conditions from what was observed, and
+//!   the event policy (which condition changes become Events).
 //! - [`reasons`]: every condition and Event reason, documented, in one place.
 //! - [`apply`]: server-side apply with one field manager, orphan cleanup.
 //! - [`controller`]: the thin reconcile loop that wires them together.

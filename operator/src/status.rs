@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use securechat_crds::conditions::{ConditionUpdate, set_condition};
+use kube::runtime::events::EventType;
+use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE, set_condition};
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
@@ -167,6 +169,56 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
             ConditionUpdate::new(type_, *ready, *reason, message.clone())
         }
         None => ConditionUpdate::new(type_, false, reasons::PENDING, "not reconciled yet"),
+    }
+}
+
+/// One Event a status change is worth publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub type_: EventType,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The event policy: which condition changes between the status last
+/// written (`old`) and the new one become Events. A change is a new status
+/// or reason (a message alone is not). Trouble is reported per condition,
+/// as a Warning whose note names the condition; good news once, by Ready.
+/// Every Event is a write: a model converging is not six of them.
+pub fn status_events(
+    old: Option<&SecureChatModelStatus>,
+    new: &SecureChatModelStatus,
+) -> Vec<StatusEvent> {
+    new.conditions
+        .iter()
+        .filter(|c| {
+            let before = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
+            before.is_none_or(|p| p.status != c.status || p.reason != c.reason)
+        })
+        .filter_map(|c| {
+            let (type_, note) = if is_trouble(c) {
+                (EventType::Warning, format!("{}: {}", c.type_, c.message))
+            } else if c.type_ == READY {
+                (EventType::Normal, c.message.clone())
+            } else {
+                return None;
+            };
+            Some(StatusEvent {
+                type_,
+                reason: c.reason.clone(),
+                note,
+            })
+        })
+        .collect()
+}
+
+/// Degraded=True is trouble; any other condition is when False, unless the
+/// model is merely starting.
+fn is_trouble(c: &Condition) -> bool {
+    if c.type_ == DEGRADED {
+        c.status == TRUE
+    } else {
+        c.status == FALSE && !reasons::STARTING.contains(&c.reason.as_str())
     }
 }
 
@@ -397,5 +449,104 @@ mod tests {
         assert_eq!(available.message, message);
         let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.reason, reasons::UNSCHEDULABLE);
+    }
+
+    /// A status holding these (type, status, reason, message) conditions.
+    fn with(conditions: &[(&str, bool, &str, &str)]) -> SecureChatModelStatus {
+        let mut status = SecureChatModelStatus::default();
+        for (type_, ok, reason, message) in conditions {
+            let update = ConditionUpdate::new(*type_, *ok, *reason, *message);
+            set_condition(&mut status.conditions, update, Some(1), at(1));
+        }
+        status
+    }
+
+    fn event(type_: EventType, reason: &str, note: &str) -> StatusEvent {
+        StatusEvent {
+            type_,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn status_changes_become_events_by_the_event_policy() {
+        use EventType::{Normal, Warning};
+        let starting = with(&[
+            (READY, false, reasons::NO_REPLICAS_READY, "Available: 0/1"),
+            (AVAILABLE, false, reasons::NO_REPLICAS_READY, "0/1"),
+            (TLS_READY, false, reasons::PENDING, "not reconciled yet"),
+            (DEGRADED, false, reasons::AS_EXPECTED, ""),
+        ]);
+        let ready = with(&[
+            (READY, true, reasons::READY, "serving"),
+            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
+            (TLS_READY, true, reasons::CERTIFICATE_ISSUED, "valid"),
+            (DEGRADED, false, reasons::AS_EXPECTED, ""),
+        ]);
+        let renewed = with(&[
+            (READY, true, reasons::READY, "serving"),
+            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
+            (TLS_READY, true, reasons::CERTIFICATE_ISSUED, "valid longer"),
+            (DEGRADED, false, reasons::AS_EXPECTED, ""),
+        ]);
+        let refused = with(&[
+            (READY, false, reasons::RULE_REFUSED, "NetworkReady: port 22"),
+            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
+            (NETWORK_READY, false, reasons::RULE_REFUSED, "port 22"),
+            (DEGRADED, true, reasons::DEGRADED, "network rules refused"),
+        ]);
+        let cases: [(
+            &str,
+            Option<&SecureChatModelStatus>,
+            &SecureChatModelStatus,
+            Vec<StatusEvent>,
+        ); 5] = [
+            (
+                "a model starting is news once, by Ready, and no warning",
+                None,
+                &starting,
+                vec![event(Normal, reasons::NO_REPLICAS_READY, "Available: 0/1")],
+            ),
+            (
+                "becoming ready is one Normal event",
+                Some(&starting),
+                &ready,
+                vec![event(Normal, reasons::READY, "serving")],
+            ),
+            (
+                "nothing changed, nothing to say",
+                Some(&ready),
+                &ready,
+                vec![],
+            ),
+            (
+                "a message alone is not news",
+                Some(&ready),
+                &renewed,
+                vec![],
+            ),
+            (
+                "trouble is a Warning per condition, naming it",
+                Some(&ready),
+                &refused,
+                vec![
+                    event(
+                        Warning,
+                        reasons::RULE_REFUSED,
+                        "Ready: NetworkReady: port 22",
+                    ),
+                    event(Warning, reasons::RULE_REFUSED, "NetworkReady: port 22"),
+                    event(
+                        Warning,
+                        reasons::DEGRADED,
+                        "Degraded: network rules refused",
+                    ),
+                ],
+            ),
+        ];
+        for (case, old, new, expected) in cases {
+            assert_eq!(status_events(old, new), expected, "{case}");
+        }
     }
 }
