@@ -11,14 +11,14 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use securechat_crds::conditions;
-use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel};
+use securechat_crds::v1alpha1::SecureChatModel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::Writer;
@@ -26,6 +26,7 @@ use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
 use crate::status::{Observed, model_status, requeue_after, status_events};
+use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result, material, reasons};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
@@ -234,14 +235,7 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
         for event in status_events(model.status.as_ref(), &status) {
             publish(ctx, model, event.type_, &event.reason, event.note).await;
         }
-        let api: Api<SecureChatModel> = Api::namespaced(ctx.client.clone(), &input.namespace);
-        let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
-        api.patch_status(
-            &input.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        patch_status(&ctx.client, model, &status).await?;
     }
     // Owned objects and pods wake us on change; certificate renewal and key
     // rotation are due at known times; the periodic requeue catches anything
@@ -287,17 +281,7 @@ async fn material_failed(
             message,
         )
         .await;
-        let api: Api<SecureChatModel> =
-            Api::namespaced(ctx.client.clone(), &model.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
-        if let Err(e) = api
-            .patch_status(
-                &model.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
+        if let Err(e) = patch_status(&ctx.client, model, &status).await {
             warn!(error = %e, "could not report the failed renewal in the status");
         }
     }
