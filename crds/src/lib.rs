@@ -9,6 +9,8 @@
 //!   condition list.
 //! - [`files`]: the file formats the operator writes and the server reads
 //!   (server config, signing keyset, API-key table).
+//! - [`sensitive`]: the rules sensitive-data patterns must pass to compile,
+//!   shared by the operator (which refuses a spec) and the server.
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
 //!
 //! This crate holds no client code.
@@ -17,6 +19,7 @@ pub mod conditions;
 pub mod crd;
 pub mod duration;
 pub mod files;
+pub mod sensitive;
 pub mod v1alpha1;
 
 pub use duration::Duration;
