@@ -19,13 +19,17 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use securechat_crds::conditions;
 use securechat_crds::v1alpha1::SecureChatModel;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::Writer;
 use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
-use crate::status::{Observed, model_status, requeue_after, status_events};
+use crate::status::{
+    Observed, Refusal, model_status, refused_config, refused_status, requeue_after, status_events,
+};
 use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result, material, reasons};
 
@@ -156,34 +160,94 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
     }
     let input = Input::new(model, &ctx.default_image)?;
     let mut writer = Writer::new(ctx.client.clone());
+    let converged = converge(ctx, &input, &mut writer).await;
+    report_changes(ctx, model, &writer).await;
+    let (status, material_due) = match converged {
+        Ok(converged) => (
+            model_status(model, &converged.observed, Timestamp::now()),
+            converged.material_due,
+        ),
+        Err(Stop::Refused(refusal)) => {
+            warn!(reason = refusal.reason, message = %refusal.message, "refused");
+            (refused_status(model, &refusal, Timestamp::now()), None)
+        }
+        Err(Stop::Failed(error)) => return Err(error),
+    };
+    if model.status.as_ref() != Some(&status) {
+        for event in status_events(model.status.as_ref(), &status) {
+            publish(ctx, model, event.type_, &event.reason, event.note).await;
+        }
+        patch_status(&ctx.client, model, &status).await?;
+    }
+    // Owned objects and pods wake us on change; certificate renewal and key
+    // rotation are due at known times; the periodic requeue catches anything
+    // a watch missed, sooner while the model is not Ready. A refused model
+    // waits for its spec to change (or the periodic requeue).
+    Ok(Action::requeue(requeue_after(&status, material_due)))
+}
 
-    writer.apply(&desired::service_account(&input)).await?;
-    writer.apply(&desired::service(&input)).await?;
-    let network = desired::network_policy(&input);
-    writer.apply(&network.policy).await?;
+/// Why a reconcile stopped before the model converged.
+enum Stop {
+    /// The spec cannot be built as it is: shown as Ready=False, not an
+    /// error to retry at once.
+    Refused(Refusal),
+    /// Anything else: the error policy retries.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Self {
+        Stop::Failed(error)
+    }
+}
+
+/// What a converged model looks like, and when its key material is due.
+struct Converged {
+    observed: Observed,
+    material_due: Option<Duration>,
+}
+
+/// Applies every owned object in order, and observes the result.
+async fn converge(
+    ctx: &Context,
+    input: &Input<'_>,
+    writer: &mut Writer,
+) -> std::result::Result<Converged, Stop> {
+    let model = input.model;
+    apply(writer, &desired::service_account(input)).await?;
+    apply(writer, &desired::service(input)).await?;
+    let network = desired::network_policy(input);
+    apply(writer, &network.policy).await?;
     let now = chrono::Utc::now();
-    let tls = match material::tls(&mut writer, &input, now).await {
+    let tls = match material::tls(writer, input, now).await {
         Ok(tls) => tls,
         Err(e) => {
-            return Err(material_failed(ctx, model, "tls", crate::status::TLS_READY, e).await);
+            let condition = crate::status::TLS_READY;
+            return Err(Stop::Failed(
+                material_failed(ctx, model, "tls", condition, e).await,
+            ));
         }
     };
-    let keys = match material::signing_keys(&mut writer, &input, now).await {
+    let keys = match material::signing_keys(writer, input, now).await {
         Ok(keys) => keys,
         Err(e) => {
             let condition = crate::status::SIGNING_KEYS_READY;
-            return Err(material_failed(ctx, model, "signing_keys", condition, e).await);
+            return Err(Stop::Failed(
+                material_failed(ctx, model, "signing_keys", condition, e).await,
+            ));
         }
     };
-    material::api_keys(&mut writer, &input).await?;
-    let (config_map, config_checksum) = desired::config_map(&input)?;
-    writer.apply(&config_map).await?;
-    let deployment = writer
-        .apply(&desired::deployment(&input, &config_checksum))
-        .await?;
-    match desired::pdb(&input) {
+    material::api_keys(writer, input).await?;
+    // Running pods keep their last good config when this one is refused.
+    if let Some(refusal) = refused_config(model) {
+        return Err(Stop::Refused(refusal));
+    }
+    let (config_map, config_checksum) = desired::config_map(input)?;
+    apply(writer, &config_map).await?;
+    let deployment = apply(writer, &desired::deployment(input, &config_checksum)).await?;
+    match desired::pdb(input) {
         Some(pdb) => {
-            writer.apply(&pdb).await?;
+            apply(writer, &pdb).await?;
         }
         None => {
             writer
@@ -198,7 +262,7 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
     let host = input.service_host();
     let observed = Observed {
         deployment: deployment.status,
-        unschedulable: unschedulable_message(&ctx.client, &input).await?,
+        unschedulable: unschedulable_message(&ctx.client, input).await?,
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
@@ -215,7 +279,43 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
             keys.status.clone(),
         )),
     };
-    let status = model_status(model, &observed, Timestamp::now());
+    let material_due = [tls.next_action_at, keys.next_action_at]
+        .into_iter()
+        .flatten()
+        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+        .min();
+    Ok(Converged {
+        observed,
+        material_due,
+    })
+}
+
+/// Server-side applies one owned object. One the API server refuses for
+/// what it is stops the reconcile with the API server's message (reason
+/// ApplyFailed): retrying the same object cannot help, the spec must change.
+async fn apply<K>(writer: &mut Writer, object: &K) -> std::result::Result<K, Stop>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    writer
+        .apply(object)
+        .await
+        .map_err(|error| match error.refusal() {
+            Some(message) => Stop::Refused(Refusal {
+                reason: reasons::APPLY_FAILED,
+                message: message.to_string(),
+            }),
+            None => Stop::Failed(error),
+        })
+}
+
+/// Counts the writes of this reconcile and lists them in one Normal Event.
+async fn report_changes(ctx: &Context, model: &SecureChatModel, writer: &Writer) {
     for change in &writer.changes {
         ctx.metrics.wrote(&change.kind);
     }
@@ -231,21 +331,6 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
         )
         .await;
     }
-    if model.status.as_ref() != Some(&status) {
-        for event in status_events(model.status.as_ref(), &status) {
-            publish(ctx, model, event.type_, &event.reason, event.note).await;
-        }
-        patch_status(&ctx.client, model, &status).await?;
-    }
-    // Owned objects and pods wake us on change; certificate renewal and key
-    // rotation are due at known times; the periodic requeue catches anything
-    // a watch missed, sooner while the model is not Ready.
-    let material_due = [tls.next_action_at, keys.next_action_at]
-        .into_iter()
-        .flatten()
-        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
-        .min();
-    Ok(Action::requeue(requeue_after(&status, material_due)))
 }
 
 /// A certificate renewal or key rotation failed: counted, shown as the

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE, set_condition};
+use securechat_crds::sensitive::compile_patterns;
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
@@ -170,6 +171,40 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
         }
         None => ConditionUpdate::new(type_, false, reasons::PENDING, "not reconciled yet"),
     }
+}
+
+/// The operator will not build the spec as it is: why, shown as Ready=False
+/// until the spec (or what refused it) changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the operator refuses before writing the server's config: custom
+/// sensitive-data patterns the server would not compile (it would keep its
+/// last good config, and new pods would not start).
+pub fn refused_config(model: &SecureChatModel) -> Option<Refusal> {
+    let error = compile_patterns(&model.spec.sensitive_data).err()?;
+    Some(Refusal {
+        reason: reasons::INVALID_SENSITIVE_DATA_PATTERN,
+        message: format!("spec.sensitiveData: {error}"),
+    })
+}
+
+/// The status of a model whose reconcile stopped at `refusal`: Ready=False
+/// with its reason; the other conditions keep what was last observed.
+pub fn refused_status(
+    model: &SecureChatModel,
+    refusal: &Refusal,
+    now: Timestamp,
+) -> SecureChatModelStatus {
+    let generation = model.metadata.generation;
+    let mut status = model.status.clone().unwrap_or_default();
+    let ready = ConditionUpdate::new(READY, false, refusal.reason, refusal.message.clone());
+    set_condition(&mut status.conditions, ready, generation, now);
+    status.observed_generation = generation;
+    status
 }
 
 /// One Event a status change is worth publishing.
@@ -548,5 +583,45 @@ mod tests {
         for (case, old, new, expected) in cases {
             assert_eq!(status_events(old, new), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_pattern_the_server_refuses_is_refused_and_ready_says_which() {
+        let spec = json!({"replicas": 1, "sensitiveData": {"customPatterns": [
+            {"name": "ticket", "regex": "T-[0-9]+"}, {"name": "bad", "regex": "("}]}});
+        let mut m = model("chat", spec);
+        let refusal = refused_config(&m).expect("refused");
+        assert_eq!(refusal.reason, reasons::INVALID_SENSITIVE_DATA_PATTERN);
+        assert!(
+            refusal
+                .message
+                .starts_with("spec.sensitiveData: customPatterns[1] (bad): "),
+            "{}",
+            refusal.message
+        );
+        assert_eq!(refused_config(&model("chat", json!({}))), None);
+
+        // Ready says why; what was observed before stays; it is a Warning.
+        let observed = Observed {
+            deployment: Some(deployment(1)),
+            ..material_ready()
+        };
+        m.status = Some(model_status(&m, &observed, at(1)));
+        let status = refused_status(&m, &refusal, at(2));
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (FALSE, reasons::INVALID_SENSITIVE_DATA_PATTERN)
+        );
+        assert_eq!(ready.last_transition_time.0, at(2));
+        assert!(is_true(&status.conditions, AVAILABLE));
+        assert_eq!(
+            status_events(m.status.as_ref(), &status),
+            vec![event(
+                EventType::Warning,
+                reasons::INVALID_SENSITIVE_DATA_PATTERN,
+                &format!("Ready: {}", refusal.message)
+            )]
+        );
     }
 }

@@ -12,6 +12,14 @@
 
 /// Ready=True: every condition Ready depends on holds; the model serves.
 pub const READY: &str = "Ready";
+/// Ready=False: a `sensitiveData.customPatterns` regex does not compile by
+/// the server's rules (alone, or all of them together over the size
+/// limit); the new config was not written and running pods keep the last
+/// good one.
+pub const INVALID_SENSITIVE_DATA_PATTERN: &str = "InvalidSensitiveDataPattern";
+/// Ready=False: the API server refused an object built from the spec (the
+/// message is the API server's); nothing after it was applied.
+pub const APPLY_FAILED: &str = "ApplyFailed";
 
 // Available.
 
