@@ -20,6 +20,29 @@ use securechat_crds::files::names;
 use securechat_operator::labels::Names;
 use serde_json::json;
 
+/// A namespace for one test, the operator scoped to it, and its models.
+struct Setup {
+    client: Client,
+    ns: TestNamespace,
+    _operator: InProcessOperator,
+    models: Api<SecureChatModel>,
+}
+
+async fn start(prefix: &str) -> Setup {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, prefix).await;
+    let _operator =
+        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+    let models = Api::namespaced(client.clone(), &ns.name);
+    Setup {
+        client,
+        ns,
+        _operator,
+        models,
+    }
+}
+
 /// The Ready condition's (status, reason, message).
 fn ready(model: Option<&SecureChatModel>) -> Option<(String, String, String)> {
     let c = model?
@@ -116,12 +139,12 @@ async fn written_patterns(client: &Client, namespace: &str, model: &str) -> Vec<
 
 #[tokio::test]
 async fn a_custom_pattern_the_server_would_refuse_is_refused_and_the_last_good_config_stays() {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, "patterns").await;
-    let _operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        _operator,
+        models,
+    } = start("patterns").await;
     let ticket = json!({"name": "ticket", "regex": "TICKET-[0-9]{6}"});
     create(
         &models,
@@ -185,12 +208,12 @@ async fn a_custom_pattern_the_server_would_refuse_is_refused_and_the_last_good_c
 
 #[tokio::test]
 async fn an_object_the_api_server_rejects_is_a_condition_not_an_empty_status() {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, "rejected").await;
-    let _operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        _operator,
+        models,
+    } = start("rejected").await;
     // Admission takes any Toleration; the Deployment's validation refuses
     // a value with operator Exists.
     let toleration =

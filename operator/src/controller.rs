@@ -1,6 +1,9 @@
 //! The reconcile loop: thin on purpose. Build the desired objects (pure),
 //! apply what changed, observe, compute status (pure), write status if it
-//! changed, and tell people what happened through Events.
+//! changed, and tell people what happened through Events. A spec that
+//! cannot be built (a pattern the server would refuse, an object the API
+//! server rejects) stops the reconcile at a refusal that Ready shows, rather
+//! than an error retried blindly with nothing in the status.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

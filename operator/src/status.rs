@@ -519,12 +519,8 @@ mod tests {
             (TLS_READY, true, reasons::CERTIFICATE_ISSUED, "valid"),
             (DEGRADED, false, reasons::AS_EXPECTED, ""),
         ]);
-        let renewed = with(&[
-            (READY, true, reasons::READY, "serving"),
-            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
-            (TLS_READY, true, reasons::CERTIFICATE_ISSUED, "valid longer"),
-            (DEGRADED, false, reasons::AS_EXPECTED, ""),
-        ]);
+        let mut renewed = ready.clone();
+        renewed.conditions[2].message = "valid longer".into();
         let refused = with(&[
             (READY, false, reasons::RULE_REFUSED, "NetworkReady: port 22"),
             (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
