@@ -30,8 +30,8 @@ pub enum ConfigError {
     Yaml(#[from] serde_yaml::Error),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    #[error("sensitiveData.customPatterns: {0}")]
-    Patterns(#[source] regex::Error),
+    #[error("sensitiveData: {0}")]
+    Patterns(#[source] securechat_crds::sensitive::PatternError),
 }
 
 /// The config in force: validated, with its compiled parts (the
