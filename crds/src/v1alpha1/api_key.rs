@@ -1,3 +1,6 @@
+//! The ChatApiKey resource: an API key for one SecureChatModel, with its
+//! lifecycle (expiry, rotation with overlap, suspension) and status.
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -1,3 +1,6 @@
+//! Permission tiers (ReadOnly < Developer < Admin), named by both resources
+//! and by the API-key table, and how the seeds' role names map onto them.
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
