@@ -1,3 +1,6 @@
+//! The model's ConfigMap: the server's `config.yaml`, rendered from the spec
+//! with the crate's own config types, and its checksum that rolls the pods.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
