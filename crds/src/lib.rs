@@ -11,7 +11,11 @@
 //!   (server config, signing keyset, API-key table).
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
 //!
-//! This crate holds no client code.
+//! This crate holds no client code. It is the public API of the project, so
+//! every public item is documented (`missing_docs`, an error under
+//! `clippy -D warnings`).
+
+#![warn(missing_docs)]
 
 pub mod conditions;
 pub mod crd;

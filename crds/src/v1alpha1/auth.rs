@@ -4,18 +4,20 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Tier;
+use super::{Tier, cel};
 use crate::Duration;
+
+/// Most clock skew tolerated on exp/nbf/iat: more would keep expired tokens
+/// alive (the rotation seed recommends 5s).
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Shortest access-token lifetime.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Longest access-token lifetime: a day, so a stolen token dies soon.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Token issuing and verification.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "duration(self.leeway) <= duration('60s')",
-     "message": "auth.leeway: clock-skew leeway must be at most 60s (5s is recommended)"},
-    {"rule": "duration(self.tokenTTL) >= duration('1m') && duration(self.tokenTTL) <= duration('24h')",
-     "message": "auth.tokenTTL: must be between 1m and 24h"}
-]))]
 pub struct AuthSpec {
     /// `iss` of the tokens the server issues. Default:
     /// `https://<name>.<namespace>.svc`.
@@ -29,13 +31,20 @@ pub struct AuthSpec {
     #[schemars(length(min = 1, max = 512))]
     pub audience: Option<String>,
 
-    /// Lifetime of issued access tokens (the seed's 30 minutes).
+    /// Lifetime of issued access tokens (the seed's 30 minutes): at least 1m
+    /// and at most 24h.
     #[serde(default = "default_token_ttl", rename = "tokenTTL")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("auth.tokenTTL", Some(MIN_TOKEN_TTL), MAX_TOKEN_TTL)
+    ]))]
     pub token_ttl: Duration,
 
     /// Clock-skew allowance when checking exp and nbf (the rotation seed
-    /// recommends at most 5s).
+    /// recommends at most 5s): at most 1m.
     #[serde(default = "default_leeway")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("auth.leeway", None, MAX_LEEWAY)
+    ]))]
     pub leeway: Duration,
 
     /// External OpenID Connect issuers whose tokens are accepted (e.g. the

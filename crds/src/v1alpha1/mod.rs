@@ -25,12 +25,13 @@
 //! | `status.rs` | `status` |
 //!
 //! `api_key.rs` is the ChatApiKey resource; `tier.rs` the permission tiers
-//! both resources name. Everything is re-exported here, so users write
+//! both resources name; `cel.rs` builds the CEL rules on durations. Everything is re-exported here, so users write
 //! `securechat_crds::v1alpha1::TlsSpec` whatever file it lives in.
 
 mod api_key;
 mod audit;
 mod auth;
+mod cel;
 mod model;
 mod network;
 mod resources;

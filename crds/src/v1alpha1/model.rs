@@ -6,9 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditSpec, AuthSpec, CorsSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec,
-    ResourcesSpec, RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec,
-    SigningKeysSpec, TlsSpec,
+    AuditSpec, AuthSpec, CorsSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec, ResourcesSpec,
+    RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, SigningKeysSpec, TlsSpec,
 };
 
 /// A chat model served securely: GPU-scheduled inference pods running the
@@ -32,7 +31,8 @@ use super::{
     printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = kube::core::Rule::new("size(self.metadata.name) <= 40").message("metadata.name: must be at most 40 characters, so that the names of the objects made from it (e.g. <name>-signing-keys) stay valid")
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 40").message("metadata.name: must be at most 40 characters, so that the names of the objects made from it (e.g. <name>-signing-keys) stay valid"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. my-model): it names the model's Service, and a name such as my.model cannot")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SecureChatModelSpec {

@@ -32,7 +32,9 @@ impl Default for PortsSpec {
     }
 }
 
+/// The API's port when `ports.api` is not set (the seed's 8000).
 pub const DEFAULT_API_PORT: i32 = 8000;
+/// The web UI's port when `ports.web` is not set (the seed's 8501).
 pub const DEFAULT_WEB_PORT: i32 = 8501;
 
 fn default_api_port() -> i32 {
@@ -62,8 +64,10 @@ pub struct NetworkSpec {
 /// Transport protocol of a rule.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Protocol {
+    /// TCP, which both ports serve.
     #[default]
     TCP,
+    /// UDP, e.g. for an egress rule to a DNS server.
     UDP,
 }
 

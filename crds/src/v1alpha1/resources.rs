@@ -63,9 +63,14 @@ pub struct GpuSpec {
     pub resource_name: String,
 
     /// GPU product, matched against the node label `nvidia.com/gpu.product`
-    /// (e.g. `NVIDIA-A100-SXM4-80GB`).
+    /// (e.g. `NVIDIA-A100-SXM4-80GB`): a label value, since it becomes the
+    /// pods' nodeSelector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",
+         "message": "resources.gpu.product: must be a label value (letters, digits, '-', '_' and '.', starting and ending with a letter or digit, e.g. NVIDIA-A100-SXM4-80GB): it becomes the pods' nodeSelector"}
+    ]))]
     pub product: Option<String>,
 }
 

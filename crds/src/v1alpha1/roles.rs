@@ -54,15 +54,20 @@ pub struct TierSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolesSpec {
+    /// The ReadOnly tier (the seeds' guest): chat, with a low quota.
     #[serde(default = "TierSpec::read_only")]
     pub read_only: TierSpec,
+    /// The Developer tier (the seeds' user): chat, models and own usage.
     #[serde(default = "TierSpec::developer")]
     pub developer: TierSpec,
+    /// The Admin tier: everything, with no hard cap.
     #[serde(default = "TierSpec::admin")]
     pub admin: TierSpec,
 }
 
 impl TierSpec {
+    /// The ReadOnly tier's defaults: chat only, 2,000 tokens a minute, 512
+    /// per request.
     pub fn read_only() -> Self {
         Self {
             permissions: vec![Permission::Chat],
@@ -72,6 +77,8 @@ impl TierSpec {
         }
     }
 
+    /// The Developer tier's defaults: chat, models and usage, 20,000
+    /// tokens a minute, 2,048 per request.
     pub fn developer() -> Self {
         Self {
             permissions: vec![Permission::Chat, Permission::Models, Permission::Usage],
@@ -81,6 +88,7 @@ impl TierSpec {
         }
     }
 
+    /// The Admin tier's defaults: every permission, no token quota or cap.
     pub fn admin() -> Self {
         Self {
             permissions: vec![
@@ -107,6 +115,7 @@ impl Default for RolesSpec {
 }
 
 impl RolesSpec {
+    /// The settings of one tier.
     pub fn tier(&self, tier: Tier) -> &TierSpec {
         match tier {
             Tier::ReadOnly => &self.read_only,
@@ -115,7 +124,6 @@ impl RolesSpec {
         }
     }
 }
-
 
 /// Per-principal request and token limits.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

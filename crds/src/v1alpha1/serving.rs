@@ -4,9 +4,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The model's architecture family, which decides the loader and the chat
-/// format.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// Architecture family: ChatGLM3, GLM4 or Llama-GGUF. It decides the loader
+/// and the chat format. The server detects the family from the model files
+/// and refuses to start when they hold another one than declared here.
+/// Unset: whatever family the files hold is served.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ModelFamily {
     /// ChatGLM3 (e.g. THUDM/chatglm3-6b), safetensors + tokenizer.json.
     ChatGLM3,
@@ -14,22 +16,39 @@ pub enum ModelFamily {
     GLM4,
     /// Any llama-architecture model as a quantized GGUF file. The embedded
     /// default model is of this family.
-    #[default]
     #[serde(rename = "Llama-GGUF")]
     LlamaGguf,
+}
+
+impl ModelFamily {
+    /// The name as `spec.model.family` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatGLM3 => "ChatGLM3",
+            Self::GLM4 => "GLM4",
+            Self::LlamaGguf => "Llama-GGUF",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which model to serve and its generation defaults.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.source.embedded) || self.family == 'Llama-GGUF'",
-     "message": "model.family: the embedded model is a Llama-GGUF model; set family: Llama-GGUF or use a volume or huggingFace source"}
+    {"rule": "!has(self.source.embedded) || !has(self.family) || self.family == 'Llama-GGUF'",
+     "message": "model.family: the embedded model is a Llama-GGUF model; set family: Llama-GGUF (or leave it unset) or use a volume or huggingFace source"}
 ]))]
 pub struct ModelSpec {
-    /// Architecture family: ChatGLM3, GLM4 or Llama-GGUF.
-    #[serde(default)]
-    pub family: ModelFamily,
+    /// The declared family (see [`ModelFamily`], whose text `kubectl
+    /// explain` shows for this field). Unset: detected from the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<ModelFamily>,
 
     /// Where the weights come from. Exactly one of embedded, volume or
     /// huggingFace.
@@ -62,7 +81,7 @@ pub struct ModelSpec {
 impl Default for ModelSpec {
     fn default() -> Self {
         Self {
-            family: ModelFamily::default(),
+            family: None,
             source: ModelSource::default(),
             context_length: None,
             max_tokens: default_max_tokens(),
@@ -72,10 +91,14 @@ impl Default for ModelSpec {
     }
 }
 
-/// Generation defaults (the seed's `max_length=2048, temperature=0.7`), shared
-/// with the server config so both read the same numbers.
+// Generation defaults (the seed's `max_length=2048, temperature=0.7`), shared
+// with the server config so both read the same numbers.
+
+/// Tokens generated per answer by default (the seed's `max_length`).
 pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+/// Sampling temperature by default (the seed's).
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+/// Nucleus-sampling mass by default: all of it.
 pub const DEFAULT_TOP_P: f64 = 1.0;
 
 fn default_max_tokens() -> i32 {

@@ -3,7 +3,22 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cel;
 use crate::Duration;
+
+const HOUR: u64 = 3600;
+
+/// Shortest lifetime of a serving certificate: renewals would otherwise
+/// follow each other faster than pods reload them.
+pub const MIN_CERT_VALIDITY: Duration = Duration::from_secs(HOUR);
+/// Longest lifetime of a serving certificate: one year (8760h). Public CAs
+/// issue 398 days at most; a leaked key should not outlive that.
+pub const MAX_CERT_VALIDITY: Duration = Duration::from_secs(8760 * HOUR);
+/// Longest lifetime of the per-model CA: ten years (87600h), its default.
+pub const MAX_CA_VALIDITY: Duration = Duration::from_secs(87600 * HOUR);
+/// Shortest renewBefore: renewing at the moment of expiry leaves no time to
+/// hand the new certificate to the pods.
+const MIN_RENEW_BEFORE: Duration = Duration::from_secs(60);
 
 /// Who issues the server certificate.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -20,8 +35,10 @@ pub enum TlsMode {
 /// Lowest TLS protocol version the server accepts.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum TlsVersion {
+    /// TLS 1.2, for old clients.
     #[serde(rename = "1.2")]
     V1_2,
+    /// TLS 1.3 only (default).
     #[default]
     #[serde(rename = "1.3")]
     V1_3,
@@ -35,13 +52,17 @@ pub enum TlsVersion {
      "message": "tls.secretName: required when tls.mode is ExistingSecret"},
     {"rule": "self.mode != 'Generated' || !has(self.secretName)",
      "message": "tls.secretName: only allowed when tls.mode is ExistingSecret (Generated certificates live in <name>-tls)"},
-    {"rule": "!has(self.renewBefore) || duration(self.renewBefore) < duration(self.validity)",
+    {"rule": format!("!has(self.renewBefore) || {}", cel::when_durations_convert(
+        &["self.renewBefore", "self.validity"],
+        "duration(self.renewBefore) < duration(self.validity)")),
      "message": "tls.renewBefore: must be shorter than tls.validity"},
-    {"rule": "duration(self.validity) >= duration('1h')",
-     "message": "tls.validity: must be at least 1h"},
-    {"rule": "duration(self.caValidity) >= duration(self.validity)",
+    {"rule": cel::when_durations_convert(
+        &["self.caValidity", "self.validity"],
+        "duration(self.caValidity) >= duration(self.validity)"),
      "message": "tls.caValidity: must be at least tls.validity"},
-    {"rule": "duration(self.caOverlap) < duration(self.caValidity)",
+    {"rule": cel::when_durations_convert(
+        &["self.caOverlap", "self.caValidity"],
+        "duration(self.caOverlap) < duration(self.caValidity)"),
      "message": "tls.caOverlap: must be shorter than tls.caValidity"}
 ]))]
 pub struct TlsSpec {
@@ -54,13 +75,20 @@ pub struct TlsSpec {
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
 
-    /// Lifetime of generated certificates (Go duration). Default 90 days.
+    /// Lifetime of generated certificates (Go duration). Default 2160h (90
+    /// days); at least 1h and at most 8760h (1 year).
     #[serde(default = "default_tls_validity")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("tls.validity", Some(MIN_CERT_VALIDITY), MAX_CERT_VALIDITY)
+    ]))]
     pub validity: Duration,
 
-    /// Renew this long before expiry. Default: when a third of the validity
-    /// is left.
+    /// Renew this long before expiry (at least 1m, and shorter than
+    /// validity). Default: when a third of the validity is left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("tls.renewBefore", Some(MIN_RENEW_BEFORE), MAX_CERT_VALIDITY)
+    ]))]
     pub renew_before: Option<Duration>,
 
     /// Extra DNS names for the certificate, besides the Service's names.
@@ -72,17 +100,25 @@ pub struct TlsSpec {
     #[serde(default)]
     pub min_version: TlsVersion,
 
-    /// Lifetime of the generated per-model CA (Go duration). Default 10
-    /// years. A new CA is rolled in when a third of it is left, or at once
-    /// when the annotation securechat.dev/rotate-ca gets a new value.
+    /// Lifetime of the generated per-model CA (Go duration): at least
+    /// validity and at most 87600h (10 years), the default. A new CA is
+    /// rolled in when a third of it is left, or at once when the annotation
+    /// securechat.dev/rotate-ca gets a new value.
     #[serde(default = "default_ca_validity")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("tls.caValidity", Some(MIN_CERT_VALIDITY), MAX_CA_VALIDITY)
+    ]))]
     pub ca_validity: Duration,
 
     /// CA rotation overlap (Go duration, default 24h): a new CA is in the
     /// CA bundle this long before it signs the server certificate, and the
     /// old CA stays in the bundle this long after. It must cover the time
-    /// every client takes to reload the bundle.
+    /// every client takes to reload the bundle. At most 8760h, and shorter
+    /// than caValidity.
     #[serde(default = "default_ca_overlap")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("tls.caOverlap", None, MAX_CERT_VALIDITY)
+    ]))]
     pub ca_overlap: Duration,
 }
 
@@ -106,7 +142,7 @@ fn default_tls_validity() -> Duration {
 }
 
 fn default_ca_validity() -> Duration {
-    Duration::from_secs(10 * 365 * 24 * 3600)
+    MAX_CA_VALIDITY
 }
 
 fn default_ca_overlap() -> Duration {
