@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
+use securechat_server::files::reload;
 use securechat_server::server::{LAST_USED_INTERVAL, ServeOptions, run};
-use securechat_server::{dev, keys_cli, model_loader};
+use securechat_server::{dev, inference, keys_cli, model_loader};
 
 #[derive(Parser)]
 #[command(
@@ -177,6 +178,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("either --config FILE or --dev --data-dir DIR is required"),
     };
     let model = args.model.unwrap_or_else(model_loader::default_model_path);
+    // The config may name the family the model files must hold (a
+    // SecureChatModel's spec.model.family): checked before the load, which
+    // can take minutes.
+    let config = reload::load_config(&config_path).map_err(anyhow::Error::msg)?;
+    if let Some(declared) = config.config.model.family {
+        inference::check_family(&model, declared)?;
+    }
     let engine = model_loader::load_engine(&model)?;
     let options = ServeOptions {
         config_path,
