@@ -62,18 +62,31 @@ async fn crds_are_established_and_documented() {
     let explain = kubectl_ok(&["explain", "cak.spec.expiresAfter"]);
     assert!(explain.contains("Mutually exclusive"), "{explain}");
     // The caps on certificate lifetimes are documented where users look.
-    for (field, cap) in [
-        ("scm.spec.tls.validity", "at most 8760h (1 year)"),
-        ("scm.spec.tls.caValidity", "at most 87600h (10 years)"),
-    ] {
-        let explain = kubectl_ok(&["explain", field]);
-        let text = explain.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(text.contains(cap), "{field} lacks {cap:?}:\n{explain}");
-    }
+    explain_eventually("scm.spec.tls.validity", "at most 8760h (1 year)");
+    explain_eventually("scm.spec.tls.caValidity", "at most 87600h (10 years)");
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
     assert!(ok, "the `securechat` category should be listable: {out}");
+}
+
+/// Waits until `kubectl explain field` says `wanted` (white space folded):
+/// after a CRD changes, the API server republishes its OpenAPI a moment
+/// later, so a cluster that had the old CRD explains the old text at first.
+fn explain_eventually(field: &str, wanted: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let explain = kubectl_ok(&["explain", field]);
+        let text = explain.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.contains(wanted) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{field} lacks {wanted:?} after 30s:\n{explain}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 #[tokio::test]

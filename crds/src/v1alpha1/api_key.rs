@@ -56,8 +56,8 @@ pub struct ChatApiKeySpec {
     pub tier: Tier,
 
     /// Lifetime from the moment the key is minted (Go duration, e.g.
-    /// `720h`), at least 1m and at most 87600h (10 years). Mutually
-    /// exclusive with expiresAt. Neither: no expiry.
+    /// `720h`): at least 1m and at most 87600h (10 years).
+    /// Mutually exclusive with expiresAt. Neither: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
         cel::duration_bounds("expiresAfter", Some(MIN_KEY_PERIOD), MAX_KEY_LIFETIME)
