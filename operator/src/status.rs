@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE, set_condition};
 use securechat_crds::sensitive::compile_patterns;
 use securechat_crds::v1alpha1::{
-    ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
+    SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
 
 use crate::desired::RefusedRule;
@@ -294,12 +294,11 @@ pub fn model_description(model: &SecureChatModel) -> String {
     } else if let Some(hf) = &source.hugging_face {
         hf.repo.clone()
     } else if let Some(volume) = &source.volume {
-        let family = match model.spec.model.family {
-            ModelFamily::ChatGLM3 => "ChatGLM3",
-            ModelFamily::GLM4 => "GLM4",
-            ModelFamily::LlamaGguf => "Llama-GGUF",
-        };
-        format!("{family} ({}:{})", volume.claim_name, volume.path)
+        let place = format!("{}:{}", volume.claim_name, volume.path);
+        match model.spec.model.family {
+            Some(family) => format!("{family} ({place})"),
+            None => place,
+        }
     } else {
         "unknown".to_string()
     }
