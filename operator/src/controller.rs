@@ -84,7 +84,8 @@ pub async fn run(state: Arc<State>, namespaces: &[String]) {
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An Api over one namespace, or all of them.
+pub(crate) fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -186,7 +187,11 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
         }
         None => {
             writer
-                .delete_if_present::<PodDisruptionBudget>(&ctx.namespace, &Names::pdb(&ctx.name))
+                .delete_if_present::<PodDisruptionBudget, _>(
+                    model,
+                    &ctx.namespace,
+                    &Names::pdb(&ctx.name),
+                )
                 .await?
         }
     }
@@ -198,18 +203,8 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
-        tls: Some((
-            tls.ready,
-            tls.reason,
-            tls.message.clone(),
-            tls.status.clone(),
-        )),
-        signing_keys: Some((
-            keys.ready,
-            keys.reason,
-            keys.message.clone(),
-            keys.status.clone(),
-        )),
+        tls: Some(tls.state.clone()),
+        signing_keys: Some(keys.state.clone()),
     };
     let status = model_status(model, &observed, Timestamp::now());
     for change in &writer.changes {
@@ -376,8 +371,9 @@ fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Ac
     warn!(model = %model.name_any(), namespace = ?model.namespace(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
-        Error::Render { .. } | Error::MissingField(_) | Error::Finalizer(_) => {
-            Action::requeue(Duration::from_secs(60))
-        }
+        Error::Render { .. }
+        | Error::NotOwned { .. }
+        | Error::MissingField(_)
+        | Error::Finalizer(_) => Action::requeue(Duration::from_secs(60)),
     }
 }

@@ -18,11 +18,13 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod key_controller;
+pub mod key_plan;
 pub mod labels;
 pub mod leader;
 pub mod material;
 pub mod metrics;
 pub mod pki;
+pub mod reasons;
 pub mod rotation;
 pub mod status;
 
