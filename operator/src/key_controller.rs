@@ -304,6 +304,36 @@ mod tests {
         }
     }
 
+    fn woken(refs: Vec<ObjectRef<ChatApiKey>>) -> Vec<String> {
+        refs.into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect()
+    }
+
+    /// Issue 19: a model's change (its allowedNamespaces) must reach its
+    /// keys in other namespaces at once, not at their next periodic look.
+    #[test]
+    fn a_model_change_wakes_its_keys_in_every_namespace() {
+        let keys = [
+            key("chat", "same-ns", json!({"name": "glm"})),
+            key(
+                "apps",
+                "other-ns",
+                json!({"name": "glm", "namespace": "chat"}),
+            ),
+            key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
+            key("chat", "other-model", json!({"name": "smol"})),
+        ];
+        assert_eq!(
+            woken(keys_of_model(&keys, Some("chat".into()), "glm")),
+            ["chat/same-ns", "apps/other-ns"]
+        );
+        assert_eq!(
+            woken(keys_of_model(&keys, Some("apps".into()), "glm")),
+            ["apps/same-name-wrong-ns"]
+        );
+    }
+
     #[test]
     fn a_bundle_change_wakes_the_keys_of_its_model_only() {
         let keys = [
@@ -316,11 +346,10 @@ mod tests {
             key("chat", "other-model", json!({"name": "smol"})),
             key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
         ];
-        let woken: Vec<String> = keys_of_bundle(&keys, &bundle("chat", "glm-ca-bundle"))
-            .into_iter()
-            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
-            .collect();
-        assert_eq!(woken, ["chat/same-ns", "apps/other-ns"]);
+        assert_eq!(
+            woken(keys_of_bundle(&keys, &bundle("chat", "glm-ca-bundle"))),
+            ["chat/same-ns", "apps/other-ns"]
+        );
         assert!(keys_of_bundle(&keys, &bundle("chat", "glm-config")).is_empty());
     }
 }
