@@ -197,7 +197,13 @@ pub fn plan_tls(
     // new CA), also after a crash between the two writes.
     let ca_changed =
         tls_secret.and_then(secrets::issuer_of).as_deref() != Some(set.active.cert_pem.as_str());
-    let decision = secrets::certificate_decision(existing.as_ref(), &wanted, ca_changed, now);
+    // A certificate issued before the cap (or by hand) that outlives it is
+    // renewed now.
+    let too_long = existing
+        .as_ref()
+        .is_some_and(|c| c.not_after - now > pki::MAX_SERVING_VALIDITY);
+    let decision = secrets::certificate_decision(existing.as_ref(), &wanted, ca_changed, now)
+        .or(too_long.then_some(IssueReason::Renewal));
     let (issued, issue) = match (decision, existing) {
         (None, Some(existing)) => (existing, None),
         (reason, _) => {
@@ -327,8 +333,15 @@ fn plan_ca(
         .as_ref()
         .and_then(|a| a.get(ROTATE_CA_ANNOTATION))
         .cloned();
-    let rotate_now = requested.is_some()
-        && requested != existing.as_ref().and_then(|s| s.rotation_handled.clone());
+    // A CA made before the cap that outlives it rotates now, through the
+    // overlap like any rotation.
+    let too_long = existing
+        .as_ref()
+        .and_then(|s| s.active_not_after)
+        .is_some_and(|t| t - now > pki::MAX_CA_VALIDITY);
+    let rotate_now = too_long
+        || (requested.is_some()
+            && requested != existing.as_ref().and_then(|s| s.rotation_handled.clone()));
     let (step, next_at) = ca_rotation::next_step(existing.as_ref(), schedule, rotate_now, now);
     let mut new_ca = || -> Result<(CertifiedKey, DateTime<Utc>)> {
         let not_after = now + schedule.ca_validity;
@@ -347,7 +360,7 @@ fn plan_ca(
             };
             let mut set = ca_rotation::apply_step(&existing, step, schedule, now, fresh);
             if *step == ca_rotation::Step::PublishNext {
-                if rotate_now {
+                if requested.is_some() && rotate_now {
                     set.rotation_handled = requested;
                 }
                 // Trust before record: the bundle gains the new CA before
@@ -703,6 +716,43 @@ mod tests {
         assert_eq!(again.issued, None);
         assert!(again.ca_step.is_none());
         assert_eq!((mint.cas, mint.leaves), (1, 1));
+    }
+
+    /// A model admitted before the caps holds a certificate and a CA valid
+    /// until 2255: the certificate is reissued within the cap at once, and
+    /// the CA rotates (through its overlap).
+    #[test]
+    fn material_issued_before_the_caps_is_replaced() {
+        let m = model(
+            "chat",
+            json!({"tls": {"validity": "2000000h", "caValidity": "2000000h"}}),
+        );
+        let ctx = Context::new(&m, "img").unwrap();
+        let mut store = Store::default();
+        let mut mint = Counter::default();
+        for write in plan_tls(&ctx, &store.observed(), t(0), &mut mint)
+            .unwrap()
+            .writes
+        {
+            store.write(&write);
+        }
+        let until_2255 = t(2_000_000).to_rfc3339();
+        for (name, annotation) in [
+            ("chat-tls", secrets::NOT_AFTER_ANNOTATION),
+            ("chat-ca", secrets::CA_NOT_AFTER_ANNOTATION),
+        ] {
+            let secret = store.secrets.get_mut(name).unwrap();
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(annotation.into(), until_2255.clone());
+        }
+        let plan = plan_tls(&ctx, &store.observed(), t(1), &mut mint).unwrap();
+        assert_eq!(plan.ca_step, Some(ca_rotation::Step::PublishNext));
+        let (reason, not_after) = plan.issued.expect("reissued");
+        assert_eq!(reason, IssueReason::Renewal);
+        assert!(not_after <= t(1) + pki::MAX_SERVING_VALIDITY);
     }
 
     #[test]
