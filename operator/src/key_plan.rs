@@ -110,14 +110,6 @@ pub fn consumer_secret_name(key: &ChatApiKey) -> String {
         .unwrap_or_else(|| key.name_any())
 }
 
-/// Why `plan` stops before the lifecycle: the reason and its message.
-struct Blocked {
-    reason: KeyReason,
-    message: String,
-    writes: Vec<KeyWrite>,
-    warning: bool,
-}
-
 /// Decides one reconcile. `fresh` makes a new plaintext for the key id when
 /// a step needs one.
 pub fn plan(
@@ -609,13 +601,6 @@ mod tests {
             ..Default::default()
         };
         with_table(&secret, table).unwrap()
-    }
-
-    fn table_of(plan: &KeyPlan) -> Option<ApiKeyTable> {
-        plan.writes.iter().find_map(|w| match w {
-            KeyWrite::Table(secret) => Some(read_table(secret).unwrap()),
-            _ => None,
-        })
     }
 
     fn no_plaintext(_: &str) -> Result<String> {
