@@ -301,6 +301,44 @@ async fn a_chat_api_key_never_takes_over_a_secret_it_did_not_create() {
     assert!(table(&client, &models_ns.name, "m").await.keys.is_empty());
 }
 
+/// Issue 19, the model's side: a Secret named like the model's key table
+/// that the model did not create is not its table. The operator neither
+/// adopts it nor lets any ChatApiKey write hashes into it; keys wait with
+/// ModelNotReady, naming it. Before the fix the operator took it as the
+/// table and keys wrote their records into it.
+#[tokio::test]
+async fn a_secret_named_like_the_models_key_table_is_not_its_table() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "table-model").await;
+    let app = TestNamespace::create(&client, "table-app").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &models_ns.name);
+    let planted: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "m-api-keys"},
+        "stringData": {"notes": "not the operator's"}
+    }))
+    .unwrap();
+    let planted = secrets
+        .create(&PostParams::default(), &planted)
+        .await
+        .expect("planted");
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    model_with_table(&client, &models_ns.name, &[&app.name]).await;
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(&client, &app.name, "k", json!({"modelRef": model_ref})).await;
+    let message = await_reason(&client, &app.name, "k", KeyReason::ModelNotReady).await;
+    assert!(
+        message.contains("is not the model's key table"),
+        "{message}"
+    );
+    let now = secrets.get("m-api-keys").await.expect("still there");
+    assert_eq!(
+        now.metadata.resource_version,
+        planted.metadata.resource_version
+    );
+    assert_eq!(now.metadata.owner_references, None);
+}
+
 /// Issue 19: removing a namespace from `auth.apiKeys.allowedNamespaces`
 /// revokes its keys at once: the hash leaves the model's table (which is
 /// what the server authenticates against: it loads exactly this Secret's
