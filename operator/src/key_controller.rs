@@ -312,18 +312,24 @@ mod tests {
 
     /// Issue 19: a model's change (its allowedNamespaces) must reach its
     /// keys in other namespaces at once, not at their next periodic look.
-    #[test]
-    fn a_model_change_wakes_its_keys_in_every_namespace() {
-        let keys = [
+    /// Keys of the model `chat/glm` in two namespaces, and two that only
+    /// look alike.
+    fn keys() -> [Arc<ChatApiKey>; 4] {
+        [
             key("chat", "same-ns", json!({"name": "glm"})),
             key(
                 "apps",
                 "other-ns",
                 json!({"name": "glm", "namespace": "chat"}),
             ),
-            key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
             key("chat", "other-model", json!({"name": "smol"})),
-        ];
+            key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
+        ]
+    }
+
+    #[test]
+    fn a_model_change_wakes_its_keys_in_every_namespace() {
+        let keys = keys();
         assert_eq!(
             woken(keys_of_model(&keys, Some("chat".into()), "glm")),
             ["chat/same-ns", "apps/other-ns"]
@@ -336,16 +342,7 @@ mod tests {
 
     #[test]
     fn a_bundle_change_wakes_the_keys_of_its_model_only() {
-        let keys = [
-            key("chat", "same-ns", json!({"name": "glm"})),
-            key(
-                "apps",
-                "other-ns",
-                json!({"name": "glm", "namespace": "chat"}),
-            ),
-            key("chat", "other-model", json!({"name": "smol"})),
-            key("apps", "same-name-wrong-ns", json!({"name": "glm"})),
-        ];
+        let keys = keys();
         assert_eq!(
             woken(keys_of_bundle(&keys, &bundle("chat", "glm-ca-bundle"))),
             ["chat/same-ns", "apps/other-ns"]

@@ -326,13 +326,7 @@ fn plan_ca(
     writes: &mut Vec<TlsWrite>,
 ) -> Result<(CaSet, Option<ca_rotation::Step>, Option<DateTime<Utc>>)> {
     let existing = models_own(ctx, observed.ca.as_ref())?.and_then(secrets::ca_set_from_secret);
-    let requested = ctx
-        .model
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ROTATE_CA_ANNOTATION))
-        .cloned();
+    let requested = annotation(ctx, ROTATE_CA_ANNOTATION);
     // A CA made before the cap that outlives it rotates now, through the
     // overlap like any rotation.
     let too_long = existing
@@ -374,6 +368,11 @@ fn plan_ca(
     };
     writes.push(TlsWrite::CaSecret(secrets::ca_secret(ctx, &set)));
     Ok((set, Some(step), next_at))
+}
+
+/// The model's annotation `name`, if set.
+fn annotation(ctx: &Context<'_>, name: &str) -> Option<String> {
+    ctx.model.metadata.annotations.as_ref()?.get(name).cloned()
 }
 
 /// Model annotation for incident response: a new value starts a CA
@@ -437,13 +436,7 @@ pub fn plan_signing_keys(
     };
     let secret = models_own(ctx, observed)?;
     let existing = secret.and_then(secrets::keyset_from_secret);
-    let requested = ctx
-        .model
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ROTATE_NOW_ANNOTATION))
-        .cloned();
+    let requested = annotation(ctx, ROTATE_NOW_ANNOTATION);
     let handled = secret
         .and_then(|s| s.metadata.annotations.as_ref())
         .and_then(|a| a.get(ROTATION_HANDLED_ANNOTATION))
@@ -627,6 +620,12 @@ mod tests {
             }
         }
 
+        fn apply(&mut self, plan: &TlsPlan) {
+            for write in &plan.writes {
+                self.write(write);
+            }
+        }
+
         /// What a client that trusts the bundle sees of the served
         /// certificate: trusted and unexpired, or why not.
         fn check(&self, now: DateTime<Utc>) -> std::result::Result<(), String> {
@@ -692,22 +691,25 @@ mod tests {
         assert!(mint.leaves >= 24, "{} certificates", mint.leaves);
     }
 
+    /// A model admitted before the validity caps (`2000000h`: 228 years).
+    fn centuries() -> securechat_crds::SecureChatModel {
+        model(
+            "chat",
+            json!({"tls": {"validity": "2000000h", "caValidity": "2000000h"}}),
+        )
+    }
+
     /// Issue 19: `tls.validity: 2000000h` gave a certificate valid until
     /// 2255; it is capped at a year (the CA at ten), and the capped one is
     /// not reissued on every reconcile.
     #[test]
     fn a_validity_of_centuries_is_capped_and_stable() {
-        let m = model(
-            "chat",
-            json!({"tls": {"validity": "2000000h", "caValidity": "2000000h"}}),
-        );
+        let m = centuries();
         let ctx = Context::new(&m, "img").unwrap();
         let mut store = Store::default();
         let mut mint = Counter::default();
         let plan = plan_tls(&ctx, &store.observed(), t(0), &mut mint).unwrap();
-        for write in &plan.writes {
-            store.write(write);
-        }
+        store.apply(&plan);
         let status = &plan.outcome.state.status;
         let year = to_time(t(0) + pki::MAX_SERVING_VALIDITY);
         assert_eq!(status.not_after, year);
@@ -723,19 +725,11 @@ mod tests {
     /// the CA rotates (through its overlap).
     #[test]
     fn material_issued_before_the_caps_is_replaced() {
-        let m = model(
-            "chat",
-            json!({"tls": {"validity": "2000000h", "caValidity": "2000000h"}}),
-        );
+        let m = centuries();
         let ctx = Context::new(&m, "img").unwrap();
         let mut store = Store::default();
         let mut mint = Counter::default();
-        for write in plan_tls(&ctx, &store.observed(), t(0), &mut mint)
-            .unwrap()
-            .writes
-        {
-            store.write(&write);
-        }
+        store.apply(&plan_tls(&ctx, &store.observed(), t(0), &mut mint).unwrap());
         let until_2255 = t(2_000_000).to_rfc3339();
         for (name, annotation) in [
             ("chat-tls", secrets::NOT_AFTER_ANNOTATION),
@@ -760,10 +754,7 @@ mod tests {
         let m = model("chat", json!({}));
         let ctx = Context::new(&m, "img").unwrap();
         let mut store = Store::default();
-        let plan = plan_tls(&ctx, &store.observed(), t(0), &mut Counter::default()).unwrap();
-        for write in &plan.writes {
-            store.write(write);
-        }
+        store.apply(&plan_tls(&ctx, &store.observed(), t(0), &mut Counter::default()).unwrap());
         let mut planted = store.secrets["chat-ca"].clone();
         planted.metadata.owner_references = None;
         store.secrets.insert("chat-ca".into(), planted);
