@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use securechat_crds::files::api_keys::{ApiKeyState, ApiKeyTable, SecretHash};
 use securechat_crds::v1alpha1::{ChatApiKey, KeyPhase, SecureChatModel};
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::metrics::Metrics;
 use securechat_operator::reasons::api_key::KeyReason;
@@ -65,7 +65,7 @@ struct Operator(Vec<tokio::task::JoinHandle<()>>);
 
 impl Operator {
     fn start(client: &Client, scopes: &[&TestNamespace]) -> Self {
-        let state = Arc::new(State::new(
+        let state = Arc::new(Context::new(
             client.clone(),
             "securechat/server:test".into(),
             Arc::new(Metrics::new()),

@@ -22,12 +22,13 @@ use tracing::{info, warn};
 
 use crate::api_keys;
 use crate::apply::{Writer, controlled_by};
-use crate::controller::{State, api};
+use crate::controller::{Context, api};
 use crate::desired::secrets::CA_BUNDLE_LABEL;
 use crate::key_plan::{
     self, KeyObserved, KeyPlan, KeyWrite, consumer_secret_name, model_namespace, read_table,
 };
 use crate::labels::Names;
+use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result};
 
 pub use crate::key_plan::CONSUMER_LABEL;
@@ -35,11 +36,11 @@ pub use crate::key_plan::CONSUMER_LABEL;
 /// What every ChatApiKey reconcile shares: the operator's state and the
 /// recorder of this controller's Events.
 struct KeyContext {
-    state: Arc<State>,
+    state: Arc<Context>,
     recorder: Recorder,
 }
 
-pub async fn run(state: Arc<State>, namespaces: &[String]) {
+pub async fn run(state: Arc<Context>, namespaces: &[String]) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -174,7 +175,7 @@ async fn apply_key(key: &ChatApiKey, context: &KeyContext) -> Result<Action> {
         publish(context, key, plan.reason.as_str(), warning).await;
     }
     if key.status.as_ref() != Some(&plan.status) {
-        write_status(key, client, &plan).await?;
+        patch_status(client, key, &plan.status).await?;
     }
     Ok(Action::requeue(plan.requeue))
 }
@@ -203,23 +204,6 @@ async fn execute(key: &ChatApiKey, client: &Client, plan: &KeyPlan) -> Result<()
             }
         }
     }
-    Ok(())
-}
-
-async fn write_status(key: &ChatApiKey, client: &Client, plan: &KeyPlan) -> Result<()> {
-    let api: Api<ChatApiKey> =
-        Api::namespaced(client.clone(), &key.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": securechat_crds::v1alpha1::API_VERSION,
-        "kind": "ChatApiKey",
-        "status": plan.status,
-    });
-    api.patch_status(
-        &key.name_any(),
-        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&patch),
-    )
-    .await?;
     Ok(())
 }
 

@@ -28,12 +28,12 @@ use tracing::info;
 
 use crate::apply::{Writer, controlled_by};
 use crate::ca_rotation::{self, CaSet};
-use crate::desired::Context;
+use crate::desired::Input;
 use crate::desired::secrets::{self, IssueReason, IssuedCertificate};
 use crate::labels::Names;
 use crate::pki::CertifiedKey;
 use crate::status::MaterialState;
-use crate::{Error, Result, pki, rotation};
+use crate::{Error, Result, pki, reasons, rotation};
 
 /// The outcome for one kind of material: its condition and status, and
 /// when it next needs attention.
@@ -114,7 +114,7 @@ pub struct TlsPlan {
 }
 
 /// The Secret, if the model controls it; someone else's is an error.
-fn models_own<'a>(ctx: &Context<'_>, secret: Option<&'a Secret>) -> Result<Option<&'a Secret>> {
+fn models_own<'a>(ctx: &Input<'_>, secret: Option<&'a Secret>) -> Result<Option<&'a Secret>> {
     match secret {
         Some(s) if !controlled_by(&s.metadata, ctx.model.metadata.uid.as_deref()) => {
             Err(Error::NotOwned {
@@ -128,7 +128,7 @@ fn models_own<'a>(ctx: &Context<'_>, secret: Option<&'a Secret>) -> Result<Optio
 }
 
 /// Reads what [`plan_tls`] decides on.
-pub async fn observe_tls(writer: &Writer, ctx: &Context<'_>) -> Result<TlsObserved> {
+pub async fn observe_tls(writer: &Writer, ctx: &Input<'_>) -> Result<TlsObserved> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     let spec = &ctx.model.spec.tls;
     if spec.mode == TlsMode::ExistingSecret {
@@ -148,7 +148,7 @@ pub async fn observe_tls(writer: &Writer, ctx: &Context<'_>) -> Result<TlsObserv
 /// Ensures the CA, the server certificate and the CA bundle.
 pub async fn tls(
     writer: &mut Writer,
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<TlsStatus>> {
     let observed = observe_tls(writer, ctx).await?;
@@ -174,7 +174,7 @@ pub async fn tls(
 
 /// Decides one reconcile of the model's TLS.
 pub fn plan_tls(
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     observed: &TlsObserved,
     now: DateTime<Utc>,
     mint: &mut impl Mint,
@@ -234,20 +234,20 @@ pub fn plan_tls(
     let ca_renew_at = set.active_not_after.map(|t| schedule.renew_at(t));
     let (reason, rotation_note) = match (&set.next, &set.previous) {
         (Some(next), _) => (
-            "CaRotating",
+            reasons::CA_ROTATING,
             format!(
                 "; a new CA is in the bundle and signs from {}",
                 (next.published_at + schedule.overlap).to_rfc3339()
             ),
         ),
         (None, Some(previous)) => (
-            "CaRotating",
+            reasons::CA_ROTATING,
             format!(
                 "; the previous CA stays in the bundle until {}",
                 previous.retire_at.to_rfc3339()
             ),
         ),
-        (None, None) => ("CertificateIssued", String::new()),
+        (None, None) => (reasons::CERTIFICATE_ISSUED, String::new()),
     };
     Ok(TlsPlan {
         writes,
@@ -279,19 +279,19 @@ pub fn plan_tls(
 
 /// ExistingSecret mode: the user's Secret is served as it is; only whether
 /// it is usable is decided.
-fn existing_secret_plan(ctx: &Context<'_>, found: Option<&Secret>) -> TlsPlan {
+fn existing_secret_plan(ctx: &Input<'_>, found: Option<&Secret>) -> TlsPlan {
     let name = ctx.model.spec.tls.secret_name.clone().unwrap_or_default();
     let usable = found
         .and_then(|s| s.data.as_ref())
         .is_some_and(|d| d.contains_key(names::TLS_CERT) && d.contains_key(names::TLS_KEY));
     let (reason, message) = if usable {
         (
-            "ExistingSecret",
+            reasons::EXISTING_SECRET,
             format!("serving the certificate in Secret {name}"),
         )
     } else {
         (
-            "SecretNotFound",
+            reasons::SECRET_NOT_FOUND,
             format!("Secret {name} does not exist or lacks tls.crt / tls.key"),
         )
     };
@@ -318,7 +318,7 @@ fn existing_secret_plan(ctx: &Context<'_>, found: Option<&Secret>) -> TlsPlan {
 /// the step taken (None: nothing to write) and when the next one is due.
 /// Pushes the CA writes.
 fn plan_ca(
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     observed: &TlsObserved,
     schedule: &ca_rotation::Schedule,
     now: DateTime<Utc>,
@@ -371,7 +371,7 @@ fn plan_ca(
 }
 
 /// The model's annotation `name`, if set.
-fn annotation(ctx: &Context<'_>, name: &str) -> Option<String> {
+fn annotation(ctx: &Input<'_>, name: &str) -> Option<String> {
     ctx.model.metadata.annotations.as_ref()?.get(name).cloned()
 }
 
@@ -399,7 +399,7 @@ pub struct SigningKeysPlan {
 /// time.
 pub async fn signing_keys(
     writer: &mut Writer,
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<SigningKeysStatus>> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
@@ -417,7 +417,7 @@ pub async fn signing_keys(
 /// Decides one reconcile of the signing keys from the keyset Secret.
 /// `new_key` makes a key (as `pki::new_signing_key`) when a step needs one.
 pub fn plan_signing_keys(
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     observed: Option<&Secret>,
     now: DateTime<Utc>,
     new_key: impl FnOnce(
@@ -503,9 +503,9 @@ pub fn plan_signing_keys(
             state: MaterialState {
                 ready: active.is_some(),
                 reason: if next.is_some() {
-                    "Rotating"
+                    reasons::ROTATING
                 } else {
-                    "KeysetReady"
+                    reasons::KEYSET_READY
                 },
                 message: format!(
                     "{} key(s): active {}{}{}",
@@ -537,7 +537,7 @@ pub fn plan_signing_keys(
 /// Creates the empty API-key table once; ChatApiKeys fill it, so it is
 /// never overwritten here. A Secret of its name that the model does not
 /// control is someone else's: left alone, and the model says so.
-pub async fn api_keys(writer: &mut Writer, ctx: &Context<'_>) -> Result<()> {
+pub async fn api_keys(writer: &mut Writer, ctx: &Input<'_>) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     let found = secrets.get_opt(&Names::api_keys(&ctx.name)).await?;
     if models_own(ctx, found.as_ref())?.is_none() {
@@ -662,7 +662,7 @@ mod tests {
             "chat",
             json!({"tls": {"validity": "720h", "caValidity": "2160h", "caOverlap": "24h"}}),
         );
-        let ctx = Context::new(&m, "img").unwrap();
+        let ctx = Input::new(&m, "img").unwrap();
         let mut store = Store::default();
         let mut mint = Counter::default();
         let mut now = t(0);
@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn a_validity_of_centuries_is_capped_and_stable() {
         let m = centuries();
-        let ctx = Context::new(&m, "img").unwrap();
+        let ctx = Input::new(&m, "img").unwrap();
         let mut store = Store::default();
         let mut mint = Counter::default();
         let plan = plan_tls(&ctx, &store.observed(), t(0), &mut mint).unwrap();
@@ -726,7 +726,7 @@ mod tests {
     #[test]
     fn material_issued_before_the_caps_is_replaced() {
         let m = centuries();
-        let ctx = Context::new(&m, "img").unwrap();
+        let ctx = Input::new(&m, "img").unwrap();
         let mut store = Store::default();
         let mut mint = Counter::default();
         store.apply(&plan_tls(&ctx, &store.observed(), t(0), &mut mint).unwrap());
@@ -752,7 +752,7 @@ mod tests {
     #[test]
     fn someone_elses_ca_or_keys_are_never_used() {
         let m = model("chat", json!({}));
-        let ctx = Context::new(&m, "img").unwrap();
+        let ctx = Input::new(&m, "img").unwrap();
         let mut store = Store::default();
         store.apply(&plan_tls(&ctx, &store.observed(), t(0), &mut Counter::default()).unwrap());
         let mut planted = store.secrets["chat-ca"].clone();
@@ -777,7 +777,7 @@ mod tests {
     #[test]
     fn signing_keys_write_once_per_step_and_then_wait() {
         let m = model("chat", json!({}));
-        let ctx = Context::new(&m, "img").unwrap();
+        let ctx = Input::new(&m, "img").unwrap();
         let key = pki::new_signing_key;
         let first = plan_signing_keys(&ctx, None, t(0), key).unwrap();
         let secret = first.write.expect("bootstrap writes the keyset");
@@ -790,7 +790,7 @@ mod tests {
                 Some(next) => secret = next,
                 None => {
                     assert!(plan.outcome.state.ready);
-                    assert_eq!(plan.outcome.state.reason, "KeysetReady");
+                    assert_eq!(plan.outcome.state.reason, reasons::KEYSET_READY);
                     assert!(plan.outcome.next_action_at.is_some_and(|at| at > t(0)));
                     return;
                 }
