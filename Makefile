@@ -51,9 +51,17 @@ demo-down: ## stop everything make demo started (processes and the local control
 	@scripts/demo-down.sh
 
 .PHONY: lint
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, the import-cycle check and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
+	@$(MAKE) -s import-cycles
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every crate's src/; modules in one of them must not import each other back.
+CYCLE_CHECKED := server/src operator/src crds/src projector/src kernels/src
+
+.PHONY: import-cycles
+import-cycles: ## fail on modules that import each other, directly or through others (prints the cycle)
+	$(CARGO) run -q -p securechat --bin import-cycles -- $(CYCLE_CHECKED)
 
 .PHONY: test
 test: ## every test, against a real control plane (started and stopped here)
