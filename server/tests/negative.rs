@@ -2,7 +2,6 @@
 //! status and error code, and afterwards nothing on disk has changed but
 //! what good requests legitimately write (`lastUsedAt`).
 
-mod common;
 mod negative_cases;
 
 use std::time::Duration;
@@ -13,9 +12,10 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use securechat_server::engine::{ChatMessage, Role};
+use securechat_test_support::https::{
+    self, MODEL, RELAXED, TestServer, chat_body, server, server_with,
+};
 use serde_json::{Value, json};
-
-use common::{MODEL, RELAXED, TestServer, chat_body, server, server_with};
 
 /// A request to send and what must come back.
 struct Case {
@@ -269,7 +269,7 @@ async fn every_bad_input_gets_its_status_and_code() {
     let ok = chat_body("hello");
     let admin = bearer(&s.keys.admin);
     let big = vec![b'a'; 2 * 1024 * 1024];
-    let long_prompt = "word ".repeat(common::CONTEXT + 10);
+    let long_prompt = "word ".repeat(https::CONTEXT + 10);
     let json_ct = "application/json";
 
     let mut cases = vec![
@@ -1091,7 +1091,7 @@ async fn nothing_lost_or_half_written(s: &TestServer, before: &Snapshot) {
     let admin_id = s.keys.admin_id.clone();
     // The writer runs every 100 ms; the admin key made good requests.
     assert!(
-        common::eventually(async || {
+        https::eventually(async || {
             let text = std::fs::read(&table_path).unwrap();
             let table: Value = serde_json::from_slice(&text).unwrap();
             table["keys"]
@@ -1130,7 +1130,7 @@ async fn nothing_lost_or_half_written(s: &TestServer, before: &Snapshot) {
             .collect()
     };
     assert!(
-        common::eventually(async || leftovers().is_empty()).await,
+        https::eventually(async || leftovers().is_empty()).await,
         "left behind: {:?}",
         leftovers()
     );
@@ -1343,7 +1343,7 @@ async fn broken_framing_and_header_bytes_get_their_status() {
     let ca = s.ca_path();
     let mut failures = Vec::new();
     for case in &cases {
-        let Some(resp) = common::raw::exchange(&ca, port, &case.request).await else {
+        let Some(resp) = https::raw::exchange(&ca, port, &case.request).await else {
             failures.push(format!("{}: no response", case.name));
             continue;
         };

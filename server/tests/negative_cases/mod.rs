@@ -11,9 +11,9 @@ mod seed;
 mod unicode;
 
 use reqwest::Method;
+use securechat_test_support::https::TestServer;
 use serde_json::Value;
 
-use crate::common::TestServer;
 use crate::{Body, Case, Forge};
 
 pub fn all(s: &TestServer, forge: &Forge) -> Vec<Case> {
@@ -63,7 +63,7 @@ fn json_bytes(text: &str) -> Option<Body> {
 
 /// A chat completion of one user message with `extra` merged in.
 fn chat_with(extra: Value) -> Value {
-    let mut body = crate::common::chat_body("x");
+    let mut body = securechat_test_support::https::chat_body("x");
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }

@@ -2,9 +2,9 @@
 //! that are large but legal.
 
 use reqwest::Method;
+use securechat_test_support::https::{TestServer, chat_body};
 
 use super::{admin, leak, request};
-use crate::common::{TestServer, chat_body};
 use crate::{Body, Case};
 
 fn not_allowed(

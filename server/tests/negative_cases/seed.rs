@@ -2,10 +2,10 @@
 //! /api/admin/configuration, with the same error shape as the rest.
 
 use reqwest::Method;
+use securechat_test_support::https::TestServer;
 use serde_json::json;
 
 use super::{admin, json_bytes, raw, request};
-use crate::common::TestServer;
 use crate::{Body, Case, bearer};
 
 pub fn cases(s: &TestServer) -> Vec<Case> {

@@ -1,5 +1,4 @@
 //! Test harness: a real server over real TLS with a deterministic engine.
-#![allow(dead_code)]
 
 pub mod raw;
 

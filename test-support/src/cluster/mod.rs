@@ -2,7 +2,6 @@
 //! plane (`make cluster-up`), one fresh namespace per test, CRD installation
 //! and waiting helpers. A test that needs the cluster and finds none fails
 //! with a message that says what to run; it never skips.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,8 +16,8 @@ use kube::{Client, Config};
 
 pub mod serving;
 
-/// Repository root: the manifest dir of the package whose tests include
-/// this module, or the nearest directory above it holding tests/cluster.
+/// Repository root: the nearest directory above this crate holding
+/// tests/cluster.
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest
