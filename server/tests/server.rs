@@ -119,20 +119,8 @@ async fn streaming_redacts_numbers_split_across_chunks() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let text = resp.text().await.unwrap();
-    let events: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = https::sse_chunks(&resp.text().await.unwrap());
+    let content = https::sse_content(&chunks);
     assert_eq!(content, "pay with [FILTERED] today");
     assert!(
         chunks.len() > 4,

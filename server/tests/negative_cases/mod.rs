@@ -76,11 +76,7 @@ fn json_bytes(text: &str) -> Option<Body> {
 
 /// A chat completion of one user message with `extra` merged in.
 fn chat_with(extra: Value) -> Value {
-    let mut body = securechat_test_support::https::chat_body("x");
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    body
+    securechat_test_support::https::chat_body_with("x", extra)
 }
 
 /// A path built at run time, kept for the table's lifetime.

@@ -168,10 +168,7 @@ impl ServedModel {
         for f in &files {
             wait_for_file(f).await;
         }
-        let engine = securechat_server::model_loader::load_engine(
-            &securechat_server::model_loader::default_model_path(),
-        )
-        .expect("the default model (make model)");
+        let engine = crate::https::default_engine();
         let server = start(
             &ServeOptions {
                 config_path: etc.join("config/config.yaml"),
