@@ -64,7 +64,7 @@ import-cycles: ## fail on modules that import each other, directly or through ot
 	$(CARGO) run -q -p securechat --bin import-cycles -- $(CYCLE_CHECKED)
 
 .PHONY: test
-test: ## every test, against a real control plane (started and stopped here)
+test: ## every test, against a control plane of its own in .securechat/test (started and stopped here; a running demo is left alone)
 	@scripts/test.sh
 
 # The inner loop: no control plane, no lint. Every crate's unit tests (and

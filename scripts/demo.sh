@@ -20,6 +20,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
+# The demo's control plane is always the one in .securechat/ (make test
+# runs its own elsewhere, see tests/cluster/state.sh).
+unset SECURECHAT_STATE_DIR
 export KUBECONFIG="$root/.securechat/kubeconfig"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/securechat/target}"
 

@@ -393,7 +393,7 @@ fn cluster_state(namespace: &str) -> String {
          DELETING:.metadata.deletionTimestamp",
     ]);
     out += &kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
-    let logs = repo_root().join(".securechat/cluster/logs");
+    let logs = cluster::cluster_dir().join("logs");
     let operator_log = std::env::temp_dir().join(format!("securechat-chaos-{namespace}.log"));
     for (name, path) in [
         (
