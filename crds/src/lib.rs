@@ -9,14 +9,26 @@
 //!   condition list.
 //! - [`files`]: the file formats the operator writes and the server reads
 //!   (server config, signing keyset, API-key table).
+//! - [`hex`]: the one lowercase-hex encoder of digests.
+//! - [`sensitive`]: the rules sensitive-data patterns must pass to compile,
+//!   shared by the operator (which refuses a spec) and the server.
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
+//! - [`default_model`]: the default model's file name and places, shared by
+//!   the operator (the embedded source) and the server (its fallback).
 //!
-//! This crate holds no client code.
+//! This crate holds no client code. It is the public API of the project, so
+//! every public item is documented (`missing_docs`, an error under
+//! `clippy -D warnings`).
+
+#![warn(missing_docs)]
 
 pub mod conditions;
 pub mod crd;
+pub mod default_model;
 pub mod duration;
 pub mod files;
+pub mod hex;
+pub mod sensitive;
 pub mod v1alpha1;
 
 pub use duration::Duration;

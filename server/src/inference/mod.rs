@@ -6,15 +6,16 @@
 //! crosses this module's boundary.
 
 mod chat_template;
+mod decode_loop;
 mod error;
 mod fused;
-mod generate;
 mod gguf;
 mod glm;
 mod kv_cache;
 mod linear;
 mod llama;
 mod llama_cpu;
+mod llama_weights;
 mod model;
 mod prompt;
 mod sampler;
@@ -25,24 +26,27 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
+
 pub use chat_template::ChatTemplate;
+pub use decode_loop::{Ending, GenerationReport, TextSink, generate};
 pub use error::InferenceError;
-pub use generate::{Ending, GenerationReport, TextSink, generate};
 pub use glm::GlmFamily;
-pub use llama::WeightFormat;
+pub use llama_weights::WeightFormat;
 pub use model::CausalLm;
 pub use prompt::{CHATML_TEMPLATE, PromptEncoder};
 pub use text_stream::Utf8Stream;
 pub use tokenizer::{ChatTokenizer, Segment};
 pub use worker::LocalEngine;
 
+use securechat_crds::default_model;
+
 use crate::engine::{Engine, ModelInfo};
 
-/// Where `make model` (scripts/fetch-model.sh) puts the default model.
+/// Where `make model` (scripts/fetch-model.sh) puts the default model for
+/// this user; `None` without a `HOME`.
 pub fn default_model_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|home| {
-        PathBuf::from(home).join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+    std::env::var_os("HOME").map(|home| default_model::cached_path(Path::new(&home)))
 }
 
 /// How to load and serve a model.
@@ -85,6 +89,17 @@ pub enum ModelFamily {
     Glm(GlmFamily),
 }
 
+impl ModelFamily {
+    /// The name a SecureChatModel's `spec.model.family` gives this family.
+    pub fn spec_family(self) -> SpecFamily {
+        match self {
+            Self::LlamaGguf => SpecFamily::LlamaGguf,
+            Self::Glm(GlmFamily::ChatGlm3) => SpecFamily::ChatGLM3,
+            Self::Glm(GlmFamily::Glm4) => SpecFamily::GLM4,
+        }
+    }
+}
+
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// Picks the family from what `path` is: a GGUF file by its magic bytes, a
@@ -124,6 +139,22 @@ pub fn detect_family(path: &Path) -> Result<ModelFamily, InferenceError> {
             "{} is neither a GGUF file nor a ChatGLM3 / GLM-4 directory",
             path.display()
         )))
+    }
+}
+
+/// The family at `path`, refused when it is not the `declared` one: a
+/// SecureChatModel's `spec.model.family` naming ChatGLM3 over a GGUF file
+/// stops the server at start with both names, rather than being ignored.
+pub fn check_family(path: &Path, declared: SpecFamily) -> Result<ModelFamily, InferenceError> {
+    let detected = detect_family(path)?;
+    if detected.spec_family() == declared {
+        Ok(detected)
+    } else {
+        Err(InferenceError::FamilyMismatch {
+            path: path.to_owned(),
+            declared,
+            detected: detected.spec_family(),
+        })
     }
 }
 

@@ -12,6 +12,7 @@ mod checks;
 mod stream;
 
 use regex::Regex;
+use securechat_crds::sensitive::{Alternative, CompiledPatterns, PatternError, compile_patterns};
 use securechat_crds::v1alpha1::{Detector, FilterAction, SensitiveDataSpec};
 
 pub use stream::{Released, StreamFilter};
@@ -60,58 +61,28 @@ pub struct Filter {
     pub output: bool,
 }
 
-const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
-// Digits with single space/dash separators, an optional leading + (country
-// code) and an optional trailing X (resident-ID check character).
-const NUMBER_RUN: &str = r"\+?[0-9](?:[ -]?[0-9])*(?:[Xx])?";
-
-/// Which alternative of the combined regex produced a match.
-#[derive(Debug, Clone, Copy)]
-enum Alternative {
-    Email,
-    Number,
-    Custom(usize),
-}
-
 impl Filter {
     /// Compiles the configured detectors and custom patterns into one
-    /// regular expression. Fails on a custom pattern that does not compile.
-    pub fn new(spec: &SensitiveDataSpec) -> Result<Self, regex::Error> {
-        let mut sources: Vec<(Alternative, String)> = Vec::new();
-        if spec.detectors.contains(&Detector::Email) {
-            sources.push((Alternative::Email, EMAIL.to_string()));
-        }
-        if spec.detectors.iter().any(|d| *d != Detector::Email) {
-            sources.push((Alternative::Number, NUMBER_RUN.to_string()));
-        }
-        let mut custom_names = Vec::new();
-        for (i, pattern) in spec.custom_patterns.iter().enumerate() {
-            // Compiled alone first so an error names the pattern.
-            Regex::new(&pattern.regex)?;
-            sources.push((Alternative::Custom(i), pattern.regex.clone()));
-            custom_names.push(pattern.name.clone());
-        }
-        let regex = if sources.is_empty() {
-            None
-        } else {
-            let joined: Vec<String> = sources.iter().map(|(_, s)| format!("(?:{s})")).collect();
-            Some(Regex::new(&joined.join("|"))?)
-        };
+    /// regular expression, by the rules the operator also checks
+    /// ([`compile_patterns`]). Fails on a custom pattern that does not
+    /// compile, naming it, or on patterns too large together.
+    pub fn new(spec: &SensitiveDataSpec) -> Result<Self, PatternError> {
         // The scan uses `find_iter`, which runs the fast DFA engines;
         // resolving capture groups on every match would not. Which
         // alternative matched is then decided by testing the (short) match
         // against each alternative anchored, in order: with leftmost-first
         // semantics the first alternative that matches it whole is the one
         // that produced it.
-        let anchored = sources
-            .iter()
-            .map(|(alt, s)| Regex::new(&format!("^(?:{s})$")).map(|r| (*alt, r)))
-            .collect::<Result<_, _>>()?;
+        let CompiledPatterns { combined, anchored } = compile_patterns(spec)?;
         Ok(Self {
-            regex,
+            regex: combined,
             anchored,
             detectors: spec.detectors.clone(),
-            custom_names,
+            custom_names: spec
+                .custom_patterns
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
             action: spec.action,
             input: spec.input,
             output: spec.output,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use securechat_projector::AtomicWriter;
 use securechat_projector::follow::{follow_config_map, follow_secret};
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::startup::{Running, ServeOptions, start};
 
 /// The credential one request of a test's load carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

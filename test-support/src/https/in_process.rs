@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use securechat_server::serve::ClientAddr;
+use securechat_server::listener::ClientAddr;
 use securechat_server::state::AppState;
 use serde_json::Value;
 use tower::ServiceExt;

@@ -16,7 +16,7 @@ use securechat_server::engine::{
     ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelInfo, Role, Usage,
 };
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::startup::{Running, ServeOptions, start};
 use securechat_server::{dev, keys_cli};
 use tokio::sync::mpsc;
 
@@ -286,8 +286,10 @@ pub async fn start_on(
 /// The default model (`make model`), as the server loads it; a missing
 /// file fails the test with what to run.
 pub fn default_engine() -> Arc<dyn Engine> {
-    securechat_server::model_loader::load_engine(
-        &securechat_server::model_loader::default_model_path(),
+    use securechat_server::inference;
+    inference::load_engine(
+        &inference::default_model_path().expect("HOME is set"),
+        inference::EngineOptions::default(),
     )
     .expect("the default model (make model)")
 }
