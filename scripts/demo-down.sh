@@ -5,6 +5,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 demo="$root/.securechat/demo"
+unset SECURECHAT_STATE_DIR # the demo's cluster is .securechat's (tests/cluster/state.sh)
 for pidfile in "$demo"/pids/*; do
 	[ -f "$pidfile" ] || continue
 	pid=$(cat "$pidfile")

@@ -20,6 +20,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
+# The demo's control plane is always the one in .securechat/ (make test
+# runs its own elsewhere, see tests/cluster/state.sh).
+unset SECURECHAT_STATE_DIR
 export KUBECONFIG="$root/.securechat/kubeconfig"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/securechat/target}"
 
@@ -107,27 +110,52 @@ kubectl wait cak frontend -n "$key_ns" --for=condition=Ready --timeout=60s >/dev
 
 step "projecting the model's Secrets and ConfigMap as the kubelet would"
 pod="$demo/pod"
-project() { # kind name mount-dir
-	"$bin/securechat-project" --namespace "$model_ns" "--$1" "$2" --dir "$pod$3" \
-		>"$demo/logs/project-$2.log" 2>&1 &
-	echo $! >"$demo/pids/project-$2"
+# What to project and where, and the server's arguments, are read from the
+# Deployment the operator made (the one the kubelet would run): every
+# ConfigMap and Secret volume its server container mounts, at its
+# mountPath under $pod.
+deployment="deployment/$model"
+server_jsonpath() { # jsonpath below the server container
+	kubectl get "$deployment" -n "$model_ns" \
+		-o jsonpath="{range .spec.template.spec.containers[?(@.name==\"server\")]}$1{end}"
 }
-project config-map "$model-config" /etc/securechat/config
-project secret "$model-tls" /etc/securechat/tls
-project secret "$model-signing-keys" /etc/securechat/signing-keys
-project secret "$model-api-keys" /etc/securechat/api-keys
-for f in config/config.yaml tls/tls.crt signing-keys/keyset.json api-keys/api-keys.json; do
-	for _ in $(seq 1 100); do [ -e "$pod/etc/securechat/$f" ] && break; sleep 0.1; done
-	[ -e "$pod/etc/securechat/$f" ] || { echo "error: $f was not projected; see $demo/logs" >&2; exit 1; }
+declare -A mount_path
+while read -r volume path; do
+	mount_path[$volume]=$path
+done < <(server_jsonpath '{range .volumeMounts[*]}{.name} {.mountPath}{"\n"}{end}')
+projected=()
+while IFS='|' read -r volume config_map secret; do
+	path=${mount_path[$volume]:-}
+	[ -n "$path" ] || continue
+	if [ -n "$config_map" ]; then
+		kind=config-map name=$config_map
+	elif [ -n "$secret" ]; then
+		kind=secret name=$secret
+	else
+		continue
+	fi
+	"$bin/securechat-project" --namespace "$model_ns" "--$kind" "$name" --dir "$pod$path" \
+		>"$demo/logs/project-$name.log" 2>&1 &
+	echo $! >"$demo/pids/project-$name"
+	projected+=("$pod$path")
+done < <(kubectl get "$deployment" -n "$model_ns" \
+	-o jsonpath='{range .spec.template.spec.volumes[*]}{.name}|{.configMap.name}|{.secret.secretName}{"\n"}{end}')
+# The projector swaps `..data` in once a volume's first copy is complete.
+for dir in "${projected[@]}"; do
+	for _ in $(seq 1 100); do [ -e "$dir/..data" ] && break; sleep 0.1; done
+	[ -e "$dir/..data" ] || { echo "error: $dir was not projected; see $demo/logs" >&2; exit 1; }
 done
+# The server's --config, as its container is started.
+config=$(server_jsonpath '{range .args[*]}{@}{"\n"}{end}' | sed -n '/^--config$/{n;p;q}')
 # The certificate with localhost in it.
+tls_cert="$pod${mount_path[tls]}/tls.crt"
 for _ in $(seq 1 100); do
-	grep -q localhost <(openssl x509 -in "$pod/etc/securechat/tls/tls.crt" -noout -ext subjectAltName 2>/dev/null) && break
+	grep -q localhost <(openssl x509 -in "$tls_cert" -noout -ext subjectAltName 2>/dev/null) && break
 	sleep 0.2
 done
 
 step "securechat-server on https://localhost:$api_port (API) and :$web_port (web)"
-"$bin/securechat-server" serve --config "$pod/etc/securechat/config/config.yaml" \
+"$bin/securechat-server" serve --config "$pod$config" \
 	--path-root "$pod" --model "$model_file" \
 	--api-addr "127.0.0.1:$api_port" --web-addr "127.0.0.1:$web_port" \
 	>"$demo/logs/server.log" 2>&1 &

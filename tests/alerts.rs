@@ -7,24 +7,23 @@
 //! server/tests/alert_metrics.rs scrapes a running server; the operator's
 //! are checked here against its metrics registry.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
+use securechat_test_support::cluster;
 use serde_yaml::Value;
 
 fn rules_file() -> PathBuf {
-    common::repo_root().join("charts/securechat/files/prometheus-rules.yaml")
+    cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml")
 }
 
 fn unit_tests_file() -> PathBuf {
-    common::repo_root().join("tests/alerts/prometheus-rules.test.yaml")
+    cluster::repo_root().join("tests/alerts/prometheus-rules.test.yaml")
 }
 
 fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::tool("promtool"))
+    let out = Command::new(cluster::tool("promtool"))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run promtool ({e}): run `make tools`"));

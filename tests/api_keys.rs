@@ -3,12 +3,9 @@
 //! hash in the model's table, rotation that keeps the key id and overlaps
 //! old and new secrets, suspension, and revocation by deletion.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNamespace, await_condition, client, install_crds, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -19,6 +16,9 @@ use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::metrics::Metrics;
 use securechat_operator::reasons::api_key::KeyReason;
+use securechat_test_support::cluster::{
+    TestNamespace, await_condition, client, install_crds, wait_for,
+};
 use serde_json::json;
 
 async fn table(client: &Client, namespace: &str, model: &str) -> ApiKeyTable {

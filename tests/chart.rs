@@ -9,11 +9,10 @@
 //! change, regenerate them with `UPDATE_GOLDEN=1 cargo test --test chart`
 //! and review the diff.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
+use securechat_test_support::cluster;
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -21,16 +20,16 @@ const RELEASE: &str = "securechat";
 const NAMESPACE: &str = "securechat-system";
 
 fn chart_dir() -> PathBuf {
-    common::repo_root().join("charts/securechat")
+    cluster::repo_root().join("charts/securechat")
 }
 
 fn golden_dir() -> PathBuf {
-    common::repo_root().join("tests/golden")
+    cluster::repo_root().join("tests/golden")
 }
 
 /// Runs helm; returns (success, stdout, stderr).
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::tool("helm"))
+    let out = Command::new(cluster::tool("helm"))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run helm ({e}): run `make tools`"));
@@ -499,7 +498,7 @@ fn chart_ships_the_generated_crds() {
 // Against the local control plane (`make cluster-up`).
 
 fn kubeconfig() -> String {
-    common::kubeconfig_path()
+    cluster::kubeconfig_path()
         .to_str()
         .expect("utf-8 path")
         .to_string()
@@ -509,7 +508,7 @@ fn kubeconfig() -> String {
 fn can_i(sa: &str, args: &[&str]) -> bool {
     let mut all = vec!["auth", "can-i", "--as", sa];
     all.extend_from_slice(args);
-    let (_, stdout, stderr) = common::kubectl(&all);
+    let (_, stdout, stderr) = cluster::kubectl(&all);
     match stdout.trim() {
         "yes" => true,
         "no" => false,
@@ -519,9 +518,9 @@ fn can_i(sa: &str, args: &[&str]) -> bool {
 
 #[tokio::test]
 async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
-    let client = common::client().await;
-    common::install_crds();
-    let ns = common::TestNamespace::create(&client, "chart").await;
+    let client = cluster::client().await;
+    cluster::install_crds();
+    let ns = cluster::TestNamespace::create(&client, "chart").await;
     let kubeconfig = kubeconfig();
     let chart = chart_dir();
     let chart = chart.to_str().expect("utf-8 path");
@@ -545,7 +544,7 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
     helm_ok(&args);
     let deployment = format!("deployment/{release}-securechat-operator");
     let args_of = || {
-        common::kubectl_ok(&[
+        cluster::kubectl_ok(&[
             "get",
             &deployment,
             "-n",
@@ -555,7 +554,7 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
         ])
     };
     assert!(args_of().contains(&format!("--namespace={}", ns.name)));
-    common::kubectl_ok(&[
+    cluster::kubectl_ok(&[
         "get",
         "serviceaccount,service,role,rolebinding",
         "-n",
@@ -624,7 +623,7 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
         "apiVersion: securechat.dev/v1alpha1\nkind: SecureChatModel\nmetadata:\n  name: empty\nspec: {}\n",
     )
     .expect("write model manifest");
-    common::kubectl_ok(&["apply", "-n", n, "-f", model.to_str().expect("utf-8 path")]);
+    cluster::kubectl_ok(&["apply", "-n", n, "-f", model.to_str().expect("utf-8 path")]);
     let _ = std::fs::remove_file(&model);
 
     let mut args = vec![
@@ -647,13 +646,13 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
     let mut args = vec!["uninstall", release, "--wait"];
     args.extend_from_slice(&base);
     helm_ok(&args);
-    let (found, _, _) = common::kubectl(&["get", &deployment, "-n", n]);
+    let (found, _, _) = cluster::kubectl(&["get", &deployment, "-n", n]);
     assert!(!found, "the operator Deployment is gone");
     assert_eq!(
-        common::kubectl_ok(&["get", "role,rolebinding", "-n", n, "-o", "name"]).trim(),
+        cluster::kubectl_ok(&["get", "role,rolebinding", "-n", n, "-o", "name"]).trim(),
         "",
         "RBAC is gone"
     );
-    common::kubectl_ok(&["get", "crd/securechatmodels.securechat.dev"]);
-    common::kubectl_ok(&["get", "securechatmodel/empty", "-n", n]);
+    cluster::kubectl_ok(&["get", "crd/securechatmodels.securechat.dev"]);
+    cluster::kubectl_ok(&["get", "securechatmodel/empty", "-n", n]);
 }

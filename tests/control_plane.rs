@@ -2,17 +2,15 @@
 //! GPU resources, taints and node selectors; kwok runs what it binds; the
 //! controller-manager's garbage collector and deployment controller work.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestNamespace, await_condition, client, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::conditions;
+use securechat_test_support::cluster::{TestNamespace, await_condition, client, wait_for};
 use serde_json::json;
 
 const A100: &str = "NVIDIA-A100-SXM4-80GB";

@@ -2,13 +2,13 @@
 //! themselves, fill in defaults, show printer columns, and the API server
 //! rejects invalid specs with a message that names the field.
 
-mod common;
-
-use common::{TestNamespace, client, install_crds, kubectl, kubectl_eventually, kubectl_ok};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind, Status};
 use securechat_crds::v1alpha1::{
     ChatApiKey, SecureChatModel, SigningAlgorithm, TlsMode, TlsVersion,
+};
+use securechat_test_support::cluster::{
+    TestNamespace, client, install_crds, kubectl, kubectl_eventually, kubectl_ok,
 };
 use serde_json::{Value, json};
 

@@ -5,20 +5,19 @@
 //! Needs `make images` first (scripts/test.sh runs it); a missing image
 //! fails with that instruction instead of skipping.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use securechat_crds::default_model;
+use securechat_test_support::cluster;
 use serde_json::Value;
 
 const UID: &str = "65532";
 const MODEL: &str = default_model::EMBEDDED_PATH;
 
 fn images_dir() -> PathBuf {
-    common::repo_root().join("target/images")
+    cluster::repo_root().join("target/images")
 }
 
 /// An image in OCI layout: its config and its layer blobs, base first.

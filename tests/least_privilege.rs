@@ -6,13 +6,10 @@
 //! election takes the Lease. Then `kubectl auth can-i` checks what the
 //! account must NOT be able to do.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNamespace, await_condition, client, kubeconfig_path, kubectl, wait_for};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
@@ -23,9 +20,12 @@ use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::Metrics;
+use securechat_test_support::cluster::{
+    self, TestNamespace, await_condition, client, kubeconfig_path, kubectl, wait_for,
+};
 
 fn helm(args: &[&str]) -> String {
-    let out = Command::new(common::tool("helm"))
+    let out = Command::new(cluster::tool("helm"))
         .arg("--kubeconfig")
         .arg(kubeconfig_path())
         .args(args)
@@ -60,7 +60,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     let models_ns = TestNamespace::create(&admin, "lp-chat").await;
     let apps = TestNamespace::create(&admin, "lp-apps").await;
     let release = format!("sc{}", &system.name[system.name.len() - 6..]);
-    let chart = common::repo_root().join("charts/securechat");
+    let chart = cluster::repo_root().join("charts/securechat");
     let watch = format!("watchNamespaces={{{},{}}}", models_ns.name, apps.name);
     helm(&[
         "install",
@@ -77,7 +77,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     struct Uninstall(String, String);
     impl Drop for Uninstall {
         fn drop(&mut self) {
-            let _ = Command::new(common::tool("helm"))
+            let _ = Command::new(cluster::tool("helm"))
                 .arg("--kubeconfig")
                 .arg(kubeconfig_path())
                 .args(["uninstall", &self.0, "-n", &self.1])
@@ -156,7 +156,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
 
     // The seed example (allowing the apps namespace) and its ChatApiKey,
     // applied by the admin as a platform team would.
-    let mut model = common::example_doc(
+    let mut model = cluster::example_doc(
         "examples/chatglm3-secure.yaml",
         "SecureChatModel",
         &models_ns.name,
@@ -169,7 +169,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .create(&PostParams::default(), &model)
         .await
         .expect("create model");
-    let mut key = common::example_doc("examples/chat-apps-key.yaml", "ChatApiKey", &apps.name);
+    let mut key = cluster::example_doc("examples/chat-apps-key.yaml", "ChatApiKey", &apps.name);
     key["spec"]["modelRef"]["namespace"] = models_ns.name.clone().into();
     let key: ChatApiKey = serde_yaml::from_value(key).expect("key");
     let keys: Api<ChatApiKey> = Api::namespaced(admin.clone(), &apps.name);
@@ -208,7 +208,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
     })
     .await;
     assert_eq!(
-        common::kubectl_ok(&[
+        cluster::kubectl_ok(&[
             "-n",
             &system.name,
             "get",

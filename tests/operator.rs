@@ -3,12 +3,9 @@
 //! runs, a Service, a NetworkPolicy and status conditions; drift is
 //! reverted; deleting the model garbage-collects what it owned.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNamespace, await_condition, client, install_crds, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -21,6 +18,9 @@ use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::keyset::SigningKeySet;
 use securechat_operator::controller::{self, Context};
 use securechat_operator::metrics::Metrics;
+use securechat_test_support::cluster::{
+    TestNamespace, await_condition, client, install_crds, wait_for,
+};
 use serde_json::json;
 
 fn condition_is(model: Option<&SecureChatModel>, type_: &str, status: &str) -> bool {

@@ -6,11 +6,8 @@
 //! Reasons are compared as literals: they are API (alerts and scripts
 //! match on them), so a renamed constant must fail here.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for};
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -18,6 +15,9 @@ use securechat_crds::SecureChatModel;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_operator::labels::Names;
+use securechat_test_support::cluster::{
+    self, InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for,
+};
 use serde_json::json;
 
 /// A namespace for one test, the operator scoped to it, and its models.
@@ -231,7 +231,7 @@ async fn an_object_the_api_server_rejects_is_a_condition_not_an_empty_status() {
     );
     let note = warning(&client, &ns.name, "t", "ApplyFailed").await;
     assert!(note.contains("tolerations["), "{note}");
-    let table = common::kubectl_ok(&["get", "scm", "t", "-n", &ns.name]);
+    let table = cluster::kubectl_ok(&["get", "scm", "t", "-n", &ns.name]);
     let row = table.lines().nth(1).expect("a row");
     assert_eq!(
         row.split_whitespace().nth(1),

@@ -7,15 +7,9 @@
 //! with a client whose User-Agent is unique to the test, so the audit log
 //! attributes every write to exactly one operator.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    AuditedWrite, TestNamespace, audit_log_offset, audit_writes, await_condition, client,
-    client_as, install_crds, wait_for,
-};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -26,6 +20,10 @@ use securechat_crds::conditions::condition_status;
 use securechat_crds::files::config::ServerConfig;
 use securechat_operator::controller::{self, Context};
 use securechat_operator::metrics::Metrics;
+use securechat_test_support::cluster::{
+    self, AuditedWrite, TestNamespace, audit_log_offset, audit_writes, await_condition, client,
+    client_as, install_crds, wait_for,
+};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -142,7 +140,7 @@ fn metric(text: &str, series: &str) -> u64 {
 }
 
 fn example_model(namespace: &str) -> SecureChatModel {
-    let doc = common::example_doc(
+    let doc = cluster::example_doc(
         "examples/chatglm3-secure.yaml",
         "SecureChatModel",
         namespace,
@@ -569,7 +567,7 @@ async fn an_operator_restarted_mid_reconcile_converges_to_the_same_state() {
 
 /// np-guard's list of allowed connections: (source, destination, conn).
 fn np_guard_connections(dir: &std::path::Path) -> Vec<(String, String, String)> {
-    let out = std::process::Command::new(common::tool("k8snetpolicy"))
+    let out = std::process::Command::new(cluster::tool("k8snetpolicy"))
         .args(["list", "--quiet", "-o", "json", "--dirpath"])
         .arg(dir)
         .output()
@@ -629,7 +627,7 @@ fn allowed_from_ip(
 /// Asks np-guard's NetworkPolicy evaluator whether a connection is allowed
 /// by the policies and pods in `dir`.
 fn np_guard_allows(dir: &std::path::Path, args: &[&str]) -> bool {
-    let out = std::process::Command::new(common::tool("k8snetpolicy"))
+    let out = std::process::Command::new(cluster::tool("k8snetpolicy"))
         .args(["eval", "--quiet", "--dirpath"])
         .arg(dir)
         .args(args)
@@ -684,7 +682,7 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
     // server holds them, the namespaces, and a stand-in cluster DNS pod.
     let dir = std::env::temp_dir().join(format!("securechat-netpol-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
-    let live = common::kubectl_ok(&["get", "pods,networkpolicies", "-n", &ns.name, "-o", "json"]);
+    let live = cluster::kubectl_ok(&["get", "pods,networkpolicies", "-n", &ns.name, "-o", "json"]);
     let mut live: serde_json::Value = serde_json::from_str(&live).expect("kubectl json");
     // Owner references make the evaluator report the ReplicaSet instead
     // of the pod; the policy selects pods by label either way.
@@ -696,7 +694,7 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
     }
     std::fs::write(dir.join("model.json"), live.to_string()).unwrap();
     let namespaces =
-        common::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
+        cluster::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
     std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
     std::fs::write(
         dir.join("dns.yaml"),
@@ -903,7 +901,7 @@ async fn a_ca_rotation_keeps_clients_trusting_the_served_certificate_throughout(
     install_crds();
     let ns = TestNamespace::create(&client, "carot").await;
     let _operator =
-        common::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+        cluster::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
     let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
     let model: SecureChatModel = serde_json::from_value(json!({

@@ -10,15 +10,17 @@
 //! accounted for; suspension, resumption and revocation take effect within
 //! a propagation time that the test measures and prints.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::serving::{Credential, Outcome, ServedModel, get_models, mint_jwt, read};
-use common::{TestNamespace, await_condition, client, install_crds};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use securechat_crds::{ChatApiKey, SecureChatModel};
+use securechat_test_support::cluster::serving::{
+    Credential, Outcome, ServedModel, get_models, mint_jwt, read,
+};
+use securechat_test_support::cluster::{
+    self, TestNamespace, await_condition, client, install_crds,
+};
 use serde_json::json;
 
 /// Requests per second, and how long the load runs at most.
@@ -46,7 +48,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
     install_crds();
     let ns = TestNamespace::create(&kube, "load").await;
     let operator =
-        common::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+        cluster::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
     let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &ns.name);
     let keys: Api<ChatApiKey> = Api::namespaced(kube.clone(), &ns.name);
@@ -224,7 +226,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
         json!({"metadata": {"annotations": {"securechat.dev/rotate-ca": "load-1"}}}),
     )
     .await;
-    common::wait_for(
+    cluster::wait_for(
         "the server certificate signed by the new CA",
         Duration::from_secs(60),
         || async {
@@ -253,7 +255,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
         },
     )
     .await;
-    common::wait_for(
+    cluster::wait_for(
         "the API key rotated in the app's Secret",
         Duration::from_secs(120),
         || async {
@@ -277,7 +279,7 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
     let until_state = |wanted: fn(KeyState) -> bool| {
         let key_state = key_state.clone();
         async move {
-            common::wait_for(
+            cluster::wait_for(
                 "the key change to reach the server",
                 Duration::from_secs(60),
                 || {

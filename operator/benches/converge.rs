@@ -15,18 +15,17 @@
 //! (SECURECHAT_BENCH_MODELS, SECURECHAT_BENCH_MODELS_RSS to change N, M).
 //! Results go to stdout and to benches/RESULTS.md.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, audit_log_offset, audit_writes, client, install_crds};
 use futures::{StreamExt, stream};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::conditions::condition_status;
+use securechat_test_support::cluster::{
+    self, TestNamespace, audit_log_offset, audit_writes, client, install_crds,
+};
 use serde_json::json;
 
 const USER_AGENT: &str = concat!("securechat-operator/", env!("CARGO_PKG_VERSION"));
@@ -59,7 +58,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_securechat-operator"))
             .args(["run", "--namespace", namespace, "--leader-elect", "false"])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", common::kubeconfig_path())
+            .env("KUBECONFIG", cluster::kubeconfig_path())
             .env("SECURECHAT_LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -334,7 +333,7 @@ fn append_summary_rows(rows: &[(String, f64, &str, &str)]) {
 /// title to the next title or the next section's "<!-- " marker, which
 /// belongs to the section after it.
 fn write_section(section: &str) {
-    let path = common::repo_root().join("benches/RESULTS.md");
+    let path = cluster::repo_root().join("benches/RESULTS.md");
     let old = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| "# Benchmark results\n\nWritten by the benchmarks; see each section for how to run it.\n\n".into());
     let title = section.lines().next().expect("title");

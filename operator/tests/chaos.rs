@@ -13,9 +13,6 @@
 //! The two tests take turns (the second restarts the shared control plane).
 //! Kill times come from a seed printed at the start; CHAOS_SEED=N replays it.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,13 +20,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::serving::{Credential, Outcome, ServedModel, get_models, mint_jwt, read};
-use common::{TestNamespace, client, install_crds, kubeconfig_path, repo_root, wait_for};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use securechat_crds::conditions::condition_status;
 use securechat_crds::files::api_keys::{ApiKeyState, ApiKeyTable};
 use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::{ChatApiKey, SecureChatModel};
+use securechat_test_support::cluster::serving::{
+    Credential, Outcome, ServedModel, get_models, mint_jwt, read,
+};
+use securechat_test_support::cluster::{
+    self, TestNamespace, client, install_crds, kubeconfig_path, repo_root, wait_for,
+};
 use serde_json::json;
 
 /// The second test restarts the API server under every client of the
@@ -376,7 +377,7 @@ async fn model_ready(models: &Api<SecureChatModel>, name: &str, timeout: Duratio
 /// scheduler, the controller manager or kwok stopped moving.
 fn cluster_state(namespace: &str) -> String {
     let kubectl = |args: &[&str]| {
-        let (_, stdout, stderr) = common::kubectl(&[&["-n", namespace], args].concat());
+        let (_, stdout, stderr) = cluster::kubectl(&[&["-n", namespace], args].concat());
         stdout + &stderr
     };
     let mut out = String::new();
@@ -392,7 +393,7 @@ fn cluster_state(namespace: &str) -> String {
          DELETING:.metadata.deletionTimestamp",
     ]);
     out += &kubectl(&["get", "events", "--sort-by=.lastTimestamp"]);
-    let logs = repo_root().join(".securechat/cluster/logs");
+    let logs = cluster::cluster_dir().join("logs");
     let operator_log = std::env::temp_dir().join(format!("securechat-chaos-{namespace}.log"));
     for (name, path) in [
         (

@@ -1,18 +1,17 @@
 //! Two operator processes against the real control plane: only the Lease
 //! holder reconciles; SIGKILL it and the standby takes over and reconciles.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, client, install_crds, kubeconfig_path, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use securechat_crds::SecureChatModel;
+use securechat_test_support::cluster::{
+    TestNamespace, client, install_crds, kubeconfig_path, wait_for,
+};
 use serde_json::json;
 
 const LEASE_SECONDS: u64 = 4;

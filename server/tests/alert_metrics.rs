@@ -4,11 +4,8 @@
 //! scrape of a running server, after traffic that creates every labelled
 //! series the rules read.
 
-mod common;
-
+use securechat_test_support::https::{chat_body, server};
 use std::collections::BTreeSet;
-
-use common::{chat_body, server};
 
 /// Limits low enough that the test can trip the request limiter (the
 /// rate-limited counter appears only once something was refused), the

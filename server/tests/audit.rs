@@ -1,15 +1,12 @@
 //! The audit log: one JSON line per request, with who/what/decision, and
 //! never a secret or prompt text unless configured.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use securechat_test_support::https::{RELAXED, chat_body, server};
 use serde_json::Value;
-
-use common::{RELAXED, chat_body, server};
 
 #[derive(Clone)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -2,17 +2,16 @@
 //! merged with concurrent `keys` CLI edits; only exported as a metric when
 //! the table is read-only (operator mode) or a projected file.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use securechat_crds::v1alpha1::Tier;
 use securechat_server::keys_cli::{self, TableLock};
+use securechat_test_support::https::{
+    self, RELAXED, TestServer, chat_body, metrics_text, sample, server_with,
+};
 use serde_json::json;
-
-use common::{RELAXED, TestServer, chat_body, metrics_text, sample, server_with};
 
 async fn use_key(s: &TestServer, key: &str) {
     let resp = s
@@ -165,12 +164,12 @@ async fn a_projected_table_is_not_written_even_in_standalone_mode() {
     let dir = tempfile::tempdir().unwrap();
     securechat_server::dev::ensure(dir.path()).unwrap();
     std::fs::write(dir.path().join("config.yaml"), RELAXED).unwrap();
-    let keys = common::add_keys(dir.path());
+    let keys = https::add_keys(dir.path());
     let table = dir.path().join("api-keys.json");
     let real = dir.path().join("..data-api-keys.json");
     std::fs::rename(&table, &real).unwrap();
     std::os::unix::fs::symlink(&real, &table).unwrap();
-    let s = common::serve_prepared(dir, keys, Some(Duration::from_millis(10))).await;
+    let s = https::serve_prepared(dir, keys, Some(Duration::from_millis(10))).await;
     let real = s.data().join("..data-api-keys.json");
     let original = std::fs::read(&real).unwrap();
     use_key(&s, &s.keys.developer).await;

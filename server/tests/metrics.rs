@@ -4,16 +4,13 @@
 //! series the chart's alert rules use, so their names and labels are
 //! checked here exactly.
 
-mod common;
-
 use chrono::{Duration, Utc};
 use securechat_crds::files::keyset::KeyState;
 use securechat_crds::v1alpha1::Tier;
 use securechat_server::files::atomic::write_atomic;
 use securechat_server::keys_cli::{self, TableLock};
+use securechat_test_support::https::{RELAXED, eventually, metrics_text, sample, server};
 use serde_json::{Value, json};
-
-use common::{RELAXED, eventually, metrics_text, sample, server};
 
 const DAY: f64 = 86_400.0;
 

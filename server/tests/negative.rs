@@ -2,7 +2,6 @@
 //! status and error code, and afterwards nothing on disk has changed but
 //! what good requests legitimately write (`lastUsedAt`).
 
-mod common;
 mod negative_cases;
 
 use std::time::Duration;
@@ -13,9 +12,10 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use securechat_server::engine::{ChatMessage, Role};
+use securechat_test_support::https::{
+    self, MODEL, RELAXED, TestServer, chat_body, server, server_with,
+};
 use serde_json::{Value, json};
-
-use common::{MODEL, RELAXED, TestServer, chat_body, server, server_with};
 
 /// A request to send and what must come back.
 struct Case {
@@ -91,6 +91,7 @@ fn basic_auth(id: &str, secret: &str) -> String {
 
 /// Signs arbitrary claims with the server's active key (a token only the
 /// server could have made, except for what the test changes).
+#[derive(Clone)]
 struct Forge {
     kid: String,
     pem: String,
@@ -100,6 +101,18 @@ struct Forge {
 }
 
 impl Forge {
+    /// Claims as the server issues them to its admin key.
+    fn for_server(s: &TestServer) -> Self {
+        let active = s.keyset().active().unwrap().clone();
+        Self {
+            kid: active.kid.clone(),
+            pem: active.private_key_pem.clone(),
+            iss: "https://localhost:8000".into(),
+            aud: "securechat".into(),
+            sub: format!("key:{}", s.keys.admin_id),
+        }
+    }
+
     fn claims(&self) -> Value {
         let now = Utc::now().timestamp();
         json!({"iss": self.iss, "aud": self.aud, "sub": self.sub, "role": "Admin",
@@ -204,851 +217,163 @@ fn error_code<'b>(case: &Case, body: &'b Value) -> (Option<&'b str>, bool) {
     }
 }
 
-#[tokio::test]
-async fn every_bad_input_gets_its_status_and_code() {
-    // The server owns its key table here and writes lastUsedAt back often,
-    // so the check after the table covers the one write requests may cause.
-    let s = server_with(
-        tempfile::tempdir().unwrap(),
-        RELAXED,
-        Some(Duration::from_millis(100)),
-    )
-    .await;
-    let before = Snapshot::take(&s);
-    let keyset = s.keyset();
-    let active = keyset.active().unwrap().clone();
-    let forge = Forge {
-        kid: active.kid.clone(),
-        pem: active.private_key_pem.clone(),
-        iss: "https://localhost:8000".into(),
-        aud: "securechat".into(),
-        sub: format!("key:{}", s.keys.admin_id),
-    };
-    // Another Ed25519 key claiming the server's kid.
-    let foreign = securechat_server::dev::signing_keyset(Utc::now()).unwrap();
-    let impostor = Forge {
-        pem: foreign.keys[0].private_key_pem.clone(),
-        ..forge_clone(&forge)
-    };
-    let now = Utc::now().timestamp();
-    let good_claims = forge.claims();
-    // alg confusion: HS256 keyed with the public key as published in JWKS.
-    let jwks: Value = s
-        .client
-        .get(s.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_string();
-    let mut hs = Header::new(Algorithm::HS256);
-    hs.kid = Some(active.kid.clone());
-    let confused = jsonwebtoken::encode(
-        &hs,
-        &good_claims,
-        &EncodingKey::from_secret(public_x.as_bytes()),
-    )
-    .unwrap();
-    let mut tampered = forge.sign(&good_claims);
-    {
-        let parts: Vec<&str> = tampered.split('.').collect();
-        let mut claims = good_claims.clone();
-        claims["sub"] = json!("key:someoneelse");
-        tampered = format!(
-            "{}.{}.{}",
-            parts[0],
-            URL_SAFE_NO_PAD.encode(claims.to_string()),
-            parts[2]
-        );
+/// A fresh server that owns its key table and writes lastUsedAt back
+/// often, so the check after a table covers the one write requests may
+/// cause; and what a table must leave as it was.
+struct Bench {
+    s: TestServer,
+    before: Snapshot,
+    forge: Forge,
+}
+
+impl Bench {
+    async fn start() -> Self {
+        let s = server_with(
+            tempfile::tempdir().unwrap(),
+            RELAXED,
+            Some(Duration::from_millis(100)),
+        )
+        .await;
+        let before = Snapshot::take(&s);
+        let forge = Forge::for_server(&s);
+        Self { s, before, forge }
     }
-    let mut no_kid = Header::new(Algorithm::EdDSA);
-    no_kid.kid = None;
 
-    let ok = chat_body("hello");
-    let admin = bearer(&s.keys.admin);
-    let big = vec![b'a'; 2 * 1024 * 1024];
-    let long_prompt = "word ".repeat(common::CONTEXT + 10);
-    let json_ct = "application/json";
-
-    let mut cases = vec![
-        chat(
-            "no credentials",
-            vec![],
-            ok.clone(),
-            401,
-            Some("missing_credentials"),
-        ),
-        chat(
-            "basic scheme",
-            vec![("authorization", "Basic YTpi".into())],
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "bearer without credential",
-            vec![("authorization", "Bearer".into())],
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "bearer with spaces only",
-            vec![("authorization", "Bearer    ".into())],
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "garbage credential",
-            bearer("hello"),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "key prefix only",
-            bearer("sk-sc-"),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "key with short secret",
-            bearer(&format!("sk-sc-{}-abc", s.keys.admin_id)),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "unknown key id",
-            bearer(&format!("sk-sc-zzzzzzzzzzzz-{}", "A".repeat(43))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "wrong secret",
-            bearer(&format!("sk-sc-{}-{}", s.keys.admin_id, "A".repeat(43))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "suspended key",
-            bearer(&s.keys.suspended),
-            ok.clone(),
-            401,
-            Some("key_suspended"),
-        ),
-        chat(
-            "revoked key",
-            bearer(&s.keys.revoked),
-            ok.clone(),
-            401,
-            Some("key_revoked"),
-        ),
-        chat(
-            "expired key",
-            bearer(&s.keys.expired),
-            ok.clone(),
-            401,
-            Some("key_expired"),
-        ),
-        chat(
-            "two authorization headers",
-            vec![
-                ("authorization", format!("Bearer {}", s.keys.admin)),
-                ("authorization", format!("Bearer {}", s.keys.admin)),
-            ],
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "forged signature (foreign key, same kid)",
-            bearer(&impostor.sign(&good_claims)),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "expired token",
-            bearer(&forge.with(|c| {
-                c["exp"] = json!(now - 60);
-                c["iat"] = json!(now - 700);
-                c["nbf"] = json!(now - 700);
-            })),
-            ok.clone(),
-            401,
-            Some("token_expired"),
-        ),
-        chat(
-            "token not yet valid",
-            bearer(&forge.with(|c| c["nbf"] = json!(now + 60))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "token issued in the future",
-            bearer(&forge.with(|c| c["iat"] = json!(now + 60))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "wrong issuer",
-            bearer(&forge.with(|c| c["iss"] = json!("https://evil.example"))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "wrong audience",
-            bearer(&forge.with(|c| c["aud"] = json!("other"))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "missing sub",
-            bearer(&forge.with(|c| {
-                c.as_object_mut().unwrap().remove("sub");
-            })),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "missing exp",
-            bearer(&forge.with(|c| {
-                c.as_object_mut().unwrap().remove("exp");
-            })),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "unknown role",
-            bearer(&forge.with(|c| c["role"] = json!("root"))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "token for a key not in the table",
-            bearer(&forge.with(|c| c["sub"] = json!("key:nosuchkey"))),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "alg none",
-            bearer(&unsigned(
-                json!({"alg": "none", "kid": active.kid}),
-                &good_claims,
-            )),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "alg confusion HS256 with public key",
-            bearer(&confused),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "header alg differs from key alg",
-            bearer(&{
-                let mut h = Header::new(Algorithm::ES256);
-                h.kid = Some(active.kid.clone());
-                unsigned(serde_json::to_value(&h).unwrap(), &good_claims) + "sig"
-            }),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "unknown kid",
-            bearer(&{
-                let mut h = Header::new(Algorithm::EdDSA);
-                h.kid = Some("nokid".into());
-                forge.sign_with(h, &good_claims)
-            }),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "no kid",
-            bearer(&forge.sign_with(no_kid, &good_claims)),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "tampered payload",
-            bearer(&tampered),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        chat(
-            "two-part token",
-            bearer("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0"),
-            ok.clone(),
-            401,
-            Some("invalid_api_key"),
-        ),
-        Case {
-            name: "readonly lists models",
-            method: Method::GET,
-            path: "/v1/models",
-            headers: bearer(&s.keys.readonly),
-            body: None,
-            status: 403,
-            code: Some("permission_denied"),
-            allow: None,
-        },
-        Case {
-            name: "developer reads admin keys",
-            method: Method::GET,
-            path: "/admin/keys",
-            headers: bearer(&s.keys.developer),
-            body: None,
-            status: 403,
-            code: Some("permission_denied"),
-            allow: None,
-        },
-        Case {
-            name: "readonly patches config",
-            method: Method::PATCH,
-            path: "/admin/config",
-            headers: bearer(&s.keys.readonly),
-            body: Some(Body::Json(json!({}))),
-            status: 403,
-            code: Some("permission_denied"),
-            allow: None,
-        },
-        Case {
-            name: "developer uses seed admin path",
-            method: Method::POST,
-            path: "/api/admin/configuration",
-            headers: bearer(&s.keys.developer),
-            body: Some(Body::Json(json!({}))),
-            status: 403,
-            code: Some("permission_denied"),
-            allow: None,
-        },
-        Case {
-            name: "malformed JSON",
-            method: Method::POST,
-            path: "/v1/chat/completions",
-            headers: admin.clone(),
-            body: Some(Body::Raw(json_ct, b"{\"messages\": [".to_vec())),
-            status: 400,
-            code: Some("invalid_json"),
-            allow: None,
-        },
-        chat(
-            "messages of the wrong type",
-            admin.clone(),
-            json!({"model": MODEL, "messages": "hi"}),
-            400,
-            Some("invalid_request"),
-        ),
-        chat(
-            "missing messages",
-            admin.clone(),
-            json!({"model": MODEL}),
-            400,
-            Some("invalid_request"),
-        ),
-        chat(
-            "empty messages",
-            admin.clone(),
-            json!({"model": MODEL, "messages": []}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "unknown role in message",
-            admin.clone(),
-            json!({"messages": [{"role": "wizard", "content": "x"}]}),
-            400,
-            Some("invalid_request"),
-        ),
-        chat(
-            "temperature too high",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 5}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "temperature as string",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
-            400,
-            Some("invalid_request"),
-        ),
-        chat(
-            "top_p zero",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "max_tokens zero",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "max_tokens negative",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
-            400,
-            Some("invalid_request"),
-        ),
-        chat(
-            "n of 2",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "image content part",
-            admin.clone(),
-            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
-            400,
-            Some("invalid_value"),
-        ),
-        chat(
-            "unknown model",
-            admin.clone(),
-            json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}),
-            404,
-            Some("model_not_found"),
-        ),
-        chat(
-            "prompt longer than the context",
-            admin.clone(),
-            chat_body(&long_prompt),
-            400,
-            Some("context_length_exceeded"),
-        ),
-        Case {
-            name: "no content type",
-            method: Method::POST,
-            path: "/v1/chat/completions",
-            headers: admin.clone(),
-            body: Some(Body::Raw("", ok.to_string().into_bytes())),
-            status: 415,
-            code: Some("unsupported_media_type"),
-            allow: None,
-        },
-        Case {
-            name: "text/plain body",
-            method: Method::POST,
-            path: "/v1/chat/completions",
-            headers: admin.clone(),
-            body: Some(Body::Raw("text/plain", ok.to_string().into_bytes())),
-            status: 415,
-            code: Some("unsupported_media_type"),
-            allow: None,
-        },
-        Case {
-            name: "oversized body",
-            method: Method::POST,
-            path: "/v1/chat/completions",
-            headers: admin.clone(),
-            body: Some(Body::Raw(json_ct, big)),
-            status: 413,
-            code: Some("payload_too_large"),
-            allow: None,
-        },
-        Case {
-            name: "unknown route",
-            method: Method::GET,
-            path: "/v2/everything",
-            headers: admin.clone(),
-            body: None,
-            status: 404,
-            code: Some("not_found"),
-            allow: None,
-        },
-        Case {
-            name: "wrong method",
-            method: Method::GET,
-            path: "/v1/chat/completions",
-            headers: admin.clone(),
-            body: None,
-            status: 405,
-            code: Some("method_not_allowed"),
-            allow: Some("POST"),
-        },
-        Case {
-            name: "foreign CORS origin",
-            method: Method::POST,
-            path: "/v1/chat/completions",
-            headers: vec![
-                ("authorization", format!("Bearer {}", s.keys.admin)),
-                ("origin", "https://evil.example".into()),
-            ],
-            body: Some(Body::Json(ok.clone())),
-            status: 403,
-            code: Some("origin_not_allowed"),
-            allow: None,
-        },
-        Case {
-            name: "foreign CORS preflight",
-            method: Method::OPTIONS,
-            path: "/v1/chat/completions",
-            headers: vec![
-                ("origin", "https://evil.example".into()),
-                ("access-control-request-method", "POST".into()),
-            ],
-            body: None,
-            status: 403,
-            code: Some("origin_not_allowed"),
-            allow: None,
-        },
-        Case {
-            name: "seed chat with wrong type",
-            method: Method::POST,
-            path: "/api/chat",
-            headers: admin.clone(),
-            body: Some(Body::Json(json!({"message": "hi", "max_length": "big"}))),
-            status: 400,
-            code: Some("invalid_request"),
-            allow: None,
-        },
-        Case {
-            name: "seed chat with unknown field",
-            method: Method::POST,
-            path: "/api/chat",
-            headers: admin.clone(),
-            body: Some(Body::Json(json!({"message": "hi", "prompt": "x"}))),
-            status: 400,
-            code: Some("invalid_request"),
-            allow: None,
-        },
-        Case {
-            name: "seed chat with empty message",
-            method: Method::POST,
-            path: "/api/chat",
-            headers: admin.clone(),
-            body: Some(Body::Json(json!({"message": " "}))),
-            status: 400,
-            code: Some("invalid_value"),
-            allow: None,
-        },
-        token_case(
-            "token: wrong grant type",
-            vec![],
-            form(&format!(
-                "grant_type=password&client_secret={}",
-                s.keys.admin
-            )),
-            400,
-            "unsupported_grant_type",
-        ),
-        token_case(
-            "token: authorization_code grant",
-            vec![],
-            form("grant_type=authorization_code&code=abc"),
-            400,
-            "unsupported_grant_type",
-        ),
-        token_case(
-            "token: bad secret",
-            vec![],
-            Body::Json(
-                json!({"grant_type": "client_credentials", "client_secret": "sk-sc-abc-def"}),
-            ),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: wrong secret for a real key id",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&client_secret=sk-sc-{}-{}",
-                s.keys.admin_id,
-                "A".repeat(43)
-            )),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: empty secret",
-            vec![],
-            form("grant_type=client_credentials&client_secret="),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: suspended key",
-            vec![],
-            Body::Json(
-                json!({"grant_type": "client_credentials", "client_secret": s.keys.suspended}),
-            ),
-            400,
-            "invalid_grant",
-        ),
-        token_case(
-            "token: revoked key",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&client_secret={}",
-                s.keys.revoked
-            )),
-            400,
-            "invalid_grant",
-        ),
-        token_case(
-            "token: expired key",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&client_secret={}",
-                s.keys.expired
-            )),
-            400,
-            "invalid_grant",
-        ),
-        token_case(
-            "token: client_id of another key",
-            vec![],
-            Body::Json(
-                json!({"grant_type": "client_credentials", "client_id": s.keys.developer_id, "client_secret": s.keys.admin}),
-            ),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: no secret",
-            vec![],
-            Body::Json(json!({"grant_type": "client_credentials"})),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: client_id without secret",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&client_id={}",
-                s.keys.admin_id
-            )),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: missing grant type",
-            vec![],
-            form("client_secret=x"),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: grant type given twice",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&grant_type=client_credentials&client_secret={}",
-                s.keys.admin
-            )),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: malformed JSON",
-            vec![],
-            Body::Raw(json_ct, b"{\"grant_type\": ".to_vec()),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: grant type of the wrong JSON type",
-            vec![],
-            Body::Json(json!({"grant_type": 7, "client_secret": s.keys.admin})),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: text/plain body",
-            vec![],
-            Body::Raw("text/plain", b"grant_type=client_credentials".to_vec()),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: oversized body",
-            vec![],
-            Body::Raw(
-                "application/x-www-form-urlencoded",
-                vec![b'a'; 2 * 1024 * 1024],
-            ),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: Basic and body credentials at once",
-            vec![("authorization", basic_auth(&s.keys.admin_id, &s.keys.admin))],
-            form(&format!(
-                "grant_type=client_credentials&client_secret={}",
-                s.keys.admin
-            )),
-            400,
-            "invalid_request",
-        ),
-        token_case(
-            "token: Basic with a wrong secret",
-            vec![(
-                "authorization",
-                basic_auth(
-                    &s.keys.admin_id,
-                    &format!("sk-sc-{}-{}", s.keys.admin_id, "B".repeat(43)),
-                ),
-            )],
-            form("grant_type=client_credentials"),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: Basic that is not base64",
-            vec![("authorization", "Basic !!!notbase64".into())],
-            form("grant_type=client_credentials"),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: Basic without a colon",
-            vec![(
-                "authorization",
-                format!("Basic {}", STANDARD.encode("justanid")),
-            )],
-            form("grant_type=client_credentials"),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: bearer scheme instead of client authentication",
-            bearer(&s.keys.admin),
-            form("grant_type=client_credentials"),
-            401,
-            "invalid_client",
-        ),
-        token_case(
-            "token: scope above the key's tier",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&scope=Admin&client_secret={}",
-                s.keys.developer
-            )),
-            400,
-            "invalid_scope",
-        ),
-        token_case(
-            "token: unknown scope",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&scope=root&client_secret={}",
-                s.keys.admin
-            )),
-            400,
-            "invalid_scope",
-        ),
-        token_case(
-            "token: two scopes",
-            vec![],
-            form(&format!(
-                "grant_type=client_credentials&scope=ReadOnly%20Developer&client_secret={}",
-                s.keys.admin
-            )),
-            400,
-            "invalid_scope",
-        ),
-        Case {
-            name: "admin keys without credentials",
-            method: Method::GET,
-            path: "/admin/keys",
-            headers: vec![],
-            body: None,
-            status: 401,
-            code: Some("missing_credentials"),
-            allow: None,
-        },
-    ];
-    cases.extend(negative_cases::all(&s, &forge));
-    assert!(cases.len() >= 100, "{} cases", cases.len());
-    let mut failures = Vec::new();
-    for case in &cases {
-        let (status, body, allow) = run(&s, case).await;
-        let (code, shaped) = error_code(case, &body);
-        if status != case.status || (case.code.is_some() && code != case.code) {
-            failures.push(format!(
-                "{}: got {status} {code:?}, want {} {:?} ({body})",
-                case.name, case.status, case.code
-            ));
-        }
-        if status == 405 {
-            let want = case.allow.map(methods);
-            match allow.as_deref().map(methods) {
-                None => failures.push(format!("{}: 405 without Allow", case.name)),
-                Some(got) if want.as_ref().is_some_and(|w| *w != got) => {
-                    failures.push(format!("{}: Allow {got:?}, want {want:?}", case.name))
+    /// Sends every case, then checks that each rejected credential in
+    /// `reasons` was counted by its reason, and that nothing on disk changed
+    /// but `lastUsedAt`.
+    async fn check(self, cases: Vec<Case>, reasons: &[&str]) {
+        let s = &self.s;
+        assert!(!cases.is_empty(), "an empty table");
+        let mut failures = Vec::new();
+        for case in &cases {
+            let (status, body, allow) = run(s, case).await;
+            let (code, shaped) = error_code(case, &body);
+            if status != case.status || (case.code.is_some() && code != case.code) {
+                failures.push(format!(
+                    "{}: got {status} {code:?}, want {} {:?} ({body})",
+                    case.name, case.status, case.code
+                ));
+            }
+            if status == 405 {
+                let want = case.allow.map(methods);
+                match allow.as_deref().map(methods) {
+                    None => failures.push(format!("{}: 405 without Allow", case.name)),
+                    Some(got) if want.as_ref().is_some_and(|w| *w != got) => {
+                        failures.push(format!("{}: Allow {got:?}, want {want:?}", case.name))
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
+            }
+            if status >= 400 && !shaped && case.method != Method::HEAD {
+                failures.push(format!(
+                    "{}: not an error body of its endpoint's shape: {body}",
+                    case.name
+                ));
             }
         }
-        if status >= 400 && !shaped && case.method != Method::HEAD {
-            failures.push(format!(
-                "{}: not an error body of its endpoint's shape: {body}",
-                case.name
-            ));
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+        let metrics = https::metrics_text(s).await;
+        for reason in reasons {
+            assert!(
+                metrics.contains(&format!("reason=\"{reason}\"")),
+                "no auth failure metric for {reason}"
+            );
         }
+        nothing_lost_or_half_written(s, &self.before).await;
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
-    // Every rejected credential was counted by reason.
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for reason in [
+}
+
+#[tokio::test]
+async fn api_keys_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::api_keys::cases(&bench.s);
+    let reasons = [
         "missing",
         "malformed",
         "wrong_secret",
         "key_suspended",
         "key_expired",
-        "invalid_token",
-        "unknown_kid",
-        "token_expired",
-    ] {
-        assert!(
-            metrics.contains(&format!("reason=\"{reason}\"")),
-            "no auth failure metric for {reason}"
-        );
-    }
-    nothing_lost_or_half_written(&s, &before).await;
+    ];
+    bench.check(cases, &reasons).await;
+}
+
+#[tokio::test]
+async fn tokens_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::tokens::cases(&bench.s, &bench.forge).await;
+    let reasons = ["invalid_token", "unknown_kid", "token_expired"];
+    bench.check(cases, &reasons).await;
+}
+
+#[tokio::test]
+async fn credential_headers_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::credentials::cases(&bench.s, &bench.forge);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn tier_permissions_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::permissions::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn invalid_chat_requests_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::validation::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::bodies::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn routes_methods_and_origins_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::routing::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn unicode_gets_its_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::unicode::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn seed_endpoints_get_their_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::seed::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+#[tokio::test]
+async fn token_endpoint_gets_its_status_and_code() {
+    let bench = Bench::start().await;
+    let cases = negative_cases::token_endpoint::cases(&bench.s);
+    bench.check(cases, &[]).await;
+}
+
+/// The tables together stay a broad sweep, however they are split.
+#[tokio::test]
+async fn the_tables_hold_over_a_hundred_cases() {
+    let bench = Bench::start().await;
+    let all = negative_cases::all(&bench.s, &bench.forge).await;
+    assert!(all.len() >= 100, "{} cases", all.len());
 }
 
 /// The files a request could touch, as they were before the table ran.
@@ -1082,16 +407,29 @@ fn strip_last_used(table: &mut Value) -> Vec<String> {
     used
 }
 
-/// After hundreds of bad requests: the key table differs only in
-/// `lastUsedAt`, and only for keys that made good requests; config and
-/// signing keys are byte-identical; no temporary or lock file is left; the
-/// server still serves a good request and its metrics.
+/// After a table of bad requests: the server still serves a good request;
+/// the key table differs only in `lastUsedAt`, and only for keys that made
+/// good requests; config and signing keys are byte-identical; no temporary
+/// or lock file is left; the metrics still answer.
 async fn nothing_lost_or_half_written(s: &TestServer, before: &Snapshot) {
+    // A good request after the table: the server still serves, and the
+    // admin key has made at least this one good request.
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.admin)
+        .json(&chat_body("still here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "still here");
     let table_path = s.data().join("api-keys.json");
     let admin_id = s.keys.admin_id.clone();
-    // The writer runs every 100 ms; the admin key made good requests.
+    // The writer runs every 100 ms.
     assert!(
-        common::eventually(async || {
+        https::eventually(async || {
             let text = std::fs::read(&table_path).unwrap();
             let table: Value = serde_json::from_slice(&text).unwrap();
             table["keys"]
@@ -1130,47 +468,19 @@ async fn nothing_lost_or_half_written(s: &TestServer, before: &Snapshot) {
             .collect()
     };
     assert!(
-        common::eventually(async || leftovers().is_empty()).await,
+        https::eventually(async || leftovers().is_empty()).await,
         "left behind: {:?}",
         leftovers()
     );
-    let resp = s
-        .client
-        .post(s.url("/v1/chat/completions"))
-        .bearer_auth(&s.keys.admin)
-        .json(&chat_body("still here"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["choices"][0]["message"]["content"], "still here");
     let metrics = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(metrics.text().await.unwrap().contains("securechat_"));
 }
 
-fn forge_clone(f: &Forge) -> Forge {
-    Forge {
-        kid: f.kid.clone(),
-        pem: f.pem.clone(),
-        iss: f.iss.clone(),
-        aud: f.aud.clone(),
-        sub: f.sub.clone(),
-    }
-}
-
 #[tokio::test]
 async fn a_token_within_the_leeway_is_accepted() {
     let s = server(RELAXED).await;
-    let active = s.keyset().active().unwrap().clone();
-    let forge = Forge {
-        kid: active.kid.clone(),
-        pem: active.private_key_pem.clone(),
-        iss: "https://localhost:8000".into(),
-        aud: "securechat".into(),
-        sub: format!("key:{}", s.keys.admin_id),
-    };
+    let forge = Forge::for_server(&s);
     let now = Utc::now().timestamp();
     // Expired 2 s ago: inside the 5 s leeway.
     let token = forge.with(|c| {
@@ -1343,7 +653,7 @@ async fn broken_framing_and_header_bytes_get_their_status() {
     let ca = s.ca_path();
     let mut failures = Vec::new();
     for case in &cases {
-        let Some(resp) = common::raw::exchange(&ca, port, &case.request).await else {
+        let Some(resp) = https::raw::exchange(&ca, port, &case.request).await else {
             failures.push(format!("{}: no response", case.name));
             continue;
         };

@@ -2,14 +2,11 @@
 //! HTTP Basic client authentication, scope down-scoping, uncacheable
 //! answers, and throttling reported in the OAuth error shape.
 
-mod common;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{CACHE_CONTROL, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use securechat_test_support::https::{self, RELAXED, server};
 use serde_json::Value;
-
-use common::{RELAXED, server};
 
 #[tokio::test]
 async fn basic_client_authentication_and_uncacheable_answers() {
@@ -97,7 +94,7 @@ async fn a_scope_grants_a_lower_tier_and_the_token_is_held_to_it() {
         .client
         .post(s.url("/v1/chat/completions"))
         .bearer_auth(jwt)
-        .json(&common::chat_body("hi"))
+        .json(&https::chat_body("hi"))
         .send()
         .await
         .unwrap();

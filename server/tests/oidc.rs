@@ -2,8 +2,6 @@
 //! discovery and a JWKS; the server verifies its tokens, maps roles, limits
 //! refetches on unknown kids and keeps the last good keys when it is down.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,9 +14,8 @@ use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::v1alpha1::{SigningAlgorithm, TlsVersion};
 use securechat_server::credentials::jwt::SigningMaterial;
 use securechat_server::{dev, listener, tls};
+use securechat_test_support::https::{RELAXED, server_in};
 use serde_json::{Value, json};
-
-use common::{RELAXED, server_in};
 
 struct Idp {
     url: String,

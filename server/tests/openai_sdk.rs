@@ -2,11 +2,8 @@
 //! streamed chat, with an API key and with a JWT from /oauth/token. The
 //! SDK is installed once into a venv by tests/python/setup-venv.sh.
 
-mod common;
-
+use securechat_test_support::https::{MODEL, RELAXED, server};
 use std::process::Command;
-
-use common::{MODEL, RELAXED, server};
 
 #[tokio::test]
 async fn openai_python_sdk_works_with_keys_and_tokens() {

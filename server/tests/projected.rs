@@ -7,8 +7,6 @@
 //! "Within 2 s" is the propagation bound #7 sets for a mounted change;
 //! the tests wait at most that long for it and print what they measured.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,9 +22,8 @@ use securechat_server::dev::{self, DevCertificates};
 use securechat_server::files::reload::read_pair;
 use securechat_server::keys_cli;
 use securechat_server::startup::{Running, ServeOptions, start};
+use securechat_test_support::https::{EchoEngine, client_for, sample};
 use serde_json::{Value, json};
-
-use common::{EchoEngine, client_for, sample};
 
 /// The bound #7 sets for a projected change to take effect.
 const PROPAGATION: Duration = Duration::from_secs(2);

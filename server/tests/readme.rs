@@ -1,11 +1,8 @@
 //! Runs every shell block of README.md's "Calling the API" section with
 //! curl against a live server, so the documented examples stay true.
 
-mod common;
-
+use securechat_test_support::https::{MODEL, RELAXED, server};
 use std::process::Command;
-
-use common::{MODEL, RELAXED, server};
 
 fn example_blocks(readme: &str) -> Vec<String> {
     let section = readme

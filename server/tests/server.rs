@@ -1,16 +1,14 @@
 //! The server over real TLS: chat (JSON and SSE), the seed API, tokens,
 //! admin, limits, filters, hot reload, metrics.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use common::{MODEL, RELAXED, chat_body, server};
 use securechat_server::keys_cli;
+use securechat_test_support::https::{self, MODEL, RELAXED, chat_body, server};
 
 #[tokio::test]
 async fn chat_completion_with_an_api_key() {
@@ -121,20 +119,8 @@ async fn streaming_redacts_numbers_split_across_chunks() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let text = resp.text().await.unwrap();
-    let events: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = https::sse_chunks(&resp.text().await.unwrap());
+    let content = https::sse_content(&chunks);
     assert_eq!(content, "pay with [FILTERED] today");
     assert!(
         chunks.len() > 4,
@@ -590,7 +576,7 @@ async fn both_ports_speak_only_tls_1_3_by_default() {
     let s = server(RELAXED).await;
     let web = format!("https://localhost:{}/healthz", s.running.web_addr.port());
     assert_eq!(s.client.get(&web).send().await.unwrap().status(), 200);
-    let tls12 = common::client_for(&s.ca_path(), &[&rustls::version::TLS12]);
+    let tls12 = https::client_for(&s.ca_path(), &[&rustls::version::TLS12]);
     assert!(
         tls12.get(s.url("/healthz")).send().await.is_err(),
         "TLS 1.2 must be refused"
@@ -608,7 +594,7 @@ async fn both_ports_speak_only_tls_1_3_by_default() {
     );
     // With minVersion 1.2 a 1.2 client connects.
     let s12 = server(&format!("{RELAXED}tls:\n  minVersion: \"1.2\"\n")).await;
-    let tls12 = common::client_for(&s12.ca_path(), &[&rustls::version::TLS12]);
+    let tls12 = https::client_for(&s12.ca_path(), &[&rustls::version::TLS12]);
     assert_eq!(
         tls12
             .get(s12.url("/healthz"))
@@ -720,7 +706,7 @@ async fn certificate_and_signing_keys_are_hot_reloaded() {
     assert!(
         wait_for(async || {
             // A fresh client per try: no pooled connection to the old cert.
-            let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+            let client = https::client_for(&new_ca, &[&rustls::version::TLS13]);
             client
                 .get(&health)
                 .send()
@@ -732,14 +718,14 @@ async fn certificate_and_signing_keys_are_hot_reloaded() {
     );
     // A corrupt certificate is refused; the new one stays.
     let metrics_url = s.url("/metrics");
-    let fresh_client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+    let fresh_client = https::client_for(&new_ca, &[&rustls::version::TLS13]);
     let errors_before = reload_errors(&fresh_client, &metrics_url, "tls").await;
     std::fs::write(tls.join("tls.crt"), b"-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
     assert!(
         wait_for(async || reload_errors(&fresh_client, &metrics_url, "tls").await > errors_before)
             .await
     );
-    let client = common::client_for(&new_ca, &[&rustls::version::TLS13]);
+    let client = https::client_for(&new_ca, &[&rustls::version::TLS13]);
     assert_eq!(client.get(&health).send().await.unwrap().status(), 200);
 }
 

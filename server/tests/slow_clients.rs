@@ -3,12 +3,9 @@
 //! stalls its body gets 408 after `limits.bodyReadTimeout`, and everyone
 //! else is served meanwhile.
 
-mod common;
-
+use securechat_test_support::https::raw::{connect, read_response};
+use securechat_test_support::https::{TestServer, chat_body, server};
 use std::time::{Duration, Instant};
-
-use common::raw::{connect, read_response};
-use common::{TestServer, chat_body, server};
 use tokio::io::AsyncWriteExt;
 
 const TIMEOUT: Duration = Duration::from_secs(2);

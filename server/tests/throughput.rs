@@ -4,8 +4,6 @@
 //! filter on the same text, JWT verifications/s, and authenticated
 //! `GET /v1/models` requests/s over TLS with 16 concurrent connections.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +12,7 @@ use chrono::Utc;
 use securechat_crds::v1alpha1::SensitiveDataSpec;
 use securechat_server::credentials::jwt::{Claims, SigningMaterial, TokenPolicy};
 use securechat_server::pii::Filter;
-
-use common::{RELAXED, server};
+use securechat_test_support::https::{self, RELAXED, server};
 
 fn sample_text(bytes: usize) -> String {
     let paragraph = "The quarterly report is attached; contact jane.doe@example.com or call 138 1234 5678. \
@@ -128,7 +125,7 @@ async fn authenticated_models_requests_per_second() {
     for _ in 0..conns {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let client = common::client_for(&s.ca_path(), &[&rustls::version::TLS13]);
+            let client = https::client_for(&s.ca_path(), &[&rustls::version::TLS13]);
             let mut latencies = Vec::with_capacity(per_conn);
             for _ in 0..per_conn {
                 let t = Instant::now();

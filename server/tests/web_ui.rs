@@ -8,17 +8,14 @@
 //! tests/web/package-lock.json) and `make model`; a missing piece fails
 //! the test with what to run, it never skips.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use securechat_server::dev;
 use securechat_server::inference::{EngineOptions, default_model_path, load_engine};
 use securechat_server::startup::{Running, ServeOptions, start};
+use securechat_test_support::https::{self, Keys, RELAXED, add_keys, client_for, server};
 use serde_json::{Value, json};
-
-use common::{Keys, RELAXED, add_keys, client_for, server};
 
 const DEPS: &str =
     "run scripts/web-test-deps.sh (installs chromium with apt and the node packages of tests/web)";
@@ -428,7 +425,7 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
     securechat_server::keys_cli::suspend(&mut table, &s.keys.developer_id).unwrap();
     securechat_server::keys_cli::save(&path, &table).unwrap();
     assert!(
-        common::eventually(async || {
+        https::eventually(async || {
             get(models.clone(), Some(&cookie), Some(&csrf), None)
                 .await
                 .unwrap()
@@ -490,7 +487,7 @@ async fn redactions_are_reported_for_the_input_and_the_output() {
             "{RELAXED}sensitiveData:\n  input: {input_filter}\n"
         ))
         .await;
-        let mut body = common::chat_body("card 4111 1111 1111 1111 ok");
+        let mut body = https::chat_body("card 4111 1111 1111 1111 ok");
         body["stream"] = json!(true);
         let resp = s
             .client

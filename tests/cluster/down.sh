@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Stops exactly the processes up.sh started (by pid) and removes their data.
+# Stops exactly the processes up.sh started (by pid) and removes their data
+# (the control plane of SECURECHAT_STATE_DIR, see state.sh).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-dir="$root/.securechat/cluster"
+. "$root/tests/cluster/state.sh"
 [ -d "$dir" ] || { echo "cluster not running"; exit 0; }
 
 # Reverse start order: clients first, etcd last.
@@ -18,5 +19,5 @@ for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
 	fi
 	rm -f "$pidfile"
 done
-rm -rf "$dir" "$root/.securechat/kubeconfig"
+rm -rf "$dir" "$kubeconfig"
 echo "cluster down"

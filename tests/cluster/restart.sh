@@ -7,7 +7,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-dir="$root/.securechat/cluster"
+. "$root/tests/cluster/state.sh"
 name=${1:?usage: restart.sh NAME [--kill] [--down SECONDS]}
 shift
 signal=TERM
@@ -38,7 +38,7 @@ if [ "$name" = kwok ]; then
 	# The node leases name the dead process (kwok's identity is random per
 	# process): free them, or the new one waits out their 40 s before it
 	# runs any pod.
-	kubectl --kubeconfig "$root/.securechat/kubeconfig" -n kube-node-lease \
+	kubectl --kubeconfig "$kubeconfig" -n kube-node-lease \
 		delete leases --all --wait=false >/dev/null 2>&1 || true
 fi
 eval "setsid $(cat "$dir/$name.cmd") >>\"\$dir/logs/\$name.log\" 2>&1 </dev/null &"

@@ -4,15 +4,15 @@
 # all bound to 127.0.0.1, with fake GPU nodes that kwok keeps Ready.
 #
 # State lives in .securechat/cluster (git-ignored); the admin kubeconfig is
-# written to .securechat/kubeconfig. Running it again while the cluster is up
-# is a no-op. Stop it with tests/cluster/down.sh (make cluster-down).
+# written to .securechat/kubeconfig. SECURECHAT_STATE_DIR moves both (see
+# state.sh), so several control planes can run side by side. Running it
+# again while the cluster is up is a no-op. Stop it with
+# tests/cluster/down.sh (make cluster-down).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-state="$root/.securechat"
-dir="$state/cluster"
+. "$root/tests/cluster/state.sh"
 bin="${SECURECHAT_CACHE:-$HOME/.cache/securechat}/bin"
-kubeconfig="$state/kubeconfig"
 export PATH="$bin:$PATH"
 
 for tool in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do

@@ -2,10 +2,10 @@
 //! encodings, and admin patches that must not be applied.
 
 use reqwest::Method;
+use securechat_test_support::https::{TestServer, chat_body};
 use serde_json::json;
 
 use super::{admin, chat_with, json_bytes, raw, request};
-use crate::common::{TestServer, chat_body};
 use crate::{Body, Case, chat};
 
 /// The configured body limit (`limits.maxBodyBytes` default).

@@ -5,10 +5,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::Method;
+use securechat_test_support::https::{TestServer, chat_body};
 use serde_json::json;
 
 use super::{admin, leak, request};
-use crate::common::{TestServer, chat_body};
 use crate::{Body, Case, Forge, bearer, chat};
 
 pub fn cases(s: &TestServer, forge: &Forge) -> Vec<Case> {

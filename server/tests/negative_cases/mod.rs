@@ -1,27 +1,40 @@
-//! The rest of the bad-input table, by kind of input: credentials, bodies,
-//! headers, methods, paths, unicode and the seed-compatible endpoints.
-//! Each case names its status and its endpoint's error code; a few good
-//! inputs that sit right next to bad ones (the body limit exactly, a
-//! lower-case scheme) are in the table too, expecting 200.
+//! The bad-input tables, one per family of input, each run by its own test
+//! in negative.rs: API keys, JWTs, credential headers, tier permissions,
+//! chat requests, bodies, routes and origins, unicode, the seed-compatible
+//! endpoints and the token endpoint. Each case names its status and its
+//! endpoint's error code; a few good inputs that sit right next to bad ones
+//! (the body limit exactly, a lower-case scheme) are in the tables too,
+//! expecting 200.
 
-mod bodies;
-mod credentials;
-mod routing;
-mod seed;
-mod unicode;
+pub mod api_keys;
+pub mod bodies;
+pub mod credentials;
+pub mod permissions;
+pub mod routing;
+pub mod seed;
+pub mod token_endpoint;
+pub mod tokens;
+pub mod unicode;
+pub mod validation;
 
 use reqwest::Method;
+use securechat_test_support::https::TestServer;
 use serde_json::Value;
 
-use crate::common::TestServer;
 use crate::{Body, Case, Forge};
 
-pub fn all(s: &TestServer, forge: &Forge) -> Vec<Case> {
-    let mut cases = credentials::cases(s, forge);
+/// Every table.
+pub async fn all(s: &TestServer, forge: &Forge) -> Vec<Case> {
+    let mut cases = api_keys::cases(s);
+    cases.extend(tokens::cases(s, forge).await);
+    cases.extend(credentials::cases(s, forge));
+    cases.extend(permissions::cases(s));
+    cases.extend(validation::cases(s));
     cases.extend(bodies::cases(s));
     cases.extend(routing::cases(s));
     cases.extend(unicode::cases(s));
     cases.extend(seed::cases(s));
+    cases.extend(token_endpoint::cases(s));
     cases
 }
 
@@ -63,11 +76,7 @@ fn json_bytes(text: &str) -> Option<Body> {
 
 /// A chat completion of one user message with `extra` merged in.
 fn chat_with(extra: Value) -> Value {
-    let mut body = crate::common::chat_body("x");
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    body
+    securechat_test_support::https::chat_body_with("x", extra)
 }
 
 /// A path built at run time, kept for the table's lifetime.

@@ -1,10 +1,10 @@
-//! Methods (405 with the route's `Allow`), paths no route has, and headers
-//! that are large but legal.
+//! Methods (405 with the route's `Allow`), paths no route has, foreign
+//! origins (CORS), and headers that are large but legal.
 
 use reqwest::Method;
+use securechat_test_support::https::{TestServer, chat_body};
 
 use super::{admin, leak, request};
-use crate::common::{TestServer, chat_body};
 use crate::{Body, Case};
 
 fn not_allowed(
@@ -115,5 +115,51 @@ pub fn cases(s: &TestServer) -> Vec<Case> {
             200,
             None,
         ),
+        Case {
+            name: "unknown route",
+            method: Method::GET,
+            path: "/v2/everything",
+            headers: admin(s),
+            body: None,
+            status: 404,
+            code: Some("not_found"),
+            allow: None,
+        },
+        Case {
+            name: "wrong method",
+            method: Method::GET,
+            path: "/v1/chat/completions",
+            headers: admin(s),
+            body: None,
+            status: 405,
+            code: Some("method_not_allowed"),
+            allow: Some("POST"),
+        },
+        Case {
+            name: "foreign CORS origin",
+            method: Method::POST,
+            path: "/v1/chat/completions",
+            headers: vec![
+                ("authorization", format!("Bearer {}", s.keys.admin)),
+                ("origin", "https://evil.example".into()),
+            ],
+            body: Some(Body::Json(chat_body("hello"))),
+            status: 403,
+            code: Some("origin_not_allowed"),
+            allow: None,
+        },
+        Case {
+            name: "foreign CORS preflight",
+            method: Method::OPTIONS,
+            path: "/v1/chat/completions",
+            headers: vec![
+                ("origin", "https://evil.example".into()),
+                ("access-control-request-method", "POST".into()),
+            ],
+            body: None,
+            status: 403,
+            code: Some("origin_not_allowed"),
+            allow: None,
+        },
     ]
 }

@@ -2,10 +2,10 @@
 //! /api/admin/configuration, with the same error shape as the rest.
 
 use reqwest::Method;
+use securechat_test_support::https::TestServer;
 use serde_json::json;
 
 use super::{admin, json_bytes, raw, request};
-use crate::common::TestServer;
 use crate::{Body, Case, bearer};
 
 pub fn cases(s: &TestServer) -> Vec<Case> {
@@ -131,5 +131,35 @@ pub fn cases(s: &TestServer) -> Vec<Case> {
             401,
             Some("missing_credentials"),
         ),
+        Case {
+            name: "seed chat with wrong type",
+            method: Method::POST,
+            path: "/api/chat",
+            headers: a.clone(),
+            body: Some(Body::Json(json!({"message": "hi", "max_length": "big"}))),
+            status: 400,
+            code: Some("invalid_request"),
+            allow: None,
+        },
+        Case {
+            name: "seed chat with unknown field",
+            method: Method::POST,
+            path: "/api/chat",
+            headers: a.clone(),
+            body: Some(Body::Json(json!({"message": "hi", "prompt": "x"}))),
+            status: 400,
+            code: Some("invalid_request"),
+            allow: None,
+        },
+        Case {
+            name: "seed chat with empty message",
+            method: Method::POST,
+            path: "/api/chat",
+            headers: a.clone(),
+            body: Some(Body::Json(json!({"message": " "}))),
+            status: 400,
+            code: Some("invalid_value"),
+            allow: None,
+        },
     ]
 }

@@ -3,10 +3,10 @@
 //! surrogates, invalid or overlong UTF-8) is invalid JSON.
 
 use reqwest::Method;
+use securechat_test_support::https::{MODEL, TestServer, chat_body};
 use serde_json::json;
 
 use super::{admin, chat_with, json_bytes, raw, request};
-use crate::common::{MODEL, TestServer, chat_body};
 use crate::{Case, chat};
 
 fn content_json(escaped: &str) -> String {

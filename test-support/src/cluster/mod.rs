@@ -2,7 +2,6 @@
 //! plane (`make cluster-up`), one fresh namespace per test, CRD installation
 //! and waiting helpers. A test that needs the cluster and finds none fails
 //! with a message that says what to run; it never skips.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,8 +16,8 @@ use kube::{Client, Config};
 
 pub mod serving;
 
-/// Repository root: the manifest dir of the package whose tests include
-/// this module, or the nearest directory above it holding tests/cluster.
+/// Repository root: the nearest directory above this crate holding
+/// tests/cluster.
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest
@@ -28,12 +27,26 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or(manifest)
 }
 
-/// The kubeconfig the tests use: $KUBECONFIG, else .securechat/kubeconfig.
+/// Where the control plane keeps its state, as tests/cluster/state.sh
+/// says: $SECURECHAT_STATE_DIR (`make test` sets .securechat/test), else
+/// .securechat (`make cluster-up`).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("SECURECHAT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".securechat"))
+}
+
+/// The control plane's pids, logs and audit log.
+pub fn cluster_dir() -> PathBuf {
+    state_dir().join("cluster")
+}
+
+/// The kubeconfig the tests use: $KUBECONFIG, else the state dir's.
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG")
         .map(PathBuf::from)
         .filter(|p| p.exists())
-        .unwrap_or_else(|| repo_root().join(".securechat/kubeconfig"))
+        .unwrap_or_else(|| state_dir().join("kubeconfig"))
 }
 
 const NO_CLUSTER: &str =
@@ -76,7 +89,7 @@ pub async fn client_as(user_agent: &str) -> Client {
 
 /// The API server's audit log of write requests (tests/cluster/up.sh).
 pub fn audit_log_path() -> PathBuf {
-    repo_root().join(".securechat/cluster/audit.log")
+    cluster_dir().join("audit.log")
 }
 
 /// Current end of the audit log, to count writes from here on.

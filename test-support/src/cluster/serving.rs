@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use securechat_projector::AtomicWriter;
 use securechat_projector::follow::{follow_config_map, follow_secret};
-use securechat_server::inference;
 use securechat_server::startup::{Running, ServeOptions, start};
 
 /// The credential one request of a test's load carried.
@@ -169,11 +168,7 @@ impl ServedModel {
         for f in &files {
             wait_for_file(f).await;
         }
-        let engine = inference::load_engine(
-            &inference::default_model_path().expect("HOME is set"),
-            inference::EngineOptions::default(),
-        )
-        .expect("the default model (make model)");
+        let engine = crate::https::default_engine();
         let server = start(
             &ServeOptions {
                 config_path: etc.join("config/config.yaml"),

@@ -1,6 +1,6 @@
 //! Test harness: a real server over real TLS with a deterministic engine.
-#![allow(dead_code)]
 
+pub mod in_process;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
@@ -249,19 +249,7 @@ pub async fn serve_prepared(
     record_last_used: Option<Duration>,
 ) -> TestServer {
     let engine = EchoEngine::new();
-    let options = ServeOptions {
-        config_path: dir.path().join("config.yaml"),
-        api_addr: "127.0.0.1:0".parse().unwrap(),
-        web_addr: "127.0.0.1:0".parse().unwrap(),
-        // The dev CA, so the OIDC test's fake identity provider (which
-        // serves the same dev certificate) is trusted.
-        oidc_ca_bundle: Some(dir.path().join("tls/ca.crt")),
-        // Off unless asked for: tests that edit the table without the CLI's
-        // lock would race the writer.
-        record_last_used,
-        path_root: None,
-    };
-    let running = start(&options, engine.clone()).await.unwrap();
+    let running = start_on(dir.path(), engine.clone(), record_last_used).await;
     let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
     let base = format!("https://localhost:{}", running.api_addr.port());
     TestServer {
@@ -274,12 +262,53 @@ pub async fn serve_prepared(
     }
 }
 
+/// Starts a server with `engine` on `dir`'s dev material and config.
+pub async fn start_on(
+    dir: &Path,
+    engine: Arc<dyn Engine>,
+    record_last_used: Option<Duration>,
+) -> Running {
+    let options = ServeOptions {
+        config_path: dir.join("config.yaml"),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        web_addr: "127.0.0.1:0".parse().unwrap(),
+        // The dev CA, so the OIDC test's fake identity provider (which
+        // serves the same dev certificate) is trusted.
+        oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
+        // Off unless asked for: tests that edit the table without the CLI's
+        // lock would race the writer.
+        record_last_used,
+        path_root: None,
+    };
+    start(&options, engine).await.unwrap()
+}
+
+/// The default model (`make model`), as the server loads it; a missing
+/// file fails the test with what to run.
+pub fn default_engine() -> Arc<dyn Engine> {
+    use securechat_server::inference;
+    inference::load_engine(
+        &inference::default_model_path().expect("HOME is set"),
+        inference::EngineOptions::default(),
+    )
+    .expect("the default model (make model)")
+}
+
 /// A config generous enough that limits do not interfere with other tests.
 pub const RELAXED: &str =
     "rateLimit:\n  requestsPerMinute: 100000\nlimits:\n  maxAuthFailuresPerMinute: 100000\n";
 
 pub fn chat_body(text: &str) -> serde_json::Value {
     serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+}
+
+/// [`chat_body`] with each field of `extra` set.
+pub fn chat_body_with(text: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = chat_body(text);
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        body[k] = v.clone();
+    }
+    body
 }
 
 /// The text exposition at /metrics.
@@ -311,4 +340,26 @@ pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// The JSON chunks of an OpenAI server-sent event stream, which must end
+/// with `data: [DONE]`.
+pub fn sse_chunks(text: &str) -> Vec<serde_json::Value> {
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// The text the chunks' deltas carry, in order.
+pub fn sse_content(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
 }
