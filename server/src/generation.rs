@@ -212,16 +212,31 @@ pub fn start(
         let mut first = true;
         let mut answer = String::new();
         let mut redactions = 0u64;
-        // Sends one piece; false when the client has gone (dropping
-        // `events` then cancels the generation).
+        // Sends one piece; when the client has gone, returns, and dropping
+        // `events` cancels the generation.
         macro_rules! send {
             ($piece:expr) => {
                 if tx.send($piece).await.is_err() {
+                    state.metrics.generations_abandoned.inc();
                     return;
                 }
             };
         }
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                // The client left (its response, holding `rx`, was
+                // dropped): noticed at once, not at the next failed send (a
+                // queued or prefilling job sends nothing for minutes).
+                // Returning drops `events`, which the worker checks before
+                // a job starts, between prefill chunks and before every
+                // token.
+                () = tx.closed() => {
+                    state.metrics.generations_abandoned.inc();
+                    return;
+                }
+                event = events.recv() => event,
+            };
+            let Some(event) = event else { break };
             match event {
                 Ok(GenerationEvent::Text(text)) => {
                     if first {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 pub use chat_template::ChatTemplate;
 pub use error::InferenceError;
-pub use generate::{Ending, GenerationReport, TextSink, generate};
+pub use generate::{Ending, GenerationReport, Stage, TextSink, generate};
 pub use glm::GlmFamily;
 pub use llama::WeightFormat;
 pub use model::CausalLm;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::error::{InferenceError, Result};
-use super::generate::{Ending, TextSink, generate};
+use super::generate::{Ending, Stage, TextSink, generate};
 use super::model::CausalLm;
 use super::prompt::PromptEncoder;
 use crate::engine::{
@@ -188,7 +188,10 @@ fn run_worker(
 ) {
     while let Ok(job) = jobs.recv() {
         let started = Instant::now();
-        if !job.events.is_closed() {
+        // A client that left while its job waited: dropped before it starts.
+        if job.events.is_closed() {
+            log_cancelled(Stage::Queued, job.prompt.len(), 0);
+        } else {
             serve(model.as_mut(), encoder, &job);
         }
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -200,6 +203,17 @@ fn run_worker(
                 Some((avg * 3 + ms) / 4)
             });
     }
+}
+
+/// Cancellations are counted by the request side
+/// (`securechat_generations_abandoned_total`); the stage is only known here.
+fn log_cancelled(stage: Stage, prompt_tokens: usize, completion_tokens: u32) {
+    tracing::info!(
+        stage = stage.as_str(),
+        prompt_tokens,
+        completion_tokens,
+        "generation cancelled: the client went away"
+    );
 }
 
 fn serve(model: &mut dyn CausalLm, encoder: &PromptEncoder, job: &Job) {
@@ -233,7 +247,10 @@ fn serve(model: &mut dyn CausalLm, encoder: &PromptEncoder, job: &Job) {
                     finish_reason,
                     usage: report.usage,
                 }),
-                Ending::Cancelled => return,
+                Ending::Cancelled(stage) => {
+                    log_cancelled(stage, job.prompt.len(), report.usage.completion_tokens);
+                    return;
+                }
             }
         }
         Ok(Err(e)) => {
