@@ -10,17 +10,10 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use common::{RELAXED, TestServer, chat_body, server};
+use common::{RELAXED, TestServer, chat_body, post_chat, server};
 
 async fn chat(s: &TestServer, key: &str, body: &Value) -> (u16, Value) {
-    let resp = s
-        .client
-        .post(s.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(s, key, body).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -144,14 +137,7 @@ async fn unicode_forms_split_across_stream_chunks_are_redacted() {
     for text in UNICODE_CASES {
         let mut body = chat_body(text);
         body["stream"] = json!(true);
-        let resp = s
-            .client
-            .post(s.url("/v1/chat/completions"))
-            .bearer_auth(&s.keys.developer)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = post_chat(&s, &s.keys.developer, &body).await;
         assert_eq!(resp.status(), 200);
         let sse = resp.text().await.unwrap();
         let content: String = sse

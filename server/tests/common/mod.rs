@@ -296,6 +296,12 @@ pub fn chat_body(text: &str) -> serde_json::Value {
     serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
 }
 
+/// POSTs `body` to /v1/chat/completions with the credential `key`.
+pub async fn post_chat(s: &TestServer, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    let request = s.client.post(s.url("/v1/chat/completions"));
+    request.bearer_auth(key).json(body).send().await.unwrap()
+}
+
 /// The text exposition at /metrics.
 pub async fn metrics_text(s: &TestServer) -> String {
     metrics_at(&s.client, &s.base).await
