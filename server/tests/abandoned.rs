@@ -46,6 +46,7 @@ fn prompt_of(engine: &dyn Engine, range: std::ops::Range<usize>) -> String {
     let (twenty, forty) = (count(&sentence.repeat(20)), count(&sentence.repeat(40)));
     let per_sentence = (forty - twenty) / 20;
     let template = twenty - 20 * per_sentence;
+    eprintln!("the chat template takes {template} tokens, a sentence {per_sentence}");
     let middle = (range.start + range.end) / 2;
     let text = sentence.repeat((middle - template) / per_sentence);
     let tokens = count(&text);
