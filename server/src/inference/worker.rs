@@ -188,12 +188,14 @@ fn run_worker(
 ) {
     while let Ok(job) = jobs.recv() {
         let started = Instant::now();
-        // A client that left while its job waited: dropped before it starts.
+        // A client that left while its job waited: dropped before it starts,
+        // and kept out of the average (it took no time).
         if job.events.is_closed() {
             log_cancelled(Stage::Queued, job.prompt.len(), 0);
-        } else {
-            serve(model.as_mut(), encoder, &job);
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            continue;
         }
+        serve(model.as_mut(), encoder, &job);
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         let ms = started.elapsed().as_millis() as u64;
         // Exponential moving average, weight 1/4 for the newest request.
