@@ -12,7 +12,7 @@ use chrono::{Duration, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use securechat_crds::files::keyset::{KeyState, SigningKey, SigningKeySet};
 use securechat_crds::v1alpha1::SigningAlgorithm;
-use securechat_server::auth::jwt::{Claims, SigningMaterial, TokenPolicy};
+use securechat_server::credentials::jwt::{Claims, SigningMaterial, TokenPolicy};
 
 fn rsa_pem() -> String {
     use rsa::pkcs8::{EncodePrivateKey, LineEnding};

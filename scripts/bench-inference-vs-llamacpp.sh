@@ -17,7 +17,9 @@ threads="${THREADS:-2}"
 variant="${VARIANT:-as-stored}"
 py=$(scripts/llama-cpp-venv.sh)
 scripts/fetch-model.sh >/dev/null
-model="$HOME/.cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# shellcheck source=lib/default-model.sh
+. scripts/lib/default-model.sh
+model="$DEFAULT_MODEL"
 
 cargo build --release -q -p securechat-server --example decode_speed
 bin="${CARGO_TARGET_DIR:-$root/target}/release/examples/decode_speed"

@@ -42,7 +42,9 @@ mkdir -p "$demo/pids" "$demo/logs"
 step "tools, model"
 tests/cluster/build-tools.sh
 scripts/fetch-model.sh
-model_file="${SECURECHAT_MODEL_DIR:-$HOME/.cache/securechat/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+# shellcheck source=lib/default-model.sh
+. scripts/lib/default-model.sh
+model_file="$DEFAULT_MODEL"
 
 step "building the operator, the server and the projector"
 cargo build -q -p securechat-operator -p securechat-server -p securechat-projector --bins

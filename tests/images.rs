@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use securechat_crds::default_model;
 use serde_json::Value;
 
 const UID: &str = "65532";
-const MODEL: &str = "/opt/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const MODEL: &str = default_model::EMBEDDED_PATH;
 
 fn images_dir() -> PathBuf {
     common::repo_root().join("target/images")
@@ -174,10 +175,8 @@ fn image_files_are_root_owned_and_the_model_is_baked_in() {
     }
     // The model in the image is the verified default model: the same bytes
     // `make model` fetched (that script checks their sha256).
-    let cached = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .expect("HOME")
-        .join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let cached =
+        default_model::cached_path(&std::env::var_os("HOME").map(PathBuf::from).expect("HOME"));
     let same = Command::new("cmp")
         .arg("-s")
         .arg(&model)

@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use securechat_crds::v1alpha1::{ChatApiKey, KeyPhase, SecureChatModel};
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::Metrics;
@@ -144,7 +144,7 @@ async fn the_operator_runs_the_main_scenario_with_only_the_charts_permissions() 
         .expect("lease acquired in time")
         .expect("lease");
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(State::new(
+    let state = Arc::new(Context::new(
         client.clone(),
         "securechat/server:test".into(),
         metrics.clone(),

@@ -19,7 +19,7 @@ use securechat_crds::conditions::condition_status;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::keyset::SigningKeySet;
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::metrics::Metrics;
 use serde_json::json;
 
@@ -34,7 +34,7 @@ async fn a_model_becomes_a_running_gpu_deployment_with_network_policy_and_status
     let client = client().await;
     install_crds();
     let ns = TestNamespace::create(&client, "operator").await;
-    let state = Arc::new(State::new(
+    let state = Arc::new(Context::new(
         client.clone(),
         "securechat/server:test".into(),
         Arc::new(Metrics::new()),

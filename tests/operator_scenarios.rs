@@ -24,7 +24,7 @@ use kube::{Client, ResourceExt};
 use securechat_crds::SecureChatModel;
 use securechat_crds::conditions::condition_status;
 use securechat_crds::files::config::ServerConfig;
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::metrics::Metrics;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -55,7 +55,7 @@ struct Operator {
 impl Operator {
     async fn start(namespace: &str, user_agent: &str) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let state = Arc::new(State::new(
+        let state = Arc::new(Context::new(
             client_as(user_agent).await,
             "securechat/server:test".into(),
             metrics.clone(),

@@ -9,14 +9,22 @@
 //!   condition list.
 //! - [`files`]: the file formats the operator writes and the server reads
 //!   (server config, signing keyset, API-key table).
+//! - [`hex`]: the one lowercase-hex encoder of digests.
+//! - [`sensitive`]: the rules sensitive-data patterns must pass to compile,
+//!   shared by the operator (which refuses a spec) and the server.
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
+//! - [`default_model`]: the default model's file name and places, shared by
+//!   the operator (the embedded source) and the server (its fallback).
 //!
 //! This crate holds no client code.
 
 pub mod conditions;
 pub mod crd;
+pub mod default_model;
 pub mod duration;
 pub mod files;
+pub mod hex;
+pub mod sensitive;
 pub mod v1alpha1;
 
 pub use duration::Duration;

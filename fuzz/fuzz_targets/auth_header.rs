@@ -1,5 +1,5 @@
 //! The Authorization header and the API-key parser / verifier
-//! (server/src/auth/mod.rs `bearer`, server/src/auth/api_key.rs).
+//! (server/src/auth/mod.rs `bearer`, server/src/credentials/api_key.rs).
 //!
 //! Properties:
 //! - `bearer` only returns a trimmed, non-empty credential of at most 8 KiB
@@ -24,7 +24,8 @@ use securechat_crds::files::api_keys::{
     ApiKeyRecord, ApiKeyState, ApiKeyTable, MAX_ID_LEN, SECRET_LEN, format_key,
 };
 use securechat_crds::v1alpha1::Tier;
-use securechat_server::auth::{api_key, bearer};
+use securechat_server::auth::bearer;
+use securechat_server::credentials::api_key;
 
 /// A fixed clock: the table's validity windows are relative to it.
 fn now() -> DateTime<Utc> {

@@ -1,5 +1,5 @@
 //! JWT header / claims parsing and verification
-//! (server/src/auth/jwt.rs `SigningMaterial::verify`).
+//! (server/src/credentials/jwt.rs `SigningMaterial::verify`).
 //!
 //! Tokens are either raw text (the seeds: foreign and `alg: none` tokens)
 //! or built from fuzzed header and claims JSON
@@ -26,7 +26,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use securechat_crds::files::keyset::{KeyState, SigningKey, SigningKeySet};
 use securechat_crds::v1alpha1::{SigningAlgorithm, Tier};
-use securechat_server::auth::jwt::{SigningMaterial, TokenPolicy};
+use securechat_server::credentials::jwt::{SigningMaterial, TokenPolicy};
 use serde_json::{Map, Value, json};
 
 const LEEWAY: u64 = 5;
@@ -37,7 +37,7 @@ const SLACK: i64 = 2;
 const LIFETIME: i64 = 600;
 
 /// A throwaway RSA key generated for the server's tests only.
-const RSA_PEM: &str = include_str!("../../server/src/auth/testdata/rs256-test-only.pem");
+const RSA_PEM: &str = include_str!("../../server/src/credentials/testdata/rs256-test-only.pem");
 
 struct Signer {
     kid: &'static str,

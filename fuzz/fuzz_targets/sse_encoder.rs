@@ -20,7 +20,7 @@ use axum::response::sse::Sse;
 use libfuzzer_sys::fuzz_target;
 use securechat_server::engine::{FinishReason, Usage};
 use securechat_server::error::ApiError;
-use securechat_server::generation::Piece;
+use securechat_server::chat_pipeline::Piece;
 use securechat_server::routes::openai::sse_events;
 use serde_json::Value;
 

@@ -22,6 +22,7 @@ use k8s_openapi::ByteString;
 use securechat_crds::files::api_keys::{
     ApiKeyRecord, ApiKeyState, ApiKeyTable, SecretHash, format_key,
 };
+use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::{ChatApiKey, KeyRotation, SecureChatModel};
 use sha2::{Digest, Sha256};
 
@@ -39,7 +40,7 @@ pub const FINALIZER: &str = "securechat.dev/revoke-api-key";
 /// rotations and recomputed identically after a crash.
 pub fn key_id(uid: &str) -> String {
     let digest = Sha256::digest(uid.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..8])
 }
 
 /// A fresh plaintext key for `id`: 32 random bytes.

@@ -1,6 +1,9 @@
 //! The reconcile loop: thin on purpose. Build the desired objects (pure),
 //! apply what changed, observe, compute status (pure), write status if it
-//! changed, and tell people what happened through Events.
+//! changed, and tell people what happened through Events. A spec that
+//! cannot be built (a pattern the server would refuse, an object the API
+//! server rejects) stops the reconcile at a refusal that Ready shows, rather
+//! than an error retried blindly with nothing in the status.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,24 +14,31 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use securechat_crds::v1alpha1::{API_VERSION, SecureChatModel, SecureChatModelStatus};
+use securechat_crds::conditions;
+use securechat_crds::v1alpha1::SecureChatModel;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::Writer;
-use crate::desired::{self, Context};
+use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
-use crate::status::{Observed, model_status, requeue_after};
-use crate::{Error, FIELD_MANAGER, Result, material};
+use crate::status::{
+    Observed, Refusal, model_status, refused_config, refused_status, requeue_after, status_events,
+};
+use crate::status_writer::patch_status;
+use crate::{Error, FIELD_MANAGER, Result, material, reasons};
 
-/// Shared by every reconcile.
-pub struct State {
+/// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
+/// every reconcile of both controllers.
+pub struct Context {
     pub client: Client,
     /// Server image for models that name none.
     pub default_image: String,
@@ -38,7 +48,7 @@ pub struct State {
     recorder: Recorder,
 }
 
-impl State {
+impl Context {
     pub fn new(client: Client, default_image: String, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -71,14 +81,14 @@ pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
 /// Watches SecureChatModels (in all namespaces when `namespaces` is empty,
 /// else in each listed one) and what they own, and reconciles until the
 /// shutdown signal.
-pub async fn run(state: Arc<State>, namespaces: &[String]) {
+pub async fn run(ctx: Arc<Context>, namespaces: &[String]) {
     if namespaces.is_empty() {
-        run_scope(state, None).await;
+        run_scope(ctx, None).await;
     } else {
         futures::future::join_all(
             namespaces
                 .iter()
-                .map(|ns| run_scope(state.clone(), Some(ns.as_str()))),
+                .map(|ns| run_scope(ctx.clone(), Some(ns.as_str()))),
         )
         .await;
     }
@@ -95,8 +105,8 @@ where
     }
 }
 
-async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
-    let client = state.client.clone();
+async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>) {
+    let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
         labels::MANAGED_BY
@@ -119,10 +129,10 @@ async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
             Some(ObjectRef::<SecureChatModel>::new(&model).within(&pod.namespace()?))
         },
     )
-    .with_config(state.controller_config())
+    .with_config(ctx.controller_config())
     .trigger_backoff(crate::backoff::watch_backoff())
     .shutdown_on_signal()
-    .run(reconcile, error_policy, state)
+    .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         match result {
             Ok((obj, _)) => debug!(model = %obj.name, "reconciled"),
@@ -132,69 +142,130 @@ async fn run_scope(state: Arc<State>, namespace: Option<&str>) {
     .await;
 }
 
-async fn reconcile(model: Arc<SecureChatModel>, state: Arc<State>) -> Result<Action> {
+async fn reconcile(model: Arc<SecureChatModel>, ctx: Arc<Context>) -> Result<Action> {
     let name = model.name_any();
     let namespace = model.namespace().unwrap_or_default();
     let span = info_span!("reconcile", model = %name, namespace = %namespace);
     let started = Instant::now();
-    let result = reconcile_model(&model, &state).instrument(span).await;
+    let result = reconcile_model(&model, &ctx).instrument(span).await;
     let error = result.as_ref().err().map(Error::metric_label);
-    state
-        .metrics
+    ctx.metrics
         .reconciled(&namespace, &name, started.elapsed(), error);
     result
 }
 
-async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Action> {
+async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Action> {
     if model.metadata.deletion_timestamp.is_some() {
         // Owner references hand everything to the garbage collector.
-        state
-            .metrics
+        ctx.metrics
             .forget(&model.namespace().unwrap_or_default(), &model.name_any());
         return Ok(Action::await_change());
     }
-    let ctx = Context::new(model, &state.default_image)?;
-    let mut writer = Writer::new(state.client.clone());
+    let input = Input::new(model, &ctx.default_image)?;
+    let mut writer = Writer::new(ctx.client.clone());
+    let converged = converge(ctx, &input, &mut writer).await;
+    report_changes(ctx, model, &writer).await;
+    let (status, material_due) = match converged {
+        Ok(converged) => (
+            model_status(model, &converged.observed, Timestamp::now()),
+            converged.material_due,
+        ),
+        Err(Stop::Refused(refusal)) => {
+            warn!(reason = refusal.reason, message = %refusal.message, "refused");
+            (refused_status(model, &refusal, Timestamp::now()), None)
+        }
+        Err(Stop::Failed(error)) => return Err(error),
+    };
+    if model.status.as_ref() != Some(&status) {
+        for event in status_events(model.status.as_ref(), &status) {
+            publish(ctx, model, event.type_, &event.reason, event.note).await;
+        }
+        patch_status(&ctx.client, model, &status).await?;
+    }
+    // Owned objects and pods wake us on change; certificate renewal and key
+    // rotation are due at known times; the periodic requeue catches anything
+    // a watch missed, sooner while the model is not Ready. A refused model
+    // waits for its spec to change (or the periodic requeue).
+    Ok(Action::requeue(requeue_after(&status, material_due)))
+}
 
-    writer.apply(&desired::service_account(&ctx)).await?;
-    writer.apply(&desired::service(&ctx)).await?;
-    let network = desired::network_policy(&ctx);
-    writer.apply(&network.policy).await?;
+/// Why a reconcile stopped before the model converged.
+enum Stop {
+    /// The spec cannot be built as it is: shown as Ready=False, not an
+    /// error to retry at once.
+    Refused(Refusal),
+    /// Anything else: the error policy retries.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Self {
+        Stop::Failed(error)
+    }
+}
+
+/// What a converged model looks like, and when its key material is due.
+struct Converged {
+    observed: Observed,
+    material_due: Option<Duration>,
+}
+
+/// Applies every owned object in order, and observes the result.
+async fn converge(
+    ctx: &Context,
+    input: &Input<'_>,
+    writer: &mut Writer,
+) -> std::result::Result<Converged, Stop> {
+    let model = input.model;
+    apply(writer, &desired::service_account(input)).await?;
+    apply(writer, &desired::service(input)).await?;
+    let network = desired::network_policy(input);
+    apply(writer, &network.policy).await?;
     let now = chrono::Utc::now();
-    let tls = match material::tls(&mut writer, &ctx, now).await {
+    let tls = match material::tls(writer, input, now).await {
         Ok(tls) => tls,
         Err(e) => {
-            return Err(material_failed(state, model, "tls", crate::status::TLS_READY, e).await);
+            let condition = crate::status::TLS_READY;
+            return Err(Stop::Failed(
+                material_failed(ctx, model, "tls", condition, e).await,
+            ));
         }
     };
-    let keys = match material::signing_keys(&mut writer, &ctx, now).await {
+    let keys = match material::signing_keys(writer, input, now).await {
         Ok(keys) => keys,
         Err(e) => {
             let condition = crate::status::SIGNING_KEYS_READY;
-            return Err(material_failed(state, model, "signing_keys", condition, e).await);
+            return Err(Stop::Failed(
+                material_failed(ctx, model, "signing_keys", condition, e).await,
+            ));
         }
     };
-    material::api_keys(&mut writer, &ctx).await?;
-    let (config_map, config_checksum) = desired::config_map(&ctx)?;
-    writer.apply(&config_map).await?;
-    let deployment = writer
-        .apply(&desired::deployment(&ctx, &config_checksum))
-        .await?;
-    match desired::pdb(&ctx) {
+    material::api_keys(writer, input).await?;
+    // Running pods keep their last good config when this one is refused.
+    if let Some(refusal) = refused_config(model) {
+        return Err(Stop::Refused(refusal));
+    }
+    let (config_map, config_checksum) = desired::config_map(input)?;
+    apply(writer, &config_map).await?;
+    let deployment = apply(writer, &desired::deployment(input, &config_checksum)).await?;
+    match desired::pdb(input) {
         Some(pdb) => {
-            writer.apply(&pdb).await?;
+            apply(writer, &pdb).await?;
         }
         None => {
             writer
-                .delete_if_present::<PodDisruptionBudget>(&ctx.namespace, &Names::pdb(&ctx.name))
+                .delete_if_present::<PodDisruptionBudget>(
+                    &input.namespace,
+                    &Names::pdb(&input.name),
+                )
                 .await?
         }
     }
 
-    let host = ctx.service_host();
+    let host = input.service_host();
     let observed = Observed {
         deployment: deployment.status,
-        unschedulable: unschedulable_message(&state.client, &ctx).await?,
+        unschedulable: unschedulable_message(&ctx.client, input).await?,
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
@@ -211,93 +282,109 @@ async fn reconcile_model(model: &SecureChatModel, state: &State) -> Result<Actio
             keys.status.clone(),
         )),
     };
-    let status = model_status(model, &observed, Timestamp::now());
-    for change in &writer.changes {
-        state.metrics.wrote(&change.kind);
-    }
-    if !writer.changes.is_empty() {
-        let note: Vec<String> = writer.changes.iter().map(ToString::to_string).collect();
-        info!(changes = %note.join(", "), "applied");
-        publish(state, model, EventType::Normal, "Applied", note.join("; ")).await;
-    }
-    if model.status.as_ref() != Some(&status) {
-        // Trouble is reported per condition; good news once, by Ready.
-        // (Every Event is a write: a model converging is not six of them.)
-        for (type_, reason, message) in condition_changes(model.status.as_ref(), &status) {
-            if reason_is_trouble(&type_, &status) {
-                let note = format!("{type_}: {message}");
-                publish(state, model, EventType::Warning, &reason, note).await;
-            } else if type_ == crate::status::READY {
-                publish(state, model, EventType::Normal, &reason, message).await;
-            }
-        }
-        let api: Api<SecureChatModel> = Api::namespaced(state.client.clone(), &ctx.namespace);
-        let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
-        api.patch_status(
-            &ctx.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    // Owned objects and pods wake us on change; certificate renewal and key
-    // rotation are due at known times; the periodic requeue catches anything
-    // a watch missed, sooner while the model is not Ready.
     let material_due = [tls.next_action_at, keys.next_action_at]
         .into_iter()
         .flatten()
         .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
         .min();
-    Ok(Action::requeue(requeue_after(&status, material_due)))
+    Ok(Converged {
+        observed,
+        material_due,
+    })
+}
+
+/// Server-side applies one owned object. One the API server refuses for
+/// what it is stops the reconcile with the API server's message (reason
+/// ApplyFailed): retrying the same object cannot help, the spec must change.
+async fn apply<K>(writer: &mut Writer, object: &K) -> std::result::Result<K, Stop>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    writer
+        .apply(object)
+        .await
+        .map_err(|error| match error.refusal() {
+            Some(message) => Stop::Refused(Refusal {
+                reason: reasons::APPLY_FAILED,
+                message: message.to_string(),
+            }),
+            None => Stop::Failed(error),
+        })
+}
+
+/// Counts the writes of this reconcile and lists them in one Normal Event.
+async fn report_changes(ctx: &Context, model: &SecureChatModel, writer: &Writer) {
+    for change in &writer.changes {
+        ctx.metrics.wrote(&change.kind);
+    }
+    if !writer.changes.is_empty() {
+        let note: Vec<String> = writer.changes.iter().map(ToString::to_string).collect();
+        info!(changes = %note.join(", "), "applied");
+        publish(
+            ctx,
+            model,
+            EventType::Normal,
+            reasons::APPLIED,
+            note.join("; "),
+        )
+        .await;
+    }
 }
 
 /// A certificate renewal or key rotation failed: counted, shown as the
 /// material's condition (reason RenewalFailed) and as a Warning event, then
 /// retried by the error policy. The last good material stays in force.
 async fn material_failed(
-    state: &State,
+    ctx: &Context,
     model: &SecureChatModel,
     material: &str,
     condition: &str,
     error: Error,
 ) -> Error {
-    state.metrics.material_failed(material);
+    ctx.metrics.material_failed(material);
     let message = format!("{material}: {error}");
     let mut status = model.status.clone().unwrap_or_default();
-    let changed = securechat_crds::conditions::set_condition(
+    let changed = conditions::set_condition(
         &mut status.conditions,
-        securechat_crds::conditions::ConditionUpdate::new(
+        conditions::ConditionUpdate::new(
             condition,
             false,
-            "RenewalFailed",
+            reasons::RENEWAL_FAILED,
             message.clone(),
         ),
         model.metadata.generation,
         k8s_openapi::jiff::Timestamp::now(),
     );
     if changed {
-        publish(state, model, EventType::Warning, "RenewalFailed", message).await;
-        let api: Api<SecureChatModel> =
-            Api::namespaced(state.client.clone(), &model.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"apiVersion": API_VERSION, "kind": "SecureChatModel", "status": status});
-        if let Err(e) = api
-            .patch_status(
-                &model.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
+        publish(
+            ctx,
+            model,
+            EventType::Warning,
+            reasons::RENEWAL_FAILED,
+            message,
+        )
+        .await;
+        if let Err(e) = patch_status(&ctx.client, model, &status).await {
             warn!(error = %e, "could not report the failed renewal in the status");
         }
     }
     error
 }
 
+/// The pod condition the scheduler sets, and its reason when it could not
+/// place the pod (Kubernetes' names, not ours).
+const POD_SCHEDULED: &str = "PodScheduled";
+const SCHEDULER_UNSCHEDULABLE: &str = "Unschedulable";
+
 /// The scheduler's message for a pod of this model it could not place.
-async fn unschedulable_message(client: &Client, ctx: &Context<'_>) -> Result<Option<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.namespace);
-    let selector = format!("{}={}", labels::MODEL_LABEL, ctx.name);
+async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &input.namespace);
+    let selector = format!("{}={}", labels::MODEL_LABEL, input.name);
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
     Ok(list.items.iter().find_map(|pod| {
         pod.status
@@ -306,45 +393,16 @@ async fn unschedulable_message(client: &Client, ctx: &Context<'_>) -> Result<Opt
             .as_ref()?
             .iter()
             .find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
+                c.type_ == POD_SCHEDULED
+                    && c.status == conditions::FALSE
+                    && c.reason.as_deref() == Some(SCHEDULER_UNSCHEDULABLE)
             })
             .and_then(|c| c.message.clone())
     }))
 }
 
-/// Conditions whose status or reason changed: (type, reason, message).
-pub fn condition_changes(
-    old: Option<&SecureChatModelStatus>,
-    new: &SecureChatModelStatus,
-) -> Vec<(String, String, String)> {
-    new.conditions
-        .iter()
-        .filter(|c| {
-            let before = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
-            before.is_none_or(|p| p.status != c.status || p.reason != c.reason)
-        })
-        // Degraded=False on first sight is not news.
-        .filter(|c| !(old.is_none() && c.type_ == crate::status::DEGRADED && c.status == "False"))
-        .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
-        .collect()
-}
-
-fn reason_is_trouble(type_: &str, status: &SecureChatModelStatus) -> bool {
-    let Some(c) = status.conditions.iter().find(|c| c.type_ == type_) else {
-        return false;
-    };
-    if type_ == crate::status::DEGRADED {
-        c.status == "True"
-    } else {
-        // A model that is merely starting is not a warning.
-        c.status == "False" && !matches!(c.reason.as_str(), "NoReplicasReady" | "Pending")
-    }
-}
-
 async fn publish(
-    state: &State,
+    ctx: &Context,
     model: &SecureChatModel,
     type_: EventType,
     reason: &str,
@@ -367,12 +425,12 @@ async fn publish(
     };
     // Events are best effort: failing to record one must not fail the
     // reconcile (e.g. an RBAC gap for events).
-    if let Err(e) = state.recorder.publish(&event, &model.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, &model.object_ref(&())).await {
         warn!(error = %e, "could not publish an event");
     }
 }
 
-fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<State>) -> Action {
+fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<Context>) -> Action {
     warn!(model = %model.name_any(), namespace = ?model.namespace(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),

@@ -1,3 +1,7 @@
+//! The operator's one error type: what a reconcile can fail on, counted by
+//! kind, and which failures are the API server refusing an object (shown in
+//! the status) rather than worth a blind retry.
+
 use thiserror::Error;
 
 /// Everything a reconcile can fail on. Each variant has a metric label, so
@@ -19,7 +23,24 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// HTTP codes with which the API server refuses a write for what it is
+/// (400 Bad Request, 403 Forbidden: RBAC or an admission webhook, 422
+/// Invalid): the same object sent again is refused again. A conflict (409),
+/// throttling (429) or a server error (5xx) is worth a retry instead.
+const REFUSED_WRITE_CODES: [u16; 3] = [400, 403, 422];
+
 impl Error {
+    /// The API server's message when it refused a write for what it is,
+    /// so the resource's status can say why instead of retrying blindly.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if REFUSED_WRITE_CODES.contains(&status.code) => {
+                Some(&status.message)
+            }
+            _ => None,
+        }
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube_api",
@@ -27,5 +48,34 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::Finalizer(_) => "finalizer",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(
+            Status::failure("Deployment.apps \"m\" is invalid", "Invalid")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn a_write_refused_for_what_it_is_is_a_refusal_not_a_retry() {
+        for code in [400, 403, 422] {
+            assert_eq!(
+                api(code).refusal(),
+                Some("Deployment.apps \"m\" is invalid"),
+                "{code}"
+            );
+        }
+        for code in [404, 409, 429, 500, 503] {
+            assert_eq!(api(code).refusal(), None, "{code}");
+        }
+        assert_eq!(Error::MissingField("metadata.name").refusal(), None);
     }
 }

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::api_keys::{self, Consumer, KeyStep, KeyView};
 use crate::apply::Writer;
-use crate::controller::State;
+use crate::controller::Context;
 use crate::desired::secrets::CA_BUNDLE_LABEL;
 use crate::labels::{self, Names};
 use crate::{Error, FIELD_MANAGER, Result};
@@ -39,7 +39,7 @@ pub const CONSUMER_LABEL: &str = "securechat.dev/api-key";
 /// five-minute cleanup).
 const SWEEP: Duration = Duration::from_secs(300);
 
-pub async fn run(state: Arc<State>, namespaces: &[String]) {
+pub async fn run(state: Arc<Context>, namespaces: &[String]) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -108,7 +108,7 @@ fn keys_of_bundle(keys: &[Arc<ChatApiKey>], bundle: &ConfigMap) -> Vec<ObjectRef
         .collect()
 }
 
-async fn reconcile(key: Arc<ChatApiKey>, state: Arc<State>) -> Result<Action> {
+async fn reconcile(key: Arc<ChatApiKey>, state: Arc<Context>) -> Result<Action> {
     let namespace = key
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -132,7 +132,7 @@ fn model_namespace(key: &ChatApiKey) -> String {
         .unwrap_or_default()
 }
 
-async fn apply_key(key: &ChatApiKey, state: &State) -> Result<Action> {
+async fn apply_key(key: &ChatApiKey, state: &Context) -> Result<Action> {
     let client = &state.client;
     let namespace = key.namespace().unwrap_or_default();
     let model_ns = model_namespace(key);
@@ -317,7 +317,7 @@ async fn apply_key(key: &ChatApiKey, state: &State) -> Result<Action> {
 /// The key cannot be minted: say why in a condition, write nothing else.
 async fn blocked(
     key: &ChatApiKey,
-    state: &State,
+    state: &Context,
     mut status: ChatApiKeyStatus,
     reason: &str,
     message: String,
@@ -329,7 +329,7 @@ async fn blocked(
 
 async fn write_status(
     key: &ChatApiKey,
-    state: &State,
+    state: &Context,
     mut status: ChatApiKeyStatus,
     ready: bool,
     reason: &str,
@@ -360,7 +360,7 @@ async fn write_status(
 
 /// Revocation: the hash leaves the model's table before the ChatApiKey
 /// (and, through its owner reference, the consumer Secret) goes.
-async fn revoke(key: &ChatApiKey, state: &State) -> Result<Action> {
+async fn revoke(key: &ChatApiKey, state: &Context) -> Result<Action> {
     let model_ns = model_namespace(key);
     let tables: Api<Secret> = Api::namespaced(state.client.clone(), &model_ns);
     let id = api_keys::key_id(&key.uid().unwrap_or_default());
@@ -466,7 +466,7 @@ fn to_time(t: chrono::DateTime<Utc>) -> Option<Time> {
     Timestamp::from_second(t.timestamp()).ok().map(Time)
 }
 
-fn error_policy(key: Arc<ChatApiKey>, error: &Error, _: Arc<State>) -> Action {
+fn error_policy(key: Arc<ChatApiKey>, error: &Error, _: Arc<Context>) -> Action {
     warn!(key = %key.name_any(), namespace = ?key.namespace(), error = %error, "ChatApiKey reconcile error");
     Action::requeue(Duration::from_secs(2))
 }

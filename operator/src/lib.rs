@@ -3,7 +3,10 @@
 //!
 //! - [`desired`]: pure builders, one per owned kind, from the resource to the
 //!   object that should exist. No client in there.
-//! - [`status`]: pure computation of conditions from what was observed.
+//! - [`status`]: pure computation of conditions from what was observed, and
+//!   the event policy (which condition changes become Events).
+//! - [`reasons`]: every condition and Event reason, documented, in one place.
+//! - [`status_writer`]: the one status patch (server-side apply).
 //! - [`apply`]: server-side apply with one field manager, orphan cleanup.
 //! - [`controller`]: the thin reconcile loop that wires them together.
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
@@ -23,8 +26,10 @@ pub mod leader;
 pub mod material;
 pub mod metrics;
 pub mod pki;
+pub mod reasons;
 pub mod rotation;
 pub mod status;
+pub mod status_writer;
 
 pub use error::{Error, Result};
 

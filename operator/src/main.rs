@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use securechat_operator::cli::{Cli, Command, LogFormat, RunArgs};
-use securechat_operator::controller::{self, State};
+use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
 use securechat_operator::metrics::{self, Metrics};
@@ -82,7 +82,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let state = Arc::new(
-        State::new(client, args.server_image, metrics.clone())
+        Context::new(client, args.server_image, metrics.clone())
             .with_max_concurrent_reconciles(args.max_concurrent_reconciles),
     );
     let reconciling = async {

@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::apply::Writer;
 use crate::ca_rotation::{self, CaSet};
-use crate::desired::Context;
+use crate::desired::Input;
 use crate::desired::secrets::{self, IssuedCertificate};
 use crate::labels::Names;
 use crate::{Result, pki, rotation};
@@ -39,7 +39,7 @@ fn to_time(t: DateTime<Utc>) -> Option<Time> {
 /// Ensures the CA, the server certificate and the CA bundle.
 pub async fn tls(
     writer: &mut Writer,
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<TlsStatus>> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
@@ -218,7 +218,7 @@ pub const ROTATION_HANDLED_ANNOTATION: &str = "securechat.dev/rotation-handled";
 /// time.
 pub async fn signing_keys(
     writer: &mut Writer,
-    ctx: &Context<'_>,
+    ctx: &Input<'_>,
     now: DateTime<Utc>,
 ) -> Result<Outcome<SigningKeysStatus>> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
@@ -333,7 +333,7 @@ pub async fn signing_keys(
 
 /// Creates the empty API-key table once; ChatApiKeys fill it, so it is
 /// never overwritten here.
-pub async fn api_keys(writer: &mut Writer, ctx: &Context<'_>) -> Result<()> {
+pub async fn api_keys(writer: &mut Writer, ctx: &Input<'_>) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(writer.client().clone(), &ctx.namespace);
     if secrets
         .get_opt(&Names::api_keys(&ctx.name))

@@ -8,6 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use securechat_crds::files::keyset::{KeyState, SigningKey};
+use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::SigningAlgorithm;
 
 use crate::{Error, Result};
@@ -45,7 +46,7 @@ fn ca_params(model: &str, key: &KeyPair) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_error("CA"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let digest = Sha256::digest(key.public_key_raw());
-    let key_id: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let key_id = hex(&digest[..4]);
     params.distinguished_name.push(
         DnType::CommonName,
         format!("securechat CA for {model} {key_id}"),

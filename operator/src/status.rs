@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use securechat_crds::conditions::{ConditionUpdate, set_condition};
+use kube::runtime::events::EventType;
+use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE, set_condition};
+use securechat_crds::sensitive::compile_patterns;
 use securechat_crds::v1alpha1::{
     ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
 
 use crate::desired::RefusedRule;
+use crate::reasons;
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -61,30 +65,30 @@ pub fn model_status(
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "ScaledToZero",
+            reasons::SCALED_TO_ZERO,
             "replicas is 0; keys and certificates are kept",
         )
     } else if ready >= desired && updated >= desired {
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "ReplicasReady",
+            reasons::REPLICAS_READY,
             format!("{ready}/{desired} replicas ready"),
         )
     } else if ready > 0 {
         ConditionUpdate::new(
             AVAILABLE,
             true,
-            "PartiallyReady",
+            reasons::PARTIALLY_READY,
             format!("{ready}/{desired} replicas ready"),
         )
     } else if let Some(message) = &observed.unschedulable {
-        ConditionUpdate::new(AVAILABLE, false, "Unschedulable", message.clone())
+        ConditionUpdate::new(AVAILABLE, false, reasons::UNSCHEDULABLE, message.clone())
     } else {
         ConditionUpdate::new(
             AVAILABLE,
             false,
-            "NoReplicasReady",
+            reasons::NO_REPLICAS_READY,
             format!("0/{desired} replicas ready"),
         )
     };
@@ -92,16 +96,21 @@ pub fn model_status(
         ConditionUpdate::new(
             NETWORK_READY,
             true,
-            "PolicyApplied",
+            reasons::POLICY_APPLIED,
             "NetworkPolicy mirrors spec.network",
         )
     } else {
-        let reasons: Vec<&str> = observed
+        let refused: Vec<&str> = observed
             .refused_rules
             .iter()
             .map(|r| r.reason.as_str())
             .collect();
-        ConditionUpdate::new(NETWORK_READY, false, "RuleRefused", reasons.join("; "))
+        ConditionUpdate::new(
+            NETWORK_READY,
+            false,
+            reasons::RULE_REFUSED,
+            refused.join("; "),
+        )
     };
     let degraded_reasons: Vec<String> = [
         (!observed.refused_rules.is_empty()).then(|| "network rules refused".to_string()),
@@ -116,9 +125,14 @@ pub fn model_status(
     .flatten()
     .collect();
     let degraded = if degraded_reasons.is_empty() {
-        ConditionUpdate::new(DEGRADED, false, "AsExpected", "")
+        ConditionUpdate::new(DEGRADED, false, reasons::AS_EXPECTED, "")
     } else {
-        ConditionUpdate::new(DEGRADED, true, "Degraded", degraded_reasons.join("; "))
+        ConditionUpdate::new(
+            DEGRADED,
+            true,
+            reasons::DEGRADED,
+            degraded_reasons.join("; "),
+        )
     };
     let tls = material(TLS_READY, &observed.tls);
     let keys = material(SIGNING_KEYS_READY, &observed.signing_keys);
@@ -127,7 +141,7 @@ pub fn model_status(
         .into_iter()
         .find(|c| !c.status);
     let ready_condition = match blocker {
-        None => ConditionUpdate::new(READY, true, "Ready", "serving"),
+        None => ConditionUpdate::new(READY, true, reasons::READY, "serving"),
         Some(c) => ConditionUpdate::new(
             READY,
             false,
@@ -155,7 +169,91 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
         Some((ready, reason, message, _)) => {
             ConditionUpdate::new(type_, *ready, *reason, message.clone())
         }
-        None => ConditionUpdate::new(type_, false, "Pending", "not reconciled yet"),
+        None => ConditionUpdate::new(type_, false, reasons::PENDING, "not reconciled yet"),
+    }
+}
+
+/// The operator will not build the spec as it is: why, shown as Ready=False
+/// until the spec (or what refused it) changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the operator refuses before writing the server's config: custom
+/// sensitive-data patterns the server would not compile (it would keep its
+/// last good config, and new pods would not start).
+pub fn refused_config(model: &SecureChatModel) -> Option<Refusal> {
+    let error = compile_patterns(&model.spec.sensitive_data).err()?;
+    Some(Refusal {
+        reason: reasons::INVALID_SENSITIVE_DATA_PATTERN,
+        message: format!("spec.sensitiveData: {error}"),
+    })
+}
+
+/// The status of a model whose reconcile stopped at `refusal`: Ready=False
+/// with its reason; the other conditions keep what was last observed.
+pub fn refused_status(
+    model: &SecureChatModel,
+    refusal: &Refusal,
+    now: Timestamp,
+) -> SecureChatModelStatus {
+    let generation = model.metadata.generation;
+    let mut status = model.status.clone().unwrap_or_default();
+    let ready = ConditionUpdate::new(READY, false, refusal.reason, refusal.message.clone());
+    set_condition(&mut status.conditions, ready, generation, now);
+    status.observed_generation = generation;
+    status
+}
+
+/// One Event a status change is worth publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub type_: EventType,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The event policy: which condition changes between the status last
+/// written (`old`) and the new one become Events. A change is a new status
+/// or reason (a message alone is not). Trouble is reported per condition,
+/// as a Warning whose note names the condition; good news once, by Ready.
+/// Every Event is a write: a model converging is not six of them.
+pub fn status_events(
+    old: Option<&SecureChatModelStatus>,
+    new: &SecureChatModelStatus,
+) -> Vec<StatusEvent> {
+    new.conditions
+        .iter()
+        .filter(|c| {
+            let before = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
+            before.is_none_or(|p| p.status != c.status || p.reason != c.reason)
+        })
+        .filter_map(|c| {
+            let (type_, note) = if is_trouble(c) {
+                (EventType::Warning, format!("{}: {}", c.type_, c.message))
+            } else if c.type_ == READY {
+                (EventType::Normal, c.message.clone())
+            } else {
+                return None;
+            };
+            Some(StatusEvent {
+                type_,
+                reason: c.reason.clone(),
+                note,
+            })
+        })
+        .collect()
+}
+
+/// Degraded=True is trouble; any other condition is when False, unless the
+/// model is merely starting.
+fn is_trouble(c: &Condition) -> bool {
+    if c.type_ == DEGRADED {
+        c.status == TRUE
+    } else {
+        c.status == FALSE && !reasons::STARTING.contains(&c.reason.as_str())
     }
 }
 
@@ -174,9 +272,10 @@ pub const REQUEUE_ROLLING_OUT_AT_MOST: Duration = Duration::from_secs(20);
 /// When to reconcile a model again: at the next certificate renewal or key
 /// rotation (`material_due`), but no later than the poll for its state.
 pub fn requeue_after(status: &SecureChatModelStatus, material_due: Option<Duration>) -> Duration {
-    let rolling_out = status.conditions.iter().any(|c| {
-        c.type_ == AVAILABLE && matches!(c.reason.as_str(), "NoReplicasReady" | "PartiallyReady")
-    });
+    let rolling_out = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == AVAILABLE && reasons::ROLLING_OUT.contains(&c.reason.as_str()));
     let poll = if rolling_out {
         REQUEUE_ROLLING_OUT_AT_MOST
     } else {
@@ -210,7 +309,7 @@ pub fn model_description(model: &SecureChatModel) -> String {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
-    use securechat_crds::conditions::{condition_status, is_true};
+    use securechat_crds::conditions::{FALSE, condition_status, is_true};
     use serde_json::json;
 
     fn at(s: i64) -> Timestamp {
@@ -234,10 +333,7 @@ mod tests {
         };
         let status = model_status(&m, &obs, at(1));
         assert!(is_true(&status.conditions, READY));
-        assert_eq!(
-            condition_status(&status.conditions, DEGRADED),
-            Some("False")
-        );
+        assert_eq!(condition_status(&status.conditions, DEGRADED), Some(FALSE));
         assert_eq!(status.replicas.as_deref(), Some("2/2"));
     }
 
@@ -245,13 +341,13 @@ mod tests {
         Observed {
             tls: Some((
                 true,
-                "CertificateIssued",
+                reasons::CERTIFICATE_ISSUED,
                 String::new(),
                 TlsStatus::default(),
             )),
             signing_keys: Some((
                 true,
-                "KeysetReady",
+                reasons::KEYSET_READY,
                 String::new(),
                 SigningKeysStatus::default(),
             )),
@@ -309,8 +405,8 @@ mod tests {
             .iter()
             .find(|c| c.type_ == READY)
             .expect("ready");
-        assert_eq!(ready.status, "False");
-        assert!(ready.message.starts_with("TLSReady"), "{}", ready.message);
+        assert_eq!(ready.status, FALSE);
+        assert!(ready.message.starts_with(TLS_READY), "{}", ready.message);
     }
 
     #[test]
@@ -323,7 +419,7 @@ mod tests {
             .iter()
             .find(|c| c.type_ == READY)
             .expect("ready");
-        assert_eq!(ready.reason, "NoReplicasReady");
+        assert_eq!(ready.reason, reasons::NO_REPLICAS_READY);
     }
 
     #[test]
@@ -346,7 +442,7 @@ mod tests {
             .expect("net");
         assert_eq!(
             (net.status.as_str(), net.reason.as_str()),
-            ("False", "RuleRefused")
+            (FALSE, reasons::RULE_REFUSED)
         );
         assert!(!is_true(&status.conditions, READY));
         assert!(is_true(&status.conditions, DEGRADED));
@@ -383,10 +479,145 @@ mod tests {
             .iter()
             .find(|c| c.type_ == AVAILABLE)
             .expect("Available");
-        assert_eq!(available.status, "False");
-        assert_eq!(available.reason, "Unschedulable");
+        assert_eq!(available.status, FALSE);
+        assert_eq!(available.reason, reasons::UNSCHEDULABLE);
         assert_eq!(available.message, message);
         let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!(ready.reason, "Unschedulable");
+        assert_eq!(ready.reason, reasons::UNSCHEDULABLE);
+    }
+
+    /// A status holding these (type, status, reason, message) conditions.
+    fn with(conditions: &[(&str, bool, &str, &str)]) -> SecureChatModelStatus {
+        let mut status = SecureChatModelStatus::default();
+        for (type_, ok, reason, message) in conditions {
+            let update = ConditionUpdate::new(*type_, *ok, *reason, *message);
+            set_condition(&mut status.conditions, update, Some(1), at(1));
+        }
+        status
+    }
+
+    fn event(type_: EventType, reason: &str, note: &str) -> StatusEvent {
+        StatusEvent {
+            type_,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn status_changes_become_events_by_the_event_policy() {
+        use EventType::{Normal, Warning};
+        let starting = with(&[
+            (READY, false, reasons::NO_REPLICAS_READY, "Available: 0/1"),
+            (AVAILABLE, false, reasons::NO_REPLICAS_READY, "0/1"),
+            (TLS_READY, false, reasons::PENDING, "not reconciled yet"),
+            (DEGRADED, false, reasons::AS_EXPECTED, ""),
+        ]);
+        let ready = with(&[
+            (READY, true, reasons::READY, "serving"),
+            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
+            (TLS_READY, true, reasons::CERTIFICATE_ISSUED, "valid"),
+            (DEGRADED, false, reasons::AS_EXPECTED, ""),
+        ]);
+        let mut renewed = ready.clone();
+        renewed.conditions[2].message = "valid longer".into();
+        let refused = with(&[
+            (READY, false, reasons::RULE_REFUSED, "NetworkReady: port 22"),
+            (AVAILABLE, true, reasons::REPLICAS_READY, "1/1"),
+            (NETWORK_READY, false, reasons::RULE_REFUSED, "port 22"),
+            (DEGRADED, true, reasons::DEGRADED, "network rules refused"),
+        ]);
+        let cases: [(
+            &str,
+            Option<&SecureChatModelStatus>,
+            &SecureChatModelStatus,
+            Vec<StatusEvent>,
+        ); 5] = [
+            (
+                "a model starting is news once, by Ready, and no warning",
+                None,
+                &starting,
+                vec![event(Normal, reasons::NO_REPLICAS_READY, "Available: 0/1")],
+            ),
+            (
+                "becoming ready is one Normal event",
+                Some(&starting),
+                &ready,
+                vec![event(Normal, reasons::READY, "serving")],
+            ),
+            (
+                "nothing changed, nothing to say",
+                Some(&ready),
+                &ready,
+                vec![],
+            ),
+            (
+                "a message alone is not news",
+                Some(&ready),
+                &renewed,
+                vec![],
+            ),
+            (
+                "trouble is a Warning per condition, naming it",
+                Some(&ready),
+                &refused,
+                vec![
+                    event(
+                        Warning,
+                        reasons::RULE_REFUSED,
+                        "Ready: NetworkReady: port 22",
+                    ),
+                    event(Warning, reasons::RULE_REFUSED, "NetworkReady: port 22"),
+                    event(
+                        Warning,
+                        reasons::DEGRADED,
+                        "Degraded: network rules refused",
+                    ),
+                ],
+            ),
+        ];
+        for (case, old, new, expected) in cases {
+            assert_eq!(status_events(old, new), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_the_server_refuses_is_refused_and_ready_says_which() {
+        let spec = json!({"replicas": 1, "sensitiveData": {"customPatterns": [
+            {"name": "ticket", "regex": "T-[0-9]+"}, {"name": "bad", "regex": "("}]}});
+        let mut m = model("chat", spec);
+        let refusal = refused_config(&m).expect("refused");
+        assert_eq!(refusal.reason, reasons::INVALID_SENSITIVE_DATA_PATTERN);
+        assert!(
+            refusal
+                .message
+                .starts_with("spec.sensitiveData: customPatterns[1] (bad): "),
+            "{}",
+            refusal.message
+        );
+        assert_eq!(refused_config(&model("chat", json!({}))), None);
+
+        // Ready says why; what was observed before stays; it is a Warning.
+        let observed = Observed {
+            deployment: Some(deployment(1)),
+            ..material_ready()
+        };
+        m.status = Some(model_status(&m, &observed, at(1)));
+        let status = refused_status(&m, &refusal, at(2));
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (FALSE, reasons::INVALID_SENSITIVE_DATA_PATTERN)
+        );
+        assert_eq!(ready.last_transition_time.0, at(2));
+        assert!(is_true(&status.conditions, AVAILABLE));
+        assert_eq!(
+            status_events(m.status.as_ref(), &status),
+            vec![event(
+                EventType::Warning,
+                reasons::INVALID_SENSITIVE_DATA_PATTERN,
+                &format!("Ready: {}", refusal.message)
+            )]
+        );
     }
 }

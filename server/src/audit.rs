@@ -1,24 +1,20 @@
-//! Audit log and request metrics: one middleware around every request.
+//! The audit record of one request: who, decision, tokens, redactions.
 //!
-//! The middleware puts an [`Audit`] handle into the request; the extractor
-//! and handlers fill it in (who, decision, tokens, redactions). The line is
-//! written when the last handle is dropped: for a streamed answer that is
-//! when the stream ends, so token counts are complete. Secrets, tokens and
-//! prompt text never enter the record unless `audit.includePrompts` is set.
+//! The middleware (`routes::audit_layer`) puts an [`Audit`] handle into the
+//! request; the extractor and handlers fill it in. The line is written when
+//! the last handle is dropped: for a streamed answer that is when the
+//! stream ends, so token counts are complete. Secrets, tokens and prompt
+//! text never enter the record unless `audit.includePrompts` is set.
+//!
+//! A leaf module: it knows nothing of the server's state, so everything
+//! that handles a request can hold a handle without an import cycle.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::error::AuthFailure;
-use crate::metrics::{RequestLabels, RouteLabels};
-use crate::serve::ClientAddr;
-use crate::state::AppState;
 
 /// Rate-limit state reported in `RateLimit-*` headers of a successful
 /// response.
@@ -137,6 +133,50 @@ impl Audit {
         }
     }
 
+    /// A new record for a request that arrived at `time`; `enabled` and
+    /// `include_prompts` come from the config in force then.
+    pub fn start(
+        enabled: bool,
+        include_prompts: bool,
+        time: DateTime<Utc>,
+        client: Option<String>,
+        method: String,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            enabled,
+            include_prompts,
+            record: Mutex::new(Record {
+                time: time.to_rfc3339(),
+                client,
+                method,
+                route: "unmatched".into(),
+                ..Default::default()
+            }),
+        }))
+    }
+
+    /// The matched route, known only inside the router.
+    pub fn route(&self, route: String) {
+        self.with(|r| r.route = route);
+    }
+
+    /// Completes the record with the response's status and latency;
+    /// returns the route (for the request metrics) and the rate-limit
+    /// state a successful response reports in its headers.
+    pub fn finish(&self, status: u16, latency: Duration) -> (String, Option<RateInfo>) {
+        let mut out = (String::new(), None);
+        self.with(|r| {
+            r.status = status;
+            r.latency_ms = latency.as_secs_f64() * 1000.0;
+            r.decision = decision(status);
+            out = (
+                r.route.clone(),
+                r.rate.filter(|_| (200..300).contains(&status)),
+            );
+        });
+        out
+    }
+
     /// A detached handle for code outside a request (tests).
     pub fn disabled() -> Self {
         Self(Arc::new(Inner {
@@ -147,82 +187,13 @@ impl Audit {
     }
 }
 
-/// Stores the matched route into the audit record; runs inside the router
-/// (as a route layer) because only there is the route known.
-pub async fn note_route(request: Request, next: Next) -> Response {
-    if let (Some(audit), Some(path)) = (
-        request.extensions().get::<Audit>(),
-        request.extensions().get::<MatchedPath>(),
-    ) {
-        let route = path.as_str().to_string();
-        audit.with(|r| r.route = route);
+/// The audit decision a response status stands for.
+fn decision(status: u16) -> &'static str {
+    match status {
+        401 => "unauthenticated",
+        403 => "forbidden",
+        429 => "throttled",
+        s if s < 400 => "allowed",
+        _ => "error",
     }
-    next.run(request).await
-}
-
-/// The outermost middleware: audit record, request metrics, RateLimit-*
-/// headers.
-pub async fn middleware(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let runtime = state.runtime();
-    let audit = Audit(Arc::new(Inner {
-        enabled: runtime.config.audit.enabled,
-        include_prompts: runtime.config.audit.include_prompts,
-        record: Mutex::new(Record {
-            time: Utc::now().to_rfc3339(),
-            client: request
-                .extensions()
-                .get::<ClientAddr>()
-                .map(|a| a.0.ip().to_string()),
-            method: request.method().to_string(),
-            route: "unmatched".into(),
-            ..Default::default()
-        }),
-    }));
-    let method = request.method().to_string();
-    request.extensions_mut().insert(audit.clone());
-    let mut response = next.run(request).await;
-    let status = response.status();
-    let elapsed = start.elapsed();
-    if let Some(failure) = response.extensions().get::<AuthFailure>() {
-        audit.auth_failure(*failure);
-    }
-    let mut route = String::new();
-    audit.with(|r| {
-        r.status = status.as_u16();
-        r.latency_ms = elapsed.as_secs_f64() * 1000.0;
-        r.decision = match status.as_u16() {
-            401 => "unauthenticated",
-            403 => "forbidden",
-            429 => "throttled",
-            s if s < 400 => "allowed",
-            _ => "error",
-        };
-        route = r.route.clone();
-        if let Some(rate) = r.rate.filter(|_| status.is_success()) {
-            let h = response.headers_mut();
-            h.insert("ratelimit-limit", HeaderValue::from(rate.limit));
-            h.insert("ratelimit-remaining", HeaderValue::from(rate.remaining));
-            h.insert("ratelimit-reset", HeaderValue::from(rate.reset_secs));
-        }
-    });
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route.clone(),
-            method,
-            status: status.as_u16(),
-        })
-        .inc();
-    state
-        .metrics
-        .latency
-        .get_or_create(&RouteLabels { route })
-        .observe(elapsed.as_secs_f64());
-    response
 }

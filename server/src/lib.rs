@@ -1,31 +1,61 @@
 //! The securechat server: the workload image the operator deploys, and a
 //! standalone HTTPS chat server.
 //!
-//! Request path: TLS (`serve`, `tls`) -> audit/metrics middleware (`audit`)
-//! -> origin guard + CORS (`routes`) -> `auth::Authorized` (brute-force
-//! guard, API key or JWT, tier permission, rate limit) -> handler
-//! (`routes::*`) -> `generation` (input filter, quotas, context check) ->
-//! `engine::Engine` -> streaming output filter (`pii`).
+//! Request path: TLS (`listener`, `tls`) -> audit/metrics middleware
+//! (`routes::audit_layer`, filling an `audit::Audit` record) -> origin
+//! guard + CORS (`routes`) -> `auth::Authorized` (brute-force guard, API
+//! key or JWT, tier permission, rate limit) -> handler (`routes::*`) ->
+//! `chat_pipeline` (input filter, quotas, context check) ->
+//! `engine::Engine` (implemented by `inference`) -> streaming output
+//! filter (`pii`).
+//!
+//! The modules, by concern. No module imports, directly or through
+//! others, one that imports it back (`make import-cycles`): shared types
+//! sit in leaf modules (`principal`, `audit`, `credentials`,
+//! `files::key_table`, `inference`'s `llama_weights`) rather than in the
+//! modules that use them.
+//!
+//! - Starting: `main.rs` (the CLI: `serve`, `keys`, `fetch`), `startup`
+//!   (load every file strictly, bind both ports, start the tasks), `dev`
+//!   (`serve --dev` material), `keys_cli` (the `keys` verbs), `fetch` (model
+//!   download for the init container).
+//! - Serving: `listener` (TCP accept, TLS handshake, HTTP/1.1), `routes`
+//!   (every route in one function; `routes::audit_layer` the outermost
+//!   middleware), `chat_pipeline`, `error` (`ApiError` in the OpenAI shape).
+//! - Shared state: `state` (`AppState`: the engine, the `LiveConfig` in
+//!   force, keys, limiters, sessions), `files` (hot reload with last good
+//!   versions, the API-key table file and its lock, atomic writes),
+//!   `metrics`.
+//! - Credentials: `credentials` (`api_key`, `jwt`, `oidc`: the only place
+//!   secrets are parsed and compared), `auth` (the request-side extractor
+//!   that uses them with the shared state), `session` (web UI sessions),
+//!   `tls`, `der`.
+//! - Leaves: `principal` (who a request speaks for), `audit` (the record
+//!   of one request), `ratelimit`, `pii` (pure filters).
+//! - Inference: `engine` (the trait handlers see), `inference` (models,
+//!   tokenizer, sampler, decode loop, worker queue; no candle type leaves
+//!   it).
 
 pub mod audit;
 pub mod auth;
+pub mod chat_pipeline;
+pub mod credentials;
 pub mod der;
 pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod files;
-pub mod generation;
 pub mod inference;
 pub mod keys_cli;
+pub mod listener;
 pub mod metrics;
-pub mod model_loader;
 pub mod pii;
+pub mod principal;
 pub mod ratelimit;
 pub mod routes;
-pub mod serve;
-pub mod server;
 pub mod session;
+pub mod startup;
 pub mod state;
 pub mod tls;
 

@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
-use securechat_server::server::{LAST_USED_INTERVAL, ServeOptions, run};
-use securechat_server::{dev, keys_cli, model_loader};
+use securechat_server::inference::{self, EngineOptions};
+use securechat_server::startup::{LAST_USED_INTERVAL, ServeOptions, run};
+use securechat_server::{dev, keys_cli};
 
 #[derive(Parser)]
 #[command(
@@ -80,7 +81,8 @@ struct ServeArgs {
     /// config outside the pod, against a projected copy of its mounts).
     #[arg(long, requires = "config")]
     path_root: Option<PathBuf>,
-    /// Model file (GGUF). Default: the SmolLM2-135M-Instruct Q4_1 cache path.
+    /// Model file (GGUF) or GLM directory. Default: where `make model` puts
+    /// the default model (`crds::default_model`).
     #[arg(long, env = "SECURECHAT_MODEL")]
     model: Option<PathBuf>,
 }
@@ -176,8 +178,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, true, Some(dir)) => (dev::ensure(&dir)?, Some(LAST_USED_INTERVAL)),
         _ => anyhow::bail!("either --config FILE or --dev --data-dir DIR is required"),
     };
-    let model = args.model.unwrap_or_else(model_loader::default_model_path);
-    let engine = model_loader::load_engine(&model)?;
+    let model = args
+        .model
+        .or_else(inference::default_model_path)
+        .context("no --model given and HOME is not set (the default model lives under it)")?;
+    let engine = inference::load_engine(&model, EngineOptions::default())
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", model.display()))?;
     let options = ServeOptions {
         config_path,
         api_addr: args.api_addr,

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::auth::Principal;
+use crate::principal::Principal;
 
 /// Name of the session cookie. The `__Host-` prefix makes the browser
 /// refuse it unless it is Secure, has Path=/ and no Domain, so no other
@@ -189,7 +189,7 @@ pub fn set_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Method;
+    use crate::principal::Method;
     use securechat_crds::v1alpha1::Tier;
 
     fn session(expires_at: DateTime<Utc>) -> Session {

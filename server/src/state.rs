@@ -8,32 +8,48 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
+use securechat_crds::sensitive::PatternError;
 use serde::Serialize;
 
-use crate::auth::jwt::{SigningMaterial, TokenPolicy};
-use crate::auth::oidc::OidcVerifier;
+use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
+use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
 use crate::ratelimit::KeyedBuckets;
 use crate::session::Sessions;
 
-/// A validated config with its compiled parts.
-pub struct Runtime {
+/// Why a config was refused (the last good one stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not UTF-8")]
+    NotUtf8,
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("sensitiveData.customPatterns: {0}")]
+    Patterns(#[source] PatternError),
+}
+
+/// The config in force: validated, with its compiled parts (the
+/// sensitive-data filter, the token policy). A reload or an admin PATCH
+/// builds a new one and swaps it in whole.
+pub struct LiveConfig {
     pub config: ServerConfig,
     pub filter: Filter,
     pub policy: TokenPolicy,
 }
 
-impl Runtime {
+impl LiveConfig {
     /// Validates and compiles; any error leaves the caller's last good
-    /// runtime in force.
-    pub fn new(config: ServerConfig) -> Result<Self, String> {
-        config.validate().map_err(|e| e.to_string())?;
-        let filter = Filter::new(&config.sensitive_data)
-            .map_err(|e| format!("sensitiveData.customPatterns: {e}"))?;
+    /// config in force.
+    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let filter = Filter::new(&config.sensitive_data).map_err(ConfigError::Patterns)?;
         let policy = TokenPolicy {
             issuer: config.auth.issuer.clone(),
             audience: config.auth.audience.clone(),
@@ -58,10 +74,11 @@ pub struct KeyUsage {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Shared state; cloned per request as one Arc.
-pub struct Shared {
+/// What every request reads; [`AppState`] clones it per request as one Arc.
+pub struct AppStateInner {
     pub engine: Arc<dyn Engine>,
-    pub runtime: ArcSwap<Runtime>,
+    /// The config in force, swapped whole on a reload or an admin PATCH.
+    pub live_config: ArcSwap<LiveConfig>,
     pub signing: ArcSwap<SigningMaterial>,
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
@@ -82,11 +99,11 @@ pub struct Shared {
 }
 
 #[derive(Clone)]
-pub struct AppState(pub Arc<Shared>);
+pub struct AppState(pub Arc<AppStateInner>);
 
 impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
         &self.0
     }
 }
@@ -94,16 +111,16 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(
         engine: Arc<dyn Engine>,
-        runtime: Runtime,
+        live_config: LiveConfig,
         signing: SigningMaterial,
         api_keys: ApiKeyTable,
         oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
     ) -> Self {
-        let max = runtime.config.limits.max_tracked_clients as usize;
-        Self(Arc::new(Shared {
+        let max = live_config.config.limits.max_tracked_clients as usize;
+        Self(Arc::new(AppStateInner {
             engine,
-            runtime: ArcSwap::from_pointee(runtime),
+            live_config: ArcSwap::from_pointee(live_config),
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
@@ -118,14 +135,14 @@ impl AppState {
         }))
     }
 
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+    pub fn live_config(&self) -> Arc<LiveConfig> {
+        self.live_config.load_full()
     }
 
     /// The model id clients use: the configured served name, else the
     /// model file's own name.
     pub fn model_id(&self) -> String {
-        self.runtime()
+        self.live_config()
             .config
             .served_model_name
             .clone()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -45,16 +45,28 @@ pub struct LoadedCert {
     pub not_after: Option<DateTime<Utc>>,
 }
 
+/// Why a certificate and key were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate: {0}")]
+    Certificate(#[source] pem::Error),
+    #[error("certificate: no CERTIFICATE block")]
+    NoCertificate,
+    #[error("private key: {0}")]
+    PrivateKey(#[source] pem::Error),
+    #[error("certificate/key: {0}")]
+    Mismatch(#[source] rustls::Error),
+}
+
 /// Parses PEM chain + PKCS#8/PKCS#1/SEC1 key and checks they belong together.
-pub fn load_cert(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, String> {
+pub fn load_cert(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
-    let first = chain.first().ok_or("certificate: no CERTIFICATE block")?;
+        .map_err(CertError::Certificate)?;
+    let first = chain.first().ok_or(CertError::NoCertificate)?;
     let not_after = crate::der::certificate_not_after(first.as_ref());
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
-    let certified = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| format!("certificate/key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(CertError::PrivateKey)?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(CertError::Mismatch)?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         not_after,
@@ -73,14 +85,16 @@ impl ResolvesServerCert for SwappableCert {
 
 /// A TLS acceptor for the given minimum version. TLS 1.3 is always offered
 /// and preferred; 1.2 only when the config allows it.
-pub fn acceptor(cert: Arc<SwappableCert>, min_version: TlsVersion) -> Result<TlsAcceptor, String> {
+pub fn acceptor(
+    cert: Arc<SwappableCert>,
+    min_version: TlsVersion,
+) -> Result<TlsAcceptor, rustls::Error> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -23,7 +23,7 @@ use common::{
 };
 use securechat_server::dev;
 use securechat_server::engine::{ChatMessage, Engine, Role};
-use securechat_server::server::start;
+use securechat_server::startup::start;
 
 /// Tokens of each abandoned prompt: most of the model's 8,192.
 const LONG_PROMPT: std::ops::Range<usize> = 7_000..8_000;

@@ -162,7 +162,7 @@ fn sha256_hex(logits: &[f32]) -> String {
     for v in logits {
         h.update(v.to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    securechat_crds::hex::hex(&h.finalize())
 }
 
 fn reference(texts: &[String], prompts: &[Vec<u32>]) -> Reference {

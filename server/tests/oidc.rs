@@ -14,8 +14,8 @@ use chrono::{Duration, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::v1alpha1::{SigningAlgorithm, TlsVersion};
-use securechat_server::auth::jwt::SigningMaterial;
-use securechat_server::{dev, serve, tls};
+use securechat_server::credentials::jwt::SigningMaterial;
+use securechat_server::{dev, listener, tls};
 use serde_json::{Value, json};
 
 use common::{RELAXED, server_in};
@@ -73,7 +73,7 @@ async fn start_idp(data: &std::path::Path) -> Idp {
         tls::acceptor(swappable, TlsVersion::V1_3).unwrap(),
     ));
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(serve::serve_tls(
+    tokio::spawn(listener::serve_tls(
         listener,
         acceptor,
         app,

@@ -23,7 +23,7 @@ use securechat_projector::{AtomicWriter, FileProjection, Payload};
 use securechat_server::dev::{self, DevCertificates};
 use securechat_server::files::reload::read_pair;
 use securechat_server::keys_cli;
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::startup::{Running, ServeOptions, start};
 use serde_json::{Value, json};
 
 use common::{EchoEngine, client_for, sample};

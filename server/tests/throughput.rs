@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use securechat_crds::v1alpha1::SensitiveDataSpec;
-use securechat_server::auth::jwt::{Claims, SigningMaterial, TokenPolicy};
+use securechat_server::credentials::jwt::{Claims, SigningMaterial, TokenPolicy};
 use securechat_server::pii::Filter;
 
 use common::{RELAXED, server};

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use securechat_server::dev;
 use securechat_server::inference::{EngineOptions, default_model_path, load_engine};
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::startup::{Running, ServeOptions, start};
 use serde_json::{Value, json};
 
 use common::{Keys, RELAXED, add_keys, client_for, server};

@@ -348,10 +348,10 @@ pub struct InProcessOperator {
 
 impl InProcessOperator {
     pub async fn start(namespace: &str, user_agent: &str) -> Self {
-        use securechat_operator::controller::{self, State};
+        use securechat_operator::controller::{self, Context};
         use securechat_operator::key_controller;
         use securechat_operator::metrics::Metrics;
-        let state = std::sync::Arc::new(State::new(
+        let state = std::sync::Arc::new(Context::new(
             client_as(user_agent).await,
             "securechat/server:test".into(),
             std::sync::Arc::new(Metrics::new()),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use securechat_projector::AtomicWriter;
 use securechat_projector::follow::{follow_config_map, follow_secret};
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::inference;
+use securechat_server::startup::{Running, ServeOptions, start};
 
 /// The credential one request of a test's load carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,8 +169,9 @@ impl ServedModel {
         for f in &files {
             wait_for_file(f).await;
         }
-        let engine = securechat_server::model_loader::load_engine(
-            &securechat_server::model_loader::default_model_path(),
+        let engine = inference::load_engine(
+            &inference::default_model_path().expect("HOME is set"),
+            inference::EngineOptions::default(),
         )
         .expect("the default model (make model)");
         let server = start(

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ValidationError, is_valid_id};
+use crate::hex::hex;
 use crate::v1alpha1::Tier;
 
 /// Every key starts with this.
@@ -85,10 +86,6 @@ impl SecretHash {
         }
         Some(out)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Builds the plaintext key from its parts.

@@ -5,21 +5,22 @@ use securechat_crds::files::config::{
     FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
+use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::OidcIssuer;
 use sha2::{Digest, Sha256};
 
-use super::Context;
+use super::Input;
 use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, sso_client_secret_file};
 use crate::labels::Names;
 use crate::{Error, Result};
 
 /// The server configuration the pods read, derived from the spec. The
 /// policy sections are the spec's own types, copied as they are.
-pub fn server_config(ctx: &Context) -> ServerConfig {
-    let spec = &ctx.model.spec;
+pub fn server_config(input: &Input) -> ServerConfig {
+    let spec = &input.model.spec;
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {
-        served_model_name: Some(ctx.name.clone()),
+        served_model_name: Some(input.name.clone()),
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
             tls_key: dir(TLS_DIR, names::TLS_KEY),
@@ -39,12 +40,12 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
                 .auth
                 .issuer
                 .clone()
-                .unwrap_or_else(|| format!("https://{}", ctx.service_host())),
+                .unwrap_or_else(|| format!("https://{}", input.service_host())),
             audience: spec
                 .auth
                 .audience
                 .clone()
-                .unwrap_or_else(|| ctx.name.clone()),
+                .unwrap_or_else(|| input.name.clone()),
             token_ttl: spec.auth.token_ttl,
             leeway: spec.auth.leeway,
             // The server reads client secrets from files (web.sso below),
@@ -91,18 +92,15 @@ pub fn server_config(ctx: &Context) -> ServerConfig {
 /// The ConfigMap holding `config.yaml`, and the checksum of its content
 /// (the Deployment's pod-template annotation, so a config change rolls the
 /// pods).
-pub fn config_map(ctx: &Context) -> Result<(ConfigMap, String)> {
-    let config = server_config(ctx);
+pub fn config_map(input: &Input) -> Result<(ConfigMap, String)> {
+    let config = server_config(input);
     let yaml = serde_yaml::to_string(&config).map_err(|e| Error::Render {
         what: "server config",
         message: e.to_string(),
     })?;
-    let checksum = Sha256::digest(yaml.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let checksum = hex(&Sha256::digest(yaml.as_bytes()));
     let map = ConfigMap {
-        metadata: ctx.metadata(Names::config_map(&ctx.name)),
+        metadata: input.metadata(Names::config_map(&input.name)),
         data: Some(BTreeMap::from([(names::CONFIG.to_string(), yaml)])),
         ..Default::default()
     };
@@ -117,7 +115,7 @@ mod tests {
 
     fn render(spec: serde_json::Value) -> (ConfigMap, String) {
         let m = model("chat", spec);
-        config_map(&Context::new(&m, "img").expect("ctx")).expect("renders")
+        config_map(&Input::new(&m, "img").expect("input")).expect("renders")
     }
 
     #[test]
@@ -163,8 +161,8 @@ mod tests {
                  "clientSecretName": "idp-client"}
             ]}}),
         );
-        let ctx = Context::new(&m, "img").expect("ctx");
-        let (map, _) = config_map(&ctx).expect("renders");
+        let input = Input::new(&m, "img").expect("input");
+        let (map, _) = config_map(&input).expect("renders");
         let yaml = &map.data.expect("data")[names::CONFIG];
         assert!(!yaml.contains("idp-client"), "{yaml}");
         let parsed = ServerConfig::from_yaml(yaml).expect("server parses it");
@@ -174,7 +172,7 @@ mod tests {
         assert_eq!(parsed.web.sso[1].client_secret_file.as_ref(), Some(&file));
 
         // The Deployment mounts exactly that key of that Secret there.
-        let deployment = crate::desired::deployment::deployment(&ctx, "checksum");
+        let deployment = crate::desired::deployment::deployment(&input, "checksum");
         let pod = deployment.spec.template.spec.expect("pod spec");
         let volume = pod
             .volumes

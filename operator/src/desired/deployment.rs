@@ -12,9 +12,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use securechat_crds::default_model;
 use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
 
-use super::Context;
+use super::Input;
 use crate::labels::{self, Names};
 
 /// Where the server reads its files; each is a separate mount so a Secret
@@ -24,8 +25,6 @@ pub const TLS_DIR: &str = "/etc/securechat/tls";
 pub const SIGNING_KEYS_DIR: &str = "/etc/securechat/signing-keys";
 pub const API_KEYS_DIR: &str = "/etc/securechat/api-keys";
 const MODELS_DIR: &str = "/models";
-/// Where the server image keeps the embedded default model.
-pub const EMBEDDED_MODEL_PATH: &str = "/opt/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Non-root uid/gid of the server image (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 /// Pod template annotation that changes when the server config changes, so
@@ -35,21 +34,21 @@ pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
 /// The hardened, GPU-aware Deployment of the server.
-pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
-    let spec = &ctx.model.spec;
+pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
+    let spec = &input.model.spec;
     let mut annotations = BTreeMap::new();
     annotations.insert(
         CONFIG_CHECKSUM_ANNOTATION.to_string(),
         config_checksum.to_string(),
     );
 
-    let (volumes, mounts, model_path) = volumes(ctx);
+    let (volumes, mounts, model_path) = volumes(input);
     let container = Container {
         name: "server".into(),
         image: Some(
             spec.image
                 .clone()
-                .unwrap_or_else(|| ctx.default_image.to_string()),
+                .unwrap_or_else(|| input.default_image.to_string()),
         ),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(vec![
@@ -77,7 +76,7 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
                 ..Default::default()
             },
         ]),
-        resources: Some(resources(ctx)),
+        resources: Some(resources(input)),
         volume_mounts: Some(mounts),
         readiness_probe: Some(https_probe("/readyz", 5, 3)),
         liveness_probe: Some(https_probe("/healthz", 10, 6)),
@@ -89,7 +88,7 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
         security_context: Some(hardened()),
         ..Default::default()
     };
-    let init_containers = model_fetcher(ctx).map(|fetcher| vec![fetcher]);
+    let init_containers = model_fetcher(input).map(|fetcher| vec![fetcher]);
 
     let scheduling = &spec.scheduling;
     let mut node_selector = scheduling.node_selector.clone();
@@ -110,7 +109,7 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
     }
 
     let pod = PodSpec {
-        service_account_name: Some(Names::service_account(&ctx.name)),
+        service_account_name: Some(Names::service_account(&input.name)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         init_containers,
@@ -138,11 +137,11 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
     };
 
     Deployment {
-        metadata: ctx.metadata(Names::deployment(&ctx.name)),
+        metadata: input.metadata(Names::deployment(&input.name)),
         spec: DeploymentSpec {
             replicas: Some(spec.replicas),
             selector: LabelSelector {
-                match_labels: Some(labels::selector(&ctx.name)),
+                match_labels: Some(labels::selector(&input.name)),
                 ..Default::default()
             },
             // GPUs are scarce: replace one pod at a time rather than asking
@@ -164,7 +163,7 @@ pub fn deployment(ctx: &Context, config_checksum: &str) -> Deployment {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels::common(&ctx.name)),
+                    labels: Some(labels::common(&input.name)),
                     annotations: Some(annotations),
                     ..Default::default()
                 }),
@@ -204,8 +203,8 @@ const HF_TOKEN_DIR: &str = "/var/run/securechat/hf-token";
 /// For a `huggingFace` source: the init container that downloads the model
 /// into the pod's `model` emptyDir (`securechat-server fetch`, same image),
 /// so the serving container never talks to the hub.
-fn model_fetcher(ctx: &Context) -> Option<Container> {
-    let spec = &ctx.model.spec;
+fn model_fetcher(input: &Input) -> Option<Container> {
+    let spec = &input.model.spec;
     let hf = spec.model.source.hugging_face.as_ref()?;
     let mut args = vec![
         "fetch".to_string(),
@@ -245,7 +244,7 @@ fn model_fetcher(ctx: &Context) -> Option<Container> {
         image: Some(
             spec.image
                 .clone()
-                .unwrap_or_else(|| ctx.default_image.to_string()),
+                .unwrap_or_else(|| input.default_image.to_string()),
         ),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
@@ -270,8 +269,8 @@ fn https_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn resources(ctx: &Context) -> ResourceRequirements {
-    let spec = &ctx.model.spec.resources;
+fn resources(input: &Input) -> ResourceRequirements {
+    let spec = &input.model.spec.resources;
     let mut requests = quantities(spec.requests.as_ref());
     let mut limits = quantities(spec.limits.as_ref());
     if spec.gpu.count > 0 {
@@ -312,8 +311,8 @@ fn sso_client_secret_dir(index: usize) -> String {
 const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
 
 /// Volumes, their mounts, and the model path the server is told to load.
-fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
-    let spec = &ctx.model.spec;
+fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
+    let spec = &input.model.spec;
     let secret = |volume: &str, secret_name: String| Volume {
         name: volume.into(),
         secret: Some(SecretVolumeSource {
@@ -328,21 +327,21 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             .tls
             .secret_name
             .clone()
-            .unwrap_or_else(|| Names::tls_secret(&ctx.name)),
-        TlsMode::Generated => Names::tls_secret(&ctx.name),
+            .unwrap_or_else(|| Names::tls_secret(&input.name)),
+        TlsMode::Generated => Names::tls_secret(&input.name),
     };
     let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: Names::config_map(&ctx.name),
+                name: Names::config_map(&input.name),
                 ..Default::default()
             }),
             ..Default::default()
         },
         secret("tls", tls_secret),
-        secret("signing-keys", Names::signing_keys(&ctx.name)),
-        secret("api-keys", Names::api_keys(&ctx.name)),
+        secret("signing-keys", Names::signing_keys(&input.name)),
+        secret("api-keys", Names::api_keys(&input.name)),
         Volume {
             name: "tmp".into(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -432,7 +431,7 @@ fn volumes(ctx: &Context) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             None => MODELS_DIR.to_string(),
         }
     } else {
-        EMBEDDED_MODEL_PATH.to_string()
+        default_model::EMBEDDED_PATH.to_string()
     };
     (volumes, mounts, model_path)
 }
@@ -446,7 +445,7 @@ mod tests {
     fn build(spec: serde_json::Value) -> Deployment {
         let m = model("chat", spec);
         deployment(
-            &Context::new(&m, "securechat/server:0.1.0").expect("ctx"),
+            &Input::new(&m, "securechat/server:0.1.0").expect("input"),
             "abc",
         )
     }

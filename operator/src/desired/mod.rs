@@ -23,9 +23,10 @@ use securechat_crds::SecureChatModel;
 
 use crate::{Error, Result, labels};
 
-/// What every builder needs besides the resource itself.
+/// The builders' input: what every builder needs besides the resource
+/// itself. (The reconciler's shared context is [`crate::controller::Context`].)
 #[derive(Debug, Clone)]
-pub struct Context<'a> {
+pub struct Input<'a> {
     pub model: &'a SecureChatModel,
     pub name: String,
     pub namespace: String,
@@ -33,7 +34,7 @@ pub struct Context<'a> {
     pub default_image: &'a str,
 }
 
-impl<'a> Context<'a> {
+impl<'a> Input<'a> {
     pub fn new(model: &'a SecureChatModel, default_image: &'a str) -> Result<Self> {
         Ok(Self {
             name: model.name_any(),

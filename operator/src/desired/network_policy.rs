@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use securechat_crds::v1alpha1::{IngressRule, Protocol};
 
-use super::Context;
+use super::Input;
 use crate::labels::{self, Names};
 
 /// A security-group rule that cannot become a NetworkPolicy rule, with why.
@@ -30,8 +30,8 @@ pub struct NetworkPolicyPlan {
 /// Default deny in both directions for the model's pods, then one ingress
 /// rule per security-group rule, and egress only to DNS, to what the model
 /// source and OIDC issuers need, and to the user's egress rules.
-pub fn network_policy(ctx: &Context) -> NetworkPolicyPlan {
-    let spec = &ctx.model.spec;
+pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
+    let spec = &input.model.spec;
     let served = [spec.ports.api, spec.ports.web];
     let mut refused = Vec::new();
     let mut ingress = Vec::new();
@@ -69,10 +69,10 @@ pub fn network_policy(ctx: &Context) -> NetworkPolicyPlan {
     }
 
     let policy = NetworkPolicy {
-        metadata: ctx.metadata(Names::network_policy(&ctx.name)),
+        metadata: input.metadata(Names::network_policy(&input.name)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(labels::selector(&ctx.name)),
+                match_labels: Some(labels::selector(&input.name)),
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
@@ -153,7 +153,7 @@ mod tests {
 
     fn plan(spec: serde_json::Value) -> NetworkPolicyPlan {
         let m = model("chat", spec);
-        network_policy(&Context::new(&m, "img").expect("ctx"))
+        network_policy(&Input::new(&m, "img").expect("input"))
     }
 
     #[test]

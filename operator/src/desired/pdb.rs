@@ -2,19 +2,19 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::Context;
+use super::Input;
 use crate::labels::{self, Names};
 
 /// With more than one replica, voluntary disruptions (node drains) take at
 /// most one pod at a time. With one replica a PDB would block drains
 /// forever, so none is made (and an old one is deleted).
-pub fn pdb(ctx: &Context) -> Option<PodDisruptionBudget> {
-    (ctx.model.spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: ctx.metadata(Names::pdb(&ctx.name)),
+pub fn pdb(input: &Input) -> Option<PodDisruptionBudget> {
+    (input.model.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: input.metadata(Names::pdb(&input.name)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(labels::selector(&ctx.name)),
+                match_labels: Some(labels::selector(&input.name)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -31,9 +31,9 @@ mod tests {
     #[test]
     fn only_with_more_than_one_replica() {
         let one = model("chat", serde_json::json!({"replicas": 1}));
-        assert!(pdb(&Context::new(&one, "img").expect("ctx")).is_none());
+        assert!(pdb(&Input::new(&one, "img").expect("input")).is_none());
         let three = model("chat", serde_json::json!({"replicas": 3}));
-        let budget = pdb(&Context::new(&three, "img").expect("ctx")).expect("pdb");
+        let budget = pdb(&Input::new(&three, "img").expect("input")).expect("pdb");
         assert_eq!(
             budget.spec.expect("spec").max_unavailable,
             Some(IntOrString::Int(1))

@@ -11,7 +11,7 @@ use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::keyset::SigningKeySet;
 use securechat_crds::files::names;
 
-use super::Context;
+use super::Input;
 use crate::ca_rotation::{CaSet, NextCa, PreviousCa};
 use crate::labels::Names;
 use crate::pki::CertifiedKey;
@@ -27,16 +27,16 @@ pub const CA_KEY: &str = "ca.key";
 
 /// The names the server certificate must cover: the Service's in-cluster
 /// names plus the user's extras.
-pub fn dns_names(ctx: &Context) -> Vec<String> {
-    let svc = Names::service(&ctx.name);
-    let ns = &ctx.namespace;
+pub fn dns_names(input: &Input) -> Vec<String> {
+    let svc = Names::service(&input.name);
+    let ns = &input.namespace;
     let mut names = vec![
         format!("{svc}.{ns}.svc"),
         format!("{svc}.{ns}.svc.cluster.local"),
         format!("{svc}.{ns}"),
         svc,
     ];
-    names.extend(ctx.model.spec.tls.dns_names.iter().map(|d| d.0.clone()));
+    names.extend(input.model.spec.tls.dns_names.iter().map(|d| d.0.clone()));
     names.dedup();
     names
 }
@@ -101,8 +101,8 @@ pub fn certificate_decision(
 
 /// When a certificate issued `now` with this validity expires and renews:
 /// `renewBefore` ahead of expiry, or when a third of the validity is left.
-pub fn certificate_times(ctx: &Context, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let tls = &ctx.model.spec.tls;
+pub fn certificate_times(input: &Input, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let tls = &input.model.spec.tls;
     let validity = tls.validity.as_chrono();
     let renew_before = tls.renew_before.map_or(validity / 3, |d| d.as_chrono());
     let not_after = now + validity;
@@ -126,7 +126,7 @@ pub const PREVIOUS_CA_RETIRE_AT_ANNOTATION: &str = "securechat.dev/previous-ca-r
 pub const CA_ROTATION_HANDLED_ANNOTATION: &str = "securechat.dev/ca-rotation-handled";
 
 /// The operator-only Secret with the model's CA keys and rotation state.
-pub fn ca_secret(ctx: &Context, set: &CaSet) -> Secret {
+pub fn ca_secret(input: &Input, set: &CaSet) -> Secret {
     let mut data = BTreeMap::from([
         (names::CA_CERT.to_string(), bytes(&set.active.cert_pem)),
         (CA_KEY.to_string(), bytes(&set.active.key_pem)),
@@ -151,7 +151,7 @@ pub fn ca_secret(ctx: &Context, set: &CaSet) -> Secret {
     if let Some(handled) = &set.rotation_handled {
         annotations.insert(CA_ROTATION_HANDLED_ANNOTATION.into(), handled.clone());
     }
-    let mut metadata = ctx.metadata(format!("{}-ca", ctx.name));
+    let mut metadata = input.metadata(format!("{}-ca", input.name));
     metadata.annotations = Some(annotations);
     Secret {
         metadata,
@@ -226,12 +226,12 @@ pub fn issuer_of(secret: &Secret) -> Option<String> {
 /// `<name>-tls`: the server certificate, its key and the CA, as a
 /// kubernetes.io/tls Secret the pods mount.
 pub fn tls_secret(
-    ctx: &Context,
+    input: &Input,
     ca_cert_pem: &str,
     leaf: &CertifiedKey,
     issued: &IssuedCertificate,
 ) -> Secret {
-    let mut metadata = ctx.metadata(Names::tls_secret(&ctx.name));
+    let mut metadata = input.metadata(Names::tls_secret(&input.name));
     metadata.annotations = Some(BTreeMap::from([
         (
             NOT_AFTER_ANNOTATION.to_string(),
@@ -260,8 +260,8 @@ pub fn tls_secret(
 /// only, not every ConfigMap the operator made.
 pub const CA_BUNDLE_LABEL: &str = "securechat.dev/ca-bundle";
 
-pub fn ca_bundle(ctx: &Context, ca_cert_pem: &str) -> ConfigMap {
-    let mut metadata = ctx.metadata(Names::ca_bundle(&ctx.name));
+pub fn ca_bundle(input: &Input, ca_cert_pem: &str) -> ConfigMap {
+    let mut metadata = input.metadata(Names::ca_bundle(&input.name));
     metadata
         .labels
         .get_or_insert_with(Default::default)
@@ -277,7 +277,7 @@ pub fn ca_bundle(ctx: &Context, ca_cert_pem: &str) -> ConfigMap {
 }
 
 /// `<name>-signing-keys`: the keyset file, validated before it is written.
-pub fn signing_keys_secret(ctx: &Context, keyset: &SigningKeySet) -> Result<Secret> {
+pub fn signing_keys_secret(input: &Input, keyset: &SigningKeySet) -> Result<Secret> {
     keyset.validate().map_err(|e| Error::Render {
         what: "signing keyset",
         message: e.to_string(),
@@ -287,7 +287,7 @@ pub fn signing_keys_secret(ctx: &Context, keyset: &SigningKeySet) -> Result<Secr
         message: e.to_string(),
     })?;
     Ok(Secret {
-        metadata: ctx.metadata(Names::signing_keys(&ctx.name)),
+        metadata: input.metadata(Names::signing_keys(&input.name)),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(names::KEYSET.to_string(), bytes(&json))])),
         ..Default::default()
@@ -303,14 +303,14 @@ pub fn keyset_from_secret(secret: &Secret) -> Option<SigningKeySet> {
 }
 
 /// `<name>-api-keys`: created empty; ChatApiKeys add hashes to it.
-pub fn empty_api_keys_secret(ctx: &Context) -> Result<Secret> {
+pub fn empty_api_keys_secret(input: &Input) -> Result<Secret> {
     let json =
         serde_json::to_string_pretty(&ApiKeyTable::default()).map_err(|e| Error::Render {
             what: "API-key table",
             message: e.to_string(),
         })?;
     Ok(Secret {
-        metadata: ctx.metadata(Names::api_keys(&ctx.name)),
+        metadata: input.metadata(Names::api_keys(&input.name)),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             names::API_KEYS.to_string(),
@@ -335,7 +335,7 @@ mod tests {
     #[test]
     fn certificate_covers_the_service_names_and_extras() {
         let m = model("chat", json!({"tls": {"dnsNames": ["chat.example.com"]}}));
-        let names = dns_names(&Context::new(&m, "img").expect("ctx"));
+        let names = dns_names(&Input::new(&m, "img").expect("input"));
         assert_eq!(
             names,
             [
@@ -352,7 +352,7 @@ mod tests {
     fn default_renewal_is_a_third_of_validity_before_expiry() {
         let m = model("chat", json!({"tls": {"validity": "90h"}}));
         let (not_after, renew_at) = certificate_times(
-            &Context::new(&m, "img").expect("ctx"),
+            &Input::new(&m, "img").expect("input"),
             at("2026-01-01T00:00:00Z"),
         );
         assert_eq!(not_after, at("2026-01-04T18:00:00Z"));
@@ -362,7 +362,7 @@ mod tests {
             json!({"tls": {"validity": "90h", "renewBefore": "10h"}}),
         );
         let (_, renew_at) = certificate_times(
-            &Context::new(&m, "img").expect("ctx"),
+            &Input::new(&m, "img").expect("input"),
             at("2026-01-01T00:00:00Z"),
         );
         assert_eq!(renew_at, at("2026-01-04T08:00:00Z"));
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn tls_secret_round_trips_its_annotations() {
         let m = model("chat", json!({}));
-        let ctx = Context::new(&m, "img").expect("ctx");
+        let input = Input::new(&m, "img").expect("input");
         let leaf = CertifiedKey {
             cert_pem: "CERT".into(),
             key_pem: "KEY".into(),
@@ -407,9 +407,9 @@ mod tests {
         let issued = IssuedCertificate {
             not_after: at("2026-03-01T00:00:00Z"),
             renew_at: at("2026-02-01T00:00:00Z"),
-            dns_names: dns_names(&ctx),
+            dns_names: dns_names(&input),
         };
-        let secret = tls_secret(&ctx, "CA", &leaf, &issued);
+        let secret = tls_secret(&input, "CA", &leaf, &issued);
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(issued_certificate(&secret), Some(issued));
     }
@@ -417,14 +417,14 @@ mod tests {
     #[test]
     fn ca_secret_round_trips_a_rotation_in_progress() {
         let m = model("chat", json!({}));
-        let ctx = Context::new(&m, "img").expect("ctx");
+        let input = Input::new(&m, "img").expect("input");
         let ca = |n: &str| CertifiedKey {
             cert_pem: format!("CERT {n}"),
             key_pem: format!("KEY {n}"),
         };
         let mut set = CaSet::bootstrap(ca("a"), at("2036-01-01T00:00:00Z"));
         assert_eq!(
-            ca_set_from_secret(&ca_secret(&ctx, &set)),
+            ca_set_from_secret(&ca_secret(&input, &set)),
             Some(set.clone())
         );
         set.next = Some(NextCa {
@@ -437,7 +437,7 @@ mod tests {
             retire_at: at("2026-01-02T00:00:00Z"),
         });
         set.rotation_handled = Some("incident-42".into());
-        let secret = ca_secret(&ctx, &set);
+        let secret = ca_secret(&input, &set);
         assert_eq!(secret.metadata.name.as_deref(), Some("chat-ca"));
         assert_eq!(ca_set_from_secret(&secret), Some(set));
     }
@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn a_next_ca_without_its_times_is_dropped() {
         let m = model("chat", json!({}));
-        let ctx = Context::new(&m, "img").expect("ctx");
+        let input = Input::new(&m, "img").expect("input");
         let mut set = CaSet::bootstrap(
             CertifiedKey {
                 cert_pem: "A".into(),
@@ -458,7 +458,7 @@ mod tests {
             published_at: at("2026-01-01T00:00:00Z"),
             not_after: at("2036-01-01T00:00:00Z"),
         });
-        let mut secret = ca_secret(&ctx, &set);
+        let mut secret = ca_secret(&input, &set);
         secret
             .metadata
             .annotations

@@ -1,12 +1,12 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::Context;
+use super::Input;
 use crate::labels::{self, Names};
 
 /// One ClusterIP Service with the API and web ports, both HTTPS.
-pub fn service(ctx: &Context) -> Service {
-    let ports = &ctx.model.spec.ports;
+pub fn service(input: &Input) -> Service {
+    let ports = &input.model.spec.ports;
     let port = |name: &str, number: i32| ServicePort {
         name: Some(name.to_string()),
         port: number,
@@ -16,9 +16,9 @@ pub fn service(ctx: &Context) -> Service {
         ..Default::default()
     };
     Service {
-        metadata: ctx.metadata(Names::service(&ctx.name)),
+        metadata: input.metadata(Names::service(&input.name)),
         spec: Some(ServiceSpec {
-            selector: Some(labels::selector(&ctx.name)),
+            selector: Some(labels::selector(&input.name)),
             ports: Some(vec![port("api", ports.api), port("web", ports.web)]),
             type_: Some("ClusterIP".into()),
             ..Default::default()
@@ -38,7 +38,7 @@ mod tests {
             "chat",
             serde_json::json!({"ports": {"api": 9000, "web": 9443}}),
         );
-        let svc = service(&Context::new(&m, "img").expect("ctx"));
+        let svc = service(&Input::new(&m, "img").expect("input"));
         let ports = svc.spec.expect("spec").ports.expect("ports");
         let pairs: Vec<_> = ports
             .iter()

@@ -1,13 +1,13 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 
-use super::Context;
+use super::Input;
 use crate::labels::Names;
 
 /// The pods' own identity. The server never calls the Kubernetes API, so no
 /// token is mounted: a stolen pod has no credentials to steal.
-pub fn service_account(ctx: &Context) -> ServiceAccount {
+pub fn service_account(input: &Input) -> ServiceAccount {
     ServiceAccount {
-        metadata: ctx.metadata(Names::service_account(&ctx.name)),
+        metadata: input.metadata(Names::service_account(&input.name)),
         automount_service_account_token: Some(false),
         ..Default::default()
     }
@@ -21,7 +21,7 @@ mod tests {
     #[test]
     fn no_token_is_mounted_and_the_model_owns_it() {
         let m = model("chat", serde_json::json!({}));
-        let sa = service_account(&Context::new(&m, "img").expect("ctx"));
+        let sa = service_account(&Input::new(&m, "img").expect("input"));
         assert_eq!(sa.automount_service_account_token, Some(false));
         let owner = &sa.metadata.owner_references.expect("owner")[0];
         assert_eq!(

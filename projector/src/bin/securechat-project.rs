@@ -43,13 +43,16 @@ struct Cli {
     once: bool,
 }
 
-fn parse_mode(text: &str) -> Result<u32, String> {
+/// A `--mode` that is not octal permission bits.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mode {0:?}: expected octal permission bits such as 0644 or 0400")]
+struct InvalidMode(String);
+
+fn parse_mode(text: &str) -> Result<u32, InvalidMode> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o7777 => Ok(mode),
-        _ => Err(format!(
-            "invalid mode {text:?}: expected octal permission bits such as 0644 or 0400"
-        )),
+        _ => Err(InvalidMode(text.to_string())),
     }
 }
 

@@ -1,13 +1,10 @@
-//! Authentication and authorisation. The only place credentials are parsed
-//! and compared.
+//! Authentication and authorisation of a request: which credential it
+//! carries, whose it is (checked by `credentials`, the only place secrets
+//! are parsed and compared), and whether that caller may do this now.
 //!
 //! `Authorized<P>` is an extractor: brute-force guard -> credential check
 //! (API key or JWT) -> permission `P` for the caller's tier -> request rate
 //! limit. Handlers that take it run only for permitted, in-budget callers.
-
-pub mod api_key;
-pub mod jwt;
-pub mod oidc;
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -18,34 +15,17 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use securechat_crds::files::api_keys::ApiKeyStatus;
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
+use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
+use crate::listener::ClientAddr;
+use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Rate};
-use crate::serve::ClientAddr;
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
-
-/// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    ApiKey,
-    Token,
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Stable identity for limits and audit: `key:<id>` for API keys and
-    /// tokens minted from them.
-    pub subject: String,
-    pub key_id: Option<String>,
-    pub tier: Tier,
-    pub method: Method,
-}
 
 /// Reads the bearer credential from the Authorization header.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
@@ -86,7 +66,7 @@ pub async fn authenticate(
     if credential.split('.').count() != 3 {
         return Err(AuthFailure::Malformed);
     }
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     // Tokens of a configured external issuer go to its verifier; all
     // others must be ours.
     if let Some(iss) = oidc::peek_issuer(credential)
@@ -124,12 +104,7 @@ pub async fn authenticate(
     if let Some(id) = &key_id {
         let table = state.api_keys.load();
         let record = table.get(id).ok_or(AuthFailure::UnknownKey)?;
-        match record.status_at(now) {
-            ApiKeyStatus::Active => {}
-            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
-            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
-            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
-        }
+        api_key::ensure_usable(record, now)?;
         // A tier lowered since the token was minted applies at once.
         tier = tier.min(record.tier);
     }
@@ -148,7 +123,7 @@ fn client_ip(parts: &Parts) -> Option<IpAddr> {
 /// Refuses clients with too many recent failures, before any crypto work.
 pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
     let Some(ip) = ip else { return Ok(()) };
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let max = runtime.config.limits.max_auth_failures_per_minute;
     let rate = Rate::per_minute(max, max);
     match state.failure_buckets.peek(&ip.to_string(), rate, 1.0, now) {
@@ -164,7 +139,11 @@ pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result
 pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, now: Instant) {
     state.metrics.auth_failure(failure.label());
     if let Some(ip) = ip {
-        let max = state.runtime().config.limits.max_auth_failures_per_minute;
+        let max = state
+            .live_config()
+            .config
+            .limits
+            .max_auth_failures_per_minute;
         state
             .failure_buckets
             .charge(&ip.to_string(), Rate::per_minute(max, max), 1.0, now);
@@ -242,12 +221,7 @@ pub fn live_session(
     if let Some(key_id) = &session.principal.key_id {
         let table = state.api_keys.load();
         let record = table.get(key_id).ok_or(AuthFailure::UnknownKey)?;
-        match record.status_at(now) {
-            ApiKeyStatus::Active => {}
-            ApiKeyStatus::Suspended => return Err(AuthFailure::Suspended),
-            ApiKeyStatus::Expired => return Err(AuthFailure::Expired),
-            ApiKeyStatus::Revoked => return Err(AuthFailure::Revoked),
-        }
+        api_key::ensure_usable(record, now)?;
         session.principal.tier = session.principal.tier.min(record.tier);
     }
     Ok(session)
@@ -272,7 +246,7 @@ pub fn take_request(
     tier: Tier,
     audit: &Audit,
 ) -> Result<(), ApiError> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let limits = &runtime.config.rate_limit;
     let per_minute = runtime
         .config
@@ -353,7 +327,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
             principal.key_id.as_deref(),
             principal.tier.as_str(),
         );
-        let runtime = state.runtime();
+        let runtime = state.live_config();
         let tier_spec = runtime.config.roles.tier(principal.tier);
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));

@@ -3,7 +3,7 @@
 //! them to the table file at most once per interval, in one batch, so a
 //! busy key costs one write a minute rather than one per request.
 //!
-//! The `keys` CLI edits the same file, so each write takes the CLI's lock,
+//! The `keys` CLI edits the same file, so each write takes its lock,
 //! re-reads the table, merges (newer timestamp wins; keys the file no
 //! longer has stay gone) and replaces the file atomically. A CLI edit is
 //! therefore never lost, whichever runs first.
@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use securechat_crds::files::api_keys::ApiKeyTable;
 use tokio::sync::watch;
 
-use crate::keys_cli::{self, TableLock};
+use super::key_table::{self, TableLock};
 use crate::state::AppState;
 
 /// Sets each key's `lastUsedAt` to the later of the stored and the observed
@@ -45,11 +45,11 @@ pub fn merge(table: &mut ApiKeyTable, used: &HashMap<String, DateTime<Utc>>) -> 
 /// it would destroy whatever the user is fixing).
 pub fn write_back(path: &Path, used: &HashMap<String, DateTime<Utc>>) -> anyhow::Result<bool> {
     let _lock = TableLock::acquire(path)?;
-    let mut table = keys_cli::load(path)?;
+    let mut table = key_table::load(path)?;
     if !merge(&mut table, used) {
         return Ok(false);
     }
-    keys_cli::save(path, &table)?;
+    key_table::save(path, &table)?;
     Ok(true)
 }
 
@@ -123,6 +123,8 @@ mod tests {
     use super::*;
     use securechat_crds::v1alpha1::Tier;
 
+    use crate::keys_cli;
+
     fn table_with(ids: &[&str]) -> (ApiKeyTable, Vec<String>) {
         let mut table = ApiKeyTable::default();
         let mut out = Vec::new();
@@ -157,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api-keys.json");
         let (table, ids) = table_with(&["used"]);
-        keys_cli::save(&path, &table).unwrap();
+        key_table::save(&path, &table).unwrap();
         let writer = {
             let path = path.clone();
             let id = ids[0].clone();
@@ -171,7 +173,7 @@ mod tests {
         // The CLI's own read-modify-write, as `keys create` does it.
         for i in 0..40 {
             let _lock = TableLock::acquire(&path).unwrap();
-            let mut table = keys_cli::load(&path).unwrap();
+            let mut table = key_table::load(&path).unwrap();
             keys_cli::create(
                 &mut table,
                 &format!("cli{i}"),
@@ -180,10 +182,10 @@ mod tests {
                 Utc::now(),
             )
             .unwrap();
-            keys_cli::save(&path, &table).unwrap();
+            key_table::save(&path, &table).unwrap();
         }
         writer.join().unwrap();
-        let table = keys_cli::load(&path).unwrap();
+        let table = key_table::load(&path).unwrap();
         assert_eq!(table.keys.len(), 41, "every CLI-created key survived");
         assert!(table.get(&ids[0]).unwrap().last_used_at.is_some());
     }

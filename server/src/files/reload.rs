@@ -5,12 +5,14 @@
 //! and the last good version stays in force.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::Watcher;
+use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::{FilePaths, ServerConfig};
 use securechat_crds::files::keyset::SigningKeySet;
@@ -18,45 +20,93 @@ use securechat_crds::v1alpha1::TlsVersion;
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::jwt::SigningMaterial;
-use crate::state::{AppState, Runtime};
-use crate::tls::{self, LoadedCert, SwappableCert};
+use crate::credentials::jwt::{KeysetError, SigningMaterial};
+use crate::state::{AppState, ConfigError, LiveConfig};
+use crate::tls::{self, CertError, LoadedCert, SwappableCert};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+/// Why a watched file could not be read or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the mount changed while resolving")]
+    MountChanged,
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+    #[error(transparent)]
+    Cert(#[from] CertError),
 }
 
-pub fn parse_config(bytes: &[u8]) -> Result<Runtime, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "config is not UTF-8".to_string())?;
-    Runtime::new(ServerConfig::from_yaml(text)?)
+/// Why a file's bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Keyset(#[from] KeysetError),
+    #[error(transparent)]
+    Table(#[from] ValidationError),
 }
 
-pub fn parse_keyset(bytes: &[u8]) -> Result<SigningMaterial, String> {
-    let set: SigningKeySet = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    SigningMaterial::from_keyset(&set)
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> FileError + use<> {
+    let path = path.to_path_buf();
+    move |source| FileError::Read { path, source }
 }
 
-pub fn parse_table(bytes: &[u8]) -> Result<ApiKeyTable, String> {
-    let table: ApiKeyTable = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    table.validate().map_err(|e| e.to_string())?;
+fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    std::fs::read(path).map_err(read_error(path))
+}
+
+pub fn parse_config(bytes: &[u8]) -> Result<LiveConfig, ParseError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
+    let config = ServerConfig::from_yaml(text).map_err(ConfigError::from)?;
+    Ok(LiveConfig::new(config)?)
+}
+
+pub fn parse_keyset(bytes: &[u8]) -> Result<SigningMaterial, ParseError> {
+    let set: SigningKeySet = serde_json::from_slice(bytes)?;
+    Ok(SigningMaterial::from_keyset(&set)?)
+}
+
+pub fn parse_table(bytes: &[u8]) -> Result<ApiKeyTable, ParseError> {
+    let table: ApiKeyTable = serde_json::from_slice(bytes)?;
+    table.validate()?;
     Ok(table)
 }
 
-pub fn load_config(path: &Path) -> Result<Runtime, String> {
-    parse_config(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+/// Reads and parses one file, naming it in the error.
+fn load<T>(path: &Path, parse: fn(&[u8]) -> Result<T, ParseError>) -> Result<T, FileError> {
+    parse(&read(path)?).map_err(|source| FileError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
-pub fn load_keyset(path: &Path) -> Result<SigningMaterial, String> {
-    parse_keyset(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+
+pub fn load_config(path: &Path) -> Result<LiveConfig, FileError> {
+    load(path, parse_config)
 }
-pub fn load_table(path: &Path) -> Result<ApiKeyTable, String> {
-    parse_table(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load_keyset(path: &Path) -> Result<SigningMaterial, FileError> {
+    load(path, parse_keyset)
 }
-pub fn load_cert(files: &FilePaths) -> Result<LoadedCert, String> {
+pub fn load_table(path: &Path) -> Result<ApiKeyTable, FileError> {
+    load(path, parse_table)
+}
+pub fn load_cert(files: &FilePaths) -> Result<LoadedCert, FileError> {
     let (cert, key) = read_pair(&files.tls_cert, &files.tls_key)?;
-    tls::load_cert(&cert, &key)
+    Ok(tls::load_cert(&cert, &key)?)
 }
 
 /// How many keys of `new` carry a different secret than in `old` (a
@@ -84,20 +134,20 @@ pub fn rotations(old: &ApiKeyTable, new: &ApiKeyTable) -> u64 {
 /// never modified, only deleted, so reading through the resolved paths
 /// sees that generation or fails (and is retried). With plain files the
 /// real paths are the paths themselves and this is two ordinary reads.
-pub fn read_pair(first: &Path, second: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
-    let attempt = || -> Result<(Vec<u8>, Vec<u8>), String> {
+pub fn read_pair(first: &Path, second: &Path) -> Result<(Vec<u8>, Vec<u8>), FileError> {
+    let real = |p: &Path| std::fs::canonicalize(p).map_err(read_error(p));
+    let attempt = || -> Result<(Vec<u8>, Vec<u8>), FileError> {
         let a = real(first)?;
         let b = real(second)?;
         if real(first)? != a {
-            return Err("the mount changed while resolving".into());
+            return Err(FileError::MountChanged);
         }
         Ok((read(&a)?, read(&b)?))
     };
     // Losing a race with a swap shows as a generation that vanished
     // mid-resolution or mid-read; the next attempt sees the new one. A
     // file that is really missing fails every attempt.
-    let mut last_error = String::new();
+    let mut last_error = FileError::MountChanged;
     for n in 0..8 {
         match attempt() {
             Ok(pair) => return Ok(pair),
@@ -118,7 +168,7 @@ pub struct TlsState {
 }
 
 impl TlsState {
-    pub fn new(cert: LoadedCert, min_version: TlsVersion) -> Result<Self, String> {
+    pub fn new(cert: LoadedCert, min_version: TlsVersion) -> Result<Self, rustls::Error> {
         let cert = Arc::new(SwappableCert(ArcSwap::new(cert.key)));
         let acceptor = tls::acceptor(cert.clone(), min_version)?;
         Ok(Self {
@@ -181,7 +231,7 @@ impl Reloader {
         map.insert(name, digest) != Some(digest)
     }
 
-    fn outcome<T>(&self, file: &str, result: Result<T, String>) -> Option<T> {
+    fn outcome<T, E: std::fmt::Display>(&self, file: &str, result: Result<T, E>) -> Option<T> {
         match result {
             Ok(v) => {
                 tracing::info!(file, "reloaded");
@@ -204,7 +254,7 @@ impl Reloader {
             && let Some(runtime) = self.outcome("config", parse_config(&bytes))
         {
             let min = runtime.config.tls.min_version;
-            self.state.runtime.store(Arc::new(runtime));
+            self.state.live_config.store(Arc::new(runtime));
             self.apply_min_version(min);
         }
         if let Ok(bytes) = read(&self.files.signing_keys)
@@ -337,7 +387,11 @@ mod tests {
         let cert = dir.path().join("tls.crt");
         std::fs::write(&cert, b"c").unwrap();
         let err = read_pair(&cert, &dir.path().join("tls.key")).unwrap_err();
-        assert!(err.contains("tls.key"), "{err}");
+        assert!(
+            matches!(&err, FileError::Read { path, .. } if path.ends_with("tls.key")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tls.key"), "{err}");
         std::fs::write(dir.path().join("tls.key"), b"k").unwrap();
         assert_eq!(
             read_pair(&cert, &dir.path().join("tls.key")).unwrap(),

@@ -1,4 +1,6 @@
-//! Per-layer key/value cache written in place.
+//! Per-layer key/value cache of the candle forward pass, written in place
+//! (the pass on our kernels uses `securechat_kernels::attention::KvCache`,
+//! f16 rows).
 //!
 //! candle's stock llama concatenates the cache with each new token (a full
 //! copy per token per layer). Here each layer owns a buffer with spare
@@ -11,7 +13,7 @@ use candle_core::{DType, Device, Result, Tensor};
 /// Smallest capacity allocated, in positions: one typical chat turn.
 const MIN_CAPACITY: usize = 256;
 
-pub struct KvCache {
+pub struct CandleKvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     n_kv_head: usize,
     head_dim: usize,
@@ -21,7 +23,7 @@ pub struct KvCache {
     device: Device,
 }
 
-impl KvCache {
+impl CandleKvCache {
     pub fn new(
         n_layer: usize,
         n_kv_head: usize,
@@ -114,7 +116,7 @@ mod tests {
     #[test]
     fn appends_survive_growth() -> Result<()> {
         let dev = Device::Cpu;
-        let mut cache = KvCache::new(1, 2, 4, 1024, &dev);
+        let mut cache = CandleKvCache::new(1, 2, 4, 1024, &dev);
         let mut expected = Vec::new();
         for step in 0..300u32 {
             let k = Tensor::full(step as f32, (2, 1, 4), &dev)?;
@@ -135,7 +137,7 @@ mod tests {
 
     #[test]
     fn refuses_past_the_context() {
-        let mut cache = KvCache::new(1, 1, 1, 8, &Device::Cpu);
+        let mut cache = CandleKvCache::new(1, 1, 1, 8, &Device::Cpu);
         assert!(cache.reserve(9).is_err());
         assert!(cache.reserve(8).is_ok());
     }

@@ -17,7 +17,7 @@ use securechat_kernels::attention::{KvCache, attention};
 use securechat_kernels::ops::{add_assign, rms_norm, rope, rope_angles, silu_mul};
 
 use super::error::{InferenceError, Result};
-use super::llama::{LlamaConfig, Weights};
+use super::llama_weights::{LlamaConfig, Weights};
 
 struct Layer {
     attn_norm: Vec<f32>,

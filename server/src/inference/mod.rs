@@ -6,15 +6,16 @@
 //! crosses this module's boundary.
 
 mod chat_template;
+mod decode_loop;
 mod error;
 mod fused;
-mod generate;
 mod gguf;
 mod glm;
 mod kv_cache;
 mod linear;
 mod llama;
 mod llama_cpu;
+mod llama_weights;
 mod model;
 mod prompt;
 mod sampler;
@@ -26,23 +27,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use chat_template::ChatTemplate;
+pub use decode_loop::{Ending, GenerationReport, Stage, TextSink, generate};
 pub use error::InferenceError;
-pub use generate::{Ending, GenerationReport, Stage, TextSink, generate};
 pub use glm::GlmFamily;
-pub use llama::WeightFormat;
+pub use llama_weights::WeightFormat;
 pub use model::CausalLm;
 pub use prompt::{CHATML_TEMPLATE, PromptEncoder};
 pub use text_stream::Utf8Stream;
 pub use tokenizer::{ChatTokenizer, Segment};
 pub use worker::LocalEngine;
 
+use securechat_crds::default_model;
+
 use crate::engine::{Engine, ModelInfo};
 
-/// Where `make model` (scripts/fetch-model.sh) puts the default model.
+/// Where `make model` (scripts/fetch-model.sh) puts the default model for
+/// this user; `None` without a `HOME`.
 pub fn default_model_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|home| {
-        PathBuf::from(home).join(".cache/securechat/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
+    std::env::var_os("HOME").map(|home| default_model::cached_path(Path::new(&home)))
 }
 
 /// How to load and serve a model.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::decode_loop::{Ending, Stage, TextSink, generate};
 use super::error::{InferenceError, Result};
-use super::generate::{Ending, Stage, TextSink, generate};
 use super::model::CausalLm;
 use super::prompt::PromptEncoder;
 use crate::engine::{
@@ -28,8 +28,9 @@ struct Job {
     events: EventSender,
 }
 
-/// State shared between the handle and the worker thread.
-struct Shared {
+/// The queue's load, shared by the handle (it refuses work when full and
+/// estimates Retry-After) and the worker thread (it counts work done).
+struct QueueLoad {
     /// Accepted and not yet finished (queued + running).
     in_flight: AtomicUsize,
     /// Moving average of request durations in milliseconds, for Retry-After.
@@ -41,7 +42,7 @@ pub struct LocalEngine {
     encoder: Arc<PromptEncoder>,
     queue: SyncSender<Job>,
     capacity: usize,
-    shared: Arc<Shared>,
+    shared: Arc<QueueLoad>,
 }
 
 /// A first guess before any request has finished.
@@ -58,7 +59,7 @@ impl LocalEngine {
     ) -> Result<Self> {
         let (tx, rx) = sync_channel::<Job>(queue_capacity);
         let encoder = Arc::new(encoder);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(QueueLoad {
             in_flight: AtomicUsize::new(0),
             avg_request_ms: AtomicU64::new(INITIAL_REQUEST_MS),
         });
@@ -183,7 +184,7 @@ impl TextSink for ChannelSink<'_> {
 fn run_worker(
     mut model: Box<dyn CausalLm>,
     encoder: &PromptEncoder,
-    shared: &Shared,
+    shared: &QueueLoad,
     jobs: Receiver<Job>,
 ) {
     while let Ok(job) = jobs.recv() {

@@ -17,6 +17,7 @@ mod normalize;
 mod stream;
 
 use regex::Regex;
+use securechat_crds::sensitive::{Alternative, CompiledPatterns, PatternError, compile_patterns};
 use securechat_crds::v1alpha1::{Detector, FilterAction, SensitiveDataSpec};
 
 use normalize::View;
@@ -67,66 +68,36 @@ pub struct Filter {
     pub output: bool,
 }
 
-const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
-// Digits with single separators, an optional leading + (country code) and
-// an optional trailing X (resident-ID check character). Dots, slashes and
-// underscores count only between a card's groups of four (see `classify`).
-const NUMBER_RUN: &str = r"\+?[0-9](?:[ ._/-]?[0-9])*(?:[Xx])?";
-
-/// What may stand between the digit groups of a number run.
+/// What may stand between the digit groups of a number run
+/// (`securechat_crds::sensitive::NUMBER_RUN`).
 const SEPARATORS: [char; 5] = [' ', '-', '.', '/', '_'];
 
 /// Separators that are also decimal points, dates and versions: a run
 /// written with them is only a card, in groups of four.
 const PUNCTUATION: [char; 3] = ['.', '/', '_'];
 
-/// Which alternative of the combined regex produced a match.
-#[derive(Debug, Clone, Copy)]
-enum Alternative {
-    Email,
-    Number,
-    Custom(usize),
-}
-
 impl Filter {
     /// Compiles the configured detectors and custom patterns into one
-    /// regular expression. Fails on a custom pattern that does not compile.
-    pub fn new(spec: &SensitiveDataSpec) -> Result<Self, regex::Error> {
-        let mut sources: Vec<(Alternative, String)> = Vec::new();
-        if spec.detectors.contains(&Detector::Email) {
-            sources.push((Alternative::Email, EMAIL.to_string()));
-        }
-        if spec.detectors.iter().any(|d| *d != Detector::Email) {
-            sources.push((Alternative::Number, NUMBER_RUN.to_string()));
-        }
-        let mut custom_names = Vec::new();
-        for (i, pattern) in spec.custom_patterns.iter().enumerate() {
-            // Compiled alone first so an error names the pattern.
-            Regex::new(&pattern.regex)?;
-            sources.push((Alternative::Custom(i), pattern.regex.clone()));
-            custom_names.push(pattern.name.clone());
-        }
-        let regex = if sources.is_empty() {
-            None
-        } else {
-            let joined: Vec<String> = sources.iter().map(|(_, s)| format!("(?:{s})")).collect();
-            Some(Regex::new(&joined.join("|"))?)
-        };
+    /// regular expression, by the rules the operator also checks
+    /// ([`compile_patterns`]). Fails on a custom pattern that does not
+    /// compile, naming it, or on patterns too large together.
+    pub fn new(spec: &SensitiveDataSpec) -> Result<Self, PatternError> {
         // The scan uses `find_iter`, which runs the fast DFA engines;
         // resolving capture groups on every match would not. Which
         // alternative matched is then decided by testing the (short) match
         // against each alternative anchored, in order: with leftmost-first
         // semantics the first alternative that matches it whole is the one
         // that produced it.
-        let anchored = sources
-            .iter()
-            .map(|(alt, s)| Regex::new(&format!("^(?:{s})$")).map(|r| (*alt, r)))
-            .collect::<Result<_, _>>()?;
+        let CompiledPatterns { combined, anchored } = compile_patterns(spec)?;
         Ok(Self {
-            regex,
+            regex: combined,
             anchored,
             detectors: spec.detectors.clone(),
-            custom_names,
+            custom_names: spec
+                .custom_patterns
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
             action: spec.action,
             input: spec.input,
             output: spec.output,

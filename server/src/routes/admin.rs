@@ -12,7 +12,7 @@ use super::body::ApiJson;
 use crate::auth::{AdminPermission, Authorized, UsagePermission};
 use crate::error::ApiError;
 use crate::files::atomic::write_atomic;
-use crate::state::{AppState, Runtime};
+use crate::state::{AppState, LiveConfig};
 
 pub async fn keys(
     State(state): State<AppState>,
@@ -86,7 +86,7 @@ pub async fn get_config(
     State(state): State<AppState>,
     _caller: Authorized<AdminPermission>,
 ) -> Json<ServerConfig> {
-    Json(state.runtime().config.clone())
+    Json(state.live_config().config.clone())
 }
 
 /// JSON merge patch (RFC 7386) onto the live config. The result is
@@ -103,14 +103,14 @@ pub async fn patch_config(
             "the patch must be a JSON object".into(),
         ));
     }
-    let current = state.runtime();
+    let current = state.live_config();
     let mut doc =
         serde_json::to_value(&current.config).map_err(|e| ApiError::Internal(e.to_string()))?;
     merge_patch(&mut doc, &patch);
     let config: ServerConfig =
         serde_json::from_value(doc).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     keeps_an_admin(&config)?;
-    let runtime = Runtime::new(config).map_err(ApiError::InvalidRequest)?;
+    let runtime = LiveConfig::new(config).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let yaml =
         serde_yaml::to_string(&runtime.config).map_err(|e| ApiError::Internal(e.to_string()))?;
     let persisted = match &state.config_path {
@@ -124,7 +124,7 @@ pub async fn patch_config(
         None => false,
     };
     let config = runtime.config.clone();
-    state.runtime.store(std::sync::Arc::new(runtime));
+    state.live_config.store(std::sync::Arc::new(runtime));
     Ok(Json(
         json!({ "status": "updated", "persisted": persisted, "config": config }),
     ))

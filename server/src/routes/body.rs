@@ -35,7 +35,7 @@ pub async fn read_limited(
     request: Request,
     state: &AppState,
 ) -> Result<axum::body::Bytes, ApiError> {
-    let limits = state.runtime().config.limits.clone();
+    let limits = state.live_config().config.limits.clone();
     let limit = limits.max_body_bytes;
     let declared = request
         .headers()

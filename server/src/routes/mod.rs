@@ -1,6 +1,7 @@
 //! Every route, built in one function.
 
 pub mod admin;
+pub mod audit_layer;
 pub mod body;
 pub mod health;
 pub mod oauth;
@@ -23,7 +24,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::audit;
 use crate::error::ApiError;
 use crate::session::WebPort;
 use crate::state::AppState;
@@ -74,7 +74,7 @@ fn api_routes() -> Router<AppState> {
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route_layer(middleware::from_fn(audit::note_route))
+        .route_layer(middleware::from_fn(audit_layer::note_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(state.clone()))
@@ -82,7 +82,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            audit::middleware,
+            audit_layer::middleware,
         ))
         .with_state(state)
 }
@@ -99,7 +99,7 @@ async fn method_not_allowed(uri: Uri) -> Response {
 
 fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
     state
-        .runtime()
+        .live_config()
         .config
         .cors
         .allowed_origins

@@ -19,10 +19,11 @@ use serde_json::{Value, json};
 use super::body::{has_content_type, parse_json, read_limited};
 use super::oauth_error::{OAuthCode, OAuthError};
 use crate::audit::Audit;
-use crate::auth::jwt::{Claims, new_jti};
-use crate::auth::{api_key, check_guard, note_failure, take_request};
+use crate::auth::{check_guard, note_failure, take_request};
+use crate::credentials::api_key;
+use crate::credentials::jwt::{Claims, new_jti};
 use crate::error::{ApiError, AuthFailure};
-use crate::serve::ClientAddr;
+use crate::listener::ClientAddr;
 use crate::state::AppState;
 
 /// The parameters of a token request (RFC 6749 §4.4.2), from either body
@@ -191,7 +192,7 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
     // Minting tokens counts against the key's request budget like any call.
     take_request(state, &subject, record.tier, &audit)?;
     state.record_usage(&record.id, 0, 0, true, now);
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let ttl = runtime.config.auth.token_ttl.as_chrono();
     // A token never outlives the key it was minted from.
     let exp = record.expires_at.map_or(now + ttl, |e| e.min(now + ttl));
@@ -203,10 +204,12 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: exp.timestamp(),
-        jti: new_jti().map_err(ApiError::Internal)?,
+        jti: new_jti().map_err(|e| ApiError::Internal(e.to_string()))?,
     };
     let signing = state.signing.load();
-    let token = signing.sign(&claims, now).map_err(ApiError::NotReady)?;
+    let token = signing
+        .sign(&claims, now)
+        .map_err(|e| ApiError::NotReady(e.to_string()))?;
     Ok(json!({
         "access_token": token,
         "token_type": "Bearer",

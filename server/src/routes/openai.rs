@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use super::body::ApiJson;
 use crate::audit::Audit;
 use crate::auth::{Authorized, ChatPermission, ModelsPermission};
+use crate::chat_pipeline::{self, Piece, Requested};
 use crate::engine::{ChatMessage, FinishReason, Role, Usage};
 use crate::error::ApiError;
-use crate::generation::{self, Piece, Requested};
 use crate::state::AppState;
 
 /// How many sensitive values the input filter replaced in the prompt
@@ -139,7 +139,7 @@ fn usage_json(u: Usage) -> Value {
 }
 
 fn completion_id() -> String {
-    crate::auth::jwt::new_jti()
+    crate::credentials::jwt::new_jti()
         .map_or_else(|_| "chatcmpl-local".into(), |j| format!("chatcmpl-{j}"))
 }
 
@@ -175,13 +175,13 @@ pub async fn chat_completions(
         seed: body.seed,
     };
     let messages = to_messages(body.messages)?;
-    let prepared = generation::prepare(&state, &caller.principal, &audit, messages, requested)?;
+    let prepared = chat_pipeline::prepare(&state, &caller.principal, &audit, messages, requested)?;
     let input_redactions = HeaderValue::from(prepared.input_redactions);
-    let rx = generation::start(&state, &caller.principal, &audit, prepared, received)?;
+    let rx = chat_pipeline::start(&state, &caller.principal, &audit, prepared, received)?;
     let id = completion_id();
     let created = chrono::Utc::now().timestamp();
     if !body.stream {
-        let (text, reason, usage, filtered) = generation::collect(rx).await?;
+        let (text, reason, usage, filtered) = chat_pipeline::collect(rx).await?;
         let mut response = Json(json!({
             "id": id,
             "object": "chat.completion",

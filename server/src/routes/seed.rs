@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::body::ApiJson;
 use crate::audit::Audit;
 use crate::auth::{Authorized, ChatPermission};
+use crate::chat_pipeline::{self, Requested};
 use crate::engine::{ChatMessage, Role};
 use crate::error::ApiError;
-use crate::generation::{self, Requested};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -92,11 +92,11 @@ pub async fn chat(
         temperature: Some(body.temperature),
         ..Default::default()
     };
-    let prepared = generation::prepare(&state, &caller.principal, &audit, history, requested)?;
+    let prepared = chat_pipeline::prepare(&state, &caller.principal, &audit, history, requested)?;
     // The returned history carries the filtered input, never the raw one.
     let mut history = prepared.request.messages.clone();
-    let rx = generation::start(&state, &caller.principal, &audit, prepared, received)?;
-    let (response, _, _, _) = generation::collect(rx).await?;
+    let rx = chat_pipeline::start(&state, &caller.principal, &audit, prepared, received)?;
+    let (response, _, _, _) = chat_pipeline::collect(rx).await?;
     history.push(ChatMessage {
         role: Role::Assistant,
         content: response.clone(),

@@ -16,7 +16,7 @@ use securechat_server::engine::{
     ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelInfo, Role, Usage,
 };
-use securechat_server::server::{Running, ServeOptions, start};
+use securechat_server::startup::{Running, ServeOptions, start};
 use securechat_server::{dev, keys_cli};
 use tokio::sync::mpsc;
 

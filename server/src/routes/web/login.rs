@@ -17,10 +17,11 @@ use securechat_crds::v1alpha1::Permission;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{self, api_key, check_guard, live_session, note_failure};
+use crate::auth::{self, check_guard, live_session, note_failure};
+use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
+use crate::listener::ClientAddr;
 use crate::routes::body::ApiJson;
-use crate::serve::ClientAddr;
 use crate::session::{self, Login, SESSION_COOKIE, Session, StoreError, cookie};
 use crate::state::AppState;
 
@@ -41,7 +42,7 @@ impl From<StoreError> for ApiError {
 
 /// What the page learns about its session.
 pub fn session_view(state: &AppState, session: &Session) -> Value {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let config = &runtime.config;
     let tier = config.roles.tier(session.principal.tier);
     json!({
@@ -119,7 +120,7 @@ pub async fn login_with_key(
         .as_deref()
         .and_then(|id| table.get(id))
         .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
-    let ttl = state.runtime().config.web.session_ttl;
+    let ttl = state.live_config().config.web.session_ttl;
     let mut expires_at = now + chrono::Duration::seconds(ttl.as_secs() as i64);
     if let Some(key_expiry) = record.expires_at {
         expires_at = expires_at.min(key_expiry);
@@ -173,7 +174,7 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Result<R
 
 /// `GET /web/options`: how one may sign in (the SSO providers).
 pub async fn options(State(state): State<AppState>) -> Json<Value> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let sso: Vec<Value> = runtime
         .config
         .web

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 
 use super::error_page;
 use super::login::open_session;
-use crate::auth::{Method, Principal};
+use crate::principal::{Method, Principal};
 use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session, cookie};
 use crate::state::AppState;
 
@@ -46,7 +46,7 @@ fn issuers_match(a: &str, b: &str) -> bool {
 /// The SSO entry and its `auth.oidc` issuer, with the ID token's audience:
 /// an ID token is addressed to the client id, not to the API audience.
 fn provider(state: &AppState, issuer_url: &str) -> Option<(SsoClient, OidcIssuer, String)> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let config = &runtime.config;
     let sso = config
         .web
@@ -83,7 +83,7 @@ pub async fn start(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let index = query.get("provider").and_then(|p| p.parse::<usize>().ok());
     let Some(sso) = index.and_then(|i| runtime.config.web.sso.get(i)).cloned() else {
         return error_page(
@@ -119,7 +119,7 @@ pub async fn start(
     };
     let discovery = match state.oidc.discover(&sso.issuer_url).await {
         Ok(d) => d,
-        Err(e) => return unreachable_page(&sso.issuer_url, &e),
+        Err(e) => return unreachable_page(&sso.issuer_url, &e.to_string()),
     };
     let endpoint = |name: &str| {
         discovery
@@ -208,7 +208,7 @@ async fn exchange(
         .oidc
         .discover(&sso.issuer_url)
         .await
-        .map_err(bad_gateway)?;
+        .map_err(|e| bad_gateway(e.to_string()))?;
     let token_endpoint = discovery
         .get("token_endpoint")
         .and_then(Value::as_str)
@@ -331,7 +331,7 @@ async fn finish(
         }
         Err((status, detail)) => return failed(status, &detail),
     };
-    let leeway = state.runtime().policy.leeway_secs;
+    let leeway = state.live_config().policy.leeway_secs;
     let (identity, claims) = match state.oidc.verify_claims(&id_token, &issuer, leeway).await {
         Ok(v) => v,
         Err(failure) => {
@@ -364,7 +364,7 @@ async fn finish(
     else {
         return failed(StatusCode::UNAUTHORIZED, "The ID token has no valid exp.");
     };
-    let ttl = state.runtime().config.web.session_ttl;
+    let ttl = state.live_config().config.web.session_ttl;
     let expires_at = exp.min(now + chrono::Duration::seconds(ttl.as_secs() as i64));
     let display_name = ["name", "preferred_username", "email"]
         .iter()

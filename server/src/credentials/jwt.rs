@@ -5,6 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use securechat_crds::files::ValidationError;
 use securechat_crds::files::keyset::{KeyState, SigningKeySet};
 use securechat_crds::v1alpha1::{SigningAlgorithm, Tier};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,41 @@ pub struct KeyExpiry {
     pub not_after: DateTime<Utc>,
 }
 
+/// Why a keyset was refused (the last good one stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum KeysetError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("key {kid}: {source}")]
+    Key {
+        kid: String,
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// Why one key of the keyset is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("unreadable private key: {0}")]
+    Unreadable(#[source] rcgen::Error),
+    #[error("the private key is not an {0:?} key")]
+    WrongAlgorithm(SigningAlgorithm),
+    #[error("unexpected {0} public key encoding")]
+    PublicKeyEncoding(&'static str),
+    #[error(transparent)]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Why a token could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("no active signing key is inside its validity window")]
+    NoActiveKey,
+    #[error(transparent)]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+}
+
 fn algorithm(alg: SigningAlgorithm) -> Algorithm {
     match alg {
         SigningAlgorithm::EdDSA => Algorithm::EdDSA,
@@ -99,15 +135,18 @@ fn algorithm(alg: SigningAlgorithm) -> Algorithm {
 impl SigningMaterial {
     /// Parses every key. Fails (and the last good keyset stays) if any key
     /// does not parse or is not of its declared algorithm.
-    pub fn from_keyset(set: &SigningKeySet) -> Result<Self, String> {
-        set.validate().map_err(|e| e.to_string())?;
+    pub fn from_keyset(set: &SigningKeySet) -> Result<Self, KeysetError> {
+        set.validate()?;
         let mut keys = Vec::new();
         let mut jwks = Vec::new();
         let mut active = None;
         for k in &set.keys {
             let alg = algorithm(k.alg);
-            let (decoding, jwk) =
-                public_key(&k.private_key_pem, k.alg).map_err(|e| format!("key {}: {e}", k.kid))?;
+            let key_error = |source: KeyError| KeysetError::Key {
+                kid: k.kid.clone(),
+                source,
+            };
+            let (decoding, jwk) = public_key(&k.private_key_pem, k.alg).map_err(key_error)?;
             let mut jwk = jwk;
             jwk["kid"] = json!(k.kid);
             jwk["use"] = json!("sig");
@@ -120,7 +159,7 @@ impl SigningMaterial {
                     SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem),
                     SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem),
                 }
-                .map_err(|e| format!("key {}: {e}", k.kid))?;
+                .map_err(|e| key_error(e.into()))?;
                 active = Some(ActiveKey {
                     kid: k.kid.clone(),
                     alg,
@@ -190,15 +229,15 @@ impl SigningMaterial {
     }
 
     /// Signs claims with the active key.
-    pub fn sign(&self, claims: &Claims, now: DateTime<Utc>) -> Result<String, String> {
+    pub fn sign(&self, claims: &Claims, now: DateTime<Utc>) -> Result<String, SignError> {
         let active = self
             .active
             .as_ref()
             .filter(|a| a.not_before <= now && now <= a.not_after)
-            .ok_or("no active signing key is inside its validity window")?;
+            .ok_or(SignError::NoActiveKey)?;
         let mut header = Header::new(active.alg);
         header.kid = Some(active.kid.clone());
-        jsonwebtoken::encode(&header, claims, &active.key).map_err(|e| e.to_string())
+        Ok(jsonwebtoken::encode(&header, claims, &active.key)?)
     }
 
     /// Verifies a token: header alg must equal the kid's algorithm, the kid
@@ -317,8 +356,8 @@ impl SigningMaterial {
 }
 
 /// The public half of a PKCS#8 private key as a decoding key and a JWK.
-fn public_key(pem: &str, alg: SigningAlgorithm) -> Result<(DecodingKey, Value), String> {
-    let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| format!("unreadable private key: {e}"))?;
+fn public_key(pem: &str, alg: SigningAlgorithm) -> Result<(DecodingKey, Value), KeyError> {
+    let pair = rcgen::KeyPair::from_pem(pem).map_err(KeyError::Unreadable)?;
     let raw = pair.public_key_raw();
     let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
     let expected = match alg {
@@ -327,34 +366,33 @@ fn public_key(pem: &str, alg: SigningAlgorithm) -> Result<(DecodingKey, Value), 
         SigningAlgorithm::RS256 => &rcgen::PKCS_RSA_SHA256,
     };
     if pair.algorithm() != expected {
-        return Err(format!("the private key is not an {alg:?} key"));
+        return Err(KeyError::WrongAlgorithm(alg));
     }
-    let err = |e: jsonwebtoken::errors::Error| e.to_string();
     match alg {
         SigningAlgorithm::EdDSA => {
             let x = b64(raw);
             Ok((
-                DecodingKey::from_ed_components(&x).map_err(err)?,
+                DecodingKey::from_ed_components(&x)?,
                 json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
             ))
         }
         SigningAlgorithm::ES256 => {
             // Uncompressed SEC1 point: 0x04 || x || y.
             if raw.len() != 65 || raw[0] != 4 {
-                return Err("unexpected P-256 public key encoding".into());
+                return Err(KeyError::PublicKeyEncoding("P-256"));
             }
             let (x, y) = (b64(&raw[1..33]), b64(&raw[33..]));
             Ok((
-                DecodingKey::from_ec_components(&x, &y).map_err(err)?,
+                DecodingKey::from_ec_components(&x, &y)?,
                 json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
             ))
         }
         SigningAlgorithm::RS256 => {
-            let (n, e) = crate::der::rsa_public_components(raw)
-                .ok_or("unexpected RSA public key encoding")?;
+            let (n, e) =
+                crate::der::rsa_public_components(raw).ok_or(KeyError::PublicKeyEncoding("RSA"))?;
             let (n, e) = (b64(n), b64(e));
             Ok((
-                DecodingKey::from_rsa_components(&n, &e).map_err(err)?,
+                DecodingKey::from_rsa_components(&n, &e)?,
                 json!({"kty": "RSA", "n": n, "e": e}),
             ))
         }
@@ -362,9 +400,9 @@ fn public_key(pem: &str, alg: SigningAlgorithm) -> Result<(DecodingKey, Value), 
 }
 
 /// A random token id.
-pub fn new_jti() -> Result<String, String> {
+pub fn new_jti() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut bytes)?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -604,7 +642,11 @@ mod tests {
         let err = SigningMaterial::from_keyset(&SigningKeySet { keys: vec![k] })
             .err()
             .unwrap();
-        assert!(err.contains("not an ES256 key"), "{err}");
+        assert!(
+            matches!(&err, KeysetError::Key { kid, source: KeyError::WrongAlgorithm(SigningAlgorithm::ES256) } if kid == "k"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not an ES256 key"), "{err}");
         let mut garbled = key("g", SigningAlgorithm::EdDSA, KeyState::Active, now);
         garbled.private_key_pem =
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();

@@ -107,6 +107,28 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     }
 }
 
+/// Why an issuer's discovery document or JWKS could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `step` is `discovery` or `jwks`.
+    #[error("{step}: {source}")]
+    Http {
+        step: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("discovery: issuer does not match")]
+    IssuerMismatch,
+    #[error("discovery: no https jwks_uri")]
+    NoJwksUri,
+}
+
+impl DiscoveryError {
+    fn http(step: &'static str) -> impl FnOnce(reqwest::Error) -> Self {
+        move |source| Self::Http { step, source }
+    }
+}
+
 fn ttl_from(headers: &reqwest::header::HeaderMap) -> Duration {
     let max_age = headers
         .get(reqwest::header::CACHE_CONTROL)
@@ -154,7 +176,7 @@ impl OidcVerifier {
     }
 
     /// The issuer's discovery document, checked to name that issuer.
-    pub async fn discover(&self, issuer: &str) -> Result<Value, String> {
+    pub async fn discover(&self, issuer: &str) -> Result<Value, DiscoveryError> {
         let base = normalise(issuer);
         let discovery: Value = self
             .client
@@ -162,10 +184,10 @@ impl OidcVerifier {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("discovery: {e}"))?
+            .map_err(DiscoveryError::http("discovery"))?
             .json()
             .await
-            .map_err(|e| format!("discovery: {e}"))?;
+            .map_err(DiscoveryError::http("discovery"))?;
         // OIDC Discovery §4.3: the document must name the issuer we asked.
         if discovery
             .get("issuer")
@@ -173,28 +195,31 @@ impl OidcVerifier {
             .map(normalise)
             != Some(base)
         {
-            return Err("discovery: issuer does not match".into());
+            return Err(DiscoveryError::IssuerMismatch);
         }
         Ok(discovery)
     }
 
     /// Fetches discovery then the JWKS.
-    async fn fetch(&self, issuer: &str) -> Result<CachedJwks, String> {
+    async fn fetch(&self, issuer: &str) -> Result<CachedJwks, DiscoveryError> {
         let discovery = self.discover(issuer).await?;
         let jwks_uri = discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
             .filter(|u| u.starts_with("https://"))
-            .ok_or("discovery: no https jwks_uri")?;
+            .ok_or(DiscoveryError::NoJwksUri)?;
         let response = self
             .client
             .get(jwks_uri)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("jwks: {e}"))?;
+            .map_err(DiscoveryError::http("jwks"))?;
         let ttl = ttl_from(response.headers());
-        let set: JwkSet = response.json().await.map_err(|e| format!("jwks: {e}"))?;
+        let set: JwkSet = response
+            .json()
+            .await
+            .map_err(DiscoveryError::http("jwks"))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), pinned_algorithm(jwk)) else {

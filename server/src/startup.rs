@@ -11,12 +11,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::oidc::OidcVerifier;
+use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
+use crate::listener::serve_tls;
 use crate::routes::{app, web_app};
-use crate::serve::serve_tls;
 use crate::state::AppState;
 
 /// Where to listen and what to read.
@@ -67,17 +67,15 @@ impl Running {
 pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::Result<Running> {
     let config_path = options.config_path.clone();
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let runtime = reload::load_config(&config_path).map_err(anyhow::Error::msg)?;
+    let runtime = reload::load_config(&config_path)?;
     let files = runtime.config.files.resolved(&base);
     let files = match &options.path_root {
         Some(root) => files.rerooted(root),
         None => files,
     };
-    let signing = reload::load_keyset(&files.signing_keys).map_err(anyhow::Error::msg)?;
-    let table = reload::load_table(&files.api_keys).map_err(anyhow::Error::msg)?;
-    let cert = reload::load_cert(&files)
-        .map_err(anyhow::Error::msg)
-        .context("loading the TLS certificate")?;
+    let signing = reload::load_keyset(&files.signing_keys)?;
+    let table = reload::load_table(&files.api_keys)?;
+    let cert = reload::load_cert(&files).context("loading the TLS certificate")?;
     let min_version = runtime.config.tls.min_version;
     let extra_roots = match &options.oidc_ca_bundle {
         Some(path) => {
@@ -99,7 +97,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .cert_not_after
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = cert.not_after;
-    let tls = Arc::new(TlsState::new(cert, min_version).map_err(anyhow::Error::msg)?);
+    let tls = Arc::new(TlsState::new(cert, min_version)?);
     let reloader = Arc::new(Reloader::new(
         state.clone(),
         tls.clone(),
@@ -121,8 +119,16 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         .with_context(|| format!("binding the web port {}", options.web_addr))?;
     let (api_addr, web_addr) = (api.local_addr()?, web.local_addr()?);
     let (shutdown, rx) = watch::channel(false);
-    let header_timeout =
-        |state: AppState| move || state.runtime().config.limits.header_read_timeout.as_std();
+    let header_timeout = |state: AppState| {
+        move || {
+            state
+                .live_config()
+                .config
+                .limits
+                .header_read_timeout
+                .as_std()
+        }
+    };
     let mut tasks = vec![
         tokio::spawn(serve_tls(
             api,

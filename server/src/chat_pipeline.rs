@@ -10,15 +10,15 @@ use securechat_crds::v1alpha1::{FilterAction, Tier, TierSpec};
 use tokio::sync::mpsc;
 
 use crate::audit::Audit;
-use crate::auth::Principal;
 use crate::engine::{
     ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
     Usage,
 };
 use crate::error::ApiError;
 use crate::pii::StreamFilter;
+use crate::principal::Principal;
 use crate::ratelimit::{Decision, Rate};
-use crate::state::{AppState, Runtime};
+use crate::state::{AppState, LiveConfig};
 
 /// Sampling values as the caller sent them (None: use the defaults).
 #[derive(Debug, Default, Clone)]
@@ -52,7 +52,7 @@ pub struct Prepared {
     /// Sensitive values the input filter replaced in the prompt; reported
     /// to the caller (a header) so a UI can say the model never saw them.
     pub input_redactions: u64,
-    runtime: Arc<Runtime>,
+    runtime: Arc<LiveConfig>,
     quota: Option<Rate>,
 }
 
@@ -93,7 +93,7 @@ fn prompt_cost(prompt_tokens: usize, rate: Rate) -> PromptCost {
     }
 }
 
-fn token_quota(runtime: &Runtime, principal: &Principal) -> Option<(u32, Rate)> {
+fn token_quota(runtime: &LiveConfig, principal: &Principal) -> Option<(u32, Rate)> {
     let tier = runtime.config.roles.tier(principal.tier).tokens_per_minute;
     let global = runtime.config.rate_limit.tokens_per_minute;
     let limit = match (tier, global) {
@@ -112,7 +112,7 @@ pub fn prepare(
     mut messages: Vec<ChatMessage>,
     requested: Requested,
 ) -> Result<Prepared, ApiError> {
-    let runtime = state.runtime();
+    let runtime = state.live_config();
     let config = &runtime.config;
     if messages.is_empty() {
         return Err(ApiError::InvalidField {

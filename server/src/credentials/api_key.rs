@@ -90,8 +90,17 @@ pub fn verify<'t>(
     if !bool::from(matched) {
         return Err(AuthFailure::WrongSecret);
     }
+    ensure_usable(record, now)?;
+    Ok(record)
+}
+
+/// Refuses a key that is not Active at `now`, with the state as the
+/// reason. The one lifecycle check for every way a key is used: presented
+/// directly, behind a token minted from it, or behind a web session opened
+/// with it.
+pub fn ensure_usable(record: &ApiKeyRecord, now: DateTime<Utc>) -> Result<(), AuthFailure> {
     match record.status_at(now) {
-        ApiKeyStatus::Active => Ok(record),
+        ApiKeyStatus::Active => Ok(()),
         ApiKeyStatus::Suspended => Err(AuthFailure::Suspended),
         ApiKeyStatus::Expired => Err(AuthFailure::Expired),
         ApiKeyStatus::Revoked => Err(AuthFailure::Revoked),
@@ -182,6 +191,25 @@ mod tests {
             verify(&table, &other.plaintext, now).err(),
             Some(AuthFailure::WrongSecret)
         );
+    }
+
+    #[test]
+    fn only_an_active_key_is_usable() {
+        let now = Utc::now();
+        let mut table = table_with("abc", mint("abc").unwrap().hash, now);
+        let record = &mut table.keys[0];
+        assert_eq!(ensure_usable(record, now), Ok(()));
+        assert_eq!(
+            ensure_usable(record, now + Duration::days(2)),
+            Err(AuthFailure::Expired)
+        );
+        for (state, failure) in [
+            (ApiKeyState::Suspended, AuthFailure::Suspended),
+            (ApiKeyState::Revoked, AuthFailure::Revoked),
+        ] {
+            record.state = state;
+            assert_eq!(ensure_usable(record, now), Err(failure));
+        }
     }
 
     #[test]

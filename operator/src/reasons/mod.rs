@@ -1,0 +1,84 @@
+//! The `reason` of every condition and Event the operator writes on a
+//! SecureChatModel, in one place (as cert-manager's `constants.go`): a
+//! reason is API, since alerts, `kubectl wait` scripts and the tests match
+//! on it, so each one is written once here and read everywhere else.
+//!
+//! Reasons are CamelCase words (the Kubernetes API convention for
+//! `Condition.reason`); each constant says which condition carries it and
+//! what it means to a reader of `kubectl describe scm`.
+
+// Ready: True with READY, or False with the reason of the first condition
+// that is not (see status::model_status).
+
+/// Ready=True: every condition Ready depends on holds; the model serves.
+pub const READY: &str = "Ready";
+/// Ready=False: a `sensitiveData.customPatterns` regex does not compile by
+/// the server's rules (alone, or all of them together over the size
+/// limit); the new config was not written and running pods keep the last
+/// good one.
+pub const INVALID_SENSITIVE_DATA_PATTERN: &str = "InvalidSensitiveDataPattern";
+/// Ready=False: the API server refused an object built from the spec (the
+/// message is the API server's); nothing after it was applied.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+
+// Available.
+
+/// Available=True: `replicas` is 0; keys and certificates are kept.
+pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+/// Available=True: every replica is ready and updated.
+pub const REPLICAS_READY: &str = "ReplicasReady";
+/// Available=True: some replicas are ready, not all (Degraded says so too).
+pub const PARTIALLY_READY: &str = "PartiallyReady";
+/// Available=False: the scheduler could not place a pod; the message is
+/// the scheduler's (named after the scheduler's own reason).
+pub const UNSCHEDULABLE: &str = "Unschedulable";
+/// Available=False: pods exist or are coming, none is ready yet.
+pub const NO_REPLICAS_READY: &str = "NoReplicasReady";
+
+// NetworkReady.
+
+/// NetworkReady=True: the NetworkPolicy mirrors `spec.network`.
+pub const POLICY_APPLIED: &str = "PolicyApplied";
+/// NetworkReady=False: a rule of `spec.network` was refused (e.g. a port
+/// the model does not serve); the others are applied.
+pub const RULE_REFUSED: &str = "RuleRefused";
+
+// Degraded.
+
+/// Degraded=False: nothing is degraded.
+pub const AS_EXPECTED: &str = "AsExpected";
+/// Degraded=True: serving, but not as asked (missing replicas, refused
+/// network rules, a replica that cannot be scheduled).
+pub const DEGRADED: &str = "Degraded";
+
+// TLSReady and SigningKeysReady (key material).
+
+/// TLSReady / SigningKeysReady=False: the material has not been reconciled
+/// yet.
+pub const PENDING: &str = "Pending";
+/// TLSReady / SigningKeysReady=False: a certificate renewal or key rotation
+/// failed; the last good material stays in force and it is retried.
+pub const RENEWAL_FAILED: &str = "RenewalFailed";
+/// TLSReady=True: serving the certificate of `tls.secretName`.
+pub const EXISTING_SECRET: &str = "ExistingSecret";
+/// TLSReady=False: `tls.secretName` does not exist or lacks a key pair.
+pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+/// TLSReady=True: a CA rotation is under way (both CAs are trusted).
+pub const CA_ROTATING: &str = "CaRotating";
+/// TLSReady=True: the operator's CA issued the serving certificate.
+pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
+/// SigningKeysReady=True: a next key is published, not signing yet.
+pub const ROTATING: &str = "Rotating";
+/// SigningKeysReady=True: an active key signs; no rotation under way.
+pub const KEYSET_READY: &str = "KeysetReady";
+
+// Events only.
+
+/// Normal Event: owned objects were created or changed (the note lists
+/// them).
+pub const APPLIED: &str = "Applied";
+
+/// Reasons of a model that is merely starting: not a warning.
+pub const STARTING: [&str; 2] = [NO_REPLICAS_READY, PENDING];
+/// Available reasons while replicas are on their way (polled sooner).
+pub const ROLLING_OUT: [&str; 2] = [NO_REPLICAS_READY, PARTIALLY_READY];

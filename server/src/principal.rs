@@ -1,0 +1,23 @@
+//! Who a request speaks for, once authenticated. A leaf module: `auth`
+//! produces a [`Principal`], and the session store, the audit record and
+//! the chat pipeline carry one, without depending on how it was proved.
+
+use securechat_crds::v1alpha1::Tier;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    ApiKey,
+    Token,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Stable identity for limits and audit: `key:<id>` for API keys and
+    /// tokens minted from them.
+    pub subject: String,
+    pub key_id: Option<String>,
+    pub tier: Tier,
+    pub method: Method,
+}
