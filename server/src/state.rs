@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
-use securechat_crds::sensitive::PatternError;
 use serde::Serialize;
 
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
@@ -31,8 +30,8 @@ pub enum ConfigError {
     Yaml(#[from] serde_yaml::Error),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    #[error("sensitiveData.customPatterns: {0}")]
-    Patterns(#[source] PatternError),
+    #[error("sensitiveData: {0}")]
+    Patterns(#[source] securechat_crds::sensitive::PatternError),
 }
 
 /// The config in force: validated, with its compiled parts (the
