@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use common::{TestNamespace, await_condition, client, install_crds, wait_for};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use securechat_crds::files::api_keys::{ApiKeyState, ApiKeyTable, SecretHash};
 use securechat_crds::v1alpha1::{ChatApiKey, KeyPhase, SecureChatModel};
 use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::metrics::Metrics;
+use securechat_operator::reasons::api_key::KeyReason;
 use serde_json::json;
 
 async fn table(client: &Client, namespace: &str, model: &str) -> ApiKeyTable {
@@ -46,6 +48,373 @@ fn phase(key: Option<&ChatApiKey>) -> Option<KeyPhase> {
     key?.status.as_ref()?.phase
 }
 
+/// The Ready condition's (reason, message).
+fn ready(key: Option<&ChatApiKey>) -> Option<(String, String)> {
+    let c = key?
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.reason.clone(), c.message.clone()))
+}
+
+/// Both controllers in-process, watching `scopes`; stopped when dropped
+/// (also when the test panics).
+struct Operator(Vec<tokio::task::JoinHandle<()>>);
+
+impl Operator {
+    fn start(client: &Client, scopes: &[&TestNamespace]) -> Self {
+        let state = Arc::new(Context::new(
+            client.clone(),
+            "securechat/server:test".into(),
+            Arc::new(Metrics::new()),
+        ));
+        let scopes: Vec<String> = scopes.iter().map(|ns| ns.name.clone()).collect();
+        let (s1, n1) = (state.clone(), scopes.clone());
+        Self(vec![
+            tokio::spawn(async move { controller::run(s1, &n1).await }),
+            tokio::spawn(async move { key_controller::run(state, &scopes).await }),
+        ])
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+/// Creates the model `m` (no replicas) allowing keys from `allowed`, and
+/// waits for its key table.
+async fn model_with_table(client: &Client, namespace: &str, allowed: &[&str]) -> Secret {
+    let model: SecureChatModel = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+        "metadata": {"name": "m"},
+        "spec": {"replicas": 0, "auth": {"apiKeys": {"allowedNamespaces": allowed}}}
+    }))
+    .unwrap();
+    Api::<SecureChatModel>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("model");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    wait_for("the model's key table", Duration::from_secs(60), || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("m-api-keys").await.ok().flatten() }
+    })
+    .await
+}
+
+/// Waits until the model `m`'s table has no record `id`.
+async fn record_gone(client: &Client, namespace: &str, id: &str, within: Duration) {
+    wait_for("the record to leave the table", within, || async move {
+        table(client, namespace, "m")
+            .await
+            .get(id)
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+async fn create_key(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
+    let key: ChatApiKey = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    Api::<ChatApiKey>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &key)
+        .await
+        .expect("create key");
+}
+
+async fn await_reason(client: &Client, namespace: &str, name: &str, reason: KeyReason) -> String {
+    let key = await_condition(
+        Api::<ChatApiKey>::namespaced(client.clone(), namespace),
+        name,
+        reason.as_str(),
+        Duration::from_secs(60),
+        move |k: Option<&ChatApiKey>| ready(k).is_some_and(|(r, _)| r == reason.as_str()),
+    )
+    .await;
+    ready(Some(&key)).expect("Ready condition").1
+}
+
+/// Issue 19: a ChatApiKey whose `secretName` names a Secret it did not
+/// create (a tenant's own, or the model's key table) neither writes nor
+/// adopts it: it reports SecretConflict with a Warning Event, and deleting
+/// the ChatApiKey leaves the Secret where it was. Before the fix the key
+/// got Ready, wrote its key into `victim`, became its controlling owner,
+/// and the garbage collector deleted `victim` (and the model's table) with
+/// it.
+#[tokio::test]
+async fn a_chat_api_key_never_takes_over_a_secret_it_did_not_create() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "steal-model").await;
+    let app = TestNamespace::create(&client, "steal-app").await;
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    let table_before = model_with_table(&client, &models_ns.name, &[&app.name]).await;
+
+    let app_secrets: Api<Secret> = Api::namespaced(client.clone(), &app.name);
+    let victim: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "victim"},
+        "stringData": {"password": "hunter2"}
+    }))
+    .unwrap();
+    let victim = app_secrets
+        .create(&PostParams::default(), &victim)
+        .await
+        .expect("victim");
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(
+        &client,
+        &app.name,
+        "thief",
+        json!({"modelRef": model_ref, "secretName": "victim"}),
+    )
+    .await;
+    create_key(
+        &client,
+        &models_ns.name,
+        "table-thief",
+        json!({"modelRef": {"name": "m"}, "secretName": "m-api-keys"}),
+    )
+    .await;
+    // A key with a Secret of its own, to see the garbage collector at work.
+    create_key(
+        &client,
+        &app.name,
+        "honest",
+        json!({"modelRef": model_ref, "secretName": "honest-key"}),
+    )
+    .await;
+
+    let message = await_reason(&client, &app.name, "thief", KeyReason::SecretConflict).await;
+    assert!(
+        message.contains(&format!("Secret {}/victim", app.name)),
+        "{message}"
+    );
+    let message = await_reason(
+        &client,
+        &models_ns.name,
+        "table-thief",
+        KeyReason::SecretConflict,
+    )
+    .await;
+    assert!(message.contains("m-api-keys"), "{message}");
+    await_reason(&client, &app.name, "honest", KeyReason::Active).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &app.name);
+    wait_for(
+        "a SecretConflict Warning Event",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&ListParams::default().fields("regarding.name=thief"))
+                    .await
+                    .ok()?;
+                list.items.into_iter().find(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some(KeyReason::SecretConflict.as_str())
+                })
+            }
+        },
+    )
+    .await;
+
+    let unchanged = |before: &Secret, after: &Secret| {
+        assert_eq!(
+            after.metadata.resource_version,
+            before.metadata.resource_version,
+            "{} was written",
+            before.name_any()
+        );
+        assert_eq!(
+            after.metadata.owner_references,
+            before.metadata.owner_references
+        );
+        assert_eq!(after.data, before.data);
+    };
+    let model_secrets: Api<Secret> = Api::namespaced(client.clone(), &models_ns.name);
+    unchanged(&victim, &app_secrets.get("victim").await.unwrap());
+    // The table is still the model's, and holds the honest key only.
+    let table_now = model_secrets.get("m-api-keys").await.unwrap();
+    assert_eq!(
+        table_now.metadata.owner_references,
+        table_before.metadata.owner_references
+    );
+    let names: Vec<String> = table(&client, &models_ns.name, "m")
+        .await
+        .keys
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, [format!("{}/honest", app.name)]);
+
+    // Deleting every key: the honest key's Secret goes with it (the garbage
+    // collector ran), `victim` and the table stay as they were.
+    for (ns, name) in [
+        (&app.name, "thief"),
+        (&models_ns.name, "table-thief"),
+        (&app.name, "honest"),
+    ] {
+        Api::<ChatApiKey>::namespaced(client.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete key");
+    }
+    wait_for(
+        "the honest key's Secret to be collected",
+        Duration::from_secs(60),
+        || {
+            let secrets = app_secrets.clone();
+            async move { matches!(secrets.get_opt("honest-key").await, Ok(None)).then_some(()) }
+        },
+    )
+    .await;
+    for (ns, name) in [(&app.name, "thief"), (&models_ns.name, "table-thief")] {
+        wait_for("the ChatApiKey to be gone", Duration::from_secs(30), || {
+            let keys = Api::<ChatApiKey>::namespaced(client.clone(), ns);
+            async move { matches!(keys.get_opt(name).await, Ok(None)).then_some(()) }
+        })
+        .await;
+    }
+    unchanged(
+        &victim,
+        &app_secrets
+            .get("victim")
+            .await
+            .expect("victim still exists"),
+    );
+    let table_after = model_secrets
+        .get("m-api-keys")
+        .await
+        .expect("table still exists");
+    assert_eq!(
+        table_after.metadata.owner_references,
+        table_before.metadata.owner_references
+    );
+    assert!(table(&client, &models_ns.name, "m").await.keys.is_empty());
+}
+
+/// Issue 19, the model's side: a Secret named like the model's key table
+/// that the model did not create is not its table. The operator neither
+/// adopts it nor lets any ChatApiKey write hashes into it; keys wait with
+/// ModelNotReady, naming it. Before the fix the operator took it as the
+/// table and keys wrote their records into it.
+#[tokio::test]
+async fn a_secret_named_like_the_models_key_table_is_not_its_table() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "table-model").await;
+    let app = TestNamespace::create(&client, "table-app").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &models_ns.name);
+    let planted: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "m-api-keys"},
+        "stringData": {"notes": "not the operator's"}
+    }))
+    .unwrap();
+    let planted = secrets
+        .create(&PostParams::default(), &planted)
+        .await
+        .expect("planted");
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    model_with_table(&client, &models_ns.name, &[&app.name]).await;
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(&client, &app.name, "k", json!({"modelRef": model_ref})).await;
+    let message = await_reason(&client, &app.name, "k", KeyReason::ModelNotReady).await;
+    assert!(
+        message.contains("is not the model's key table"),
+        "{message}"
+    );
+    let now = secrets.get("m-api-keys").await.expect("still there");
+    assert_eq!(
+        now.metadata.resource_version,
+        planted.metadata.resource_version
+    );
+    assert_eq!(now.metadata.owner_references, None);
+}
+
+/// Issue 19: removing a namespace from `auth.apiKeys.allowedNamespaces`
+/// revokes its keys at once: the hash leaves the model's table (which is
+/// what the server authenticates against: it loads exactly this Secret's
+/// `api-keys.json`), the plaintext Secret is deleted, and the status says
+/// revoked. Before the fix the key turned Pending ("no key was minted")
+/// while its hash stayed Active in the table and the key kept working.
+#[tokio::test]
+async fn removing_a_namespace_from_the_list_revokes_its_keys_at_once() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "revoke-model").await;
+    let app = TestNamespace::create(&client, "revoke-app").await;
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    model_with_table(&client, &models_ns.name, &[&app.name]).await;
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(
+        &client,
+        &app.name,
+        "admin",
+        json!({"modelRef": model_ref, "tier": "Admin"}),
+    )
+    .await;
+    let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &app.name);
+    let active = await_condition(
+        keys.clone(),
+        "admin",
+        "phase Active",
+        Duration::from_secs(60),
+        |k: Option<&ChatApiKey>| phase(k) == Some(KeyPhase::Active),
+    )
+    .await;
+    let id = active.status.unwrap().key_id.unwrap();
+    let record = table(&client, &models_ns.name, "m")
+        .await
+        .get(&id)
+        .cloned()
+        .expect("record");
+    assert_eq!(record.state, ApiKeyState::Active);
+
+    Api::<SecureChatModel>::namespaced(client.clone(), &models_ns.name)
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"auth": {"apiKeys": {"allowedNamespaces": null}}}})),
+        )
+        .await
+        .expect("remove the namespace");
+    let removed_at = std::time::Instant::now();
+    record_gone(&client, &models_ns.name, &id, Duration::from_secs(10)).await;
+    eprintln!("revoked {:?} after the model changed", removed_at.elapsed());
+    let message = await_reason(&client, &app.name, "admin", KeyReason::NamespaceNotAllowed).await;
+    assert!(
+        message.starts_with(&format!("revoked: namespace {}", app.name)),
+        "{message}"
+    );
+    wait_for(
+        "the plaintext Secret to be deleted",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let ns = app.name.clone();
+            async move {
+                consumer(&client, &ns, "admin")
+                    .await
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        phase(keys.get_opt("admin").await.unwrap().as_ref()),
+        Some(KeyPhase::Pending)
+    );
+}
+
 #[tokio::test]
 async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
     let client = client().await;
@@ -53,64 +422,29 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
     let models_ns = TestNamespace::create(&client, "keys-model").await;
     let apps = TestNamespace::create(&client, "keys-apps").await;
     let other = TestNamespace::create(&client, "keys-other").await;
-    let state = Arc::new(Context::new(
-        client.clone(),
-        "securechat/server:test".into(),
-        Arc::new(Metrics::new()),
-    ));
-    let scopes = vec![
-        models_ns.name.clone(),
-        apps.name.clone(),
-        other.name.clone(),
-    ];
-    let (s1, s2, n1, n2) = (state.clone(), state, scopes.clone(), scopes);
-    let models_task = tokio::spawn(async move { controller::run(s1, &n1).await });
-    let keys_task = tokio::spawn(async move { key_controller::run(s2, &n2).await });
-
-    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &models_ns.name);
-    let model: SecureChatModel = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-        "metadata": {"name": "m"},
-        "spec": {"replicas": 0, "auth": {"apiKeys": {"allowedNamespaces": [apps.name]}}}
-    }))
-    .unwrap();
-    models
-        .create(&PostParams::default(), &model)
-        .await
-        .expect("model");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &models_ns.name);
-    wait_for("the model's key table", Duration::from_secs(60), || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("m-api-keys").await.ok().flatten() }
-    })
-    .await;
+    let _operator = Operator::start(&client, &[&models_ns, &apps, &other]);
+    model_with_table(&client, &models_ns.name, &[&apps.name]).await;
 
     // A namespace that is not allowed gets a condition and nothing else.
-    let denied_keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &other.name);
-    let denied: ChatApiKey = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-        "metadata": {"name": "sneaky"},
-        "spec": {"modelRef": {"name": "m", "namespace": models_ns.name}}
-    }))
-    .unwrap();
-    denied_keys
-        .create(&PostParams::default(), &denied)
-        .await
-        .expect("create denied key");
-    let refused = await_condition(
-        denied_keys.clone(),
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(
+        &client,
+        &other.name,
         "sneaky",
-        "NamespaceNotAllowed",
-        Duration::from_secs(60),
-        |k: Option<&ChatApiKey>| {
-            k.and_then(|k| k.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.reason == "NamespaceNotAllowed")
-            })
-        },
+        json!({"modelRef": model_ref}),
     )
     .await;
+    await_reason(
+        &client,
+        &other.name,
+        "sneaky",
+        KeyReason::NamespaceNotAllowed,
+    )
+    .await;
+    let refused = Api::<ChatApiKey>::namespaced(client.clone(), &other.name)
+        .get("sneaky")
+        .await
+        .expect("sneaky");
     assert!(consumer(&client, &other.name, "sneaky").await.is_none());
     let refused_id = refused.status.unwrap().key_id.unwrap();
     assert!(
@@ -122,17 +456,15 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
 
     // An allowed key with a fast rotation.
     let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &apps.name);
-    let key: ChatApiKey = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-        "metadata": {"name": "frontend"},
-        "spec": {"modelRef": {"name": "m", "namespace": models_ns.name}, "tier": "Developer",
-                 "expiresAfter": "720h", "secretName": "frontend-api-key",
-                 "rotation": {"period": "1m", "gracePeriod": "30s"}}
-    }))
-    .unwrap();
-    keys.create(&PostParams::default(), &key)
-        .await
-        .expect("create key");
+    create_key(
+        &client,
+        &apps.name,
+        "frontend",
+        json!({"modelRef": model_ref, "tier": "Developer",
+               "expiresAfter": "720h", "secretName": "frontend-api-key",
+               "rotation": {"period": "1m", "gracePeriod": "30s"}}),
+    )
+    .await;
     let active = await_condition(
         keys.clone(),
         "frontend",
@@ -242,23 +574,10 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
     keys.delete("frontend", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_for("the record to be removed", Duration::from_secs(30), || {
-        let client = client.clone();
-        let (ns, id) = (models_ns.name.clone(), id.clone());
-        async move {
-            table(&client, &ns, "m")
-                .await
-                .get(&id)
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    record_gone(&client, &models_ns.name, &id, Duration::from_secs(30)).await;
     wait_for("the ChatApiKey to be gone", Duration::from_secs(30), || {
         let keys = keys.clone();
         async move { matches!(keys.get_opt("frontend").await, Ok(None)).then_some(()) }
     })
     .await;
-    models_task.abort();
-    keys_task.abort();
 }

@@ -61,10 +61,32 @@ async fn crds_are_established_and_documented() {
     assert!(explain.contains("previous key still verifies"), "{explain}");
     let explain = kubectl_ok(&["explain", "cak.spec.expiresAfter"]);
     assert!(explain.contains("Mutually exclusive"), "{explain}");
+    // The caps on certificate lifetimes are documented where users look.
+    explain_eventually("scm.spec.tls.validity", "at most 8760h (1 year)");
+    explain_eventually("scm.spec.tls.caValidity", "at most 87600h (10 years)");
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
     assert!(ok, "the `securechat` category should be listable: {out}");
+}
+
+/// Waits until `kubectl explain field` says `wanted` (white space folded):
+/// after a CRD changes, the API server republishes its OpenAPI a moment
+/// later, so a cluster that had the old CRD explains the old text at first.
+fn explain_eventually(field: &str, wanted: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let explain = kubectl_ok(&["explain", field]);
+        let text = explain.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.contains(wanted) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{field} lacks {wanted:?} after 30s:\n{explain}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 #[tokio::test]
@@ -117,7 +139,8 @@ async fn empty_spec_is_accepted_and_read_back_with_defaults() {
         raw.data["spec"]["signingKeys"]["rotationPeriod"],
         json!("24h")
     );
-    assert_eq!(raw.data["spec"]["model"]["family"], json!("Llama-GGUF"));
+    // No family is declared by default: the server detects it from the files.
+    assert_eq!(raw.data["spec"]["model"].get("family"), None);
 }
 
 #[tokio::test]
@@ -290,6 +313,76 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
                                       "clientSecretName": "idp-client"}]}}),
             "auth.oidc.clientSecretName: only with a clientId",
         ),
+        (
+            "GPU product that is not a label value",
+            json!({"resources": {"gpu": {"count": 1, "product": "A100 \"; rm -rf /"}}}),
+            "resources.gpu.product: must be a label value",
+        ),
+        // Durations: bounded, with a message that names the field, never
+        // CEL's "type conversion error" (beyond Go's 2,562,047h).
+        (
+            "validity beyond CEL's duration range",
+            json!({"tls": {"validity": "100000000h"}}),
+            "tls.validity: must be at least 1h and at most 8760h",
+        ),
+        (
+            "validity of 228 years",
+            json!({"tls": {"validity": "2000000h"}}),
+            "tls.validity: must be at least 1h and at most 8760h",
+        ),
+        (
+            "renewBefore beyond range",
+            json!({"tls": {"renewBefore": "100000000h"}}),
+            "tls.renewBefore: must be at least 1m and at most 8760h",
+        ),
+        (
+            "CA validity above 10 years",
+            json!({"tls": {"caValidity": "87601h"}}),
+            "tls.caValidity: must be at least 1h and at most 87600h",
+        ),
+        (
+            "CA overlap beyond range",
+            json!({"tls": {"caOverlap": "100000000h"}}),
+            "tls.caOverlap: must be at most 8760h",
+        ),
+        (
+            "rotation period beyond range",
+            json!({"signingKeys": {"rotationPeriod": "100000000h"}}),
+            "signingKeys.rotationPeriod: must be at least 5m and at most 8760h",
+        ),
+        (
+            "grace period beyond range",
+            json!({"signingKeys": {"gracePeriod": "100000000h"}}),
+            "signingKeys.gracePeriod: must be at most 8760h",
+        ),
+        (
+            "token TTL beyond range",
+            json!({"auth": {"tokenTTL": "100000000h"}}),
+            "auth.tokenTTL: must be at least 1m and at most 24h",
+        ),
+        (
+            "leeway beyond range",
+            json!({"auth": {"leeway": "100000000h"}}),
+            "auth.leeway: must be at most 1m",
+        ),
+        // Custom patterns: what CEL can tell of Rust regex syntax.
+        (
+            "look-around in a custom pattern",
+            json!({"sensitiveData": {"customPatterns": [{"name": "x", "regex": "secret(?=:)"}]}}),
+            "sensitiveData.customPatterns[].regex: Rust regex syntax has no look-around",
+        ),
+        (
+            "backreference in a custom pattern",
+            json!({"sensitiveData": {"customPatterns": [{"name": "x", "regex": "(a)\\1"}]}}),
+            "sensitiveData.customPatterns[].regex: Rust regex syntax has no backreferences",
+        ),
+        (
+            "custom patterns too long in all",
+            json!({"sensitiveData": {"customPatterns": (0..9)
+                .map(|i| json!({"name": format!("p{i}"), "regex": "a".repeat(1000)}))
+                .collect::<Vec<_>>()}}),
+            "sensitiveData.customPatterns: at most 8192 characters of regex in all",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();
@@ -308,9 +401,12 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             Err(kube::Error::Api(status)) => *status,
             Err(other) => panic!("{case}: unexpected error {other}"),
         };
-        if refusal.code != 422 || !refusal.message.contains(expected) {
+        if refusal.code != 422
+            || !refusal.message.contains(expected)
+            || refusal.message.contains(CEL_FAILURE)
+        {
             failures.push(format!(
-                "{case}: expected 422 mentioning {expected:?}, got {}: {}",
+                "{case}: expected 422 mentioning {expected:?} (and no rule failing to evaluate), got {}: {}",
                 refusal.code, refusal.message
             ));
         }
@@ -332,7 +428,23 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
         "{}",
         refusal.message
     );
+    // Valid object names that are not DNS labels cannot name the model's
+    // Service: refused at admission instead of failing every reconcile.
+    for name in ["my.model", "1model"] {
+        let refusal = rejection(&api, &object("SecureChatModel", name, json!({}))).await;
+        assert!(
+            refusal
+                .message
+                .contains("metadata.name: must be a DNS label"),
+            "{name}: {}",
+            refusal.message
+        );
+    }
 }
+
+/// What the API server says when a CEL rule fails to evaluate instead of
+/// refusing with its message.
+const CEL_FAILURE: &str = "evaluating rule";
 
 #[tokio::test]
 async fn invalid_api_key_specs_are_rejected_naming_the_field() {
@@ -381,6 +493,21 @@ async fn invalid_api_key_specs_are_rejected_naming_the_field() {
             json!({"modelRef": {"name": "m"}, "secretName": "Has Spaces"}),
             "spec.secretName",
         ),
+        (
+            "expiresAfter beyond CEL's duration range",
+            json!({"modelRef": {"name": "m"}, "expiresAfter": "100000000h"}),
+            "expiresAfter: must be at least 1m and at most 87600h",
+        ),
+        (
+            "rotation period beyond range",
+            json!({"modelRef": {"name": "m"}, "rotation": {"period": "100000000h"}}),
+            "rotation.period: must be at least 1m and at most 8760h",
+        ),
+        (
+            "rotation grace period beyond range",
+            json!({"modelRef": {"name": "m"}, "rotation": {"gracePeriod": "100000000h"}}),
+            "rotation.gracePeriod: must be at most 8760h",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (case, spec, expected)) in cases.iter().enumerate() {
@@ -389,7 +516,10 @@ async fn invalid_api_key_specs_are_rejected_naming_the_field() {
             &object("ChatApiKey", &format!("bad-{i}"), spec.clone()),
         )
         .await;
-        if refusal.code != 422 || !refusal.message.contains(expected) {
+        if refusal.code != 422
+            || !refusal.message.contains(expected)
+            || refusal.message.contains(CEL_FAILURE)
+        {
             failures.push(format!(
                 "{case}: expected 422 mentioning {expected:?}, got {}: {}",
                 refusal.code, refusal.message
@@ -397,6 +527,21 @@ async fn invalid_api_key_specs_are_rejected_naming_the_field() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The key's name labels its consumer Secret: at most 63 characters.
+    let long_name = "k".repeat(64);
+    let refusal = rejection(
+        &api,
+        &object("ChatApiKey", &long_name, json!({"modelRef": {"name": "m"}})),
+    )
+    .await;
+    assert!(
+        refusal
+            .message
+            .contains("metadata.name: must be at most 63 characters"),
+        "{}",
+        refusal.message
+    );
 
     // modelRef is immutable.
     api.create(

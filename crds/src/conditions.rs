@@ -8,20 +8,28 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+/// `status` of a condition that holds.
 pub const TRUE: &str = "True";
+/// `status` of a condition that does not hold.
 pub const FALSE: &str = "False";
+/// `status` of a condition not yet determined.
 pub const UNKNOWN: &str = "Unknown";
 
 /// The part of a condition a reconciler decides; the rest is bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionUpdate {
+    /// The condition's `type`, e.g. `Ready`: the key of the list.
     pub type_: String,
+    /// Whether it holds (`True`) or not (`False`).
     pub status: bool,
+    /// A CamelCase word for programs, e.g. `NoReplicasReady`.
     pub reason: String,
+    /// A sentence for people.
     pub message: String,
 }
 
 impl ConditionUpdate {
+    /// A condition update from its four parts.
     pub fn new(
         type_: impl Into<String>,
         status: bool,

@@ -18,6 +18,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// rejected by the API server with the field's name before CEL ever sees it.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
+/// A stricter shape than [`DURATION_PATTERN`] that CEL rules test before
+/// they call `duration()`: at most 5 integer digits before `h` and 7 before
+/// any smaller unit. CEL's `duration()` fails beyond Go's limit of
+/// 2,562,047h (i64 nanoseconds) with "type conversion error", which the API
+/// server reports instead of the rule's message; within the schema's 32
+/// characters this shape stays below 670,000h (4 × `9999999m`), so a rule
+/// guarded by it always gets to say what it means. Written with `[.]`, not
+/// `\.`, because it is embedded in a CEL string literal.
+pub const CEL_SAFE_DURATION: &str =
+    r"^([0-9]{1,5}([.][0-9]+)?h|[0-9]{1,7}([.][0-9]+)?(ns|us|µs|ms|s|m))+$";
+
 /// A parsed duration. It serialises in its shortest Go form (`90m` reads back
 /// from Rust as `1h30m`); the API server keeps whatever string was applied.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,39 +39,49 @@ pub struct Duration {
 /// Why a string is not a Go duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
+    /// The string is empty.
     #[error("empty duration")]
     Empty,
+    /// Not numbers with units (e.g. a sign, a stray character).
     #[error(
         "invalid duration {0:?}: expected numbers with units ns, us, ms, s, m or h, e.g. \"24h\" or \"1h30m\""
     )]
     Invalid(String),
+    /// A number without its unit, e.g. `30`.
     #[error("duration {0:?} has a missing unit: write e.g. \"30s\", not \"30\"")]
     MissingUnit(String),
+    /// A unit Go does not know, e.g. `d`: the input and the unit.
     #[error("duration {0:?} has an unknown unit {1:?}: use ns, us, ms, s, m or h")]
     UnknownUnit(String, String),
+    /// More seconds than a u64 holds.
     #[error("duration {0:?} is too large")]
     Overflow(String),
 }
 
 impl Duration {
+    /// A whole number of seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Self {
             value: std::time::Duration::from_secs(secs),
         }
     }
 
+    /// The same span as a [`std::time::Duration`].
     pub const fn from_std(value: std::time::Duration) -> Self {
         Self { value }
     }
 
+    /// The span as a [`std::time::Duration`].
     pub const fn as_std(&self) -> std::time::Duration {
         self.value
     }
 
+    /// The span as a [`chrono::TimeDelta`], saturating at its maximum.
     pub fn as_chrono(&self) -> chrono::TimeDelta {
         chrono::TimeDelta::from_std(self.value).unwrap_or(chrono::TimeDelta::MAX)
     }
 
+    /// Whole seconds, the fraction dropped.
     pub const fn as_secs(&self) -> u64 {
         self.value.as_secs()
     }
@@ -294,6 +315,38 @@ mod tests {
             let d: Duration = input.parse().expect(input);
             assert_eq!(d.to_string(), shown);
             assert_eq!(shown.parse::<Duration>().expect(shown), d);
+        }
+    }
+
+    #[test]
+    fn the_cel_guard_passes_only_durations_cel_can_convert() {
+        let guard = regex::Regex::new(CEL_SAFE_DURATION).expect("compiles");
+        // CEL converts with Go's time.ParseDuration: i64 nanoseconds.
+        let go_limit = std::time::Duration::from_nanos(i64::MAX as u64);
+        // The largest values the guard passes within the schema's 32
+        // characters, and ordinary ones.
+        for s in [
+            "99999h99999h99999h99999h99999h",
+            "9999999m9999999m9999999m9999999m",
+            "87600h",
+            "1h30m",
+            "500ms",
+            "1.5h",
+        ] {
+            assert!(s.len() <= 32 && guard.is_match(s), "{s}");
+            let value = s.parse::<Duration>().expect(s).as_std();
+            assert!(value < go_limit / 3, "{s}");
+        }
+        for s in [
+            "100000000h",
+            "2562048h",
+            "100000h",
+            "99999999m",
+            "1d",
+            "30",
+            "",
+        ] {
+            assert!(!guard.is_match(s), "{s}");
         }
     }
 

@@ -16,7 +16,11 @@
 //! - [`default_model`]: the default model's file name and places, shared by
 //!   the operator (the embedded source) and the server (its fallback).
 //!
-//! This crate holds no client code.
+//! This crate holds no client code. It is the public API of the project, so
+//! every public item is documented (`missing_docs`, an error under
+//! `clippy -D warnings`).
+
+#![warn(missing_docs)]
 
 pub mod conditions;
 pub mod crd;

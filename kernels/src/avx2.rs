@@ -127,6 +127,24 @@ mod x86 {
         _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.as_ptr().cast()) })
     }
 
+    /// The first 8 f32 of `x`, loaded unaligned.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_f32x8(x: &[f32]) -> __m256 {
+        let x = &x[..8];
+        // SAFETY: `x` is 8 readable f32 (the slice above is bounds-checked);
+        // the load is unaligned.
+        unsafe { _mm256_loadu_ps(x.as_ptr()) }
+    }
+
+    /// `v` stored into the first 8 f32 of `out`, unaligned.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store_f32x8(out: &mut [f32], v: __m256) {
+        let out = &mut out[..8];
+        // SAFETY: `out` is 8 writable f32 (the slice above is bounds-checked);
+        // the store is unaligned.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
         // 64 lanes (eight vectors) over whole groups of 64, folded as
@@ -162,13 +180,7 @@ mod x86 {
         // zero-padded, as in the scalar version.
         let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut step = |x: &[f32], y: &[f16]| {
-            // SAFETY: `x` is 16 readable f32; unaligned.
-            let (xl, xh) = unsafe {
-                (
-                    _mm256_loadu_ps(x.as_ptr()),
-                    _mm256_loadu_ps(x[8..].as_ptr()),
-                )
-            };
+            let (xl, xh) = (load_f32x8(x), load_f32x8(&x[8..]));
             lo = _mm256_fmadd_ps(xl, load_f16x8(y), lo);
             hi = _mm256_fmadd_ps(xh, load_f16x8(&y[8..]), hi);
         };
@@ -231,19 +243,15 @@ mod x86 {
         }
         // Underflow, overflow or NaN in some lane: those lanes in scalar.
         let (mut out, mut ps, mut ns) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-        // SAFETY: each array is 8 writable f32; unaligned stores.
-        unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr(), result);
-            _mm256_storeu_ps(ps.as_mut_ptr(), p);
-            _mm256_storeu_ps(ns.as_mut_ptr(), n);
-        }
+        store_f32x8(&mut out, result);
+        store_f32x8(&mut ps, p);
+        store_f32x8(&mut ns, n);
         for l in 0..8 {
             if ordinary & (1 << l) == 0 {
                 out[l] = times_pow2(ps[l], ns[l]);
             }
         }
-        // SAFETY: `out` is 8 readable f32; unaligned.
-        unsafe { _mm256_loadu_ps(out.as_ptr()) }
+        load_f32x8(&out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -252,14 +260,11 @@ mod x86 {
         let mut sum = 0f64;
         let mut chunks = x.chunks_exact_mut(LANES);
         for c in &mut chunks {
-            // SAFETY: `c` is 16 readable and writable f32; unaligned.
-            unsafe {
-                let lo = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-                let hi = exp8(_mm256_sub_ps(_mm256_loadu_ps(c[8..].as_ptr()), m));
-                _mm256_storeu_ps(c.as_mut_ptr(), lo);
-                _mm256_storeu_ps(c[8..].as_mut_ptr(), hi);
-                sum += f64::from(hsum(_mm256_add_ps(hi, lo)));
-            }
+            let lo = exp8(_mm256_sub_ps(load_f32x8(c), m));
+            let hi = exp8(_mm256_sub_ps(load_f32x8(&c[8..]), m));
+            store_f32x8(c, lo);
+            store_f32x8(&mut c[8..], hi);
+            sum += f64::from(hsum(_mm256_add_ps(hi, lo)));
         }
         sum + scalar::exp_sum(chunks.into_remainder(), max)
     }
@@ -271,16 +276,10 @@ mod x86 {
         let whole = gate.len() / LANES * LANES;
         let one = _mm256_set1_ps(1.0);
         for i in (0..whole).step_by(8) {
-            // SAFETY: i + 8 ≤ whole ≤ every slice's length; unaligned.
-            unsafe {
-                let g = _mm256_loadu_ps(gate[i..].as_ptr());
-                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-                let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-                _mm256_storeu_ps(
-                    out[i..].as_mut_ptr(),
-                    _mm256_mul_ps(s, _mm256_loadu_ps(up[i..].as_ptr())),
-                );
-            }
+            let g = load_f32x8(&gate[i..]);
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+            store_f32x8(&mut out[i..], _mm256_mul_ps(s, load_f32x8(&up[i..])));
         }
         scalar::silu_mul(
             &gate[whole..],
@@ -295,11 +294,8 @@ mod x86 {
         let mut yc = y.chunks_exact_mut(8);
         let mut xc = x.chunks_exact(8);
         for (out, x) in (&mut yc).zip(&mut xc) {
-            // SAFETY: `out` is 8 readable and writable f32; unaligned.
-            unsafe {
-                let v = _mm256_fmadd_ps(sv, load_f16x8(x), _mm256_loadu_ps(out.as_ptr()));
-                _mm256_storeu_ps(out.as_mut_ptr(), v);
-            }
+            let v = _mm256_fmadd_ps(sv, load_f16x8(x), load_f32x8(out));
+            store_f32x8(out, v);
         }
         for (o, v) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
             *o = s.mul_add(v.to_f32(), *o);
@@ -310,11 +306,8 @@ mod x86 {
     fn round_f16_avx2(x: &mut [f32]) {
         let mut chunks = x.chunks_exact_mut(8);
         for c in &mut chunks {
-            // SAFETY: `c` is 8 readable and writable f32; unaligned.
-            unsafe {
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
-                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
-            }
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(load_f32x8(c));
+            store_f32x8(c, _mm256_cvtph_ps(h));
         }
         for v in chunks.into_remainder() {
             *v = f16_round(*v);

@@ -12,10 +12,21 @@
 //!   those, a subset check cannot see them), and
 //! - every field we set is present with the same value in the live object
 //!   (a subset check), which catches someone else's edits (drift).
+//!
+//! Forcing is only right for objects the operator made for this same
+//! resource. A name is chosen by whoever writes the spec (a ChatApiKey's
+//! `secretName`, a model's name), so an object of that name may be someone
+//! else's: a tenant's Secret, or another model's key table. Applying over it
+//! would take it over, and the owner reference would then let the garbage
+//! collector delete it with our resource (issue 19). So an existing object
+//! is written or deleted only when its controlling owner reference is the
+//! one the operator would set (same uid); otherwise it is left untouched and
+//! the write fails with [`Error::NotOwned`], which the reconciler reports.
 
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use securechat_crds::hex::hex;
@@ -81,10 +92,13 @@ impl Writer {
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let (desired, hash) = with_applied_hash(obj)?;
         let live = api.get_opt(&name).await?;
-        if let Some(live) = &live
-            && is_unchanged(&desired, &hash, live)?
-        {
-            return Ok(live.clone());
+        if let Some(live) = &live {
+            if !may_write(meta, live.meta()) {
+                return Err(not_owned::<K>(namespace, &name));
+            }
+            if is_unchanged(&desired, &hash, live)? {
+                return Ok(live.clone());
+            }
         }
         let stored = api
             .patch(
@@ -102,16 +116,27 @@ impl Writer {
     }
 
     /// Deletes an object the desired state no longer contains (e.g. the PDB
-    /// after scaling to one replica). Absent is fine, and absence is checked
-    /// first so that a steady state makes no write call.
-    pub async fn delete_if_present<K>(&mut self, namespace: &str, name: &str) -> Result<()>
+    /// after scaling to one replica), if `owner` controls it. Absent is
+    /// fine, and absence is checked first so that a steady state makes no
+    /// write call; an object of that name that `owner` does not control is
+    /// someone else's and is left alone ([`Error::NotOwned`]).
+    pub async fn delete_if_present<K, O>(
+        &mut self,
+        owner: &O,
+        namespace: &str,
+        name: &str,
+    ) -> Result<()>
     where
         K: Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
         K::DynamicType: Default,
+        O: Resource,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        if api.get_metadata_opt(name).await?.is_none() {
+        let Some(live) = api.get_metadata_opt(name).await? else {
             return Ok(());
+        };
+        if !controlled_by(&live.metadata, owner.meta().uid.as_deref()) {
+            return Err(not_owned::<K>(namespace, name));
         }
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {
@@ -125,6 +150,43 @@ impl Writer {
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Whether `object`'s controlling owner reference names the owner with
+/// this uid. `None` (an owner not yet stored) controls nothing.
+pub fn controlled_by(object: &ObjectMeta, owner_uid: Option<&str>) -> bool {
+    let controller = object
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    owner_uid.is_some_and(|uid| controller.is_some_and(|c| c.uid == uid))
+}
+
+/// Whether the operator may write `live` as `desired`: `live` is controlled
+/// by the resource that `desired` names as its controller. A desired object
+/// without a controller (none today) has no owner to compare, and is not
+/// written over an existing object either.
+pub fn may_write(desired: &ObjectMeta, live: &ObjectMeta) -> bool {
+    let owner_uid = desired
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str());
+    controlled_by(live, owner_uid)
+}
+
+fn not_owned<K>(namespace: &str, name: &str) -> Error
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    Error::NotOwned {
+        kind: K::kind(&K::DynamicType::default()).into_owned(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
     }
 }
 
@@ -196,6 +258,7 @@ fn is_empty(v: &Value) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::json;
 
     #[test]
@@ -221,6 +284,33 @@ mod tests {
     fn empty_desired_fields_match_absent_live_fields() {
         assert!(is_subset(&json!({"a": {}, "b": [], "c": null}), &json!({})));
         assert!(!is_subset(&json!({"a": 0}), &json!({})));
+    }
+
+    fn owned_by(uid: &str, controller: bool) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                uid: uid.into(),
+                controller: Some(controller),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_objects_controlled_by_the_same_resource_are_written() {
+        let desired = owned_by("model-uid", true);
+        assert!(may_write(&desired, &owned_by("model-uid", true)));
+        // Someone else's object, or one we would adopt: left alone.
+        assert!(!may_write(&desired, &ObjectMeta::default()));
+        assert!(!may_write(&desired, &owned_by("other-uid", true)));
+        // An owner reference that is not the controller is not ownership.
+        assert!(!may_write(&desired, &owned_by("model-uid", false)));
+        // A resource recreated under the same name has a new uid.
+        assert!(!may_write(&owned_by("new-uid", true), &desired));
+        // No controller in the desired object: nothing to compare with.
+        assert!(!may_write(&ObjectMeta::default(), &ObjectMeta::default()));
+        assert!(!controlled_by(&desired, None));
     }
 
     #[test]

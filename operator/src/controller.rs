@@ -94,7 +94,8 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String]) {
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An Api over one namespace, or all of them.
+pub(crate) fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -198,9 +199,18 @@ enum Stop {
     Failed(Error),
 }
 
+/// An object of the model's that someone else holds is a refusal: the
+/// operator will not take it over (see `apply`), so retrying cannot help
+/// until it is moved out of the way.
 impl From<Error> for Stop {
     fn from(error: Error) -> Self {
-        Stop::Failed(error)
+        match error {
+            Error::NotOwned { .. } => Stop::Refused(Refusal {
+                reason: reasons::OBJECT_CONFLICT,
+                message: error.to_string(),
+            }),
+            error => Stop::Failed(error),
+        }
     }
 }
 
@@ -254,7 +264,8 @@ async fn converge(
         }
         None => {
             writer
-                .delete_if_present::<PodDisruptionBudget>(
+                .delete_if_present::<PodDisruptionBudget, _>(
+                    model,
                     &input.namespace,
                     &Names::pdb(&input.name),
                 )
@@ -269,18 +280,8 @@ async fn converge(
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
-        tls: Some((
-            tls.ready,
-            tls.reason,
-            tls.message.clone(),
-            tls.status.clone(),
-        )),
-        signing_keys: Some((
-            keys.ready,
-            keys.reason,
-            keys.message.clone(),
-            keys.status.clone(),
-        )),
+        tls: Some(tls.state.clone()),
+        signing_keys: Some(keys.state.clone()),
     };
     let material_due = [tls.next_action_at, keys.next_action_at]
         .into_iter()
@@ -313,7 +314,7 @@ where
                 reason: reasons::APPLY_FAILED,
                 message: message.to_string(),
             }),
-            None => Stop::Failed(error),
+            None => Stop::from(error),
         })
 }
 
@@ -434,8 +435,9 @@ fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<Context>) -> 
     warn!(model = %model.name_any(), namespace = ?model.namespace(), error = %error, label = error.metric_label(), "reconcile error");
     match error {
         Error::Kube(_) => Action::requeue(Duration::from_secs(5)),
-        Error::Render { .. } | Error::MissingField(_) | Error::Finalizer(_) => {
-            Action::requeue(Duration::from_secs(60))
-        }
+        Error::Render { .. }
+        | Error::NotOwned { .. }
+        | Error::MissingField(_)
+        | Error::Finalizer(_) => Action::requeue(Duration::from_secs(60)),
     }
 }

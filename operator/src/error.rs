@@ -14,6 +14,17 @@ pub enum Error {
     #[error("cannot render {what}: {message}")]
     Render { what: &'static str, message: String },
 
+    /// An object of the name the operator would write exists and is not
+    /// controlled by the resource it would be written for (see `apply`).
+    #[error(
+        "{kind} {namespace}/{name} exists and was not created by the operator for this resource; it is left untouched"
+    )]
+    NotOwned {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+
     #[error("resource has no {0}")]
     MissingField(&'static str),
 
@@ -45,6 +56,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube_api",
             Error::Render { .. } => "render",
+            Error::NotOwned { .. } => "not_owned",
             Error::MissingField(_) => "missing_field",
             Error::Finalizer(_) => "finalizer",
         }

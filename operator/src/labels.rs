@@ -56,6 +56,10 @@ impl Names {
     pub fn tls_secret(model: &str) -> String {
         format!("{model}-tls")
     }
+    /// The operator-only Secret with the CA's keys and rotation state.
+    pub fn ca_secret(model: &str) -> String {
+        format!("{model}-ca")
+    }
     pub fn ca_bundle(model: &str) -> String {
         format!("{model}-ca-bundle")
     }

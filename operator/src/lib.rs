@@ -21,6 +21,7 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod key_controller;
+pub mod key_plan;
 pub mod labels;
 pub mod leader;
 pub mod material;

@@ -13,6 +13,43 @@ use securechat_crds::v1alpha1::SigningAlgorithm;
 
 use crate::{Error, Result};
 
+/// The longest a serving certificate may be valid, whatever `tls.validity`
+/// says: 365 days, the CA/Browser Forum's bound for public certificates
+/// (398 days) rounded down. The CRD bounds the field too, but objects
+/// admitted before that rule (or with a typo of `2000000h`, which gave a
+/// certificate valid until 2255) must not get a longer one.
+pub const MAX_SERVING_VALIDITY: chrono::TimeDelta = chrono::TimeDelta::days(365);
+/// The longest a model's CA may be valid, whatever `tls.caValidity` says:
+/// 10 years. A CA is rotated a third of its validity before expiry, so this
+/// still rotates it within 7 years, and a leaked CA key is not good for
+/// centuries.
+pub const MAX_CA_VALIDITY: chrono::TimeDelta = chrono::TimeDelta::days(3650);
+
+/// `tls.caValidity`, capped at [`MAX_CA_VALIDITY`].
+pub fn capped_ca_validity(requested: chrono::TimeDelta) -> chrono::TimeDelta {
+    requested.min(MAX_CA_VALIDITY)
+}
+
+/// A serving certificate's (notAfter, renewAt) for one issued at `now`,
+/// capped at [`MAX_SERVING_VALIDITY`]. When the cap applies, the renewal
+/// lead (`notAfter - renewAt`) is kept if it fits in a third of the capped
+/// validity, else becomes that third (the default lead): a lead computed
+/// from an uncapped `2000000h` would put the renewal in the past and
+/// reissue on every reconcile.
+pub fn capped_serving_times(
+    now: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    renew_at: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let validity = not_after - now;
+    if validity <= MAX_SERVING_VALIDITY {
+        return (not_after, renew_at);
+    }
+    let capped = now + MAX_SERVING_VALIDITY;
+    let lead = (not_after - renew_at).min(MAX_SERVING_VALIDITY / 3);
+    (capped, capped - lead)
+}
+
 fn pki_error(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
     move |e| Error::Render {
         what,
@@ -195,6 +232,35 @@ mod tests {
         verifier
             .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
             .map(|_| ())
+    }
+
+    #[test]
+    fn serving_certificates_are_capped_at_a_year_and_keep_a_sane_renewal() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let hours = chrono::TimeDelta::hours;
+        // Within the cap: untouched.
+        let asked = (now + hours(2160), now + hours(1440));
+        assert_eq!(capped_serving_times(now, asked.0, asked.1), asked);
+        let year = (now + MAX_SERVING_VALIDITY, now + hours(100));
+        assert_eq!(capped_serving_times(now, year.0, year.1), year);
+        // `validity: 2000000h` with the default lead (a third): one year,
+        // renewed when a third of it is left, not at once.
+        let huge = now + hours(2_000_000);
+        let (not_after, renew_at) = capped_serving_times(now, huge, huge - hours(2_000_000) / 3);
+        assert_eq!(not_after, now + MAX_SERVING_VALIDITY);
+        assert_eq!(renew_at, not_after - MAX_SERVING_VALIDITY / 3);
+        assert!(renew_at > now);
+        // An explicit short renewBefore is kept.
+        let (not_after, renew_at) = capped_serving_times(now, huge, huge - hours(720));
+        assert_eq!(not_after - renew_at, hours(720));
+    }
+
+    #[test]
+    fn the_ca_is_capped_at_ten_years() {
+        let hours = chrono::TimeDelta::hours;
+        assert_eq!(capped_ca_validity(hours(2_000_000)), MAX_CA_VALIDITY);
+        assert_eq!(capped_ca_validity(hours(87_600)), MAX_CA_VALIDITY);
+        assert_eq!(capped_ca_validity(hours(26_280)), hours(26_280));
     }
 
     /// During a CA rotation the bundle holds two CAs of the same model; a

@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE, set_condition};
 use securechat_crds::sensitive::compile_patterns;
 use securechat_crds::v1alpha1::{
-    ModelFamily, SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
+    SecureChatModel, SecureChatModelStatus, SigningKeysStatus, TlsStatus,
 };
 
 use crate::desired::RefusedRule;
@@ -23,8 +23,15 @@ pub const DEGRADED: &str = "Degraded";
 pub const TLS_READY: &str = "TLSReady";
 pub const SIGNING_KEYS_READY: &str = "SigningKeysReady";
 
-/// (ready, reason, message, status) of one kind of key material.
-pub type MaterialState<S> = (bool, &'static str, String, S);
+/// The condition of one kind of key material (TLS, signing keys) and the
+/// status block it shows, as `material` decided them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaterialState<S> {
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+    pub status: S,
+}
 
 /// What the reconcile saw after applying.
 #[derive(Debug, Clone, Default)]
@@ -159,15 +166,15 @@ pub fn model_status(
     status.model = Some(model_description(model));
     status.endpoint = Some(observed.endpoint.clone());
     status.web_endpoint = Some(observed.web_endpoint.clone());
-    status.tls = observed.tls.as_ref().map(|t| t.3.clone());
-    status.signing_keys = observed.signing_keys.as_ref().map(|k| k.3.clone());
+    status.tls = observed.tls.as_ref().map(|t| t.status.clone());
+    status.signing_keys = observed.signing_keys.as_ref().map(|k| k.status.clone());
     status
 }
 
 fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate {
     match state {
-        Some((ready, reason, message, _)) => {
-            ConditionUpdate::new(type_, *ready, *reason, message.clone())
+        Some(state) => {
+            ConditionUpdate::new(type_, state.ready, state.reason, state.message.clone())
         }
         None => ConditionUpdate::new(type_, false, reasons::PENDING, "not reconciled yet"),
     }
@@ -294,12 +301,11 @@ pub fn model_description(model: &SecureChatModel) -> String {
     } else if let Some(hf) = &source.hugging_face {
         hf.repo.clone()
     } else if let Some(volume) = &source.volume {
-        let family = match model.spec.model.family {
-            ModelFamily::ChatGLM3 => "ChatGLM3",
-            ModelFamily::GLM4 => "GLM4",
-            ModelFamily::LlamaGguf => "Llama-GGUF",
-        };
-        format!("{family} ({}:{})", volume.claim_name, volume.path)
+        let place = format!("{}:{}", volume.claim_name, volume.path);
+        match model.spec.model.family {
+            Some(family) => format!("{family} ({place})"),
+            None => place,
+        }
     } else {
         "unknown".to_string()
     }
@@ -339,18 +345,18 @@ mod tests {
 
     fn material_ready() -> Observed {
         Observed {
-            tls: Some((
-                true,
-                reasons::CERTIFICATE_ISSUED,
-                String::new(),
-                TlsStatus::default(),
-            )),
-            signing_keys: Some((
-                true,
-                reasons::KEYSET_READY,
-                String::new(),
-                SigningKeysStatus::default(),
-            )),
+            tls: Some(MaterialState {
+                ready: true,
+                reason: reasons::CERTIFICATE_ISSUED,
+                message: String::new(),
+                status: TlsStatus::default(),
+            }),
+            signing_keys: Some(MaterialState {
+                ready: true,
+                reason: reasons::KEYSET_READY,
+                message: String::new(),
+                status: SigningKeysStatus::default(),
+            }),
             ..Default::default()
         }
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
+use securechat_server::files::reload;
 use securechat_server::inference::{self, EngineOptions};
 use securechat_server::startup::{LAST_USED_INTERVAL, ServeOptions, run};
 use securechat_server::{dev, keys_cli};
@@ -182,6 +183,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .model
         .or_else(inference::default_model_path)
         .context("no --model given and HOME is not set (the default model lives under it)")?;
+    // The config may name the family the model files must hold (a
+    // SecureChatModel's spec.model.family): checked before the load, which
+    // can take minutes.
+    let config = reload::load_config(&config_path)?;
+    if let Some(declared) = config.config.model.family {
+        inference::check_family(&model, declared)?;
+    }
     let engine = inference::load_engine(&model, EngineOptions::default())
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", model.display()))?;
     let options = ServeOptions {

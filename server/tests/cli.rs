@@ -144,3 +144,39 @@ fn serve_dev_creates_material_and_refuses_a_missing_model() {
     // Neither --config nor --dev.
     assert!(!bin(&["serve"]).status.success());
 }
+
+#[test]
+fn serve_refuses_a_model_of_another_family_than_the_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // The loader tells a GGUF file by its magic bytes, before reading more.
+    let model = dir.path().join("model.gguf");
+    std::fs::write(&model, b"GGUF\x03\0\0\0").unwrap();
+    let serve = |family: &str| {
+        let config = dir.path().join(format!("{family}.yaml"));
+        std::fs::write(&config, format!("model:\n  family: {family}\n")).unwrap();
+        let out = bin(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--api-addr",
+            "127.0.0.1:0",
+            "--web-addr",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "{family}: started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = serve("ChatGLM3");
+    assert!(
+        stderr.contains("model.family is ChatGLM3")
+            && stderr.contains(model.to_str().unwrap())
+            && stderr.contains("holds a Llama-GGUF model"),
+        "{stderr}"
+    );
+    // The declared family matches: the load goes on (and fails on this
+    // stub of a file, for its own reason).
+    let stderr = serve("Llama-GGUF");
+    assert!(!stderr.contains("model.family"), "{stderr}");
+}

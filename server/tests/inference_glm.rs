@@ -11,9 +11,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use inference_support::{collect, greedy, request, user};
+use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 use securechat_server::inference::{
-    EngineOptions, GlmFamily, InferenceError, ModelFamily, WeightFormat, detect_family,
-    load_engine, load_model,
+    EngineOptions, GlmFamily, InferenceError, ModelFamily, WeightFormat, check_family,
+    detect_family, load_engine, load_model,
 };
 use serde_json::json;
 use tokenizers::models::bpe::BPE;
@@ -238,6 +239,33 @@ fn the_loader_picks_the_family_from_the_path() {
         detect_family(&dir.path().join("absent")),
         Err(InferenceError::ModelMissing { .. })
     ));
+}
+
+#[test]
+fn a_declared_family_must_be_what_the_directory_holds() {
+    let (dir, _) = checkpoint(GlmFamily::ChatGlm3);
+    assert_eq!(
+        check_family(dir.path(), SpecFamily::ChatGLM3).unwrap(),
+        ModelFamily::Glm(GlmFamily::ChatGlm3)
+    );
+    for declared in [SpecFamily::GLM4, SpecFamily::LlamaGguf] {
+        let err = check_family(dir.path(), declared).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InferenceError::FamilyMismatch {
+                    detected: SpecFamily::ChatGLM3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("model.family is {declared}")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

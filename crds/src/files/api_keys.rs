@@ -33,6 +33,7 @@ const HASH_PREFIX: &str = "sha256:";
 /// `expiresAt` and the clock (see [`ApiKeyRecord::status_at`]).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ApiKeyState {
+    /// In use (unless past `expiresAt`).
     Active,
     /// Deactivated; can be resumed.
     Suspended,
@@ -43,13 +44,18 @@ pub enum ApiKeyState {
 /// The state that decides whether a key authenticates now.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ApiKeyStatus {
+    /// Authenticates.
     Active,
+    /// Deactivated; can be resumed.
     Suspended,
+    /// Past its `expiresAt`.
     Expired,
+    /// Gone for good.
     Revoked,
 }
 
 impl ApiKeyStatus {
+    /// The name shown in listings and audit records.
     pub fn as_str(&self) -> &'static str {
         match self {
             ApiKeyStatus::Active => "Active",
@@ -101,7 +107,9 @@ pub struct ApiKeyRecord {
     pub id: String,
     /// Human name (standalone) or `<namespace>/<name>` of the ChatApiKey.
     pub name: String,
+    /// What the key may do.
     pub tier: Tier,
+    /// Stored lifecycle state; see [`ApiKeyRecord::status_at`].
     pub state: ApiKeyState,
     /// Hash of the current secret.
     pub secret_hash: SecretHash,
@@ -109,12 +117,15 @@ pub struct ApiKeyRecord {
     /// `previousSecretValidUntil`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_hash: Option<SecretHash>,
+    /// End of the previous secret's grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_valid_until: Option<DateTime<Utc>>,
+    /// When the key was minted.
     pub created_at: DateTime<Utc>,
     /// No expiry when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the current secret replaced the previous one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_at: Option<DateTime<Utc>>,
     /// Last successful use as recorded by the writer of this file (the
@@ -152,18 +163,23 @@ impl ApiKeyRecord {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyTable {
+    /// Every key, in no particular order; ids are unique.
     pub keys: Vec<ApiKeyRecord>,
 }
 
 impl ApiKeyTable {
+    /// The key with this id.
     pub fn get(&self, id: &str) -> Option<&ApiKeyRecord> {
         self.keys.iter().find(|k| k.id == id)
     }
 
+    /// The key with this id, to change it.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut ApiKeyRecord> {
         self.keys.iter_mut().find(|k| k.id == id)
     }
 
+    /// Every problem of the table, each naming its field: ids, names,
+    /// hashes and the grace-period pairs.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut problems = Vec::new();
         let mut seen = std::collections::HashSet::new();

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::{ValidationError, names};
 use crate::Duration;
 use crate::v1alpha1::{
-    AuditSpec, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MIN_PROMPT_TOKENS,
-    OidcIssuer, RateLimitSpec, RolesSpec, SensitiveDataSpec, TierSpec, TlsVersion,
+    AuditSpec, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY,
+    MAX_TOKEN_TTL, MIN_PROMPT_TOKENS, MIN_TOKEN_TTL, ModelFamily, OidcIssuer, RateLimitSpec,
+    RolesSpec, SensitiveDataSpec, TierSpec, TlsVersion,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -27,40 +28,76 @@ pub struct ServerConfig {
     /// file's own name. The file's own name is accepted either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model_name: Option<String>,
+    /// What the model files must be.
+    #[serde(default, skip_serializing_if = "ModelConfig::is_default")]
+    pub model: ModelConfig,
+    /// Where the certificate, keyset and key table are.
     #[serde(default)]
     pub files: FilePaths,
+    /// Listener TLS settings.
     #[serde(default)]
     pub tls: ServerTls,
+    /// Sampling defaults for requests that do not set them.
     #[serde(default)]
     pub generation: GenerationDefaults,
+    /// Token issuing and verification.
     #[serde(default)]
     pub auth: ServerAuth,
+    /// Permission tiers and their quotas, as in `spec.roles`.
     #[serde(default)]
     pub roles: RolesSpec,
+    /// Per-principal limits, as in `spec.rateLimit`.
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
+    /// Browser origins, as in `spec.cors`.
     #[serde(default)]
     pub cors: CorsSpec,
+    /// The sensitive-data filter, as in `spec.sensitiveData`.
     #[serde(default)]
     pub sensitive_data: SensitiveDataSpec,
+    /// The audit log, as in `spec.audit`.
     #[serde(default)]
     pub audit: AuditSpec,
+    /// Limits that protect the server itself.
     #[serde(default)]
     pub limits: Limits,
+    /// The web chat UI.
     #[serde(default, skip_serializing_if = "WebConfig::is_default")]
     pub web: WebConfig,
+}
+
+/// What the model files must be. The model path itself is a command-line
+/// argument (in a pod: the Deployment's), read once at start.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The family the files must hold (a SecureChatModel's
+    /// `spec.model.family`): the server refuses to start when it detects
+    /// another one. Unset: whatever the files hold is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<ModelFamily>,
+}
+
+impl ModelConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Where the other files are.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilePaths {
+    /// The PEM certificate chain (default `tls/tls.crt`).
     #[serde(default = "default_tls_cert")]
     pub tls_cert: PathBuf,
+    /// Its PEM private key (default `tls/tls.key`).
     #[serde(default = "default_tls_key")]
     pub tls_key: PathBuf,
+    /// The signing keyset (default `signing-keys/keyset.json`).
     #[serde(default = "default_keyset")]
     pub signing_keys: PathBuf,
+    /// The API-key table (default `api-keys.json`).
     #[serde(default = "default_api_keys")]
     pub api_keys: PathBuf,
 }
@@ -138,10 +175,13 @@ pub struct ServerTls {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GenerationDefaults {
+    /// Tokens generated per answer when a request does not say.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// Sampling temperature; 0 means greedy.
     #[serde(default = "default_temperature", serialize_with = "shortest_f32")]
     pub temperature: f32,
+    /// Nucleus-sampling probability mass.
     #[serde(default = "default_top_p", serialize_with = "shortest_f32")]
     pub top_p: f32,
 }
@@ -188,6 +228,7 @@ pub struct ServerAuth {
     /// `aud` of issued tokens, and required of them.
     #[serde(default = "default_audience")]
     pub audience: String,
+    /// Lifetime of issued access tokens.
     #[serde(default = "default_token_ttl", rename = "tokenTTL")]
     pub token_ttl: Duration,
     /// Clock-skew allowance for exp / nbf / iat.
@@ -398,13 +439,15 @@ impl ServerConfig {
         if self.auth.audience.is_empty() {
             problems.push("auth.audience: must not be empty".to_string());
         }
-        if self.auth.leeway > Duration::from_secs(60) {
-            problems.push("auth.leeway: must be at most 60s (5s is recommended)".to_string());
+        if self.auth.leeway > MAX_LEEWAY {
+            problems.push(format!(
+                "auth.leeway: must be at most {MAX_LEEWAY} (5s is recommended)"
+            ));
         }
-        if self.auth.token_ttl < Duration::from_secs(60)
-            || self.auth.token_ttl > Duration::from_secs(24 * 3600)
-        {
-            problems.push("auth.tokenTTL: must be between 1m and 24h".to_string());
+        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&self.auth.token_ttl) {
+            problems.push(format!(
+                "auth.tokenTTL: must be between {MIN_TOKEN_TTL} and {MAX_TOKEN_TTL}"
+            ));
         }
         for (i, oidc) in self.auth.oidc.iter().enumerate() {
             if !oidc.issuer_url.starts_with("https://") {
@@ -592,6 +635,14 @@ files:
             PathBuf::from("demo/pod/etc/securechat/api-keys/api-keys.json")
         );
         assert_eq!(outside.tls_cert, PathBuf::from("demo/pod/cfg/tls/tls.crt"));
+    }
+
+    #[test]
+    fn the_model_family_is_read_and_absent_when_unset() {
+        let c = ServerConfig::from_yaml("model:\n  family: ChatGLM3\n").unwrap();
+        assert_eq!(c.model.family, Some(ModelFamily::ChatGLM3));
+        let yaml = serde_yaml::to_string(&ServerConfig::default()).unwrap();
+        assert!(!yaml.contains("model:"), "{yaml}");
     }
 
     #[test]

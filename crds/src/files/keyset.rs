@@ -32,6 +32,7 @@ pub struct SigningKey {
     /// The only algorithm this key is used with; a token whose header names
     /// another algorithm is refused.
     pub alg: SigningAlgorithm,
+    /// Where the key is in its rotation.
     pub state: KeyState,
     /// Not used to sign or verify before this time.
     pub not_before: DateTime<Utc>,
@@ -59,6 +60,7 @@ impl std::fmt::Debug for SigningKey {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SigningKeySet {
+    /// Next, Active and Previous keys; kids are unique.
     pub keys: Vec<SigningKey>,
 }
 

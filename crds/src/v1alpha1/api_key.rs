@@ -1,10 +1,20 @@
+//! The ChatApiKey resource: an API key for one SecureChatModel, with its
+//! lifecycle (expiry, rotation with overlap, suspension) and status.
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Tier;
+use super::{Tier, cel};
 use crate::Duration;
+
+/// Longest lifetime of a key: ten years. Unset means no expiry at all.
+const MAX_KEY_LIFETIME: Duration = Duration::from_secs(87600 * 3600);
+/// Shortest lifetime and shortest rotation period of a key.
+const MIN_KEY_PERIOD: Duration = Duration::from_secs(60);
+/// Longest rotation period and grace period of a key: one year.
+const MAX_KEY_ROTATION: Duration = Duration::from_secs(8760 * 3600);
 
 /// An API key for a SecureChatModel, with a lifecycle: Active -> Rotating
 /// (the old secret still works until the grace period ends) -> Suspended
@@ -28,7 +38,8 @@ use crate::Duration;
     printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","priority":1}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63").message("metadata.name: must be at most 63 characters: it is the value of the label that marks the key's consumer Secret")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -45,8 +56,12 @@ pub struct ChatApiKeySpec {
     pub tier: Tier,
 
     /// Lifetime from the moment the key is minted (Go duration, e.g.
-    /// `720h`). Mutually exclusive with expiresAt. Neither: no expiry.
+    /// `720h`): at least 1m and at most 87600h (10 years).
+    /// Mutually exclusive with expiresAt. Neither: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("expiresAfter", Some(MIN_KEY_PERIOD), MAX_KEY_LIFETIME)
+    ]))]
     pub expires_after: Option<Duration>,
 
     /// Fixed expiry time (RFC 3339). Mutually exclusive with expiresAfter.
@@ -101,18 +116,25 @@ pub struct ModelRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "duration(self.gracePeriod) < duration(self.period)",
-     "message": "rotation.gracePeriod: must be shorter than rotation.period"},
-    {"rule": "duration(self.period) >= duration('1m')",
-     "message": "rotation.period: must be at least 1m"}
+    {"rule": cel::when_durations_convert(
+        &["self.gracePeriod", "self.period"],
+        "duration(self.gracePeriod) < duration(self.period)"),
+     "message": "rotation.gracePeriod: must be shorter than rotation.period"}
 ]))]
 pub struct KeyRotation {
-    /// How often a new secret is issued.
+    /// How often a new secret is issued: at least 1m and at most 8760h.
     #[serde(default = "default_key_rotation_period")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("rotation.period", Some(MIN_KEY_PERIOD), MAX_KEY_ROTATION)
+    ]))]
     pub period: Duration,
 
-    /// How long the previous secret keeps working after a rotation.
+    /// How long the previous secret keeps working after a rotation; shorter
+    /// than period.
     #[serde(default = "default_key_grace_period")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("rotation.gracePeriod", None, MAX_KEY_ROTATION)
+    ]))]
     pub grace_period: Duration,
 }
 

@@ -1,3 +1,6 @@
+//! Permission tiers (ReadOnly < Developer < Admin), named by both resources
+//! and by the API-key table, and how the seeds' role names map onto them.
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +32,10 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier, least privileged first.
     pub const ALL: [Tier; 3] = [Tier::ReadOnly, Tier::Developer, Tier::Admin];
 
+    /// The name as the resources write it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Tier::ReadOnly => "ReadOnly",

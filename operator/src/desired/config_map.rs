@@ -1,8 +1,12 @@
+//! The model's ConfigMap: the server's `config.yaml`, rendered from the spec
+//! with the crate's own config types, and its checksum that rolls the pods.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, ServerAuth, ServerConfig, ServerTls, SsoClient, WebConfig,
+    FilePaths, GenerationDefaults, ModelConfig, ServerAuth, ServerConfig, ServerTls, SsoClient,
+    WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
@@ -21,6 +25,9 @@ pub fn server_config(input: &Input) -> ServerConfig {
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {
         served_model_name: Some(input.name.clone()),
+        model: ModelConfig {
+            family: spec.model.family,
+        },
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
             tls_key: dir(TLS_DIR, names::TLS_KEY),
@@ -111,6 +118,7 @@ pub fn config_map(input: &Input) -> Result<(ConfigMap, String)> {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
+    use securechat_crds::v1alpha1::ModelFamily;
     use serde_json::json;
 
     fn render(spec: serde_json::Value) -> (ConfigMap, String) {
@@ -135,6 +143,19 @@ mod tests {
             parsed.files.signing_keys,
             std::path::Path::new("/etc/securechat/signing-keys/keyset.json")
         );
+    }
+
+    #[test]
+    fn the_declared_model_family_reaches_the_server_and_unset_means_detect() {
+        let (map, _) = render(json!({"model": {"family": "ChatGLM3",
+            "source": {"volume": {"claimName": "weights", "path": "chatglm3-6b"}}}}));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG])
+            .expect("server parses it");
+        assert_eq!(parsed.model.family, Some(ModelFamily::ChatGLM3));
+        let (map, _) = render(json!({}));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG])
+            .expect("server parses it");
+        assert_eq!(parsed.model.family, None);
     }
 
     #[test]

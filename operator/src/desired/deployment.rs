@@ -1,3 +1,6 @@
+//! The model's Deployment: hardened, GPU-aware pods of the server, each
+//! file it reads on its own mount so rotations reach it without a restart.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{

@@ -1,3 +1,6 @@
+//! The model's NetworkPolicy: the spec's security-group rules, with default
+//! deny both ways, and the rules that cannot be expressed reported, not dropped.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{

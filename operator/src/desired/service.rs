@@ -1,3 +1,5 @@
+//! The model's Service: one ClusterIP with the API and web ports.
+
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 

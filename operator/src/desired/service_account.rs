@@ -1,3 +1,5 @@
+//! The model's ServiceAccount: an identity with no API token mounted.
+
 use k8s_openapi::api::core::v1::ServiceAccount;
 
 use super::Input;

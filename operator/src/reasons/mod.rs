@@ -2,10 +2,13 @@
 //! SecureChatModel, in one place (as cert-manager's `constants.go`): a
 //! reason is API, since alerts, `kubectl wait` scripts and the tests match
 //! on it, so each one is written once here and read everywhere else.
+//! A ChatApiKey's reasons are in [`api_key`].
 //!
 //! Reasons are CamelCase words (the Kubernetes API convention for
 //! `Condition.reason`); each constant says which condition carries it and
 //! what it means to a reader of `kubectl describe scm`.
+
+pub mod api_key;
 
 // Ready: True with READY, or False with the reason of the first condition
 // that is not (see status::model_status).
@@ -20,6 +23,11 @@ pub const INVALID_SENSITIVE_DATA_PATTERN: &str = "InvalidSensitiveDataPattern";
 /// Ready=False: the API server refused an object built from the spec (the
 /// message is the API server's); nothing after it was applied.
 pub const APPLY_FAILED: &str = "ApplyFailed";
+/// Ready=False: an object of one of the model's names exists and the model
+/// does not control it (someone else's, or another resource's); the
+/// operator leaves it untouched rather than take it over, and the message
+/// names it.
+pub const OBJECT_CONFLICT: &str = "ObjectConflict";
 
 // Available.
 

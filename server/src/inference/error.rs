@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
+
 /// Why loading a model or running it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
@@ -28,6 +30,14 @@ pub enum InferenceError {
     Kernel(#[from] securechat_kernels::ShapeError),
     #[error("could not start the inference worker: {0}")]
     Worker(String),
+    #[error(
+        "model.family is {declared}, but {path} holds a {detected} model: correct model.family, or leave it unset to serve what the files hold"
+    )]
+    FamilyMismatch {
+        path: PathBuf,
+        declared: SpecFamily,
+        detected: SpecFamily,
+    },
 }
 
 impl InferenceError {
@@ -43,6 +53,7 @@ impl InferenceError {
             Self::Tensor(_) => "tensor",
             Self::Kernel(_) => "kernel",
             Self::Worker(_) => "worker",
+            Self::FamilyMismatch { .. } => "family_mismatch",
         }
     }
 }

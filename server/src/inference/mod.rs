@@ -26,6 +26,8 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
+
 pub use chat_template::ChatTemplate;
 pub use decode_loop::{Ending, GenerationReport, Stage, TextSink, generate};
 pub use error::InferenceError;
@@ -87,6 +89,17 @@ pub enum ModelFamily {
     Glm(GlmFamily),
 }
 
+impl ModelFamily {
+    /// The name a SecureChatModel's `spec.model.family` gives this family.
+    pub fn spec_family(self) -> SpecFamily {
+        match self {
+            Self::LlamaGguf => SpecFamily::LlamaGguf,
+            Self::Glm(GlmFamily::ChatGlm3) => SpecFamily::ChatGLM3,
+            Self::Glm(GlmFamily::Glm4) => SpecFamily::GLM4,
+        }
+    }
+}
+
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// Picks the family from what `path` is: a GGUF file by its magic bytes, a
@@ -126,6 +139,22 @@ pub fn detect_family(path: &Path) -> Result<ModelFamily, InferenceError> {
             "{} is neither a GGUF file nor a ChatGLM3 / GLM-4 directory",
             path.display()
         )))
+    }
+}
+
+/// The family at `path`, refused when it is not the `declared` one: a
+/// SecureChatModel's `spec.model.family` naming ChatGLM3 over a GGUF file
+/// stops the server at start with both names, rather than being ignored.
+pub fn check_family(path: &Path, declared: SpecFamily) -> Result<ModelFamily, InferenceError> {
+    let detected = detect_family(path)?;
+    if detected.spec_family() == declared {
+        Ok(detected)
+    } else {
+        Err(InferenceError::FamilyMismatch {
+            path: path.to_owned(),
+            declared,
+            detected: detected.spec_family(),
+        })
     }
 }
 

@@ -1,0 +1,153 @@
+//! `spec.auth`: token issuing and verification, external OIDC issuers, and
+//! who may mint API keys.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Tier, cel};
+use crate::Duration;
+
+/// Most clock skew tolerated on exp/nbf/iat: more would keep expired tokens
+/// alive (the rotation seed recommends 5s).
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Shortest access-token lifetime.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Longest access-token lifetime: a day, so a stolen token dies soon.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Token issuing and verification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `iss` of the tokens the server issues. Default:
+    /// `https://<name>.<namespace>.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: Option<String>,
+
+    /// `aud` of issued tokens and the audience required of them. Default:
+    /// the model's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: Option<String>,
+
+    /// Lifetime of issued access tokens (the seed's 30 minutes): at least 1m
+    /// and at most 24h.
+    #[serde(default = "default_token_ttl", rename = "tokenTTL")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("auth.tokenTTL", Some(MIN_TOKEN_TTL), MAX_TOKEN_TTL)
+    ]))]
+    pub token_ttl: Duration,
+
+    /// Clock-skew allowance when checking exp and nbf (the rotation seed
+    /// recommends at most 5s): at most 1m.
+    #[serde(default = "default_leeway")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("auth.leeway", None, MAX_LEEWAY)
+    ]))]
+    pub leeway: Duration,
+
+    /// External OpenID Connect issuers whose tokens are accepted (e.g. the
+    /// enterprise identity provider behind the web UI's SSO login).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub oidc: Vec<OidcIssuer>,
+
+    /// API keys minted through ChatApiKey resources.
+    #[serde(default)]
+    pub api_keys: ApiKeysSpec,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            token_ttl: default_token_ttl(),
+            leeway: default_leeway(),
+            oidc: Vec::new(),
+            api_keys: ApiKeysSpec::default(),
+        }
+    }
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// An external OpenID Connect issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.clientSecretName) || has(self.clientId)",
+     "message": "auth.oidc.clientSecretName: only with a clientId (the web UI's SSO client)"}
+]))]
+pub struct OidcIssuer {
+    /// Issuer URL (https); `/.well-known/openid-configuration` is read from it.
+    #[schemars(length(min = 9, max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "isURL(self) && url(self).getScheme() == 'https'",
+         "message": "auth.oidc.issuerURL: must be an https URL"}
+    ]))]
+    #[serde(rename = "issuerURL")]
+    pub issuer_url: String,
+
+    /// Required `aud` of the issuer's tokens (usually the client id).
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: String,
+
+    /// Claim that carries the caller's role (admin/user/guest or
+    /// ReadOnly/Developer/Admin).
+    #[serde(default = "default_role_claim")]
+    #[schemars(length(min = 1, max = 128))]
+    pub role_claim: String,
+
+    /// Tier for tokens whose role claim is missing or unknown. Unset: such
+    /// tokens are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<Tier>,
+
+    /// OAuth2 client id for the web UI's "Sign in with SSO" (authorization
+    /// code flow with PKCE). Unset: SSO login is not offered for this issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: Option<String>,
+
+    /// Secret in the model's namespace whose key `client-secret` holds the
+    /// OAuth2 client secret of `clientId`: the web UI then logs in as a
+    /// confidential client (client_secret_basic, and PKCE as well). The
+    /// Secret is mounted into the pods, read at each login, so rotating it
+    /// needs no restart. Unset: a public client (PKCE alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_name: Option<String>,
+}
+
+fn default_role_claim() -> String {
+    "role".into()
+}
+
+/// Who may mint API keys for this model.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysSpec {
+    /// Namespaces whose ChatApiKeys may mint keys for this model, besides the
+    /// model's own namespace. `*` allows all namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_namespaces: Vec<NamespaceName>,
+}
+
+/// A namespace name, or `*` for all.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct NamespaceName(
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+    )]
+    pub String,
+);

@@ -1,0 +1,815 @@
+//! One ChatApiKey reconcile, decided: from what was observed (the model, its
+//! key table, the consumer Secret, the CA bundle) to the writes to make, the
+//! status to show and the Event to publish. Pure: the clock and the
+//! randomness of a new plaintext are passed in, so every case is a unit
+//! test; `key_controller` observes, calls [`plan`] and executes the writes
+//! in order.
+//!
+//! Two rules beyond the lifecycle of `api_keys` (issue 19):
+//! - Only Secrets this ChatApiKey created are written or deleted. A
+//!   `spec.secretName` that names someone else's Secret, or the model's own
+//!   key table, is a `SecretConflict`: nothing is minted and nothing is
+//!   touched, because writing it would make the ChatApiKey its controlling
+//!   owner and the garbage collector would delete it with the key. The
+//!   model's table is written only when the model controls it.
+//! - A key whose namespace leaves `auth.apiKeys.allowedNamespaces` is
+//!   revoked at once: its record leaves the table first (that is what the
+//!   server checks), then its plaintext Secret is deleted, so adding the
+//!   namespace back mints a new key rather than reviving the old one.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use securechat_crds::conditions::{ConditionUpdate, set_condition};
+use securechat_crds::files::api_keys::ApiKeyTable;
+use securechat_crds::files::names;
+use securechat_crds::v1alpha1::{ChatApiKey, ChatApiKeyStatus, KeyPhase, SecureChatModel};
+
+use crate::api_keys::{self, Consumer, KeyStep, KeyView};
+use crate::apply::controlled_by;
+use crate::labels::{self, Names};
+use crate::reasons::api_key::KeyReason;
+use crate::status::READY;
+use crate::{Error, Result};
+
+/// Label on consumer Secrets, naming their ChatApiKey.
+pub const CONSUMER_LABEL: &str = "securechat.dev/api-key";
+
+/// Expired entries are swept at least this often (the second seed's
+/// five-minute cleanup).
+pub const SWEEP: Duration = Duration::from_secs(300);
+/// A key that cannot be minted (no model, no table, not allowed, a
+/// conflicting Secret) is looked at again this often; its model's changes
+/// also wake it.
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(30);
+/// After a write, the next step follows almost at once (one write per step).
+const NEXT_STEP: Duration = Duration::from_millis(200);
+
+/// What the API server holds for one ChatApiKey, read before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct KeyObserved {
+    /// `spec.modelRef`'s SecureChatModel.
+    pub model: Option<SecureChatModel>,
+    /// The model's `<model>-api-keys` Secret (whoever controls it).
+    pub table: Option<Secret>,
+    /// The Secret named by `spec.secretName` (whoever controls it).
+    pub consumer: Option<Secret>,
+    /// The model's CA bundle (`ca.crt` of `<model>-ca-bundle`).
+    pub ca: Option<String>,
+}
+
+/// One write, in the order the plan lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyWrite {
+    /// Server-side apply of the consumer Secret (this key's own).
+    Consumer(Secret),
+    /// Delete the consumer Secret (this key's own; the writer checks again).
+    DeleteConsumer { namespace: String, name: String },
+    /// Replace the model's table with this content, under the observed
+    /// resourceVersion: many keys share the table, and a concurrent write
+    /// makes this one fail with 409 and retry, never lose an entry.
+    Table(Secret),
+}
+
+/// What one reconcile of a ChatApiKey does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPlan {
+    pub writes: Vec<KeyWrite>,
+    /// The status to show (written only when it differs from the stored).
+    pub status: ChatApiKeyStatus,
+    pub reason: KeyReason,
+    /// A Warning Event's note, when this reconcile has news someone must
+    /// act on (a conflict first seen, a revocation made).
+    pub warning: Option<String>,
+    /// For the log: what the writes do.
+    pub note: Option<&'static str>,
+    pub requeue: Duration,
+}
+
+/// The namespace of the key's model: `modelRef.namespace`, else the key's.
+pub fn model_namespace(key: &ChatApiKey) -> String {
+    key.spec
+        .model_ref
+        .namespace
+        .clone()
+        .or_else(|| key.namespace())
+        .unwrap_or_default()
+}
+
+/// The consumer Secret's name: `spec.secretName`, else the key's name.
+pub fn consumer_secret_name(key: &ChatApiKey) -> String {
+    key.spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| key.name_any())
+}
+
+/// Decides one reconcile. `fresh` makes a new plaintext for the key id when
+/// a step needs one.
+pub fn plan(
+    key: &ChatApiKey,
+    observed: &KeyObserved,
+    now: DateTime<Utc>,
+    fresh: impl FnOnce(&str) -> Result<String>,
+) -> Result<KeyPlan> {
+    let uid = key.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let namespace = key
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let id = api_keys::key_id(&uid);
+    let secret_name = consumer_secret_name(key);
+    let mut status = key.status.clone().unwrap_or_default();
+    status.key_id = Some(id.clone());
+    status.secret_name = Some(secret_name.clone());
+    status.expires_at = api_keys::expires_at(key).and_then(to_time);
+
+    let model_uid = observed.model.as_ref().and_then(|m| m.uid());
+    let table = observed
+        .table
+        .as_ref()
+        .filter(|t| controlled_by(&t.metadata, model_uid.as_deref()));
+    let consumer_secret = observed
+        .consumer
+        .as_ref()
+        .filter(|s| controlled_by(&s.metadata, Some(uid.as_str())));
+    let records = table.map(read_table).transpose()?;
+    let record = records.as_ref().and_then(|t| t.get(&id));
+
+    let holds_key = record.is_some() || consumer_secret.is_some();
+    let checks = Checks {
+        namespace: &namespace,
+        secret_name: &secret_name,
+        consumer_is_ours: consumer_secret.is_some(),
+        table,
+        holds_key,
+    };
+    let (model, table_secret) = match gate(key, observed, &checks) {
+        Gate::Open { model, table } => (model, table),
+        Gate::Blocked(blocked) => {
+            // Revocation: the record first (the server stops accepting the
+            // key), then the plaintext.
+            let mut writes = Vec::new();
+            if blocked.revoke {
+                if let (Some(secret), Some(records)) = (table, &records) {
+                    writes.extend(without_record(secret, records, &id)?);
+                }
+                if consumer_secret.is_some() {
+                    writes.push(KeyWrite::DeleteConsumer {
+                        namespace: namespace.clone(),
+                        name: secret_name.clone(),
+                    });
+                }
+            }
+            return Ok(blocked_plan(key, status, blocked, writes, now));
+        }
+    };
+    let records = records.clone().unwrap_or_default();
+    let consumer = Consumer::from_data(consumer_secret.and_then(|s| s.data.as_ref()));
+    let step = api_keys::next_key_step(
+        &KeyView {
+            key,
+            id: &id,
+            consumer: &consumer,
+            record,
+            now,
+        },
+        || fresh(&id),
+    )?;
+    let endpoint = model.status.as_ref().and_then(|s| s.endpoint.as_deref());
+    let consumer_write = |c: &Consumer| {
+        KeyWrite::Consumer(consumer_secret_object(
+            key,
+            &secret_name,
+            &id,
+            c,
+            endpoint,
+            observed.ca.as_deref(),
+        ))
+    };
+    let (mut writes, note, requeue) = match &step {
+        KeyStep::Mint { plaintext } => (
+            vec![consumer_write(&Consumer {
+                current: Some(plaintext.clone()),
+                next: None,
+            })],
+            Some("minted an API key"),
+            NEXT_STEP,
+        ),
+        KeyStep::StageNext { plaintext } => (
+            vec![consumer_write(&Consumer {
+                current: consumer.current.clone(),
+                next: Some(plaintext.clone()),
+            })],
+            Some("staged the next API key"),
+            NEXT_STEP,
+        ),
+        KeyStep::HandOver => (
+            vec![consumer_write(&Consumer {
+                current: consumer.next.clone(),
+                next: None,
+            })],
+            Some("handed the rotated API key to callers"),
+            NEXT_STEP,
+        ),
+        KeyStep::WriteRecord(record) => {
+            let mut records = records;
+            api_keys::upsert(&mut records, record.clone());
+            let table = with_table(table_secret, &records)?;
+            (vec![KeyWrite::Table(table)], None, NEXT_STEP)
+        }
+        KeyStep::RemoveRecord => (
+            without_record(table_secret, &records, &id)?
+                .into_iter()
+                .collect(),
+            Some("removed the expired API key from the table"),
+            NEXT_STEP,
+        ),
+        KeyStep::Wait(at) => (
+            Vec::new(),
+            None,
+            at.map_or(SWEEP, |at| {
+                (at - now)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_secs(1), SWEEP)
+            }),
+        ),
+    };
+    // Keep the consumer Secret's metadata (endpoint, CA) current too; the
+    // writer skips it when nothing changed.
+    if matches!(step, KeyStep::Wait(_) | KeyStep::WriteRecord(_)) && consumer.current.is_some() {
+        writes.push(consumer_write(&consumer));
+    }
+
+    let expired = api_keys::expires_at(key).is_some_and(|e| e <= now);
+    let phase = if expired {
+        KeyPhase::Expired
+    } else if consumer.current.is_none() || record.is_none() {
+        KeyPhase::Pending
+    } else if key.spec.suspended {
+        KeyPhase::Suspended
+    } else if consumer.next.is_some()
+        || record.is_some_and(|r| r.previous_secret_valid_until.is_some_and(|v| v > now))
+    {
+        KeyPhase::Rotating
+    } else {
+        KeyPhase::Active
+    };
+    status.phase = Some(phase);
+    if let Some(r) = record {
+        status.last_rotated_at = r.rotated_at.and_then(to_time);
+        status.grace_ends_at = r
+            .previous_secret_valid_until
+            .filter(|v| *v > now)
+            .and_then(to_time);
+        status.next_rotation_at =
+            key.spec.rotation.as_ref().and_then(|rot| {
+                to_time(r.rotated_at.unwrap_or(r.created_at) + rot.period.as_chrono())
+            });
+    }
+    let (reason, message) = match phase {
+        KeyPhase::Active => (
+            KeyReason::Active,
+            format!("key {id} is in Secret {secret_name}"),
+        ),
+        KeyPhase::Rotating => (
+            KeyReason::Rotating,
+            format!("key {id} is rotating; the previous secret works until the grace ends"),
+        ),
+        KeyPhase::Suspended => (
+            KeyReason::Suspended,
+            "spec.suspended is true; requests with this key are refused".into(),
+        ),
+        KeyPhase::Expired => (
+            KeyReason::Expired,
+            "the key expired and was removed from the model's table".into(),
+        ),
+        KeyPhase::Pending => (KeyReason::Minting, "minting the key".into()),
+    };
+    Ok(KeyPlan {
+        writes,
+        status: with_condition(key, status, reason, &message, now),
+        reason,
+        warning: None,
+        note,
+        requeue,
+    })
+}
+
+/// What `blocked` needs to know besides the key and what was observed.
+struct Checks<'a> {
+    namespace: &'a str,
+    secret_name: &'a str,
+    /// The Secret named by `spec.secretName` exists and this key controls it.
+    consumer_is_ours: bool,
+    /// The model's table, if it exists and the model controls it.
+    table: Option<&'a Secret>,
+    /// The table has this key's record or this key's Secret exists.
+    holds_key: bool,
+}
+
+/// Whether the lifecycle may go on, with what it needs.
+enum Gate<'a> {
+    Open {
+        model: &'a SecureChatModel,
+        table: &'a Secret,
+    },
+    Blocked(Blocked),
+}
+
+/// Why the lifecycle stops before minting: the reason, its message, and
+/// whether a key that exists must be taken away.
+struct Blocked {
+    reason: KeyReason,
+    message: String,
+    revoke: bool,
+}
+
+/// The reasons a key is not minted (or no longer is), in the order they
+/// are checked.
+fn gate<'a>(key: &ChatApiKey, observed: &'a KeyObserved, checks: &Checks<'a>) -> Gate<'a> {
+    let model_ns = model_namespace(key);
+    let model_name = &key.spec.model_ref.name;
+    let (namespace, secret_name) = (checks.namespace, checks.secret_name);
+    let stop = |reason, message| {
+        Gate::Blocked(Blocked {
+            reason,
+            message,
+            revoke: false,
+        })
+    };
+    let Some(model) = &observed.model else {
+        let message = format!("SecureChatModel {model_ns}/{model_name} does not exist");
+        return stop(KeyReason::ModelNotFound, message);
+    };
+    if !api_keys::namespace_allowed(model, namespace) {
+        let revoked = revoked_message(namespace, &model_ns, model_name);
+        let was_minted = checks.holds_key
+            || key.status.as_ref().is_some_and(|s| {
+                s.phase.is_some_and(|p| p != KeyPhase::Pending)
+                    || s.conditions
+                        .iter()
+                        .any(|c| c.type_ == READY && c.message == revoked)
+            });
+        let message = if was_minted {
+            revoked
+        } else {
+            format!(
+                "namespace {namespace} is not in {model_ns}/{model_name}'s auth.apiKeys.allowedNamespaces; no key was minted"
+            )
+        };
+        return Gate::Blocked(Blocked {
+            reason: KeyReason::NamespaceNotAllowed,
+            message,
+            revoke: true,
+        });
+    }
+    let table_name = Names::api_keys(model_name);
+    let is_table = namespace == model_ns && secret_name == table_name;
+    if is_table || (observed.consumer.is_some() && !checks.consumer_is_ours) {
+        let whose = if is_table {
+            "is the model's API-key table"
+        } else {
+            "exists and was not created by this ChatApiKey"
+        };
+        let message = format!(
+            "Secret {namespace}/{secret_name} {whose}; it is left untouched and no key is minted (choose another spec.secretName)"
+        );
+        return stop(KeyReason::SecretConflict, message);
+    }
+    match (checks.table, &observed.table) {
+        (Some(table), _) => Gate::Open { model, table },
+        (None, None) => stop(
+            KeyReason::ModelNotReady,
+            format!("the model's key table {model_ns}/{table_name} does not exist yet"),
+        ),
+        (None, Some(_)) => stop(
+            KeyReason::ModelNotReady,
+            format!(
+                "Secret {model_ns}/{table_name} is not the model's key table (the model does not control it); no key is minted"
+            ),
+        ),
+    }
+}
+
+/// The status message of a key revoked because its namespace left the
+/// model's list; also how a later reconcile knows it was revoked.
+fn revoked_message(namespace: &str, model_ns: &str, model_name: &str) -> String {
+    format!(
+        "revoked: namespace {namespace} is no longer in {model_ns}/{model_name}'s auth.apiKeys.allowedNamespaces; the key left the model's table and its plaintext was deleted (adding the namespace back mints a new key)"
+    )
+}
+
+/// The plan of a key that stops before minting: `writes` (a revocation,
+/// or none), and a Warning Event when there is news someone must act on,
+/// once: a conflict when first seen, a revocation when made.
+fn blocked_plan(
+    key: &ChatApiKey,
+    mut status: ChatApiKeyStatus,
+    blocked: Blocked,
+    writes: Vec<KeyWrite>,
+    now: DateTime<Utc>,
+) -> KeyPlan {
+    let news = (blocked.reason.is_warning() && ready_reason(key) != Some(blocked.reason.as_str()))
+        || !writes.is_empty();
+    status.phase = Some(KeyPhase::Pending);
+    KeyPlan {
+        note: (!writes.is_empty()).then_some("revoked the API key"),
+        writes,
+        status: with_condition(key, status, blocked.reason, &blocked.message, now),
+        warning: news.then(|| blocked.message.clone()),
+        reason: blocked.reason,
+        requeue: BLOCKED_RETRY,
+    }
+}
+
+/// The table write that takes the key's record out, if it is in.
+fn without_record(secret: &Secret, records: &ApiKeyTable, id: &str) -> Result<Option<KeyWrite>> {
+    if records.get(id).is_none() {
+        return Ok(None);
+    }
+    let mut records = records.clone();
+    records.keys.retain(|k| k.id != id);
+    Ok(Some(KeyWrite::Table(with_table(secret, &records)?)))
+}
+
+/// The reason of the stored Ready condition.
+fn ready_reason(key: &ChatApiKey) -> Option<&str> {
+    key.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
+}
+
+fn with_condition(
+    key: &ChatApiKey,
+    mut status: ChatApiKeyStatus,
+    reason: KeyReason,
+    message: &str,
+    now: DateTime<Utc>,
+) -> ChatApiKeyStatus {
+    status.observed_generation = key.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        ConditionUpdate::new(READY, reason.ready(), reason.as_str(), message),
+        key.metadata.generation,
+        Timestamp::from_second(now.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
+    );
+    status
+}
+
+/// The API-key table in the model's Secret.
+pub fn read_table(secret: &Secret) -> Result<ApiKeyTable> {
+    match secret.data.as_ref().and_then(|d| d.get(names::API_KEYS)) {
+        None => Ok(ApiKeyTable::default()),
+        Some(raw) => serde_json::from_slice(&raw.0).map_err(|e| Error::Render {
+            what: "API-key table",
+            message: format!("{} is unreadable: {e}", secret.name_any()),
+        }),
+    }
+}
+
+/// The table Secret with `table` as its content, validated; everything else
+/// (resourceVersion included) as observed.
+pub fn with_table(secret: &Secret, table: &ApiKeyTable) -> Result<Secret> {
+    let render = |message: String| Error::Render {
+        what: "API-key table",
+        message,
+    };
+    table.validate().map_err(|e| render(e.to_string()))?;
+    let json = serde_json::to_string_pretty(table).map_err(|e| render(e.to_string()))?;
+    let mut secret = secret.clone();
+    secret
+        .data
+        .get_or_insert_with(Default::default)
+        .insert(names::API_KEYS.into(), ByteString(json.into_bytes()));
+    Ok(secret)
+}
+
+fn consumer_secret_object(
+    key: &ChatApiKey,
+    name: &str,
+    id: &str,
+    consumer: &Consumer,
+    endpoint: Option<&str>,
+    ca: Option<&str>,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        data.insert(k.to_string(), ByteString(v.as_bytes().to_vec()));
+    };
+    if let Some(current) = &consumer.current {
+        put(api_keys::API_KEY, current);
+    }
+    if let Some(next) = &consumer.next {
+        put(api_keys::NEXT_API_KEY, next);
+    }
+    put(api_keys::KEY_ID, id);
+    if let Some(endpoint) = endpoint {
+        put("endpoint", endpoint);
+    }
+    if let Some(ca) = ca {
+        put(names::CA_CERT, ca);
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: key.namespace(),
+            labels: Some(
+                [
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        labels::MANAGED_BY.to_string(),
+                    ),
+                    (CONSUMER_LABEL.to_string(), key.name_any()),
+                ]
+                .into(),
+            ),
+            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn to_time(t: DateTime<Utc>) -> Option<Time> {
+    Timestamp::from_second(t.timestamp()).ok().map(Time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::test_support::model;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use securechat_crds::files::api_keys::{SecretHash, format_key};
+    use securechat_crds::v1alpha1::ChatApiKeySpec;
+    use serde_json::json;
+
+    const KEY_UID: &str = "key-uid";
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    /// A ChatApiKey `apps/frontend` for the model `team/chat`.
+    fn key(spec: serde_json::Value) -> ChatApiKey {
+        let mut spec = spec;
+        spec["modelRef"] = json!({"name": "chat", "namespace": "team"});
+        let spec: ChatApiKeySpec = serde_json::from_value(spec).unwrap();
+        let mut k = ChatApiKey::new("frontend", spec);
+        k.metadata.namespace = Some("apps".into());
+        k.metadata.uid = Some(KEY_UID.into());
+        k
+    }
+
+    fn chat(allowed: &[&str]) -> SecureChatModel {
+        model(
+            "chat",
+            json!({"auth": {"apiKeys": {"allowedNamespaces": allowed}}}),
+        )
+    }
+
+    fn owned(name: &str, namespace: &str, owner_uid: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            resource_version: Some("7".into()),
+            owner_references: owner_uid.map(|uid| {
+                vec![OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn table_secret(table: &ApiKeyTable, owner_uid: Option<&str>) -> Secret {
+        let secret = Secret {
+            metadata: owned("chat-api-keys", "team", owner_uid),
+            ..Default::default()
+        };
+        with_table(&secret, table).unwrap()
+    }
+
+    fn no_plaintext(_: &str) -> Result<String> {
+        unreachable!("this case mints nothing")
+    }
+
+    /// The API server, as far as one key sees it: plans are executed on it
+    /// as the key controller does.
+    struct Cluster {
+        key: ChatApiKey,
+        observed: KeyObserved,
+        minted: usize,
+    }
+
+    impl Cluster {
+        fn new(key: ChatApiKey, model: SecureChatModel) -> Self {
+            let table = table_secret(&ApiKeyTable::default(), model.metadata.uid.as_deref());
+            Self {
+                key,
+                observed: KeyObserved {
+                    model: Some(model),
+                    table: Some(table),
+                    consumer: None,
+                    ca: Some("CA".into()),
+                },
+                minted: 0,
+            }
+        }
+
+        fn reconcile(&mut self, now: DateTime<Utc>) -> KeyPlan {
+            let minted = &mut self.minted;
+            let plan = plan(&self.key, &self.observed, now, |id| {
+                *minted += 1;
+                Ok(format_key(id, &format!("{minted:0>43}")))
+            })
+            .unwrap();
+            for write in &plan.writes {
+                match write {
+                    KeyWrite::Consumer(secret) => self.observed.consumer = Some(secret.clone()),
+                    KeyWrite::DeleteConsumer { .. } => self.observed.consumer = None,
+                    KeyWrite::Table(secret) => self.observed.table = Some(secret.clone()),
+                }
+            }
+            self.key.status = Some(plan.status.clone());
+            plan
+        }
+
+        /// Reconciles until nothing is left to write.
+        fn settle(&mut self, now: DateTime<Utc>) -> KeyPlan {
+            for _ in 0..10 {
+                let plan = self.reconcile(now);
+                if plan
+                    .writes
+                    .iter()
+                    .all(|w| matches!(w, KeyWrite::Consumer(_)))
+                    && plan.note.is_none()
+                {
+                    return plan;
+                }
+            }
+            panic!("no steady state after 10 reconciles");
+        }
+
+        fn table(&self) -> ApiKeyTable {
+            read_table(self.observed.table.as_ref().unwrap()).unwrap()
+        }
+
+        fn plaintext(&self) -> Option<String> {
+            let data = self.observed.consumer.as_ref()?.data.as_ref();
+            Consumer::from_data(data).current
+        }
+    }
+
+    #[test]
+    fn an_allowed_key_is_minted_then_recorded_then_active() {
+        let mut cluster = Cluster::new(key(json!({})), chat(&["apps"]));
+        let plan = cluster.settle(t(0));
+        assert_eq!(plan.reason, KeyReason::Active);
+        assert_eq!(plan.status.phase, Some(KeyPhase::Active));
+        let plaintext = cluster
+            .plaintext()
+            .expect("plaintext in the consumer Secret");
+        let id = api_keys::key_id(KEY_UID);
+        let record = cluster.table().get(&id).cloned().expect("record");
+        assert_eq!(record.secret_hash, SecretHash::of_key(&plaintext));
+        let consumer = cluster.observed.consumer.as_ref().unwrap();
+        assert!(controlled_by(&consumer.metadata, Some(KEY_UID)));
+        assert_eq!(cluster.minted, 1);
+        assert_eq!(plan.warning, None);
+    }
+
+    /// Issue 19: removing the namespace from the model's list takes the
+    /// key out of the table and deletes its plaintext at once, and the
+    /// status keeps saying it was revoked, not that none was minted.
+    #[test]
+    fn a_namespace_removed_from_the_list_revokes_its_key_at_once() {
+        let mut cluster = Cluster::new(key(json!({})), chat(&["apps"]));
+        cluster.settle(t(0));
+        let id = api_keys::key_id(KEY_UID);
+        cluster.observed.model = Some(chat(&["other"]));
+
+        let plan = cluster.reconcile(t(10));
+        assert_eq!(plan.writes.len(), 2, "{:?}", plan.writes);
+        assert!(matches!(plan.writes[0], KeyWrite::Table(_)), "record first");
+        assert_eq!(
+            plan.writes[1],
+            KeyWrite::DeleteConsumer {
+                namespace: "apps".into(),
+                name: "frontend".into()
+            }
+        );
+        assert!(cluster.table().get(&id).is_none());
+        assert!(cluster.observed.consumer.is_none());
+        assert_eq!(plan.reason, KeyReason::NamespaceNotAllowed);
+        assert!(!plan.reason.ready());
+        let message = plan.warning.clone().expect("a Warning Event");
+        assert!(message.starts_with("revoked: namespace apps"), "{message}");
+
+        // Later reconciles write nothing and still say revoked.
+        let again = cluster.reconcile(t(20));
+        assert!(again.writes.is_empty());
+        assert_eq!(again.warning, None);
+        let condition = &again.status.conditions[0];
+        assert_eq!(condition.reason, "NamespaceNotAllowed");
+        assert_eq!(condition.message, message);
+
+        // Allowed again: a new plaintext, not the revoked one.
+        cluster.observed.model = Some(chat(&["apps"]));
+        assert_eq!(cluster.settle(t(30)).reason, KeyReason::Active);
+        assert_eq!(cluster.minted, 2);
+    }
+
+    #[test]
+    fn a_namespace_never_allowed_says_no_key_was_minted() {
+        let mut cluster = Cluster::new(key(json!({})), chat(&[]));
+        let plan = cluster.reconcile(t(0));
+        assert!(plan.writes.is_empty());
+        assert_eq!(plan.reason, KeyReason::NamespaceNotAllowed);
+        assert_eq!(plan.status.phase, Some(KeyPhase::Pending));
+        assert!(
+            plan.status.conditions[0]
+                .message
+                .ends_with("no key was minted")
+        );
+        assert_eq!(plan.warning, None);
+    }
+
+    /// Issue 19: a `secretName` naming someone else's Secret is neither
+    /// written nor adopted; the key reports the conflict once as an Event.
+    #[test]
+    fn someone_elses_secret_is_a_conflict_and_left_untouched() {
+        let mut cluster = Cluster::new(key(json!({"secretName": "victim"})), chat(&["apps"]));
+        let victim = Secret {
+            metadata: owned("victim", "apps", None),
+            data: Some([("password".to_string(), ByteString(b"hunter2".to_vec()))].into()),
+            ..Default::default()
+        };
+        cluster.observed.consumer = Some(victim.clone());
+        let plan = cluster.reconcile(t(0));
+        assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+        assert_eq!(plan.reason, KeyReason::SecretConflict);
+        assert_eq!(plan.status.phase, Some(KeyPhase::Pending));
+        let note = plan.warning.expect("a Warning Event");
+        assert!(note.contains("Secret apps/victim"), "{note}");
+        assert_eq!(cluster.observed.consumer, Some(victim));
+        // Another owner's Secret is as foreign as one without an owner.
+        cluster.observed.consumer.as_mut().unwrap().metadata = owned("victim", "apps", Some("x"));
+        let again = cluster.reconcile(t(1));
+        assert!(again.writes.is_empty());
+        assert_eq!(again.warning, None, "the Event is published once");
+        assert!(cluster.table().keys.is_empty());
+    }
+
+    /// Issue 19: a key in the model's namespace whose `secretName` is the
+    /// model's key table never touches it, whether or not it exists yet.
+    #[test]
+    fn a_key_named_after_the_models_table_never_touches_it() {
+        let mut k = key(json!({"secretName": "chat-api-keys"}));
+        k.metadata.namespace = Some("team".into());
+        let mut cluster = Cluster::new(k, chat(&[]));
+        let table = cluster.observed.table.clone();
+        cluster.observed.consumer = table.clone();
+        let plan = cluster.reconcile(t(0));
+        assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+        assert_eq!(plan.reason, KeyReason::SecretConflict);
+        assert_eq!(cluster.observed.table, table);
+
+        cluster.observed.table = None;
+        cluster.observed.consumer = None;
+        let plan = plan_of(&cluster.key, &cluster.observed);
+        assert!(plan.writes.is_empty());
+        assert_eq!(plan.reason, KeyReason::SecretConflict);
+    }
+
+    fn plan_of(key: &ChatApiKey, observed: &KeyObserved) -> KeyPlan {
+        plan(key, observed, t(0), no_plaintext).unwrap()
+    }
+
+    #[test]
+    fn a_table_the_model_does_not_control_is_not_written() {
+        let mut cluster = Cluster::new(key(json!({})), chat(&["apps"]));
+        cluster.observed.table = Some(table_secret(&ApiKeyTable::default(), Some("someone")));
+        let plan = plan_of(&cluster.key, &cluster.observed);
+        assert!(plan.writes.is_empty());
+        assert_eq!(plan.reason, KeyReason::ModelNotReady);
+        cluster.observed.model = None;
+        assert_eq!(
+            plan_of(&cluster.key, &cluster.observed).reason,
+            KeyReason::ModelNotFound
+        );
+    }
+}

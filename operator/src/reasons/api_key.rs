@@ -1,0 +1,105 @@
+//! Reasons of a ChatApiKey's `Ready` condition and of its Events. A reason
+//! is API (tests, alerts and `kubectl wait` match on it), so each is spelled
+//! once, here, and the key controller only ever names the variant.
+
+/// Why a ChatApiKey is or is not Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReason {
+    /// Ready=True: the key works; its plaintext is in the consumer Secret.
+    Active,
+    /// Ready=True: a new secret was issued; the previous one works until
+    /// the grace period ends.
+    Rotating,
+    /// Ready=False: the key exists but `spec.suspended` is true, so the
+    /// server refuses it; resuming needs no new secret.
+    Suspended,
+    /// Ready=False: past its expiry; removed from the model's table.
+    Expired,
+    /// Ready=False: the plaintext or the table entry is being written.
+    Minting,
+    /// Ready=False: `spec.modelRef` names a SecureChatModel that does not
+    /// exist.
+    ModelNotFound,
+    /// Ready=False: the model's `<model>-api-keys` table does not exist yet
+    /// (or is not the model's own), so there is nowhere to put the hash.
+    ModelNotReady,
+    /// Ready=False: the key's namespace is not in the model's
+    /// `auth.apiKeys.allowedNamespaces`. Either no key was minted, or (the
+    /// message says which) a key was and has been revoked because the
+    /// namespace was removed from the list.
+    NamespaceNotAllowed,
+    /// Ready=False (and a Warning Event): `spec.secretName` names a Secret
+    /// this ChatApiKey did not create (someone else's, or the model's key
+    /// table); the operator leaves it untouched and mints nothing.
+    SecretConflict,
+}
+
+impl KeyReason {
+    /// The reason as written into the condition and the Event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "Active",
+            Self::Rotating => "Rotating",
+            Self::Suspended => "Suspended",
+            Self::Expired => "Expired",
+            Self::Minting => "Minting",
+            Self::ModelNotFound => "ModelNotFound",
+            Self::ModelNotReady => "ModelNotReady",
+            Self::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Self::SecretConflict => "SecretConflict",
+        }
+    }
+
+    /// Whether a key with this reason works (the condition's status).
+    pub fn ready(self) -> bool {
+        matches!(self, Self::Active | Self::Rotating)
+    }
+
+    /// Whether this is trouble someone must act on (a Warning Event), as
+    /// opposed to a state the key passes through or was asked for.
+    pub fn is_warning(self) -> bool {
+        matches!(self, Self::SecretConflict)
+    }
+}
+
+impl std::fmt::Display for KeyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [KeyReason; 9] = [
+        KeyReason::Active,
+        KeyReason::Rotating,
+        KeyReason::Suspended,
+        KeyReason::Expired,
+        KeyReason::Minting,
+        KeyReason::ModelNotFound,
+        KeyReason::ModelNotReady,
+        KeyReason::NamespaceNotAllowed,
+        KeyReason::SecretConflict,
+    ];
+
+    /// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`
+    /// (the API server refuses others) and be told apart.
+    #[test]
+    fn reasons_are_distinct_camel_case_words() {
+        let mut seen = std::collections::BTreeSet::new();
+        for reason in ALL {
+            let s = reason.as_str();
+            assert!(s.starts_with(|c: char| c.is_ascii_uppercase()), "{s}");
+            assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+            assert!(seen.insert(s), "{s} twice");
+        }
+    }
+
+    #[test]
+    fn only_working_keys_are_ready() {
+        let ready: Vec<_> = ALL.into_iter().filter(|r| r.ready()).collect();
+        assert_eq!(ready, [KeyReason::Active, KeyReason::Rotating]);
+    }
+}
