@@ -18,10 +18,12 @@ use crate::v1alpha1::{CustomPattern, Detector, SensitiveDataSpec};
 
 /// E-mail addresses.
 pub const EMAIL: &str = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
-/// Digits with single space/dash separators, an optional leading + (country
-/// code) and an optional trailing X (resident-ID check character); the
-/// server classifies each run in code (checksums are not regular).
-pub const NUMBER_RUN: &str = r"\+?[0-9](?:[ -]?[0-9])*(?:[Xx])?";
+/// Digits with single separators (space, dash, dot, slash, underscore), an
+/// optional leading + (country code) and an optional trailing X (resident-ID
+/// check character); the server classifies each run in code (checksums are
+/// not regular), where dots, slashes and underscores count only between a
+/// card's groups of four.
+pub const NUMBER_RUN: &str = r"\+?[0-9](?:[ ._/-]?[0-9])*(?:[Xx])?";
 
 /// The compiled size limit of each regular expression, in bytes: the regex
 /// crate's default (10 MiB), written here so the operator and the server

@@ -9,7 +9,11 @@
 //! - streaming gives the one-shot output (Redact), or the text before the
 //!   first detection (Reject), whatever the cuts. The stream holds back at
 //!   most `MAX_HOLD` (256) bytes of a run of e-mail / number characters, so
-//!   this one is checked when no such run is longer than that.
+//!   this one is checked when no such run is longer than that;
+//! - the filter matches a normalised view: the text's twin as input methods
+//!   and copy-paste write it (full-width digits and `＠`, no-break spaces,
+//!   a zero-width space after every digit) has the same detections, and
+//!   its redacted form holds nothing to redact either.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -80,10 +84,13 @@ fn spec(input: &Input<'_>) -> SensitiveDataSpec {
 }
 
 /// Longest run of characters the stream may hold back (those of e-mail
-/// addresses and spaced digit groups); a superset, so it is conservative.
+/// addresses and spaced digit groups, and any non-ASCII byte, which may
+/// fold to one); a superset, so it is conservative.
 fn longest_holdable_run(text: &str) -> usize {
     let holdable = |b: u8| {
-        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'@' | b' ')
+        !b.is_ascii()
+            || b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'@' | b' ' | b'/')
     };
     text.bytes()
         .fold((0, 0), |(longest, run), b| {
@@ -91,6 +98,29 @@ fn longest_holdable_run(text: &str) -> usize {
             (longest.max(run), run)
         })
         .0
+}
+
+/// `text` as a Chinese input method and a web page's clipboard write it:
+/// full-width digits and at sign, no-break spaces, a zero-width space after
+/// every digit.
+fn twin(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for c in text.chars() {
+        match c {
+            '0'..='9' => {
+                out.push(char::from_u32(u32::from(c) - u32::from('0') + 0xFF10).unwrap_or(c));
+                out.push('\u{200B}');
+            }
+            '@' => out.push('＠'),
+            ' ' => out.push('\u{00A0}'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn kinds(filter: &Filter, text: &str) -> Vec<String> {
+    filter.find(text).iter().map(|f| f.kind.label()).collect()
 }
 
 fn streamed(filter: &Filter, bytes: &[u8], cuts: &[u8]) -> (String, bool) {
@@ -142,6 +172,19 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         leftover.is_empty(),
         "one-shot output still holds {leftover:?}\ninput:  {text:?}\noutput: {one_shot:?}"
+    );
+
+    let twin = twin(text);
+    assert_eq!(
+        kinds(&filter, &twin),
+        kinds(&filter, text),
+        "the twin's detections differ\ninput: {text:?}\ntwin:  {twin:?}"
+    );
+    let (twin_out, _) = filter.redact(&twin);
+    let leftover = filter.find(&twin_out);
+    assert!(
+        leftover.is_empty(),
+        "the twin's output still holds {leftover:?}\ntwin:   {twin:?}\noutput: {twin_out:?}"
     );
 
     let (stream_out, rejected) = streamed(&filter, text.as_bytes(), input.cuts);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use securechat_crds::v1alpha1::FilterAction;
+use securechat_crds::v1alpha1::{FilterAction, Tier, TierSpec};
 use tokio::sync::mpsc;
 
 use crate::audit::Audit;
@@ -54,6 +54,43 @@ pub struct Prepared {
     pub input_redactions: u64,
     runtime: Arc<LiveConfig>,
     quota: Option<Rate>,
+}
+
+/// Refuses a prompt longer than the caller's tier allows (400, before
+/// anything is queued): reading a prompt costs compute in proportion to its
+/// length, so a low tier must not buy minutes of it with one request.
+fn check_prompt_length(tier: Tier, spec: &TierSpec, prompt_tokens: usize) -> Result<(), ApiError> {
+    match spec.max_prompt_tokens {
+        Some(limit) if prompt_tokens > limit.max(1) as usize => {
+            Err(ApiError::PromptOverTierLimit {
+                prompt_tokens,
+                limit: limit.max(1) as usize,
+                tier,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What admitting a prompt takes from the token bucket: `now` must be
+/// there, `debt` is charged beyond it. The prompt is paid up front, because
+/// its prefill is spent whether or not the client waits for the answer
+/// (completion tokens are paid when the answer ends). A prompt larger than
+/// the whole bucket needs a full one and leaves it in debt, paid off by
+/// waiting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PromptCost {
+    now: f64,
+    debt: f64,
+}
+
+fn prompt_cost(prompt_tokens: usize, rate: Rate) -> PromptCost {
+    let tokens = (prompt_tokens as f64).max(1.0);
+    let now = tokens.min(rate.capacity);
+    PromptCost {
+        now,
+        debt: tokens - now,
+    }
 }
 
 fn token_quota(runtime: &LiveConfig, principal: &Principal) -> Option<(u32, Rate)> {
@@ -149,17 +186,6 @@ pub fn prepare(
         input_redactions = found;
     }
 
-    let quota = token_quota(&runtime, principal);
-    if let Some((limit, rate)) = quota
-        && let Decision::Denied { retry_after } =
-            state
-                .token_buckets
-                .peek(&principal.subject, rate, 1.0, Instant::now())
-    {
-        state.metrics.limited("tokens");
-        return Err(ApiError::QuotaExceeded { limit, retry_after });
-    }
-
     let info = state.engine.info();
     let prompt_tokens = state.engine.count_prompt_tokens(&messages)?;
     if prompt_tokens >= info.context_length {
@@ -169,6 +195,29 @@ pub fn prepare(
         }
         .into());
     }
+    check_prompt_length(
+        principal.tier,
+        config.roles.tier(principal.tier),
+        prompt_tokens,
+    )?;
+
+    let quota = token_quota(&runtime, principal);
+    if let Some((limit, rate)) = quota {
+        let now = Instant::now();
+        let cost = prompt_cost(prompt_tokens, rate);
+        if let Decision::Denied { retry_after } =
+            state
+                .token_buckets
+                .take(&principal.subject, rate, cost.now, now)
+        {
+            state.metrics.limited("tokens");
+            return Err(ApiError::QuotaExceeded { limit, retry_after });
+        }
+        state
+            .token_buckets
+            .charge(&principal.subject, rate, cost.debt, now);
+    }
+
     let params = SamplingParams {
         max_tokens,
         temperature,
@@ -195,7 +244,23 @@ pub fn start(
     prepared: Prepared,
     received: Instant,
 ) -> Result<mpsc::Receiver<Piece>, ApiError> {
-    let mut events = state.engine.generate(prepared.request)?;
+    let quota = prepared.quota;
+    let mut events = match state.engine.generate(prepared.request) {
+        Ok(events) => events,
+        Err(e) => {
+            // Refused before any compute (a full queue): the prompt's
+            // tokens, paid at admission, go back.
+            if let Some(rate) = quota {
+                state.token_buckets.refund(
+                    &principal.subject,
+                    rate,
+                    prepared.prompt_tokens as f64,
+                    Instant::now(),
+                );
+            }
+            return Err(e.into());
+        }
+    };
     state
         .metrics
         .queue_depth
@@ -205,23 +270,37 @@ pub fn start(
     let principal = principal.clone();
     let audit = audit.clone();
     let runtime = prepared.runtime;
-    let quota = prepared.quota;
     tokio::spawn(async move {
         let filter_output = runtime.filter.output;
         let mut filter = StreamFilter::new(&runtime.filter);
         let mut first = true;
         let mut answer = String::new();
         let mut redactions = 0u64;
-        // Sends one piece; false when the client has gone (dropping
-        // `events` then cancels the generation).
+        // Sends one piece; when the client has gone, returns, and dropping
+        // `events` cancels the generation.
         macro_rules! send {
             ($piece:expr) => {
                 if tx.send($piece).await.is_err() {
+                    state.metrics.generations_abandoned.inc();
                     return;
                 }
             };
         }
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                // The client left (its response, holding `rx`, was
+                // dropped): noticed at once, not at the next failed send (a
+                // queued or prefilling job sends nothing for minutes).
+                // Returning drops `events`, which the worker checks before
+                // a job starts, between prefill chunks and before every
+                // token.
+                () = tx.closed() => {
+                    state.metrics.generations_abandoned.inc();
+                    return;
+                }
+                event = events.recv() => event,
+            };
+            let Some(event) = event else { break };
             match event {
                 Ok(GenerationEvent::Text(text)) => {
                     if first {
@@ -354,4 +433,42 @@ pub async fn collect(
         }
     }
     Err(ApiError::Internal("generation task ended early".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_up_to_the_tier_limit_pass() {
+        let read_only = TierSpec::read_only();
+        let limit = read_only.max_prompt_tokens.unwrap() as usize;
+        assert!(check_prompt_length(Tier::ReadOnly, &read_only, limit).is_ok());
+        let err = check_prompt_length(Tier::ReadOnly, &read_only, limit + 1).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(err.body()["error"]["code"], "prompt_too_long");
+        // Admin has no limit of its own: the model's context bounds it.
+        assert!(check_prompt_length(Tier::Admin, &TierSpec::admin(), 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn a_prompt_is_paid_up_front_and_a_huge_one_leaves_debt() {
+        let rate = Rate::per_minute(300, 300);
+        assert_eq!(
+            prompt_cost(201, rate),
+            PromptCost {
+                now: 201.0,
+                debt: 0.0
+            }
+        );
+        assert_eq!(
+            prompt_cost(1000, rate),
+            PromptCost {
+                now: 300.0,
+                debt: 700.0
+            }
+        );
+        // Even an empty prompt costs something: every request reads one.
+        assert_eq!(prompt_cost(0, rate).now, 1.0);
+    }
 }

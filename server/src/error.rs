@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use securechat_crds::v1alpha1::Tier;
 use serde_json::json;
 
 use crate::engine::EngineError;
@@ -99,6 +100,12 @@ pub enum ApiError {
     PayloadTooLarge(u64),
     #[error("the request body was not received in time")]
     RequestTimeout,
+    #[error("the prompt is {prompt_tokens} tokens; the {tier} tier allows at most {limit}")]
+    PromptOverTierLimit {
+        prompt_tokens: usize,
+        limit: usize,
+        tier: Tier,
+    },
     #[error("the request contains sensitive data ({0}) and was refused")]
     SensitiveData(String),
     #[error("the model {0:?} does not exist")]
@@ -132,6 +139,7 @@ impl ApiError {
             ApiError::BadJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidField { .. }
+            | ApiError::PromptOverTierLimit { .. }
             | ApiError::SensitiveData(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -177,6 +185,7 @@ impl ApiError {
             ApiError::UnsupportedEncoding(_) => "unsupported_content_encoding",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout => "request_timeout",
+            ApiError::PromptOverTierLimit { .. } => "prompt_too_long",
             ApiError::SensitiveData(_) => "sensitive_data",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::NotFound => "not_found",
@@ -222,6 +231,7 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let param = match self {
             ApiError::InvalidField { param, .. } => Some(*param),
+            ApiError::PromptOverTierLimit { .. } => Some("messages"),
             _ => None,
         };
         // Internal details go to the log, never to the client.

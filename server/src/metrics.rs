@@ -106,6 +106,7 @@ pub struct Metrics {
     pub key_table_writes: Family<ResultLabels, Counter>,
     pub jwt_verifications: Family<ResultLabels, Counter>,
     pub queue_depth: Gauge,
+    pub generations_abandoned: Counter,
 }
 
 impl Default for Metrics {
@@ -250,6 +251,12 @@ impl Metrics {
             "Generations waiting or running",
             queue_depth.clone(),
         );
+        let generations_abandoned = Counter::default();
+        registry.register(
+            "generations_abandoned",
+            "Generations cancelled because their client went away before the answer was complete",
+            generations_abandoned.clone(),
+        );
         Self {
             registry,
             requests,
@@ -272,6 +279,7 @@ impl Metrics {
             key_table_writes,
             jwt_verifications,
             queue_depth,
+            generations_abandoned,
         }
     }
 

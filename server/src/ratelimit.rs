@@ -93,6 +93,14 @@ impl KeyedBuckets {
         self.with_bucket(key, rate, now, |b| b.level -= amount);
     }
 
+    /// Gives back `amount` units taken for work that was then not done;
+    /// the level never exceeds the capacity.
+    pub fn refund(&self, key: &str, rate: Rate, amount: f64, now: Instant) {
+        self.with_bucket(key, rate, now, |b| {
+            b.level = (b.level + amount).min(rate.capacity);
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -191,6 +199,27 @@ mod tests {
             Decision::Denied { retry_after } => assert_eq!(retry_after.as_secs(), 10),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refund_gives_back_up_to_the_capacity() {
+        let b = KeyedBuckets::new(10);
+        let rate = Rate::per_minute(600, 600);
+        let t0 = Instant::now();
+        assert!(matches!(
+            b.take("k", rate, 500.0, t0),
+            Decision::Allowed { remaining: 100, .. }
+        ));
+        b.refund("k", rate, 500.0, t0);
+        assert!(matches!(
+            b.peek("k", rate, 1.0, t0),
+            Decision::Allowed { remaining: 600, .. }
+        ));
+        b.refund("k", rate, 500.0, t0);
+        assert!(matches!(
+            b.peek("k", rate, 1.0, t0),
+            Decision::Allowed { remaining: 600, .. }
+        ));
     }
 
     /// The default `limits.maxTrackedClients`.

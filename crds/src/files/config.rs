@@ -14,8 +14,8 @@ use super::{ValidationError, names};
 use crate::Duration;
 use crate::v1alpha1::{
     AuditSpec, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY,
-    MAX_TOKEN_TTL, MIN_TOKEN_TTL, ModelFamily, OidcIssuer, RateLimitSpec, RolesSpec,
-    SensitiveDataSpec, TlsVersion,
+    MAX_TOKEN_TTL, MIN_PROMPT_TOKENS, MIN_TOKEN_TTL, ModelFamily, OidcIssuer, RateLimitSpec,
+    RolesSpec, SensitiveDataSpec, TierSpec, TlsVersion,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -179,11 +179,22 @@ pub struct GenerationDefaults {
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
     /// Sampling temperature; 0 means greedy.
-    #[serde(default = "default_temperature")]
+    #[serde(default = "default_temperature", serialize_with = "shortest_f32")]
     pub temperature: f32,
     /// Nucleus-sampling probability mass.
-    #[serde(default = "default_top_p")]
+    #[serde(default = "default_top_p", serialize_with = "shortest_f32")]
     pub top_p: f32,
+}
+
+/// Writes an f32 as the shortest decimal that reads back as the same f32,
+/// which is what the user wrote: JSON and YAML numbers are f64, and the
+/// plain widening turns 0.7 into 0.699999988079071 in `GET /admin/config`
+/// and in the file every `PATCH` persists.
+fn shortest_f32<S: serde::Serializer>(value: &f32, serializer: S) -> Result<S::Ok, S::Error> {
+    // `Display` prints the shortest round-tripping digits; parsing them as
+    // an f64 cannot fail (NaN and inf included), the fallback is a formality.
+    let decimal = value.to_string().parse().unwrap_or(f64::from(*value));
+    serializer.serialize_f64(decimal)
 }
 
 impl Default for GenerationDefaults {
@@ -261,7 +272,8 @@ pub struct Limits {
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
     /// Failed authentications per minute from one client address before
-    /// it is throttled (brute-force guard).
+    /// it is throttled (brute-force guard); at least 3, as a throttled
+    /// address's valid keys are refused too.
     #[serde(default = "default_max_auth_failures")]
     pub max_auth_failures_per_minute: u32,
     /// Principals and addresses the limiters remember; the idlest are
@@ -448,6 +460,21 @@ impl ServerConfig {
         if self.rate_limit.burst.is_some_and(|b| b < 1) {
             problems.push("rateLimit.burst: must be at least 1".to_string());
         }
+        if self.rate_limit.tokens_per_minute.is_some_and(|t| t < 1) {
+            problems.push("rateLimit.tokensPerMinute: must be at least 1".to_string());
+        }
+        for (name, tier) in [
+            ("readOnly", &self.roles.read_only),
+            ("developer", &self.roles.developer),
+            ("admin", &self.roles.admin),
+        ] {
+            tier_problems(name, tier, &mut problems);
+        }
+        if self.limits.max_auth_failures_per_minute < MIN_AUTH_FAILURES_PER_MINUTE {
+            problems.push(format!(
+                "limits.maxAuthFailuresPerMinute: must be at least {MIN_AUTH_FAILURES_PER_MINUTE}"
+            ));
+        }
         if !(0.0..=2.0).contains(&self.generation.temperature) {
             problems.push("generation.temperature: must be between 0 and 2".to_string());
         }
@@ -520,6 +547,27 @@ impl ServerConfig {
             }
         }
         ValidationError::check(problems)
+    }
+}
+
+/// The fewest failed authentications an address may make per minute. The
+/// guard refuses an address's valid keys too once it trips: at 0 or 1 a
+/// single typo (or one stranger behind the same NAT) locks everyone there
+/// out for a minute.
+pub const MIN_AUTH_FAILURES_PER_MINUTE: u32 = 3;
+
+/// A tier's quotas: a value below its minimum would refuse every caller of
+/// the tier (the limiters count 0 as 1, which is no less of a lockout).
+fn tier_problems(name: &str, tier: &TierSpec, problems: &mut Vec<String>) {
+    for (field, value, min) in [
+        ("requestsPerMinute", tier.requests_per_minute, 1),
+        ("tokensPerMinute", tier.tokens_per_minute, 1),
+        ("maxTokensPerRequest", tier.max_tokens_per_request, 1),
+        ("maxPromptTokens", tier.max_prompt_tokens, MIN_PROMPT_TOKENS),
+    ] {
+        if value.is_some_and(|v| v < min) {
+            problems.push(format!("roles.{name}.{field}: must be at least {min}"));
+        }
     }
 }
 
@@ -629,6 +677,48 @@ files:
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }
+    }
+
+    #[test]
+    fn limits_that_would_refuse_everyone_are_refused() {
+        let mut c = ServerConfig::default();
+        c.limits.max_auth_failures_per_minute = 0;
+        c.rate_limit.tokens_per_minute = Some(0);
+        c.roles.read_only.requests_per_minute = Some(0);
+        c.roles.developer.tokens_per_minute = Some(-1);
+        c.roles.admin.max_tokens_per_request = Some(0);
+        c.roles.read_only.max_prompt_tokens = Some(MIN_PROMPT_TOKENS - 1);
+        let text = c.validate().unwrap_err().to_string();
+        for needle in [
+            "limits.maxAuthFailuresPerMinute",
+            "rateLimit.tokensPerMinute",
+            "roles.readOnly.requestsPerMinute",
+            "roles.developer.tokensPerMinute",
+            "roles.admin.maxTokensPerRequest",
+            "roles.readOnly.maxPromptTokens",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        c = ServerConfig::default();
+        c.limits.max_auth_failures_per_minute = MIN_AUTH_FAILURES_PER_MINUTE;
+        c.roles.read_only.max_prompt_tokens = Some(MIN_PROMPT_TOKENS);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn sampling_defaults_keep_the_digits_written() {
+        let mut c = ServerConfig::default();
+        c.generation.temperature = 0.7;
+        c.generation.top_p = 0.95;
+        // The admin endpoint's path: to JSON, then YAML on disk, then back.
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["generation"]["temperature"], serde_json::json!(0.7));
+        assert_eq!(json["generation"]["topP"], serde_json::json!(0.95));
+        let from_json: ServerConfig = serde_json::from_value(json).unwrap();
+        let yaml = serde_yaml::to_string(&from_json).unwrap();
+        assert!(yaml.contains("temperature: 0.7\n"), "{yaml}");
+        assert!(yaml.contains("topP: 0.95\n"), "{yaml}");
+        assert_eq!(ServerConfig::from_yaml(&yaml).unwrap(), c);
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct TierSpec {
     #[schemars(range(min = 1))]
     pub requests_per_minute: Option<i32>,
 
-    /// Generated tokens per minute for each caller of this tier. Unset: no
-    /// token quota.
+    /// Prompt and generated tokens per minute for each caller of this tier
+    /// (a prompt is paid when its request is admitted). Unset: no token
+    /// quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<i32>,
@@ -46,7 +47,20 @@ pub struct TierSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_tokens_per_request: Option<i32>,
+
+    /// Longest prompt (in the model's tokens, chat template included) one
+    /// request may send; a longer one is refused with 400 before any
+    /// compute. Default: 1024 for ReadOnly, 8192 for Developer, unset (the
+    /// model's context) for Admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_PROMPT_TOKENS))]
+    pub max_prompt_tokens: Option<i32>,
 }
+
+/// The smallest `maxPromptTokens`: a chat template alone takes tens of
+/// tokens (SmolLM2's, with its default system prompt, 31), so a lower cap
+/// would refuse every request.
+pub const MIN_PROMPT_TOKENS: i32 = 64;
 
 /// The three tiers. Defaults follow the seeds: ReadOnly chats with a low
 /// quota; Developer also lists models and reads its usage; Admin may do
@@ -74,6 +88,7 @@ impl TierSpec {
             requests_per_minute: None,
             tokens_per_minute: Some(2_000),
             max_tokens_per_request: Some(512),
+            max_prompt_tokens: Some(1_024),
         }
     }
 
@@ -85,6 +100,7 @@ impl TierSpec {
             requests_per_minute: None,
             tokens_per_minute: Some(20_000),
             max_tokens_per_request: Some(2_048),
+            max_prompt_tokens: Some(8_192),
         }
     }
 
@@ -100,6 +116,7 @@ impl TierSpec {
             requests_per_minute: None,
             tokens_per_minute: None,
             max_tokens_per_request: None,
+            max_prompt_tokens: None,
         }
     }
 }
@@ -147,7 +164,8 @@ pub struct RateLimitSpec {
     #[schemars(range(min = 1, max = 1000000))]
     pub burst: Option<i32>,
 
-    /// Generated tokens per minute per principal, on top of the tier quota.
+    /// Prompt and generated tokens per minute per principal, on top of the
+    /// tier quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<i32>,

@@ -1,6 +1,7 @@
 //! The decode loop of one request: prefill, then sample token by token,
 //! streaming text until end-of-sequence, a stop string, `max_tokens` or the
-//! context limit — or until the client goes away.
+//! context limit — or until the client goes away, which is noticed between
+//! prefill chunks and before every generated token.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,30 @@ pub trait TextSink {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ending {
     Finished(FinishReason),
-    Cancelled,
+    /// The client went away; the stage says how far the work had got.
+    Cancelled(Stage),
+}
+
+/// Where a generation was when its client went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before its prompt was read.
+    Queued,
+    /// While the prompt was being read (stopped between prefill chunks).
+    Prefill,
+    /// While tokens were being generated.
+    Decode,
+}
+
+impl Stage {
+    /// Log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Prefill => "prefill",
+            Stage::Decode => "decode",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,11 +97,15 @@ pub fn generate(
         tokens: Vec::new(),
     };
     if sink.cancelled() {
-        report.ending = Ending::Cancelled;
+        report.ending = Ending::Cancelled(Stage::Queued);
         return Ok(report);
     }
 
-    let mut logits = model.forward(prompt, 0)?;
+    let Some(mut logits) = model.prefill(prompt, &|| sink.cancelled())? else {
+        report.ending = Ending::Cancelled(Stage::Prefill);
+        report.prefill = started.elapsed();
+        return Ok(report);
+    };
     report.prefill = started.elapsed();
     let decode_started = Instant::now();
     let context_length = model.context_length();
@@ -85,7 +113,7 @@ pub fn generate(
 
     for step in 0..params.max_tokens {
         if sink.cancelled() {
-            report.ending = Ending::Cancelled;
+            report.ending = Ending::Cancelled(Stage::Decode);
             break;
         }
         let token = sampler.sample(&mut logits, &context);
@@ -107,7 +135,7 @@ pub fn generate(
                 .time_to_first_token
                 .get_or_insert_with(|| started.elapsed());
             if !sink.text(emit) {
-                report.ending = Ending::Cancelled;
+                report.ending = Ending::Cancelled(Stage::Decode);
                 break;
             }
         }
@@ -123,7 +151,7 @@ pub fn generate(
     }
     report.decode = decode_started.elapsed();
 
-    if report.ending != Ending::Cancelled && !hit_stop {
+    if !matches!(report.ending, Ending::Cancelled(_)) && !hit_stop {
         // Ended by length or end-of-sequence: release what was held back,
         // unless the last bytes complete a stop string.
         let rest = match stops.push(&utf8.finish()) {

@@ -176,8 +176,15 @@ impl CandleLlama {
     }
 }
 
-impl CausalLm for Llama {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+impl Llama {
+    /// Runs `tokens` from `pos` in pieces of [`PREFILL_CHUNK`], asking
+    /// `cancelled` before each piece; `None` when it said yes.
+    fn forward_chunks(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<f32>>> {
         if tokens.is_empty() {
             return Err(InferenceError::Tensor(candle_core::Error::Msg(
                 "forward with no tokens".into(),
@@ -195,6 +202,9 @@ impl CausalLm for Llama {
         let n = chunks.len();
         let mut logits = None;
         for (i, chunk) in chunks.enumerate() {
+            if cancelled() {
+                return Ok(None);
+            }
             let chunk_pos = pos + i * PREFILL_CHUNK;
             let last = i + 1 == n;
             logits = match &mut self.forward {
@@ -204,7 +214,29 @@ impl CausalLm for Llama {
                 Forward::Candle(m) => m.forward_chunk(&self.config, chunk, chunk_pos, last)?,
             };
         }
-        logits.ok_or_else(|| InferenceError::Tensor(candle_core::Error::Msg("no logits".into())))
+        logits.ok_or_else(no_logits).map(Some)
+    }
+}
+
+fn no_logits() -> InferenceError {
+    InferenceError::Tensor(candle_core::Error::Msg("no logits".into()))
+}
+
+impl CausalLm for Llama {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
+        // Never cancelled, so `None` cannot come back.
+        self.forward_chunks(tokens, pos, &|| false)?
+            .ok_or_else(no_logits)
+    }
+
+    /// Asks between chunks: a departed client's 7,500-token prompt stops
+    /// within one 512-token chunk instead of running all 15.
+    fn prefill(
+        &mut self,
+        prompt: &[u32],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<f32>>> {
+        self.forward_chunks(prompt, 0, cancelled)
     }
 
     fn context_length(&self) -> usize {

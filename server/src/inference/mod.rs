@@ -29,7 +29,7 @@ use std::sync::Arc;
 use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 
 pub use chat_template::ChatTemplate;
-pub use decode_loop::{Ending, GenerationReport, TextSink, generate};
+pub use decode_loop::{Ending, GenerationReport, Stage, TextSink, generate};
 pub use error::InferenceError;
 pub use glm::GlmFamily;
 pub use llama_weights::WeightFormat;

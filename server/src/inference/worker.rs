@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::decode_loop::{Ending, TextSink, generate};
+use super::decode_loop::{Ending, Stage, TextSink, generate};
 use super::error::{InferenceError, Result};
 use super::model::CausalLm;
 use super::prompt::PromptEncoder;
@@ -189,9 +189,14 @@ fn run_worker(
 ) {
     while let Ok(job) = jobs.recv() {
         let started = Instant::now();
-        if !job.events.is_closed() {
-            serve(model.as_mut(), encoder, &job);
+        // A client that left while its job waited: dropped before it starts,
+        // and kept out of the average (it took no time).
+        if job.events.is_closed() {
+            log_cancelled(Stage::Queued, job.prompt.len(), 0);
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            continue;
         }
+        serve(model.as_mut(), encoder, &job);
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         let ms = started.elapsed().as_millis() as u64;
         // Exponential moving average, weight 1/4 for the newest request.
@@ -201,6 +206,17 @@ fn run_worker(
                 Some((avg * 3 + ms) / 4)
             });
     }
+}
+
+/// Cancellations are counted by the request side
+/// (`securechat_generations_abandoned_total`); the stage is only known here.
+fn log_cancelled(stage: Stage, prompt_tokens: usize, completion_tokens: u32) {
+    tracing::info!(
+        stage = stage.as_str(),
+        prompt_tokens,
+        completion_tokens,
+        "generation cancelled: the client went away"
+    );
 }
 
 fn serve(model: &mut dyn CausalLm, encoder: &PromptEncoder, job: &Job) {
@@ -234,7 +250,10 @@ fn serve(model: &mut dyn CausalLm, encoder: &PromptEncoder, job: &Job) {
                     finish_reason,
                     usage: report.usage,
                 }),
-                Ending::Cancelled => return,
+                Ending::Cancelled(stage) => {
+                    log_cancelled(stage, job.prompt.len(), report.usage.completion_tokens);
+                    return;
+                }
             }
         }
         Ok(Err(e)) => {

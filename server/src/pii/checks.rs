@@ -22,6 +22,24 @@ pub fn is_card(digits: &[u8]) -> bool {
     (13..=19).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) && luhn_valid(digits)
 }
 
+/// A card written with one separator between groups of four digits (the
+/// last group may be shorter): `4111.1111.1111.1111`. Decimals, dates and
+/// versions use dots and slashes too, but not in this shape.
+pub fn is_in_groups_of_four(raw: &str) -> bool {
+    let Some(separator) = raw.chars().find(|c| !c.is_ascii_digit()) else {
+        return false;
+    };
+    let groups: Vec<&str> = raw.split(separator).collect();
+    let Some((last, full)) = groups.split_last() else {
+        return false;
+    };
+    let digits = |g: &&str| g.bytes().all(|b| b.is_ascii_digit());
+    full.len() >= 3
+        && full.iter().all(|g| g.len() == 4 && digits(g))
+        && (1..=4).contains(&last.len())
+        && digits(last)
+}
+
 /// A Chinese resident identity number (GB 11643-1999): 17 digits, a
 /// plausible birth date, and an ISO 7064 MOD 11-2 check character.
 pub fn is_cn_resident_id(chars: &[u8]) -> bool {
@@ -98,6 +116,18 @@ mod tests {
         );
         assert!(!is_card(b"411111111111"), "12 digits is too short");
         assert!(!is_card(b"41111111111111111111"), "20 digits is too long");
+    }
+
+    #[test]
+    fn groups_of_four() {
+        assert!(is_in_groups_of_four("4111.1111.1111.1111"));
+        assert!(is_in_groups_of_four("4111/1111/1111/1111"));
+        assert!(is_in_groups_of_four("6011_1111_1111_1117"));
+        assert!(is_in_groups_of_four("4222.2222.2222.2"), "13 digits");
+        assert!(!is_in_groups_of_four("4111.1111/1111.1111"), "mixed");
+        assert!(!is_in_groups_of_four("3.141592653589793"), "a decimal");
+        assert!(!is_in_groups_of_four("4111111111111111"), "no separator");
+        assert!(!is_in_groups_of_four("2025/11/26"));
     }
 
     #[test]

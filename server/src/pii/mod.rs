@@ -7,13 +7,20 @@
 //! prefix), because checksums cannot be expressed as regular expressions
 //! and because a single "number run" alternative avoids the ambiguity of
 //! four overlapping digit patterns competing for the same text.
+//!
+//! The scan runs on a normalised view of the text (`normalize`: full-width
+//! and other scripts' digits, Unicode spaces and dashes, zero-width
+//! characters), and each match redacts the original characters behind it.
 
 mod checks;
+mod normalize;
 mod stream;
 
 use regex::Regex;
 use securechat_crds::sensitive::{Alternative, CompiledPatterns, PatternError, compile_patterns};
 use securechat_crds::v1alpha1::{Detector, FilterAction, SensitiveDataSpec};
+
+use normalize::View;
 
 pub use stream::{Released, StreamFilter};
 
@@ -61,6 +68,14 @@ pub struct Filter {
     pub output: bool,
 }
 
+/// What may stand between the digit groups of a number run
+/// (`securechat_crds::sensitive::NUMBER_RUN`).
+const SEPARATORS: [char; 5] = [' ', '-', '.', '/', '_'];
+
+/// Separators that are also decimal points, dates and versions: a run
+/// written with them is only a card, in groups of four.
+const PUNCTUATION: [char; 3] = ['.', '/', '_'];
+
 impl Filter {
     /// Compiles the configured detectors and custom patterns into one
     /// regular expression, by the rules the operator also checks
@@ -93,8 +108,31 @@ impl Filter {
         self.detectors.contains(&d)
     }
 
-    /// All detections in `text`, in order, non-overlapping.
+    /// All detections in `text`, in order, non-overlapping: found in the
+    /// normalised view, reported as ranges of `text`.
     pub fn find(&self, text: &str) -> Vec<Finding> {
+        if self.regex.is_none() {
+            return Vec::new();
+        }
+        let view = View::new(text);
+        let mut out: Vec<Finding> = Vec::new();
+        for found in self.find_in_view(view.text()) {
+            let (start, end) = view.original_range(text, found.start, found.end);
+            match out.last_mut() {
+                // Two matches inside what one original character folded to
+                // (rare: `⑽` is "(10)") become one redaction.
+                Some(last) if start < last.end => last.end = last.end.max(end),
+                _ => out.push(Finding {
+                    start,
+                    end,
+                    ..found
+                }),
+            }
+        }
+        out
+    }
+
+    fn find_in_view(&self, text: &str) -> Vec<Finding> {
         let Some(regex) = &self.regex else {
             return Vec::new();
         };
@@ -153,7 +191,7 @@ impl Filter {
         let mut groups = Vec::new();
         let mut group_start = start;
         for (i, c) in text[start..end].char_indices() {
-            if c == ' ' || c == '-' {
+            if SEPARATORS.contains(&c) {
                 groups.push((group_start, start + i));
                 group_start = start + i + 1;
             }
@@ -196,6 +234,12 @@ impl Filter {
     fn classify(&self, raw: &str) -> Option<Kind> {
         let compact: Vec<u8> = raw.bytes().filter(|b| b.is_ascii_alphanumeric()).collect();
         let check = |d: Detector, ok: bool| (self.enabled(d) && ok).then_some(Kind::Builtin(d));
+        if raw.contains(PUNCTUATION) {
+            return check(
+                Detector::CreditCard,
+                checks::is_card(&compact) && checks::is_in_groups_of_four(raw),
+            );
+        }
         check(
             Detector::ChineseResidentID,
             checks::is_cn_resident_id(&compact),
@@ -267,6 +311,79 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(kinds(text), vec![want.to_string()], "{text}");
+        }
+    }
+
+    /// What input methods and copy-paste produce: each is redacted whole,
+    /// as written, and the rest of the text is left as it was.
+    #[test]
+    fn unicode_forms_are_caught_and_redacted_as_written() {
+        let cases = [
+            // Full-width digits, letters and @ (Chinese input methods).
+            ("卡号４１１１ １１１１ １１１１ １１１１。", "credit_card"),
+            (
+                "身份证１１０１０５１９４９１２３１００２Ｘ。",
+                "cn_resident_id",
+            ),
+            ("手机１３８１２３４５６７８。", "cn_mobile"),
+            ("邮箱john.doe＠example.com。", "email"),
+            ("邮箱ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ。", "email"),
+            // Zero-width characters inside a number or an address.
+            (
+                "card 4111\u{200B}1111\u{200B}1111\u{200B}1111 ok",
+                "credit_card",
+            ),
+            ("call 138\u{200D}1234\u{2060}5678 ok", "cn_mobile"),
+            ("mail jo\u{200B}hn@exa\u{200C}mple.com ok", "email"),
+            ("ssn 123\u{FEFF}-45-6789 ok", "us_ssn"),
+            // No-break, narrow, ideographic and other Unicode spaces.
+            (
+                "card 4111\u{00A0}1111\u{00A0}1111\u{00A0}1111 ok",
+                "credit_card",
+            ),
+            (
+                "card 4111\u{202F}1111\u{2009}1111\u{3000}1111 ok",
+                "credit_card",
+            ),
+            ("ssn 123\u{00A0}45\u{00A0}6789 ok", "us_ssn"),
+            // Dots, slashes and underscores between a card's groups.
+            ("card 4111.1111.1111.1111 ok", "credit_card"),
+            ("card 4111/1111/1111/1111 ok", "credit_card"),
+            ("card 4111_1111_1111_1111 ok", "credit_card"),
+            // En dash, em dash, minus sign.
+            ("ssn 123\u{2013}45\u{2013}6789 ok", "us_ssn"),
+            ("ssn 123\u{2014}45\u{2212}6789 ok", "us_ssn"),
+            ("call 138\u{2013}1234\u{2013}5678 ok", "cn_mobile"),
+            // Arabic-Indic and Persian digits.
+            ("بطاقة ٤١١١ ١١١١ ١١١١ ١١١١ ok", "credit_card"),
+            ("card ۴۱۱۱۱۱۱۱۱۱۱۱۱۱۱۱ ok", "credit_card"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(kinds(text), vec![want.to_string()], "{text}");
+            let (out, _) = all().redact(text);
+            assert_eq!(out.matches(REDACTION).count(), 1, "{text} -> {out}");
+            // Everything around the number is kept byte for byte.
+            let (head, tail) = out.split_once(REDACTION).unwrap();
+            assert!(
+                text.starts_with(head) && text.ends_with(tail),
+                "{text} -> {out}"
+            );
+            assert!(!head.ends_with(|c: char| c.is_ascii_digit()), "{out}");
+            assert!(all().find(&out).is_empty(), "{out}");
+        }
+    }
+
+    #[test]
+    fn punctuated_numbers_that_are_not_cards_are_left_alone() {
+        for text in [
+            "about 3.141592653589796", // a decimal whose digits pass Luhn
+            "see 4111.1111.1111.1112", // fails Luhn
+            "dated 2025/11/26 and 26.11.2025",
+            "ip 192.168.100.200",
+            "call 138.1234.5678", // a phone only with spaces or dashes
+            "file_2025_11_26_1200",
+        ] {
+            assert!(kinds(text).is_empty(), "{text}: {:?}", kinds(text));
         }
     }
 

@@ -2,6 +2,7 @@
 //! be split across two of them. The filter holds back only the tail that
 //! could still grow into a match and releases everything before it at once.
 
+use super::normalize::fold_into;
 use super::{Filter, Finding};
 use securechat_crds::v1alpha1::FilterAction;
 
@@ -77,7 +78,51 @@ impl<'a> StreamFilter<'a> {
 }
 
 fn is_word(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-' | '@')
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-' | '@' | '/')
+}
+
+/// How a character counts for the hold, judged by what it folds to in the
+/// filter's normalised view (so `４`, `＠` and a no-break space between
+/// digits are held like `4`, `@` and a space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Folds to nothing (zero-width): held, and invisible to its neighbours.
+    Invisible,
+    /// Folds to a space.
+    Space,
+    /// Folds to e-mail / number characters; `digit`: its fold starts and
+    /// ends with one.
+    Word {
+        digit: bool,
+    },
+    Other,
+}
+
+fn hold_class(c: char) -> Hold {
+    let digit = |ch: Option<char>| ch.is_some_and(|d| d.is_ascii_digit());
+    if c.is_ascii() {
+        // Folds to itself; no allocation for the common case.
+        return match c {
+            ' ' => Hold::Space,
+            _ if is_word(c) => Hold::Word {
+                digit: digit(Some(c)),
+            },
+            _ => Hold::Other,
+        };
+    }
+    let mut folded = String::new();
+    fold_into(c, &mut folded);
+    if folded.is_empty() {
+        Hold::Invisible
+    } else if folded == " " {
+        Hold::Space
+    } else if folded.chars().all(is_word) {
+        Hold::Word {
+            digit: digit(folded.chars().next()) && digit(folded.chars().next_back()),
+        }
+    } else {
+        Hold::Other
+    }
 }
 
 /// Byte index where the tail that might still be part of a match begins:
@@ -85,25 +130,29 @@ fn is_word(c: char) -> bool {
 /// between digits (card numbers are written in groups).
 fn hold_from(text: &str) -> usize {
     let mut start = text.len();
-    let mut next: Option<char> = None; // the char right of the cursor
+    // The class of the nearest visible character right of the cursor.
+    let mut next: Option<Hold> = None;
     let mut iter = text.char_indices().rev().peekable();
     while let Some((i, c)) = iter.next() {
-        let prev = iter.peek().map(|(_, p)| *p);
-        let keep = if is_word(c) {
-            true
-        } else if c == ' ' {
+        let class = hold_class(c);
+        let keep = match class {
+            Hold::Invisible | Hold::Word { .. } => true,
             // "4111 1111" continues across the space; "4111 " at the very
             // end may continue with the next chunk.
-            prev.is_some_and(|p| p.is_ascii_digit())
-                && next.is_none_or(|n| n.is_ascii_digit() || n == '-')
-        } else {
-            false
+            Hold::Space => {
+                let prev = iter.peek().map(|&(_, p)| hold_class(p));
+                matches!(prev, Some(Hold::Word { digit: true } | Hold::Invisible))
+                    && next.is_none_or(|n| matches!(n, Hold::Word { .. }))
+            }
+            Hold::Other => false,
         };
         if !keep {
             break;
         }
         start = i;
-        next = Some(c);
+        if class != Hold::Invisible {
+            next = Some(class);
+        }
     }
     if text.len() - start > MAX_HOLD {
         let mut cut = text.len() - MAX_HOLD;
@@ -140,6 +189,39 @@ mod tests {
         assert_eq!(whole, "mail [FILTERED].");
         let (_, whole) = run(&f, &["手机138", "1234", "5678。"]);
         assert_eq!(whole, "手机[FILTERED]。");
+    }
+
+    #[test]
+    fn unicode_forms_split_across_chunks_are_caught() {
+        let f = Filter::new(&SensitiveDataSpec::default()).unwrap();
+        for (chunks, want) in [
+            (
+                &["卡号４１１１ １１", "１１ １１１１ ", "１１１１。"][..],
+                "卡号[FILTERED]。",
+            ),
+            (
+                &["手机１３８", "１２３４", "５６７８。"],
+                "手机[FILTERED]。",
+            ),
+            (
+                &["card 4111\u{00A0}", "1111\u{00A0}1111\u{00A0}", "1111 ok"],
+                "card [FILTERED] ok",
+            ),
+            (
+                &["card 4111\u{200B}", "1111\u{200B}1111\u{200B}1111", " ok"],
+                "card [FILTERED] ok",
+            ),
+            (&["card 4111.1111.", "1111.1111 ok"], "card [FILTERED] ok"),
+            (&["card 4111/1111/", "1111/1111 ok"], "card [FILTERED] ok"),
+            (
+                &["ssn 123\u{2013}45", "\u{2013}6789 ok"],
+                "ssn [FILTERED] ok",
+            ),
+            (&["mail john＠exam", "ple.com。"], "mail [FILTERED]。"),
+        ] {
+            let (_, whole) = run(&f, chunks);
+            assert_eq!(whole, want, "{chunks:?}");
+        }
     }
 
     #[test]

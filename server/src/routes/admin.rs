@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
 use securechat_crds::files::config::ServerConfig;
+use securechat_crds::v1alpha1::Permission;
 use serde_json::{Value, json};
 
 use super::body::ApiJson;
@@ -108,6 +109,7 @@ pub async fn patch_config(
     merge_patch(&mut doc, &patch);
     let config: ServerConfig =
         serde_json::from_value(doc).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    keeps_an_admin(&config)?;
     let runtime = LiveConfig::new(config).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let yaml =
         serde_yaml::to_string(&runtime.config).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -126,6 +128,24 @@ pub async fn patch_config(
     Ok(Json(
         json!({ "status": "updated", "persisted": persisted, "config": config }),
     ))
+}
+
+/// A patch must not take the Admin permission from the admin tier: every
+/// Admin would then get 403 on /admin/*, this endpoint included, and only a
+/// hand edit of the file could undo it. (A config file may still leave it
+/// out, to run without admin endpoints.) Limits that would refuse everyone
+/// are the config's own validation, for files and patches alike.
+fn keeps_an_admin(config: &ServerConfig) -> Result<(), ApiError> {
+    if config.roles.admin.permissions.contains(&Permission::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidField {
+            message: "roles.admin.permissions: must keep Admin, or no one could change the \
+                      configuration again"
+                .into(),
+            param: "roles.admin.permissions",
+        })
+    }
 }
 
 /// RFC 7386: objects merge recursively, null deletes, anything else
@@ -152,6 +172,19 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patch_may_not_take_admin_from_the_admin_tier() {
+        let mut config = ServerConfig::default();
+        assert!(keeps_an_admin(&config).is_ok());
+        config
+            .roles
+            .admin
+            .permissions
+            .retain(|p| *p != Permission::Admin);
+        let err = keeps_an_admin(&config).unwrap_err();
+        assert_eq!(err.body()["error"]["param"], "roles.admin.permissions");
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {

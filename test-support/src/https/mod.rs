@@ -196,6 +196,15 @@ pub fn client_for(
     ca: &Path,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> reqwest::Client {
+    client_with_timeout(ca, versions, Duration::from_secs(20))
+}
+
+/// Same, giving up on a request after `timeout`.
+pub fn client_with_timeout(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    timeout: Duration,
+) -> reqwest::Client {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -211,7 +220,7 @@ pub fn client_for(
     .with_no_client_auth();
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(20))
+        .timeout(timeout)
         .build()
         .unwrap()
 }
@@ -241,6 +250,22 @@ pub async fn server_with(
     serve_prepared(dir, keys, record_last_used).await
 }
 
+/// Options for a server of the dev material in `dir`, on free ports.
+pub fn serve_options(dir: &Path, record_last_used: Option<Duration>) -> ServeOptions {
+    ServeOptions {
+        config_path: dir.join("config.yaml"),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        web_addr: "127.0.0.1:0".parse().unwrap(),
+        // The dev CA, so the OIDC test's fake identity provider (which
+        // serves the same dev certificate) is trusted.
+        oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
+        // Off unless asked for: tests that edit the table without the CLI's
+        // lock would race the writer.
+        record_last_used,
+        path_root: None,
+    }
+}
+
 /// Starts a server on a directory already holding its dev material, its
 /// config and `keys`.
 pub async fn serve_prepared(
@@ -268,18 +293,7 @@ pub async fn start_on(
     engine: Arc<dyn Engine>,
     record_last_used: Option<Duration>,
 ) -> Running {
-    let options = ServeOptions {
-        config_path: dir.join("config.yaml"),
-        api_addr: "127.0.0.1:0".parse().unwrap(),
-        web_addr: "127.0.0.1:0".parse().unwrap(),
-        // The dev CA, so the OIDC test's fake identity provider (which
-        // serves the same dev certificate) is trusted.
-        oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
-        // Off unless asked for: tests that edit the table without the CLI's
-        // lock would race the writer.
-        record_last_used,
-        path_root: None,
-    };
+    let options = serve_options(dir, record_last_used);
     start(&options, engine).await.unwrap()
 }
 
@@ -311,10 +325,21 @@ pub fn chat_body_with(text: &str, extra: serde_json::Value) -> serde_json::Value
     body
 }
 
+/// POSTs `body` to /v1/chat/completions with the credential `key`.
+pub async fn post_chat(s: &TestServer, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    let request = s.client.post(s.url("/v1/chat/completions"));
+    request.bearer_auth(key).json(body).send().await.unwrap()
+}
+
 /// The text exposition at /metrics.
 pub async fn metrics_text(s: &TestServer) -> String {
-    s.client
-        .get(s.url("/metrics"))
+    metrics_at(&s.client, &s.base).await
+}
+
+/// The text exposition at `base`/metrics.
+pub async fn metrics_at(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
