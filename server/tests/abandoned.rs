@@ -9,7 +9,6 @@
 //! same machine, while keeping the abandoned work would cost it the rest of
 //! three ~7,500-token prompts (some thirty chunks).
 
-
 mod inference_support;
 
 use std::time::{Duration, Instant};
@@ -17,13 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use securechat_server::dev;
+use securechat_server::engine::{ChatMessage, Engine, Role};
+use securechat_server::startup::start;
 use securechat_test_support::https::{
     RELAXED, add_keys, client_for, client_with_timeout, eventually, metrics_at, sample,
     serve_options,
 };
-use securechat_server::dev;
-use securechat_server::engine::{ChatMessage, Engine, Role};
-use securechat_server::startup::start;
 
 /// Tokens of each abandoned prompt: most of the model's 8,192.
 const LONG_PROMPT: std::ops::Range<usize> = 7_000..8_000;

@@ -4,8 +4,6 @@
 //! patches that would lock everyone out; and a patch keeps the numbers
 //! the admin wrote.
 
-
-
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
