@@ -23,7 +23,7 @@ use securechat_server::engine::{ChatMessage, Role};
 use securechat_server::inference::{
     CHATML_TEMPLATE, ChatTemplate, ChatTokenizer, GlmFamily, Segment,
 };
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -52,7 +52,7 @@ struct Fixture {
 /// tokens as special tokens: whatever the text, its control tokens can
 /// only come from structure.
 fn tokenizer() -> ChatTokenizer {
-    let vocab = ByteLevel::alphabet()
+    let vocab: Vocab = ByteLevel::alphabet()
         .into_iter()
         .map(|c| c.to_string())
         .collect::<std::collections::BTreeSet<_>>()
