@@ -17,7 +17,9 @@ mod normalize;
 mod stream;
 
 use regex::Regex;
-use securechat_crds::sensitive::{Alternative, CompiledPatterns, PatternError, compile_patterns};
+use securechat_crds::sensitive::{
+    Alternative, CompiledPatterns, EMAIL, PatternError, compile_patterns,
+};
 use securechat_crds::v1alpha1::{Detector, FilterAction, SensitiveDataSpec};
 
 use normalize::View;
@@ -60,12 +62,24 @@ pub struct Finding {
 #[derive(Debug)]
 pub struct Filter {
     regex: Option<Regex>,
+    /// [`EMAIL`] anchored at the start only: does an address begin here?
+    /// (None when the e-mail detector is off.)
+    email_head: Option<Regex>,
     detectors: Vec<Detector>,
     anchored: Vec<(Alternative, Regex)>,
     custom_names: Vec<String>,
     pub action: FilterAction,
     pub input: bool,
     pub output: bool,
+}
+
+/// One match of the combined scan: its byte range in the normalised view
+/// and the alternative that produced it.
+#[derive(Debug, Clone, Copy)]
+struct ScanMatch {
+    start: usize,
+    end: usize,
+    which: Option<Alternative>,
 }
 
 /// What may stand between the digit groups of a number run
@@ -89,8 +103,14 @@ impl Filter {
         // semantics the first alternative that matches it whole is the one
         // that produced it.
         let CompiledPatterns { combined, anchored } = compile_patterns(spec)?;
+        let email_head = spec.detectors.contains(&Detector::Email).then(|| {
+            // A constant pattern that `compile_patterns` has just compiled
+            // as an alternative of `combined`.
+            Regex::new(&format!("^(?:{EMAIL})")).expect("the built-in e-mail pattern compiles")
+        });
         Ok(Self {
             regex: combined,
+            email_head,
             anchored,
             detectors: spec.detectors.clone(),
             custom_names: spec
@@ -136,7 +156,7 @@ impl Filter {
         let Some(regex) = &self.regex else {
             return Vec::new();
         };
-        let matches: Vec<(usize, usize, Option<Alternative>)> = regex
+        let matches: Vec<ScanMatch> = regex
             .find_iter(text)
             .filter(|m| !m.is_empty())
             .map(|m| {
@@ -145,11 +165,16 @@ impl Filter {
                     .iter()
                     .find(|(_, r)| r.is_match(m.as_str()))
                     .map(|(alt, _)| *alt);
-                (m.start(), m.end(), which)
+                ScanMatch {
+                    start: m.start(),
+                    end: m.end(),
+                    which,
+                }
             })
             .collect();
+        let matches = self.claim_glued_emails(text, matches);
         let mut out: Vec<Finding> = Vec::new();
-        for (i, &(start, end, which)) in matches.iter().enumerate() {
+        for (i, &ScanMatch { start, end, which }) in matches.iter().enumerate() {
             match which {
                 Some(Alternative::Email) => out.push(Finding {
                     start,
@@ -161,8 +186,12 @@ impl Filter {
                     // glues to nothing: "a@b.io4111…" must not leave the
                     // card standing alone after the e-mail is replaced.
                     let redacted_before = out.last().is_some_and(|f| f.end == start);
-                    let redacted_after = matches.get(i + 1).is_some_and(|&(s, _, w)| {
-                        s == end && matches!(w, Some(Alternative::Email | Alternative::Custom(_)))
+                    let redacted_after = matches.get(i + 1).is_some_and(|next| {
+                        next.start <= end
+                            && matches!(
+                                next.which,
+                                Some(Alternative::Email | Alternative::Custom(_))
+                            )
                     });
                     if is_isolated(text, start, end, redacted_before, redacted_after) {
                         self.classify_run(text, start, end, &mut out);
@@ -174,6 +203,45 @@ impl Filter {
                     kind: Kind::Custom(self.custom_names[i].clone()),
                 }),
                 None => {}
+            }
+        }
+        out
+    }
+
+    /// A number run directly followed by `@` whose last group begins an
+    /// e-mail address ("5500-0055-5555-5559 20@y.io"): the run took the
+    /// address's first characters, and no address can start at the `@`, so
+    /// the scan never saw it; once the card in front was redacted,
+    /// "20@y.io" stood in clear (found by the `pii_filter` fuzz target).
+    /// The address is reported too, from that group on. The run stays whole
+    /// (its last group may be a card's, as in "4111 1111 1111 1111@b.co"),
+    /// so the two may overlap; `find` merges overlapping findings.
+    fn claim_glued_emails(&self, text: &str, matches: Vec<ScanMatch>) -> Vec<ScanMatch> {
+        let Some(email_head) = &self.email_head else {
+            return matches;
+        };
+        let mut out = Vec::with_capacity(matches.len());
+        let mut email_end = 0;
+        for found in matches {
+            let ScanMatch { start, end, which } = found;
+            if end <= email_end {
+                continue;
+            }
+            out.push(found);
+            if which != Some(Alternative::Number) || !text[end..].starts_with('@') {
+                continue;
+            }
+            let Some(separator) = text[start..end].rfind(SEPARATORS) else {
+                continue;
+            };
+            let head = start + separator + 1;
+            if let Some(email) = email_head.find(&text[head..]) {
+                email_end = head + email.end();
+                out.push(ScanMatch {
+                    start: head,
+                    end: email_end,
+                    which: Some(Alternative::Email),
+                });
             }
         }
         out
@@ -402,6 +470,24 @@ mod tests {
             "year 2025, page 12",
         ] {
             assert!(kinds(text).is_empty(), "{text}: {:?}", kinds(text));
+        }
+    }
+
+    #[test]
+    fn an_address_that_starts_with_a_number_group_is_not_left_behind() {
+        let cases = [
+            ("5500-0055-5555-5559 20@y.io", "[FILTERED] [FILTERED]"),
+            (
+                "call 138 1234 5678 9@x.org now",
+                "call [FILTERED] [FILTERED] now",
+            ),
+            // The card's own last group starts the address: one redaction.
+            ("4111 1111 1111 1111@b.co", "[FILTERED]"),
+        ];
+        for (text, want) in cases {
+            let (out, _) = all().redact(text);
+            assert_eq!(out, want, "{text}");
+            assert!(all().find(&out).is_empty(), "{out}");
         }
     }
 
