@@ -61,6 +61,10 @@ client_cert() { # name CN O
 client_cert admin securechat-admin system:masters
 client_cert controller-manager system:kube-controller-manager system:kube-controller-manager
 client_cert scheduler system:kube-scheduler system:kube-scheduler
+# The API server's identity towards a real kubelet (make node-up): logs,
+# exec and port-forward reach node-0 with this certificate, which node-up.sh
+# binds to system:kubelet-api-admin; the kubelet allows no anonymous calls.
+client_cert apiserver-kubelet-client securechat:apiserver-kubelet-client securechat:apiserver
 openssl_quiet genrsa -out "$pki/sa.key" 2048
 openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -154,6 +158,8 @@ launch kube-apiserver kube-apiserver \
 	--service-account-issuer "https://127.0.0.1:$api_port" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--allow-privileged=true \
+	--kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+	--kubelet-preferred-address-types InternalIP,Hostname \
 	--endpoint-reconciler-type none \
 	--enable-priority-and-fairness=false \
 	--profiling=false \
