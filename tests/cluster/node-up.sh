@@ -301,6 +301,9 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.availa
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# A Secret's update reaches a pod's volume when the kubelet next syncs the
+# pod: every 10 s here (default 1 min), so rotation tests wait less.
+syncFrequency: 10s
 resolvConf: /etc/resolv.conf
 YAML
 launch kubelet kubelet --config "$node_dir/kubelet.yaml" --kubeconfig "$node_dir/kubelet.kubeconfig" \

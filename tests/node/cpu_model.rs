@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use securechat_crds::{ChatApiKey, SecureChatModel};
 use securechat_test_support::cluster::node::{HostProcess, Node};
@@ -107,17 +107,7 @@ async fn a_cpu_model_runs_hardened_on_the_real_node_and_answers_through_its_serv
 
     // Through the Service's ClusterIP with the operator's certificate and
     // the minted key, from the consumer Secret as an app would read it.
-    let service = Api::<Service>::namespaced(kube.clone(), &ns.name)
-        .get("m")
-        .await
-        .expect("service");
-    let cluster_ip: std::net::IpAddr = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_deref())
-        .expect("cluster IP")
-        .parse()
-        .expect("an IP");
+    let cluster_ip = crate::cluster_ip(&kube, &ns.name, "m").await;
     let app = Api::<Secret>::namespaced(kube.clone(), &ns.name);
     let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
         let app = app.clone();

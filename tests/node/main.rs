@@ -10,11 +10,12 @@
 
 mod cpu_model;
 mod network_policy;
+mod rotation;
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use securechat_test_support::cluster::{self, kubectl};
 
@@ -65,4 +66,17 @@ pub async fn ready_pod(kube: &kube::Client, namespace: &str, model: &str) -> Pod
             );
         }
     }
+}
+
+/// The ClusterIP of Service `name` (kube-proxy routes it on node-0).
+pub async fn cluster_ip(kube: &kube::Client, namespace: &str, name: &str) -> std::net::IpAddr {
+    Api::<Service>::namespaced(kube.clone(), namespace)
+        .get(name)
+        .await
+        .expect("service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP")
+        .parse()
+        .expect("an IP address")
 }
