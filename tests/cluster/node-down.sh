@@ -55,9 +55,11 @@ if node_alive kubelet && kc get node "$node_name" >/dev/null 2>&1; then
 	done
 fi
 # 2. The agents and the kubelet; the Node object goes too, so nothing is
-# scheduled onto a node that is gone.
+# scheduled onto a node that is gone, and so do the `kubernetes` Service's
+# endpoints node-up.sh set.
 for name in kube-router kube-proxy kubelet; do stop "$name"; done
 kc delete node "$node_name" --ignore-not-found >/dev/null 2>&1
+kc -n default delete endpointslice kubernetes --ignore-not-found >/dev/null 2>&1
 
 # 3. What the kubelet left to containerd: every task killed, every sandbox
 # torn down, then containerd itself and the shims it started.

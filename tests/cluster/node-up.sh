@@ -157,6 +157,22 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "securec
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "securechat:kube-router"}]
 RBAC
 
+# Pods reach the API server through the `kubernetes` Service (in-cluster
+# clients, e.g. the operator as a real pod): the API server runs with no
+# endpoint reconciler, so its endpoints are set here, to the node's bridge
+# address where it listens (up.sh).
+kc apply -f - >/dev/null <<SLICE
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: securechat.dev-node-up}
+addressType: IPv4
+endpoints: [{addresses: ["$node_ip"], conditions: {ready: true}}]
+ports: [{name: https, port: $api_port, protocol: TCP}]
+SLICE
+
 launch() { # name command...
 	local name=$1
 	shift

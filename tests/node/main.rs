@@ -10,6 +10,7 @@
 
 mod cpu_model;
 mod network_policy;
+mod operator_pod;
 mod rotation;
 
 use std::time::Duration;
