@@ -3,7 +3,7 @@
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
 # k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
 # builds), and for the real node (make node-up) kubelet, kube-proxy and
-# kube-router, from Go modules into
+# kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -26,6 +26,7 @@ netpol_version=v1.4.4
 promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
 kube_router_version=v2.1.0
+coredns_version=v1.15.0
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -76,6 +77,8 @@ want crane && build crane "$crane_version" crane github.com/google/go-containerr
 # policy controller. kube-network-policies needs CONFIG_NFT_QUEUE, which
 # this kernel lacks (see tests/cluster/node-up.sh).
 want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
+# The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
+want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
 # The real node's sandbox program (tests/cluster/pause): bump its version
 # when main.go changes.
 want pause && build pause v1 pause .

@@ -43,6 +43,10 @@ stop() { # name: SIGTERM, then SIGKILL after 5 s
 	rm -f "$pidfile"
 }
 
+# 0. What node-up.sh made through the API for the node's pods (the cluster
+# DNS), so that nothing recreates them below.
+kc -n kube-system delete deployment,service,configmap,serviceaccount -l "$node_managed_label" \
+	--wait=false >/dev/null 2>&1
 # 1. The pods, through the kubelet while it runs: it stops their containers
 # and the CNI plugin releases their addresses and network namespaces.
 if node_alive kubelet && kc get node "$node_name" >/dev/null 2>&1; then
@@ -56,10 +60,11 @@ if node_alive kubelet && kc get node "$node_name" >/dev/null 2>&1; then
 fi
 # 2. The agents and the kubelet; the Node object goes too, so nothing is
 # scheduled onto a node that is gone, and so do the `kubernetes` Service's
-# endpoints node-up.sh set.
+# endpoints and node-up.sh's RBAC.
 for name in kube-router kube-proxy kubelet; do stop "$name"; done
 kc delete node "$node_name" --ignore-not-found >/dev/null 2>&1
 kc -n default delete endpointslice kubernetes --ignore-not-found >/dev/null 2>&1
+kc delete clusterrole,clusterrolebinding -l "$node_managed_label" >/dev/null 2>&1
 
 # 3. What the kubelet left to containerd: every task killed, every sandbox
 # torn down, then containerd itself and the shims it started.
@@ -74,7 +79,7 @@ stop containerd
 # The shims outlive containerd by design; ours are the ones started with
 # its socket.
 for proc in /proc/[0-9]*; do
-	cmdline=$(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) || continue
+	cmdline=$(tr '\0' ' ' 2>/dev/null <"$proc/cmdline") || continue
 	case $cmdline in
 	*containerd-shim*"$node_containerd_sock"*) kill -9 "${proc#/proc/}" 2>/dev/null ;;
 	esac

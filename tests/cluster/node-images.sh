@@ -7,7 +7,9 @@
 #   (cargo's dev profile, glibc with its libraries) instead of a cold static
 #   musl build; NODE_IMAGE_BIN_DIR points elsewhere (e.g. a release build).
 # - pause: the pods' sandbox (tests/cluster/pause).
-# - client: busybox-static, the tests' probe pods (nc, wget, sh, httpd).
+# - client: busybox-static, the tests' probe pods (nc, wget, sh, httpd,
+#   nslookup).
+# - coredns: the cluster DNS (tests/cluster/coredns).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -70,7 +72,11 @@ fi
 mkdir -p "$work/client/bin" "$work/client/tmp"
 chmod 1777 "$work/client/tmp"
 install -m 0755 "$busybox" "$work/client/bin/busybox"
-for applet in sh nc wget sleep cat httpd; do ln -s busybox "$work/client/bin/$applet"; done
+for applet in sh nc wget sleep cat httpd nslookup; do ln -s busybox "$work/client/bin/$applet"; done
 small_image client "$work/client" /bin/sh
+
+mkdir -p "$work/coredns"
+install -D -m 0755 "$bin/coredns" "$work/coredns/coredns"
+small_image coredns "$work/coredns" /coredns
 
 echo "node images in $out ($((SECONDS - t0))s): $(cd "$out" && ls -- *.tar | tr '\n' ' ')"

@@ -29,7 +29,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "error: make node-up needs root (it runs containerd and changes the host's bridges and iptables)" >&2
 	exit 1
 fi
-for tool in kubelet kube-proxy kube-router pause kubectl crane; do
+for tool in kubelet kube-proxy kube-router coredns pause kubectl crane; do
 	if [ ! -x "$bin/$tool" ]; then
 		echo "error: $bin/$tool is missing; run 'make tools' first" >&2
 		exit 1
@@ -129,16 +129,17 @@ KC
 for n in kubelet kube-proxy kube-router; do node_kubeconfig "$n"; done
 # The API server's kubelet client may proxy to the kubelet (logs, exec);
 # kube-router reads what a policy controller needs, nothing more.
-kc apply -f - >/dev/null <<'RBAC'
+managed_key=${node_managed_label%%=*} managed_value=${node_managed_label#*=}
+kc apply -f - >/dev/null <<RBAC
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
-metadata: {name: "securechat:apiserver-kubelet-client"}
+metadata: {name: "securechat:apiserver-kubelet-client", labels: {$managed_key: $managed_value}}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "securechat:apiserver-kubelet-client"}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
-metadata: {name: "securechat:kube-router"}
+metadata: {name: "securechat:kube-router", labels: {$managed_key: $managed_value}}
 rules:
 - apiGroups: [""]
   resources: [pods, namespaces, nodes, services, endpoints]
@@ -152,7 +153,7 @@ rules:
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
-metadata: {name: "securechat:kube-router"}
+metadata: {name: "securechat:kube-router", labels: {$managed_key: $managed_value}}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "securechat:kube-router"}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "securechat:kube-router"}]
 RBAC
@@ -273,7 +274,7 @@ wait_for containerd 30 ctr_ version
 
 step "images"
 images="$root/target/node-images"
-for image in securechat-server securechat-operator pause client; do
+for image in securechat-server securechat-operator pause client coredns; do
 	if [ ! -f "$images/$image.tar" ]; then
 		echo "error: no $images/$image.tar; build the node's images first: tests/cluster/node-images.sh" >&2
 		exit 1
@@ -321,6 +322,8 @@ serializeImagePulls: false
 # pod: every 10 s here (default 1 min), so rotation tests wait less.
 syncFrequency: 10s
 resolvConf: /etc/resolv.conf
+clusterDNS: ["$node_dns_ip"]
+clusterDomain: $node_cluster_domain
 YAML
 launch kubelet kubelet --config "$node_dir/kubelet.yaml" --kubeconfig "$node_dir/kubelet.kubeconfig" \
 	--root-dir "$node_dir/kubelet" --hostname-override "$node_name" --node-ip "$node_ip" \
@@ -353,6 +356,92 @@ launch kube-router kube-router --kubeconfig "$node_dir/kube-router.kubeconfig" \
 wait_for kube-proxy 60 curl -sf http://127.0.0.1:10256/healthz
 wait_for kube-router 60 curl -sf http://127.0.0.1:20244/healthz
 
+# ---- cluster DNS: CoreDNS as a pod (kube-system, k8s-app=kube-dns, the
+# labels the operator's NetworkPolicies allow DNS to), Service names only
+# (nothing upstream is reachable) ----
+step "cluster DNS"
+taint_key=${node_taint%%=*} taint_rest=${node_taint#*=}
+kc apply -f - >/dev/null <<DNS
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system, labels: {$managed_key: $managed_value}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "securechat:coredns", labels: {$managed_key: $managed_value}}
+rules:
+- apiGroups: [""]
+  resources: [services, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "securechat:coredns", labels: {$managed_key: $managed_value}}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "securechat:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system, labels: {$managed_key: $managed_value}}
+data:
+  Corefile: |
+    .:53 {
+        ready :8181
+        health :8080
+        errors
+        cache 30
+        kubernetes $node_cluster_domain in-addr.arpa ip6.arpa
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system, labels: {$managed_key: $managed_value}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      nodeSelector: {"${node_label%%=*}": "${node_label#*=}"}
+      tolerations: [{key: "$taint_key", operator: Equal, value: "${taint_rest%%:*}", effect: "${taint_rest##*:}"}]
+      # Port 53 as kubeadm's CoreDNS serves it (the operator's NetworkPolicies
+      # allow DNS to port 53 of kube-dns pods; the port is matched after
+      # the Service's DNAT), without a capability: a namespaced sysctl.
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        runAsGroup: 65532
+        seccompProfile: {type: RuntimeDefault}
+        sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "53"}]
+      containers:
+      - name: coredns
+        image: $node_image_prefix/coredns:node
+        imagePullPolicy: Never
+        args: [-conf, /etc/coredns/Corefile]
+        ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53, protocol: TCP}]
+        readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 2}
+        livenessProbe: {httpGet: {path: /health, port: 8080}, periodSeconds: 10}
+        resources: {limits: {memory: 128Mi}, requests: {cpu: 10m, memory: 32Mi}}
+        securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+        volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+      volumes: [{name: config, configMap: {name: coredns}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {$managed_key: $managed_value}}
+spec:
+  clusterIP: $node_dns_ip
+  selector: {k8s-app: kube-dns}
+  ports:
+  - {name: dns, port: 53, targetPort: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, targetPort: 53, protocol: TCP}
+DNS
+wait_for "CoreDNS Ready" 120 kc -n kube-system wait --for=condition=Available deployment/coredns --timeout=2s
+
 cat >"$node_dir/node.env" <<ENV
 NODE_NAME=$node_name
 NODE_IP=$node_ip
@@ -363,5 +452,7 @@ SERVER_IMAGE=$node_image_prefix/securechat-server:node
 OPERATOR_IMAGE=$node_image_prefix/securechat-operator:node
 CLIENT_IMAGE=$node_image_prefix/client:node
 CONTAINERD_SOCKET=$node_containerd_sock
+DNS_IP=$node_dns_ip
+CLUSTER_DOMAIN=$node_cluster_domain
 ENV
 step "$node_name up (kubectl get node $node_name)"

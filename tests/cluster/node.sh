@@ -20,6 +20,12 @@ node_ip=10.85.0.1
 # label (the README says how a SecureChatModel does so).
 node_label=securechat.dev/node=real
 node_taint=securechat.dev/node=real:NoSchedule
+# Cluster DNS: CoreDNS as a pod on the node, behind the kube-dns Service at
+# this address (in up.sh's service range), as the kubelet tells pods.
+node_dns_ip=10.96.0.10
+node_cluster_domain=cluster.local
+# Label on what node-up.sh creates through the API (removed by node-down.sh).
+node_managed_label=app.kubernetes.io/managed-by=securechat-node-up
 # Images loaded into the node's containerd (no registry is reachable).
 node_image_prefix=localhost/securechat
 node_containerd_sock="$node_run/containerd.sock"

@@ -5,13 +5,14 @@
 //! from a pod the policy selects to an address an egress rule allows and to
 //! one it does not. Every cell must be as the SecureChatModel says, and one
 //! unselected pair shows that what is blocked is the policy, not the
-//! network.
+//! network. DNS through the cluster's CoreDNS passes the policy's egress
+//! rule for it.
 
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use securechat_crds::SecureChatModel;
-use securechat_test_support::cluster::node::{Node, connects};
+use securechat_test_support::cluster::node::{Node, connects, resolves};
 use securechat_test_support::cluster::{
     InProcessOperator, TestNamespace, client, install_crds, wait_for,
 };
@@ -132,5 +133,18 @@ async fn the_model_network_rules_hold_for_real_connections() {
     assert!(
         measured.iter().all(|(_, _, _, want, got)| want == got),
         "the policy does not hold:\n{table}"
+    );
+
+    // DNS: the policy's egress rule to kube-dns lets the selected pod
+    // resolve the model's Service name through the cluster DNS, as an
+    // unselected pod does.
+    let name = format!("m.{}.svc.{}", ns.name, node.cluster_domain);
+    assert!(
+        resolves(&ns.name, "outside", &name),
+        "{name} from an unselected pod"
+    );
+    assert!(
+        resolves(&ns.name, "twin", &name),
+        "{name} under the model's policy"
     );
 }

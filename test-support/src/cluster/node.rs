@@ -38,6 +38,9 @@ pub struct Node {
     pub client_image: String,
     /// The node's containerd (`ctr --address`).
     pub containerd_socket: String,
+    /// The cluster DNS (CoreDNS on the node): Service names resolve under
+    /// this domain.
+    pub cluster_domain: String,
 }
 
 /// Host-wide: tests of every checkout take turns on the one node.
@@ -78,6 +81,7 @@ impl Node {
             operator_image: var("OPERATOR_IMAGE"),
             client_image: var("CLIENT_IMAGE"),
             containerd_socket: var("CONTAINERD_SOCKET"),
+            cluster_domain: var("CLUSTER_DOMAIN"),
         };
         let (ok, _, stderr) = super::kubectl(&[
             "wait",
@@ -225,6 +229,12 @@ pub fn connects(namespace: &str, pod: &str, ip: &str, port: i32) -> bool {
         ],
     );
     ok
+}
+
+/// Whether `name` resolves from `pod` through the cluster DNS (busybox
+/// nslookup, with the pod's resolv.conf as the kubelet wrote it).
+pub fn resolves(namespace: &str, pod: &str, name: &str) -> bool {
+    exec(namespace, pod, &["/bin/nslookup", name]).0
 }
 
 /// The host's view of a running container: its first process under
