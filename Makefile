@@ -27,7 +27,7 @@ cluster-down: ## stop the local control plane (and its real node, if up) and rem
 	@tests/cluster/down.sh
 
 .PHONY: node-up
-node-up: tools ## add the real node node-0 (containerd, kubelet, kube-proxy, kube-router; root) to the running control plane, with the images loaded
+node-up: tools ## add the real node node-0 (root: containerd, kubelet, kube-proxy, kube-router, CoreDNS) to the running control plane, images loaded
 	@tests/cluster/node-images.sh
 	@tests/cluster/node-up.sh
 
