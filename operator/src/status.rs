@@ -693,4 +693,76 @@ mod tests {
             )]
         );
     }
+
+    #[test]
+    fn shared_state_says_whether_limits_hold_for_the_model_as_a_whole() {
+        let store = json!({"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]}});
+        let cases = [
+            (json!({"replicas": 1}), true, reasons::SINGLE_REPLICA),
+            (json!({"replicas": 0}), true, reasons::SINGLE_REPLICA),
+            (json!({"replicas": 2}), false, reasons::PER_REPLICA_LIMITS),
+            (
+                json!({"replicas": 2, "sharedState": store}),
+                true,
+                reasons::SHARED_STATE_CONFIGURED,
+            ),
+        ];
+        for (spec, ok, reason) in cases {
+            let m = model("chat", spec.clone());
+            let observed = Observed {
+                deployment: Some(deployment(m.spec.replicas)),
+                ..material_ready()
+            };
+            let status = model_status(&m, &observed, at(1));
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == SHARED_STATE)
+                .expect("SharedState");
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (if ok { TRUE } else { FALSE }, reason),
+                "{spec}"
+            );
+            // Per-replica limits are a warning; the model serves.
+            assert!(is_true(&status.conditions, READY), "{spec}");
+        }
+        // Said once: a second reconcile with the same outcome is no news.
+        let m = model("chat", json!({"replicas": 2}));
+        let observed = Observed {
+            deployment: Some(deployment(2)),
+            ..material_ready()
+        };
+        let first = model_status(&m, &observed, at(1));
+        let warned: Vec<_> = status_events(None, &first)
+            .into_iter()
+            .filter(|e| e.reason == reasons::PER_REPLICA_LIMITS)
+            .collect();
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].type_, EventType::Warning);
+        let again = model_status(&m, &observed, at(2));
+        assert!(status_events(Some(&first), &again).is_empty());
+    }
+
+    #[test]
+    fn a_missing_reference_fails_its_condition_and_ready_and_is_polled_sooner() {
+        let m = model("chat", json!({}));
+        let refusal = Refusal {
+            reason: reasons::CREDENTIALS_NOT_FOUND,
+            message: "sharedState.credentials: Secret acl does not exist".into(),
+            condition: Some(SHARED_STATE),
+        };
+        let status = refused_status(&m, &refusal, at(1));
+        for type_ in [READY, SHARED_STATE] {
+            let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (FALSE, reasons::CREDENTIALS_NOT_FOUND)
+            );
+        }
+        assert_eq!(
+            requeue_after(&status, None),
+            REQUEUE_AWAITING_REFERENCE_AT_MOST
+        );
+    }
 }
