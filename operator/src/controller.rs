@@ -168,7 +168,7 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
     report_changes(ctx, model, &writer).await;
     let (outcome, material_due) = match converged {
         Ok(converged) => (
-            Outcome::Observed(converged.observed),
+            Outcome::Observed(Box::new(converged.observed)),
             converged.material_due,
         ),
         Err(Stop::Refused(refusal)) => {
@@ -208,7 +208,7 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
 
 /// How a reconcile ended, which the status is computed from.
 enum Outcome {
-    Observed(Observed),
+    Observed(Box<Observed>),
     Refused(Refusal),
 }
 

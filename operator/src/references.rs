@@ -144,34 +144,46 @@ mod tests {
         assert_eq!(refusal(None, &[]), None);
     }
 
+    /// Keys the credentials Secret and the CA ConfigMap hold (None: no
+    /// such object), and the refusal expected.
+    struct Case {
+        keys: [Option<&'static [&'static str]>; 2],
+        reason: &'static str,
+        message: &'static str,
+    }
+
     #[test]
     fn a_missing_object_or_key_is_refused_naming_it() {
-        let cases: [([Option<&[&str]>; 2], &str, &str); 4] = [
-            (
-                [None, Some(&["ca.crt"])],
-                reasons::CREDENTIALS_NOT_FOUND,
-                "sharedState.credentials: Secret acl does not exist",
-            ),
-            (
-                [Some(&["user"]), Some(&["ca.crt"])],
-                reasons::CREDENTIALS_NOT_FOUND,
-                "sharedState.credentials: Secret acl has no key password",
-            ),
-            (
-                [Some(&[]), Some(&["ca.crt"])],
-                reasons::CREDENTIALS_NOT_FOUND,
-                "Secret acl has no key user, no key password",
-            ),
-            (
-                [Some(&["user", "password"]), None],
-                reasons::CA_BUNDLE_NOT_FOUND,
-                "sharedState.tls.caBundle: ConfigMap ca does not exist",
-            ),
+        let cases = [
+            Case {
+                keys: [None, Some(&["ca.crt"])],
+                reason: reasons::CREDENTIALS_NOT_FOUND,
+                message: "sharedState.credentials: Secret acl does not exist",
+            },
+            Case {
+                keys: [Some(&["user"]), Some(&["ca.crt"])],
+                reason: reasons::CREDENTIALS_NOT_FOUND,
+                message: "sharedState.credentials: Secret acl has no key password",
+            },
+            Case {
+                keys: [Some(&[]), Some(&["ca.crt"])],
+                reason: reasons::CREDENTIALS_NOT_FOUND,
+                message: "Secret acl has no key user, no key password",
+            },
+            Case {
+                keys: [Some(&["user", "password"]), None],
+                reason: reasons::CA_BUNDLE_NOT_FOUND,
+                message: "sharedState.tls.caBundle: ConfigMap ca does not exist",
+            },
         ];
-        for (keys, reason, message) in cases {
-            let refused = refusal(Some(&spec()), &found(keys)).expect("refused");
-            assert_eq!(refused.reason, reason, "{message}");
-            assert!(refused.message.contains(message), "{}", refused.message);
+        for case in cases {
+            let refused = refusal(Some(&spec()), &found(case.keys)).expect("refused");
+            assert_eq!(refused.reason, case.reason, "{}", case.message);
+            assert!(
+                refused.message.contains(case.message),
+                "{}",
+                refused.message
+            );
             assert_eq!(refused.condition, Some(SHARED_STATE));
         }
     }
