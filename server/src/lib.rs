@@ -25,7 +25,8 @@
 //! - Shared state: `state` (`AppState`: the engine, the `LiveConfig` in
 //!   force, keys, limiters, sessions), `files` (hot reload with last good
 //!   versions, the API-key table file and its lock, atomic writes),
-//!   `metrics`.
+//!   `metrics`, `limits` (the limiters, in memory or in `shared`: the
+//!   store the replicas share).
 //! - Credentials: `credentials` (`api_key`, `jwt`, `oidc`: the only place
 //!   secrets are parsed and compared), `auth` (the request-side extractor
 //!   that uses them with the shared state), `session` (web UI sessions),
@@ -48,6 +49,7 @@ pub mod fetch;
 pub mod files;
 pub mod inference;
 pub mod keys_cli;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pii;
@@ -55,6 +57,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod routes;
 pub mod session;
+pub mod shared;
 pub mod startup;
 pub mod state;
 pub mod tls;

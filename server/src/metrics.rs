@@ -68,6 +68,11 @@ pub struct KeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -107,6 +112,8 @@ pub struct Metrics {
     pub jwt_verifications: Family<ResultLabels, Counter>,
     pub queue_depth: Gauge,
     pub generations_abandoned: Counter,
+    pub shared_state_errors: Family<KindLabels, Counter>,
+    pub shared_state_fallback: Gauge,
 }
 
 impl Default for Metrics {
@@ -257,6 +264,22 @@ impl Metrics {
             "Generations cancelled because their client went away before the answer was complete",
             generations_abandoned.clone(),
         );
+        let shared_state_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shared_state_errors",
+            "Failed operations on the shared store, by kind (timeout, connection, auth, reply, config)",
+            shared_state_errors.clone(),
+        );
+        // Both kinds an alert watches start at zero (see file_reloads).
+        for kind in ["timeout", "connection", "auth"] {
+            let _ = shared_state_errors.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        let shared_state_fallback = Gauge::default();
+        registry.register(
+            "shared_state_local_fallback",
+            "1 while the shared store is unreachable and this replica enforces its share of every limit alone (LocalFallback)",
+            shared_state_fallback.clone(),
+        );
         Self {
             registry,
             requests,
@@ -280,6 +303,8 @@ impl Metrics {
             jwt_verifications,
             queue_depth,
             generations_abandoned,
+            shared_state_errors,
+            shared_state_fallback,
         }
     }
 
@@ -334,6 +359,14 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
+    }
+
+    /// What the shared store reports into.
+    pub fn store_metrics(&self) -> crate::shared::StoreMetrics {
+        crate::shared::StoreMetrics {
+            errors: self.shared_state_errors.clone(),
+            fallback: self.shared_state_fallback.clone(),
+        }
     }
 
     /// The text exposition.

@@ -16,7 +16,9 @@ use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
 use crate::listener::serve_tls;
+use crate::metrics::Metrics;
 use crate::routes::{app, web_app};
+use crate::shared::Store;
 use crate::state::AppState;
 
 /// Where to listen and what to read.
@@ -85,6 +87,18 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     };
     let oidc =
         Arc::new(OidcVerifier::new(extra_roots.as_deref()).context("building the OIDC client")?);
+    let metrics = Metrics::new();
+    let store = match &runtime.config.shared_state {
+        Some(shared) => {
+            let store = Arc::new(
+                Store::new(shared.clone(), &base, metrics.store_metrics())
+                    .context("the shared store (sharedState)")?,
+            );
+            store.spawn_keepalive();
+            Some(store)
+        }
+        None => None,
+    };
     let state = AppState::new(
         engine,
         runtime,
@@ -92,6 +106,8 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         table,
         oidc,
         Some(config_path.clone()),
+        metrics,
+        store,
     );
     *state
         .cert_not_after

@@ -16,10 +16,11 @@ use serde::Serialize;
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
+use crate::limits::Buckets;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
-use crate::ratelimit::KeyedBuckets;
 use crate::session::Sessions;
+use crate::shared::Store;
 
 /// Why a config was refused (the last good one stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +83,13 @@ pub struct AppStateInner {
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
     /// Requests per principal.
-    pub request_buckets: KeyedBuckets,
-    /// Generated tokens per principal.
-    pub token_buckets: KeyedBuckets,
+    pub request_buckets: Buckets,
+    /// Prompt and generated tokens per principal (minute and day budgets).
+    pub token_buckets: Buckets,
     /// Failed authentications per client address.
-    pub failure_buckets: KeyedBuckets,
+    pub failure_buckets: Buckets,
+    /// The store the replicas share, when configured.
+    pub store: Option<Arc<Store>>,
     pub usage: Mutex<HashMap<String, KeyUsage>>,
     pub metrics: Metrics,
     /// JWKS caches of the external OIDC issuers.
@@ -115,19 +118,26 @@ impl AppState {
         api_keys: ApiKeyTable,
         oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
+        metrics: Metrics,
+        store: Option<Arc<Store>>,
     ) -> Self {
         let max = live_config.config.limits.max_tracked_clients as usize;
+        let buckets = |family: &'static str| match &store {
+            Some(store) => Buckets::shared(store.clone(), family, max),
+            None => Buckets::memory(max),
+        };
         Self(Arc::new(AppStateInner {
             engine,
             live_config: ArcSwap::from_pointee(live_config),
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
-            request_buckets: KeyedBuckets::new(max),
-            token_buckets: KeyedBuckets::new(max),
-            failure_buckets: KeyedBuckets::new(max),
+            request_buckets: buckets("requests"),
+            token_buckets: buckets("tokens"),
+            failure_buckets: buckets("auth_failures"),
+            store,
             usage: Mutex::new(HashMap::new()),
-            metrics: Metrics::new(),
+            metrics,
             oidc,
             config_path,
             sessions: Sessions::new(max),

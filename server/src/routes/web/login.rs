@@ -88,7 +88,7 @@ pub async fn login_with_key(
 ) -> Result<Response, ApiError> {
     let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
     let started = std::time::Instant::now();
-    check_guard(&state, ip, started)?;
+    check_guard(&state, ip, started).await?;
     // Only this origin's page logs in (no login CSRF from an origin that
     // CORS allows for bearer calls).
     if !auth::same_origin_or_none(request.headers()) {
@@ -110,7 +110,7 @@ pub async fn login_with_key(
     let principal = match verified {
         Ok(p) => p,
         Err(failure) => {
-            note_failure(&state, ip, failure, started);
+            note_failure(&state, ip, failure, started).await;
             return Err(ApiError::Unauthorized(failure));
         }
     };
