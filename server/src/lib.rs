@@ -32,7 +32,8 @@
 //!   that uses them with the shared state), `session` (web UI sessions),
 //!   `tls`, `der`.
 //! - Leaves: `principal` (who a request speaks for), `audit` (the record
-//!   of one request), `ratelimit`, `pii` (pure filters).
+//!   of one request), `ratelimit`, `forwarded` (the client address behind
+//!   trusted proxies), `pii` (pure filters).
 //! - Inference: `engine` (the trait handlers see), `inference` (models,
 //!   tokenizer, sampler, decode loop, worker queue; no candle type leaves
 //!   it).
@@ -47,6 +48,7 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod files;
+pub mod forwarded;
 pub mod inference;
 pub mod keys_cli;
 pub mod limits;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
+use crate::forwarded::{BadProxy, parse_trusted};
 use crate::limits::Buckets;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
@@ -33,6 +35,8 @@ pub enum ConfigError {
     Invalid(#[from] ValidationError),
     #[error("sensitiveData: {0}")]
     Patterns(#[source] securechat_crds::sensitive::PatternError),
+    #[error(transparent)]
+    TrustedProxies(#[from] BadProxy),
 }
 
 /// The config in force: validated, with its compiled parts (the
@@ -42,6 +46,8 @@ pub struct LiveConfig {
     pub config: ServerConfig,
     pub filter: Filter,
     pub policy: TokenPolicy,
+    /// `limits.trustedProxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl LiveConfig {
@@ -55,10 +61,18 @@ impl LiveConfig {
             audience: config.auth.audience.clone(),
             leeway_secs: config.auth.leeway.as_secs(),
         };
+        let ranges: Vec<String> = config
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(|c| c.0.clone())
+            .collect();
+        let trusted_proxies = parse_trusted(&ranges)?;
         Ok(Self {
             config,
             filter,
             policy,
+            trusted_proxies,
         })
     }
 }

@@ -278,3 +278,60 @@ async fn fifty_chats_never_exceed_the_token_budget_and_unused_reservations_come_
         "level {level}, expected {expected} ({admitted} admitted, {used} used)"
     );
 }
+
+/// GET /v1/models on replica `i` as the client a trusted proxy names.
+async fn models_via_proxy(r: &Replicas, i: usize, client: &str, key: &str) -> (u16, Value) {
+    let resp = r
+        .first
+        .client
+        .get(format!("{}/v1/models", r.base(i)))
+        .header("x-forwarded-for", client)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_brute_force_guard_trips_across_replicas_and_spares_a_proxys_other_clients() {
+    let store = StoreProcess::start();
+    // The tests connect from 127.0.0.1: a trusted proxy here.
+    let r = Replicas::start(
+        &format!(
+            "rateLimit:\n  requestsPerMinute: 100000\n\
+             limits:\n  maxAuthFailuresPerMinute: 5\n  trustedProxies: [\"127.0.0.1/32\"]\n\
+             sharedState:\n  address: {}\n  keyPrefix: test/guard/\n  timeout: 250ms\n  replicas: 3\n",
+            store.address()
+        ),
+        3,
+    )
+    .await;
+    let attacker = "198.51.100.7";
+    // Five guesses, spread over the replicas: one budget.
+    for i in 0..5 {
+        let (status, body) = models_via_proxy(&r, i % 3, attacker, "sk-sc-nope-x").await;
+        assert_eq!(status, 401, "guess {i}: {body}");
+    }
+    // Now every replica refuses the address, a valid key included.
+    for i in 0..3 {
+        let (status, body) = models_via_proxy(&r, i, attacker, &r.first.keys.developer).await;
+        assert_eq!(status, 429, "replica {i}: {body}");
+        assert_eq!(body["error"]["code"], "too_many_auth_failures");
+    }
+    // The proxy's other clients, and the proxy itself, are served.
+    for i in 0..3 {
+        let (status, body) = models_via_proxy(&r, i, "198.51.100.8", &r.first.keys.developer).await;
+        assert_eq!(status, 200, "replica {i}: {body}");
+        let resp = r
+            .first
+            .client
+            .get(format!("{}/v1/models", r.base(i)))
+            .bearer_auth(&r.first.keys.developer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 use chrono::{DateTime, Utc};
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::v1alpha1::{Permission, Tier};
@@ -21,6 +21,7 @@ use securechat_crds::v1alpha1::{Permission, Tier};
 use crate::audit::{Audit, RateInfo};
 use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
+use crate::forwarded;
 use crate::listener::ClientAddr;
 use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Op, Rate};
@@ -117,9 +118,23 @@ pub async fn authenticate(
     })
 }
 
-fn client_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ClientAddr>().map(|a| a.0.ip())
+/// The address the brute-force guard keys on: the peer, or the client a
+/// trusted proxy names in `X-Forwarded-For` (see `forwarded`).
+pub fn client_ip(state: &AppState, extensions: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = extensions.get::<ClientAddr>()?.0.ip();
+    let runtime = state.live_config();
+    let forwarded_for = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(forwarded::client_ip(
+        peer,
+        forwarded_for,
+        &runtime.trusted_proxies,
+    ))
 }
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// The brute-force guard's bucket: `max` failures a minute, all at once.
 fn failure_rate(state: &AppState) -> Rate {
@@ -176,7 +191,7 @@ pub async fn note_failure(
 /// the web UI's session cookie (see [`session_principal`]).
 pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
-    let ip = client_ip(parts);
+    let ip = client_ip(state, &parts.extensions, &parts.headers);
     check_guard(state, ip, now).await?;
     let on_web_port = parts.extensions.get::<WebPort>().is_some();
     let session_id = cookie(&parts.headers, SESSION_COOKIE);

@@ -20,11 +20,10 @@ use serde_json::{Value, json};
 use super::body::{has_content_type, parse_json, read_limited};
 use super::oauth_error::{OAuthCode, OAuthError};
 use crate::audit::Audit;
-use crate::auth::{check_guard, note_failure, take_request};
+use crate::auth::{self, check_guard, note_failure, take_request};
 use crate::credentials::api_key;
 use crate::credentials::jwt::{Claims, new_jti};
 use crate::error::{ApiError, AuthFailure};
-use crate::listener::ClientAddr;
 use crate::state::AppState;
 
 /// The parameters of a token request (RFC 6749 §4.4.2), from either body
@@ -173,7 +172,7 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
         .get::<Audit>()
         .cloned()
         .unwrap_or_else(Audit::disabled);
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let ip = auth::client_ip(state, request.extensions(), request.headers());
     let basic = basic_credentials(request.headers());
     let body: TokenRequest = if has_content_type(&request, "application/json") {
         parse_json(&read_limited(request, state).await?)?

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use crate::auth::{self, check_guard, live_session, note_failure};
 use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
-use crate::listener::ClientAddr;
 use crate::routes::body::ApiJson;
 use crate::session::{self, Login, SESSION_COOKIE, Session, StoreError, cookie};
 use crate::state::AppState;
@@ -86,7 +85,7 @@ pub async fn login_with_key(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let ip = auth::client_ip(&state, request.extensions(), request.headers());
     let started = std::time::Instant::now();
     check_guard(&state, ip, started).await?;
     // Only this origin's page logs in (no login CSRF from an origin that
