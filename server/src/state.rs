@@ -136,6 +136,7 @@ impl AppState {
         store: Option<Arc<Store>>,
     ) -> Self {
         let max = live_config.config.limits.max_tracked_clients as usize;
+        let sessions = Sessions::new(max, store.clone());
         let buckets = |family: &'static str| match &store {
             Some(store) => Buckets::shared(store.clone(), family, max),
             None => Buckets::memory(max),
@@ -154,7 +155,7 @@ impl AppState {
             metrics,
             oidc,
             config_path,
-            sessions: Sessions::new(max),
+            sessions,
         }))
     }
 

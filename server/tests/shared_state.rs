@@ -335,3 +335,67 @@ async fn the_brute_force_guard_trips_across_replicas_and_spares_a_proxys_other_c
         assert_eq!(resp.status(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_web_login_on_one_replica_holds_on_the_others_and_a_logout_ends_it_everywhere() {
+    let store = StoreProcess::start();
+    let r = Replicas::start(
+        &config(
+            &store.address(),
+            "FailClosed",
+            "rateLimit:\n  requestsPerMinute: 100000\n",
+        ),
+        3,
+    )
+    .await;
+    let client = &r.first.client;
+    let login = client
+        .post(format!("{}/web/login", r.web_base(0)))
+        .json(&serde_json::json!({"apiKey": r.first.keys.developer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let view: Value = login.json().await.unwrap();
+    let csrf = view["csrfToken"].as_str().unwrap().to_string();
+    let session_on = |i: usize| {
+        client
+            .get(format!("{}/web/session", r.web_base(i)))
+            .header("cookie", &cookie)
+            .send()
+    };
+    for i in 0..3 {
+        let resp = session_on(i).await.unwrap();
+        assert_eq!(resp.status(), 200, "replica {i}");
+        let view: Value = resp.json().await.unwrap();
+        assert_eq!(view["csrfToken"], csrf.as_str(), "replica {i}");
+        // The session authorises API calls on the web port of any replica.
+        let models = client
+            .get(format!("{}/v1/models", r.web_base(i)))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(models.status(), 200, "replica {i}");
+    }
+    let logout = client
+        .post(format!("{}/web/logout", r.web_base(2)))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 200);
+    for i in 0..3 {
+        let resp = session_on(i).await.unwrap();
+        assert_eq!(resp.status(), 401, "replica {i} after the logout");
+    }
+}

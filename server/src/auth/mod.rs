@@ -197,7 +197,7 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
-            let result = session_principal(state, parts, id, Utc::now());
+            let result = session_principal(state, parts, id, Utc::now()).await;
             if let Err(ApiError::Unauthorized(failure)) = &result {
                 note_failure(state, ip, *failure, now).await;
             }
@@ -222,13 +222,13 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
 /// `GET /web/session`) and send, and any `Origin` it has must be this
 /// server's own. An API-key session re-checks its key, so suspending,
 /// revoking or downgrading a key applies to open sessions at once.
-pub fn session_principal(
+pub async fn session_principal(
     state: &AppState,
     parts: &Parts,
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Principal, ApiError> {
-    let session = live_session(state, id, now).map_err(ApiError::Unauthorized)?;
+    let session = live_session(state, id, now).await?;
     if !same_origin_or_none(&parts.headers) {
         return Err(ApiError::CsrfRefused("the Origin is not this server"));
     }
@@ -245,19 +245,22 @@ pub fn session_principal(
 
 /// The session behind a cookie value, with an API-key session's key
 /// re-checked (state and tier) against the current table.
-pub fn live_session(
+pub async fn live_session(
     state: &AppState,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<Session, AuthFailure> {
+) -> Result<Session, ApiError> {
     let mut session = state
         .sessions
         .get(id, now)
-        .ok_or(AuthFailure::SessionExpired)?;
+        .await?
+        .ok_or(ApiError::Unauthorized(AuthFailure::SessionExpired))?;
     if let Some(key_id) = &session.principal.key_id {
         let table = state.api_keys.load();
-        let record = table.get(key_id).ok_or(AuthFailure::UnknownKey)?;
-        api_key::ensure_usable(record, now)?;
+        let record = table
+            .get(key_id)
+            .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
+        api_key::ensure_usable(record, now).map_err(ApiError::Unauthorized)?;
         session.principal.tier = session.principal.tier.min(record.tier);
     }
     Ok(session)

@@ -33,6 +33,8 @@ use securechat_crds::files::config::SharedStateConfig;
 use securechat_crds::v1alpha1::OnUnavailable;
 use serde::Serialize;
 
+pub mod sealed;
+
 use crate::metrics::KindLabels;
 use crate::ratelimit::{Decision, Op, Rate};
 
@@ -252,6 +254,56 @@ impl Store {
                 "the bucket script returned {other:?}"
             )))),
         }
+    }
+
+    /// Stores `value` under `name` for `ttl` (at least a millisecond).
+    pub async fn set(&self, name: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key(name);
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(millis)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Reads and deletes in one step (GETDEL): exactly one caller gets it.
+    pub async fn take(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("GETDEL")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
     }
 
     /// Runs one operation on the next pool member under the timeout,
