@@ -68,6 +68,13 @@ pub struct KeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyTokenLabels {
+    pub key_id: String,
+    /// prompt or completion.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -114,6 +121,8 @@ pub struct Metrics {
     pub generations_abandoned: Counter,
     pub shared_state_errors: Family<KindLabels, Counter>,
     pub shared_state_fallback: Gauge,
+    pub api_key_requests: Family<KeyLabels, Counter>,
+    pub api_key_tokens: Family<KeyTokenLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -280,6 +289,21 @@ impl Metrics {
             "1 while the shared store is unreachable and this replica enforces its share of every limit alone (LocalFallback)",
             shared_state_fallback.clone(),
         );
+        // Per key id: bounded by the key table (ids never come from
+        // unauthenticated input). This replica's counts; sum over pods for
+        // the model's.
+        let api_key_requests = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "api_key_requests",
+            "Requests made with each API key (and tokens minted from it)",
+            api_key_requests.clone(),
+        );
+        let api_key_tokens = Family::<KeyTokenLabels, Counter>::default();
+        registry.register(
+            "api_key_tokens",
+            "Tokens used by each API key, by kind (prompt, completion)",
+            api_key_tokens.clone(),
+        );
         Self {
             registry,
             requests,
@@ -305,6 +329,8 @@ impl Metrics {
             generations_abandoned,
             shared_state_errors,
             shared_state_fallback,
+            api_key_requests,
+            api_key_tokens,
         }
     }
 
@@ -359,6 +385,30 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
+    }
+
+    /// Counts one key's use.
+    pub fn key_usage(&self, key_id: &str, delta: &crate::shared::usage::KeyUsage) {
+        if delta.requests > 0 {
+            self.api_key_requests
+                .get_or_create(&KeyLabels {
+                    key_id: key_id.into(),
+                })
+                .inc_by(delta.requests);
+        }
+        for (kind, n) in [
+            ("prompt", delta.prompt_tokens),
+            ("completion", delta.completion_tokens),
+        ] {
+            if n > 0 {
+                self.api_key_tokens
+                    .get_or_create(&KeyTokenLabels {
+                        key_id: key_id.into(),
+                        kind: kind.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// What the shared store reports into.

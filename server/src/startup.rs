@@ -18,7 +18,7 @@ use crate::files::reload::{self, Reloader, TlsState};
 use crate::listener::serve_tls;
 use crate::metrics::Metrics;
 use crate::routes::{app, web_app};
-use crate::shared::Store;
+use crate::shared::{Store, usage};
 use crate::state::AppState;
 
 /// Where to listen and what to read.
@@ -161,6 +161,9 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
             rx.clone(),
         )),
     ];
+    if state.store.is_some() {
+        tasks.push(tokio::spawn(flush_usage(state.clone(), rx.clone())));
+    }
     if let Some(interval) = options.record_last_used {
         if last_used::is_projected(&files.api_keys) {
             // A projected Secret is read-only and shared by replicas.
@@ -185,6 +188,23 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         tasks,
         _watcher: watcher,
     })
+}
+
+/// Flushes usage deltas to the shared store every
+/// [`usage::FLUSH_INTERVAL`], and once more at shutdown.
+async fn flush_usage(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(usage::FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        state.flush_usage().await;
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Serves until SIGINT / SIGTERM.

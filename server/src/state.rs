@@ -77,15 +77,16 @@ impl LiveConfig {
     }
 }
 
-/// Live usage of one API key, reported by /admin/keys (the key table is
-/// read-only to the server: in Kubernetes it is a mounted Secret).
-#[derive(Debug, Clone, Default, Serialize)]
+pub use crate::shared::usage::KeyUsage;
+
+/// Whose usage figures an answer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyUsage {
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub last_used_at: Option<DateTime<Utc>>,
+pub enum UsageScope {
+    /// Every replica's (the shared store's totals).
+    Model,
+    /// This replica's since it started (no store, or the store failed).
+    Replica,
 }
 
 /// What every request reads; [`AppState`] clones it per request as one Arc.
@@ -104,7 +105,10 @@ pub struct AppStateInner {
     pub failure_buckets: Buckets,
     /// The store the replicas share, when configured.
     pub store: Option<Arc<Store>>,
+    /// This process's usage per key since it started.
     pub usage: Mutex<HashMap<String, KeyUsage>>,
+    /// With a store: usage not yet flushed to it (`shared::usage`).
+    pub usage_pending: Mutex<HashMap<String, KeyUsage>>,
     pub metrics: Metrics,
     /// JWKS caches of the external OIDC issuers.
     pub oidc: Arc<OidcVerifier>,
@@ -152,6 +156,7 @@ impl AppState {
             failure_buckets: buckets("auth_failures"),
             store,
             usage: Mutex::new(HashMap::new()),
+            usage_pending: Mutex::new(HashMap::new()),
             metrics,
             oidc,
             config_path,
@@ -179,7 +184,8 @@ impl AppState {
         requested == self.model_id() || requested == self.engine.info().id
     }
 
-    /// Adds to a key's usage.
+    /// Adds to a key's usage: this process's figures and counters, and,
+    /// with a store, the deltas its next flush sends.
     pub fn record_usage(
         &self,
         key_id: &str,
@@ -188,13 +194,68 @@ impl AppState {
         request: bool,
         now: DateTime<Utc>,
     ) {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded like the limiters: ids come from the key table, which the
         // operator bounds, so this cannot grow from unauthenticated input.
-        let entry = usage.entry(key_id.to_string()).or_default();
-        entry.requests += u64::from(request);
-        entry.prompt_tokens += prompt;
-        entry.completion_tokens += completion;
-        entry.last_used_at = Some(now);
+        let delta = KeyUsage {
+            requests: u64::from(request),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            last_used_at: Some(now),
+        };
+        self.metrics.key_usage(key_id, &delta);
+        self.usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key_id.to_string())
+            .or_default()
+            .add(&delta);
+        if self.store.is_some() {
+            self.usage_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key_id.to_string())
+                .or_default()
+                .add(&delta);
+        }
+    }
+
+    /// Sends the pending deltas to the store; on failure they stay pending
+    /// (merged with what was recorded meanwhile) for the next flush.
+    pub async fn flush_usage(&self) {
+        let Some(store) = &self.store else { return };
+        let deltas =
+            std::mem::take(&mut *self.usage_pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if deltas.is_empty() {
+            return;
+        }
+        if store.add_usage(&deltas).await.is_err() {
+            let mut pending = self.usage_pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, delta) in deltas {
+                pending.entry(id).or_default().add(&delta);
+            }
+        }
+    }
+
+    /// Usage of `ids`: the whole model's (store totals plus this replica's
+    /// unflushed deltas) when there is a store that answers, else this
+    /// replica's.
+    pub async fn usage_of(&self, ids: &[String]) -> (HashMap<String, KeyUsage>, UsageScope) {
+        if let Some(store) = &self.store
+            && let Ok(mut totals) = store.usage(ids).await
+        {
+            let pending = self.usage_pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, total) in &mut totals {
+                if let Some(delta) = pending.get(id) {
+                    total.add(delta);
+                }
+            }
+            return (totals, UsageScope::Model);
+        }
+        let local = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let figures = ids
+            .iter()
+            .map(|id| (id.clone(), local.get(id).cloned().unwrap_or_default()))
+            .collect();
+        (figures, UsageScope::Replica)
     }
 }

@@ -10,8 +10,11 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use securechat_test_support::https::{Replicas, chat_body_with, metrics_at, sample};
-use securechat_test_support::store::StoreProcess;
+use securechat_server::dev;
+use securechat_test_support::https::{
+    Replicas, TestServer, chat_body_with, metrics_at, metrics_text, sample, server_in,
+};
+use securechat_test_support::store::{StoreOptions, StoreProcess};
 
 /// A config with the store at `address` and `rest` appended (YAML).
 fn config(address: &str, on_unavailable: &str, rest: &str) -> String {
@@ -398,4 +401,186 @@ async fn a_web_login_on_one_replica_holds_on_the_others_and_a_logout_ends_it_eve
         let resp = session_on(i).await.unwrap();
         assert_eq!(resp.status(), 401, "replica {i} after the logout");
     }
+}
+
+/// The readiness probe's view of the store, polled until `done` holds.
+async fn store_health_until(s: &TestServer, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = s
+            .client
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&last["sharedState"]) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the store never reached the expected state: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_store_with_a_password_from_files_and_a_clear_error_for_a_wrong_one() {
+    // The store serves the dev certificate (localhost) that the server's
+    // directory holds; the server trusts it through tls.caFile.
+    let dir = tempfile::tempdir().unwrap();
+    dev::ensure(dir.path()).unwrap();
+    let store = StoreProcess::start_with(StoreOptions {
+        password: Some("s3cret-store-password".into()),
+        tls: Some((
+            dir.path().join("tls/tls.crt"),
+            dir.path().join("tls/tls.key"),
+        )),
+    });
+    // A wrong password first: the server starts, says why it cannot use
+    // the store, and refuses limited requests meanwhile.
+    std::fs::write(dir.path().join("store-password"), "wrong\n").unwrap();
+    let config = format!(
+        "sharedState:\n  address: {}\n  keyPrefix: test/tls/\n  timeout: 250ms\n  \
+         tls:\n    caFile: tls/ca.crt\n  passwordFile: store-password\n",
+        store.tls_address()
+    );
+    let s = server_in(dir, &config).await;
+    let health = store_health_until(&s, |h| h["status"] == "unavailable").await;
+    let error = health["sharedState"]["error"].as_str().unwrap();
+    assert!(error.contains("refused the credentials"), "{health}");
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let healthz = s.client.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let metrics = metrics_text(&s).await;
+    assert!(
+        sample(
+            &metrics,
+            "securechat_shared_state_errors_total{kind=\"auth\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+
+    // The right password (a rotated Secret): used without a restart.
+    std::fs::write(s.data().join("store-password"), "s3cret-store-password\n").unwrap();
+    store_health_until(&s, |h| h["status"] == "ok").await;
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_is_the_whole_models_on_every_replica() {
+    let store = StoreProcess::start();
+    let r = Replicas::start(
+        &config(
+            &store.address(),
+            "FailClosed",
+            "rateLimit:\n  requestsPerMinute: 100000\n",
+        ),
+        3,
+    )
+    .await;
+    let client = &r.first.client;
+    let developer = &r.first.keys.developer;
+    // On each replica: one model list and one chat (3 prompt tokens by the
+    // echo engine's count, 2 generated).
+    for i in 0..3 {
+        let resp = client
+            .get(format!("{}/v1/models", r.base(i)))
+            .bearer_auth(developer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = client
+            .post(format!("{}/v1/chat/completions", r.base(i)))
+            .bearer_auth(developer)
+            .json(&chat_body_with("hello world", serde_json::json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Each replica counts its own in Prometheus, per key id.
+    let id = &r.first.keys.developer_id;
+    for i in 0..3 {
+        let metrics = metrics_at(client, &r.base(i)).await;
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("securechat_api_key_requests_total{{key_id=\"{id}\"}}")
+            ),
+            Some(2.0),
+            "replica {i}: {metrics}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("securechat_api_key_tokens_total{{key_id=\"{id}\",kind=\"completion\"}}")
+            ),
+            Some(2.0),
+            "replica {i}"
+        );
+    }
+    // /admin/keys on any replica reports the whole model's (flushed within
+    // a second).
+    let admin = &r.first.keys.admin;
+    let base = r.base(1);
+    let whole_model = || async {
+        let keys: Value = client
+            .get(format!("{base}/admin/keys"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(keys["usageScope"], "model");
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .unwrap()["usage"]
+            .clone()
+    };
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        last = whole_model().await;
+        if last["requests"] == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["requests"], 6, "{last}");
+    assert_eq!(last["promptTokens"], 9, "{last}");
+    assert_eq!(last["completionTokens"], 6, "{last}");
+    // The caller's own view counts this very request too (7th).
+    let own: Value = client
+        .get(format!("{}/v1/usage", r.base(2)))
+        .bearer_auth(developer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["usageScope"], "model", "{own}");
+    assert_eq!(own["usage"]["requests"], 7, "{own}");
+    assert!(own["usage"]["lastUsedAt"].is_string(), "{own}");
 }

@@ -34,6 +34,7 @@ use securechat_crds::v1alpha1::OnUnavailable;
 use serde::Serialize;
 
 pub mod sealed;
+pub mod usage;
 
 use crate::metrics::KindLabels;
 use crate::ratelimit::{Decision, Op, Rate};
