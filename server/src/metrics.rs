@@ -387,19 +387,17 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one key's use.
-    pub fn key_usage(&self, key_id: &str, delta: &crate::shared::usage::KeyUsage) {
-        if delta.requests > 0 {
+    /// Counts one key's use: `requests` requests, `prompt` and
+    /// `completion` tokens.
+    pub fn key_usage(&self, key_id: &str, requests: u64, prompt: u64, completion: u64) {
+        if requests > 0 {
             self.api_key_requests
                 .get_or_create(&KeyLabels {
                     key_id: key_id.into(),
                 })
-                .inc_by(delta.requests);
+                .inc_by(requests);
         }
-        for (kind, n) in [
-            ("prompt", delta.prompt_tokens),
-            ("completion", delta.completion_tokens),
-        ] {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             if n > 0 {
                 self.api_key_tokens
                     .get_or_create(&KeyTokenLabels {
@@ -408,14 +406,6 @@ impl Metrics {
                     })
                     .inc_by(n);
             }
-        }
-    }
-
-    /// What the shared store reports into.
-    pub fn store_metrics(&self) -> crate::shared::StoreMetrics {
-        crate::shared::StoreMetrics {
-            errors: self.shared_state_errors.clone(),
-            fallback: self.shared_state_fallback.clone(),
         }
     }
 

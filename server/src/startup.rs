@@ -18,8 +18,8 @@ use crate::files::reload::{self, Reloader, TlsState};
 use crate::listener::serve_tls;
 use crate::metrics::Metrics;
 use crate::routes::{app, web_app};
-use crate::shared::{Store, usage};
-use crate::state::AppState;
+use crate::shared::{Store, StoreMetrics, usage};
+use crate::state::{AppState, Services};
 
 /// Where to listen and what to read.
 #[derive(Debug, Clone)]
@@ -90,8 +90,12 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     let metrics = Metrics::new();
     let store = match &runtime.config.shared_state {
         Some(shared) => {
+            let store_metrics = StoreMetrics {
+                errors: metrics.shared_state_errors.clone(),
+                fallback: metrics.shared_state_fallback.clone(),
+            };
             let store = Arc::new(
-                Store::new(shared.clone(), &base, metrics.store_metrics())
+                Store::new(shared.clone(), &base, store_metrics)
                     .context("the shared store (sharedState)")?,
             );
             store.spawn_keepalive();
@@ -106,8 +110,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         table,
         oidc,
         Some(config_path.clone()),
-        metrics,
-        store,
+        Services { metrics, store },
     );
     *state
         .cert_not_after

@@ -89,6 +89,13 @@ pub enum UsageScope {
     Replica,
 }
 
+/// What a state is built with besides its files: the metrics and, with
+/// `sharedState`, the store (which reports into those metrics).
+pub struct Services {
+    pub metrics: Metrics,
+    pub store: Option<Arc<Store>>,
+}
+
 /// What every request reads; [`AppState`] clones it per request as one Arc.
 pub struct AppStateInner {
     pub engine: Arc<dyn Engine>,
@@ -136,9 +143,9 @@ impl AppState {
         api_keys: ApiKeyTable,
         oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
-        metrics: Metrics,
-        store: Option<Arc<Store>>,
+        services: Services,
     ) -> Self {
+        let Services { metrics, store } = services;
         let max = live_config.config.limits.max_tracked_clients as usize;
         let sessions = Sessions::new(max, store.clone());
         let buckets = |family: &'static str| match &store {
@@ -202,7 +209,8 @@ impl AppState {
             completion_tokens: completion,
             last_used_at: Some(now),
         };
-        self.metrics.key_usage(key_id, &delta);
+        self.metrics
+            .key_usage(key_id, delta.requests, prompt, completion);
         self.usage
             .lock()
             .unwrap_or_else(|e| e.into_inner())

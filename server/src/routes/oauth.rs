@@ -126,13 +126,13 @@ enum ClientRefusal {
 }
 
 /// The key the client authenticates with (§2.3: HTTP Basic or the body).
-fn client_record<'t>(
-    table: &'t ApiKeyTable,
+fn client_record(
+    table: &ApiKeyTable,
     basic: Result<Option<(String, String)>, OAuthError>,
     client_id: Option<String>,
     client_secret: Option<String>,
     now: chrono::DateTime<Utc>,
-) -> Result<&'t ApiKeyRecord, ClientRefusal> {
+) -> Result<&ApiKeyRecord, ClientRefusal> {
     let fail = |failure: AuthFailure, error: OAuthError| ClientRefusal::Failed(failure, error);
     let basic = basic.map_err(|e| fail(AuthFailure::Malformed, e))?;
     let (client_id, secret) = match (basic, client_secret) {
