@@ -106,7 +106,18 @@ async fn fail_closed_answers_503_while_the_store_is_down_and_recovers_by_itself(
         3,
     )
     .await;
-    store.kill();
+    // Killed in the middle of a burst: every request gets an answer, each
+    // one of admitted, limited or 503 (never a 500, never a hang; the
+    // client gives up after 20 s).
+    let (statuses, ()) = tokio::join!(models_burst(&r, &r.first.keys.admin, 60), async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        store.kill();
+    });
+    assert_eq!(statuses.len(), 60);
+    assert!(
+        statuses.iter().all(|s| [200, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
     let statuses = models_burst(&r, &r.first.keys.developer, 12).await;
     assert_eq!(count(&statuses, 503), 12, "{statuses:?}");
     // Health stays up, and says why.
