@@ -99,13 +99,15 @@ printf '%ssharedState:\n  address: 127.0.0.1:%s\n  keyPrefix: bench/\n' "$LIMITS
   >"$DATA/config.yaml"
 run shared_store
 
-log "the bucket script alone (redis-benchmark, 16 clients, EVALSHA)"
-SHA="$(printf 'SCRIPT LOAD "%s"\n' "$(sed 's/"/\\"/g' server/src/shared/bucket.lua)" |
-  "$HOME/.cache/securechat/redis/usr/bin/redis-cli" -p "$STORE_PORT" 2>/dev/null || true)"
-if [ -n "$SHA" ]; then
-  "$REDIS_BENCH" -p "$STORE_PORT" -c 16 -n 100000 -q --precision 3 \
-    EVALSHA "$SHA" 1 bench:k take 1 2000000000 33333333 2>/dev/null | tr '\r' '\n' | tail -n 2 || true
-fi
+log "the bucket script alone (redis-benchmark EVALSHA, loopback: 1 client for latency, 16 for throughput)"
+BIN="$HOME/.cache/securechat/redis/usr/bin"
+export LD_LIBRARY_PATH="$HOME/.cache/securechat/redis/usr/lib/$(uname -m)-linux-gnu"
+SHA="$("$BIN/redis-cli" -p "$STORE_PORT" SCRIPT LOAD "$(cat server/src/shared/bucket.lua)")"
+"$BIN/redis-benchmark" -p "$STORE_PORT" -c 1 -n 20000 \
+  EVALSHA "$SHA" 1 bench:k take 1 2000000000 33333333 2>/dev/null |
+  tr '\r' '\n' | grep -A2 'latency summary' >&2 || true
+"$BIN/redis-benchmark" -p "$STORE_PORT" -c 16 -n 100000 -q \
+  EVALSHA "$SHA" 1 bench:k take 1 2000000000 33333333 2>/dev/null | tr '\r' '\n' | tail -n 1 >&2 || true
 
 python3 - "$RESULTS" <<'PY'
 import json, sys
