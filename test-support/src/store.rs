@@ -61,12 +61,13 @@ impl StoreProcess {
         store
     }
 
-    /// `127.0.0.1:<port>` (the TLS certificate's IP address SAN).
+    /// `127.0.0.1:<port>`, for a plain store.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `localhost:<port>`, for TLS (the dev certificate's DNS name).
+    /// `localhost:<port>`, for TLS: the name the dev certificate carries
+    /// and the client verifies.
     pub fn tls_address(&self) -> String {
         format!("localhost:{}", self.port)
     }

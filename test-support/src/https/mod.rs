@@ -337,6 +337,7 @@ impl Replicas {
         1 + self.others.len()
     }
 
+    /// Never: replica 0 always exists.
     pub fn is_empty(&self) -> bool {
         false
     }
