@@ -86,6 +86,7 @@ SERVER_TESTS := $(filter-out $(UNIT_SKIPS),$(basename $(notdir $(wildcard server
 
 .PHONY: test-unit
 test-unit: model ## the fast tests that need no control plane: unit tests of every crate, crds' and the server's integration tests
+	@scripts/valkey.sh >/dev/null
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p securechat-crds --test '*'
 	$(CARGO) test -p securechat-server $(addprefix --test ,$(SERVER_TESTS))

@@ -45,6 +45,9 @@ tests/cluster/up.sh
 step "web UI test dependencies"
 scripts/web-test-deps.sh
 
+step "shared store for the replica tests (redis-server)"
+scripts/valkey.sh >/dev/null
+
 step "cargo test"
 tests_ok=0
 cargo test --workspace --no-fail-fast || tests_ok=$?
