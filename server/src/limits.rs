@@ -80,7 +80,7 @@ impl Buckets {
                     Err(source) => match store.config().on_unavailable {
                         OnUnavailable::FailClosed => Err(Unavailable { source }),
                         OnUnavailable::LocalFallback => {
-                            let replicas = store.config().replicas;
+                            let replicas = store.replicas();
                             let shares: Vec<(&str, Rate)> = buckets
                                 .iter()
                                 .map(|&(key, rate)| (key, fallback_rate(rate, replicas)))

@@ -19,7 +19,7 @@
 //! returning store needs no restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,10 @@ pub struct Store {
     pool: Vec<Member>,
     next: AtomicUsize,
     bucket_script: redis::Script,
+    /// `config.replicas` as the last config reload said: scaling the model
+    /// rewrites it without rolling the pods (the operator leaves it out of
+    /// the pod template's checksum), so LocalFallback's share follows.
+    replicas: AtomicU32,
     last_error: Mutex<Option<StoreError>>,
     metrics: StoreMetrics,
 }
@@ -161,6 +165,7 @@ impl Store {
             });
         }
         Ok(Self {
+            replicas: AtomicU32::new(config.replicas),
             config,
             base: base.to_path_buf(),
             pool,
@@ -173,6 +178,16 @@ impl Store {
 
     pub fn config(&self) -> &SharedStateConfig {
         &self.config
+    }
+
+    /// The model's replica count, as the current config file says.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// Takes the replica count of a reloaded config.
+    pub fn set_replicas(&self, replicas: u32) {
+        self.replicas.store(replicas, Ordering::Relaxed);
     }
 
     /// The store's key for `name` (the model's prefix first).
@@ -376,7 +391,7 @@ impl Store {
                 ),
                 OnUnavailable::LocalFallback => tracing::warn!(
                     error = %e,
-                    replicas = self.config.replicas,
+                    replicas = self.replicas(),
                     "shared store unavailable: enforcing this replica's share of every limit locally"
                 ),
             }
