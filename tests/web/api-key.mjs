@@ -59,7 +59,8 @@ await run([
       const notice = await page.textContent("#notice");
       check(notice.includes("[FILTERED]"), `redaction notice: ${notice}`);
       const quota = await page.textContent("#quota");
-      check(/\d+ of \d+ requests left/.test(quota), `quota: ${quota}`);
+      // The key is an Admin key: no request cap by default (seed 001).
+      check(quota === "no request limit", `quota: ${quota}`);
       await screenshot(page, "chat-redacted");
 
       await page.click("#show-admin");
@@ -102,6 +103,12 @@ await run([
       await page.locator("#chat").waitFor({ state: "visible" });
       check((await page.textContent("#role")) === "ReadOnly", "role shown");
       check(await page.locator("#show-admin").isHidden(), "no admin button for ReadOnly");
+      // A capped tier sees what is left of its request limit.
+      await page.fill("#message", "Say hi.");
+      await page.press("#message", "Enter");
+      await page.locator("#log li.assistant.done").waitFor();
+      const quota = await page.textContent("#quota");
+      check(/\d+ of \d+ requests left/.test(quota), `ReadOnly quota: ${quota}`);
       const result = await page.evaluate(async () => {
         const session = await (await fetch("/web/session")).json();
         const admin = await fetch("/admin/keys", { headers: { "X-CSRF-Token": session.csrfToken } });

@@ -51,6 +51,10 @@ function updateQuota(response) {
   if (limit !== null && remaining !== null) {
     $("quota").textContent =
       `${remaining} of ${limit} requests left this minute` + (reset ? ` (resets in ${reset}s)` : "");
+  } else if (response.ok) {
+    // A tier without a request cap (Admin by default) gets no RateLimit
+    // headers; say so rather than leave a stale figure.
+    $("quota").textContent = "no request limit";
   }
 }
 
