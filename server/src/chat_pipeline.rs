@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use crate::audit::Audit;
 use crate::engine::{
-    ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
-    Usage,
+    Caller, ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    SamplingParams, Usage,
 };
 use crate::error::ApiError;
 use crate::pii::StreamFilter;
@@ -227,7 +227,14 @@ pub fn prepare(
         ..SamplingParams::default()
     };
     Ok(Prepared {
-        request: GenerationRequest { messages, params },
+        request: GenerationRequest {
+            messages,
+            params,
+            caller: Caller {
+                tier: principal.tier,
+                principal: principal.subject.clone(),
+            },
+        },
         prompt_tokens,
         input_redactions,
         quota: quota.map(|(_, rate)| rate),

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use securechat_crds::v1alpha1::Tier;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -83,6 +84,128 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: String,
+}
+
+fn token_latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// What the inference scheduler records as it works; registered with the
+/// rest by [`Metrics::with_serving`]. Cheap to clone (shared counters).
+#[derive(Clone, Debug)]
+pub struct ServingMetrics {
+    /// Between consecutive text pieces of one generation.
+    pub inter_token_latency: Histogram,
+    /// From arrival to admission into the running batch, by tier.
+    queue_time: HistogramFamily<TierLabels>,
+    /// One batched forward pass.
+    pub step_seconds: Histogram,
+    /// Sequences paused because the key/value cache was full.
+    pub preemptions: Counter,
+}
+
+impl Default for ServingMetrics {
+    fn default() -> Self {
+        Self {
+            inter_token_latency: token_latency_histogram(),
+            queue_time: Family::new_with_constructor(token_latency_histogram),
+            step_seconds: token_latency_histogram(),
+            preemptions: Counter::default(),
+        }
+    }
+}
+
+impl ServingMetrics {
+    pub fn observe_queue_time(&self, tier: Tier, seconds: f64) {
+        self.queue_time
+            .get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "inter_token_latency_seconds",
+            "Time between consecutive pieces of streamed text of one generation",
+            self.inter_token_latency.clone(),
+        );
+        registry.register(
+            "request_queue_time_seconds",
+            "Time from arrival to a place in the running batch, by tier",
+            self.queue_time.clone(),
+        );
+        registry.register(
+            "engine_step_duration_seconds",
+            "One batched forward pass over the running sequences",
+            self.step_seconds.clone(),
+        );
+        registry.register(
+            "preemptions",
+            "Sequences paused (and later recomputed) because the key/value cache was full",
+            self.preemptions.clone(),
+        );
+    }
+}
+
+/// The scheduler's state as gauges, set from [`crate::engine::EngineStats`]
+/// at every scrape.
+#[derive(Debug, Default)]
+pub struct SchedulerGauges {
+    pub requests_waiting: Gauge,
+    pub sequences_running: Gauge,
+    pub kv_cache_usage: FloatGauge,
+    pub prefix_cache_hits: Counter,
+    pub prefix_cache_queries: Counter,
+}
+
+impl SchedulerGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests_waiting",
+            "Requests waiting for a place in the running batch (queued or preempted)",
+            self.requests_waiting.clone(),
+        );
+        registry.register(
+            "sequences_running",
+            "Sequences in the running batch",
+            self.sequences_running.clone(),
+        );
+        registry.register(
+            "kv_cache_usage_ratio",
+            "Share of the key/value cache's blocks held by sequences (0 to 1)",
+            self.kv_cache_usage.clone(),
+        );
+        registry.register(
+            "prefix_cache_hits",
+            "Prompt tokens whose keys and values were found in the prefix cache",
+            self.prefix_cache_hits.clone(),
+        );
+        registry.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            self.prefix_cache_queries.clone(),
+        );
+    }
+
+    /// Sets every series from the engine's snapshot.
+    pub fn set(&self, stats: &crate::engine::EngineStats) {
+        self.requests_waiting.set(stats.waiting as i64);
+        self.sequences_running.set(stats.running as i64);
+        self.kv_cache_usage.set(stats.kv_cache_usage);
+        // The engine counts; the counters catch up with it.
+        let catch_up = |c: &Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        catch_up(&self.prefix_cache_hits, stats.prefix_cache_hits);
+        catch_up(&self.prefix_cache_queries, stats.prefix_cache_queries);
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +230,8 @@ pub struct Metrics {
     pub jwt_verifications: Family<ResultLabels, Counter>,
     pub queue_depth: Gauge,
     pub generations_abandoned: Counter,
+    pub scheduler: SchedulerGauges,
+    pub serving: ServingMetrics,
 }
 
 impl Default for Metrics {
@@ -117,6 +242,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_serving(ServingMetrics::default())
+    }
+
+    /// The server's metrics, with those an engine records itself.
+    pub fn with_serving(serving: ServingMetrics) -> Self {
         let mut registry = Registry::with_prefix("securechat");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -257,6 +387,9 @@ impl Metrics {
             "Generations cancelled because their client went away before the answer was complete",
             generations_abandoned.clone(),
         );
+        let scheduler = SchedulerGauges::default();
+        scheduler.register(&mut registry);
+        serving.register(&mut registry);
         Self {
             registry,
             requests,
@@ -280,6 +413,8 @@ impl Metrics {
             jwt_verifications,
             queue_depth,
             generations_abandoned,
+            scheduler,
+            serving,
         }
     }
 

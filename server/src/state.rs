@@ -118,6 +118,7 @@ impl AppState {
     ) -> Self {
         let max = live_config.config.limits.max_tracked_clients as usize;
         Self(Arc::new(AppStateInner {
+            metrics: Metrics::with_serving(engine.serving_metrics()),
             engine,
             live_config: ArcSwap::from_pointee(live_config),
             signing: ArcSwap::from_pointee(signing),
@@ -127,7 +128,6 @@ impl AppState {
             token_buckets: KeyedBuckets::new(max),
             failure_buckets: KeyedBuckets::new(max),
             usage: Mutex::new(HashMap::new()),
-            metrics: Metrics::new(),
             oidc,
             config_path,
             sessions: Sessions::new(max),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use inference_support::*;
 use securechat_server::engine::{EngineError, FinishReason, GenerationEvent, SamplingParams};
+use securechat_server::inference::ServingOptions;
 
 const PROMPT: &str = "Write three sentences about the sea.";
 
@@ -94,9 +95,14 @@ fn max_tokens_reports_length() {
 
 #[test]
 fn full_queue_fails_fast_with_retry_after() {
-    let engine = engine(1);
+    let engine = engine_with(ServingOptions {
+        max_sequences: 1,
+        max_queue: 1,
+        ..ServingOptions::default()
+    });
     let long = || request(PROMPT, greedy(400));
-    // One running plus one waiting is all that capacity 1 admits.
+    // One running plus one waiting is all that one place and a queue of
+    // one admit.
     let mut streams = Vec::new();
     let mut rejected = None;
     let started = Instant::now();
@@ -175,6 +181,7 @@ fn empty_conversation_is_invalid() {
     let req = securechat_server::engine::GenerationRequest {
         messages: vec![],
         params: greedy(4),
+        caller: Default::default(),
     };
     assert!(matches!(
         engine.generate(req),

@@ -91,6 +91,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     drop(usage);
     m.queue_depth.set(state.engine.queue_depth() as i64);
+    m.scheduler.set(&state.engine.stats());
     (
         [(
             CONTENT_TYPE,
