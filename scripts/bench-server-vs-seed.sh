@@ -42,9 +42,10 @@ command -v curl >/dev/null || die "curl is required"
 # --- build ------------------------------------------------------------------
 log "building securechat-server and the load generator (release)"
 cargo build --release -q -p securechat-server --bin securechat-server
-cargo build --release -q --example loadgen
+cargo build --release -q --example loadgen --example bare_server
 SERVER="$TARGET/release/securechat-server"
 LOADGEN="$TARGET/release/examples/loadgen"
+BARE="$TARGET/release/examples/bare_server"
 
 # --- the seed's venv, created once (idempotent, safe to run concurrently) ----
 mkdir -p "$CACHE/venvs"
@@ -116,6 +117,21 @@ curl -fsS --cacert "$CA" -H "Authorization: Bearer $KEY" -o /dev/null "$SC/v1/mo
   die "the API key does not work on securechat-server"
 
 # --- (b) the seed's stack, same certificate ------------------------------------
+# The ceiling: the same listener, TLS and certificate with a bare axum
+# router that only checks for a Bearer prefix (benches/bare_server.rs).
+BARE_PORT="$(free_port)"
+log "starting the bare ceiling server on 127.0.0.1:$BARE_PORT"
+"$BARE" --addr "127.0.0.1:$BARE_PORT" --cert "$DATA/tls/tls.crt" --key "$DATA/tls/tls.key" \
+  >"$WORK/bare.log" 2>&1 &
+PIDS+=($!)
+BARE_URL="https://localhost:$BARE_PORT"
+for _ in $(seq 1 150); do
+  if curl -fsS --cacert "$CA" -H "Authorization: Bearer x" -o /dev/null "$BARE_URL/v1/models" 2>/dev/null; then break; fi
+  sleep 0.2
+done
+curl -fsS --cacert "$CA" -H "Authorization: Bearer x" -o /dev/null "$BARE_URL/v1/models" ||
+  die "the bare ceiling server did not answer"
+
 SEED_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 SEED_PORT="$(free_port)"
 log "starting the seed stack (uvicorn, TLS) on 127.0.0.1:$SEED_PORT"
@@ -148,6 +164,7 @@ load() { # LABEL URL [HEADER]
 load securechat_api_key "$SC/v1/models" "Authorization: Bearer $KEY"
 load securechat_jwt "$SC/v1/models" "Authorization: Bearer $JWT"
 load securechat_baseline "$SC/healthz"
+load bare_ceiling "$BARE_URL/v1/models" "Authorization: Bearer $KEY"
 load seed_jwt "$SEED/v1/models" "Authorization: Bearer $SEED_TOKEN"
 load seed_baseline "$SEED/login"
 
@@ -186,10 +203,12 @@ runs = {r["label"]: r for r in map(json.loads, open(results_path))}
 micro = json.loads(micro)
 sc, sc_jwt, sc_base = runs["securechat_api_key"], runs["securechat_jwt"], runs["securechat_baseline"]
 seed, seed_base = runs["seed_jwt"], runs["seed_baseline"]
+bare = runs["bare_ceiling"]
 rows = [
     ("securechat-server, API key, GET /v1/models", sc),
     ("securechat-server, JWT (EdDSA), GET /v1/models", sc_jwt),
     ("securechat-server, no auth, GET /healthz", sc_base),
+    ("ceiling: same listener + bare axum, Bearer prefix only, GET /v1/models", bare),
     ("seed stack, JWT (HS256), GET /v1/models", seed),
     ("seed stack, no auth, GET /login", seed_base),
 ]
@@ -201,6 +220,7 @@ for name, r in rows:
     lines.append(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |")
 ratio = sc["rps"] / seed["rps"] if seed["rps"] else float("inf")
 ratio_jwt = sc_jwt["rps"] / seed["rps"] if seed["rps"] else float("inf")
+ceiling = sc["rps"] / bare["rps"] if bare["rps"] else 0.0
 added = sc["p99_ms"] - sc_base["p99_ms"]
 added_jwt = sc_jwt["p99_ms"] - sc_base["p99_ms"]
 seed_added = seed["p99_ms"] - seed_base["p99_ms"]
@@ -211,6 +231,8 @@ summary = [
     f"- p99 latency added by the security layers (authenticated /v1/models minus "
     f"/healthz): **{added:.3f} ms** (JWT: {added_jwt:.3f} ms; seed: {seed_added:.3f} ms); "
     f"goal < 1 ms: {verdict(added < 1.0)}",
+    f"- secured throughput against the ceiling (the same listener with a bare router that "
+    f"only checks a Bearer prefix): **{ceiling:.2f}x** its rps; goal >= 0.7x: {verdict(ceiling >= 0.7)}",
     f"- the seed's regex filter: {micro['filter_mb_s']} MB/s on benches/corpus.txt (64 KiB); "
     f"python-jose HS256: {micro['jose_hs256_verifications_s']:,} verifications/s "
     "(compare `cargo bench --bench filter` / `--bench jwt`)",
@@ -239,6 +261,8 @@ if summary_rows:
              "peer_name": "seed FastAPI stack (JWT)", "unit": "req/s", "higher_is_better": True, "goal": "≥ 20×"},
             {"figure": "secured rps, JWT, GET /v1/models", "ours": sc_jwt["rps"], "peer": seed["rps"],
              "peer_name": "seed FastAPI stack (JWT)", "unit": "req/s", "higher_is_better": True, "goal": "≥ 20×"},
+            {"figure": "secured rps vs bare ceiling, GET /v1/models", "ours": sc["rps"], "peer": bare["rps"],
+             "peer_name": "same listener, bare axum router", "unit": "req/s", "higher_is_better": True, "goal": "≥ 0.7×"},
             {"figure": "p99 latency added by auth", "ours": added, "peer": seed_added,
              "peer_name": "seed FastAPI stack", "unit": "ms", "higher_is_better": False, "goal": "< 1 ms"},
             {"figure": "_seed_micro", **micro},

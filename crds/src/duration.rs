@@ -66,6 +66,13 @@ impl Duration {
         }
     }
 
+    /// A whole number of milliseconds.
+    pub const fn from_millis(millis: u64) -> Self {
+        Self {
+            value: std::time::Duration::from_millis(millis),
+        }
+    }
+
     /// The same span as a [`std::time::Duration`].
     pub const fn from_std(value: std::time::Duration) -> Self {
         Self { value }

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::{ValidationError, names};
 use crate::Duration;
 use crate::v1alpha1::{
-    AuditSpec, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY,
-    MAX_TOKEN_TTL, MIN_PROMPT_TOKENS, MIN_TOKEN_TTL, ModelFamily, OidcIssuer, RateLimitSpec,
-    RolesSpec, SensitiveDataSpec, TierSpec, TlsVersion,
+    AuditSpec, Cidr, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_SHARED_STATE_TIMEOUT,
+    DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY, MAX_TOKEN_TTL, MIN_PROMPT_TOKENS,
+    MIN_TOKEN_TTL, ModelFamily, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
+    SensitiveDataSpec, ServingSpec, TierSpec, TlsVersion,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -64,6 +65,13 @@ pub struct ServerConfig {
     /// The web chat UI.
     #[serde(default, skip_serializing_if = "WebConfig::is_default")]
     pub web: WebConfig,
+    /// Continuous batching, KV cache and queueing, as in `spec.serving`.
+    #[serde(default)]
+    pub serving: ServingSpec,
+    /// The store the replicas share (`spec.sharedState`). Unset: limits,
+    /// sessions and usage live in this process only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<SharedStateConfig>,
 }
 
 /// What the model files must be. The model path itself is a command-line
@@ -76,6 +84,11 @@ pub struct ModelConfig {
     /// another one. Unset: whatever the files hold is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<ModelFamily>,
+    /// Context window in tokens (`spec.model.contextLength`): caps prompt +
+    /// generation of every request and sizes the KV block tables. Unset:
+    /// what the model file declares. Larger than the file's: refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
 }
 
 impl ModelConfig {
@@ -289,6 +302,10 @@ pub struct Limits {
     /// starts reading it; a slower one gets 408.
     #[serde(default = "default_read_timeout")]
     pub body_read_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client address the
+    /// brute-force guard keys on (`spec.network.trustedProxies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for Limits {
@@ -298,6 +315,7 @@ impl Default for Limits {
             max_auth_failures_per_minute: default_max_auth_failures(),
             max_tracked_clients: default_max_tracked(),
             header_read_timeout: default_read_timeout(),
+            trusted_proxies: Vec::new(),
             body_read_timeout: default_read_timeout(),
         }
     }
@@ -400,6 +418,55 @@ impl SsoClient {
 
 fn default_scopes() -> Vec<String> {
     vec!["openid".into(), "profile".into()]
+}
+
+/// The shared store as the server reads it: `spec.sharedState` with the
+/// Secret and ConfigMap references turned into the files the operator
+/// mounts (re-read when they change, like the other mounted files).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedStateConfig {
+    /// `host:port` of the Valkey / Redis 7+ server.
+    pub address: String,
+    /// TLS to the store. Unset: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SharedStateTlsFiles>,
+    /// File holding the ACL user name. Unset: the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    /// File holding the password. Unset: no AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Prefix of every key (the operator writes `<namespace>/<name>/`).
+    pub key_prefix: String,
+    /// What limited endpoints do while the store cannot be reached.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Budget of one store operation.
+    #[serde(default = "default_shared_state_timeout")]
+    pub timeout: Duration,
+    /// Replicas of the model (the operator writes `spec.replicas`): under
+    /// `LocalFallback` each replica enforces limit / replicas.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+/// The store's CA bundle and the name its certificate must carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedStateTlsFiles {
+    /// PEM CA bundle file.
+    pub ca_file: PathBuf,
+    /// Name to verify. Default: the host of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+fn default_shared_state_timeout() -> Duration {
+    DEFAULT_SHARED_STATE_TIMEOUT
+}
+fn default_replicas() -> u32 {
+    1
 }
 
 /// The path the SSO redirect URL must end with (the route that finishes

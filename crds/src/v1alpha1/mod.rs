@@ -14,6 +14,8 @@
 //! |---|---|
 //! | `model.rs` | the resource and its root spec |
 //! | `serving.rs` | `spec.model`: family, weight source, generation defaults |
+//! | `engine.rs` | `spec.serving`: batching, KV cache, queue, tier weights |
+//! | `shared_state.rs` | `spec.sharedState`: the store replicas share |
 //! | `resources.rs` | `spec.resources`, `spec.scheduling` |
 //! | `network.rs` | `spec.ports`, `spec.network`, `spec.cors` |
 //! | `tls.rs` | `spec.tls` |
@@ -32,12 +34,14 @@ mod api_key;
 mod audit;
 mod auth;
 mod cel;
+mod engine;
 mod model;
 mod network;
 mod resources;
 mod roles;
 mod sensitive_data;
 mod serving;
+mod shared_state;
 mod signing_keys;
 mod status;
 mod tier;
@@ -46,12 +50,14 @@ mod tls;
 pub use api_key::*;
 pub use audit::*;
 pub use auth::*;
+pub use engine::*;
 pub use model::*;
 pub use network::*;
 pub use resources::*;
 pub use roles::*;
 pub use sensitive_data::*;
 pub use serving::*;
+pub use shared_state::*;
 pub use signing_keys::*;
 pub use status::*;
 pub use tier::*;

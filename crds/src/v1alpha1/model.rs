@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AuditSpec, AuthSpec, CorsSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec, ResourcesSpec,
-    RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, SigningKeysSpec, TlsSpec,
+    RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, ServingSpec,
+    SharedStateSpec, SigningKeysSpec, TlsSpec,
 };
 
 /// A chat model served securely: GPU-scheduled inference pods running the
@@ -106,6 +107,18 @@ pub struct SecureChatModelSpec {
     /// Audit logging of every request.
     #[serde(default)]
     pub audit: AuditSpec,
+
+    /// How one pod serves many callers at once: continuous batching, the
+    /// KV cache, the queue and fair admission by tier.
+    #[serde(default)]
+    pub serving: ServingSpec,
+
+    /// A Redis-protocol store (Valkey or Redis 7+) shared by the replicas,
+    /// so limits, token budgets, web sessions and usage hold for the model
+    /// as a whole. Unset: each replica keeps its own (with more than one
+    /// replica the model says so in its SharedState condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<SharedStateSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -131,6 +144,8 @@ impl Default for SecureChatModelSpec {
             sensitive_data: SensitiveDataSpec::default(),
             network: NetworkSpec::default(),
             audit: AuditSpec::default(),
+            serving: ServingSpec::default(),
+            shared_state: None,
         }
     }
 }

@@ -59,6 +59,15 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub egress: Vec<EgressRule>,
+
+    /// Proxies (address ranges) in front of the pods whose
+    /// `X-Forwarded-For` is believed: the brute-force guard then keys on
+    /// the client address the proxy reports, so one throttled client behind
+    /// a shared proxy does not lock out the others. Any other peer is keyed
+    /// on its own address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Transport protocol of a rule.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, ModelConfig, ServerAuth, ServerConfig, ServerTls, SsoClient,
-    WebConfig,
+    FilePaths, GenerationDefaults, Limits, ModelConfig, ServerAuth, ServerConfig, ServerTls,
+    SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
@@ -27,6 +27,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
         served_model_name: Some(input.name.clone()),
         model: ModelConfig {
             family: spec.model.family,
+            context_length: spec
+                .model
+                .context_length
+                .and_then(|n| u32::try_from(n).ok()),
         },
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
@@ -72,7 +76,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
         cors: spec.cors.clone(),
         sensitive_data: spec.sensitive_data.clone(),
         audit: spec.audit.clone(),
-        limits: Default::default(),
+        limits: Limits {
+            trusted_proxies: spec.network.trusted_proxies.clone(),
+            ..Default::default()
+        },
         // An issuer with a clientId gets a "Sign in with SSO" button, as
         // the spec documents: a confidential client when it names a client
         // secret (mounted by the Deployment), else a public one (PKCE).
@@ -93,6 +100,9 @@ pub fn server_config(input: &Input) -> ServerConfig {
                 .collect(),
             ..Default::default()
         },
+        serving: spec.serving.clone(),
+        // Rendered with its mounts by the shared-state change (4/9).
+        shared_state: None,
     }
 }
 
