@@ -6,15 +6,19 @@
 
 mod inference_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inference_support::*;
 use securechat_server::engine::{Engine, GenerationRequest};
-use securechat_server::inference::ServingOptions;
+use securechat_server::inference::{EngineOptions, ServingOptions, load_engine};
 
-const TOKENS: u32 = 24;
+const TOKENS: u32 = 16;
 
-/// 16 prompts from one line to past a 512-token prefill chunk.
+/// Prompt tokens per step in the batched engine: prompts of up to ~200
+/// tokens run in several chunks, interleaved with others' decoding.
+const CHUNK: usize = 64;
+
+/// 16 prompts from one line to several prefill chunks.
 fn prompts() -> Vec<String> {
     let topics = [
         "the sea",
@@ -29,7 +33,8 @@ fn prompts() -> Vec<String> {
     (0..16)
         .map(|i| {
             let topic = topics[i % topics.len()];
-            let context = "Some background you may use. ".repeat(i * i * 3);
+            // 0 to 28 repeats of 6 tokens.
+            let context = "Some background you may use. ".repeat(i * i / 8);
             format!("{context}Write two sentences about {topic}.")
         })
         .collect()
@@ -71,19 +76,25 @@ fn a_batch_of_16_answers_as_each_alone() {
         .iter()
         .map(|p| request(p, greedy(TOKENS)))
         .collect();
-    let engine = engine(16);
+    let engine = engine_with(ServingOptions {
+        prefill_chunk_tokens: CHUNK,
+        ..ServingOptions::default()
+    });
     let lengths: Vec<usize> = requests
         .iter()
         .map(|r| engine.count_prompt_tokens(&r.messages).unwrap())
         .collect();
     assert!(
-        lengths.iter().any(|&n| n > 512) && lengths.iter().any(|&n| n < 64),
+        lengths.iter().any(|&n| n > 3 * CHUNK) && lengths.iter().any(|&n| n < CHUNK),
         "{lengths:?}"
     );
+    let started = Instant::now();
     let expected = alone(&requests);
+    eprintln!("alone, one after another: {:?}", started.elapsed());
+    let started = Instant::now();
     let batched = together(engine.as_ref(), &requests);
+    eprintln!("all 16 at once: {:?}", started.elapsed());
     assert_same(&expected, &batched);
-    // Every sequence ran: the batch was full at some point.
     wait_until_idle(engine.as_ref(), Duration::from_secs(10)).unwrap();
 }
 
@@ -128,4 +139,54 @@ fn the_second_turn_reuses_the_first_from_the_prefix_cache() {
         "{hits} tokens reused of a first turn of {first_tokens}"
     );
     assert!(after.prefix_cache_queries > before.prefix_cache_queries);
+}
+
+/// A context and cache of 128 positions for three sequences that each
+/// grow to ~128: two start, one is preempted while the other generates and
+/// resumes when there is room, and every answer is the one it gives
+/// alone.
+#[test]
+fn a_full_cache_preempts_and_recomputes_without_changing_answers() {
+    let small = |max_sequences| {
+        load_engine(
+            &model_path(),
+            EngineOptions {
+                serving: ServingOptions {
+                    max_sequences,
+                    kv_cache_tokens: Some(CONTEXT),
+                    ..ServingOptions::default()
+                },
+                context_length: Some(CONTEXT),
+                ..EngineOptions::default()
+            },
+        )
+        .expect("loading the default model")
+    };
+    const CONTEXT: usize = 128;
+    let requests: Vec<_> = ["a dragon", "a lighthouse keeper", "a lost cat"]
+        .iter()
+        .map(|hero| request(&format!("Write a long story about {hero}."), greedy(200)))
+        .collect();
+    let alone_engine = small(1);
+    let expected: Vec<Collected> = requests
+        .iter()
+        .map(|r| run(alone_engine.as_ref(), r.clone()))
+        .collect();
+    drop(alone_engine);
+    let total: u32 = expected
+        .iter()
+        .map(|c| c.usage.prompt_tokens + c.usage.completion_tokens)
+        .sum();
+    assert!(
+        total > 2 * 256,
+        "the answers must not fit together: {total}"
+    );
+
+    let engine = small(4);
+    let batched = together(engine.as_ref(), &requests);
+    assert_same(&expected, &batched);
+    assert!(
+        engine.serving_metrics().preemptions.get() > 0,
+        "no sequence was preempted"
+    );
 }

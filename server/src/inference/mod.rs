@@ -34,7 +34,7 @@ pub use glm::GlmFamily;
 pub use llama_weights::WeightFormat;
 pub use model::{CausalLm, PagedLm, SeqStep};
 pub use prompt::{CHATML_TEMPLATE, PromptEncoder};
-pub use scheduler::{LocalEngine, ServingOptions, TierWeights, kv_cache_tokens};
+pub use scheduler::{LocalEngine, ServingOptions, kv_cache_tokens};
 pub use text_stream::Utf8Stream;
 pub use tokenizer::{ChatTokenizer, Segment};
 
@@ -55,6 +55,9 @@ pub struct EngineOptions {
     pub model_id: Option<String>,
     /// Batching, queueing and the key/value cache.
     pub serving: ServingOptions,
+    /// Caps prompt + generation below what the model file declares
+    /// (`spec.model.contextLength`); more than the file's is refused.
+    pub context_length: Option<usize>,
     /// Weights as stored by default: our CPU kernels multiply Q4_1 as fast
     /// as Q8_0 (measured: decode 25.8 vs 26.0 tokens/s) in 41 MiB less
     /// memory for the default model.
@@ -66,6 +69,7 @@ impl Default for EngineOptions {
         Self {
             model_id: None,
             serving: ServingOptions::default(),
+            context_length: None,
             weight_format: WeightFormat::AsStored,
         }
     }
@@ -277,7 +281,16 @@ fn load_gguf(
 
 /// Loads the model at `path` (see [`load_model`]) and starts its scheduler.
 pub fn load_engine(path: &Path, opts: EngineOptions) -> Result<Arc<dyn Engine>, InferenceError> {
-    let loaded = load_model(path, opts.model_id, opts.weight_format)?;
+    let mut loaded = load_model(path, opts.model_id, opts.weight_format)?;
+    if let Some(cap) = opts.context_length {
+        let declared = loaded.info.context_length;
+        if cap > declared || cap < 2 {
+            return Err(InferenceError::Unsupported(format!(
+                "model.contextLength {cap}: the model's context is {declared} tokens, and at least 2 are needed"
+            )));
+        }
+        loaded.info.context_length = cap;
+    }
     let engine = LocalEngine::start(loaded.model, loaded.encoder, loaded.info, opts.serving)?;
     Ok(Arc::new(engine))
 }

@@ -34,10 +34,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use securechat_crds::v1alpha1::{ServingSpec, TierWeights};
 use securechat_kernels::attention::BLOCK_TOKENS;
 use tokio::sync::mpsc;
-
-pub use queue::TierWeights;
 
 use self::blocks::{BlockManager, PrefixKey};
 use self::queue::FairQueue;
@@ -51,7 +50,8 @@ use crate::engine::{
 };
 use crate::metrics::ServingMetrics;
 
-/// How the scheduler serves: the `spec.serving` settings.
+/// How the scheduler serves: `spec.serving` (whose defaults are in
+/// [`ServingSpec`]) in the units the scheduler counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServingOptions {
     /// Sequences run together in one step.
@@ -63,23 +63,32 @@ pub struct ServingOptions {
     pub kv_cache_tokens: Option<usize>,
     /// Whether full blocks are kept and shared by prefix.
     pub prefix_cache: bool,
-    /// Prompt tokens run per step, over all sequences.
+    /// Prompt tokens run per step, over all sequences together: a step
+    /// holding a prompt chunk delays everyone's next token by that chunk
+    /// and no more.
     pub prefill_chunk_tokens: usize,
     pub tier_weights: TierWeights,
 }
 
+impl From<&ServingSpec> for ServingOptions {
+    fn from(spec: &ServingSpec) -> Self {
+        // The CRD's ranges keep these positive; a hand-written config
+        // with a negative number gets the smallest sensible value.
+        let count = |n: i32, least: usize| usize::try_from(n).unwrap_or(0).max(least);
+        Self {
+            max_sequences: count(spec.max_concurrent_sequences, 1),
+            max_queue: count(spec.max_queue, 0),
+            kv_cache_tokens: spec.kv_cache_tokens.map(|n| count(n, 1)),
+            prefix_cache: spec.prefix_cache,
+            prefill_chunk_tokens: count(spec.prefill_chunk_tokens, 1),
+            tier_weights: spec.tier_weights.clone(),
+        }
+    }
+}
+
 impl Default for ServingOptions {
     fn default() -> Self {
-        Self {
-            max_sequences: 16,
-            max_queue: 64,
-            kv_cache_tokens: None,
-            prefix_cache: true,
-            // llama.cpp's default batch: a 512-token chunk takes ~1 s on
-            // two cores, the longest pause a prompt imposes on others.
-            prefill_chunk_tokens: 512,
-            tier_weights: TierWeights::default(),
-        }
+        Self::from(&ServingSpec::default())
     }
 }
 
@@ -191,7 +200,8 @@ impl LocalEngine {
                 opts.max_sequences, opts.prefill_chunk_tokens
             )));
         }
-        let context_length = model.context_length();
+        // `info` carries the configured cap (spec.model.contextLength).
+        let context_length = info.context_length.min(model.context_length());
         let (blocks, max_sequences, prefix_cache) = match model.paged() {
             Some(paged) => {
                 let tokens = kv_cache_tokens(
@@ -204,7 +214,7 @@ impl LocalEngine {
                 tracing::info!(
                     kv_cache_tokens = paged.pool_blocks() * BLOCK_TOKENS,
                     kv_cache_mib =
-                        paged.pool_blocks() * BLOCK_TOKENS * paged.bytes_per_token() >> 20,
+                        (paged.pool_blocks() * BLOCK_TOKENS * paged.bytes_per_token()) >> 20,
                     max_sequences = opts.max_sequences,
                     "batched engine"
                 );
@@ -212,6 +222,13 @@ impl LocalEngine {
             }
             // One sequence in the model's own cache: the blocks only count.
             None => (context_length.div_ceil(BLOCK_TOKENS), 1, false),
+        };
+        // Alone in the model, a prompt stalls no one: it runs whole, as
+        // the model prefills it (GLM's candle code can only extend a
+        // cached sequence one token at a time).
+        let chunk_tokens = match model.paged() {
+            Some(_) => opts.prefill_chunk_tokens,
+            None => context_length,
         };
         let encoder = Arc::new(encoder);
         let shared = Arc::new(Shared {
@@ -234,7 +251,7 @@ impl LocalEngine {
             running: Vec::new(),
             resuming: VecDeque::new(),
             max_sequences,
-            chunk_tokens: opts.prefill_chunk_tokens,
+            chunk_tokens,
             context_length,
             shared: shared.clone(),
             metrics: metrics.clone(),
@@ -491,15 +508,17 @@ impl Scheduler {
             s.blocks = self.blocks.take_prefix(&keys, hits);
             s.computed = s.blocks.len() * BLOCK_TOKENS;
             s.block_keys = keys[..s.blocks.len()].to_vec();
-            let queries = s.tokens.len() as u64;
-            let hit_tokens = s.computed as u64;
-            self.shared
-                .prefix_queries
-                .fetch_add(queries, Ordering::Relaxed);
-            self.shared
-                .prefix_hits
-                .fetch_add(hit_tokens, Ordering::Relaxed);
+            // A resumed sequence's recomputation is not a prompt: only
+            // first admissions count.
             if !from_resuming {
+                let queries = s.tokens.len() as u64;
+                let hit_tokens = s.computed as u64;
+                self.shared
+                    .prefix_queries
+                    .fetch_add(queries, Ordering::Relaxed);
+                self.shared
+                    .prefix_hits
+                    .fetch_add(hit_tokens, Ordering::Relaxed);
                 self.metrics
                     .observe_queue_time(s.tier, s.enqueued.elapsed().as_secs_f64());
             }
@@ -591,6 +610,12 @@ impl Scheduler {
             }
         }
         let plan = self.plan();
+        if !self.running.is_empty() && plan.iter().all(|&n| n == 0) {
+            // Every sequence waits for blocks that others were given:
+            // the newest lowest one makes room for the rest.
+            self.preempt();
+            return;
+        }
         let started = Instant::now();
         let outcome = {
             let batch: Vec<SeqStep<'_>> = self
@@ -607,12 +632,18 @@ impl Scheduler {
                 })
                 .collect();
             let model = &mut self.model;
+            let first = self.running.first();
+            let cancelled = || first.is_some_and(Sequence::cancelled);
             // A panic inside the tensor code must fail these requests, not
             // the engine.
-            std::panic::catch_unwind(AssertUnwindSafe(|| forward(model.as_mut(), &batch)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                forward(model.as_mut(), &batch, &cancelled)
+            }))
         };
         let logits = match outcome {
-            Ok(Ok(logits)) => logits,
+            Ok(Ok(Some(logits))) => logits,
+            // The client left during the prompt; the next step drops it.
+            Ok(Ok(None)) => return,
             failed => {
                 let message = match failed {
                     Ok(Err(e)) => {
@@ -711,18 +742,31 @@ impl Scheduler {
 }
 
 /// Runs a step on the model: batched when it has a paged forward pass,
-/// otherwise its one sequence through [`CausalLm::forward`] (position 0
-/// starts a new sequence in its own cache).
-fn forward(model: &mut dyn CausalLm, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+/// otherwise its one sequence in its own cache, a whole prompt through
+/// [`CausalLm::prefill`] (which asks `cancelled` between its own pieces;
+/// `None` when it said yes) and later tokens through
+/// [`CausalLm::forward`].
+fn forward(
+    model: &mut dyn CausalLm,
+    batch: &[SeqStep<'_>],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Vec<Vec<f32>>>> {
     if let Some(paged) = model.paged() {
-        return paged.step(batch);
+        return paged.step(batch).map(Some);
     }
     let mut out = Vec::new();
     for s in batch {
-        let logits = model.forward(s.tokens, s.pos)?;
+        let logits = if s.pos == 0 {
+            match model.prefill(s.tokens, cancelled)? {
+                Some(logits) => logits,
+                None => return Ok(None),
+            }
+        } else {
+            model.forward(s.tokens, s.pos)?
+        };
         if s.logits {
             out.push(logits);
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }

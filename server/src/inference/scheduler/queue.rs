@@ -10,36 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use securechat_crds::v1alpha1::Tier;
-
-/// Relative shares of admissions when several tiers wait (each at least 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TierWeights {
-    pub admin: u32,
-    pub developer: u32,
-    pub read_only: u32,
-}
-
-impl Default for TierWeights {
-    fn default() -> Self {
-        Self {
-            admin: 4,
-            developer: 2,
-            read_only: 1,
-        }
-    }
-}
-
-impl TierWeights {
-    fn of(&self, tier: Tier) -> u32 {
-        match tier {
-            Tier::Admin => self.admin,
-            Tier::Developer => self.developer,
-            Tier::ReadOnly => self.read_only,
-        }
-        .max(1)
-    }
-}
+use securechat_crds::v1alpha1::{Tier, TierWeights};
 
 const STRIDE: u64 = 1 << 20;
 
@@ -138,7 +109,11 @@ impl<T> FairQueue<T> {
 
     pub fn pop(&mut self) -> Option<T> {
         let i = self.next_tier()?;
-        let stride = STRIDE / u64::from(self.weights.of(BY_PRIORITY[i]));
+        // The CRD admits weights of 1 and more; 1 covers anything else.
+        let weight = u64::try_from(self.weights.of(BY_PRIORITY[i]))
+            .unwrap_or(1)
+            .max(1);
+        let stride = STRIDE / weight;
         let q = &mut self.tiers[i];
         let caller = q.turn.pop_front()?;
         let items = q.items.get_mut(&caller)?;
