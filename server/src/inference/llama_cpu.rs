@@ -297,10 +297,6 @@ impl PagedLm for CpuLlama {
         self.single_len = 0;
     }
 
-    fn pool_blocks(&self) -> usize {
-        self.pool.n_blocks()
-    }
-
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
         securechat_kernels::on_pool(|| self.run(batch))
     }

@@ -63,8 +63,6 @@ pub trait PagedLm: Send {
     /// worth); what it held is forgotten.
     fn allocate_pool(&mut self, blocks: usize);
 
-    fn pool_blocks(&self) -> usize;
-
     /// One forward pass over every sequence of `batch`; returns the logits
     /// of those that ask for them, in order.
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>>;

@@ -210,15 +210,18 @@ impl LocalEngine {
                     context_length,
                     opts.max_sequences,
                 );
-                paged.allocate_pool(tokens.div_ceil(BLOCK_TOKENS));
+                // The pool may be larger (the model keeps a context's
+                // worth for its single-sequence API); the scheduler uses
+                // what it asked for.
+                let blocks = tokens.div_ceil(BLOCK_TOKENS);
+                paged.allocate_pool(blocks);
                 tracing::info!(
-                    kv_cache_tokens = paged.pool_blocks() * BLOCK_TOKENS,
-                    kv_cache_mib =
-                        (paged.pool_blocks() * BLOCK_TOKENS * paged.bytes_per_token()) >> 20,
+                    kv_cache_tokens = blocks * BLOCK_TOKENS,
+                    kv_cache_mib = (blocks * BLOCK_TOKENS * paged.bytes_per_token()) >> 20,
                     max_sequences = opts.max_sequences,
                     "batched engine"
                 );
-                (paged.pool_blocks(), opts.max_sequences, opts.prefix_cache)
+                (blocks, opts.max_sequences, opts.prefix_cache)
             }
             // One sequence in the model's own cache: the blocks only count.
             None => (context_length.div_ceil(BLOCK_TOKENS), 1, false),
