@@ -152,8 +152,8 @@ impl ServingMetrics {
     }
 }
 
-/// The scheduler's state as gauges, set from [`crate::engine::EngineStats`]
-/// at every scrape.
+/// The scheduler's state, set from the engine's snapshot at every scrape
+/// (`routes::health`).
 #[derive(Debug, Default)]
 pub struct SchedulerGauges {
     pub requests_waiting: Gauge,
@@ -192,17 +192,9 @@ impl SchedulerGauges {
         );
     }
 
-    /// Sets every series from the engine's snapshot.
-    pub fn set(&self, stats: &crate::engine::EngineStats) {
-        self.requests_waiting.set(stats.waiting as i64);
-        self.sequences_running.set(stats.running as i64);
-        self.kv_cache_usage.set(stats.kv_cache_usage);
-        // The engine counts; the counters catch up with it.
-        let catch_up = |c: &Counter, total: u64| {
-            c.inc_by(total.saturating_sub(c.get()));
-        };
-        catch_up(&self.prefix_cache_hits, stats.prefix_cache_hits);
-        catch_up(&self.prefix_cache_queries, stats.prefix_cache_queries);
+    /// Catches a counter up with a total the engine keeps.
+    pub fn catch_up(counter: &Counter, total: u64) {
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 }
 
