@@ -340,8 +340,8 @@ impl QMatrix {
                         let four = by4(w, [token(t), token(t + 1), token(t + 2), token(t + 3)]);
                         out[t..t + 4].copy_from_slice(&four);
                     }
-                    for t in fours..n {
-                        out[t] = dot(w, token(t));
+                    for (t, o) in out.iter_mut().enumerate().skip(fours) {
+                        *o = dot(w, token(t));
                     }
                 }
             });
