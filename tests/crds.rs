@@ -383,6 +383,87 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
                 .collect::<Vec<_>>()}}),
             "sensitiveData.customPatterns: at most 8192 characters of regex in all",
         ),
+        // spec.serving and spec.sharedState (issues 3/9 and 4/9).
+        (
+            "no sequences at once",
+            json!({"serving": {"maxConcurrentSequences": 0}}),
+            "spec.serving.maxConcurrentSequences",
+        ),
+        (
+            "a KV cache smaller than one prefill chunk",
+            json!({"serving": {"kvCacheTokens": 64, "prefillChunkTokens": 128}}),
+            "serving.kvCacheTokens: must hold at least one prefill chunk",
+        ),
+        (
+            "a negative queue",
+            json!({"serving": {"maxQueue": -1}}),
+            "spec.serving.maxQueue",
+        ),
+        (
+            "a zero tier weight",
+            json!({"serving": {"tierWeights": {"readOnly": 0}}}),
+            "spec.serving.tierWeights.readOnly",
+        ),
+        (
+            "a context window below the minimum",
+            json!({"model": {"contextLength": 16}}),
+            "spec.model.contextLength",
+        ),
+        (
+            "a store address without a port",
+            json!({"sharedState": {"address": "valkey.infra.svc", "network": {"to": ["10.0.5.0/24"]}}}),
+            "sharedState.address: must be host:port",
+        ),
+        (
+            "a store port out of range",
+            json!({"sharedState": {"address": "valkey.infra.svc:70000", "network": {"to": ["10.0.5.0/24"]}}}),
+            "sharedState.address: the port must be between 1 and 65535",
+        ),
+        (
+            "a store port 0",
+            json!({"sharedState": {"address": "[fd00::7]:0", "network": {"to": ["10.0.5.0/24"]}}}),
+            "sharedState.address: the port must be between 1 and 65535",
+        ),
+        (
+            "a store nobody says where it runs",
+            json!({"sharedState": {"address": "valkey:6379", "network": {}}}),
+            "sharedState.network: say where the store runs",
+        ),
+        (
+            "a store range that is not a CIDR",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["valkey"]}}}),
+            "must be a CIDR",
+        ),
+        (
+            "a CA bundle in both a ConfigMap and a Secret",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
+                "tls": {"caBundle": {"configMapName": "ca", "secretName": "ca"}}}}),
+            "caBundle: give exactly one of configMapName or secretName",
+        ),
+        (
+            "a credentials Secret name that is not an object name",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
+                "credentials": {"secretName": "Valkey_ACL"}}}),
+            "spec.sharedState.credentials.secretName",
+        ),
+        (
+            "a password key that cannot be a Secret key",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
+                "credentials": {"secretName": "acl", "passwordKey": "../password"}}}),
+            "spec.sharedState.credentials.passwordKey",
+        ),
+        (
+            "a CA ConfigMap name that is not an object name",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
+                "tls": {"caBundle": {"configMapName": "CA bundle"}}}}),
+            "spec.sharedState.tls.caBundle.configMapName",
+        ),
+        (
+            "a store timeout that is not a duration",
+            json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
+                "timeout": "soon"}}),
+            "spec.sharedState.timeout",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();

@@ -681,28 +681,13 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
     // What the evaluator reads: the model's pods and policy as the API
     // server holds them, the namespaces, and a stand-in cluster DNS pod.
     let dir = std::env::temp_dir().join(format!("securechat-netpol-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let live = cluster::kubectl_ok(&["get", "pods,networkpolicies", "-n", &ns.name, "-o", "json"]);
-    let mut live: serde_json::Value = serde_json::from_str(&live).expect("kubectl json");
-    // Owner references make the evaluator report the ReplicaSet instead
-    // of the pod; the policy selects pods by label either way.
-    for item in live["items"].as_array_mut().expect("items") {
-        item["metadata"]
-            .as_object_mut()
-            .expect("metadata")
-            .remove("ownerReferences");
-    }
-    std::fs::write(dir.join("model.json"), live.to_string()).unwrap();
-    let namespaces =
-        cluster::kubectl_ok(&["get", "namespace", &ns.name, "kube-system", "-o", "yaml"]);
-    std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
-    std::fs::write(
-        dir.join("dns.yaml"),
+    evaluator_input(
+        &dir,
+        &ns.name,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}\n\
          spec: {containers: [{name: coredns, image: coredns, ports: [{containerPort: 53, protocol: UDP}]}]}\n\
          status: {podIP: 10.0.0.10, hostIP: 10.0.0.10}\n",
-    )
-    .unwrap();
+    );
 
     // Ingress from external addresses comes from the evaluator's full
     // connectivity list (its `eval --source-ip` needs a destination IP as
@@ -749,6 +734,105 @@ async fn the_network_policy_means_what_the_security_group_says_per_a_real_evalua
         !egress(&["--destination-ip", "10.0.5.7", "-p", "5432"]),
         "no egress inside the cluster either"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes what k8snetpolicy reads for a model: its pods and policy as the
+/// API server holds them, its namespace and kube-system (with their
+/// labels), and `extra` (stand-in objects, YAML).
+fn evaluator_input(dir: &std::path::Path, namespace: &str, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let live = cluster::kubectl_ok(&["get", "pods,networkpolicies", "-n", namespace, "-o", "json"]);
+    let mut live: serde_json::Value = serde_json::from_str(&live).expect("kubectl json");
+    // Owner references make the evaluator report the ReplicaSet instead
+    // of the pod; the policy selects pods by label either way.
+    for item in live["items"].as_array_mut().expect("items") {
+        item["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("ownerReferences");
+    }
+    std::fs::write(dir.join("model.json"), live.to_string()).unwrap();
+    let namespaces =
+        cluster::kubectl_ok(&["get", "namespace", namespace, "kube-system", "-o", "yaml"]);
+    std::fs::write(dir.join("namespaces.yaml"), namespaces).unwrap();
+    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+}
+
+#[tokio::test]
+async fn the_shared_store_is_reachable_on_its_port_only_per_a_real_evaluator() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "netpol-store").await;
+    let _operator = Operator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
+    // A Valkey in the cluster (namespace infra, its pods by label), and an
+    // external replica's range: both on the address's port.
+    let model: SecureChatModel = serde_json::from_value(json!({
+        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+        "metadata": {"name": "store"},
+        "spec": {"replicas": 1, "sharedState": {
+            "address": "valkey.infra.svc:6379",
+            "network": {
+                "to": ["192.0.2.0/24"],
+                "toNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": "infra"}},
+                "toPods": {"matchLabels": {"app.kubernetes.io/name": "valkey"}}
+            }
+        }}
+    }))
+    .expect("model");
+    models
+        .create(&PostParams::default(), &model)
+        .await
+        .expect("create");
+    await_condition(
+        models.clone(),
+        "store",
+        "Ready=True",
+        Duration::from_secs(90),
+        |m: Option<&SecureChatModel>| is(m, "Ready", "True"),
+    )
+    .await;
+    let pod = pods_of(&client, &ns.name, "store")
+        .await
+        .into_iter()
+        .next()
+        .expect("a pod")
+        .name_any();
+
+    // Stand-ins: the store's namespace and pod, and a pod beside it that
+    // is not the store.
+    let dir = std::env::temp_dir().join(format!("securechat-netpol-{}", ns.name));
+    evaluator_input(
+        &dir,
+        &ns.name,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: infra, labels: {kubernetes.io/metadata.name: infra}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: valkey-0, namespace: infra, labels: {app.kubernetes.io/name: valkey}}\n\
+         spec: {containers: [{name: valkey, image: valkey, ports: [{containerPort: 6379}]}]}\n\
+         status: {podIP: 10.0.7.7, hostIP: 10.0.7.7}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: other-0, namespace: infra, labels: {app.kubernetes.io/name: other}}\n\
+         spec: {containers: [{name: other, image: other, ports: [{containerPort: 6379}]}]}\n\
+         status: {podIP: 10.0.7.8, hostIP: 10.0.7.8}\n",
+    );
+    let from_pod = ["-s", pod.as_str(), "-n", ns.name.as_str()];
+    let egress = |extra: &[&str]| {
+        let mut args = from_pod.to_vec();
+        args.extend(extra);
+        np_guard_allows(&dir, &args)
+    };
+    let to_pod = |name: &str, port: &str| {
+        egress(&["-d", name, "--destination-namespace", "infra", "-p", port])
+    };
+    assert!(to_pod("valkey-0", "6379"), "the store's pod on its port");
+    assert!(!to_pod("valkey-0", "6380"), "no other port of the store");
+    assert!(!to_pod("other-0", "6379"), "no other pod of its namespace");
+    let to_ip = |ip: &str, port: &str| egress(&["--destination-ip", ip, "-p", port]);
+    assert!(to_ip("192.0.2.5", "6379"), "the store's external range");
+    assert!(
+        !to_ip("198.51.100.1", "6379"),
+        "no address outside the ranges"
+    );
+    assert!(!to_ip("192.0.2.5", "443"), "no other port in the range");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

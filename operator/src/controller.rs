@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use securechat_crds::conditions;
-use securechat_crds::v1alpha1::SecureChatModel;
+use securechat_crds::v1alpha1::{SecureChatModel, SecureChatModelStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -34,7 +34,7 @@ use crate::status::{
     Observed, Refusal, model_status, refused_config, refused_status, requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
-use crate::{Error, FIELD_MANAGER, Result, material, reasons};
+use crate::{Error, FIELD_MANAGER, Result, material, reasons, references};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
 /// every reconcile of both controllers.
@@ -166,28 +166,60 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
     let mut writer = Writer::new(ctx.client.clone());
     let converged = converge(ctx, &input, &mut writer).await;
     report_changes(ctx, model, &writer).await;
-    let (status, material_due) = match converged {
+    let (outcome, material_due) = match converged {
         Ok(converged) => (
-            model_status(model, &converged.observed, Timestamp::now()),
+            Outcome::Observed(Box::new(converged.observed)),
             converged.material_due,
         ),
         Err(Stop::Refused(refusal)) => {
             warn!(reason = refusal.reason, message = %refusal.message, "refused");
-            (refused_status(model, &refusal, Timestamp::now()), None)
+            (Outcome::Refused(refusal), None)
         }
         Err(Stop::Failed(error)) => return Err(error),
     };
+    let mut status = outcome.status(model);
     if model.status.as_ref() != Some(&status) {
-        for event in status_events(model.status.as_ref(), &status) {
-            publish(ctx, model, event.type_, &event.reason, event.note).await;
+        // The cache may not hold the status this operator wrote last (a
+        // reconcile queued by an owned object's change can run before the
+        // watch brings the patch back), and Events are decided against it:
+        // read the live status before a write, so a change is announced
+        // once. Status writes are rare; a no-op reconcile reads nothing.
+        let live = Api::<SecureChatModel>::namespaced(ctx.client.clone(), &input.namespace)
+            .get_status(&input.name)
+            .await?;
+        let current = SecureChatModel {
+            status: live.status,
+            ..model.clone()
+        };
+        status = outcome.status(&current);
+        if current.status.as_ref() != Some(&status) {
+            for event in status_events(current.status.as_ref(), &status) {
+                publish(ctx, model, event.type_, &event.reason, event.note).await;
+            }
+            patch_status(&ctx.client, model, &status).await?;
         }
-        patch_status(&ctx.client, model, &status).await?;
     }
     // Owned objects and pods wake us on change; certificate renewal and key
     // rotation are due at known times; the periodic requeue catches anything
     // a watch missed, sooner while the model is not Ready. A refused model
     // waits for its spec to change (or the periodic requeue).
     Ok(Action::requeue(requeue_after(&status, material_due)))
+}
+
+/// How a reconcile ended, which the status is computed from.
+enum Outcome {
+    Observed(Box<Observed>),
+    Refused(Refusal),
+}
+
+impl Outcome {
+    /// The status to show, starting from `model`'s current one.
+    fn status(&self, model: &SecureChatModel) -> SecureChatModelStatus {
+        match self {
+            Outcome::Observed(observed) => model_status(model, observed, Timestamp::now()),
+            Outcome::Refused(refusal) => refused_status(model, refusal, Timestamp::now()),
+        }
+    }
 }
 
 /// Why a reconcile stopped before the model converged.
@@ -208,6 +240,7 @@ impl From<Error> for Stop {
             Error::NotOwned { .. } => Stop::Refused(Refusal {
                 reason: reasons::OBJECT_CONFLICT,
                 message: error.to_string(),
+                condition: None,
             }),
             error => Stop::Failed(error),
         }
@@ -253,6 +286,13 @@ async fn converge(
     material::api_keys(writer, input).await?;
     // Running pods keep their last good config when this one is refused.
     if let Some(refusal) = refused_config(model) {
+        return Err(Stop::Refused(refusal));
+    }
+    // Nor are they rolled to a store whose credentials or CA bundle the
+    // new pods could not mount.
+    let shared_state = model.spec.shared_state.as_ref();
+    let found = references::observe(&ctx.client, &input.namespace, shared_state).await?;
+    if let Some(refusal) = references::refusal(shared_state, &found) {
         return Err(Stop::Refused(refusal));
     }
     let (config_map, config_checksum) = desired::config_map(input)?;
@@ -313,6 +353,7 @@ where
             Some(message) => Stop::Refused(Refusal {
                 reason: reasons::APPLY_FAILED,
                 message: message.to_string(),
+                condition: None,
             }),
             None => Stop::from(error),
         })

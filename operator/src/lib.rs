@@ -8,6 +8,8 @@
 //! - [`reasons`]: every condition and Event reason, documented, in one place.
 //! - [`status_writer`]: the one status patch (server-side apply).
 //! - [`apply`]: server-side apply with one field manager, orphan cleanup.
+//! - [`references`]: the Secrets and ConfigMaps a spec names but does not
+//!   own, checked before a rollout would mount them.
 //! - [`controller`]: the thin reconcile loop that wires them together.
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
@@ -28,6 +30,7 @@ pub mod material;
 pub mod metrics;
 pub mod pki;
 pub mod reasons;
+pub mod references;
 pub mod rotation;
 pub mod status;
 pub mod status_writer;

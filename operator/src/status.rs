@@ -22,6 +22,7 @@ pub const NETWORK_READY: &str = "NetworkReady";
 pub const DEGRADED: &str = "Degraded";
 pub const TLS_READY: &str = "TLSReady";
 pub const SIGNING_KEYS_READY: &str = "SigningKeysReady";
+pub const SHARED_STATE: &str = "SharedState";
 
 /// The condition of one kind of key material (TLS, signing keys) and the
 /// status block it shows, as `material` decided them.
@@ -156,7 +157,18 @@ pub fn model_status(
             format!("{}: {}", c.type_, c.message),
         ),
     };
-    for update in [ready_condition, available, network, tls, keys, degraded] {
+    // Not a Ready blocker: per-replica limits are a warning, the model
+    // serves either way.
+    let shared_state = shared_state_condition(model);
+    for update in [
+        ready_condition,
+        available,
+        network,
+        tls,
+        keys,
+        degraded,
+        shared_state,
+    ] {
         set_condition(&mut status.conditions, update, generation, now);
     }
 
@@ -169,6 +181,41 @@ pub fn model_status(
     status.tls = observed.tls.as_ref().map(|t| t.status.clone());
     status.signing_keys = observed.signing_keys.as_ref().map(|k| k.status.clone());
     status
+}
+
+/// Whether the model's limits hold for the model as a whole: with a shared
+/// store, or with one replica; False (a Warning, once) when several
+/// replicas each keep their own.
+pub fn shared_state_condition(model: &SecureChatModel) -> ConditionUpdate {
+    let replicas = model.spec.replicas;
+    match &model.spec.shared_state {
+        Some(store) => ConditionUpdate::new(
+            SHARED_STATE,
+            true,
+            reasons::SHARED_STATE_CONFIGURED,
+            format!(
+                "the replicas share limits, sessions and usage in the store at {}",
+                store.address
+            ),
+        ),
+        None if replicas > 1 => ConditionUpdate::new(
+            SHARED_STATE,
+            false,
+            reasons::PER_REPLICA_LIMITS,
+            format!(
+                "{replicas} replicas and no spec.sharedState: rate limits, token budgets and \
+                 the brute-force guard hold per replica (up to {replicas}x the configured \
+                 limits for the model), and web sessions live in one replica; set \
+                 spec.sharedState to share them"
+            ),
+        ),
+        None => ConditionUpdate::new(
+            SHARED_STATE,
+            true,
+            reasons::SINGLE_REPLICA,
+            "one replica: its limits are the model's",
+        ),
+    }
 }
 
 fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate {
@@ -186,6 +233,9 @@ fn material<S>(type_: &str, state: &Option<MaterialState<S>>) -> ConditionUpdate
 pub struct Refusal {
     pub reason: &'static str,
     pub message: String,
+    /// The condition that shows the cause too (False with the same
+    /// reason), besides Ready.
+    pub condition: Option<&'static str>,
 }
 
 /// What the operator refuses before writing the server's config: custom
@@ -196,6 +246,7 @@ pub fn refused_config(model: &SecureChatModel) -> Option<Refusal> {
     Some(Refusal {
         reason: reasons::INVALID_SENSITIVE_DATA_PATTERN,
         message: format!("spec.sensitiveData: {error}"),
+        condition: None,
     })
 }
 
@@ -210,6 +261,10 @@ pub fn refused_status(
     let mut status = model.status.clone().unwrap_or_default();
     let ready = ConditionUpdate::new(READY, false, refusal.reason, refusal.message.clone());
     set_condition(&mut status.conditions, ready, generation, now);
+    if let Some(type_) = refusal.condition {
+        let cause = ConditionUpdate::new(type_, false, refusal.reason, refusal.message.clone());
+        set_condition(&mut status.conditions, cause, generation, now);
+    }
     status.observed_generation = generation;
     status
 }
@@ -275,6 +330,12 @@ pub const REQUEUE_AT_MOST: Duration = Duration::from_secs(300);
 /// no writes, and only for models mid-rollout: one that waits on something
 /// else (Unschedulable, failed material) is woken by that or by its retry.
 pub const REQUEUE_ROLLING_OUT_AT_MOST: Duration = Duration::from_secs(20);
+/// Longest wait while a model waits for a Secret or ConfigMap its spec
+/// names (reasons::AWAITING_REFERENCE). Creating that object does not wake
+/// the model: watching every Secret of the watched namespaces would list
+/// and hold all their data in the operator for the sake of a typo. One GET
+/// per referenced object per poll, and only for models that wait.
+pub const REQUEUE_AWAITING_REFERENCE_AT_MOST: Duration = Duration::from_secs(15);
 
 /// When to reconcile a model again: at the next certificate renewal or key
 /// rotation (`material_due`), but no later than the poll for its state.
@@ -283,7 +344,13 @@ pub fn requeue_after(status: &SecureChatModelStatus, material_due: Option<Durati
         .conditions
         .iter()
         .any(|c| c.type_ == AVAILABLE && reasons::ROLLING_OUT.contains(&c.reason.as_str()));
-    let poll = if rolling_out {
+    let awaiting = status
+        .conditions
+        .iter()
+        .any(|c| reasons::AWAITING_REFERENCE.contains(&c.reason.as_str()));
+    let poll = if awaiting {
+        REQUEUE_AWAITING_REFERENCE_AT_MOST
+    } else if rolling_out {
         REQUEUE_ROLLING_OUT_AT_MOST
     } else {
         REQUEUE_AT_MOST
@@ -624,6 +691,78 @@ mod tests {
                 reasons::INVALID_SENSITIVE_DATA_PATTERN,
                 &format!("Ready: {}", refusal.message)
             )]
+        );
+    }
+
+    #[test]
+    fn shared_state_says_whether_limits_hold_for_the_model_as_a_whole() {
+        let store = json!({"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]}});
+        let cases = [
+            (json!({"replicas": 1}), true, reasons::SINGLE_REPLICA),
+            (json!({"replicas": 0}), true, reasons::SINGLE_REPLICA),
+            (json!({"replicas": 2}), false, reasons::PER_REPLICA_LIMITS),
+            (
+                json!({"replicas": 2, "sharedState": store}),
+                true,
+                reasons::SHARED_STATE_CONFIGURED,
+            ),
+        ];
+        for (spec, ok, reason) in cases {
+            let m = model("chat", spec.clone());
+            let observed = Observed {
+                deployment: Some(deployment(m.spec.replicas)),
+                ..material_ready()
+            };
+            let status = model_status(&m, &observed, at(1));
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == SHARED_STATE)
+                .expect("SharedState");
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (if ok { TRUE } else { FALSE }, reason),
+                "{spec}"
+            );
+            // Per-replica limits are a warning; the model serves.
+            assert!(is_true(&status.conditions, READY), "{spec}");
+        }
+        // Said once: a second reconcile with the same outcome is no news.
+        let m = model("chat", json!({"replicas": 2}));
+        let observed = Observed {
+            deployment: Some(deployment(2)),
+            ..material_ready()
+        };
+        let first = model_status(&m, &observed, at(1));
+        let warned: Vec<_> = status_events(None, &first)
+            .into_iter()
+            .filter(|e| e.reason == reasons::PER_REPLICA_LIMITS)
+            .collect();
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].type_, EventType::Warning);
+        let again = model_status(&m, &observed, at(2));
+        assert!(status_events(Some(&first), &again).is_empty());
+    }
+
+    #[test]
+    fn a_missing_reference_fails_its_condition_and_ready_and_is_polled_sooner() {
+        let m = model("chat", json!({}));
+        let refusal = Refusal {
+            reason: reasons::CREDENTIALS_NOT_FOUND,
+            message: "sharedState.credentials: Secret acl does not exist".into(),
+            condition: Some(SHARED_STATE),
+        };
+        let status = refused_status(&m, &refusal, at(1));
+        for type_ in [READY, SHARED_STATE] {
+            let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (FALSE, reasons::CREDENTIALS_NOT_FOUND)
+            );
+        }
+        assert_eq!(
+            requeue_after(&status, None),
+            REQUEUE_AWAITING_REFERENCE_AT_MOST
         );
     }
 }

@@ -17,7 +17,7 @@ use crate::engine::{
 use crate::error::ApiError;
 use crate::pii::StreamFilter;
 use crate::principal::Principal;
-use crate::ratelimit::{Decision, Rate};
+use crate::ratelimit::{Decision, Op, Rate};
 use crate::state::{AppState, LiveConfig};
 
 /// Sampling values as the caller sent them (None: use the defaults).
@@ -53,7 +53,7 @@ pub struct Prepared {
     /// to the caller (a header) so a UI can say the model never saw them.
     pub input_redactions: u64,
     runtime: Arc<LiveConfig>,
-    quota: Option<Rate>,
+    reservation: Option<Reservation>,
 }
 
 /// Refuses a prompt longer than the caller's tier allows (400, before
@@ -72,40 +72,148 @@ fn check_prompt_length(tier: Tier, spec: &TierSpec, prompt_tokens: usize) -> Res
     }
 }
 
-/// What admitting a prompt takes from the token bucket: `now` must be
-/// there, `debt` is charged beyond it. The prompt is paid up front, because
-/// its prefill is spent whether or not the client waits for the answer
-/// (completion tokens are paid when the answer ends). A prompt larger than
-/// the whole bucket needs a full one and leaves it in debt, paid off by
+/// What admitting a request takes from the token buckets: `now` must be
+/// there, `debt` is charged beyond it. A request reserves its prompt and
+/// its whole max_tokens up front (so concurrent requests can never spend
+/// more than the budget together, on any number of replicas); what the
+/// answer did not use comes back when it ends. A reservation larger than
+/// the smallest bucket needs a full one and leaves it in debt, paid off by
 /// waiting.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct PromptCost {
+struct ReservationCost {
     now: f64,
     debt: f64,
 }
 
-fn prompt_cost(prompt_tokens: usize, rate: Rate) -> PromptCost {
-    let tokens = (prompt_tokens as f64).max(1.0);
-    let now = tokens.min(rate.capacity);
-    PromptCost {
+fn reservation_cost(prompt_tokens: usize, max_tokens: u32, capacity: f64) -> ReservationCost {
+    let tokens = (prompt_tokens as f64).max(1.0) + f64::from(max_tokens);
+    let now = tokens.min(capacity);
+    ReservationCost {
         now,
         debt: tokens - now,
     }
 }
 
-fn token_quota(runtime: &LiveConfig, principal: &Principal) -> Option<(u32, Rate)> {
-    let tier = runtime.config.roles.tier(principal.tier).tokens_per_minute;
-    let global = runtime.config.rate_limit.tokens_per_minute;
-    let limit = match (tier, global) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
-    }
-    .max(1) as u32;
-    Some((limit, Rate::per_minute(limit, limit)))
+/// A caller's token budgets: per minute, per day, or both (tier and global
+/// per-minute limits: the smaller one).
+#[derive(Debug, Clone, PartialEq)]
+struct TokenQuota {
+    /// `(limit, bucket name, rate)` of each budget that applies.
+    budgets: Vec<(u32, String, Rate)>,
 }
 
-/// Validates and filters the input; fails before anything is queued.
-pub fn prepare(
+fn token_quota(runtime: &LiveConfig, principal: &Principal) -> Option<TokenQuota> {
+    let tier = runtime.config.roles.tier(principal.tier);
+    let global = runtime.config.rate_limit.tokens_per_minute;
+    let minute = match (tier.tokens_per_minute, global) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut budgets = Vec::new();
+    if let Some(limit) = minute {
+        let limit = limit.max(1) as u32;
+        budgets.push((
+            limit,
+            principal.subject.clone(),
+            Rate::per_minute(limit, limit),
+        ));
+    }
+    if let Some(limit) = tier.tokens_per_day {
+        let limit = limit.max(1) as u32;
+        budgets.push((
+            limit,
+            format!("day:{}", principal.subject),
+            Rate {
+                capacity: f64::from(limit),
+                per_second: f64::from(limit) / 86_400.0,
+            },
+        ));
+    }
+    (!budgets.is_empty()).then_some(TokenQuota { budgets })
+}
+
+/// Tokens reserved for one request, settled once when it ends.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    buckets: Vec<(String, Rate)>,
+    reserved: f64,
+}
+
+impl Reservation {
+    /// Gives back what `used` did not take (or charges what it took
+    /// beyond the reservation). A store that cannot be reached loses the
+    /// refund, which only ever errs against the caller, and is counted.
+    pub async fn settle(self, state: &AppState, used: u64) {
+        let difference = self.reserved - used as f64;
+        let (op, amount) = if difference >= 0.0 {
+            (Op::Refund, difference)
+        } else {
+            (Op::Charge, -difference)
+        };
+        if amount == 0.0 {
+            return;
+        }
+        let buckets: Vec<(&str, Rate)> = self
+            .buckets
+            .iter()
+            .map(|(name, rate)| (name.as_str(), *rate))
+            .collect();
+        let _ = state
+            .token_buckets
+            .apply(op, &buckets, amount, Instant::now())
+            .await;
+    }
+}
+
+/// Reserves prompt + max_tokens from every budget at once, or refuses with
+/// the budget that is short (429 with Retry-After).
+async fn reserve(
+    state: &AppState,
+    quota: &TokenQuota,
+    prompt_tokens: usize,
+    max_tokens: u32,
+) -> Result<Reservation, ApiError> {
+    let buckets: Vec<(&str, Rate)> = quota
+        .budgets
+        .iter()
+        .map(|(_, name, rate)| (name.as_str(), *rate))
+        .collect();
+    let capacity = buckets
+        .iter()
+        .map(|(_, r)| r.capacity)
+        .fold(f64::INFINITY, f64::min);
+    let cost = reservation_cost(prompt_tokens, max_tokens, capacity);
+    let now = Instant::now();
+    if let Decision::Denied { retry_after } = state
+        .token_buckets
+        .apply(Op::Take, &buckets, cost.now, now)
+        .await?
+    {
+        state.metrics.limited("tokens");
+        // The budget that refused: the one that needs the longest wait is
+        // not known here; the smallest limit is the one a caller can act on.
+        let limit = quota.budgets.iter().map(|(l, _, _)| *l).min().unwrap_or(0);
+        return Err(ApiError::QuotaExceeded { limit, retry_after });
+    }
+    if cost.debt > 0.0 {
+        state
+            .token_buckets
+            .apply(Op::Charge, &buckets, cost.debt, now)
+            .await?;
+    }
+    Ok(Reservation {
+        buckets: quota
+            .budgets
+            .iter()
+            .map(|(_, name, rate)| (name.clone(), *rate))
+            .collect(),
+        reserved: cost.now + cost.debt,
+    })
+}
+
+/// Validates and filters the input and reserves its tokens; fails before
+/// anything is queued.
+pub async fn prepare(
     state: &AppState,
     principal: &Principal,
     audit: &Audit,
@@ -201,22 +309,10 @@ pub fn prepare(
         prompt_tokens,
     )?;
 
-    let quota = token_quota(&runtime, principal);
-    if let Some((limit, rate)) = quota {
-        let now = Instant::now();
-        let cost = prompt_cost(prompt_tokens, rate);
-        if let Decision::Denied { retry_after } =
-            state
-                .token_buckets
-                .take(&principal.subject, rate, cost.now, now)
-        {
-            state.metrics.limited("tokens");
-            return Err(ApiError::QuotaExceeded { limit, retry_after });
-        }
-        state
-            .token_buckets
-            .charge(&principal.subject, rate, cost.debt, now);
-    }
+    let reservation = match token_quota(&runtime, principal) {
+        Some(quota) => Some(reserve(state, &quota, prompt_tokens, max_tokens).await?),
+        None => None,
+    };
 
     let params = SamplingParams {
         max_tokens,
@@ -237,7 +333,7 @@ pub fn prepare(
         },
         prompt_tokens,
         input_redactions,
-        quota: quota.map(|(_, rate)| rate),
+        reservation,
         runtime,
     })
 }
@@ -251,19 +347,15 @@ pub fn start(
     prepared: Prepared,
     received: Instant,
 ) -> Result<mpsc::Receiver<Piece>, ApiError> {
-    let quota = prepared.quota;
+    let mut reservation = prepared.reservation;
     let mut events = match state.engine.generate(prepared.request) {
         Ok(events) => events,
         Err(e) => {
-            // Refused before any compute (a full queue): the prompt's
-            // tokens, paid at admission, go back.
-            if let Some(rate) = quota {
-                state.token_buckets.refund(
-                    &principal.subject,
-                    rate,
-                    prepared.prompt_tokens as f64,
-                    Instant::now(),
-                );
+            // Refused before any compute (a full queue): the whole
+            // reservation goes back.
+            if let Some(reservation) = reservation {
+                let state = state.clone();
+                tokio::spawn(async move { reservation.settle(&state, 0).await });
             }
             return Err(e.into());
         }
@@ -283,12 +375,21 @@ pub fn start(
         let mut first = true;
         let mut answer = String::new();
         let mut redactions = 0u64;
-        // Sends one piece; when the client has gone, returns, and dropping
-        // `events` cancels the generation.
+        // Pieces of text the engine sent: what a cancelled answer used,
+        // as near as this side can tell (the engine sends about one a
+        // token).
+        let mut pieces = 0u64;
+        let prompt_tokens = prepared.prompt_tokens as u64;
+        // Sends one piece; when the client has gone, returns (after giving
+        // back the unused reservation), and dropping `events` cancels the
+        // generation.
         macro_rules! send {
             ($piece:expr) => {
                 if tx.send($piece).await.is_err() {
                     state.metrics.generations_abandoned.inc();
+                    if let Some(r) = reservation.take() {
+                        r.settle(&state, prompt_tokens + pieces).await;
+                    }
                     return;
                 }
             };
@@ -303,6 +404,9 @@ pub fn start(
                 // token.
                 () = tx.closed() => {
                     state.metrics.generations_abandoned.inc();
+                    if let Some(r) = reservation.take() {
+                        r.settle(&state, prompt_tokens + pieces).await;
+                    }
                     return;
                 }
                 event = events.recv() => event,
@@ -310,6 +414,7 @@ pub fn start(
             let Some(event) = event else { break };
             match event {
                 Ok(GenerationEvent::Text(text)) => {
+                    pieces += 1;
                     if first {
                         first = false;
                         state
@@ -339,9 +444,10 @@ pub fn start(
                             prompt_tokens: prepared.prompt_tokens as u32,
                             completion_tokens: 0,
                         };
-                        finish(
-                            &state, &principal, &audit, quota, usage, redactions, &answer,
-                        );
+                        if let Some(r) = reservation.take() {
+                            r.settle(&state, prompt_tokens + pieces).await;
+                        }
+                        finish(&state, &principal, &audit, usage, redactions, &answer);
                         send!(Piece::Finished {
                             finish_reason: FinishReason::Stop,
                             usage,
@@ -364,9 +470,11 @@ pub fn start(
                         answer.push_str(&rest.text);
                         send!(Piece::Text(rest.text));
                     }
-                    finish(
-                        &state, &principal, &audit, quota, usage, redactions, &answer,
-                    );
+                    if let Some(r) = reservation.take() {
+                        let used = u64::from(usage.prompt_tokens + usage.completion_tokens);
+                        r.settle(&state, used).await;
+                    }
+                    finish(&state, &principal, &audit, usage, redactions, &answer);
                     send!(Piece::Finished {
                         finish_reason,
                         usage,
@@ -376,10 +484,16 @@ pub fn start(
                     return;
                 }
                 Err(e) => {
+                    if let Some(r) = reservation.take() {
+                        r.settle(&state, prompt_tokens + pieces).await;
+                    }
                     send!(Piece::Failed(e.into()));
                     return;
                 }
             }
+        }
+        if let Some(r) = reservation.take() {
+            r.settle(&state, prompt_tokens + pieces).await;
         }
         send!(Piece::Failed(ApiError::Engine(EngineError::Internal(
             "the engine ended the stream without finishing".into()
@@ -392,7 +506,6 @@ fn finish(
     state: &AppState,
     principal: &Principal,
     audit: &Audit,
-    quota: Option<Rate>,
     usage: Usage,
     redactions: u64,
     answer: &str,
@@ -403,11 +516,6 @@ fn finish(
         .metrics
         .prompt_tokens
         .inc_by(u64::from(usage.prompt_tokens));
-    if let Some(rate) = quota {
-        state
-            .token_buckets
-            .charge(&principal.subject, rate, completion as f64, Instant::now());
-    }
     if let Some(id) = &principal.key_id {
         state.record_usage(
             id,
@@ -459,23 +567,22 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_is_paid_up_front_and_a_huge_one_leaves_debt() {
-        let rate = Rate::per_minute(300, 300);
+    fn a_request_reserves_prompt_and_max_tokens_and_a_huge_one_leaves_debt() {
         assert_eq!(
-            prompt_cost(201, rate),
-            PromptCost {
-                now: 201.0,
+            reservation_cost(201, 50, 300.0),
+            ReservationCost {
+                now: 251.0,
                 debt: 0.0
             }
         );
         assert_eq!(
-            prompt_cost(1000, rate),
-            PromptCost {
+            reservation_cost(1000, 24, 300.0),
+            ReservationCost {
                 now: 300.0,
-                debt: 700.0
+                debt: 724.0
             }
         );
         // Even an empty prompt costs something: every request reads one.
-        assert_eq!(prompt_cost(0, rate).now, 1.0);
+        assert_eq!(reservation_cost(0, 0, 300.0).now, 1.0);
     }
 }

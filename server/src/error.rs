@@ -10,6 +10,7 @@ use securechat_crds::v1alpha1::Tier;
 use serde_json::json;
 
 use crate::engine::EngineError;
+use crate::limits::{UNAVAILABLE_RETRY_AFTER, Unavailable};
 
 /// Why authentication failed. The label goes to metrics and the audit log;
 /// the client sees one generic message so it learns nothing about which
@@ -122,6 +123,10 @@ pub enum ApiError {
     Engine(#[from] EngineError),
     #[error("server not ready: {0}")]
     NotReady(String),
+    /// The store the replicas share limits in is unreachable and the
+    /// policy is FailClosed: no request is admitted unmetered.
+    #[error("limits cannot be checked right now (the shared store is unavailable); retry shortly")]
+    SharedStateUnavailable(#[from] Unavailable),
     #[error("internal error")]
     Internal(String),
 }
@@ -157,7 +162,9 @@ impl ApiError {
                 }
                 EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::SharedStateUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +207,7 @@ impl ApiError {
                 EngineError::Internal(_) => "inference_failed",
             },
             ApiError::NotReady(_) => "not_ready",
+            ApiError::SharedStateUnavailable(_) => "shared_state_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -223,6 +231,7 @@ impl ApiError {
             | ApiError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             ApiError::Engine(EngineError::QueueFull { retry_after, .. }) => Some(*retry_after),
             ApiError::NotReady(_) => Some(Duration::from_secs(5)),
+            ApiError::SharedStateUnavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }
     }

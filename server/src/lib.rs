@@ -25,13 +25,15 @@
 //! - Shared state: `state` (`AppState`: the engine, the `LiveConfig` in
 //!   force, keys, limiters, sessions), `files` (hot reload with last good
 //!   versions, the API-key table file and its lock, atomic writes),
-//!   `metrics`.
+//!   `metrics`, `limits` (the limiters, in memory or in `shared`: the
+//!   store the replicas share).
 //! - Credentials: `credentials` (`api_key`, `jwt`, `oidc`: the only place
 //!   secrets are parsed and compared), `auth` (the request-side extractor
 //!   that uses them with the shared state), `session` (web UI sessions),
 //!   `tls`, `der`.
 //! - Leaves: `principal` (who a request speaks for), `audit` (the record
-//!   of one request), `ratelimit`, `pii` (pure filters).
+//!   of one request), `ratelimit`, `forwarded` (the client address behind
+//!   trusted proxies), `pii` (pure filters).
 //! - Inference: `engine` (the trait handlers see), `inference` (models,
 //!   tokenizer, sampler, decode loop, worker queue; no candle type leaves
 //!   it).
@@ -46,8 +48,10 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod files;
+pub mod forwarded;
 pub mod inference;
 pub mod keys_cli;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pii;
@@ -55,6 +59,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod routes;
 pub mod session;
+pub mod shared;
 pub mod startup;
 pub mod state;
 pub mod tls;

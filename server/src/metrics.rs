@@ -69,6 +69,18 @@ pub struct KeyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyTokenLabels {
+    pub key_id: String,
+    /// prompt or completion.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -222,6 +234,10 @@ pub struct Metrics {
     pub jwt_verifications: Family<ResultLabels, Counter>,
     pub queue_depth: Gauge,
     pub generations_abandoned: Counter,
+    pub shared_state_errors: Family<KindLabels, Counter>,
+    pub shared_state_fallback: Gauge,
+    pub api_key_requests: Family<KeyLabels, Counter>,
+    pub api_key_tokens: Family<KeyTokenLabels, Counter>,
     pub scheduler: SchedulerGauges,
     pub serving: ServingMetrics,
 }
@@ -379,6 +395,37 @@ impl Metrics {
             "Generations cancelled because their client went away before the answer was complete",
             generations_abandoned.clone(),
         );
+        let shared_state_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shared_state_errors",
+            "Failed operations on the shared store, by kind (timeout, connection, auth, reply, config)",
+            shared_state_errors.clone(),
+        );
+        // Both kinds an alert watches start at zero (see file_reloads).
+        for kind in ["timeout", "connection", "auth"] {
+            let _ = shared_state_errors.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        let shared_state_fallback = Gauge::default();
+        registry.register(
+            "shared_state_local_fallback",
+            "1 while the shared store is unreachable and this replica enforces its share of every limit alone (LocalFallback)",
+            shared_state_fallback.clone(),
+        );
+        // Per key id: bounded by the key table (ids never come from
+        // unauthenticated input). This replica's counts; sum over pods for
+        // the model's.
+        let api_key_requests = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "api_key_requests",
+            "Requests made with each API key (and tokens minted from it)",
+            api_key_requests.clone(),
+        );
+        let api_key_tokens = Family::<KeyTokenLabels, Counter>::default();
+        registry.register(
+            "api_key_tokens",
+            "Tokens used by each API key, by kind (prompt, completion)",
+            api_key_tokens.clone(),
+        );
         let scheduler = SchedulerGauges::default();
         scheduler.register(&mut registry);
         serving.register(&mut registry);
@@ -405,6 +452,10 @@ impl Metrics {
             jwt_verifications,
             queue_depth,
             generations_abandoned,
+            shared_state_errors,
+            shared_state_fallback,
+            api_key_requests,
+            api_key_tokens,
             scheduler,
             serving,
         }
@@ -461,6 +512,28 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
+    }
+
+    /// Counts one key's use: `requests` requests, `prompt` and
+    /// `completion` tokens.
+    pub fn key_usage(&self, key_id: &str, requests: u64, prompt: u64, completion: u64) {
+        if requests > 0 {
+            self.api_key_requests
+                .get_or_create(&KeyLabels {
+                    key_id: key_id.into(),
+                })
+                .inc_by(requests);
+        }
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if n > 0 {
+                self.api_key_tokens
+                    .get_or_create(&KeyTokenLabels {
+                        key_id: key_id.into(),
+                        kind: kind.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// The text exposition.

@@ -3,16 +3,17 @@
 //! the chat pipeline carry one, without depending on how it was proved.
 
 use securechat_crds::v1alpha1::Tier;
+use serde::{Deserialize, Serialize};
 
 /// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Method {
     ApiKey,
     Token,
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// Stable identity for limits and audit: `key:<id>` for API keys and
     /// tokens minted from them.

@@ -39,6 +39,81 @@ pub enum Decision {
     Denied { retry_after: Duration },
 }
 
+/// What to do with a set of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Take the cost from every bucket if each has it, else from none.
+    Take,
+    /// Whether every bucket has the cost, taking nothing.
+    Peek,
+    /// Take the cost from every bucket unconditionally (levels may go
+    /// negative: debt paid off by waiting).
+    Charge,
+    /// Give the cost back to every bucket, up to its capacity.
+    Refund,
+}
+
+impl Op {
+    /// The name the store's script reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Take => "take",
+            Op::Peek => "peek",
+            Op::Charge => "charge",
+            Op::Refund => "refund",
+        }
+    }
+}
+
+/// The buckets' levels after an operation, and what the caller is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub levels: Vec<f64>,
+    pub decision: Decision,
+}
+
+/// The whole decision, given each bucket's level already refilled to now.
+/// Pure: the in-memory buckets and the shared store's script both follow
+/// it (the script in Lua, next to the data).
+pub fn decide(op: Op, levels: &[f64], rates: &[Rate], cost: f64) -> Outcome {
+    let retry = levels
+        .iter()
+        .zip(rates)
+        .filter(|(level, _)| **level < cost)
+        .map(|(level, rate)| (cost - level) / rate.per_second)
+        .fold(None, |acc: Option<f64>, wait| {
+            Some(acc.map_or(wait, |a| a.max(wait)))
+        });
+    let new_levels: Vec<f64> = match (op, retry) {
+        (Op::Take, None) | (Op::Charge, _) => levels.iter().map(|l| l - cost).collect(),
+        (Op::Refund, _) => levels
+            .iter()
+            .zip(rates)
+            .map(|(l, r)| (l + cost).min(r.capacity))
+            .collect(),
+        (Op::Take, Some(_)) | (Op::Peek, _) => levels.to_vec(),
+    };
+    let decision = match (op, retry) {
+        (Op::Take | Op::Peek, Some(wait)) => Decision::Denied {
+            retry_after: secs(wait),
+        },
+        _ => match (new_levels.first(), rates.first()) {
+            (Some(&level), Some(rate)) => Decision::Allowed {
+                remaining: level.max(0.0).floor() as u32,
+                reset: secs((rate.capacity - level) / rate.per_second),
+            },
+            _ => Decision::Allowed {
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
+        },
+    };
+    Outcome {
+        levels: new_levels,
+        decision,
+    }
+}
+
 /// Many buckets, one per key; at most `max_keys` remembered.
 #[derive(Debug)]
 pub struct KeyedBuckets {
@@ -56,51 +131,56 @@ impl KeyedBuckets {
 
     /// Takes `cost` units if available.
     pub fn take(&self, key: &str, rate: Rate, cost: f64, now: Instant) -> Decision {
-        self.with_bucket(key, rate, now, |b| {
-            if b.level >= cost {
-                b.level -= cost;
-                Decision::Allowed {
-                    remaining: b.level.floor() as u32,
-                    reset: secs((rate.capacity - b.level) / rate.per_second),
-                }
-            } else {
-                Decision::Denied {
-                    retry_after: secs((cost - b.level) / rate.per_second),
-                }
-            }
-        })
+        self.apply(Op::Take, &[(key, rate)], cost, now)
     }
 
     /// Whether at least `cost` units are available, without taking them.
     pub fn peek(&self, key: &str, rate: Rate, cost: f64, now: Instant) -> Decision {
-        self.with_bucket(key, rate, now, |b| {
-            if b.level >= cost {
-                Decision::Allowed {
-                    remaining: b.level.floor() as u32,
-                    reset: secs((rate.capacity - b.level) / rate.per_second),
-                }
-            } else {
-                Decision::Denied {
-                    retry_after: secs((cost - b.level) / rate.per_second),
-                }
-            }
-        })
+        self.apply(Op::Peek, &[(key, rate)], cost, now)
     }
 
     /// Takes `amount` units unconditionally; the level may go negative (a
     /// generation that overshot the token quota is paid off by waiting).
     pub fn charge(&self, key: &str, rate: Rate, amount: f64, now: Instant) {
-        self.with_bucket(key, rate, now, |b| b.level -= amount);
+        self.apply(Op::Charge, &[(key, rate)], amount, now);
     }
 
     /// Gives back `amount` units taken for work that was then not done;
     /// the level never exceeds the capacity.
     pub fn refund(&self, key: &str, rate: Rate, amount: f64, now: Instant) {
-        self.with_bucket(key, rate, now, |b| {
-            b.level = (b.level + amount).min(rate.capacity);
-        });
+        self.apply(Op::Refund, &[(key, rate)], amount, now);
     }
 
+    /// Applies `op` with `cost` to every bucket at once, under one lock: a
+    /// take takes from all of them or from none (a request must fit both
+    /// the minute's and the day's budget). The decision reports the first
+    /// bucket's level and the longest wait of any denying one. The shared
+    /// store's script (`shared::BUCKET_SCRIPT`) is the same function.
+    pub fn apply(&self, op: Op, buckets: &[(&str, Rate)], cost: f64, now: Instant) -> Decision {
+        let mut map = self.lock();
+        let mut levels = Vec::with_capacity(buckets.len());
+        for &(key, rate) in buckets {
+            if !map.contains_key(key) && map.len() >= self.max_keys {
+                evict_idlest(&mut map, self.max_keys / 10 + 1);
+            }
+            let bucket = map.entry(key.to_string()).or_insert(Bucket {
+                level: rate.capacity,
+                updated: now,
+            });
+            let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+            bucket.level = (bucket.level + elapsed * rate.per_second).min(rate.capacity);
+            bucket.updated = now;
+            levels.push(bucket.level);
+        }
+        let rates: Vec<Rate> = buckets.iter().map(|&(_, r)| r).collect();
+        let outcome = decide(op, &levels, &rates, cost);
+        for (&(key, _), level) in buckets.iter().zip(&outcome.levels) {
+            if let Some(bucket) = map.get_mut(key) {
+                bucket.level = *level;
+            }
+        }
+        outcome.decision
+    }
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -113,27 +193,6 @@ impl KeyedBuckets {
         // A panic while holding the lock leaves consistent numbers behind;
         // keep limiting rather than failing every request.
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with_bucket<T>(
-        &self,
-        key: &str,
-        rate: Rate,
-        now: Instant,
-        f: impl FnOnce(&mut Bucket) -> T,
-    ) -> T {
-        let mut map = self.lock();
-        if !map.contains_key(key) && map.len() >= self.max_keys {
-            evict_idlest(&mut map, self.max_keys / 10 + 1);
-        }
-        let bucket = map.entry(key.to_string()).or_insert(Bucket {
-            level: rate.capacity,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.level = (bucket.level + elapsed * rate.per_second).min(rate.capacity);
-        bucket.updated = now;
-        f(bucket)
     }
 }
 

@@ -7,16 +7,26 @@
 //! API-key session remembers the key's id and re-checks the key table on
 //! every use, an SSO session the verified identity. Both stores are
 //! bounded so unauthenticated traffic cannot grow them without limit.
+//!
+//! With `sharedState` they live in the store instead, so that a login on
+//! one replica is valid on the others and a logout ends it everywhere:
+//! under `<prefix>session:<hex SHA-256 of the id>` (the login state's for a
+//! pending login), with the session's remaining life as the key's TTL. The
+//! value is sealed (`shared::sealed`) with a key derived from the cookie id
+//! (the login state) itself, so the store, which never sees the id, holds
+//! neither the CSRF token nor a PKCE verifier in clear.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::principal::Principal;
+use crate::shared::{Store, sealed};
 
 /// Name of the session cookie. The `__Host-` prefix makes the browser
 /// refuse it unless it is Secure, has Path=/ and no Domain, so no other
@@ -36,14 +46,14 @@ pub const LOGIN_TTL: chrono::Duration = chrono::Duration::minutes(10);
 pub struct WebPort;
 
 /// How the session was opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Login {
     ApiKey,
     Sso { issuer: String },
 }
 
 /// One signed-in browser.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub principal: Principal,
     pub login: Login,
@@ -56,7 +66,7 @@ pub struct Session {
 }
 
 /// An SSO login between the redirect to the provider and its callback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The `auth.oidc` / `web.sso` issuer the browser was sent to.
     pub issuer_url: String,
@@ -66,13 +76,22 @@ pub struct PendingLogin {
     pub started_at: DateTime<Utc>,
 }
 
-/// Why a session could not be stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a session could not be stored or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("too many open sessions or logins; try again later")]
     Full,
     #[error("the system random number generator failed")]
     Random,
+    /// The shared store failed (it counted and logged why).
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::shared::StoreError> for StoreError {
+    fn from(e: crate::shared::StoreError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
 }
 
 /// 256 random bits, base64url.
@@ -86,14 +105,122 @@ fn digest(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
-/// The web UI's sessions and pending SSO logins.
-pub struct Sessions {
+/// The web UI's sessions and pending SSO logins: in this process, or in
+/// the store the replicas share.
+pub enum Sessions {
+    Memory(MemorySessions),
+    Shared(Arc<Store>),
+}
+
+/// What a sealed value is bound to (a session cannot be replayed as a
+/// pending login, nor the other way round).
+const SESSION_PURPOSE: &[u8] = b"securechat session v1";
+const LOGIN_PURPOSE: &[u8] = b"securechat sso login v1";
+
+fn store_key(kind: &str, id: &str) -> String {
+    let hex: String = digest(id).iter().map(|b| format!("{b:02x}")).collect();
+    format!("{kind}:{hex}")
+}
+
+impl Sessions {
+    pub fn new(max: usize, store: Option<Arc<Store>>) -> Self {
+        match store {
+            Some(store) => Sessions::Shared(store),
+            None => Sessions::Memory(MemorySessions::new(max)),
+        }
+    }
+
+    /// Stores a session and returns the id for the cookie.
+    pub async fn create(&self, session: Session, now: DateTime<Utc>) -> Result<String, StoreError> {
+        match self {
+            Sessions::Memory(m) => m.create(session, now),
+            Sessions::Shared(store) => {
+                let id = random_token()?;
+                let ttl = (session.expires_at - now).to_std().unwrap_or_default();
+                let json = serde_json::to_vec(&session)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let value =
+                    sealed::seal(&id, SESSION_PURPOSE, &json).map_err(|_| StoreError::Random)?;
+                store.set(&store_key("session", &id), value, ttl).await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// The live session for a cookie value.
+    pub async fn get(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Session>, StoreError> {
+        match self {
+            Sessions::Memory(m) => Ok(m.get(id, now)),
+            Sessions::Shared(store) => {
+                let Some(value) = store.get(&store_key("session", id)).await? else {
+                    return Ok(None);
+                };
+                Ok(sealed::open(id, SESSION_PURPOSE, &value)
+                    .and_then(|json| serde_json::from_slice::<Session>(&json).ok())
+                    .filter(|s| s.expires_at > now))
+            }
+        }
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Sessions::Memory(m) => {
+                m.remove(id);
+                Ok(())
+            }
+            Sessions::Shared(store) => Ok(store.delete(&store_key("session", id)).await?),
+        }
+    }
+
+    /// Remembers a started SSO login under its `state`.
+    pub async fn start_login(
+        &self,
+        state: &str,
+        login: PendingLogin,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Sessions::Memory(m) => m.start_login(state, login, now),
+            Sessions::Shared(store) => {
+                let ttl = LOGIN_TTL.to_std().unwrap_or_default();
+                let json = serde_json::to_vec(&login)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let value =
+                    sealed::seal(state, LOGIN_PURPOSE, &json).map_err(|_| StoreError::Random)?;
+                Ok(store.set(&store_key("login", state), value, ttl).await?)
+            }
+        }
+    }
+
+    /// Takes a pending login out (atomically: a `state` is good for one
+    /// callback only, on whichever replica it lands).
+    pub async fn finish_login(
+        &self,
+        state: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        match self {
+            Sessions::Memory(m) => Ok(m.finish_login(state, now)),
+            Sessions::Shared(store) => {
+                let Some(value) = store.take(&store_key("login", state)).await? else {
+                    return Ok(None);
+                };
+                Ok(sealed::open(state, LOGIN_PURPOSE, &value)
+                    .and_then(|json| serde_json::from_slice::<PendingLogin>(&json).ok())
+                    .filter(|p| now - p.started_at < LOGIN_TTL))
+            }
+        }
+    }
+}
+
+/// The sessions and pending logins of one process.
+pub struct MemorySessions {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     pending: Mutex<HashMap<[u8; 32], PendingLogin>>,
     max: usize,
 }
 
-impl Sessions {
+impl MemorySessions {
     pub fn new(max: usize) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
@@ -210,7 +337,7 @@ mod tests {
     #[test]
     fn sessions_expire_and_are_removed() {
         let now = Utc::now();
-        let store = Sessions::new(10);
+        let store = MemorySessions::new(10);
         let id = store
             .create(session(now + chrono::Duration::minutes(1)), now)
             .unwrap();
@@ -232,7 +359,7 @@ mod tests {
     #[test]
     fn a_full_store_refuses_but_reclaims_expired_sessions() {
         let now = Utc::now();
-        let store = Sessions::new(1);
+        let store = MemorySessions::new(1);
         store
             .create(session(now + chrono::Duration::seconds(1)), now)
             .unwrap();
@@ -251,7 +378,7 @@ mod tests {
     #[test]
     fn a_login_state_is_good_for_one_callback_within_its_lifetime() {
         let now = Utc::now();
-        let store = Sessions::new(4);
+        let store = MemorySessions::new(4);
         let pending = PendingLogin {
             issuer_url: "https://idp".into(),
             code_verifier: "v".into(),

@@ -16,8 +16,10 @@ use crate::engine::Engine;
 use crate::files::last_used;
 use crate::files::reload::{self, Reloader, TlsState};
 use crate::listener::serve_tls;
+use crate::metrics::Metrics;
 use crate::routes::{app, web_app};
-use crate::state::AppState;
+use crate::shared::{Store, StoreMetrics, usage};
+use crate::state::{AppState, Services};
 
 /// Where to listen and what to read.
 #[derive(Debug, Clone)]
@@ -85,6 +87,24 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     };
     let oidc =
         Arc::new(OidcVerifier::new(extra_roots.as_deref()).context("building the OIDC client")?);
+    // The engine records its scheduler's series; they are exported with
+    // the rest.
+    let metrics = Metrics::with_serving(engine.serving_metrics());
+    let store = match &runtime.config.shared_state {
+        Some(shared) => {
+            let store_metrics = StoreMetrics {
+                errors: metrics.shared_state_errors.clone(),
+                fallback: metrics.shared_state_fallback.clone(),
+            };
+            let store = Arc::new(
+                Store::new(shared.clone(), &base, store_metrics)
+                    .context("the shared store (sharedState)")?,
+            );
+            store.spawn_keepalive();
+            Some(store)
+        }
+        None => None,
+    };
     let state = AppState::new(
         engine,
         runtime,
@@ -92,6 +112,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         table,
         oidc,
         Some(config_path.clone()),
+        Services { metrics, store },
     );
     *state
         .cert_not_after
@@ -145,6 +166,9 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
             rx.clone(),
         )),
     ];
+    if state.store.is_some() {
+        tasks.push(tokio::spawn(flush_usage(state.clone(), rx.clone())));
+    }
     if let Some(interval) = options.record_last_used {
         if last_used::is_projected(&files.api_keys) {
             // A projected Secret is read-only and shared by replicas.
@@ -169,6 +193,23 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         tasks,
         _watcher: watcher,
     })
+}
+
+/// Flushes usage deltas to the shared store every
+/// [`usage::FLUSH_INTERVAL`], and once more at shutdown.
+async fn flush_usage(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(usage::FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        state.flush_usage().await;
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Serves until SIGINT / SIGTERM.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
@@ -16,10 +17,12 @@ use serde::Serialize;
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
+use crate::forwarded::{BadProxy, parse_trusted};
+use crate::limits::Buckets;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
-use crate::ratelimit::KeyedBuckets;
 use crate::session::Sessions;
+use crate::shared::Store;
 
 /// Why a config was refused (the last good one stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub enum ConfigError {
     Invalid(#[from] ValidationError),
     #[error("sensitiveData: {0}")]
     Patterns(#[source] securechat_crds::sensitive::PatternError),
+    #[error(transparent)]
+    TrustedProxies(#[from] BadProxy),
 }
 
 /// The config in force: validated, with its compiled parts (the
@@ -41,6 +46,8 @@ pub struct LiveConfig {
     pub config: ServerConfig,
     pub filter: Filter,
     pub policy: TokenPolicy,
+    /// `limits.trustedProxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl LiveConfig {
@@ -54,23 +61,39 @@ impl LiveConfig {
             audience: config.auth.audience.clone(),
             leeway_secs: config.auth.leeway.as_secs(),
         };
+        let ranges: Vec<String> = config
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(|c| c.0.clone())
+            .collect();
+        let trusted_proxies = parse_trusted(&ranges)?;
         Ok(Self {
             config,
             filter,
             policy,
+            trusted_proxies,
         })
     }
 }
 
-/// Live usage of one API key, reported by /admin/keys (the key table is
-/// read-only to the server: in Kubernetes it is a mounted Secret).
-#[derive(Debug, Clone, Default, Serialize)]
+pub use crate::shared::usage::KeyUsage;
+
+/// Whose usage figures an answer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyUsage {
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub last_used_at: Option<DateTime<Utc>>,
+pub enum UsageScope {
+    /// Every replica's (the shared store's totals).
+    Model,
+    /// This replica's since it started (no store, or the store failed).
+    Replica,
+}
+
+/// What a state is built with besides its files: the metrics and, with
+/// `sharedState`, the store (which reports into those metrics).
+pub struct Services {
+    pub metrics: Metrics,
+    pub store: Option<Arc<Store>>,
 }
 
 /// What every request reads; [`AppState`] clones it per request as one Arc.
@@ -82,12 +105,17 @@ pub struct AppStateInner {
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
     /// Requests per principal.
-    pub request_buckets: KeyedBuckets,
-    /// Generated tokens per principal.
-    pub token_buckets: KeyedBuckets,
+    pub request_buckets: Buckets,
+    /// Prompt and generated tokens per principal (minute and day budgets).
+    pub token_buckets: Buckets,
     /// Failed authentications per client address.
-    pub failure_buckets: KeyedBuckets,
+    pub failure_buckets: Buckets,
+    /// The store the replicas share, when configured.
+    pub store: Option<Arc<Store>>,
+    /// This process's usage per key since it started.
     pub usage: Mutex<HashMap<String, KeyUsage>>,
+    /// With a store: usage not yet flushed to it (`shared::usage`).
+    pub usage_pending: Mutex<HashMap<String, KeyUsage>>,
     pub metrics: Metrics,
     /// JWKS caches of the external OIDC issuers.
     pub oidc: Arc<OidcVerifier>,
@@ -115,22 +143,31 @@ impl AppState {
         api_keys: ApiKeyTable,
         oidc: Arc<OidcVerifier>,
         config_path: Option<PathBuf>,
+        services: Services,
     ) -> Self {
+        let Services { metrics, store } = services;
         let max = live_config.config.limits.max_tracked_clients as usize;
+        let sessions = Sessions::new(max, store.clone());
+        let buckets = |family: &'static str| match &store {
+            Some(store) => Buckets::shared(store.clone(), family, max),
+            None => Buckets::memory(max),
+        };
         Self(Arc::new(AppStateInner {
-            metrics: Metrics::with_serving(engine.serving_metrics()),
             engine,
             live_config: ArcSwap::from_pointee(live_config),
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
-            request_buckets: KeyedBuckets::new(max),
-            token_buckets: KeyedBuckets::new(max),
-            failure_buckets: KeyedBuckets::new(max),
+            request_buckets: buckets("requests"),
+            token_buckets: buckets("tokens"),
+            failure_buckets: buckets("auth_failures"),
+            store,
             usage: Mutex::new(HashMap::new()),
+            usage_pending: Mutex::new(HashMap::new()),
+            metrics,
             oidc,
             config_path,
-            sessions: Sessions::new(max),
+            sessions,
         }))
     }
 
@@ -154,7 +191,8 @@ impl AppState {
         requested == self.model_id() || requested == self.engine.info().id
     }
 
-    /// Adds to a key's usage.
+    /// Adds to a key's usage: this process's figures and counters, and,
+    /// with a store, the deltas its next flush sends.
     pub fn record_usage(
         &self,
         key_id: &str,
@@ -163,13 +201,69 @@ impl AppState {
         request: bool,
         now: DateTime<Utc>,
     ) {
-        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded like the limiters: ids come from the key table, which the
         // operator bounds, so this cannot grow from unauthenticated input.
-        let entry = usage.entry(key_id.to_string()).or_default();
-        entry.requests += u64::from(request);
-        entry.prompt_tokens += prompt;
-        entry.completion_tokens += completion;
-        entry.last_used_at = Some(now);
+        let delta = KeyUsage {
+            requests: u64::from(request),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            last_used_at: Some(now),
+        };
+        self.metrics
+            .key_usage(key_id, delta.requests, prompt, completion);
+        self.usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key_id.to_string())
+            .or_default()
+            .add(&delta);
+        if self.store.is_some() {
+            self.usage_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key_id.to_string())
+                .or_default()
+                .add(&delta);
+        }
+    }
+
+    /// Sends the pending deltas to the store; on failure they stay pending
+    /// (merged with what was recorded meanwhile) for the next flush.
+    pub async fn flush_usage(&self) {
+        let Some(store) = &self.store else { return };
+        let deltas =
+            std::mem::take(&mut *self.usage_pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if deltas.is_empty() {
+            return;
+        }
+        if store.add_usage(&deltas).await.is_err() {
+            let mut pending = self.usage_pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, delta) in deltas {
+                pending.entry(id).or_default().add(&delta);
+            }
+        }
+    }
+
+    /// Usage of `ids`: the whole model's (store totals plus this replica's
+    /// unflushed deltas) when there is a store that answers, else this
+    /// replica's.
+    pub async fn usage_of(&self, ids: &[String]) -> (HashMap<String, KeyUsage>, UsageScope) {
+        if let Some(store) = &self.store
+            && let Ok(mut totals) = store.usage(ids).await
+        {
+            let pending = self.usage_pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, total) in &mut totals {
+                if let Some(delta) = pending.get(id) {
+                    total.add(delta);
+                }
+            }
+            return (totals, UsageScope::Model);
+        }
+        let local = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let figures = ids
+            .iter()
+            .map(|id| (id.clone(), local.get(id).cloned().unwrap_or_default()))
+            .collect();
+        (figures, UsageScope::Replica)
     }
 }

@@ -309,7 +309,7 @@ async fn the_eleventh_request_in_a_minute_is_limited() {
         let resp = s
             .client
             .post(s.url("/v1/chat/completions"))
-            .bearer_auth(&s.keys.admin)
+            .bearer_auth(&s.keys.developer)
             .json(&chat_body("hi"))
             .send()
             .await
@@ -319,7 +319,7 @@ async fn the_eleventh_request_in_a_minute_is_limited() {
     let resp = s
         .client
         .post(s.url("/v1/chat/completions"))
-        .bearer_auth(&s.keys.admin)
+        .bearer_auth(&s.keys.developer)
         .json(&chat_body("hi"))
         .send()
         .await
@@ -339,12 +339,25 @@ async fn the_eleventh_request_in_a_minute_is_limited() {
     let resp = s
         .client
         .post(s.url("/v1/chat/completions"))
-        .bearer_auth(&s.keys.developer)
+        .bearer_auth(&s.keys.readonly)
         .json(&chat_body("hi"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The Admin tier has no request cap by default (seed 001: "Admin: no
+    // hard cap").
+    for i in 0..15 {
+        let resp = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&s.keys.admin)
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "admin request {i}");
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,11 @@
 //! - [`https`]: a real server over real TLS with a deterministic engine
 //!   ([`https::EchoEngine`]), API keys of every state, TLS clients;
 //!   [`https::raw`] speaks HTTP/1.1 byte by byte for what a client library
-//!   will not send.
+//!   will not send; [`https::Replicas`] runs several servers on one
+//!   directory, as replicas sharing one config and key table.
+//! - [`store`]: a real shared store (redis-server) on a free port, to kill
+//!   and restart.
 
 pub mod cluster;
 pub mod https;
+pub mod store;

@@ -2,7 +2,8 @@
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
 # k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
-# builds) from Go modules into
+# builds), and for the real node (make node-up) kubelet, kube-proxy and
+# kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -24,6 +25,8 @@ netpol_version=v1.4.4
 # v0.316.0 is Prometheus 3.16.0 (go 1.26.7).
 promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
+kube_router_version=v2.1.0
+coredns_version=v1.15.0
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -59,7 +62,7 @@ only=${1:-all}
 want() { [ "$only" = all ] || [[ " $only " == *" $1 "* ]]; }
 
 want etcd && build etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
 	want "$cmd" && build "$cmd" "$k8s_version" kubernetes "k8s.io/kubernetes/cmd/$cmd" "$(k8s_ldflags)"
 done
 want helm && build helm "$helm_version" helm helm.sh/helm/v4/cmd/helm "-X helm.sh/helm/v4/internal/version.version=$helm_version"
@@ -70,4 +73,13 @@ want k8snetpolicy && build k8snetpolicy "$netpol_version" netpol github.com/np-g
 # service-discovery plugins (cloud SDKs), most of the build.
 want promtool && build promtool "$promtool_version" promtool github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd
 want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
+# The real node's NetworkPolicy enforcer (make node-up): kube-router's
+# policy controller. kube-network-policies needs CONFIG_NFT_QUEUE, which
+# this kernel lacks (see tests/cluster/node-up.sh).
+want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
+# The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
+want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+# The real node's sandbox program (tests/cluster/pause): bump its version
+# when main.go changes.
+want pause && build pause v1 pause .
 exit 0

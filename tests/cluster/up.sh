@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Starts a local Kubernetes control plane for the tests and the demo:
 # etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok,
-# all bound to 127.0.0.1, with fake GPU nodes that kwok keeps Ready.
+# with fake GPU nodes that kwok keeps Ready. All bound to 127.0.0.1 but the
+# API server, which listens on every address so that pods on the real node
+# (make node-up) reach it at the node's bridge address; it serves TLS and
+# authenticates every client (anonymous requests see only /version and
+# the health endpoints).
 #
 # State lives in .securechat/cluster (git-ignored); the admin kubeconfig is
 # written to .securechat/kubeconfig. SECURECHAT_STATE_DIR moves both (see
@@ -12,6 +16,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/tests/cluster/state.sh"
+. "$root/tests/cluster/node.sh"
 bin="${SECURECHAT_CACHE:-$HOME/.cache/securechat}/bin"
 export PATH="$bin:$PATH"
 
@@ -45,8 +50,13 @@ echo "$api_port" >"$dir/api-port"
 openssl_quiet() { openssl "$@" 2>/dev/null; }
 openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=securechat-test-ca" \
 	-keyout "$pki/ca.key" -out "$pki/ca.crt"
+# Services get addresses from service_cidr; its first is the `kubernetes`
+# Service's, which pods on the real node (make node-up) use to reach the
+# API server, as they can its bridge address $node_ip.
+service_cidr=10.96.0.0/16
+kubernetes_service_ip=10.96.0.1
 cat >"$pki/serving.ext" <<EXT
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+subjectAltName=IP:127.0.0.1,IP:$kubernetes_service_ip,IP:$node_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth
 EXT
 openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr"
@@ -61,6 +71,10 @@ client_cert() { # name CN O
 client_cert admin securechat-admin system:masters
 client_cert controller-manager system:kube-controller-manager system:kube-controller-manager
 client_cert scheduler system:kube-scheduler system:kube-scheduler
+# The API server's identity towards a real kubelet (make node-up): logs,
+# exec and port-forward reach node-0 with this certificate, which node-up.sh
+# binds to system:kubelet-api-admin; the kubelet allows no anonymous calls.
+client_cert apiserver-kubelet-client securechat:apiserver-kubelet-client securechat:apiserver
 openssl_quiet genrsa -out "$pki/sa.key" 2048
 openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -146,14 +160,16 @@ POLICY
 
 launch kube-apiserver kube-apiserver \
 	--etcd-servers "http://127.0.0.1:$etcd_port" \
-	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+	--bind-address 0.0.0.0 --advertise-address 127.0.0.1 --secure-port "$api_port" \
 	--tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
 	--client-ca-file "$pki/ca.crt" \
 	--authorization-mode Node,RBAC \
-	--service-cluster-ip-range 10.96.0.0/16 \
+	--service-cluster-ip-range "$service_cidr" \
 	--service-account-issuer "https://127.0.0.1:$api_port" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--allow-privileged=true \
+	--kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+	--kubelet-preferred-address-types InternalIP,Hostname \
 	--endpoint-reconciler-type none \
 	--enable-priority-and-fairness=false \
 	--profiling=false \

@@ -629,6 +629,7 @@ fn tier_problems(name: &str, tier: &TierSpec, problems: &mut Vec<String>) {
     for (field, value, min) in [
         ("requestsPerMinute", tier.requests_per_minute, 1),
         ("tokensPerMinute", tier.tokens_per_minute, 1),
+        ("tokensPerDay", tier.tokens_per_day, 1),
         ("maxTokensPerRequest", tier.max_tokens_per_request, 1),
         ("maxPromptTokens", tier.max_prompt_tokens, MIN_PROMPT_TOKENS),
     ] {

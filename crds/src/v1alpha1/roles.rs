@@ -30,17 +30,29 @@ pub struct TierSpec {
     pub permissions: Vec<Permission>,
 
     /// Requests per minute for each caller of this tier. Unset: the global
-    /// rateLimit.requestsPerMinute applies.
+    /// rateLimit.requestsPerMinute applies (default 10), except for Admin,
+    /// which has no request cap unless this is set. With sharedState the
+    /// limit holds across all replicas together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub requests_per_minute: Option<i32>,
 
-    /// Prompt and generated tokens per minute for each caller of this tier
-    /// (a prompt is paid when its request is admitted). Unset: no token
-    /// quota.
+    /// Prompt and generated tokens per minute for each caller of this tier.
+    /// A request reserves its prompt plus its max_tokens when it is
+    /// admitted; what the answer did not use comes back when it ends (or
+    /// is cancelled). Unset: no per-minute quota. Defaults: ReadOnly 2,000,
+    /// Developer 20,000, Admin unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<i32>,
+
+    /// Prompt and generated tokens per day for each caller of this tier
+    /// (a budget that refills continuously over 24 hours), reserved and
+    /// refunded like tokensPerMinute; a request must fit both. Unset (the
+    /// default for every tier): no daily budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_day: Option<i32>,
 
     /// Largest max_tokens one request may ask for. Unset: no cap beyond the
     /// model's context.
@@ -87,6 +99,7 @@ impl TierSpec {
             permissions: vec![Permission::Chat],
             requests_per_minute: None,
             tokens_per_minute: Some(2_000),
+            tokens_per_day: None,
             max_tokens_per_request: Some(512),
             max_prompt_tokens: Some(1_024),
         }
@@ -99,12 +112,14 @@ impl TierSpec {
             permissions: vec![Permission::Chat, Permission::Models, Permission::Usage],
             requests_per_minute: None,
             tokens_per_minute: Some(20_000),
+            tokens_per_day: None,
             max_tokens_per_request: Some(2_048),
             max_prompt_tokens: Some(8_192),
         }
     }
 
-    /// The Admin tier's defaults: every permission, no token quota or cap.
+    /// The Admin tier's defaults: every permission, no request cap, no
+    /// token quota, no per-request cap.
     pub fn admin() -> Self {
         Self {
             permissions: vec![
@@ -115,6 +130,7 @@ impl TierSpec {
             ],
             requests_per_minute: None,
             tokens_per_minute: None,
+            tokens_per_day: None,
             max_tokens_per_request: None,
             max_prompt_tokens: None,
         }

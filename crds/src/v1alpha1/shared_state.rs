@@ -22,7 +22,9 @@ pub struct SharedStateSpec {
     #[schemars(length(min = 3, max = 260))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^[^:/ ]+:[0-9]{1,5}$') || self.matches('^\\\\[[0-9a-fA-F:.]+\\\\]:[0-9]{1,5}$')",
-         "message": "sharedState.address: must be host:port (e.g. valkey.infra.svc:6379, or [fd00::7]:6379)"}
+         "message": "sharedState.address: must be host:port (e.g. valkey.infra.svc:6379, or [fd00::7]:6379)"},
+        {"rule": "!self.matches(':[0-9]{1,5}$') || (int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)",
+         "message": "sharedState.address: the port must be between 1 and 65535"}
     ]))]
     pub address: String,
 
@@ -59,6 +61,24 @@ pub struct SharedStateSpec {
 
 fn default_timeout() -> Duration {
     DEFAULT_SHARED_STATE_TIMEOUT
+}
+
+impl SharedStateSpec {
+    /// The store's port, from `address` (`host:port` or `[v6]:port`).
+    /// None for an address admission would have refused.
+    pub fn port(&self) -> Option<u16> {
+        let (_, port) = self.address.rsplit_once(':')?;
+        port.parse().ok().filter(|p| *p != 0)
+    }
+
+    /// The key prefix the servers use: `keyPrefix`, else
+    /// `<namespace>/<name>/` of the model, so models sharing one store
+    /// never share counters.
+    pub fn key_prefix_for(&self, namespace: &str, name: &str) -> String {
+        self.key_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{namespace}/{name}/"))
+    }
 }
 
 /// Where the store is, as NetworkPolicy peers.
@@ -108,17 +128,23 @@ pub struct SharedStateTls {
 pub struct CaBundleRef {
     /// ConfigMap holding the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub config_map_name: Option<String>,
 
     /// Secret holding the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret_name: Option<String>,
 
     /// Key of the bundle in it (default `ca.crt`).
     #[serde(default = "default_ca_key")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -131,17 +157,20 @@ fn default_ca_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SharedStateCredentials {
     /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret_name: String,
 
     /// Key of the ACL user name in it. Unset: the store's default user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub username_key: Option<String>,
 
     /// Key of the password in it (default `password`).
     #[serde(default = "default_password_key")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub password_key: String,
 }
 
@@ -159,4 +188,38 @@ pub enum OnUnavailable {
     /// Each replica enforces its share (limit / replicas) locally, and says
     /// so in a metric and a log line.
     LocalFallback,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(address: &str) -> SharedStateSpec {
+        SharedStateSpec {
+            address: address.into(),
+            network: SharedStateNetwork::default(),
+            tls: None,
+            credentials: None,
+            key_prefix: None,
+            on_unavailable: OnUnavailable::default(),
+            timeout: DEFAULT_SHARED_STATE_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn the_port_is_read_from_either_address_form() {
+        assert_eq!(spec("valkey.infra.svc:6379").port(), Some(6379));
+        assert_eq!(spec("[fd00::7]:6380").port(), Some(6380));
+        assert_eq!(spec("10.0.5.7:0").port(), None);
+        assert_eq!(spec("10.0.5.7:70000").port(), None);
+        assert_eq!(spec("valkey").port(), None);
+    }
+
+    #[test]
+    fn the_key_prefix_defaults_to_the_models_namespace_and_name() {
+        let mut s = spec("valkey:6379");
+        assert_eq!(s.key_prefix_for("team", "chat"), "team/chat/");
+        s.key_prefix = Some("shared:".into());
+        assert_eq!(s.key_prefix_for("team", "chat"), "shared:");
+    }
 }

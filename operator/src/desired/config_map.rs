@@ -10,27 +10,81 @@ use securechat_crds::files::config::{
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
-use securechat_crds::v1alpha1::OidcIssuer;
+use securechat_crds::v1alpha1::{
+    AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, NetworkSpec, OidcIssuer, SecureChatModelSpec, TlsSpec,
+};
 use sha2::{Digest, Sha256};
 
-use super::Input;
 use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, sso_client_secret_file};
+use super::{Input, shared_state};
 use crate::labels::Names;
 use crate::{Error, Result};
 
 /// The server configuration the pods read, derived from the spec. The
 /// policy sections are the spec's own types, copied as they are.
+///
+/// Every field of the spec, and of the sections copied field by field, is
+/// named here with where it goes instead: adding a field to the spec
+/// without deciding whether the server needs it does not compile.
 pub fn server_config(input: &Input) -> ServerConfig {
-    let spec = &input.model.spec;
+    let SecureChatModelSpec {
+        replicas,
+        image: _, // the Deployment
+        model,
+        resources: _,  // the Deployment
+        scheduling: _, // the Deployment
+        ports: _,      // the Deployment's arguments, the Service, the NetworkPolicy
+        tls,
+        signing_keys: _, // material: the keyset file the config points at
+        auth,
+        roles,
+        rate_limit,
+        cors,
+        sensitive_data,
+        network,
+        audit,
+        serving,
+        shared_state,
+    } = &input.model.spec;
+    let ModelSpec {
+        family,
+        source: _, // the Deployment: the --model argument and its volume
+        context_length,
+        max_tokens,
+        temperature,
+        top_p,
+    } = model;
+    let TlsSpec {
+        mode: _,         // material and the Deployment's tls volume
+        secret_name: _,  // idem
+        validity: _,     // material
+        renew_before: _, // material
+        dns_names: _,    // material
+        min_version,
+        ca_validity: _, // material
+        ca_overlap: _,  // material
+    } = tls;
+    let AuthSpec {
+        issuer,
+        audience,
+        token_ttl,
+        leeway,
+        oidc,
+        api_keys: _, // the ChatApiKey controller
+    } = auth;
+    let NetworkSpec {
+        ingress: _, // the NetworkPolicy
+        egress: _,  // the NetworkPolicy
+        trusted_proxies,
+    } = network;
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {
         served_model_name: Some(input.name.clone()),
         model: ModelConfig {
-            family: spec.model.family,
-            context_length: spec
-                .model
-                .context_length
-                .and_then(|n| u32::try_from(n).ok()),
+            family: *family,
+            // Admission keeps it positive; a value that is not cannot be a
+            // window and is left to the model file's.
+            context_length: context_length.and_then(|n| u32::try_from(n).ok()),
         },
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
@@ -39,31 +93,23 @@ pub fn server_config(input: &Input) -> ServerConfig {
             api_keys: dir(API_KEYS_DIR, names::API_KEYS),
         },
         tls: ServerTls {
-            min_version: spec.tls.min_version,
+            min_version: *min_version,
         },
         generation: GenerationDefaults {
-            max_tokens: u32::try_from(spec.model.max_tokens).unwrap_or(2048),
-            temperature: spec.model.temperature as f32,
-            top_p: spec.model.top_p as f32,
+            max_tokens: u32::try_from(*max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+            temperature: *temperature as f32,
+            top_p: *top_p as f32,
         },
         auth: ServerAuth {
-            issuer: spec
-                .auth
-                .issuer
+            issuer: issuer
                 .clone()
                 .unwrap_or_else(|| format!("https://{}", input.service_host())),
-            audience: spec
-                .auth
-                .audience
-                .clone()
-                .unwrap_or_else(|| input.name.clone()),
-            token_ttl: spec.auth.token_ttl,
-            leeway: spec.auth.leeway,
+            audience: audience.clone().unwrap_or_else(|| input.name.clone()),
+            token_ttl: *token_ttl,
+            leeway: *leeway,
             // The server reads client secrets from files (web.sso below),
             // never by Secret name.
-            oidc: spec
-                .auth
-                .oidc
+            oidc: oidc
                 .iter()
                 .map(|o| OidcIssuer {
                     client_secret_name: None,
@@ -71,22 +117,20 @@ pub fn server_config(input: &Input) -> ServerConfig {
                 })
                 .collect(),
         },
-        roles: spec.roles.clone(),
-        rate_limit: spec.rate_limit.clone(),
-        cors: spec.cors.clone(),
-        sensitive_data: spec.sensitive_data.clone(),
-        audit: spec.audit.clone(),
+        roles: roles.clone(),
+        rate_limit: rate_limit.clone(),
+        cors: cors.clone(),
+        sensitive_data: sensitive_data.clone(),
+        audit: audit.clone(),
         limits: Limits {
-            trusted_proxies: spec.network.trusted_proxies.clone(),
+            trusted_proxies: trusted_proxies.clone(),
             ..Default::default()
         },
         // An issuer with a clientId gets a "Sign in with SSO" button, as
         // the spec documents: a confidential client when it names a client
         // secret (mounted by the Deployment), else a public one (PKCE).
         web: WebConfig {
-            sso: spec
-                .auth
-                .oidc
+            sso: oidc
                 .iter()
                 .enumerate()
                 .filter(|(_, o)| o.client_id.is_some())
@@ -100,9 +144,13 @@ pub fn server_config(input: &Input) -> ServerConfig {
                 .collect(),
             ..Default::default()
         },
-        serving: spec.serving.clone(),
-        // Rendered with its mounts by the shared-state change (4/9).
-        shared_state: None,
+        serving: serving.clone(),
+        shared_state: shared_state::config(
+            shared_state.as_ref(),
+            &input.namespace,
+            &input.name,
+            *replicas,
+        ),
     }
 }
 
@@ -111,11 +159,22 @@ pub fn server_config(input: &Input) -> ServerConfig {
 /// pods).
 pub fn config_map(input: &Input) -> Result<(ConfigMap, String)> {
     let config = server_config(input);
-    let yaml = serde_yaml::to_string(&config).map_err(|e| Error::Render {
-        what: "server config",
-        message: e.to_string(),
-    })?;
-    let checksum = hex(&Sha256::digest(yaml.as_bytes()));
+    let render = |config: &ServerConfig| {
+        serde_yaml::to_string(config).map_err(|e| Error::Render {
+            what: "server config",
+            message: e.to_string(),
+        })
+    };
+    let yaml = render(&config)?;
+    // Scaling must not roll the pods: the replica count the shared store's
+    // fallback divides by is left out of the checksum, and reaches running
+    // pods in place (the server re-reads config.yaml when the kubelet
+    // updates it).
+    let mut rolled = config;
+    if let Some(shared_state) = &mut rolled.shared_state {
+        shared_state.replicas = 0;
+    }
+    let checksum = hex(&Sha256::digest(render(&rolled)?.as_bytes()));
     let map = ConfigMap {
         metadata: input.metadata(Names::config_map(&input.name)),
         data: Some(BTreeMap::from([(names::CONFIG.to_string(), yaml)])),
@@ -237,5 +296,65 @@ mod tests {
         let (_, c) = render(json!({"rateLimit": {"requestsPerMinute": 11}}));
         assert_eq!(a, b, "scaling must not roll the pods");
         assert_ne!(a, c, "a config change must roll the pods");
+
+        // With a shared store the replica count is in the config (the
+        // fallback divides by it), and still scaling does not roll.
+        let store = |replicas: i32, timeout: &str| {
+            render(json!({"replicas": replicas, "sharedState": {
+                "address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]}, "timeout": timeout}}))
+        };
+        let (two_map, two) = store(2, "50ms");
+        let (three_map, three) = store(3, "50ms");
+        assert_ne!(two_map.data, three_map.data, "the count is written");
+        assert_eq!(two, three, "scaling must not roll the pods");
+        assert_ne!(two, store(2, "80ms").1, "a store setting rolls them");
+    }
+
+    #[test]
+    fn serving_context_length_and_shared_state_reach_the_server() {
+        let (map, _) = render(json!({
+            "replicas": 2,
+            "model": {"contextLength": 4096},
+            "serving": {"maxConcurrentSequences": 8, "kvCacheTokens": 32768, "maxQueue": 5,
+                        "prefixCache": false, "prefillChunkTokens": 128,
+                        "tierWeights": {"admin": 9, "developer": 3, "readOnly": 1}},
+            "network": {"trustedProxies": ["10.0.0.0/8"]},
+            "sharedState": {"address": "valkey.infra.svc:6379",
+                            "network": {"toNamespaces": {"matchLabels": {"team": "infra"}}},
+                            "credentials": {"secretName": "valkey-acl"},
+                            "onUnavailable": "LocalFallback"}
+        }));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG])
+            .expect("server parses it");
+        parsed.validate().expect("and accepts it");
+        assert_eq!(parsed.model.context_length, Some(4096));
+        let serving = &parsed.serving;
+        assert_eq!(
+            (
+                serving.max_concurrent_sequences,
+                serving.kv_cache_tokens,
+                serving.max_queue,
+                serving.prefix_cache,
+                serving.prefill_chunk_tokens,
+                serving.tier_weights.admin
+            ),
+            (8, Some(32768), 5, false, 128, 9)
+        );
+        assert_eq!(parsed.limits.trusted_proxies.len(), 1);
+        let store = parsed.shared_state.expect("sharedState");
+        assert_eq!(store.address, "valkey.infra.svc:6379");
+        assert_eq!(store.key_prefix, "team/chat/");
+        assert_eq!(store.replicas, 2);
+        assert_eq!(
+            store.password_file.as_deref(),
+            Some(std::path::Path::new(
+                "/etc/securechat/shared-state/credentials/password"
+            ))
+        );
+        assert_eq!(store.username_file, None);
+
+        let (map, _) = render(json!({}));
+        let yaml = &map.data.expect("data")[names::CONFIG];
+        assert!(!yaml.contains("sharedState"), "{yaml}");
     }
 }

@@ -393,6 +393,11 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
         });
         mounts.push(mount(&name, &sso_client_secret_dir(index)));
     }
+    // The shared store's credentials and CA bundle, where the config says.
+    for (volume, volume_mount) in super::shared_state::volumes(spec.shared_state.as_ref()) {
+        volumes.push(volume);
+        mounts.push(volume_mount);
+    }
     let source = &spec.model.source;
     let model_path = if let Some(volume) = &source.volume {
         volumes.push(Volume {

@@ -9,6 +9,7 @@ mod pdb;
 pub mod secrets;
 mod service;
 mod service_account;
+pub mod shared_state;
 
 pub use config_map::{config_map, server_config};
 pub use deployment::{CONFIG_DIR, deployment};

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use securechat_crds::v1alpha1::{IngressRule, Protocol};
+use securechat_crds::v1alpha1::{IngressRule, Protocol, SharedStateNetwork, SharedStateSpec};
 
 use super::Input;
 use crate::labels::{self, Names};
@@ -71,6 +71,10 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
         });
     }
 
+    if let Some(rule) = spec.shared_state.as_ref().and_then(shared_state_egress) {
+        egress.push(rule);
+    }
+
     let policy = NetworkPolicy {
         metadata: input.metadata(Names::network_policy(&input.name)),
         spec: Some(NetworkPolicySpec {
@@ -102,6 +106,34 @@ fn ingress_rule(rule: &IngressRule) -> NetworkPolicyIngressRule {
         ports: Some(vec![port(rule.port, rule.protocol)]),
         from: Some(from),
     }
+}
+
+/// Egress to the shared store's port, towards where `sharedState.network`
+/// says it runs: a NetworkPolicy matches addresses and labels, never a
+/// host name, so `address` gives only the port. None for an address
+/// without a valid port (admission refuses those; the reconcile then stops
+/// at a refusal naming it).
+fn shared_state_egress(store: &SharedStateSpec) -> Option<NetworkPolicyEgressRule> {
+    let port_number = i32::from(store.port()?);
+    let SharedStateNetwork {
+        to,
+        to_namespaces,
+        to_pods,
+    } = &store.network;
+    let mut peers: Vec<NetworkPolicyPeer> = to.iter().map(|c| ip_block(&c.0)).collect();
+    if to_namespaces.is_some() || to_pods.is_some() {
+        // One peer, so the selectors AND: the store's pods in the store's
+        // namespaces (toPods alone: in the model's namespace).
+        peers.push(NetworkPolicyPeer {
+            namespace_selector: to_namespaces.clone(),
+            pod_selector: to_pods.clone(),
+            ip_block: None,
+        });
+    }
+    Some(NetworkPolicyEgressRule {
+        ports: Some(vec![port(port_number, Protocol::TCP)]),
+        to: Some(peers),
+    })
 }
 
 fn port(number: i32, protocol: Protocol) -> NetworkPolicyPort {
@@ -236,5 +268,52 @@ mod tests {
             egress[2].ports.as_ref().expect("ports")[0].port,
             Some(IntOrString::Int(5432))
         );
+    }
+
+    #[test]
+    fn the_shared_store_gets_one_egress_rule_to_its_port_and_peers() {
+        let egress = |shared_state: serde_json::Value| {
+            plan(json!({ "sharedState": shared_state }))
+                .policy
+                .spec
+                .expect("spec")
+                .egress
+                .expect("egress")
+        };
+        // An external Redis: its address ranges.
+        let rules = egress(json!({"address": "redis.example.com:6380",
+            "network": {"to": ["192.0.2.0/24", "2001:db8::/64"]}}));
+        assert_eq!(rules.len(), 2, "DNS and the store");
+        let store = &rules[1];
+        assert_eq!(store.ports, Some(vec![port(6380, Protocol::TCP)]));
+        let cidrs: Vec<_> = store
+            .to
+            .iter()
+            .flatten()
+            .map(|p| p.ip_block.as_ref().expect("ipBlock").cidr.as_str())
+            .collect();
+        assert_eq!(cidrs, ["192.0.2.0/24", "2001:db8::/64"]);
+
+        // An in-cluster Valkey: its pods in its namespace, one peer.
+        let rules = egress(json!({"address": "valkey.infra.svc:6379", "network": {
+            "toNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": "infra"}},
+            "toPods": {"matchLabels": {"app.kubernetes.io/name": "valkey"}}}}));
+        let peers = rules[1].to.clone().expect("to");
+        assert_eq!(peers.len(), 1);
+        assert!(
+            peers[0].namespace_selector.is_some()
+                && peers[0].pod_selector.is_some()
+                && peers[0].ip_block.is_none()
+        );
+        assert_eq!(rules[1].ports, Some(vec![port(6379, Protocol::TCP)]));
+
+        // Pods alone: the model's own namespace (no namespace selector).
+        let rules = egress(json!({"address": "[fd00::7]:6379",
+            "network": {"toPods": {"matchLabels": {"app": "valkey"}}}}));
+        let peers = rules[1].to.clone().expect("to");
+        assert!(peers[0].namespace_selector.is_none() && peers[0].pod_selector.is_some());
+
+        // No sharedState, no rule.
+        assert_eq!(egress(serde_json::Value::Null).len(), 1);
     }
 }

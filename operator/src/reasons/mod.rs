@@ -80,6 +80,34 @@ pub const ROTATING: &str = "Rotating";
 /// SigningKeysReady=True: an active key signs; no rotation under way.
 pub const KEYSET_READY: &str = "KeysetReady";
 
+// SharedState: whether the model's limits hold for the model as a whole.
+
+/// SharedState=True: `sharedState` is set; the replicas share one store
+/// for limits, sessions and usage.
+pub const SHARED_STATE_CONFIGURED: &str = "Configured";
+/// SharedState=True: at most one replica and no store; the one process's
+/// limits are the model's.
+pub const SINGLE_REPLICA: &str = "SingleReplica";
+/// SharedState=False: more than one replica and no `sharedState`: every
+/// limit (requests and tokens per minute, the brute-force guard) holds per
+/// replica, so the model as a whole allows up to `replicas` times as much,
+/// and web sessions live in the replica that made them. Serving goes on
+/// (Ready does not wait on it); the Warning says so once.
+pub const PER_REPLICA_LIMITS: &str = "PerReplicaLimits";
+/// SharedState=False and Ready=False: the credentials Secret of
+/// `sharedState.credentials` does not exist or lacks a key it names; the
+/// config and Deployment were not changed, running pods keep the last good
+/// ones.
+pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
+/// SharedState=False and Ready=False: the ConfigMap or Secret of
+/// `sharedState.tls.caBundle` does not exist or lacks its key; nothing was
+/// rolled out, as for CredentialsNotFound.
+pub const CA_BUNDLE_NOT_FOUND: &str = "CaBundleNotFound";
+/// SharedState=False and Ready=False: `sharedState.address` has no valid
+/// port (admission refuses such an address; a spec stored before that rule
+/// gets this); nothing was rolled out.
+pub const INVALID_SHARED_STATE_ADDRESS: &str = "InvalidSharedStateAddress";
+
 // Events only.
 
 /// Normal Event: owned objects were created or changed (the note lists
@@ -88,5 +116,8 @@ pub const APPLIED: &str = "Applied";
 
 /// Reasons of a model that is merely starting: not a warning.
 pub const STARTING: [&str; 2] = [NO_REPLICAS_READY, PENDING];
+/// Reasons of a model waiting for an object the user creates (polled
+/// sooner: the operator does not watch the objects a spec merely names).
+pub const AWAITING_REFERENCE: [&str; 2] = [CREDENTIALS_NOT_FOUND, CA_BUNDLE_NOT_FOUND];
 /// Available reasons while replicas are on their way (polled sooner).
 pub const ROLLING_OUT: [&str; 2] = [NO_REPLICAS_READY, PARTIALLY_READY];

@@ -11,18 +11,20 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 use chrono::{DateTime, Utc};
+use securechat_crds::files::config::ServerConfig;
 use securechat_crds::v1alpha1::{Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
 use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
+use crate::forwarded;
 use crate::listener::ClientAddr;
 use crate::principal::{Method, Principal};
-use crate::ratelimit::{Decision, Rate};
+use crate::ratelimit::{Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
@@ -116,17 +118,47 @@ pub async fn authenticate(
     })
 }
 
-fn client_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ClientAddr>().map(|a| a.0.ip())
+/// The address the brute-force guard keys on: the peer, or the client a
+/// trusted proxy names in `X-Forwarded-For` (see `forwarded`).
+pub fn client_ip(state: &AppState, extensions: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = extensions.get::<ClientAddr>()?.0.ip();
+    let runtime = state.live_config();
+    let forwarded_for = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(forwarded::client_ip(
+        peer,
+        forwarded_for,
+        &runtime.trusted_proxies,
+    ))
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The brute-force guard's bucket: `max` failures a minute, all at once.
+fn failure_rate(state: &AppState) -> Rate {
+    let max = state
+        .live_config()
+        .config
+        .limits
+        .max_auth_failures_per_minute;
+    Rate::per_minute(max, max)
 }
 
 /// Refuses clients with too many recent failures, before any crypto work.
-pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
+pub async fn check_guard(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    now: Instant,
+) -> Result<(), ApiError> {
     let Some(ip) = ip else { return Ok(()) };
-    let runtime = state.live_config();
-    let max = runtime.config.limits.max_auth_failures_per_minute;
-    let rate = Rate::per_minute(max, max);
-    match state.failure_buckets.peek(&ip.to_string(), rate, 1.0, now) {
+    let rate = failure_rate(state);
+    match state
+        .failure_buckets
+        .one(Op::Peek, &ip.to_string(), rate, 1.0, now)
+        .await?
+    {
         Decision::Allowed { .. } => Ok(()),
         Decision::Denied { retry_after } => {
             state.metrics.limited("auth_failures");
@@ -135,18 +167,22 @@ pub fn check_guard(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result
     }
 }
 
-/// Counts a failure against the client address and the metrics.
-pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, now: Instant) {
+/// Counts a failure against the client address and the metrics. A store
+/// that cannot count it is already counted in its own metric; the request
+/// fails either way.
+pub async fn note_failure(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    failure: AuthFailure,
+    now: Instant,
+) {
     state.metrics.auth_failure(failure.label());
     if let Some(ip) = ip {
-        let max = state
-            .live_config()
-            .config
-            .limits
-            .max_auth_failures_per_minute;
-        state
+        let rate = failure_rate(state);
+        let _ = state
             .failure_buckets
-            .charge(&ip.to_string(), Rate::per_minute(max, max), 1.0, now);
+            .one(Op::Charge, &ip.to_string(), rate, 1.0, now)
+            .await;
     }
 }
 
@@ -155,17 +191,17 @@ pub fn note_failure(state: &AppState, ip: Option<IpAddr>, failure: AuthFailure, 
 /// the web UI's session cookie (see [`session_principal`]).
 pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
-    let ip = client_ip(parts);
-    check_guard(state, ip, now)?;
+    let ip = client_ip(state, &parts.extensions, &parts.headers);
+    check_guard(state, ip, now).await?;
     let on_web_port = parts.extensions.get::<WebPort>().is_some();
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
-            return session_principal(state, parts, id, Utc::now()).inspect_err(|e| {
-                if let ApiError::Unauthorized(failure) = e {
-                    note_failure(state, ip, *failure, now);
-                }
-            });
+            let result = session_principal(state, parts, id, Utc::now()).await;
+            if let Err(ApiError::Unauthorized(failure)) = &result {
+                note_failure(state, ip, *failure, now).await;
+            }
+            return result;
         }
         (Ok(credential), _) => authenticate(state, credential, Utc::now()).await,
         (Err(failure), _) => Err(failure),
@@ -173,7 +209,7 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     match result {
         Ok(p) => Ok(p),
         Err(failure) => {
-            note_failure(state, ip, failure, now);
+            note_failure(state, ip, failure, now).await;
             Err(ApiError::Unauthorized(failure))
         }
     }
@@ -186,13 +222,13 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
 /// `GET /web/session`) and send, and any `Origin` it has must be this
 /// server's own. An API-key session re-checks its key, so suspending,
 /// revoking or downgrading a key applies to open sessions at once.
-pub fn session_principal(
+pub async fn session_principal(
     state: &AppState,
     parts: &Parts,
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Principal, ApiError> {
-    let session = live_session(state, id, now).map_err(ApiError::Unauthorized)?;
+    let session = live_session(state, id, now).await?;
     if !same_origin_or_none(&parts.headers) {
         return Err(ApiError::CsrfRefused("the Origin is not this server"));
     }
@@ -209,19 +245,22 @@ pub fn session_principal(
 
 /// The session behind a cookie value, with an API-key session's key
 /// re-checked (state and tier) against the current table.
-pub fn live_session(
+pub async fn live_session(
     state: &AppState,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<Session, AuthFailure> {
+) -> Result<Session, ApiError> {
     let mut session = state
         .sessions
         .get(id, now)
-        .ok_or(AuthFailure::SessionExpired)?;
+        .await?
+        .ok_or(ApiError::Unauthorized(AuthFailure::SessionExpired))?;
     if let Some(key_id) = &session.principal.key_id {
         let table = state.api_keys.load();
-        let record = table.get(key_id).ok_or(AuthFailure::UnknownKey)?;
-        api_key::ensure_usable(record, now)?;
+        let record = table
+            .get(key_id)
+            .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
+        api_key::ensure_usable(record, now).map_err(ApiError::Unauthorized)?;
         session.principal.tier = session.principal.tier.min(record.tier);
     }
     Ok(session)
@@ -238,28 +277,39 @@ pub fn same_origin_or_none(headers: &HeaderMap) -> bool {
         .is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes())
 }
 
+/// A tier's request limit: its own, else the global one, except that the
+/// Admin tier has no cap unless it sets one (operators must be able to
+/// manage keys while users exhaust theirs).
+pub fn request_limit(config: &ServerConfig, tier: Tier) -> Option<u32> {
+    match (config.roles.tier(tier).requests_per_minute, tier) {
+        (Some(own), _) => Some(own.max(1) as u32),
+        (None, Tier::Admin) => None,
+        (None, _) => Some(config.rate_limit.requests_per_minute.max(1) as u32),
+    }
+}
+
 /// Takes one request from the principal's per-minute budget (tier
 /// override, else the global limit; `burst` at once).
-pub fn take_request(
+pub async fn take_request(
     state: &AppState,
     subject: &str,
     tier: Tier,
     audit: &Audit,
 ) -> Result<(), ApiError> {
     let runtime = state.live_config();
-    let limits = &runtime.config.rate_limit;
-    let per_minute = runtime
+    let Some(per_minute) = request_limit(&runtime.config, tier) else {
+        return Ok(());
+    };
+    let burst = runtime
         .config
-        .roles
-        .tier(tier)
-        .requests_per_minute
-        .unwrap_or(limits.requests_per_minute)
-        .max(1) as u32;
-    let burst = limits.burst.map_or(per_minute, |b| b.max(1) as u32);
+        .rate_limit
+        .burst
+        .map_or(per_minute, |b| b.max(1) as u32);
     let rate = Rate::per_minute(per_minute, burst);
     match state
         .request_buckets
-        .take(subject, rate, 1.0, Instant::now())
+        .one(Op::Take, subject, rate, 1.0, Instant::now())
+        .await?
     {
         Decision::Allowed { remaining, reset } => {
             audit.rate(RateInfo {
@@ -332,7 +382,7 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));
         }
-        take_request(state, &principal.subject, principal.tier, &audit)?;
+        take_request(state, &principal.subject, principal.tier, &audit).await?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }

@@ -254,6 +254,11 @@ impl Reloader {
             && let Some(runtime) = self.outcome("config", parse_config(&bytes))
         {
             let min = runtime.config.tls.min_version;
+            // The store itself is chosen at start; a scaled model's new
+            // replica count applies at once (LocalFallback's share).
+            if let (Some(store), Some(shared)) = (&self.state.store, &runtime.config.shared_state) {
+                store.set_replicas(shared.replicas);
+            }
             self.state.live_config.store(Arc::new(runtime));
             self.apply_min_version(min);
         }

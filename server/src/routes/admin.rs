@@ -20,11 +20,8 @@ pub async fn keys(
 ) -> Json<Value> {
     let now = Utc::now();
     let table = state.api_keys.load();
-    let usage = state
-        .usage
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let ids: Vec<String> = table.keys.iter().map(|k| k.id.clone()).collect();
+    let (usage, scope) = state.usage_of(&ids).await;
     let keys: Vec<Value> = table
         .keys
         .iter()
@@ -52,33 +49,30 @@ pub async fn keys(
             })
         })
         .collect();
-    Json(json!({ "keys": keys }))
+    Json(json!({ "keys": keys, "usageScope": scope }))
 }
 
-/// The caller's own usage (Developer and Admin): requests and tokens since
-/// the server started, for the API key behind the credential.
+/// The caller's own usage (Developer and Admin) for the API key behind
+/// the credential: the whole model's with a shared store (`usageScope`
+/// model), else this server's since it started (`replica`).
 pub async fn own_usage(
     State(state): State<AppState>,
     caller: Authorized<UsagePermission>,
 ) -> Json<Value> {
     let p = caller.principal;
+    let ids: Vec<String> = p.key_id.iter().cloned().collect();
+    let (mut usage, scope) = state.usage_of(&ids).await;
     let usage = p
         .key_id
         .as_ref()
-        .and_then(|id| {
-            state
-                .usage
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .cloned()
-        })
+        .and_then(|id| usage.remove(id))
         .unwrap_or_default();
     Json(json!({
         "principal": p.subject,
         "keyId": p.key_id,
         "tier": p.tier,
         "usage": usage,
+        "usageScope": scope,
     }))
 }
 

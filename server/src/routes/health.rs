@@ -18,19 +18,26 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when a signing key can sign and the engine answers.
+/// Ready when a signing key can sign and the engine answers. The shared
+/// store's state is reported, not required: under FailClosed only the
+/// limited endpoints refuse while it is down, and a replica taken out of
+/// the Service would not bring it back.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let now = Utc::now();
     let signing = state.signing.load();
     let kid = signing.active_kid(now).ok_or_else(|| {
         ApiError::NotReady("no active signing key inside its validity window".into())
     })?;
-    Ok(Json(json!({
+    let mut body = json!({
         "status": "ready",
         "model": state.model_id(),
         "activeKid": kid,
         "queueDepth": state.engine.queue_depth(),
-    })))
+    });
+    if let Some(store) = &state.store {
+        body["sharedState"] = json!(store.probe().await);
+    }
+    Ok(Json(body))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
+use securechat_crds::files::api_keys::{ApiKeyRecord, ApiKeyTable};
 use securechat_crds::v1alpha1::Tier;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,11 +20,10 @@ use serde_json::{Value, json};
 use super::body::{has_content_type, parse_json, read_limited};
 use super::oauth_error::{OAuthCode, OAuthError};
 use crate::audit::Audit;
-use crate::auth::{check_guard, note_failure, take_request};
+use crate::auth::{self, check_guard, note_failure, take_request};
 use crate::credentials::api_key;
 use crate::credentials::jwt::{Claims, new_jti};
 use crate::error::{ApiError, AuthFailure};
-use crate::listener::ClientAddr;
 use crate::state::AppState;
 
 /// The parameters of a token request (RFC 6749 §4.4.2), from either body
@@ -118,13 +118,61 @@ pub async fn token(State(state): State<AppState>, request: Request) -> Response 
     }
 }
 
+/// Why the client's credentials were refused: a failed authentication
+/// (counted by the brute-force guard) or a malformed request.
+enum ClientRefusal {
+    Failed(AuthFailure, OAuthError),
+    Invalid(OAuthError),
+}
+
+/// The key the client authenticates with (§2.3: HTTP Basic or the body).
+fn client_record(
+    table: &ApiKeyTable,
+    basic: Result<Option<(String, String)>, OAuthError>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Result<&ApiKeyRecord, ClientRefusal> {
+    let fail = |failure: AuthFailure, error: OAuthError| ClientRefusal::Failed(failure, error);
+    let basic = basic.map_err(|e| fail(AuthFailure::Malformed, e))?;
+    let (client_id, secret) = match (basic, client_secret) {
+        (Some(_), Some(_)) => {
+            // §2.3: one authentication method per request.
+            return Err(ClientRefusal::Invalid(OAuthError::invalid_request(
+                "client credentials sent both with HTTP Basic and in the body; use one",
+            )));
+        }
+        (Some((id, secret)), None) => (Some(id), secret),
+        (None, Some(secret)) => (client_id, secret),
+        (None, None) => {
+            return Err(fail(
+                AuthFailure::Missing,
+                OAuthError::invalid_client(AuthFailure::Missing),
+            ));
+        }
+    };
+    let record = api_key::verify(table, &secret, now)
+        .map_err(|failure| fail(failure, ApiError::Unauthorized(failure).into()))?;
+    // A client_id, when given, must name the same key.
+    if client_id
+        .as_deref()
+        .is_some_and(|id| !id.is_empty() && id != record.id)
+    {
+        return Err(fail(
+            AuthFailure::WrongSecret,
+            OAuthError::invalid_client(AuthFailure::WrongSecret),
+        ));
+    }
+    Ok(record)
+}
+
 async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> {
     let audit = request
         .extensions()
         .get::<Audit>()
         .cloned()
         .unwrap_or_else(Audit::disabled);
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let ip = auth::client_ip(state, request.extensions(), request.headers());
     let basic = basic_credentials(request.headers());
     let body: TokenRequest = if has_content_type(&request, "application/json") {
         parse_json(&read_limited(request, state).await?)?
@@ -146,51 +194,22 @@ async fn issue(state: &AppState, request: Request) -> Result<Value, OAuthError> 
         ));
     }
     let started = Instant::now();
-    check_guard(state, ip, started)?;
-    let fail = |failure: AuthFailure, error: OAuthError| {
-        note_failure(state, ip, failure, started);
-        error
-    };
-    let basic = basic.map_err(|e| fail(AuthFailure::Malformed, e))?;
-    let (client_id, secret) = match (basic, body.client_secret) {
-        (Some(_), Some(_)) => {
-            // §2.3: one authentication method per request.
-            return Err(OAuthError::invalid_request(
-                "client credentials sent both with HTTP Basic and in the body; use one",
-            ));
-        }
-        (Some((id, secret)), None) => (Some(id), secret),
-        (None, Some(secret)) => (body.client_id, secret),
-        (None, None) => {
-            return Err(fail(
-                AuthFailure::Missing,
-                OAuthError::invalid_client(AuthFailure::Missing),
-            ));
-        }
-    };
+    check_guard(state, ip, started).await?;
     let now = Utc::now();
     let table = state.api_keys.load();
-    let record = match api_key::verify(&table, &secret, now) {
-        Ok(r) => r,
-        Err(failure) => {
-            return Err(fail(failure, ApiError::Unauthorized(failure).into()));
+    let record = match client_record(&table, basic, body.client_id, body.client_secret, now) {
+        Ok(record) => record,
+        Err(ClientRefusal::Failed(failure, error)) => {
+            note_failure(state, ip, failure, started).await;
+            return Err(error);
         }
+        Err(ClientRefusal::Invalid(error)) => return Err(error),
     };
-    // A client_id, when given, must name the same key.
-    if client_id
-        .as_deref()
-        .is_some_and(|id| !id.is_empty() && id != record.id)
-    {
-        return Err(fail(
-            AuthFailure::WrongSecret,
-            OAuthError::invalid_client(AuthFailure::WrongSecret),
-        ));
-    }
     let tier = granted_tier(body.scope.as_deref(), record.tier)?;
     let subject = format!("key:{}", record.id);
     audit.principal(&subject, Some(&record.id), tier.as_str());
     // Minting tokens counts against the key's request budget like any call.
-    take_request(state, &subject, record.tier, &audit)?;
+    take_request(state, &subject, record.tier, &audit).await?;
     state.record_usage(&record.id, 0, 0, true, now);
     let runtime = state.live_config();
     let ttl = runtime.config.auth.token_ttl.as_chrono();

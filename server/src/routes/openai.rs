@@ -175,7 +175,8 @@ pub async fn chat_completions(
         seed: body.seed,
     };
     let messages = to_messages(body.messages)?;
-    let prepared = chat_pipeline::prepare(&state, &caller.principal, &audit, messages, requested)?;
+    let prepared =
+        chat_pipeline::prepare(&state, &caller.principal, &audit, messages, requested).await?;
     let input_redactions = HeaderValue::from(prepared.input_redactions);
     let rx = chat_pipeline::start(&state, &caller.principal, &audit, prepared, received)?;
     let id = completion_id();

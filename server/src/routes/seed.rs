@@ -92,7 +92,8 @@ pub async fn chat(
         temperature: Some(body.temperature),
         ..Default::default()
     };
-    let prepared = chat_pipeline::prepare(&state, &caller.principal, &audit, history, requested)?;
+    let prepared =
+        chat_pipeline::prepare(&state, &caller.principal, &audit, history, requested).await?;
     // The returned history carries the filtered input, never the raw one.
     let mut history = prepared.request.messages.clone();
     let rx = chat_pipeline::start(&state, &caller.principal, &audit, prepared, received)?;

@@ -40,6 +40,26 @@ pub fn read(path: &Path) -> Option<String> {
 /// An HTTPS client trusting exactly the CA bundle in `ca_file` (re-read for
 /// every request, as a client that reloads its mounted bundle would).
 pub fn https_client(ca_file: &Path) -> Result<reqwest::Client, String> {
+    https_client_builder(ca_file)?
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// [`https_client`] that sends requests for `host` to `addr`: a Service's
+/// DNS name (which the certificate names) at its ClusterIP, for a test
+/// outside the cluster's DNS.
+pub fn https_client_resolving(
+    ca_file: &Path,
+    host: &str,
+    addr: std::net::SocketAddr,
+) -> Result<reqwest::Client, String> {
+    https_client_builder(ca_file)?
+        .resolve(host, addr)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn https_client_builder(ca_file: &Path) -> Result<reqwest::ClientBuilder, String> {
     let pem = std::fs::read(ca_file).map_err(|e| format!("reading the CA: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::CertificateDer;
@@ -56,11 +76,9 @@ pub fn https_client(ca_file: &Path) -> Result<reqwest::Client, String> {
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())
+        .timeout(Duration::from_secs(10)))
 }
 
 /// `GET /v1/models` with `bearer`, trusting the CA in `app`'s Secret.

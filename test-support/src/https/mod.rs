@@ -297,6 +297,52 @@ pub async fn start_on(
     start(&options, engine).await.unwrap()
 }
 
+/// Servers on one directory (one config, one key table, one CA), each a
+/// separate server with its own state: replicas as the operator runs them.
+pub struct Replicas {
+    /// Replica 0, with the keys and a client trusting the CA.
+    pub first: TestServer,
+    pub others: Vec<Running>,
+}
+
+impl Replicas {
+    /// `n` replicas of a server configured with `config`.
+    pub async fn start(config: &str, n: usize) -> Self {
+        let first = server(config).await;
+        let mut others = Vec::new();
+        for _ in 1..n {
+            others.push(start_on(first.data(), first.engine.clone(), None).await);
+        }
+        Self { first, others }
+    }
+
+    /// The base URL of replica `i`.
+    pub fn base(&self, i: usize) -> String {
+        match i {
+            0 => self.first.base.clone(),
+            i => format!("https://localhost:{}", self.others[i - 1].api_addr.port()),
+        }
+    }
+
+    /// The web port's base URL of replica `i`.
+    pub fn web_base(&self, i: usize) -> String {
+        let running = match i {
+            0 => &self.first.running,
+            i => &self.others[i - 1],
+        };
+        format!("https://localhost:{}", running.web_addr.port())
+    }
+
+    pub fn len(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Never: replica 0 always exists.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// The default model (`make model`), as the server loads it; a missing
 /// file fails the test with what to run.
 pub fn default_engine() -> Arc<dyn Engine> {

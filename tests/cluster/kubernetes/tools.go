@@ -1,6 +1,7 @@
 //go:build tools
 
-// Package tools keeps the control-plane commands in this module's build list.
+// Package tools keeps the control-plane commands, and the real node's
+// kubelet and kube-proxy (make node-up), in this module's build list.
 package tools
 
 import (
@@ -8,4 +9,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use crate::auth::{self, check_guard, live_session, note_failure};
 use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
-use crate::listener::ClientAddr;
 use crate::routes::body::ApiJson;
 use crate::session::{self, Login, SESSION_COOKIE, Session, StoreError, cookie};
 use crate::state::AppState;
@@ -36,6 +35,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Full => ApiError::NotReady(e.to_string()),
             StoreError::Random => ApiError::Internal(e.to_string()),
+            StoreError::Unavailable(_) => ApiError::NotReady(e.to_string()),
         }
     }
 }
@@ -66,14 +66,14 @@ pub fn session_view(state: &AppState, session: &Session) -> Value {
 }
 
 /// Stores a session and answers with its view and the cookie.
-pub fn open_session(
+pub async fn open_session(
     state: &AppState,
     session: Session,
     now: DateTime<Utc>,
 ) -> Result<(HeaderValue, Value), ApiError> {
     let max_age = (session.expires_at - now).num_seconds();
     let view = session_view(state, &session);
-    let id = state.sessions.create(session, now)?;
+    let id = state.sessions.create(session, now).await?;
     let cookie = HeaderValue::from_str(&session::set_cookie(SESSION_COOKIE, &id, max_age))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((cookie, view))
@@ -86,9 +86,9 @@ pub async fn login_with_key(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let ip = auth::client_ip(&state, request.extensions(), request.headers());
     let started = std::time::Instant::now();
-    check_guard(&state, ip, started)?;
+    check_guard(&state, ip, started).await?;
     // Only this origin's page logs in (no login CSRF from an origin that
     // CORS allows for bearer calls).
     if !auth::same_origin_or_none(request.headers()) {
@@ -97,7 +97,7 @@ pub async fn login_with_key(
     // A new login replaces the browser's previous session rather than
     // leaving it alive behind the new cookie.
     if let Some(old) = cookie(request.headers(), SESSION_COOKIE) {
-        state.sessions.remove(old);
+        state.sessions.remove(old).await?;
     }
     let ApiJson(body) = ApiJson::<KeyLogin>::from_request(request, &state).await?;
     let now = Utc::now();
@@ -110,7 +110,7 @@ pub async fn login_with_key(
     let principal = match verified {
         Ok(p) => p,
         Err(failure) => {
-            note_failure(&state, ip, failure, started);
+            note_failure(&state, ip, failure, started).await;
             return Err(ApiError::Unauthorized(failure));
         }
     };
@@ -132,7 +132,7 @@ pub async fn login_with_key(
         csrf: session::random_token()?,
         expires_at,
     };
-    let (cookie, view) = open_session(&state, session, now)?;
+    let (cookie, view) = open_session(&state, session, now).await?;
     let mut response = Json(view).into_response();
     response.headers_mut().insert(SET_COOKIE, cookie);
     Ok(response)
@@ -147,7 +147,7 @@ pub async fn current(
 ) -> Result<Response, ApiError> {
     let id = cookie(&headers, SESSION_COOKIE)
         .ok_or(ApiError::Unauthorized(AuthFailure::SessionExpired))?;
-    let session = live_session(&state, id, Utc::now()).map_err(ApiError::Unauthorized)?;
+    let session = live_session(&state, id, Utc::now()).await?;
     Ok(Json(session_view(&state, &session)).into_response())
 }
 
@@ -158,10 +158,10 @@ pub async fn current(
 pub async fn logout(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     if let Some(id) = cookie(&parts.headers, SESSION_COOKIE) {
-        if state.sessions.get(id, Utc::now()).is_some() {
-            auth::session_principal(&state, &parts, id, Utc::now())?;
+        if state.sessions.get(id, Utc::now()).await?.is_some() {
+            auth::session_principal(&state, &parts, id, Utc::now()).await?;
         }
-        state.sessions.remove(id);
+        state.sessions.remove(id).await?;
     }
     let mut response = Json(json!({"status": "signed out"})).into_response();
     response.headers_mut().insert(

@@ -156,6 +156,7 @@ pub async fn start(
     if let Err(e) = state
         .sessions
         .start_login(&login_state, pending, Utc::now())
+        .await
     {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -312,11 +313,15 @@ async fn finish(
         );
     }
     let now = Utc::now();
-    let Some(pending) = state.sessions.finish_login(returned_state, now) else {
-        return failed(
-            StatusCode::BAD_REQUEST,
-            "This sign-in has expired or was already used. Start again.",
-        );
+    let pending = match state.sessions.finish_login(returned_state, now).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in has expired or was already used. Start again.",
+            );
+        }
+        Err(e) => return failed(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let Some((sso, issuer, client_id)) = provider(state, &pending.issuer_url) else {
         return failed(
@@ -389,7 +394,7 @@ async fn finish(
         csrf,
         expires_at,
     };
-    match open_session(state, session, now) {
+    match open_session(state, session, now).await {
         Ok((cookie, _)) => {
             let mut response = StatusCode::SEE_OTHER.into_response();
             response

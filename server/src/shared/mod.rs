@@ -1,0 +1,517 @@
+//! The store the replicas share (Valkey / Redis 7+, `sharedState` in the
+//! config): request and token buckets, the brute-force guard's counters,
+//! web sessions and per-key usage, so that three replicas enforce one
+//! limit, not three.
+//!
+//! ```text
+//!  request ──> limits::Buckets ──> Store::buckets ──EVALSHA──> store
+//!                    │                  │ (timeout, errors counted by kind)
+//!                    │                  └─ Err ─> FailClosed: 503 + Retry-After
+//!                    └─ memory (no sharedState, or LocalFallback: limit / replicas)
+//! ```
+//!
+//! Every check-and-update is one Lua script (one atomic round trip), timed
+//! by the store's own clock. Connections: a bounded pool of
+//! `ConnectionManager`s (each one multiplexed connection that reconnects
+//! with backoff by itself); a pool member whose handshake failed (a wrong
+//! password, a store that was down at start) is rebuilt from the config's
+//! files at most once per [`REBUILD_INTERVAL`], so a fixed password or a
+//! returning store needs no restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use securechat_crds::files::config::SharedStateConfig;
+use securechat_crds::v1alpha1::OnUnavailable;
+use serde::Serialize;
+
+pub mod sealed;
+pub mod usage;
+
+use crate::metrics::KindLabels;
+use crate::ratelimit::{Decision, Op, Rate};
+
+/// The bucket script (see its header).
+pub const BUCKET_SCRIPT: &str = include_str!("bucket.lua");
+
+/// Connections per server process. Each is multiplexed (requests are
+/// pipelined on it), so a few carry thousands of requests a second; more
+/// than one keeps one slow reply from queueing every other request.
+pub const POOL_SIZE: usize = 4;
+
+/// How often idle connections are checked (see [`Store::spawn_keepalive`]).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Least time between two rebuilds of a pool member whose handshake failed.
+pub const REBUILD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a store operation failed. `kind()` is the metric label.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the shared store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(
+        "the shared store refused the credentials (check sharedState's user and password): {0}"
+    )]
+    Auth(String),
+    #[error("the shared store cannot be reached: {0}")]
+    Connection(String),
+    #[error("the shared store answered unexpectedly: {0}")]
+    Reply(String),
+    #[error("sharedState: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// The `kind` label of `securechat_shared_state_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Auth(_) => "auth",
+            StoreError::Connection(_) => "connection",
+            StoreError::Reply(_) => "reply",
+            StoreError::Config(_) => "config",
+        }
+    }
+
+    /// Whether the pool member that failed this way must be rebuilt (its
+    /// handshake failed; the connection manager only retries I/O errors).
+    fn needs_rebuild(&self) -> bool {
+        matches!(self, StoreError::Auth(_) | StoreError::Config(_))
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
+            StoreError::Auth(e.to_string())
+        } else if e.is_timeout() {
+            StoreError::Timeout(Duration::ZERO)
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            StoreError::Connection(e.to_string())
+        } else {
+            StoreError::Reply(e.to_string())
+        }
+    }
+}
+
+/// What `/readyz` reports about the store.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreHealth {
+    /// `ok`, or `unavailable` since the last failed operation until the
+    /// next good one.
+    pub status: &'static str,
+    /// The last failure, while unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `FailClosed` or `LocalFallback`.
+    pub on_unavailable: OnUnavailable,
+}
+
+/// The metrics the store reports into (clones of the registry's families).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub errors: Family<KindLabels, Counter>,
+    /// 1 while limits are enforced locally (LocalFallback, store down).
+    pub fallback: Gauge,
+}
+
+struct Member {
+    manager: ArcSwap<ConnectionManager>,
+    rebuilt: Mutex<Instant>,
+}
+
+/// A connection pool to the shared store and the scripts it runs.
+pub struct Store {
+    config: SharedStateConfig,
+    /// Directory that relative file paths in `config` are read from.
+    base: PathBuf,
+    pool: Vec<Member>,
+    next: AtomicUsize,
+    bucket_script: redis::Script,
+    /// `config.replicas` as the last config reload said: scaling the model
+    /// rewrites it without rolling the pods (the operator leaves it out of
+    /// the pod template's checksum), so LocalFallback's share follows.
+    replicas: AtomicU32,
+    last_error: Mutex<Option<StoreError>>,
+    metrics: StoreMetrics,
+}
+
+impl Store {
+    /// Builds the pool without connecting (connections are made on first
+    /// use and remade when they fail), so a store that is down at start
+    /// delays nothing. Fails only on a config it can never use.
+    pub fn new(
+        config: SharedStateConfig,
+        base: &Path,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
+        let mut pool = Vec::with_capacity(POOL_SIZE);
+        for _ in 0..POOL_SIZE {
+            pool.push(Member {
+                manager: ArcSwap::from_pointee(manager(&config, base)?),
+                rebuilt: Mutex::new(Instant::now()),
+            });
+        }
+        Ok(Self {
+            replicas: AtomicU32::new(config.replicas),
+            config,
+            base: base.to_path_buf(),
+            pool,
+            next: AtomicUsize::new(0),
+            bucket_script: redis::Script::new(BUCKET_SCRIPT),
+            last_error: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &SharedStateConfig {
+        &self.config
+    }
+
+    /// The model's replica count, as the current config file says.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// Takes the replica count of a reloaded config.
+    pub fn set_replicas(&self, replicas: u32) {
+        self.replicas.store(replicas, Ordering::Relaxed);
+    }
+
+    /// The store's key for `name` (the model's prefix first).
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.config.key_prefix, name)
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        StoreHealth {
+            status: if error.is_some() { "unavailable" } else { "ok" },
+            error: error.map(|e| e.to_string()),
+            on_unavailable: self.config.on_unavailable,
+        }
+    }
+
+    /// Pings the store on every pooled connection (so that a probe sees a
+    /// store that came back, or a password that stopped working, without
+    /// waiting for traffic) and reports its state.
+    pub async fn probe(&self) -> StoreHealth {
+        for member in &self.pool {
+            let _ = self
+                .run_on(member, |mut conn| async move {
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                })
+                .await;
+        }
+        self.health()
+    }
+
+    /// Probes every [`KEEPALIVE_INTERVAL`] until the store is dropped: a
+    /// connection that broke while idle is remade before a request needs
+    /// it, and a store that came back is noticed (log line, fallback
+    /// gauge) without waiting for traffic.
+    pub fn spawn_keepalive(self: &Arc<Self>) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEPALIVE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                store.probe().await;
+            }
+        });
+    }
+
+    /// Applies a bucket operation to every named bucket at once (see
+    /// `ratelimit::decide`); names are prefixed here.
+    pub async fn buckets(
+        &self,
+        op: Op,
+        buckets: &[(&str, Rate)],
+        cost: f64,
+    ) -> Result<Decision, StoreError> {
+        let mut invocation = self.bucket_script.prepare_invoke();
+        for (name, _) in buckets {
+            invocation.key(self.key(name));
+        }
+        invocation.arg(op.as_str()).arg(cost);
+        for (_, rate) in buckets {
+            invocation.arg(rate.capacity).arg(rate.per_second);
+        }
+        let reply: Vec<i64> = self
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        match reply.as_slice() {
+            [1, remaining, _, reset] => Ok(Decision::Allowed {
+                remaining: u32::try_from(*remaining).unwrap_or(u32::MAX),
+                reset: Duration::from_millis(u64::try_from(*reset).unwrap_or(0)),
+            }),
+            [0, _, retry, _] => Ok(Decision::Denied {
+                retry_after: Duration::from_millis(u64::try_from(*retry).unwrap_or(0)),
+            }),
+            other => Err(self.failed(StoreError::Reply(format!(
+                "the bucket script returned {other:?}"
+            )))),
+        }
+    }
+
+    /// Stores `value` under `name` for `ttl` (at least a millisecond).
+    pub async fn set(&self, name: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key(name);
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(millis)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Reads and deletes in one step (GETDEL): exactly one caller gets it.
+    pub async fn take(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("GETDEL")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let key = self.key(name);
+        self.run(|mut conn| async move {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Runs one operation on the next pool member under the timeout,
+    /// counting and remembering failures.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        self.run_on(&self.pool[index], op).await
+    }
+
+    async fn run_on<T, F, Fut>(&self, member: &Member, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = ConnectionManager::clone(&member.manager.load());
+        let timeout = self.config.timeout.as_std();
+        let result = match tokio::time::timeout(timeout, op(conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(match StoreError::from(e) {
+                StoreError::Timeout(_) => StoreError::Timeout(timeout),
+                other => other,
+            }),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        match result {
+            Ok(value) => {
+                self.recovered();
+                Ok(value)
+            }
+            Err(e) => {
+                if e.needs_rebuild() {
+                    self.rebuild(member);
+                }
+                Err(self.failed(e))
+            }
+        }
+    }
+
+    fn rebuild(&self, member: &Member) {
+        let mut rebuilt = member.rebuilt.lock().unwrap_or_else(|e| e.into_inner());
+        if rebuilt.elapsed() < REBUILD_INTERVAL {
+            return;
+        }
+        *rebuilt = Instant::now();
+        match manager(&self.config, &self.base) {
+            Ok(m) => member.manager.store(Arc::new(m)),
+            Err(e) => tracing::error!(error = %e, "rebuilding a shared-store connection"),
+        }
+    }
+
+    /// Counts a failure, logs the first of a run of them, and returns it.
+    fn failed(&self, e: StoreError) -> StoreError {
+        self.metrics
+            .errors
+            .get_or_create(&KindLabels {
+                kind: e.kind().into(),
+            })
+            .inc();
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none() {
+            match self.config.on_unavailable {
+                OnUnavailable::FailClosed => tracing::error!(
+                    error = %e,
+                    "shared store unavailable: limited endpoints answer 503 until it is back"
+                ),
+                OnUnavailable::LocalFallback => tracing::warn!(
+                    error = %e,
+                    replicas = self.replicas(),
+                    "shared store unavailable: enforcing this replica's share of every limit locally"
+                ),
+            }
+            if self.config.on_unavailable == OnUnavailable::LocalFallback {
+                self.metrics.fallback.set(1);
+            }
+        }
+        *last = Some(e.clone());
+        e
+    }
+
+    fn recovered(&self) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.take().is_some() {
+            tracing::info!("shared store reachable again: limits are global again");
+            self.metrics.fallback.set(0);
+        }
+    }
+}
+
+/// Parses `host:port` (an IPv6 host in brackets).
+fn host_port(address: &str) -> Result<(String, u16), StoreError> {
+    let bad = || StoreError::Config(format!("address {address:?}: expected host:port"));
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+}
+
+fn read_secret(base: &Path, path: &Path, what: &str) -> Result<String, StoreError> {
+    let path = base.join(path);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StoreError::Config(format!("reading the {what} {}: {e}", path.display())))?;
+    // Secrets written by hand often end with a newline the store never saw.
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A lazy connection manager for the config, reading its files now (so a
+/// rotated password applies at the next rebuild).
+fn manager(config: &SharedStateConfig, base: &Path) -> Result<ConnectionManager, StoreError> {
+    let (host, port) = host_port(&config.address)?;
+    let mut redis_info = RedisConnectionInfo::default();
+    if let Some(path) = &config.username_file {
+        redis_info = redis_info.set_username(read_secret(base, path, "user name file")?);
+    }
+    if let Some(path) = &config.password_file {
+        redis_info = redis_info.set_password(read_secret(base, path, "password file")?);
+    }
+    let client = match &config.tls {
+        None => {
+            let info = ConnectionAddr::Tcp(host, port)
+                .into_connection_info()?
+                .set_redis_settings(redis_info);
+            redis::Client::open(info)?
+        }
+        Some(tls) => {
+            // The client verifies the certificate against the host it
+            // connects to; a different serverName cannot be honoured.
+            if let Some(name) = &tls.server_name
+                && *name != host
+            {
+                return Err(StoreError::Config(format!(
+                    "tls.serverName {name:?} differs from the address's host {host:?}: \
+                     use the name the certificate carries in the address"
+                )));
+            }
+            let ca_path = base.join(&tls.ca_file);
+            let ca = std::fs::read(&ca_path).map_err(|e| {
+                StoreError::Config(format!("reading tls.caFile {}: {e}", ca_path.display()))
+            })?;
+            let info = ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+            .into_connection_info()?
+            .set_redis_settings(redis_info);
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )?
+        }
+    };
+    let timeout = config.timeout.as_std();
+    let manager_config = ConnectionManagerConfig::new()
+        // One quick attempt per reconnect: a request waits at most its
+        // own timeout, and the next request starts the next attempt.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2))
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+        .set_response_timeout(Some(timeout));
+    Ok(ConnectionManager::new_lazy_with_config(
+        client,
+        manager_config,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_ipv6_brackets() {
+        assert_eq!(
+            host_port("valkey.ns.svc:6379").unwrap(),
+            ("valkey.ns.svc".into(), 6379)
+        );
+        assert_eq!(host_port("[::1]:6380").unwrap(), ("::1".into(), 6380));
+        for bad in ["valkey", ":6379", "valkey:port", "valkey:70000"] {
+            assert!(
+                matches!(host_port(bad), Err(StoreError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+}
