@@ -529,10 +529,13 @@ impl Scheduler {
         }
     }
 
-    /// Ends sequence `i` of the running set and gives its blocks back.
+    /// Ends sequence `i` of the running set and gives its blocks back;
+    /// published before its last event is sent, so a client that has its
+    /// answer never sees it still counted.
     fn remove(&mut self, i: usize) -> Sequence {
         let s = self.running.remove(i);
         self.blocks.release(&s.blocks);
+        self.publish();
         s
     }
 
@@ -556,6 +559,7 @@ impl Scheduler {
         s.computed = 0;
         self.metrics.preemptions.inc();
         self.resuming.push_back(s);
+        self.publish();
     }
 
     /// How many tokens each running sequence runs this step (0: none), with
