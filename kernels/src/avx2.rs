@@ -17,6 +17,8 @@ pub fn kernels() -> Option<Kernels> {
         dot_q8_0: x86::dot_q8_0,
         dot_q4_1_x4: x86::dot_q4_1_x4,
         dot_q8_0_x4: x86::dot_q8_0_x4,
+        dot_q4_1_by4: x86::dot_q4_1_by4,
+        dot_q8_0_by4: x86::dot_q8_0_by4,
         quantize: x86::quantize_q8_1,
         dot_f16: x86::dot_f16,
         dot_f16_tiled: x86::dot_f16_tiled,
@@ -65,6 +67,22 @@ mod x86 {
         assert!(w.len() >= 3 * row_bytes + a.len() * WeightType::Q8_0.block_bytes());
         // SAFETY: as for `dot_q4_1`.
         unsafe { dot_q8_0_x4_avx2(w, row_bytes, a) }
+    }
+
+    pub fn dot_q4_1_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        for a in a {
+            assert!(w.len() >= a.len() * WeightType::Q4_1.block_bytes());
+        }
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q4_1_by4_avx2(w, a) }
+    }
+
+    pub fn dot_q8_0_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        for a in a {
+            assert!(w.len() >= a.len() * WeightType::Q8_0.block_bytes());
+        }
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q8_0_by4_avx2(w, a) }
     }
 
     pub fn dot_q8_0(w: &[u8], a: &[BlockQ8_1]) -> f32 {
@@ -353,6 +371,14 @@ mod x86 {
     /// [`q4_1_block`] with the activation's 32 bytes already loaded.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q4_1_block_with(wb: &[u8], aq: __m256i) -> (__m256i, f32, f32) {
+        let (wq, d, m) = q4_1_unpack(wb);
+        (q4_1_product(wq, aq), d, m)
+    }
+
+    /// A Q4_1 block's 32 weights as bytes (element j the low nibble of
+    /// byte j, element j+16 the high one), and its (d, m).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_1_unpack(wb: &[u8]) -> (__m256i, f32, f32) {
         let (d, m) = f16_pair(wb);
         let nibbles = &wb[4..20];
         // SAFETY: `nibbles` is 16 readable bytes; the load is unaligned.
@@ -361,10 +387,35 @@ mod x86 {
         // Element j is the low nibble of byte j, element j+16 the high one.
         let lo = _mm_and_si128(q, low);
         let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-        let wq = _mm256_set_m128i(hi, lo);
+        (_mm256_set_m128i(hi, lo), d, m)
+    }
+
+    /// `Σ q·q_a` of unpacked Q4_1 weights and an activation block, as 8
+    /// i32 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_1_product(wq: __m256i, aq: __m256i) -> __m256i {
         // Unsigned 4-bit × signed 8-bit pairs fit i16 (≤ 2·15·128).
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), _mm256_set1_epi16(1));
-        (p, d, m)
+        _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), _mm256_set1_epi16(1))
+    }
+
+    /// One row against four activation rows: each pair's sums exactly as
+    /// `dot_q4_1_avx2` forms them, each weight block unpacked once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1_by4_avx2(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        const BYTES: usize = WeightType::Q4_1.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        let blocks = a.iter().map(|a| a.len()).min().unwrap_or(0);
+        for (b, wb) in w.chunks_exact(BYTES).take(blocks).enumerate() {
+            let (wq, d, m) = q4_1_unpack(wb);
+            for t in 0..4 {
+                let ab = &a[t][b];
+                let p = q4_1_product(wq, load_qs(ab));
+                mins[t] += m * ab.s;
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]) + mins[t])
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -427,18 +478,45 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q8_0_block(wb: &[u8], aq: __m256i) -> (__m256, f32) {
+        let (wq, d) = q8_0_unpack(wb);
+        (q8_0_product(wq, aq), d)
+    }
+
+    /// A Q8_0 block's 32 weights and its scale.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q8_0_unpack(wb: &[u8]) -> (__m256i, f32) {
         let d = f16_pair(&[wb[0], wb[1], 0, 0]).0;
         let qs = &wb[2..34];
         // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
         let wq = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
+        (wq, d)
+    }
+
+    /// `Σ w·q_a` of Q8_0 weights and an activation block, as 8 f32 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q8_0_product(wq: __m256i, aq: __m256i) -> __m256 {
         // maddubs wants its first operand unsigned: move the weights'
         // signs onto the activations (|w|·(a·sign w) = w·a). Weights are
         // in -127..=127, so |w| fits and the pairs fit i16.
         let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
-        (
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))),
-            d,
-        )
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
+
+    /// One Q8_0 row against four activation rows, as `dot_q4_1_by4_avx2`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0_by4_avx2(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        const BYTES: usize = WeightType::Q8_0.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let blocks = a.iter().map(|a| a.len()).min().unwrap_or(0);
+        for (b, wb) in w.chunks_exact(BYTES).take(blocks).enumerate() {
+            let (wq, d) = q8_0_unpack(wb);
+            for t in 0..4 {
+                let ab = &a[t][b];
+                let p = q8_0_product(wq, load_qs(ab));
+                acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

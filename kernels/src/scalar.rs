@@ -62,6 +62,16 @@ pub fn dot_q8_0_x4(w: &[u8], row_bytes: usize, a: &[BlockQ8_1]) -> [f32; 4] {
     std::array::from_fn(|r| dot_q8_0(&w[r * row_bytes..], a))
 }
 
+/// One row against four activation rows: each result bit for bit the
+/// single-row dot's.
+pub fn dot_q4_1_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    a.map(|a| dot_q4_1(w, a))
+}
+
+pub fn dot_q8_0_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    a.map(|a| dot_q8_0(w, a))
+}
+
 pub fn dequantize_row(ty: WeightType, w: &[u8], out: &mut [f32]) {
     for (wb, out) in w
         .chunks_exact(ty.block_bytes())

@@ -157,6 +157,37 @@ fn four_row_dots_equal_single_row_dots_bit_for_bit() {
 }
 
 #[test]
+fn four_token_dots_equal_single_token_dots_bit_for_bit() {
+    // One weight row against four activation rows: the batched matmul's
+    // kernel. Each result must be the single-row kernel's, so a sequence's
+    // logits never depend on its batch.
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut sets = vec![("scalar", scalar_kernels())];
+    sets.extend(simd().map(|k| ("simd", k)));
+    for (name, k) in sets {
+        for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+            for blocks in [1, 18, 48] {
+                let w = random_blocks(&mut rng, ty, blocks);
+                let a: Vec<Vec<BlockQ8_1>> = (0..4)
+                    .map(|_| {
+                        let mut a = vec![BlockQ8_1::default(); blocks];
+                        scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
+                        a
+                    })
+                    .collect();
+                let (single, by4) = match ty {
+                    WeightType::Q4_1 => (k.dot_q4_1, k.dot_q4_1_by4),
+                    WeightType::Q8_0 => (k.dot_q8_0, k.dot_q8_0_by4),
+                };
+                let want: Vec<f32> = a.iter().map(|a| single(&w, a)).collect();
+                let got = by4(&w, [&a[0], &a[1], &a[2], &a[3]]);
+                assert_eq!(got.to_vec(), want, "{name} {ty:?} {blocks}");
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_f32_arithmetic_for_one_and_many_tokens() {
     let mut rng = StdRng::seed_from_u64(4);
     for ty in [WeightType::Q4_1, WeightType::Q8_0] {

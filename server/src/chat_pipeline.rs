@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use crate::audit::Audit;
 use crate::engine::{
-    ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
-    Usage,
+    Caller, ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    SamplingParams, Usage,
 };
 use crate::error::ApiError;
 use crate::pii::StreamFilter;
@@ -323,7 +323,14 @@ pub async fn prepare(
         ..SamplingParams::default()
     };
     Ok(Prepared {
-        request: GenerationRequest { messages, params },
+        request: GenerationRequest {
+            messages,
+            params,
+            caller: Caller {
+                tier: principal.tier,
+                principal: principal.subject.clone(),
+            },
+        },
         prompt_tokens,
         input_redactions,
         reservation,

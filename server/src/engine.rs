@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use securechat_crds::v1alpha1::Tier;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::metrics::ServingMetrics;
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +61,21 @@ impl Default for SamplingParams {
     }
 }
 
+/// Who asks, for fair scheduling: tiers are served by weight, callers of
+/// a tier in turn.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub tier: Tier,
+    /// The principal's stable subject (e.g. `key:<id>`).
+    pub principal: String,
+}
+
 /// A request the handlers have validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
     pub messages: Vec<ChatMessage>,
     pub params: SamplingParams,
+    pub caller: Caller,
 }
 
 /// Why generation stopped.
@@ -137,6 +150,20 @@ pub struct ModelInfo {
     pub context_length: usize,
 }
 
+/// What the engine is doing, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    /// Requests waiting for a place (queued or preempted).
+    pub waiting: usize,
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Share of the key/value cache's blocks held by sequences, 0..=1.
+    pub kv_cache_usage: f64,
+    /// Prompt tokens found in the prefix cache, and looked up, since start.
+    pub prefix_cache_hits: u64,
+    pub prefix_cache_queries: u64,
+}
+
 /// A loaded model behind a bounded queue.
 pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
@@ -151,4 +178,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Requests waiting or running, for /readyz and metrics.
     fn queue_depth(&self) -> usize;
+
+    /// The scheduler's state; an engine without one reports its depth as
+    /// running.
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            running: self.queue_depth(),
+            ..EngineStats::default()
+        }
+    }
+
+    /// Where the engine records queue times and token latencies, for the
+    /// server to export; an engine that records none gets a fresh set.
+    fn serving_metrics(&self) -> ServingMetrics {
+        ServingMetrics::default()
+    }
 }

@@ -190,7 +190,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(declared) = config.config.model.family {
         inference::check_family(&model, declared)?;
     }
-    let engine = inference::load_engine(&model, EngineOptions::default())
+    let engine_options = EngineOptions {
+        serving: (&config.config.serving).into(),
+        context_length: config.config.model.context_length.map(|n| n as usize),
+        ..EngineOptions::default()
+    };
+    let engine = inference::load_engine(&model, engine_options)
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", model.display()))?;
     let options = ServeOptions {
         config_path,

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use securechat_crds::v1alpha1::Tier;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -95,6 +96,120 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: String,
+}
+
+fn token_latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// What the inference scheduler records as it works; registered with the
+/// rest by [`Metrics::with_serving`]. Cheap to clone (shared counters).
+#[derive(Clone, Debug)]
+pub struct ServingMetrics {
+    /// Between consecutive text pieces of one generation.
+    pub inter_token_latency: Histogram,
+    /// From arrival to admission into the running batch, by tier.
+    queue_time: HistogramFamily<TierLabels>,
+    /// One batched forward pass.
+    pub step_seconds: Histogram,
+    /// Sequences paused because the key/value cache was full.
+    pub preemptions: Counter,
+}
+
+impl Default for ServingMetrics {
+    fn default() -> Self {
+        Self {
+            inter_token_latency: token_latency_histogram(),
+            queue_time: Family::new_with_constructor(token_latency_histogram),
+            step_seconds: token_latency_histogram(),
+            preemptions: Counter::default(),
+        }
+    }
+}
+
+impl ServingMetrics {
+    pub fn observe_queue_time(&self, tier: Tier, seconds: f64) {
+        self.queue_time
+            .get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "inter_token_latency_seconds",
+            "Time between consecutive pieces of streamed text of one generation",
+            self.inter_token_latency.clone(),
+        );
+        registry.register(
+            "request_queue_time_seconds",
+            "Time from arrival to a place in the running batch, by tier",
+            self.queue_time.clone(),
+        );
+        registry.register(
+            "engine_step_duration_seconds",
+            "One batched forward pass over the running sequences",
+            self.step_seconds.clone(),
+        );
+        registry.register(
+            "preemptions",
+            "Sequences paused (and later recomputed) because the key/value cache was full",
+            self.preemptions.clone(),
+        );
+    }
+}
+
+/// The scheduler's state, set from the engine's snapshot at every scrape
+/// (`routes::health`).
+#[derive(Debug, Default)]
+pub struct SchedulerGauges {
+    pub requests_waiting: Gauge,
+    pub sequences_running: Gauge,
+    pub kv_cache_usage: FloatGauge,
+    pub prefix_cache_hits: Counter,
+    pub prefix_cache_queries: Counter,
+}
+
+impl SchedulerGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests_waiting",
+            "Requests waiting for a place in the running batch (queued or preempted)",
+            self.requests_waiting.clone(),
+        );
+        registry.register(
+            "sequences_running",
+            "Sequences in the running batch",
+            self.sequences_running.clone(),
+        );
+        registry.register(
+            "kv_cache_usage_ratio",
+            "Share of the key/value cache's blocks held by sequences (0 to 1)",
+            self.kv_cache_usage.clone(),
+        );
+        registry.register(
+            "prefix_cache_hits",
+            "Prompt tokens whose keys and values were found in the prefix cache",
+            self.prefix_cache_hits.clone(),
+        );
+        registry.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            self.prefix_cache_queries.clone(),
+        );
+    }
+
+    /// Catches a counter up with a total the engine keeps.
+    pub fn catch_up(counter: &Counter, total: u64) {
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -123,6 +238,8 @@ pub struct Metrics {
     pub shared_state_fallback: Gauge,
     pub api_key_requests: Family<KeyLabels, Counter>,
     pub api_key_tokens: Family<KeyTokenLabels, Counter>,
+    pub scheduler: SchedulerGauges,
+    pub serving: ServingMetrics,
 }
 
 impl Default for Metrics {
@@ -133,6 +250,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_serving(ServingMetrics::default())
+    }
+
+    /// The server's metrics, with those an engine records itself.
+    pub fn with_serving(serving: ServingMetrics) -> Self {
         let mut registry = Registry::with_prefix("securechat");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -304,6 +426,9 @@ impl Metrics {
             "Tokens used by each API key, by kind (prompt, completion)",
             api_key_tokens.clone(),
         );
+        let scheduler = SchedulerGauges::default();
+        scheduler.register(&mut registry);
+        serving.register(&mut registry);
         Self {
             registry,
             requests,
@@ -331,6 +456,8 @@ impl Metrics {
             shared_state_fallback,
             api_key_requests,
             api_key_tokens,
+            scheduler,
+            serving,
         }
     }
 

@@ -87,7 +87,9 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     };
     let oidc =
         Arc::new(OidcVerifier::new(extra_roots.as_deref()).context("building the OIDC client")?);
-    let metrics = Metrics::new();
+    // The engine records its scheduler's series; they are exported with
+    // the rest.
+    let metrics = Metrics::with_serving(engine.serving_metrics());
     let store = match &runtime.config.shared_state {
         Some(shared) => {
             let store_metrics = StoreMetrics {

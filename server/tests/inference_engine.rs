@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use inference_support::*;
 use securechat_server::engine::{EngineError, FinishReason, GenerationEvent, SamplingParams};
+use securechat_server::inference::ServingOptions;
 
 const PROMPT: &str = "Write three sentences about the sea.";
 
@@ -94,9 +95,14 @@ fn max_tokens_reports_length() {
 
 #[test]
 fn full_queue_fails_fast_with_retry_after() {
-    let engine = engine(1);
+    let engine = engine_with(ServingOptions {
+        max_sequences: 1,
+        max_queue: 1,
+        ..ServingOptions::default()
+    });
     let long = || request(PROMPT, greedy(400));
-    // One running plus one waiting is all that capacity 1 admits.
+    // One running plus one waiting is all that one place and a queue of
+    // one admit.
     let mut streams = Vec::new();
     let mut rejected = None;
     let started = Instant::now();
@@ -175,9 +181,65 @@ fn empty_conversation_is_invalid() {
     let req = securechat_server::engine::GenerationRequest {
         messages: vec![],
         params: greedy(4),
+        caller: Default::default(),
     };
     assert!(matches!(
         engine.generate(req),
         Err(EngineError::InvalidRequest(_))
     ));
+}
+
+/// One place in the batch: a caller with five requests queued cannot keep
+/// another caller's single request behind all of them, and an admin's
+/// request goes before read-only ones that came first.
+#[test]
+fn the_queue_takes_callers_in_turn_and_tiers_by_weight() {
+    use std::sync::{Arc, Mutex};
+
+    use securechat_crds::v1alpha1::Tier;
+    use securechat_server::engine::Caller;
+
+    let engine = engine_with(ServingOptions {
+        max_sequences: 1,
+        ..ServingOptions::default()
+    });
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let send = |name: &'static str, tier: Tier, principal: &str| {
+        let req = securechat_server::engine::GenerationRequest {
+            caller: Caller {
+                tier,
+                principal: principal.into(),
+            },
+            ..request(PROMPT, greedy(4))
+        };
+        let stream = engine.generate(req).unwrap();
+        let order = order.clone();
+        std::thread::spawn(move || {
+            collect(stream);
+            order.lock().unwrap().push(name);
+        })
+    };
+    // A long request holds the place while the others queue, and leaves.
+    let mut blocker = engine.generate(request(PROMPT, greedy(2000))).unwrap();
+    assert!(matches!(
+        blocker.blocking_recv(),
+        Some(Ok(GenerationEvent::Text(_)))
+    ));
+    let mut readers = Vec::new();
+    for name in ["flood-1", "flood-2", "flood-3", "flood-4", "flood-5"] {
+        readers.push(send(name, Tier::ReadOnly, "key:flood"));
+    }
+    readers.push(send("single", Tier::ReadOnly, "key:single"));
+    readers.push(send("admin", Tier::Admin, "key:admin"));
+    drop(blocker);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let at = |name| order.iter().position(|&n| n == name).unwrap();
+    // The admin first, then the two read-only callers in turn.
+    assert_eq!(at("admin"), 0, "{order:?}");
+    assert_eq!(at("single"), 2, "{order:?}");
+    let floods: Vec<_> = order.iter().filter(|n| n.starts_with("flood")).collect();
+    assert!(floods.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 }

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use inference_support::{collect, greedy, request, user};
 use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 use securechat_server::inference::{
-    EngineOptions, GlmFamily, InferenceError, ModelFamily, WeightFormat, check_family,
-    detect_family, load_engine, load_model,
+    EngineOptions, GlmFamily, InferenceError, ModelFamily, ServingOptions, WeightFormat,
+    check_family, detect_family, load_engine, load_model,
 };
 use serde_json::json;
 use tokenizers::models::bpe::BPE;
@@ -388,7 +388,10 @@ fn the_engine_streams_what_a_greedy_loop_generates() {
         let engine = load_engine(
             dir.path(),
             EngineOptions {
-                queue_capacity: 2,
+                serving: ServingOptions {
+                    max_queue: 2,
+                    ..ServingOptions::default()
+                },
                 ..EngineOptions::default()
             },
         )

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use inference_support::{collect, greedy, model_path, request, wait_until_idle};
 use securechat_server::engine::{Engine, EngineError, FinishReason};
 use securechat_server::inference::{
-    CausalLm, InferenceError, LocalEngine, WeightFormat, load_model,
+    CausalLm, InferenceError, LocalEngine, ServingOptions, WeightFormat, load_model,
 };
 
 const DEPTH: usize = 4;
@@ -80,7 +80,12 @@ fn ten_times_the_depth_is_refused_at_once_with_flat_memory() {
         context: loaded.info.context_length,
     };
     drop(loaded.model);
-    let engine = LocalEngine::start(Box::new(model), loaded.encoder, loaded.info, DEPTH).unwrap();
+    // A model without a paged forward pass runs one request at a time.
+    let serving = ServingOptions {
+        max_queue: DEPTH,
+        ..ServingOptions::default()
+    };
+    let engine = LocalEngine::start(Box::new(model), loaded.encoder, loaded.info, serving).unwrap();
     let prompt = "a few words of prompt ".repeat(100);
     let mut rss = Vec::new();
     let mut peak_depth = 0;

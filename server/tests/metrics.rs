@@ -9,7 +9,10 @@ use securechat_crds::files::keyset::KeyState;
 use securechat_crds::v1alpha1::Tier;
 use securechat_server::files::atomic::write_atomic;
 use securechat_server::keys_cli::{self, TableLock};
-use securechat_test_support::https::{RELAXED, eventually, metrics_text, sample, server};
+use securechat_test_support::https::{
+    RELAXED, add_keys, client_for, default_engine, eventually, metrics_at, metrics_text, sample,
+    server, start_on,
+};
 use serde_json::{Value, json};
 
 const DAY: f64 = 86_400.0;
@@ -197,4 +200,52 @@ async fn jwt_verifications_are_counted_by_result() {
         ),
         Some(1.0)
     );
+}
+
+/// The scheduler's series, with the default model: after two identical
+/// requests nothing runs or waits, the second found the first's prompt in
+/// the prefix cache, and each request's queue time is counted by tier.
+#[tokio::test]
+async fn the_scheduler_reports_its_batch_queue_and_prefix_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = securechat_server::dev::ensure(dir.path()).unwrap();
+    std::fs::write(&config, RELAXED).unwrap();
+    let keys = add_keys(dir.path());
+    let running = start_on(dir.path(), default_engine(), None).await;
+    let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
+    let base = format!("https://localhost:{}", running.api_addr.port());
+    let body = json!({"messages": [{"role": "user", "content": "Say hello to the harbour."}],
+        "max_tokens": 4, "temperature": 0.0});
+    for _ in 0..2 {
+        let reply = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&keys.developer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success(), "{}", reply.status());
+        reply.text().await.unwrap();
+    }
+    let m = metrics_at(&client, &base).await;
+    assert_eq!(sample(&m, "securechat_sequences_running"), Some(0.0));
+    assert_eq!(sample(&m, "securechat_requests_waiting"), Some(0.0));
+    assert_eq!(sample(&m, "securechat_kv_cache_usage_ratio"), Some(0.0));
+    let queries = sample(&m, "securechat_prefix_cache_queries_total").unwrap();
+    let hits = sample(&m, "securechat_prefix_cache_hits_total").unwrap();
+    assert!(hits >= 16.0 && hits < queries, "{hits} of {queries}");
+    assert_eq!(
+        sample(
+            &m,
+            "securechat_request_queue_time_seconds_count{tier=\"Developer\"}"
+        ),
+        Some(2.0)
+    );
+    for family in [
+        "securechat_inter_token_latency_seconds",
+        "securechat_engine_step_duration_seconds",
+        "securechat_preemptions_total",
+    ] {
+        assert!(m.contains(family), "{family} missing");
+    }
 }

@@ -16,7 +16,7 @@ use super::kv_cache::CandleKvCache;
 use super::linear::CpuKernels;
 use super::llama_cpu::CpuLlama;
 use super::llama_weights::{LlamaConfig, WeightFormat, Weights};
-use super::model::CausalLm;
+use super::model::{CausalLm, PagedLm};
 
 /// Prompt positions run per forward pass; bounds attention memory at
 /// 9 heads x 512 x 8192 x 4 bytes = 150 MB for a full context.
@@ -245,6 +245,13 @@ impl CausalLm for Llama {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn paged(&mut self) -> Option<&mut dyn PagedLm> {
+        match &mut self.forward {
+            Forward::Cpu(m) => Some(m),
+            Forward::Candle(_) => None,
+        }
     }
 }
 

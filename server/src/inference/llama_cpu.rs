@@ -9,15 +9,23 @@
 //! reads an f16 cache in place, and only the matmuls go to the thread pool.
 //! The rounding follows llama.cpp's CPU backend (see `securechat_kernels`'
 //! `ops` and `attention`), so greedy output is comparable with it.
+//!
+//! A step runs any number of sequences at once (continuous batching): their
+//! rows are stacked, so each matmul reads its weights once for all of them,
+//! and each sequence's keys and values live in blocks of a shared pool
+//! ([`KvPool`]) listed in its block table. Every operation treats rows
+//! independently and attention sums a row by its position (prompt or
+//! generated), so a sequence's numbers do not depend on its batch.
 
 use std::sync::Arc;
 
 use securechat_kernels::QMatrix;
-use securechat_kernels::attention::{KvCache, attention};
+use securechat_kernels::attention::{BLOCK_TOKENS, KvPool, SeqQueries, paged_attention};
 use securechat_kernels::ops::{add_assign, rms_norm, rope, rope_angles, silu_mul};
 
 use super::error::{InferenceError, Result};
 use super::llama_weights::{LlamaConfig, Weights};
+use super::model::{PagedLm, SeqStep};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -36,7 +44,11 @@ pub struct CpuLlama {
     output: Arc<QMatrix>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
-    cache: KvCache,
+    pool: KvPool,
+    /// The one sequence [`Self::forward_chunk`] runs (the single-sequence
+    /// API): the pool's first blocks, and how many positions it holds.
+    single_table: Vec<u32>,
+    single_len: usize,
 }
 
 impl CpuLlama {
@@ -93,36 +105,98 @@ impl CpuLlama {
             output: output.clone(),
             output_norm: weights.output_norm.to_vec1()?,
             layers,
-            cache: KvCache::new(c.n_layer, c.n_kv_head, c.head_dim, c.context_length),
+            pool: KvPool::new(c.n_layer, c.n_kv_head, c.head_dim, context_blocks(c)),
+            single_table: (0..context_blocks(c) as u32).collect(),
+            single_len: 0,
         }))
     }
 
     pub fn clear(&mut self) {
-        self.cache.clear();
+        self.single_len = 0;
     }
 
-    /// Runs one chunk at `pos..pos + tokens.len()`; returns the last
-    /// position's logits when asked.
+    /// Runs one chunk of the single sequence at `pos..pos + tokens.len()`;
+    /// returns the last position's logits when asked. A chunk of several
+    /// tokens sums attention as a prompt, one token as a decode step.
     pub fn forward_chunk(
         &mut self,
         tokens: &[u32],
         pos: usize,
         want_logits: bool,
     ) -> Result<Option<Vec<f32>>> {
-        let c = &self.config;
-        let seq = tokens.len();
-        if pos != self.cache.len() {
+        if pos != self.single_len {
             return Err(InferenceError::Unsupported(format!(
                 "position {pos} does not follow the {} cached positions",
-                self.cache.len()
+                self.single_len
             )));
         }
+        let table = std::mem::take(&mut self.single_table);
+        let step = SeqStep {
+            tokens,
+            pos,
+            blocks: &table,
+            tiled_below: if tokens.len() > 1 {
+                pos + tokens.len()
+            } else {
+                0
+            },
+            logits: want_logits,
+        };
+        let out = self.run(&[step]);
+        self.single_table = table;
+        let mut logits = out?;
+        self.single_len = pos + tokens.len();
+        Ok(logits.pop())
+    }
+
+    /// One forward pass over every sequence of `batch`; the logits of
+    /// those that ask, in order.
+    fn run(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
         let (hidden, hd) = (c.hidden, c.head_dim);
         let (q_width, kv_width) = (c.n_head * hd, c.n_kv_head * hd);
         let qkv_width = q_width + 2 * kv_width;
+        let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        // Each row's position, for the rotary angles and the cache.
+        let mut positions = Vec::with_capacity(rows);
+        let mut seqs = Vec::with_capacity(batch.len());
+        for s in batch {
+            let end = s.pos + s.tokens.len();
+            if s.tokens.is_empty() || end > c.context_length {
+                return Err(InferenceError::Unsupported(format!(
+                    "{} tokens at position {} in a context of {}",
+                    s.tokens.len(),
+                    s.pos,
+                    c.context_length
+                )));
+            }
+            if s.blocks.len() * BLOCK_TOKENS < end {
+                return Err(InferenceError::Unsupported(format!(
+                    "{} blocks hold fewer than {end} positions",
+                    s.blocks.len()
+                )));
+            }
+            positions.extend(s.pos..end);
+            seqs.push(SeqQueries {
+                table: s.blocks,
+                pos: s.pos,
+                rows: s.tokens.len(),
+                tiled_below: s.tiled_below,
+            });
+        }
+        // Each row's sequence, to find its block table.
+        let row_seq: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| std::iter::repeat_n(i, s.tokens.len()))
+            .collect();
 
-        let mut x = vec![0f32; seq * hidden];
-        for (&id, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+        let mut x = vec![0f32; rows * hidden];
+        let tokens = batch.iter().flat_map(|s| s.tokens.iter());
+        for (&id, row) in tokens.zip(x.chunks_exact_mut(hidden)) {
             if id as usize >= self.embedding.rows() {
                 return Err(InferenceError::Unsupported(format!(
                     "token id {id} outside the {} embeddings",
@@ -131,49 +205,47 @@ impl CpuLlama {
             }
             self.embedding.dequantize_row(id as usize, row);
         }
-        // Rotary angles of this chunk's positions, shared by every layer.
+        // Rotary angles of each row's position, shared by every layer.
         let half = hd / 2;
-        let mut cos = vec![0f32; seq * half];
-        let mut sin = vec![0f32; seq * half];
-        for (s, (c_row, s_row)) in cos
+        let mut cos = vec![0f32; rows * half];
+        let mut sin = vec![0f32; rows * half];
+        for ((c_row, s_row), &p) in cos
             .chunks_exact_mut(half)
             .zip(sin.chunks_exact_mut(half))
-            .enumerate()
+            .zip(&positions)
         {
-            rope_angles(pos + s, c.rope_base, c_row, s_row);
+            rope_angles(p, c.rope_base, c_row, s_row);
         }
 
-        let mut h = vec![0f32; seq * hidden];
-        let mut qkv = vec![0f32; seq * qkv_width];
-        let mut q = vec![0f32; seq * q_width];
-        let mut k = vec![0f32; seq * kv_width];
-        let mut v = vec![0f32; seq * kv_width];
-        let mut y = vec![0f32; seq * q_width];
-        let mut o = vec![0f32; seq * hidden];
+        let mut h = vec![0f32; rows * hidden];
+        let mut qkv = vec![0f32; rows * qkv_width];
+        let mut q = vec![0f32; rows * q_width];
+        let mut k = vec![0f32; kv_width];
+        let mut y = vec![0f32; rows * q_width];
+        let mut o = vec![0f32; rows * hidden];
         let ffn = self.layers.first().map_or(0, |l| l.down.cols());
-        let mut gate_up = vec![0f32; seq * 2 * ffn];
-        let mut act = vec![0f32; seq * ffn];
+        let mut gate_up = vec![0f32; rows * 2 * ffn];
+        let mut act = vec![0f32; rows * ffn];
         for (i, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut h);
             l.qkv.matmul(&h, &mut qkv)?;
-            for s in 0..seq {
-                let row = &qkv[s * qkv_width..(s + 1) * qkv_width];
+            for r in 0..rows {
+                let row = &qkv[r * qkv_width..(r + 1) * qkv_width];
                 let (qs, rest) = row.split_at(q_width);
                 let (ks, vs) = rest.split_at(kv_width);
                 let (c_row, s_row) = (
-                    &cos[s * half..(s + 1) * half],
-                    &sin[s * half..(s + 1) * half],
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
                 );
-                let q_row = &mut q[s * q_width..(s + 1) * q_width];
+                let q_row = &mut q[r * q_width..(r + 1) * q_width];
                 q_row.copy_from_slice(qs);
                 rope(q_row, c_row, s_row);
-                let k_row = &mut k[s * kv_width..(s + 1) * kv_width];
-                k_row.copy_from_slice(ks);
-                rope(k_row, c_row, s_row);
-                v[s * kv_width..(s + 1) * kv_width].copy_from_slice(vs);
+                k.copy_from_slice(ks);
+                rope(&mut k, c_row, s_row);
+                let table = batch[row_seq[r]].blocks;
+                self.pool.write(table, i, positions[r], &k, vs)?;
             }
-            self.cache.append(i, &k, &v)?;
-            attention(&self.cache, i, &q, c.n_head, &mut y)?;
+            paged_attention(&self.pool, i, &seqs, &q, c.n_head, &mut y)?;
             l.wo.matmul(&y, &mut o)?;
             add_assign(&mut x, &o);
 
@@ -183,15 +255,49 @@ impl CpuLlama {
             l.down.matmul(&act, &mut o)?;
             add_assign(&mut x, &o);
         }
-        self.cache.advance(seq);
-        if !want_logits {
-            return Ok(None);
+        // Only each asking sequence's last row goes through the output
+        // projection, all of them in one matmul: the 49k-row table is read
+        // once per step, not once per sequence.
+        let mut last = Vec::new();
+        let mut end = 0;
+        for s in batch {
+            end += s.tokens.len();
+            if s.logits {
+                last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
+            }
         }
-        // Only the last position's logits are needed to pick the next token.
-        let last = &x[(seq - 1) * hidden..];
-        rms_norm(last, &self.output_norm, c.rms_eps, &mut h[..hidden]);
-        let mut logits = vec![0f32; self.output.rows()];
-        self.output.matmul(&h[..hidden], &mut logits)?;
-        Ok(Some(logits))
+        let n = last.len() / hidden;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        rms_norm(&last, &self.output_norm, c.rms_eps, &mut h[..n * hidden]);
+        let vocab = self.output.rows();
+        let mut logits = vec![0f32; n * vocab];
+        self.output.matmul(&h[..n * hidden], &mut logits)?;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Blocks that hold one whole context.
+fn context_blocks(c: &LlamaConfig) -> usize {
+    c.context_length.div_ceil(BLOCK_TOKENS)
+}
+
+impl PagedLm for CpuLlama {
+    fn bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        KvPool::bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim)
+    }
+
+    fn allocate_pool(&mut self, blocks: usize) {
+        let c = &self.config;
+        // The single-sequence API keeps its blocks at the pool's start.
+        let blocks = blocks.max(context_blocks(c));
+        self.pool = KvPool::new(c.n_layer, c.n_kv_head, c.head_dim, blocks);
+        self.single_len = 0;
+    }
+
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        securechat_kernels::on_pool(|| self.run(batch))
     }
 }

@@ -28,4 +28,42 @@ pub trait CausalLm: Send {
     fn context_length(&self) -> usize;
 
     fn vocab_size(&self) -> usize;
+
+    /// The batched forward pass over a paged cache, when this model has
+    /// one; without it the scheduler runs one sequence at a time through
+    /// [`Self::forward`].
+    fn paged(&mut self) -> Option<&mut dyn PagedLm> {
+        None
+    }
+}
+
+/// One sequence's part of a batched step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    /// Tokens at positions `pos..pos + tokens.len()`; at least one.
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    /// The pool blocks holding positions `0..pos + tokens.len()`, in order
+    /// (those up to `pos` already written).
+    pub blocks: &'a [u32],
+    /// Positions below this one are prompt positions (see
+    /// `securechat_kernels::attention::SeqQueries`).
+    pub tiled_below: usize,
+    /// Whether the logits after the last token are wanted.
+    pub logits: bool,
+}
+
+/// A model that runs many sequences per forward pass, each in the blocks
+/// of a shared key/value pool named by its block table.
+pub trait PagedLm: Send {
+    /// Cache bytes one position takes, for sizing the pool.
+    fn bytes_per_token(&self) -> usize;
+
+    /// Replaces the pool by one of `blocks` blocks (at least a context's
+    /// worth); what it held is forgotten.
+    fn allocate_pool(&mut self, blocks: usize);
+
+    /// One forward pass over every sequence of `batch`; returns the logits
+    /// of those that ask for them, in order.
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>>;
 }

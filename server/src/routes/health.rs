@@ -11,7 +11,7 @@ use securechat_crds::files::keyset::KeyState;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::metrics::{KeyIdLabels, KeyLabels, KidLabels};
+use crate::metrics::{KeyIdLabels, KeyLabels, KidLabels, SchedulerGauges};
 use crate::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
@@ -98,6 +98,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     drop(usage);
     m.queue_depth.set(state.engine.queue_depth() as i64);
+    let stats = state.engine.stats();
+    let s = &m.scheduler;
+    s.requests_waiting.set(stats.waiting as i64);
+    s.sequences_running.set(stats.running as i64);
+    s.kv_cache_usage.set(stats.kv_cache_usage);
+    SchedulerGauges::catch_up(&s.prefix_cache_hits, stats.prefix_cache_hits);
+    SchedulerGauges::catch_up(&s.prefix_cache_queries, stats.prefix_cache_queries);
     (
         [(
             CONTENT_TYPE,

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securechat_server::engine::{
-    ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    Caller, ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, Role, SamplingParams, Usage,
 };
-use securechat_server::inference::{EngineOptions, default_model_path, load_engine};
+use securechat_server::inference::{
+    EngineOptions, ServingOptions, default_model_path, load_engine,
+};
 
 /// The default model; a missing file fails the test (it must not skip).
 pub fn model_path() -> PathBuf {
@@ -22,11 +24,20 @@ pub fn model_path() -> PathBuf {
     path
 }
 
-pub fn engine(queue_capacity: usize) -> Arc<dyn Engine> {
+/// The default model behind the default scheduler, with room for
+/// `max_queue` waiting requests.
+pub fn engine(max_queue: usize) -> Arc<dyn Engine> {
+    engine_with(ServingOptions {
+        max_queue,
+        ..ServingOptions::default()
+    })
+}
+
+pub fn engine_with(serving: ServingOptions) -> Arc<dyn Engine> {
     load_engine(
         &model_path(),
         EngineOptions {
-            queue_capacity,
+            serving,
             ..EngineOptions::default()
         },
     )
@@ -52,6 +63,7 @@ pub fn request(text: &str, params: SamplingParams) -> GenerationRequest {
     GenerationRequest {
         messages: user(text),
         params,
+        caller: Caller::default(),
     }
 }
 
