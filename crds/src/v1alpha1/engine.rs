@@ -13,8 +13,8 @@ use super::Tier;
 pub const DEFAULT_MAX_CONCURRENT_SEQUENCES: i32 = 16;
 /// Requests waiting behind the running ones by default.
 pub const DEFAULT_MAX_QUEUE: i32 = 64;
-/// Prompt tokens one sequence prefills per step by default: a long prompt
-/// delays the other sequences' next token by at most one such chunk.
+/// Prompt tokens prefilled per step by default: a long prompt delays the
+/// other sequences' next token by at most one such chunk.
 pub const DEFAULT_PREFILL_CHUNK_TOKENS: i32 = 256;
 
 /// Continuous batching, KV cache and queueing of one pod.
@@ -33,8 +33,10 @@ pub struct ServingSpec {
 
     /// Size of the paged KV cache, in tokens, shared by every running
     /// sequence (and the prefix cache). Unset: from the pod's memory limit
-    /// and the model's per-token KV size. A sequence that no longer fits
-    /// is paused and recomputed later, never failed.
+    /// and the model's per-token KV size (40% of the memory available).
+    /// At least one context window is always allocated, so a lone request
+    /// fits. A sequence that no longer fits is paused (the newest of the
+    /// lowest tier first) and recomputed later, never failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 16777216))]
     pub kv_cache_tokens: Option<i32>,
@@ -51,7 +53,9 @@ pub struct ServingSpec {
     #[serde(default = "default_prefix_cache")]
     pub prefix_cache: bool,
 
-    /// Prompt tokens one sequence prefills per step (chunked prefill).
+    /// Prompt tokens prefilled per step, across every sequence being
+    /// admitted (chunked prefill): a long prompt delays the running
+    /// sequences' next token by at most one such chunk.
     #[serde(default = "default_prefill_chunk_tokens")]
     #[schemars(range(min = 16, max = 65536))]
     pub prefill_chunk_tokens: i32,
