@@ -443,6 +443,7 @@ impl Client {
             if !reusable {
                 self.sender = None;
             }
+            let fresh = self.sender.is_none();
             let sender = match &mut self.sender {
                 Some(s) => s,
                 None => self.sender.insert(self.target.connect().await?),
@@ -461,6 +462,13 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     self.sender = None;
+                    // A server may close an idle keep-alive connection just
+                    // as the next request goes out (llama-server does): the
+                    // request never reached it, so it is sent again on a
+                    // new connection.
+                    if !fresh && e.is_incomplete_message() {
+                        continue;
+                    }
                     return Err(e.into());
                 }
             };

@@ -107,7 +107,10 @@ $(tail -n 20 "$logfile")"
   die "$url did not become ready; see $logfile"
 }
 
-RESULTS="$WORK/results.jsonl"
+# Kept after the run (one JSON line per run and server), in the build
+# directory, for a look at figures the section leaves out.
+RESULTS="$TARGET/bench-concurrency.jsonl"
+: >"$RESULTS"
 RUN=0
 # Every run (on either server) takes prompts from its own range of 1,000
 # indices, the same range on both servers: no run finds an earlier run's
