@@ -221,7 +221,7 @@ lines += [
     "log and sensitive-data filter on). llama-server: llama.cpp from llama-cpp-python "
     f"{env['LLAMA_VERSION']} (scripts/llama-server.sh), plain HTTP, `--parallel N --cont-batching "
     f"--jinja {env['LLAMA_ARGS']}`, one slot per client, restarted for each N. Client: "
-    "benches/chatload.rs, streaming with `stream_options.include_usage`, temperature 0, max_tokens {env['MAX_TOKENS']}, distinct "
+    f"benches/chatload.rs, streaming with `stream_options.include_usage`, temperature 0, max_tokens {env['MAX_TOKENS']}, distinct "
     f"prompts, {env['REQUESTS']} requests per client (prefix run: {env['PREFIX_REQUESTS']}), one "
     "unmeasured warm-up request first. TTFT: from sending to the first content delta, queueing "
     "(and any 503 retry) included; ITL: gaps between content deltas; tok/s: completion tokens "
