@@ -8,14 +8,17 @@
 #   2. securechat-server vs the seed's FastAPI stack (throughput, added
 #      latency; also times the seed's filter and JWT library for 1.)
 #   3. our inference engine vs llama.cpp on the same GGUF, same 2 threads
-#   4. operator convergence and memory against the local control plane
+#   4. concurrent streaming chat: securechat-server vs llama.cpp's
+#      llama-server (aggregate tokens/s, TTFT, inter-token latency, the
+#      prefix cache, multi-turn)
+#   5. operator convergence and memory against the local control plane
 #      (started here if it is not running, and stopped again after)
 #
 # Ratios, not absolute times, are what compare across runs: these machines
 # are shared. Run it on a quiet machine.
 #
 # Environment: BENCH_SKIP (space-separated: criterion server inference
-# converge), plus each script's own variables.
+# concurrency converge), plus each script's own variables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,6 +49,10 @@ fi
 if [[ $skip != *" inference "* ]]; then
 	log "inference vs llama.cpp"
 	scripts/bench-inference-vs-llamacpp.sh
+fi
+if [[ $skip != *" concurrency "* ]]; then
+	log "concurrent streaming chat vs llama-server"
+	scripts/bench-concurrency.sh
 fi
 if [[ $skip != *" converge "* ]]; then
 	export KUBECONFIG="${KUBECONFIG:-$root/.securechat/kubeconfig}"
