@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
-# k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
+# k8snetpolicy), promtool (alert-rule tests), the Prometheus server and crane (daemonless image
 # builds), and for the real node (make node-up) kubelet, kube-proxy and
 # kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
@@ -72,6 +72,10 @@ want k8snetpolicy && build k8snetpolicy "$netpol_version" netpol github.com/np-g
 # tests only check and unit-test rule files: remove_all_sd leaves out the
 # service-discovery plugins (cloud SDKs), most of the build.
 want promtool && build promtool "$promtool_version" promtool github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd
+# The Prometheus server for scraping the real node's pods and firing the
+# shipped rules into Alertmanager: same module as promtool, with only the
+# Kubernetes service discovery (plus static and file targets, always built).
+want prometheus && build prometheus "$promtool_version" promtool github.com/prometheus/prometheus/cmd/prometheus "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd,enable_kubernetes_sd
 want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
 # The real node's NetworkPolicy enforcer (make node-up): kube-router's
 # policy controller. kube-network-policies needs CONFIG_NFT_QUEUE, which
