@@ -27,6 +27,9 @@ promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
 kube_router_version=v2.1.0
 coredns_version=v1.15.0
+# kstatus (sigs.k8s.io/cli-utils): the status GitOps tools compute; our
+# wrapper main (tests/cluster/kstatus) prints it for one object.
+kstatus_version=v0.37.2
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -79,6 +82,9 @@ want crane && build crane "$crane_version" crane github.com/google/go-containerr
 want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
 # The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
 want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+# What Flux's health checks and other GitOps tools make of our resources'
+# status (tests/kstatus.rs): bump kstatus_version when main.go changes.
+want kstatus && build kstatus "$kstatus_version" kstatus .
 # The real node's sandbox program (tests/cluster/pause): bump its version
 # when main.go changes.
 want pause && build pause v1 pause .
