@@ -64,6 +64,11 @@ async fn crds_are_established_and_documented() {
     // The caps on certificate lifetimes are documented where users look.
     explain_eventually("scm.spec.tls.validity", "at most 8760h (1 year)");
     explain_eventually("scm.spec.tls.caValidity", "at most 87600h (10 years)");
+    // Issue 26's fields.
+    explain_eventually("cak.spec.reloader", "reloader.stakater.com/search");
+    explain_eventually("cak.status.firstMintedAt", "expiresAfter counts from here");
+    explain_eventually("cak.status.handledRotateRequest", "securechat.dev/rotate");
+    explain_eventually("scm.spec.auth.tokenTTL", "at most signingKeys.gracePeriod");
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
