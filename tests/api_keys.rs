@@ -784,3 +784,56 @@ async fn expires_after_counts_from_the_first_mint_not_from_creation() {
         .unwrap();
     assert_eq!(record.expires_at.map(|e| e.timestamp()), Some(expires));
 }
+
+/// Issue 26: consumer Secrets carry Stakater Reloader's match annotation,
+/// so Deployments reading the key from an environment variable roll when
+/// it rotates; `spec.reloader: false` takes it off the live Secret.
+#[tokio::test]
+async fn consumer_secrets_carry_the_reloader_annotation_unless_opted_out() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "reloader").await;
+    let _operator = Operator::start(&client, &[&ns]);
+    model_with_table(&client, &ns.name, &[]).await;
+    create_key(
+        &client,
+        &ns.name,
+        "env-consumer",
+        json!({"modelRef": {"name": "m"}}),
+    )
+    .await;
+    let annotation = |secret: &Secret| {
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .cloned()
+    };
+    let marked = wait_for("the consumer Secret", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move { consumer(&client, &ns, "env-consumer").await }
+    })
+    .await;
+    assert_eq!(annotation(&marked).as_deref(), Some("true"));
+
+    Api::<ChatApiKey>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "env-consumer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"reloader": false}})),
+        )
+        .await
+        .expect("opt out");
+    wait_for("the annotation to go", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let secret = consumer(&client, &ns, "env-consumer").await?;
+            (secret
+                .annotations()
+                .get("reloader.stakater.com/match")
+                .is_none()
+                && field(&secret, "api-key").is_some())
+            .then_some(())
+        }
+    })
+    .await;
+}
