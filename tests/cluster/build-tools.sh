@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
-# k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
-# builds), and for the real node (make node-up) kubelet, kube-proxy and
+# k8snetpolicy), promtool (alert-rule tests), crane (daemonless image
+# builds) and kstatus (what GitOps health checks make of our resources'
+# status), and for the real node (make node-up) kubelet, kube-proxy and
 # kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
