@@ -15,7 +15,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## build etcd, kube-*, kubectl, helm, kwok, promtool, crane from Go modules into ~/.cache/securechat/bin (once)
+tools: ## build etcd, kube-*, kubectl, helm, kwok, promtool, crane, kstatus from Go modules into ~/.cache/securechat/bin (once)
 	@tests/cluster/build-tools.sh
 
 .PHONY: cluster-up

@@ -64,6 +64,11 @@ async fn crds_are_established_and_documented() {
     // The caps on certificate lifetimes are documented where users look.
     explain_eventually("scm.spec.tls.validity", "at most 8760h (1 year)");
     explain_eventually("scm.spec.tls.caValidity", "at most 87600h (10 years)");
+    // Issue 26's fields.
+    explain_eventually("cak.spec.reloader", "reloader.stakater.com/search");
+    explain_eventually("cak.status.firstMintedAt", "expiresAfter counts from here");
+    explain_eventually("cak.status.handledRotateRequest", "securechat.dev/rotate");
+    explain_eventually("scm.spec.auth.tokenTTL", "at most signingKeys.gracePeriod");
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
@@ -360,6 +365,23 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             json!({"auth": {"tokenTTL": "100000000h"}}),
             "auth.tokenTTL: must be at least 1m and at most 24h",
         ),
+        // Issue 26: the previous signing key verifies only for the grace,
+        // so a token may not outlive it.
+        (
+            "a token lifetime beyond the signing keys' grace",
+            json!({"auth": {"tokenTTL": "2h"}, "signingKeys": {"gracePeriod": "1h"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
+        (
+            "a token lifetime beyond the default grace (1h)",
+            json!({"auth": {"tokenTTL": "90m"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
+        (
+            "a grace shorter than the default token lifetime (30m)",
+            json!({"signingKeys": {"gracePeriod": "10m"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
         (
             "leeway beyond range",
             json!({"auth": {"leeway": "100000000h"}}),
@@ -499,6 +521,18 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
         cases.len(),
         failures.join("\n")
     );
+
+    // A token lifetime equal to the grace is what the rule allows.
+    api.create(
+        &PostParams::default(),
+        &object(
+            "SecureChatModel",
+            "ttl-equals-grace",
+            json!({"auth": {"tokenTTL": "45m"}, "signingKeys": {"gracePeriod": "45m"}}),
+        ),
+    )
+    .await
+    .expect("tokenTTL equal to signingKeys.gracePeriod is accepted");
 
     let long_name = "a".repeat(41);
     let refusal = rejection(&api, &object("SecureChatModel", &long_name, json!({}))).await;

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod health;
 pub mod key_controller;
 pub mod key_plan;
 pub mod labels;

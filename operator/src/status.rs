@@ -14,7 +14,9 @@ use securechat_crds::v1alpha1::{
 };
 
 use crate::desired::RefusedRule;
+use crate::health::{RECONCILING, STALLED, health_conditions};
 use crate::reasons;
+use crate::reasons::progress;
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -171,6 +173,7 @@ pub fn model_status(
     ] {
         set_condition(&mut status.conditions, update, generation, now);
     }
+    set_health(&mut status, generation, now);
 
     status.observed_generation = generation;
     status.ready_replicas = Some(ready);
@@ -265,8 +268,17 @@ pub fn refused_status(
         let cause = ConditionUpdate::new(type_, false, refusal.reason, refusal.message.clone());
         set_condition(&mut status.conditions, cause, generation, now);
     }
+    set_health(&mut status, generation, now);
     status.observed_generation = generation;
     status
+}
+
+/// kstatus's Reconciling and Stalled, from the conditions just set (see
+/// `health`).
+fn set_health(status: &mut SecureChatModelStatus, generation: Option<i64>, now: Timestamp) {
+    for update in health_conditions(&status.conditions, progress::model) {
+        set_condition(&mut status.conditions, update, generation, now);
+    }
 }
 
 /// One Event a status change is worth publishing.
@@ -312,7 +324,10 @@ pub fn status_events(
 /// Degraded=True is trouble; any other condition is when False, unless the
 /// model is merely starting.
 fn is_trouble(c: &Condition) -> bool {
-    if c.type_ == DEGRADED {
+    if c.type_ == RECONCILING || c.type_ == STALLED {
+        // Derived from the others, whose own Events tell the news.
+        false
+    } else if c.type_ == DEGRADED {
         c.status == TRUE
     } else {
         c.status == FALSE && !reasons::STARTING.contains(&c.reason.as_str())

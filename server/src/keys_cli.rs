@@ -123,6 +123,22 @@ pub fn revoke(table: &mut ApiKeyTable, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Archives every key past its expiry (revoked ones stay, for audits)
+/// into the table's bounded history and removes it, as the operator does
+/// for a ChatApiKey; returns their ids. `/admin/keys/history` lists them.
+pub fn prune(table: &mut ApiKeyTable, now: DateTime<Utc>) -> Vec<String> {
+    let expired: Vec<String> = table
+        .keys
+        .iter()
+        .filter(|k| k.state != ApiKeyState::Revoked && k.expires_at.is_some_and(|e| e <= now))
+        .map(|k| k.id.clone())
+        .collect();
+    for id in &expired {
+        table.archive_expired(id, now);
+    }
+    expired
+}
+
 /// The `keys list` table.
 pub fn render_list(table: &ApiKeyTable, now: DateTime<Utc>) -> String {
     let fmt = |t: Option<DateTime<Utc>>| {

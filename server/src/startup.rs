@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::audit::Placement;
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
@@ -39,6 +40,9 @@ pub struct ServeOptions {
     /// pod's config outside the pod against a projected copy of its mounts
     /// (`make demo`). `None`: as written.
     pub path_root: Option<PathBuf>,
+    /// This process's pod and node, written into every audit line
+    /// (`Placement::from_env` in a pod).
+    pub placement: Placement,
 }
 
 /// How often standalone mode writes `lastUsedAt` back: at most one table
@@ -112,7 +116,11 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         table,
         oidc,
         Some(config_path.clone()),
-        Services { metrics, store },
+        Services {
+            metrics,
+            store,
+            placement: options.placement.clone(),
+        },
     );
     *state
         .cert_not_after

@@ -14,6 +14,7 @@ use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use serde::Serialize;
 
+use crate::audit::Placement;
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
@@ -94,6 +95,8 @@ pub enum UsageScope {
 pub struct Services {
     pub metrics: Metrics,
     pub store: Option<Arc<Store>>,
+    /// This process's pod and node, for the audit lines.
+    pub placement: Placement,
 }
 
 /// What every request reads; [`AppState`] clones it per request as one Arc.
@@ -123,6 +126,8 @@ pub struct AppStateInner {
     pub config_path: Option<PathBuf>,
     /// Web UI sessions and SSO logins in progress.
     pub sessions: Sessions,
+    /// This process's pod and node, written into every audit line.
+    pub placement: Placement,
 }
 
 #[derive(Clone)]
@@ -145,7 +150,11 @@ impl AppState {
         config_path: Option<PathBuf>,
         services: Services,
     ) -> Self {
-        let Services { metrics, store } = services;
+        let Services {
+            metrics,
+            store,
+            placement,
+        } = services;
         let max = live_config.config.limits.max_tracked_clients as usize;
         let sessions = Sessions::new(max, store.clone());
         let buckets = |family: &'static str| match &store {
@@ -168,6 +177,7 @@ impl AppState {
             oidc,
             config_path,
             sessions,
+            placement,
         }))
     }
 

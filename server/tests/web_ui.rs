@@ -73,6 +73,7 @@ async fn real_server(dir: &Path, config: &str) -> (Running, Keys) {
         oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
         record_last_used: None,
         path_root: None,
+        placement: Default::default(),
     };
     (start(&options, engine).await.unwrap(), keys)
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
-# k8snetpolicy), promtool (alert-rule tests), the Prometheus server and crane (daemonless image
-# builds), and for the real node (make node-up) kubelet, kube-proxy and
+# k8snetpolicy), promtool (alert-rule tests), the Prometheus server, crane
+# (daemonless image builds) and kstatus (what GitOps health checks make of
+# our resources' status), and for the real node (make node-up) kubelet, kube-proxy and
 # kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
@@ -27,6 +28,9 @@ promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
 kube_router_version=v2.1.0
 coredns_version=v1.15.0
+# kstatus (sigs.k8s.io/cli-utils): the status GitOps tools compute; our
+# wrapper main (tests/cluster/kstatus) prints it for one object.
+kstatus_version=v0.37.2
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -83,6 +87,9 @@ want crane && build crane "$crane_version" crane github.com/google/go-containerr
 want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
 # The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
 want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+# What Flux's health checks and other GitOps tools make of our resources'
+# status (tests/kstatus.rs): bump kstatus_version when main.go changes.
+want kstatus && build kstatus "$kstatus_version" kstatus .
 # The real node's sandbox program (tests/cluster/pause): bump its version
 # when main.go changes.
 want pause && build pause v1 pause .

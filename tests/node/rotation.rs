@@ -67,6 +67,8 @@ async fn certificate_signing_key_and_api_key_rotations_reach_the_running_pod_wit
                     // bundle drops the old CA.
                     "tls": {"caOverlap": "60s"},
                     "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
+                    // The grace must cover the tokens' lifetime (admission checks).
+                    "auth": {"tokenTTL": "5m"},
                     "rateLimit": {"requestsPerMinute": 1000000}
                 }
             }))

@@ -32,7 +32,8 @@ pub struct AuthSpec {
     pub audience: Option<String>,
 
     /// Lifetime of issued access tokens (the seed's 30 minutes): at least 1m
-    /// and at most 24h.
+    /// and at most 24h, and at most signingKeys.gracePeriod (the previous
+    /// signing key must verify a token until it expires).
     #[serde(default = "default_token_ttl", rename = "tokenTTL")]
     #[schemars(extend("x-kubernetes-validations" = [
         cel::duration_bounds("auth.tokenTTL", Some(MIN_TOKEN_TTL), MAX_TOKEN_TTL)

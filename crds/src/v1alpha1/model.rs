@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AuditSpec, AuthSpec, CorsSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec, ResourcesSpec,
     RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, ServingSpec,
-    SharedStateSpec, SigningKeysSpec, TlsSpec,
+    SharedStateSpec, SigningKeysSpec, TlsSpec, cel,
 };
 
 /// A chat model served securely: GPU-scheduled inference pods running the
@@ -36,6 +36,13 @@ use super::{
     validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. my-model): it names the model's Service, and a name such as my.model cannot")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": format!("!has(self.auth) || !has(self.signingKeys) || !has(self.auth.tokenTTL) || !has(self.signingKeys.gracePeriod) || ({})",
+        cel::when_durations_convert(
+            &["self.auth.tokenTTL", "self.signingKeys.gracePeriod"],
+            "duration(self.auth.tokenTTL) <= duration(self.signingKeys.gracePeriod)")),
+     "message": "auth.tokenTTL: must not exceed signingKeys.gracePeriod: after a rotation the previous signing key verifies only for the grace period, so a token that lives longer would be refused before it expires"}
+]))]
 pub struct SecureChatModelSpec {
     /// Number of inference pods. 0 scales the model down while keeping its
     /// keys and certificates.

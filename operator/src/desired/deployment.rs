@@ -7,15 +7,16 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use securechat_crds::default_model;
+use securechat_crds::files::names::{NODE_NAME_ENV, POD_NAME_ENV};
 use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
 
 use super::Input;
@@ -78,6 +79,11 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
+        ]),
+        // The server's audit lines name the pod and node they come from.
+        env: Some(vec![
+            downward(POD_NAME_ENV, "metadata.name"),
+            downward(NODE_NAME_ENV, "spec.nodeName"),
         ]),
         resources: Some(resources(input)),
         volume_mounts: Some(mounts),
@@ -194,6 +200,21 @@ fn hardened() -> SecurityContext {
         }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable holding a field of the pod (downward API).
+fn downward(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -484,6 +505,24 @@ mod tests {
         );
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(c.image.as_deref(), Some("securechat/server:0.1.0"));
+        // The audit lines' pod and node, from the downward API.
+        let env: Vec<(String, Option<String>)> = c
+            .env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .map(|e| {
+                let field = e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path);
+                (e.name, field)
+            })
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("POD_NAME".to_string(), Some("metadata.name".to_string())),
+                ("NODE_NAME".to_string(), Some("spec.nodeName".to_string())),
+            ]
+        );
         let probe = c
             .readiness_probe
             .as_ref()

@@ -9,6 +9,7 @@
 //! what it means to a reader of `kubectl describe scm`.
 
 pub mod api_key;
+pub mod progress;
 
 // Ready: True with READY, or False with the reason of the first condition
 // that is not (see status::model_status).

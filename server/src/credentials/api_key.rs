@@ -129,6 +129,7 @@ mod tests {
                 rotated_at: None,
                 last_used_at: None,
             }],
+            ..Default::default()
         }
     }
 

@@ -41,6 +41,7 @@ pub async fn middleware(
     let audit = Audit::start(
         runtime.config.audit.enabled,
         runtime.config.audit.include_prompts,
+        &state.placement,
         Utc::now(),
         request
             .extensions()

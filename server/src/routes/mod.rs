@@ -58,9 +58,15 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/models", get(openai::models))
         .route("/v1/usage", get(admin::own_usage))
         .route("/api/chat", post(seed::chat))
+        // The path of the first seed's complete example: the same endpoint.
+        .route("/api/secure-chat", post(seed::chat))
         .route("/oauth/token", post(oauth::token))
+        // The seed's `OAuth2PasswordBearer(tokenUrl="token")`: the same
+        // token endpoint.
+        .route(oauth::SEED_TOKEN_PATH, post(oauth::token))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/admin/keys", get(admin::keys))
+        .route("/admin/keys/history", get(admin::key_history))
         .route("/admin/config", admin_config.clone())
         // The seed's path; it used POST to update.
         .route(
@@ -90,7 +96,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 /// 405 in the shape of the endpoint asked for: RFC 6749 at the token
 /// endpoint, OpenAI elsewhere.
 async fn method_not_allowed(uri: Uri) -> Response {
-    if uri.path() == "/oauth/token" {
+    if uri.path() == "/oauth/token" || uri.path() == oauth::SEED_TOKEN_PATH {
         oauth_error::OAuthError::method_not_allowed().into_response()
     } else {
         ApiError::MethodNotAllowed.into_response()
