@@ -675,6 +675,15 @@ fn alert_relay_is_off_by_default_and_hardened_without_api_access() {
     assert_eq!(of_kind(&objs, "Deployment").len(), 1, "only the operator");
     assert!(of_kind(&objs, "AlertmanagerConfig").is_empty());
 
+    let chart = chart_dir();
+    let values = values_file("alert-relay");
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart.to_str().expect("utf-8 path"),
+        "--values",
+        values.to_str().expect("utf-8 path"),
+    ]);
     let objs = objects(&render_case("alert-relay"));
     let deployment = alert_relay_deployment(&objs);
     let pod = &deployment["spec"]["template"]["spec"];
