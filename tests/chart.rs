@@ -717,6 +717,23 @@ fn alert_relay_is_off_by_default_and_hardened_without_api_access() {
         service["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"]
     );
+    // Only the Alertmanager of alertRelay.allowedFrom may post: anyone
+    // else could message the on-call groups.
+    let policies = of_kind(&objs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy, the relay's");
+    let spec = &policies[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(strings(&spec["policyTypes"]), ["Ingress"]);
+    let rule = &spec["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("alertmanager")
+    );
+    assert_eq!(rule["ports"][0]["port"].as_str(), Some("http"));
+    assert_eq!(spec["ingress"].as_sequence().map(Vec::len), Some(1));
 }
 
 #[test]
