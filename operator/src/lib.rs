@@ -13,7 +13,10 @@
 //! - [`controller`]: the thin reconcile loop that wires them together.
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
+//! - [`alert_relay`]: the `alert-relay` subcommand, Alertmanager -> WeChat
+//!   Work and DingTalk robots.
 
+pub mod alert_relay;
 pub mod api_keys;
 pub mod apply;
 pub mod backoff;

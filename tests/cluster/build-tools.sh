@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
-# k8snetpolicy), promtool (alert-rule tests), the Prometheus server, crane
-# (daemonless image builds) and kstatus (what GitOps health checks make of
-# our resources' status), and for the real node (make node-up) kubelet, kube-proxy and
+# k8snetpolicy), promtool (alert-rule tests), the Prometheus server and
+# Alertmanager (alert delivery tests), crane (daemonless image builds) and
+# kstatus (what GitOps health checks make of our resources' status), and for
+# the real node (make node-up) kubelet, kube-proxy and
 # kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
@@ -26,6 +27,7 @@ netpol_version=v1.4.4
 # v0.316.0 is Prometheus 3.16.0 (go 1.26.7).
 promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
+alertmanager_version=v0.35.0
 kube_router_version=v2.1.0
 coredns_version=v1.15.0
 # kstatus (sigs.k8s.io/cli-utils): the status GitOps tools compute; our
@@ -81,6 +83,28 @@ want promtool && build promtool "$promtool_version" promtool github.com/promethe
 # Kubernetes service discovery (plus static and file targets, always built).
 want prometheus && build prometheus "$promtool_version" promtool github.com/prometheus/prometheus/cmd/prometheus "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd,enable_kubernetes_sd
 want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
+# Alertmanager (tests/alerts_delivery.rs): delivers the shipped rules'
+# alerts to the chart's webhook adapter. Its module zip lacks the npm-built
+# web UI that its ui package embeds (see alertmanager/go.mod): build from a
+# copy with a README in the UI's place, made once per version.
+alertmanager_source() {
+	local src="$here/alertmanager/src" stamp="$here/alertmanager/src/.securechat-version"
+	[ -x "$bin/alertmanager-$alertmanager_version" ] && return
+	[ "$(cat "$stamp" 2>/dev/null)" = "$alertmanager_version" ] && return
+	local dir
+	dir=$(cd / && GOFLAGS= go mod download -json "github.com/prometheus/alertmanager@$alertmanager_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[ -d "$dir" ] || { echo "error: cannot download github.com/prometheus/alertmanager@$alertmanager_version" >&2; exit 1; }
+	rm -rf "$src" "$src.tmp"
+	cp -r "$dir" "$src.tmp"
+	chmod -R u+w "$src.tmp"
+	for ui in elm mantine; do
+		mkdir -p "$src.tmp/ui/app/dist/$ui"
+		echo "The web UI is not built (npm); the API serves under /api/v2." >"$src.tmp/ui/app/dist/$ui/README.txt"
+	done
+	echo "$alertmanager_version" >"$src.tmp/.securechat-version"
+	mv "$src.tmp" "$src"
+}
+want alertmanager && alertmanager_source && build alertmanager "$alertmanager_version" alertmanager github.com/prometheus/alertmanager/cmd/alertmanager "-X github.com/prometheus/common/version.Version=${alertmanager_version#v}"
 # The real node's NetworkPolicy enforcer (make node-up): kube-router's
 # policy controller. kube-network-policies needs CONFIG_NFT_QUEUE, which
 # this kernel lacks (see tests/cluster/node-up.sh).
