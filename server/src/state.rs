@@ -123,6 +123,8 @@ pub struct AppStateInner {
     pub config_path: Option<PathBuf>,
     /// Web UI sessions and SSO logins in progress.
     pub sessions: Sessions,
+    /// WeChat Work corp access tokens (its documents ask for caching).
+    pub wecom_tokens: crate::credentials::wecom::TokenCache,
 }
 
 #[derive(Clone)]
@@ -168,6 +170,7 @@ impl AppState {
             oidc,
             config_path,
             sessions,
+            wecom_tokens: Default::default(),
         }))
     }
 

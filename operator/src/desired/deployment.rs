@@ -313,6 +313,17 @@ fn sso_client_secret_dir(index: usize) -> String {
 }
 const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
 
+/// Where the client secret of the `spec.web.sso` provider `name` is
+/// mounted (its Secret's key `client-secret`), as the server config names
+/// it.
+pub fn oauth2_client_secret_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(&oauth2_client_secret_dir(name)).join(SSO_CLIENT_SECRET_KEY)
+}
+/// The mount point of that Secret.
+fn oauth2_client_secret_dir(name: &str) -> String {
+    format!("/etc/securechat/oauth2/{name}")
+}
+
 /// Volumes, their mounts, and the model path the server is told to load.
 fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
     let spec = &input.model.spec;
@@ -392,6 +403,29 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         });
         mounts.push(mount(&name, &sso_client_secret_dir(index)));
+    }
+    // The plain-OAuth2 providers' client secrets (spec.web.sso), one
+    // volume each; names are DNS labels and unique (CEL), so are these.
+    for provider in &spec.web.sso {
+        let Some(secret_name) = &provider.client_secret_name else {
+            continue;
+        };
+        let name = format!("oauth2-client-secret-{}", provider.name);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: SSO_CLIENT_SECRET_KEY.into(),
+                    path: SSO_CLIENT_SECRET_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&name, &oauth2_client_secret_dir(&provider.name)));
     }
     // The shared store's credentials and CA bundle, where the config says.
     for (volume, volume_mount) in super::shared_state::volumes(spec.shared_state.as_ref()) {

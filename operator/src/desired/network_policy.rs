@@ -58,7 +58,12 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
     // A Hugging Face source is fetched over HTTPS, and OIDC discovery/JWKS
     // too; their addresses are not known in advance, so 443 is opened to
     // all destinations only when one of them is configured.
-    if spec.model.source.hugging_face.is_some() || !spec.auth.oidc.is_empty() {
+    // So are the plain-OAuth2 sign-in providers' token and user-info
+    // endpoints (spec.web.sso).
+    if spec.model.source.hugging_face.is_some()
+        || !spec.auth.oidc.is_empty()
+        || !spec.web.sso.is_empty()
+    {
         egress.push(NetworkPolicyEgressRule {
             ports: Some(vec![port(443, Protocol::TCP)]),
             to: Some(vec![ip_block("0.0.0.0/0"), ip_block("::/0")]),
