@@ -49,9 +49,13 @@ pub struct WebPort;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Login {
     ApiKey,
-    Sso { issuer: String },
+    Sso {
+        issuer: String,
+    },
     /// A plain-OAuth2 provider of `web.oauth2`, by name.
-    OAuth2 { provider: String },
+    OAuth2 {
+        provider: String,
+    },
 }
 
 /// One signed-in browser.

@@ -633,13 +633,24 @@ async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
             .next()
             .unwrap()
             .to_string();
-        let authorize = started.headers()["location"].to_str().unwrap().replace("USER", user);
-        for part in ["code_challenge=", "code_challenge_method=S256", "state=", "scope=profile+groups"] {
+        let authorize = started.headers()["location"]
+            .to_str()
+            .unwrap()
+            .replace("USER", user);
+        for part in [
+            "code_challenge=",
+            "code_challenge_method=S256",
+            "state=",
+            "scope=profile+groups",
+        ] {
             assert!(authorize.contains(part), "{part} in {authorize}");
         }
         let at_provider = client.get(&authorize).send().await.unwrap();
         assert_eq!(at_provider.status(), 302, "{:?}", at_provider.text().await);
-        let callback = at_provider.headers()["location"].to_str().unwrap().to_string();
+        let callback = at_provider.headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let answer = client
             .get(&callback)
             .header("cookie", &cookie)
@@ -684,7 +695,13 @@ async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
         .await
         .unwrap();
     assert_eq!(replay.status(), 400);
-    assert!(replay.text().await.unwrap().contains("expired or was already used"));
+    assert!(
+        replay
+            .text()
+            .await
+            .unwrap()
+            .contains("expired or was already used")
+    );
 
     // A tag maps higher than a department.
     let (answer, _, _) = login("lisi").await;

@@ -176,8 +176,7 @@ impl Inner {
     /// Takes a code out (one use); `None` when unknown or expired.
     fn take_code(&self, code: &str) -> Option<Code> {
         let taken = self.codes.lock().unwrap().remove(code)?;
-        let expired =
-            self.expire_codes.load(Ordering::SeqCst) || taken.issued.elapsed() > CODE_TTL;
+        let expired = self.expire_codes.load(Ordering::SeqCst) || taken.issued.elapsed() > CODE_TTL;
         (!expired).then_some(taken)
     }
 
@@ -284,8 +283,10 @@ async fn getuserinfo(State(inner): State<Arc<Inner>>, Query(p): Params) -> Respo
     let Some(code) = p.get("code").and_then(|c| inner.take_code(c)) else {
         return wecom_error(40029, "invalid code");
     };
-    axum::Json(json!({"errcode": 0, "errmsg": "ok", "userid": code.userid, "user_ticket": random()}))
-        .into_response()
+    axum::Json(
+        json!({"errcode": 0, "errmsg": "ok", "userid": code.userid, "user_ticket": random()}),
+    )
+    .into_response()
 }
 
 async fn user_get(State(inner): State<Arc<Inner>>, Query(p): Params) -> Response {
@@ -336,7 +337,13 @@ async fn oauth_authorize(State(inner): State<Arc<Inner>>, Query(p): Params) -> R
     let challenge = match (p.get("code_challenge"), p.get("code_challenge_method")) {
         (Some(c), Some(m)) if m == "S256" => Some(c.clone()),
         (None, None) => None,
-        _ => return (StatusCode::BAD_REQUEST, "invalid_request: PKCE is S256 only").into_response(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "invalid_request: PKCE is S256 only",
+            )
+                .into_response();
+        }
     };
     let code = inner.issue_code(user, redirect_uri, challenge);
     redirect(redirect_uri, &code, state)
@@ -350,13 +357,21 @@ fn oauth_error(error: &str, description: &str) -> Response {
         .into_response()
 }
 
-async fn oauth_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String) -> Response {
+async fn oauth_token(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     inner.record("oauth/token");
     let want = format!(
         "Basic {}",
         STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
     );
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(want.as_str())
+    {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"error": "invalid_client"})),
@@ -449,9 +464,11 @@ pub async fn start(dir: &Path) -> StandIn {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    app.clone().oneshot(req.map(Body::new))
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        app.clone().oneshot(req.map(Body::new))
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
@@ -468,7 +485,9 @@ pub fn client_without_redirects(ca: &Path) -> reqwest::Client {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("dev CA") {
-        roots.add(cert.expect("dev CA certificate")).expect("dev CA added");
+        roots
+            .add(cert.expect("dev CA certificate"))
+            .expect("dev CA added");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

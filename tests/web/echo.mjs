@@ -101,7 +101,7 @@ const scenarios = {
       await page.locator("#conversation-list li").first().waitFor();
       check((await page.locator("#conversation-list li").count()) === 1, "one conversation kept");
       await page.click("#new-chat");
-      check((await page.locator("#log li").count()) === 0, "a new chat starts empty");
+      check((await page.locator("#log > li").count()) === 0, "a new chat starts empty");
       await page.fill("#message", "second conversation");
       await page.click("#send");
       await page.locator("#log li.assistant.done").waitFor();
@@ -112,7 +112,7 @@ const scenarios = {
       );
       await page.locator("#conversation-list li", { hasText: "Here is" }).locator("button.open").click();
       await page.locator("#log li.assistant .code-block").waitFor();
-      check((await page.locator("#log li").count()) === 2, "the first conversation is back");
+      check((await page.locator("#log > li").count()) === 2, "the first conversation is back");
       await fitsThePhone(page);
       // Kept across a reload (same session), and nothing else is stored.
       await page.reload();

@@ -643,16 +643,31 @@ impl ServerConfig {
 
 /// What is wrong with `web.oauth2[i]` (the rules the CRD's CEL also
 /// states, for standalone configs).
-fn oauth2_problems(i: usize, client: &OAuth2Client, all: &[OAuth2Client], problems: &mut Vec<String>) {
+fn oauth2_problems(
+    i: usize,
+    client: &OAuth2Client,
+    all: &[OAuth2Client],
+    problems: &mut Vec<String>,
+) {
     let p = &client.provider;
     let field = |f: &str| format!("web.oauth2[{i}].provider.{f}");
     if p.name.is_empty()
-        || !p.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        problems.push(format!("{}: lowercase letters, digits and '-'", field("name")));
+        problems.push(format!(
+            "{}: lowercase letters, digits and '-'",
+            field("name")
+        ));
     }
     if all.iter().filter(|c| c.provider.name == p.name).count() > 1 {
-        problems.push(format!("{}: {:?} is used by another provider", field("name"), p.name));
+        problems.push(format!(
+            "{}: {:?} is used by another provider",
+            field("name"),
+            p.name
+        ));
     }
     if p.client_id.is_empty() {
         problems.push(format!("{}: required", field("clientId")));
@@ -693,7 +708,10 @@ fn oauth2_problems(i: usize, client: &OAuth2Client, all: &[OAuth2Client], proble
                 ));
             }
             if w.agent_id.is_empty() || !w.agent_id.bytes().all(|b| b.is_ascii_digit()) {
-                problems.push(format!("{}: the app's numeric AgentId", field("wecom.agentId")));
+                problems.push(format!(
+                    "{}: the app's numeric AgentId",
+                    field("wecom.agentId")
+                ));
             }
             https("wecom.apiBaseURL", w.api_base(), problems);
             https("wecom.authorizeURL", w.authorize(), problems);

@@ -66,7 +66,10 @@ pub struct WebSsoProvider {
     /// Short name of the provider: part of each user's identity
     /// (`oauth2:<name>#<user id>`) and of the audit lines; a DNS label of at
     /// most 40 characters (it also names the Secret's volume).
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// `OAuth2` (any provider, settings in `oauth2`) or `WeCom` (WeChat
@@ -96,7 +99,11 @@ pub struct WebSsoProvider {
     /// it (WeCom: a trusted domain of the app) and end in
     /// `/web/oauth2/callback`. Unset: `https://<Host of the login
     /// request>/web/oauth2/callback`.
-    #[serde(default, rename = "redirectURL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "redirectURL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 9, max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "isURL(self) && url(self).getScheme() == 'https' && self.endsWith('/web/oauth2/callback')",
@@ -236,14 +243,22 @@ pub struct WeComSettings {
 
     /// The server API's base. Default: https://qyapi.weixin.qq.com (change
     /// only for a proxy or a stand-in).
-    #[serde(default, rename = "apiBaseURL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "apiBaseURL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 9, max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [https_url_rule("web.sso.wecom.apiBaseURL")]))]
     pub api_base_url: Option<String>,
 
     /// The authorization page. Default: the QR-code login page or the
     /// in-app authorization page, after `login`.
-    #[serde(default, rename = "authorizeURL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "authorizeURL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 9, max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [https_url_rule("web.sso.wecom.authorizeURL")]))]
     pub authorize_url: Option<String>,
@@ -272,12 +287,10 @@ impl WeComSettings {
 
     /// The authorization page the browser is sent to.
     pub fn authorize(&self) -> &str {
-        self.authorize_url
-            .as_deref()
-            .unwrap_or(match self.login {
-                WeComLogin::QrCode => WECOM_QR_LOGIN_URL,
-                WeComLogin::InApp => WECOM_IN_APP_AUTHORIZE_URL,
-            })
+        self.authorize_url.as_deref().unwrap_or(match self.login {
+            WeComLogin::QrCode => WECOM_QR_LOGIN_URL,
+            WeComLogin::InApp => WECOM_IN_APP_AUTHORIZE_URL,
+        })
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, Limits, ModelConfig, ServerAuth, ServerConfig, ServerTls,
-    OAuth2Client, SsoClient, WebConfig,
+    FilePaths, GenerationDefaults, Limits, ModelConfig, OAuth2Client, ServerAuth, ServerConfig,
+    ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;

@@ -145,7 +145,11 @@ pub fn read_user(settings: &OAuth2Settings, answer: &Value) -> Result<ProviderUs
         .and_then(as_text)
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| id.clone());
-    let roles = match settings.role_pointer.as_deref().and_then(|p| answer.pointer(p)) {
+    let roles = match settings
+        .role_pointer
+        .as_deref()
+        .and_then(|p| answer.pointer(p))
+    {
         Some(Value::Array(items)) => items.iter().filter_map(as_text).collect(),
         Some(value) => as_text(value).into_iter().collect(),
         None => Vec::new(),
@@ -216,7 +220,9 @@ pub async fn exchange_code(
             .get("error_description")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let detail = format!("{status}: {error} {description}").trim().to_string();
+        let detail = format!("{status}: {error} {description}")
+            .trim()
+            .to_string();
         return Err(if error == "invalid_grant" {
             OAuth2Error::CodeExpired { detail }
         } else {
@@ -288,7 +294,13 @@ mod tests {
 
     #[test]
     fn the_authorization_request_carries_state_scope_and_the_challenge() {
-        let url = authorize_url(&settings(), "cid", "https://chat/web/oauth2/callback", "st&x", Some("ch"));
+        let url = authorize_url(
+            &settings(),
+            "cid",
+            "https://chat/web/oauth2/callback",
+            "st&x",
+            Some("ch"),
+        );
         assert_eq!(
             url,
             "https://idp.example/authorize?tenant=a&response_type=code&client_id=cid&\
@@ -324,8 +336,14 @@ mod tests {
     fn the_highest_mapped_tier_wins_and_unmapped_users_get_the_default_or_nothing() {
         let mapping = settings().role_mapping;
         let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(tier_of(&roles(&["chat-users", "42"]), &mapping, None), Some(Tier::Admin));
-        assert_eq!(tier_of(&roles(&["chat-users"]), &mapping, None), Some(Tier::Developer));
+        assert_eq!(
+            tier_of(&roles(&["chat-users", "42"]), &mapping, None),
+            Some(Tier::Admin)
+        );
+        assert_eq!(
+            tier_of(&roles(&["chat-users"]), &mapping, None),
+            Some(Tier::Developer)
+        );
         assert_eq!(tier_of(&roles(&["other"]), &mapping, None), None);
         assert_eq!(
             tier_of(&roles(&[]), &mapping, Some(Tier::ReadOnly)),

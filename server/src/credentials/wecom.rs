@@ -34,7 +34,12 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
 /// The authorization page URL for `state`: the QR-code web login or the
 /// in-app OAuth2 page, with the parameters each documents.
-pub fn authorize_url(settings: &WeComSettings, corp_id: &str, redirect_uri: &str, state: &str) -> String {
+pub fn authorize_url(
+    settings: &WeComSettings,
+    corp_id: &str,
+    redirect_uri: &str,
+    state: &str,
+) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     match settings.login {
         WeComLogin::QrCode => {
@@ -55,7 +60,10 @@ pub fn authorize_url(settings: &WeComSettings, corp_id: &str, redirect_uri: &str
                 .append_pair("state", state)
                 .append_pair("agentid", &settings.agent_id);
             // The fragment is part of the documented URL.
-            format!("{}#wechat_redirect", with_query(settings.authorize(), &query.finish()))
+            format!(
+                "{}#wechat_redirect",
+                with_query(settings.authorize(), &query.finish())
+            )
         }
     }
 }
@@ -123,7 +131,13 @@ impl TokenCache {
     fn put(&self, key: [u8; 32], token: String, valid_for: Duration) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         // One entry per configured provider: nothing else grows it.
-        tokens.insert(key, (token, Instant::now() + valid_for.saturating_sub(TOKEN_MARGIN)));
+        tokens.insert(
+            key,
+            (
+                token,
+                Instant::now() + valid_for.saturating_sub(TOKEN_MARGIN),
+            ),
+        );
     }
 
     fn forget(&self, key: &[u8; 32]) {
@@ -195,7 +209,10 @@ impl WeComClient<'_> {
                 detail: "no access_token".into(),
             })?
             .to_string();
-        let expires_in = answer.get("expires_in").and_then(Value::as_u64).unwrap_or(0);
+        let expires_in = answer
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         self.cache
             .put(*key, token.clone(), Duration::from_secs(expires_in));
         Ok(token)
@@ -231,9 +248,11 @@ impl WeComClient<'_> {
         match errcode(&answer) {
             0 => Ok(answer),
             e if STALE_TOKEN.contains(&e) => Err(CallError::Stale),
-            INVALID_CODE if step == GETUSERINFO => Err(CallError::Failed(OAuth2Error::CodeExpired {
-                detail: format!("WeChat Work errcode {INVALID_CODE}: invalid code"),
-            })),
+            INVALID_CODE if step == GETUSERINFO => {
+                Err(CallError::Failed(OAuth2Error::CodeExpired {
+                    detail: format!("WeChat Work errcode {INVALID_CODE}: invalid code"),
+                }))
+            }
             _ => Err(CallError::Failed(refused(step, &answer))),
         }
     }
@@ -245,7 +264,10 @@ impl WeComClient<'_> {
                 self.url(GETUSERINFO, &[("access_token", token), ("code", code)]),
             )
             .await?;
-        let Some(userid) = info.get("userid").and_then(Value::as_str).filter(|u| !u.is_empty())
+        let Some(userid) = info
+            .get("userid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
         else {
             return Err(CallError::Failed(if info.get("openid").is_some() {
                 OAuth2Error::NotAMember
@@ -345,12 +367,22 @@ mod tests {
     #[test]
     fn the_documented_login_pages_and_parameters() {
         assert_eq!(
-            authorize_url(&settings("QrCode"), "ww01", "https://chat.example/web/oauth2/callback", "s1"),
+            authorize_url(
+                &settings("QrCode"),
+                "ww01",
+                "https://chat.example/web/oauth2/callback",
+                "s1"
+            ),
             "https://login.work.weixin.qq.com/wwlogin/sso/login?login_type=CorpApp&appid=ww01&\
              agentid=1000002&redirect_uri=https%3A%2F%2Fchat.example%2Fweb%2Foauth2%2Fcallback&state=s1"
         );
         assert_eq!(
-            authorize_url(&settings("InApp"), "ww01", "https://c/web/oauth2/callback", "s1"),
+            authorize_url(
+                &settings("InApp"),
+                "ww01",
+                "https://c/web/oauth2/callback",
+                "s1"
+            ),
             "https://open.weixin.qq.com/connect/oauth2/authorize?appid=ww01&\
              redirect_uri=https%3A%2F%2Fc%2Fweb%2Foauth2%2Fcallback&response_type=code&\
              scope=snsapi_base&state=s1&agentid=1000002#wechat_redirect"
@@ -364,7 +396,10 @@ mod tests {
         assert_eq!(tier_of(&s, &[3, 2], &[], None), Some(Tier::Developer));
         assert_eq!(tier_of(&s, &[3], &[7], None), Some(Tier::Admin));
         assert_eq!(tier_of(&s, &[99], &[], None), None);
-        assert_eq!(tier_of(&s, &[99], &[], Some(Tier::ReadOnly)), Some(Tier::ReadOnly));
+        assert_eq!(
+            tier_of(&s, &[99], &[], Some(Tier::ReadOnly)),
+            Some(Tier::ReadOnly)
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub async fn style() -> Response {
 }
 
 pub async fn markdown() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("web/markdown.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("web/markdown.js"),
+    )
 }
 
 /// Escapes text for an HTML text node or quoted attribute.

@@ -195,7 +195,10 @@ pub async fn options(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let name = s.display_name.clone().unwrap_or_else(|| s.issuer_url.clone());
+            let name = s
+                .display_name
+                .clone()
+                .unwrap_or_else(|| s.issuer_url.clone());
             json!({
                 "id": i,
                 "label": format!("Sign in with SSO: {name}"),

@@ -73,8 +73,7 @@ pub async fn start(
             }
         },
     };
-    let (Ok(login_state), Ok(verifier)) = (session::random_token(), session::random_token())
-    else {
+    let (Ok(login_state), Ok(verifier)) = (session::random_token(), session::random_token()) else {
         return error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Cannot start the sign-in",
@@ -162,7 +161,9 @@ fn failure_page(provider: &str, error: &OAuth2Error) -> Response {
         OAuth2Error::CodeExpired { .. } => error_page(
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
-            &format!("The sign-in code from {provider} has expired or was already used ({error}). Start again."),
+            &format!(
+                "The sign-in code from {provider} has expired or was already used ({error}). Start again."
+            ),
         ),
         OAuth2Error::NotAMember => error_page(
             StatusCode::FORBIDDEN,
@@ -232,7 +233,12 @@ async fn identify(
     }
     .identify(code)
     .await?;
-    let tier = wecom::tier_of(settings, &member.departments, &member.tags, provider.default_tier);
+    let tier = wecom::tier_of(
+        settings,
+        &member.departments,
+        &member.tags,
+        provider.default_tier,
+    );
     let roles = member
         .departments
         .iter()
