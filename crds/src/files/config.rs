@@ -672,6 +672,12 @@ fn oauth2_problems(
     if p.client_id.is_empty() {
         problems.push(format!("{}: required", field("clientId")));
     }
+    if p.client_secret_name.is_some() {
+        problems.push(format!(
+            "{}: not read by the server; give clientSecretFile (the operator mounts the Secret there)",
+            field("clientSecretName")
+        ));
+    }
     if let Some(url) = &p.redirect_url
         && !(url.starts_with("https://") && url.ends_with(OAUTH2_CALLBACK_PATH))
     {
@@ -930,6 +936,55 @@ web:
             "web.sso[0].redirectURL",
             "web.sso[0].scopes",
             "web.sessionTTL",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn oauth2_providers_are_checked_like_the_crd_checks_them() {
+        let yaml = r#"
+web:
+  oauth2:
+    - clientSecretFile: /etc/securechat/oauth2/wecom/client-secret
+      provider:
+        name: wecom
+        kind: WeCom
+        clientId: ww1
+        wecom:
+          agentId: "1000002"
+          departmentTiers: [{id: 2, tier: Developer}]
+    - provider:
+        name: corp
+        kind: OAuth2
+        clientId: web
+        oauth2:
+          authorizeURL: https://idp.example/authorize
+          tokenURL: https://idp.example/token
+          userInfoURL: https://idp.example/me
+"#;
+        let c = ServerConfig::from_yaml(yaml).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let generic = c.web.oauth2[1].provider.oauth2.as_ref().unwrap();
+        assert!(generic.pkce, "PKCE is on unless turned off");
+        assert_eq!(generic.user_id_pointer, "/sub");
+
+        let mut bad = c.clone();
+        bad.web.oauth2[0].client_secret_file = None;
+        bad.web.oauth2[0].provider.client_secret_name = Some("wecom-app".into());
+        bad.web.oauth2[1].provider.name = "wecom".into();
+        bad.web.oauth2[1].provider.redirect_url = Some("https://chat/web/sso/callback".into());
+        let o = bad.web.oauth2[1].provider.oauth2.as_mut().unwrap();
+        o.token_url = "http://idp.example/token".into();
+        o.role_pointer = Some("groups".into());
+        let text = bad.validate().unwrap_err().to_string();
+        for needle in [
+            "web.oauth2[0].clientSecretFile: WeCom needs the corpsecret",
+            "web.oauth2[0].provider.clientSecretName: not read by the server",
+            "web.oauth2[1].provider.name: \"wecom\" is used by another provider",
+            "web.oauth2[1].provider.redirectURL",
+            "web.oauth2[1].provider.oauth2.tokenURL: must be an https URL",
+            "web.oauth2[1].provider.oauth2.rolePointer",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }
