@@ -553,6 +553,40 @@ mod tests {
     }
 
     #[test]
+    fn an_oauth2_providers_client_secret_is_mounted_where_the_config_says() {
+        let d = build(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "wecom-app",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let pod = pod(&d);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == "oauth2-client-secret-wecom")
+            .expect("the secret's volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("wecom-app")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == "oauth2-client-secret-wecom")
+            .expect("mounted");
+        assert_eq!(
+            std::path::Path::new(&mount.mount_path).join("client-secret"),
+            oauth2_client_secret_file("wecom")
+        );
+    }
+
+    #[test]
     fn gpus_become_requests_limits_toleration_and_node_selector() {
         let d =
             build(json!({"resources": {"gpu": {"count": 2, "product": "NVIDIA-H100-80GB-HBM3"}}}));

@@ -276,6 +276,20 @@ mod tests {
     }
 
     #[test]
+    fn an_oauth2_sign_in_provider_opens_https_egress() {
+        let p = plan(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "s",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let egress = p.policy.spec.expect("spec").egress.expect("egress");
+        assert_eq!(egress.len(), 2, "DNS and 443");
+        assert_eq!(
+            egress[1].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(443))
+        );
+    }
+
+    #[test]
     fn the_shared_store_gets_one_egress_rule_to_its_port_and_peers() {
         let egress = |shared_state: serde_json::Value| {
             plan(json!({ "sharedState": shared_state }))
