@@ -243,6 +243,31 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
     }
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The Markdown renderer needed no loosening: scripts only from this
+    // origin, never inline or eval'd, and it is served under the same
+    // policy as a script file.
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let markdown = client
+        .get(format!("{web}/ui/markdown.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(markdown.status(), 200);
+    assert_eq!(
+        markdown.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(markdown.headers()["content-security-policy"], csp);
+    assert!(
+        markdown
+            .text()
+            .await
+            .unwrap()
+            .contains("export function parse")
+    );
     assert!(page.headers().contains_key("strict-transport-security"));
     // The UI is not on the API port.
     let on_api = client.get(s.url("/")).send().await.unwrap();
