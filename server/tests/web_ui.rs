@@ -587,7 +587,8 @@ const WECOM_PROVIDER: &str = "    - clientSecretFile: {secret}\n      provider:\
      tagTiers:\n            - {id: 7, tier: Admin}\n";
 
 /// WeChat Work sign-in end to end in Chromium: department and tag
-/// mapping, a user mapped to nothing, a forged state and an expired code.
+/// mapping, a user mapped to nothing, someone outside the corp, a forged
+/// state and an expired code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wecom_login_in_a_real_browser() {
     require_browser_deps();
@@ -613,7 +614,7 @@ async fn wecom_login_in_a_real_browser() {
     let calls = stand_in.calls();
     let count = |path: &str| calls.iter().filter(|c| *c == path).count();
     assert_eq!(count("gettoken"), 1, "{calls:?}");
-    assert_eq!(count("auth/getuserinfo"), 3, "{calls:?}");
+    assert_eq!(count("auth/getuserinfo"), 4, "{calls:?}");
     assert_eq!(count("user/get"), 3, "{calls:?}");
     stand_in.expire_codes(true);
     run_node("wecom.mjs", envs("expired")).await;

@@ -55,6 +55,11 @@ pub const AGENT_ID: &str = "1000002";
 pub const CLIENT_ID: &str = "securechat-web";
 pub const CLIENT_SECRET: &str = "standin-client-secret-41aa";
 
+/// Someone who scans the QR code without being a member of the corp:
+/// auth/getuserinfo answers with an `openid` (and `external_userid`)
+/// instead of a `userid`.
+pub const OUTSIDER: &str = "outsider";
+
 /// How long a code lives (WeCom: five minutes).
 const CODE_TTL: Duration = Duration::from_secs(300);
 
@@ -225,16 +230,17 @@ async fn wecom_login(Query(p): Params) -> Response {
     };
     let links: String = MEMBERS
         .iter()
-        .map(|m| {
+        .map(|m| (m.userid, m.name))
+        .chain([(OUTSIDER, "not a member")])
+        .map(|(userid, name)| {
             let href = form_urlencoded::Serializer::new("/wwlogin/sso/scanned?".to_string())
-                .append_pair("userid", m.userid)
+                .append_pair("userid", userid)
                 .append_pair("redirect_uri", redirect_uri)
                 .append_pair("state", state)
                 .finish();
             format!(
                 "<li><a class=\"member\" id=\"scan-{id}\" href=\"{href}\">{name} ({id})</a></li>",
-                id = m.userid,
-                name = m.name,
+                id = userid,
                 href = escape(&href)
             )
         })
@@ -283,6 +289,12 @@ async fn getuserinfo(State(inner): State<Arc<Inner>>, Query(p): Params) -> Respo
     let Some(code) = p.get("code").and_then(|c| inner.take_code(c)) else {
         return wecom_error(40029, "invalid code");
     };
+    if code.userid == OUTSIDER {
+        return axum::Json(
+            json!({"errcode": 0, "errmsg": "ok", "openid": random(), "external_userid": random()}),
+        )
+        .into_response();
+    }
     axum::Json(
         json!({"errcode": 0, "errmsg": "ok", "userid": code.userid, "user_ticket": random()}),
     )

@@ -71,6 +71,13 @@ const scenarios = {
       },
     ],
     [
+      "someone who is not a member of the corp is refused",
+      async (page) => {
+        const result = await scanAs(page, "outsider");
+        check(result.startsWith("Sign-in refused") && result.includes("not a member"), `page: ${result}`);
+      },
+    ],
+    [
       "a callback with a state this browser did not start is refused",
       async (page) => {
         await toProvider(page);
