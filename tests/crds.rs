@@ -69,6 +69,10 @@ async fn crds_are_established_and_documented() {
     explain_eventually("cak.status.firstMintedAt", "expiresAfter counts from here");
     explain_eventually("cak.status.handledRotateRequest", "securechat.dev/rotate");
     explain_eventually("scm.spec.auth.tokenTTL", "at most signingKeys.gracePeriod");
+    explain_eventually(
+        "scm.spec.web.sso.wecom.login",
+        "QrCode (a browser) or InApp (inside the WeChat Work app)",
+    );
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
@@ -485,6 +489,49 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             json!({"sharedState": {"address": "valkey:6379", "network": {"to": ["10.0.5.0/24"]},
                 "timeout": "soon"}}),
             "spec.sharedState.timeout",
+        ),
+        // spec.web.sso: the fields each kind needs, https endpoints,
+        // unique names.
+        (
+            "a WeCom provider without its wecom section",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "clientSecretName": "wecom-app"}]}}),
+            "kind WeCom needs the wecom section",
+        ),
+        (
+            "a WeCom provider without the corpsecret",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "wecom": {"agentId": "1000002"}}]}}),
+            "kind WeCom needs clientSecretName",
+        ),
+        (
+            "an OAuth2 provider without its endpoints",
+            json!({"web": {"sso": [{"name": "corp", "kind": "OAuth2", "clientId": "c"}]}}),
+            "kind OAuth2 needs the oauth2 section",
+        ),
+        (
+            "an OAuth2 token endpoint over http",
+            json!({"web": {"sso": [{"name": "corp", "kind": "OAuth2", "clientId": "c",
+                "oauth2": {"authorizeURL": "https://idp.example/authorize",
+                    "tokenURL": "http://idp.example/token",
+                    "userInfoURL": "https://idp.example/me"}}]}}),
+            "web.sso.oauth2.tokenURL: must be an https URL",
+        ),
+        (
+            "two providers with one name",
+            json!({"web": {"sso": [
+                {"name": "corp", "kind": "WeCom", "clientId": "a", "clientSecretName": "s",
+                 "wecom": {"agentId": "1"}},
+                {"name": "corp", "kind": "WeCom", "clientId": "b", "clientSecretName": "s",
+                 "wecom": {"agentId": "2"}}]}}),
+            "each provider needs its own name",
+        ),
+        (
+            "a redirect URL that is not the OAuth2 callback",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "clientSecretName": "s", "redirectURL": "https://chat.example/web/sso/callback",
+                "wecom": {"agentId": "1000002"}}]}}),
+            "must be an https URL ending in /web/oauth2/callback",
         ),
     ];
     assert!(cases.len() >= 10);

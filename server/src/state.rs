@@ -128,6 +128,8 @@ pub struct AppStateInner {
     pub sessions: Sessions,
     /// This process's pod and node, written into every audit line.
     pub placement: Placement,
+    /// WeChat Work corp access tokens (its documents ask for caching).
+    pub wecom_tokens: crate::credentials::wecom::TokenCache,
 }
 
 #[derive(Clone)]
@@ -178,6 +180,7 @@ impl AppState {
             config_path,
             sessions,
             placement,
+            wecom_tokens: Default::default(),
         }))
     }
 

@@ -25,6 +25,7 @@
 //! | `sensitive_data.rs` | `spec.sensitiveData` |
 //! | `audit.rs` | `spec.audit` |
 //! | `status.rs` | `status` |
+//! | `web.rs` | `spec.web`: the web UI's plain-OAuth2 sign-in (WeChat Work preset) |
 //!
 //! `api_key.rs` is the ChatApiKey resource; `tier.rs` the permission tiers
 //! both resources name; `cel.rs` builds the CEL rules on durations. Everything is re-exported here, so users write
@@ -46,6 +47,7 @@ mod signing_keys;
 mod status;
 mod tier;
 mod tls;
+mod web;
 
 pub use api_key::*;
 pub use audit::*;
@@ -62,6 +64,7 @@ pub use signing_keys::*;
 pub use status::*;
 pub use tier::*;
 pub use tls::*;
+pub use web::*;
 
 /// The API version string of this module's resources.
 pub const API_VERSION: &str = "securechat.dev/v1alpha1";

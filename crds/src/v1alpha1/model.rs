@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AuditSpec, AuthSpec, CorsSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec, ResourcesSpec,
     RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, ServingSpec,
-    SharedStateSpec, SigningKeysSpec, TlsSpec, cel,
+    SharedStateSpec, SigningKeysSpec, TlsSpec, WebSpec, cel,
 };
 
 /// A chat model served securely: GPU-scheduled inference pods running the
@@ -126,6 +126,15 @@ pub struct SecureChatModelSpec {
     /// replica the model says so in its SharedState condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_state: Option<SharedStateSpec>,
+
+    /// The web chat UI's sign-in providers that are plain OAuth2 (e.g.
+    /// WeChat Work), besides API keys and `auth.oidc` single sign-on.
+    #[serde(default, skip_serializing_if = "is_default_web")]
+    pub web: WebSpec,
+}
+
+fn is_default_web(web: &WebSpec) -> bool {
+    *web == WebSpec::default()
 }
 
 fn default_replicas() -> i32 {
@@ -153,6 +162,7 @@ impl Default for SecureChatModelSpec {
             audit: AuditSpec::default(),
             serving: ServingSpec::default(),
             shared_state: None,
+            web: WebSpec::default(),
         }
     }
 }

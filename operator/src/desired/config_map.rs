@@ -5,17 +5,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, Limits, ModelConfig, ServerAuth, ServerConfig, ServerTls,
-    SsoClient, WebConfig,
+    FilePaths, GenerationDefaults, Limits, ModelConfig, OAuth2Client, ServerAuth, ServerConfig,
+    ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::{
     AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, NetworkSpec, OidcIssuer, SecureChatModelSpec, TlsSpec,
+    WebSsoProvider,
 };
 use sha2::{Digest, Sha256};
 
-use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, sso_client_secret_file};
+use super::deployment::{
+    API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, oauth2_client_secret_file, sso_client_secret_file,
+};
 use super::{Input, shared_state};
 use crate::labels::Names;
 use crate::{Error, Result};
@@ -45,6 +48,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         audit,
         serving,
         shared_state,
+        web,
     } = &input.model.spec;
     let ModelSpec {
         family,
@@ -140,6 +144,22 @@ pub fn server_config(input: &Input) -> ServerConfig {
                         .as_ref()
                         .map(|_| sso_client_secret_file(index)),
                     ..SsoClient::for_issuer(&o.issuer_url)
+                })
+                .collect(),
+            // spec.web.sso: plain-OAuth2 providers, the Secret turned into
+            // the file the Deployment mounts (never a Secret name).
+            oauth2: web
+                .sso
+                .iter()
+                .map(|p| OAuth2Client {
+                    client_secret_file: p
+                        .client_secret_name
+                        .as_ref()
+                        .map(|_| oauth2_client_secret_file(&p.name)),
+                    provider: WebSsoProvider {
+                        client_secret_name: None,
+                        ..p.clone()
+                    },
                 })
                 .collect(),
             ..Default::default()
@@ -239,6 +259,29 @@ mod tests {
         assert_eq!(parsed.web.sso.len(), 1);
         assert_eq!(parsed.web.sso[0].issuer_url, "https://idp.example");
         assert_eq!(parsed.sso_client_id(&parsed.web.sso[0]), Some("chat-web"));
+    }
+
+    #[test]
+    fn a_wecom_provider_is_rendered_with_its_secret_as_a_mounted_file() {
+        let (map, _) = render(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1234",
+            "clientSecretName": "wecom-app",
+            "wecom": {"agentId": "1000002", "departmentTiers": [{"id": 2, "tier": "Developer"}]}
+        }]}}));
+        let parsed = ServerConfig::from_yaml(&map.data.unwrap()[names::CONFIG]).unwrap();
+        parsed.validate().expect("the rendered config is valid");
+        let client = &parsed.web.oauth2[0];
+        assert_eq!(client.provider.client_secret_name, None);
+        assert_eq!(
+            client.client_secret_file.as_ref(),
+            Some(&oauth2_client_secret_file("wecom"))
+        );
+        let wecom = client.provider.wecom.as_ref().unwrap();
+        assert_eq!(wecom.api_base(), "https://qyapi.weixin.qq.com");
+        assert_eq!(
+            wecom.authorize(),
+            "https://login.work.weixin.qq.com/wwlogin/sso/login"
+        );
     }
 
     #[test]

@@ -334,6 +334,17 @@ fn sso_client_secret_dir(index: usize) -> String {
 }
 const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
 
+/// Where the client secret of the `spec.web.sso` provider `name` is
+/// mounted (its Secret's key `client-secret`), as the server config names
+/// it.
+pub fn oauth2_client_secret_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(&oauth2_client_secret_dir(name)).join(SSO_CLIENT_SECRET_KEY)
+}
+/// The mount point of that Secret.
+fn oauth2_client_secret_dir(name: &str) -> String {
+    format!("/etc/securechat/oauth2/{name}")
+}
+
 /// Volumes, their mounts, and the model path the server is told to load.
 fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
     let spec = &input.model.spec;
@@ -413,6 +424,29 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         });
         mounts.push(mount(&name, &sso_client_secret_dir(index)));
+    }
+    // The plain-OAuth2 providers' client secrets (spec.web.sso), one
+    // volume each; names are DNS labels and unique (CEL), so are these.
+    for provider in &spec.web.sso {
+        let Some(secret_name) = &provider.client_secret_name else {
+            continue;
+        };
+        let name = format!("oauth2-client-secret-{}", provider.name);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: SSO_CLIENT_SECRET_KEY.into(),
+                    path: SSO_CLIENT_SECRET_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&name, &oauth2_client_secret_dir(&provider.name)));
     }
     // The shared store's credentials and CA bundle, where the config says.
     for (volume, volume_mount) in super::shared_state::volumes(spec.shared_state.as_ref()) {
@@ -555,6 +589,40 @@ mod tests {
             .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
             .collect();
         assert_eq!(secrets, ["chat-tls", "chat-signing-keys", "chat-api-keys"]);
+    }
+
+    #[test]
+    fn an_oauth2_providers_client_secret_is_mounted_where_the_config_says() {
+        let d = build(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "wecom-app",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let pod = pod(&d);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == "oauth2-client-secret-wecom")
+            .expect("the secret's volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("wecom-app")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == "oauth2-client-secret-wecom")
+            .expect("mounted");
+        assert_eq!(
+            std::path::Path::new(&mount.mount_path).join("client-secret"),
+            oauth2_client_secret_file("wecom")
+        );
     }
 
     #[test]

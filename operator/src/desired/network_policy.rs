@@ -58,7 +58,12 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
     // A Hugging Face source is fetched over HTTPS, and OIDC discovery/JWKS
     // too; their addresses are not known in advance, so 443 is opened to
     // all destinations only when one of them is configured.
-    if spec.model.source.hugging_face.is_some() || !spec.auth.oidc.is_empty() {
+    // So are the plain-OAuth2 sign-in providers' token and user-info
+    // endpoints (spec.web.sso).
+    if spec.model.source.hugging_face.is_some()
+        || !spec.auth.oidc.is_empty()
+        || !spec.web.sso.is_empty()
+    {
         egress.push(NetworkPolicyEgressRule {
             ports: Some(vec![port(443, Protocol::TCP)]),
             to: Some(vec![ip_block("0.0.0.0/0"), ip_block("::/0")]),
@@ -267,6 +272,20 @@ mod tests {
         assert_eq!(
             egress[2].ports.as_ref().expect("ports")[0].port,
             Some(IntOrString::Int(5432))
+        );
+    }
+
+    #[test]
+    fn an_oauth2_sign_in_provider_opens_https_egress() {
+        let p = plan(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "s",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let egress = p.policy.spec.expect("spec").egress.expect("egress");
+        assert_eq!(egress.len(), 2, "DNS and 443");
+        assert_eq!(
+            egress[1].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(443))
         );
     }
 

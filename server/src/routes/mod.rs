@@ -42,12 +42,15 @@ pub fn web_app(state: AppState) -> Router {
         .route("/", get(web::index))
         .route("/ui/app.js", get(web::script))
         .route("/ui/style.css", get(web::style))
+        .route("/ui/markdown.js", get(web::markdown))
         .route("/web/options", get(web::login::options))
         .route("/web/session", get(web::login::current))
         .route("/web/login", post(web::login::login_with_key))
         .route("/web/logout", post(web::login::logout))
         .route("/web/sso/start", get(web::sso::start))
-        .route("/web/sso/callback", get(web::sso::callback));
+        .route("/web/sso/callback", get(web::sso::callback))
+        .route("/web/oauth2/start", get(web::oauth2::start))
+        .route("/web/oauth2/callback", get(web::oauth2::callback));
     finish(api_routes().merge(ui), state).layer(Extension(WebPort))
 }
 
