@@ -61,7 +61,14 @@ fn install_third_party(dir: &str, crds: &[&str]) {
     kubectl_eventually(&args);
 }
 
-async fn start(prefix: &str) -> (Client, TestNamespace, InProcessOperator, Api<SecureChatModel>) {
+async fn start(
+    prefix: &str,
+) -> (
+    Client,
+    TestNamespace,
+    InProcessOperator,
+    Api<SecureChatModel>,
+) {
     let client = client().await;
     install_crds();
     let ns = TestNamespace::create(&client, prefix).await;
@@ -97,9 +104,15 @@ async fn await_reason(
     reason: &str,
 ) -> String {
     let what = format!("{type_}={status}/{reason}");
-    let m = await_condition(models.clone(), name, &what, WAIT, |m: Option<&SecureChatModel>| {
-        condition(m, type_).is_some_and(|(s, r, _)| s == status && r == reason)
-    })
+    let m = await_condition(
+        models.clone(),
+        name,
+        &what,
+        WAIT,
+        |m: Option<&SecureChatModel>| {
+            condition(m, type_).is_some_and(|(s, r, _)| s == status && r == reason)
+        },
+    )
     .await;
     condition(Some(&m), type_).expect("condition").2
 }
@@ -156,7 +169,10 @@ async fn cel_refuses_contradictory_scaling_and_exposure() {
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let err = models
-            .create(&PostParams::default(), &model(&format!("m{i}"), spec.clone()))
+            .create(
+                &PostParams::default(),
+                &model(&format!("m{i}"), spec.clone()),
+            )
             .await
             .expect_err(&format!("{spec} must be refused"));
         assert!(
@@ -215,7 +231,14 @@ async fn the_hpa_owns_the_replica_count_and_its_conditions_show() {
 
     // No custom-metrics adapter here: the HPA says it cannot read the
     // metric, and the model says so in ScalingReady (not a Ready blocker).
-    let message = await_reason(&models, "auto", "ScalingReady", "False", "MetricsUnavailable").await;
+    let message = await_reason(
+        &models,
+        "auto",
+        "ScalingReady",
+        "False",
+        "MetricsUnavailable",
+    )
+    .await;
     assert!(message.contains("ScalingActive=False"), "{message}");
     assert!(message.contains("securechat_requests_waiting"), "{message}");
 
@@ -229,10 +252,16 @@ async fn the_hpa_owns_the_replica_count_and_its_conditions_show() {
         )
         .await
         .expect("scale");
-    let m = await_condition(models.clone(), "auto", "status x/3", WAIT, |m: Option<&SecureChatModel>| {
-        m.and_then(|m| m.status.as_ref()?.replicas.clone())
-            .is_some_and(|r| r.ends_with("/3"))
-    })
+    let m = await_condition(
+        models.clone(),
+        "auto",
+        "status x/3",
+        WAIT,
+        |m: Option<&SecureChatModel>| {
+            m.and_then(|m| m.status.as_ref()?.replicas.clone())
+                .is_some_and(|r| r.ends_with("/3"))
+        },
+    )
     .await;
     assert!(m.spec.replicas.is_none());
     let d = deployments.get("auto").await.expect("get");
@@ -250,12 +279,24 @@ async fn the_hpa_owns_the_replica_count_and_its_conditions_show() {
         .expect("turn autoscaling off");
     wait_for("the HPA to be deleted", WAIT, || {
         let hpas = hpas.clone();
-        async move { hpas.get_opt("auto").await.expect("get").is_none().then_some(()) }
+        async move {
+            hpas.get_opt("auto")
+                .await
+                .expect("get")
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
-    await_condition(models.clone(), "auto", "no ScalingReady", WAIT, |m: Option<&SecureChatModel>| {
-        m.is_some_and(|m| condition(Some(m), "ScalingReady").is_none())
-    })
+    await_condition(
+        models.clone(),
+        "auto",
+        "no ScalingReady",
+        WAIT,
+        |m: Option<&SecureChatModel>| {
+            m.is_some_and(|m| condition(Some(m), "ScalingReady").is_none())
+        },
+    )
     .await;
     let d = wait_for("replicas back to 1", WAIT, || {
         let deployments = deployments.clone();
@@ -416,7 +457,10 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
         .get("x-web")
         .await
         .expect("the web HTTPRoute");
-    assert_eq!(route.data["spec"]["rules"][0]["backendRefs"][0]["port"], 8501);
+    assert_eq!(
+        route.data["spec"]["rules"][0]["backendRefs"][0]["port"],
+        8501
+    );
     let policy = dynamic(gw, "BackendTLSPolicy", "backendtlspolicies")
         .get("x-web")
         .await
@@ -433,10 +477,14 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
             .is_none(),
         "the refused passthrough route must not exist"
     );
-    let pool = dynamic("inference.networking.k8s.io", "InferencePool", "inferencepools")
-        .get("x")
-        .await
-        .expect("the InferencePool");
+    let pool = dynamic(
+        "inference.networking.k8s.io",
+        "InferencePool",
+        "inferencepools",
+    )
+    .get("x")
+    .await
+    .expect("the InferencePool");
     assert_eq!(pool.data["spec"]["targetPorts"][0]["number"], 8000);
 
     // The proxies are admitted to their ports; the refused route opened
@@ -453,23 +501,33 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
                 p.namespace_selector
                     .as_ref()
                     .and_then(|s| s.match_labels.as_ref())
-                    .is_some_and(|l| l.get("kubernetes.io/metadata.name").map(String::as_str) == Some("edge"))
+                    .is_some_and(|l| {
+                        l.get("kubernetes.io/metadata.name").map(String::as_str) == Some("edge")
+                    })
             })
         })
         .flat_map(|r| r.ports.iter().flatten().filter_map(|p| p.port.clone()))
         .map(|p| format!("{p:?}"))
         .collect();
     edge_ports.sort();
-    assert_eq!(edge_ports, ["Int(8000)", "Int(8000)", "Int(8501)"], "{rules:?}");
+    assert_eq!(
+        edge_ports,
+        ["Int(8000)", "Int(8000)", "Int(8501)"],
+        "{rules:?}"
+    );
 
     let m = models.get("x").await.expect("model");
     let endpoints = m.status.expect("status").external_endpoints;
     assert!(
-        endpoints.iter().any(|e| e == "https://api.example.com/ (Ingress x-api)"),
+        endpoints
+            .iter()
+            .any(|e| e == "https://api.example.com/ (Ingress x-api)"),
         "{endpoints:?}"
     );
     assert!(
-        endpoints.iter().any(|e| e.starts_with("https://chat.example.com/ (HTTPRoute")),
+        endpoints
+            .iter()
+            .any(|e| e.starts_with("https://chat.example.com/ (HTTPRoute")),
         "{endpoints:?}"
     );
 
@@ -478,14 +536,25 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
         .patch(
             "x",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"expose": {"service": {"type": "NodePort", "ports": ["Web"]}}}})),
+            &Patch::Merge(
+                json!({"spec": {"expose": {"service": {"type": "NodePort", "ports": ["Web"]}}}}),
+            ),
         )
         .await
         .expect("patch to NodePort");
-    await_condition(models.clone(), "x", "a NodePort in the status", WAIT, |m: Option<&SecureChatModel>| {
-        m.and_then(|m| m.status.as_ref())
-            .is_some_and(|s| s.external_endpoints.iter().any(|e| e.starts_with("NodePort 3")))
-    })
+    await_condition(
+        models.clone(),
+        "x",
+        "a NodePort in the status",
+        WAIT,
+        |m: Option<&SecureChatModel>| {
+            m.and_then(|m| m.status.as_ref()).is_some_and(|s| {
+                s.external_endpoints
+                    .iter()
+                    .any(|e| e.starts_with("NodePort 3"))
+            })
+        },
+    )
     .await;
 
     // Exposure removed: everything it made goes.
@@ -500,7 +569,11 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
     wait_for("exposure objects deleted", WAIT, || {
         let services = services.clone();
         let ingresses = Api::<Ingress>::namespaced(client.clone(), &ns.name);
-        let pools = dynamic("inference.networking.k8s.io", "InferencePool", "inferencepools");
+        let pools = dynamic(
+            "inference.networking.k8s.io",
+            "InferencePool",
+            "inferencepools",
+        );
         async move {
             let gone = services.get_opt("x-external").await.expect("get").is_none()
                 && ingresses.get_opt("x-api").await.expect("get").is_none()

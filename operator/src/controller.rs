@@ -33,7 +33,8 @@ use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
 use crate::status::{
-    Observed, Refusal, ScalingObserved, model_status, refused_config, refused_status, requeue_after, status_events,
+    Observed, Refusal, ScalingObserved, model_status, refused_config, refused_status,
+    requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result, material, reasons, references};
@@ -435,12 +436,19 @@ async fn converge_exposure(
     let routes = expose::routes(input);
     for port in ["api", "web"] {
         let name = Names::ingress(&input.name, port);
-        match ingresses.iter().find(|i| i.metadata.name.as_deref() == Some(name.as_str())) {
+        match ingresses
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name.as_str()))
+        {
             Some(ingress) => {
                 apply(writer, ingress).await?;
                 endpoints.extend(expose::ingress_endpoints(ingress));
             }
-            None => writer.delete_if_present::<Ingress, _>(model, ns, &name).await?,
+            None => {
+                writer
+                    .delete_if_present::<Ingress, _>(model, ns, &name)
+                    .await?
+            }
         }
         let name = Names::route(&input.name, port);
         let named = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -448,15 +456,28 @@ async fn converge_exposure(
         };
         let tls_route = routes.tls_routes.iter().find(|o| named(&o.metadata));
         let http_route = routes.http_routes.iter().find(|o| named(&o.metadata));
-        endpoints.extend(tls_route.map(|r| expose::route_endpoints("TLSRoute", &name, &r.spec.0)).into_iter().flatten());
-        endpoints.extend(http_route.map(|r| expose::route_endpoints("HTTPRoute", &name, &r.spec.0)).into_iter().flatten());
+        endpoints.extend(
+            tls_route
+                .map(|r| expose::route_endpoints("TLSRoute", &name, &r.spec.0))
+                .into_iter()
+                .flatten(),
+        );
+        endpoints.extend(
+            http_route
+                .map(|r| expose::route_endpoints("HTTPRoute", &name, &r.spec.0))
+                .into_iter()
+                .flatten(),
+        );
         sync_optional(writer, input, &name, tls_route).await?;
         sync_optional(writer, input, &name, http_route).await?;
         sync_optional(
             writer,
             input,
             &name,
-            routes.backend_tls_policies.iter().find(|o| named(&o.metadata)),
+            routes
+                .backend_tls_policies
+                .iter()
+                .find(|o| named(&o.metadata)),
         )
         .await?;
     }

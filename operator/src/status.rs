@@ -88,11 +88,9 @@ pub fn scaling_condition(
     scaling: Option<&ScalingObserved>,
 ) -> Option<ConditionUpdate> {
     let spec = model.spec.autoscaling.as_ref()?;
-    let false_with = |reason: &str, message: String| {
-        ConditionUpdate::new(SCALING_READY, false, reason, message)
-    };
-    let failing = |conditions: &[(String, String, Option<String>, Option<String>)],
-                   type_: &str| {
+    let false_with =
+        |reason: &str, message: String| ConditionUpdate::new(SCALING_READY, false, reason, message);
+    let failing = |conditions: &[(String, String, Option<String>, Option<String>)], type_: &str| {
         conditions
             .iter()
             .find(|(t, s, _, _)| t == type_ && s == FALSE)
@@ -130,7 +128,10 @@ pub fn scaling_condition(
                 })
                 .collect();
             if let Some(why) = failing(&conditions, HPA_ABLE_TO_SCALE) {
-                false_with(reasons::SCALING_BLOCKED, format!("HorizontalPodAutoscaler {why}"))
+                false_with(
+                    reasons::SCALING_BLOCKED,
+                    format!("HorizontalPodAutoscaler {why}"),
+                )
             } else if let Some(why) = failing(&conditions, HPA_SCALING_ACTIVE) {
                 false_with(
                     reasons::SCALING_METRICS_UNAVAILABLE,
@@ -179,7 +180,10 @@ pub fn scaling_condition(
                 ),
                 Some(c) => false_with(
                     reasons::SCALING_BLOCKED,
-                    format!("KEDA ScaledObject Ready=False ({}): {}", c.reason, c.message),
+                    format!(
+                        "KEDA ScaledObject Ready=False ({}): {}",
+                        c.reason, c.message
+                    ),
                 ),
                 None => false_with(
                     reasons::SCALING_PENDING,
@@ -927,13 +931,14 @@ mod tests {
             "chat",
             json!({"autoscaling": {"maxReplicas": 3, "target": "2"}}),
         );
-        let hpa_condition = |type_: &str, status: &str, reason: &str| HorizontalPodAutoscalerCondition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(format!("{reason} happened")),
-            last_transition_time: None,
-        };
+        let hpa_condition =
+            |type_: &str, status: &str, reason: &str| HorizontalPodAutoscalerCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(format!("{reason} happened")),
+                ..Default::default()
+            };
         let hpa = |conditions: Vec<HorizontalPodAutoscalerCondition>| {
             ScalingObserved::Hpa(Some(HorizontalPodAutoscalerStatus {
                 conditions: Some(conditions),
@@ -944,8 +949,16 @@ mod tests {
         };
         let cases = [
             (None, false, reasons::SCALING_PENDING),
-            (Some(ScalingObserved::Hpa(None)), false, reasons::SCALING_PENDING),
-            (Some(ScalingObserved::KedaNotInstalled), false, reasons::KEDA_NOT_INSTALLED),
+            (
+                Some(ScalingObserved::Hpa(None)),
+                false,
+                reasons::SCALING_PENDING,
+            ),
+            (
+                Some(ScalingObserved::KedaNotInstalled),
+                false,
+                reasons::KEDA_NOT_INSTALLED,
+            ),
             (
                 Some(hpa(vec![
                     hpa_condition("AbleToScale", TRUE, "SucceededGetScale"),
@@ -955,7 +968,11 @@ mod tests {
                 reasons::SCALING_METRICS_UNAVAILABLE,
             ),
             (
-                Some(hpa(vec![hpa_condition("AbleToScale", FALSE, "FailedGetScale")])),
+                Some(hpa(vec![hpa_condition(
+                    "AbleToScale",
+                    FALSE,
+                    "FailedGetScale",
+                )])),
                 false,
                 reasons::SCALING_BLOCKED,
             ),
@@ -974,10 +991,18 @@ mod tests {
         }
         let metrics = scaling_condition(
             &m,
-            Some(&hpa(vec![hpa_condition("ScalingActive", FALSE, "FailedGetPodsMetric")])),
+            Some(&hpa(vec![hpa_condition(
+                "ScalingActive",
+                FALSE,
+                "FailedGetPodsMetric",
+            )])),
         )
         .expect("condition");
-        assert!(metrics.message.contains("FailedGetPodsMetric happened"), "{}", metrics.message);
+        assert!(
+            metrics.message.contains("FailedGetPodsMetric happened"),
+            "{}",
+            metrics.message
+        );
         // Without autoscaling there is no such condition, and an old one
         // leaves the status.
         let fixed = model("chat", json!({"replicas": 2}));
@@ -985,7 +1010,10 @@ mod tests {
         let mut observed = material_ready();
         observed.scaling = Some(ScalingObserved::KedaNotInstalled);
         let with = model_status(&m, &observed, at(1));
-        assert_eq!(condition_status(&with.conditions, SCALING_READY), Some(FALSE));
+        assert_eq!(
+            condition_status(&with.conditions, SCALING_READY),
+            Some(FALSE)
+        );
         let mut later = fixed.clone();
         later.status = Some(with);
         let without = model_status(&later, &material_ready(), at(2));

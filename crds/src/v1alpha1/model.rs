@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditSpec, AuthSpec, AutoscalingSpec, CorsSpec, ExposeSpec, ModelSpec, NetworkSpec, PortsSpec, RateLimitSpec, ResourcesSpec,
-    RolesSpec, SchedulingSpec, SecureChatModelStatus, SensitiveDataSpec, ServingSpec,
-    SharedStateSpec, SigningKeysSpec, TlsSpec,
+    AuditSpec, AuthSpec, AutoscalingSpec, CorsSpec, ExposeSpec, ModelSpec, NetworkSpec, PortsSpec,
+    RateLimitSpec, ResourcesSpec, RolesSpec, SchedulingSpec, SecureChatModelStatus,
+    SensitiveDataSpec, ServingSpec, SharedStateSpec, SigningKeysSpec, TlsSpec,
 };
 
 /// A chat model served securely: GPU-scheduled inference pods running the

@@ -279,8 +279,7 @@ mod tests {
         let activation = &object.spec.triggers[1];
         assert_eq!(activation["metadata"]["activationThreshold"], "0");
         assert_eq!(
-            object.spec.advanced["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
-                ["stabilizationWindowSeconds"],
+            object.spec.advanced["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
             600
         );
     }

@@ -168,14 +168,22 @@ pub fn service_endpoints(live: &Service) -> Vec<String> {
             let port_name = p.name.clone().unwrap_or_default();
             match (spec.type_.as_deref(), &lb_address) {
                 (Some("LoadBalancer"), Some(address)) => {
-                    format!("https://{address}:{}/ -> {port_name} (Service {name})", p.port)
+                    format!(
+                        "https://{address}:{}/ -> {port_name} (Service {name})",
+                        p.port
+                    )
                 }
                 (Some("LoadBalancer"), None) => {
-                    format!("LoadBalancer port {} -> {port_name}, address pending (Service {name})", p.port)
+                    format!(
+                        "LoadBalancer port {} -> {port_name}, address pending (Service {name})",
+                        p.port
+                    )
                 }
                 _ => format!(
                     "NodePort {} -> {port_name} (Service {name})",
-                    p.node_port.map(|n| n.to_string()).unwrap_or_else(|| "pending".into())
+                    p.node_port
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "pending".into())
                 ),
             }
         })
@@ -243,10 +251,8 @@ pub fn ingresses(input: &Input) -> (Vec<Ingress>, Vec<RefusedRule>) {
             });
             continue;
         }
-        let mut annotations = BTreeMap::from([(
-            format!("{NGINX}/backend-protocol"),
-            "HTTPS".to_string(),
-        )]);
+        let mut annotations =
+            BTreeMap::from([(format!("{NGINX}/backend-protocol"), "HTTPS".to_string())]);
         match exposure.mode {
             ProxyTlsMode::Passthrough => {
                 annotations.insert(format!("{NGINX}/ssl-passthrough"), "true".into());
@@ -341,13 +347,13 @@ macro_rules! gateway_resource {
     ($spec:ident, $kind:literal, $plural:literal, $group:literal, $version:literal) => {
         #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
         #[kube(
-            group = $group,
-            version = $version,
-            kind = $kind,
-            plural = $plural,
-            namespaced,
-            schema = "disabled"
-        )]
+                                    group = $group,
+                                    version = $version,
+                                    kind = $kind,
+                                    plural = $plural,
+                                    namespaced,
+                                    schema = "disabled"
+                                )]
         pub struct $spec(pub Value);
     };
 }
@@ -453,7 +459,8 @@ fn route_spec(input: &Input, route: &RouteExposure) -> Value {
         .parent_refs
         .iter()
         .map(|p| {
-            let mut parent = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name});
+            let mut parent =
+                json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name});
             if let Some(ns) = &p.namespace {
                 parent["namespace"] = json!(ns);
             }
@@ -498,7 +505,10 @@ pub fn inference_pool(input: &Input) -> Option<InferencePool> {
 /// NetworkPolicy ingress rules admitting the proxies in front: the Ingress
 /// controllers and gateways of the exposures that are not refused, and the
 /// InferencePool's gateway and picker (to the API port).
-pub fn proxy_ingress_rules(input: &Input, refused: &[RefusedRule]) -> Vec<NetworkPolicyIngressRule> {
+pub fn proxy_ingress_rules(
+    input: &Input,
+    refused: &[RefusedRule],
+) -> Vec<NetworkPolicyIngressRule> {
     let Some(expose) = input.model.spec.expose.as_ref() else {
         return Vec::new();
     };
@@ -635,7 +645,11 @@ mod tests {
         let (built, refused) = ingresses(&m.input());
         assert_eq!(built.len(), 1, "the web port is open to everyone");
         assert_eq!(refused.len(), 1);
-        assert!(refused[0].reason.contains("10.0.0.0/16"), "{}", refused[0].reason);
+        assert!(
+            refused[0].reason.contains("10.0.0.0/16"),
+            "{}",
+            refused[0].reason
+        );
         // The refused exposure opens nothing.
         let rules = proxy_ingress_rules(&m.input(), &refused);
         assert_eq!(rules.len(), 1);
@@ -656,7 +670,10 @@ mod tests {
         ]}}));
         let routes = routes(&m.input());
         assert_eq!(routes.http_routes.len(), 1);
-        assert!(routes.tls_routes.is_empty(), "the API is not open to everyone");
+        assert!(
+            routes.tls_routes.is_empty(),
+            "the API is not open to everyone"
+        );
         assert_eq!(routes.refused.len(), 1);
         let policy = &routes.backend_tls_policies[0].spec.0;
         assert_eq!(

@@ -57,10 +57,7 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
     // clients past the rules above is refused here and opens nothing.
     let (_, mut exposure_refused) = super::expose::ingresses(input);
     exposure_refused.extend(super::expose::routes(input).refused);
-    ingress.extend(super::expose::proxy_ingress_rules(
-        input,
-        &exposure_refused,
-    ));
+    ingress.extend(super::expose::proxy_ingress_rules(input, &exposure_refused));
     refused.extend(exposure_refused);
 
     let mut egress = vec![dns_egress()];
