@@ -114,7 +114,9 @@ async fn empty_spec_is_accepted_and_read_back_with_defaults() {
     let typed: Api<SecureChatModel> = Api::namespaced(client, &ns.name);
     let scm = typed.get("empty").await.expect("read back");
     let spec = &scm.spec;
-    assert_eq!(spec.replicas, 1);
+    // No schema default: an unset count is what lets autoscaling own it.
+    assert_eq!(spec.replicas, None);
+    assert_eq!(spec.fixed_replicas(), Some(1));
     assert!(
         spec.model.source.embedded.is_some(),
         "default source is the embedded model"

@@ -16,6 +16,8 @@
 //! | `serving.rs` | `spec.model`: family, weight source, generation defaults |
 //! | `engine.rs` | `spec.serving`: batching, KV cache, queue, tier weights |
 //! | `shared_state.rs` | `spec.sharedState`: the store replicas share |
+//! | `autoscaling.rs` | `spec.autoscaling`: HPA or KEDA on serving signals |
+//! | `expose.rs` | `spec.expose`: external Service, Ingress, routes, InferencePool |
 //! | `resources.rs` | `spec.resources`, `spec.scheduling` |
 //! | `network.rs` | `spec.ports`, `spec.network`, `spec.cors` |
 //! | `tls.rs` | `spec.tls` |
@@ -34,8 +36,10 @@
 mod api_key;
 mod audit;
 mod auth;
+mod autoscaling;
 mod cel;
 mod engine;
+mod expose;
 mod model;
 mod network;
 mod resources;
@@ -52,7 +56,9 @@ mod web;
 pub use api_key::*;
 pub use audit::*;
 pub use auth::*;
+pub use autoscaling::*;
 pub use engine::*;
+pub use expose::*;
 pub use model::*;
 pub use network::*;
 pub use resources::*;

@@ -31,8 +31,10 @@ use crate::{Error, Result};
 /// without deciding whether the server needs it does not compile.
 pub fn server_config(input: &Input) -> ServerConfig {
     let SecureChatModelSpec {
-        replicas,
-        image: _, // the Deployment
+        replicas: _,    // the Deployment; the store's share: max_replicas() below
+        autoscaling: _, // the autoscaler; the store's share: max_replicas() below
+        expose: _,      // the external Service, Ingresses, routes and their policy rules
+        image: _,       // the Deployment
         model,
         resources: _,  // the Deployment
         scheduling: _, // the Deployment
@@ -169,7 +171,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
             shared_state.as_ref(),
             &input.namespace,
             &input.name,
-            *replicas,
+            // Under autoscaling the most pods there can be: each replica's
+            // LocalFallback share of a limit then never adds up to more
+            // than the limit, whatever the autoscaler does meanwhile.
+            input.model.spec.max_replicas(),
         ),
     }
 }

@@ -148,7 +148,9 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
     Deployment {
         metadata: input.metadata(Names::deployment(&input.name)),
         spec: DeploymentSpec {
-            replicas: Some(spec.replicas),
+            // Under autoscaling the autoscaler owns the count: leaving the
+            // field out of the apply gives it up, so the two never fight.
+            replicas: spec.fixed_replicas(),
             selector: LabelSelector {
                 match_labels: Some(labels::selector(&input.name)),
                 ..Default::default()

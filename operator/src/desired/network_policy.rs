@@ -53,6 +53,12 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
         }
         ingress.push(ingress_rule(rule));
     }
+    // The proxies in front of exposed ports; an exposure that would let
+    // clients past the rules above is refused here and opens nothing.
+    let (_, mut exposure_refused) = super::expose::ingresses(input);
+    exposure_refused.extend(super::expose::routes(input).refused);
+    ingress.extend(super::expose::proxy_ingress_rules(input, &exposure_refused));
+    refused.extend(exposure_refused);
 
     let mut egress = vec![dns_egress()];
     // A Hugging Face source is fetched over HTTPS, and OIDC discovery/JWKS

@@ -21,7 +21,7 @@ pub enum Progress {
 
 /// SecureChatModel reasons (conditions False with them) that need a
 /// user's change.
-pub const MODEL_STALLED: [&str; 9] = [
+pub const MODEL_STALLED: [&str; 11] = [
     // No node can take the pod as asked (e.g. 2 GPUs on an A100 selector).
     super::UNSCHEDULABLE,
     // A spec.network rule was refused.
@@ -37,6 +37,10 @@ pub const MODEL_STALLED: [&str; 9] = [
     super::CREDENTIALS_NOT_FOUND,
     super::CA_BUNDLE_NOT_FOUND,
     super::INVALID_SHARED_STATE_ADDRESS,
+    // spec.expose asks for a kind whose CRDs are not installed.
+    super::CRD_NOT_INSTALLED,
+    // autoscaling.engine is KEDA, and KEDA is not installed.
+    super::KEDA_NOT_INSTALLED,
 ];
 
 /// The progress a SecureChatModel condition's reason stands for, when the
