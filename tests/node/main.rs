@@ -9,6 +9,7 @@
 //! (`Node::take_turn`): the node is one per machine.
 
 mod cpu_model;
+mod metrics;
 mod network_policy;
 mod operator_pod;
 mod rotation;
