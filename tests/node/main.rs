@@ -8,6 +8,7 @@
 //! Each test has its own namespace and takes its turn on the node
 //! (`Node::take_turn`): the node is one per machine.
 
+mod chaos;
 mod cpu_model;
 mod metrics;
 mod network_policy;
