@@ -34,9 +34,11 @@ pub const RUN_AS: i64 = 65532;
 /// config changes roll the pods while secret rotations (hot-reloaded) do not.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "securechat.dev/config-checksum";
 /// How long a deleted pod keeps serving before SIGTERM: long enough for
-/// the endpoint change to reach every node's kube-proxy (about a second on
-/// the real node of tests/node/chaos.rs), well inside the default 30 s
-/// termination grace period that also covers the drain.
+/// the endpoint change to reach every node's kube-proxy (a killed pod's
+/// endpoint lingered 1.5-3 s on the real node of tests/node/chaos.rs: 14-29
+/// refused connections at 20 requests/s, half of them sent its way), well
+/// inside the default 30 s termination grace period that also covers the
+/// drain.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
