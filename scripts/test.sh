@@ -33,7 +33,7 @@ node_tools_log="$SECURECHAT_STATE_DIR/node-tools.log"
 # Its own session, so an early exit stops the go builds under it too.
 setsid nice -n 10 tests/cluster/build-tools.sh node >"$node_tools_log" 2>&1 &
 node_tools_pid=$!
-stop_node_tools() { kill -- -"$node_tools_pid" 2>/dev/null || true; }
+stop_node_tools() { [ -z "$node_tools_pid" ] || kill -- -"$node_tools_pid" 2>/dev/null || true; }
 trap stop_node_tools EXIT
 
 step "model"
@@ -75,6 +75,7 @@ else
 	echo "FAILED: building the real node's tools; $node_tools_log:" >&2
 	tail -n 40 "$node_tools_log" >&2
 fi
+node_tools_pid=""
 
 step "real node: images, node-0 up"
 [ "$node_ok" != 0 ] || { tests/cluster/node-images.sh && tests/cluster/node-up.sh; } || node_ok=$?
