@@ -52,11 +52,11 @@ images: ## build the server and operator OCI images without a container engine (
 	@scripts/images.sh
 
 .PHONY: demo
-demo: ## the quick start: cluster, helm install, operator, examples/, a live server and a first answer
+demo: ## the quick start (root): cluster, real node, helm install (the operator pod), examples/ (the model pod on node-0) and a first answer through its Service
 	@scripts/demo.sh
 
 .PHONY: demo-down
-demo-down: ## stop everything make demo started (processes and the local control plane)
+demo-down: ## stop everything make demo started (the real node, restoring the host, and the local control plane)
 	@scripts/demo-down.sh
 
 .PHONY: lint

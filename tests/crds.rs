@@ -72,6 +72,9 @@ async fn crds_are_established_and_documented() {
     explain_eventually(
         "scm.spec.web.sso.wecom.login",
         "QrCode (a browser) or InApp (inside the WeChat Work app)",
+    explain_eventually(
+        "scm.spec.network.monitoring",
+        "Who may scrape the pods' `/metrics`",
     );
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
@@ -143,12 +146,23 @@ async fn empty_spec_is_accepted_and_read_back_with_defaults() {
     );
     assert!(spec.cors.allowed_origins.is_empty());
     assert_eq!(spec.roles.read_only.permissions.len(), 1);
+    assert!(
+        spec.network.monitoring.enabled,
+        "Prometheus may scrape /metrics by default"
+    );
 
     // The raw stored object shows the defaults too (what `kubectl get -o yaml` prints).
     let raw = api.get("empty").await.expect("raw read back");
     assert_eq!(
         raw.data["spec"]["signingKeys"]["rotationPeriod"],
         json!("24h")
+    );
+    // The scraper's default, as the API server stores it.
+    assert_eq!(
+        raw.data["spec"]["network"]["monitoring"],
+        json!({"enabled": true,
+            "fromNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "fromPods": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}})
     );
     // No family is declared by default: the server detects it from the files.
     assert_eq!(raw.data["spec"]["model"].get("family"), None);
@@ -192,6 +206,11 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             "rule without source",
             json!({"network": {"ingress": [{"port": 8000}]}}),
             "each rule needs a source",
+        ),
+        (
+            "monitoring open to every pod",
+            json!({"network": {"monitoring": {"fromNamespaces": {}, "fromPods": {"matchLabels": {}}}}}),
+            "fromNamespaces and fromPods cannot both be empty",
         ),
         (
             "egress bad CIDR",

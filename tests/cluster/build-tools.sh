@@ -64,8 +64,20 @@ k8s_ldflags() {
 	echo "$flags"
 }
 
+# Which tools: all (default), a space-separated list of names, `cluster`
+# (all but the real node's) or `node` (the real node's, which only
+# `make node-up` needs: scripts/test.sh builds them in the background while
+# cargo builds and tests).
 only=${1:-all}
-want() { [ "$only" = all ] || [[ " $only " == *" $1 "* ]]; }
+node_tools="kubelet kube-proxy kube-router coredns pause prometheus"
+want() {
+	case $only in
+	all) return 0 ;;
+	node) [[ " $node_tools " == *" $1 "* ]] ;;
+	cluster) [[ " $node_tools " != *" $1 "* ]] ;;
+	*) [[ " $only " == *" $1 "* ]] ;;
+	esac
+}
 
 want etcd && build etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3
 for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do

@@ -115,7 +115,8 @@ pub struct SecureChatModelSpec {
     pub sensitive_data: SensitiveDataSpec,
 
     /// Network access to and from the pods, written as security-group rules
-    /// and enforced with NetworkPolicies. Default: deny all ingress, egress
+    /// and enforced with NetworkPolicies. Default: deny all ingress but
+    /// Prometheus's scrape of the API port (network.monitoring), egress
     /// only to DNS (and what the model source and OIDC issuers need).
     #[serde(default)]
     pub network: NetworkSpec,

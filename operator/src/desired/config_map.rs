@@ -82,6 +82,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         ingress: _, // the NetworkPolicy
         egress: _,  // the NetworkPolicy
         trusted_proxies,
+        monitoring: _, // the NetworkPolicy
     } = network;
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {

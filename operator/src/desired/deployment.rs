@@ -8,9 +8,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,6 +35,13 @@ pub const RUN_AS: i64 = 65532;
 /// Pod template annotation that changes when the server config changes, so
 /// config changes roll the pods while secret rotations (hot-reloaded) do not.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "securechat.dev/config-checksum";
+/// How long a deleted pod keeps serving before SIGTERM: long enough for
+/// the endpoint change to reach every node's kube-proxy (a killed pod's
+/// endpoint lingered 1.5-3 s on the real node of tests/node/chaos.rs: 14-29
+/// refused connections at 20 requests/s, half of them sent its way), well
+/// inside the default 30 s termination grace period that also covers the
+/// drain.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
@@ -95,6 +103,19 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
             ..https_probe("/healthz", 5, 60)
         }),
         security_context: Some(hardened()),
+        // A deleted pod keeps serving while the Service forgets it: the
+        // kubelet sleeps before SIGTERM (the image has no shell, hence the
+        // sleep action), so connections kube-proxy still routes here in
+        // that time are answered instead of refused.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let init_containers = model_fetcher(input).map(|fetcher| vec![fetcher]);
@@ -568,6 +589,20 @@ mod tests {
             (probe.scheme.as_deref(), probe.path.as_deref()),
             (Some("HTTPS"), Some("/readyz"))
         );
+    }
+
+    #[test]
+    fn a_deleted_pod_serves_while_the_service_forgets_it() {
+        let pod = pod(&build(json!({})));
+        let sleep = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .expect("a preStop sleep");
+        assert_eq!(sleep.seconds, PRE_STOP_SLEEP_SECONDS);
+        // Inside the grace period (default 30 s), with time left to drain.
+        assert!(PRE_STOP_SLEEP_SECONDS < 30 && pod.termination_grace_period_seconds.is_none());
     }
 
     #[test]
