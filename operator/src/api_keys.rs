@@ -177,6 +177,7 @@ pub fn next_key_step(
         expires_at: expiry,
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     });
     desired.name = name;
     desired.tier = key.spec.tier;
@@ -388,6 +389,7 @@ mod tests {
             expires_at: Some(t(3600)),
             rotated_at: None,
             last_used_at: None,
+            spiffe_id: None,
         };
         let view = |now| KeyView {
             key: &k,
