@@ -28,6 +28,13 @@ pub enum KeyReason {
     /// message says which) a key was and has been revoked because the
     /// namespace was removed from the list.
     NamespaceNotAllowed,
+    /// Ready=False (and a Warning Event): `spec.tier` is above the highest
+    /// tier the model grants the key's namespace
+    /// (`auth.apiKeys.maxTiers`, default Developer). Needs a user change:
+    /// a lower `spec.tier`, or a higher `maxTiers` entry from the model's
+    /// owner. No key is minted; one minted before the limit was lowered is
+    /// revoked (its record leaves the table, its plaintext is deleted).
+    TierNotAllowed,
     /// Ready=False (and a Warning Event): `spec.secretName` names a Secret
     /// this ChatApiKey did not create (someone else's, or the model's key
     /// table); the operator leaves it untouched and mints nothing.
@@ -47,6 +54,7 @@ impl KeyReason {
             Self::ModelNotReady => "ModelNotReady",
             Self::NamespaceNotAllowed => "NamespaceNotAllowed",
             Self::SecretConflict => "SecretConflict",
+            Self::TierNotAllowed => "TierNotAllowed",
         }
     }
 
@@ -58,7 +66,7 @@ impl KeyReason {
     /// Whether this is trouble someone must act on (a Warning Event), as
     /// opposed to a state the key passes through or was asked for.
     pub fn is_warning(self) -> bool {
-        matches!(self, Self::SecretConflict)
+        matches!(self, Self::SecretConflict | Self::TierNotAllowed)
     }
 }
 
@@ -72,7 +80,7 @@ impl std::fmt::Display for KeyReason {
 mod tests {
     use super::*;
 
-    const ALL: [KeyReason; 9] = [
+    const ALL: [KeyReason; 10] = [
         KeyReason::Active,
         KeyReason::Rotating,
         KeyReason::Suspended,
@@ -82,6 +90,7 @@ mod tests {
         KeyReason::ModelNotReady,
         KeyReason::NamespaceNotAllowed,
         KeyReason::SecretConflict,
+        KeyReason::TierNotAllowed,
     ];
 
     /// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`
