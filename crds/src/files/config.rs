@@ -114,7 +114,8 @@ pub struct FilePaths {
     #[serde(default = "default_api_keys")]
     pub api_keys: PathBuf,
     /// The PEM CA bundle client certificates must chain to, read when
-    /// `auth.mtls.mode` is not Disabled (default `tls/ca.crt`).
+    /// `auth.mtls.mode` is not Disabled (default `tls/ca.crt`). Like every
+    /// path here it is fixed at start; its content is reloaded.
     #[serde(default = "default_client_ca_bundle")]
     pub client_ca_bundle: PathBuf,
 }
