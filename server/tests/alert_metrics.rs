@@ -159,10 +159,13 @@ async fn alert_rules_use_only_metrics_the_server_exports() {
     assert!(limited, "500 requests and no 429");
 
     // A client certificate accepted under auth.mtls (switched on by a live
-    // config change) creates the client-certificate expiry series.
+    // config change) creates the client-certificate expiry series. The
+    // client CA bundle is the default one, the server's CA file (file
+    // paths are read at start); the test's CA joins it.
     let ca = Ca::new("client CA");
-    std::fs::write(s.data().join("client-ca.crt"), &ca.pem).unwrap();
-    let mtls = "files:\n  clientCaBundle: client-ca.crt\nauth:\n  mtls:\n    mode: Optional\n    allow:\n      - spiffeID: spiffe://cluster.local/ns/apps/*\n        tier: Developer\n";
+    let bundle = std::fs::read_to_string(s.ca_path()).unwrap();
+    std::fs::write(s.ca_path(), format!("{bundle}{}", ca.pem)).unwrap();
+    let mtls = "auth:\n  mtls:\n    mode: Optional\n    allow:\n      - spiffeID: spiffe://cluster.local/ns/apps/*\n        tier: Developer\n";
     std::fs::write(s.data().join("config.yaml"), format!("{TIGHT}{mtls}")).unwrap();
     let identity = ca.client(Some("spiffe://cluster.local/ns/apps/sa/web"), -1, 2);
     // A new client (a new connection) each try: a pooled connection opened

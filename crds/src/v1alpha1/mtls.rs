@@ -83,8 +83,11 @@ pub struct TrustBundleRef {
     pub key: String,
 }
 
+/// `ca.crt`, the key Kubernetes and cert-manager bundles use (the same
+/// name as `files::names::CA_CERT`, which `files` owns: `files` builds on
+/// these types, so they do not import it back).
 fn default_bundle_key() -> String {
-    crate::files::names::CA_CERT.into()
+    "ca.crt".to_owned()
 }
 
 /// One allow-list entry: a SPIFFE ID pattern and its tier.
