@@ -358,7 +358,7 @@ async fn removing_a_namespace_from_the_list_revokes_its_keys_at_once() {
         &client,
         &app.name,
         "admin",
-        json!({"modelRef": model_ref, "tier": "Admin"}),
+        json!({"modelRef": model_ref, "tier": "Developer"}),
     )
     .await;
     let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &app.name);
@@ -836,4 +836,92 @@ async fn consumer_secrets_carry_the_reloader_annotation_unless_opted_out() {
         }
     })
     .await;
+}
+
+/// Issue 25 (who may mint what): an allowed namespace mints up to
+/// Developer unless the model's owner names a higher tier for it in
+/// `auth.apiKeys.maxTiers`. A key asking for more gets TierNotAllowed (and a
+/// Warning Event) and nothing is minted; the owner raising the limit mints
+/// it; lowering the limit again revokes it.
+#[tokio::test]
+async fn a_namespace_asking_above_its_max_tier_gets_tier_not_allowed() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "maxtier-model").await;
+    let app = TestNamespace::create(&client, "maxtier-app").await;
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    model_with_table(&client, &models_ns.name, &[&app.name]).await;
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(
+        &client,
+        &app.name,
+        "wants-admin",
+        json!({"modelRef": model_ref, "tier": "Admin"}),
+    )
+    .await;
+    create_key(
+        &client,
+        &app.name,
+        "developer",
+        json!({"modelRef": model_ref, "tier": "Developer"}),
+    )
+    .await;
+    let message = await_reason(&client, &app.name, "wants-admin", KeyReason::TierNotAllowed).await;
+    assert!(
+        message.starts_with("spec.tier Admin is above Developer"),
+        "{message}"
+    );
+    assert!(consumer(&client, &app.name, "wants-admin").await.is_none());
+    await_reason(&client, &app.name, "developer", KeyReason::Active).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &app.name);
+    wait_for("the TierNotAllowed Event", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("TierNotAllowed"))
+                .then_some(())
+        }
+    })
+    .await;
+
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &models_ns.name);
+    let set_max = |tier: &'static str| {
+        let models = models.clone();
+        let app = app.name.clone();
+        async move {
+            models
+                .patch(
+                    "m",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"spec": {"auth": {"apiKeys": {"maxTiers": {app: tier}}}}}),
+                    ),
+                )
+                .await
+                .expect("maxTiers");
+        }
+    };
+    set_max("Admin").await;
+    await_reason(&client, &app.name, "wants-admin", KeyReason::Active).await;
+    let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &app.name);
+    let id = keys
+        .get("wants-admin")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    assert!(
+        table(&client, &models_ns.name, "m")
+            .await
+            .get(&id)
+            .is_some()
+    );
+
+    set_max("Developer").await;
+    record_gone(&client, &models_ns.name, &id, Duration::from_secs(30)).await;
+    await_reason(&client, &app.name, "wants-admin", KeyReason::TierNotAllowed).await;
 }

@@ -554,6 +554,31 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
                 "wecom": {"agentId": "1000002"}}]}}),
             "must be an https URL ending in /web/oauth2/callback",
         ),
+        (
+            "mtls allow entry that is not a SPIFFE ID",
+            json!({"auth": {"mtls": {"allow": [{"spiffeID": "https://apps/web", "tier": "Developer"}]}}}),
+            "spec.auth.mtls.allow[0].spiffeID",
+        ),
+        (
+            "mtls allow entry with a wildcard inside",
+            json!({"auth": {"mtls": {"allow": [{"spiffeID": "spiffe://cluster.local/ns/*/sa/web", "tier": "Developer"}]}}}),
+            "spec.auth.mtls.allow[0].spiffeID",
+        ),
+        (
+            "mtls with an existing TLS Secret and no trust bundle",
+            json!({"tls": {"mode": "ExistingSecret", "secretName": "tls"}, "auth": {"mtls": {"mode": "Required"}}}),
+            "spec.auth.mtls.trustBundle: required with tls.mode ExistingSecret",
+        ),
+        (
+            "maxTiers key that is not a namespace",
+            json!({"auth": {"apiKeys": {"maxTiers": {"Team_A": "Admin"}}}}),
+            "auth.apiKeys.maxTiers: keys must be namespace names or *",
+        ),
+        (
+            "maxTiers value that is not a tier",
+            json!({"auth": {"apiKeys": {"maxTiers": {"apps": "Root"}}}}),
+            "spec.auth.apiKeys.maxTiers.apps",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();

@@ -188,6 +188,7 @@ pub fn next_key_step(
         expires_at: expiry,
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     });
     desired.name = name;
     desired.tier = key.spec.tier;
@@ -404,6 +405,7 @@ mod tests {
             expires_at: Some(t(3600)),
             rotated_at: None,
             last_used_at: None,
+            spiffe_id: None,
         };
         let view = |now| KeyView {
             key: &k,

@@ -30,7 +30,7 @@ use securechat_crds::conditions::{ConditionUpdate, set_condition};
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::{
-    ChatApiKey, ChatApiKeyStatus, KeyPhase, ROTATE_ANNOTATION, SecureChatModel,
+    ChatApiKey, ChatApiKeyStatus, DEFAULT_MAX_TIER, KeyPhase, ROTATE_ANNOTATION, SecureChatModel,
 };
 
 use crate::api_keys::{self, Consumer, KeyStep, KeyView};
@@ -427,6 +427,20 @@ fn gate<'a>(key: &ChatApiKey, observed: &'a KeyObserved, checks: &Checks<'a>) ->
         };
         return Gate::Blocked(Blocked {
             reason: KeyReason::NamespaceNotAllowed,
+            message,
+            revoke: true,
+        });
+    }
+    let max_tier = model.spec.auth.api_keys.max_tier(&model_ns, namespace);
+    if key.spec.tier > max_tier {
+        // One message whether or not a key existed, so that the condition
+        // does not change once the revocation is done.
+        let message = format!(
+            "spec.tier {} is above {max_tier}, the highest tier {model_ns}/{model_name} grants namespace {namespace} (auth.apiKeys.maxTiers; default {DEFAULT_MAX_TIER}); no key is issued, and one issued before is revoked. Lower spec.tier, or ask the model's owner to raise maxTiers[{namespace}]",
+            key.spec.tier
+        );
+        return Gate::Blocked(Blocked {
+            reason: KeyReason::TierNotAllowed,
             message,
             revoke: true,
         });
@@ -923,6 +937,54 @@ mod tests {
         cluster.observed.model = Some(chat(&["apps"]));
         assert_eq!(cluster.settle(t(30)).reason, KeyReason::Active);
         assert_eq!(cluster.minted, 2);
+    }
+
+    /// An allowed namespace may mint up to Developer unless the model's
+    /// owner names a higher tier for it; asking for more mints nothing, and
+    /// lowering the limit under a minted key revokes it.
+    #[test]
+    fn a_tier_above_the_namespace_maximum_is_refused_then_revoked() {
+        let admin = || key(json!({"tier": "Admin"}));
+        let mut cluster = Cluster::new(admin(), chat(&["apps"]));
+        let plan = cluster.reconcile(t(0));
+        assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+        assert_eq!(plan.reason, KeyReason::TierNotAllowed);
+        assert_eq!(plan.status.phase, Some(KeyPhase::Pending));
+        let message = plan.warning.clone().expect("a Warning Event");
+        assert!(
+            message.starts_with("spec.tier Admin is above Developer, the highest tier team/chat grants namespace apps"),
+            "{message}"
+        );
+        assert_eq!(cluster.minted, 0);
+        // Same news twice is one Event.
+        assert_eq!(cluster.reconcile(t(1)).warning, None);
+
+        // The owner grants Admin: minted.
+        let granted = |tier: &str| {
+            model(
+                "chat",
+                json!({"auth": {"apiKeys": {"allowedNamespaces": ["apps"], "maxTiers": {"apps": tier}}}}),
+            )
+        };
+        cluster.observed.model = Some(granted("Admin"));
+        assert_eq!(cluster.settle(t(2)).reason, KeyReason::Active);
+        let id = api_keys::key_id(KEY_UID);
+        assert!(cluster.table().get(&id).is_some());
+
+        // Lowered again: the record leaves the table, the plaintext goes.
+        cluster.observed.model = Some(granted("Developer"));
+        let plan = cluster.reconcile(t(3));
+        assert!(
+            matches!(plan.writes[0], KeyWrite::Table(_)),
+            "{:?}",
+            plan.writes
+        );
+        assert!(cluster.table().get(&id).is_none());
+        assert!(cluster.observed.consumer.is_none());
+        assert_eq!(plan.reason, KeyReason::TierNotAllowed);
+        // A Developer key in the same namespace is fine.
+        let mut developer = Cluster::new(key(json!({"tier": "Developer"})), chat(&["apps"]));
+        assert_eq!(developer.settle(t(0)).reason, KeyReason::Active);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn create(
         expires_at: lifetime.map(|l| now + l),
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     });
     Ok((id, minted.plaintext))
 }

@@ -110,6 +110,11 @@ enum KeysVerb {
         /// Lifetime, e.g. 30d or 720h. Default: no expiry.
         #[arg(long)]
         expires_in: Option<String>,
+        /// Bind the key to this SPIFFE ID: it is then accepted only on an
+        /// API-port connection whose client certificate carries the ID
+        /// (auth.mtls).
+        #[arg(long)]
+        spiffe_id: Option<String>,
     },
     /// List keys (never secrets).
     List,
@@ -240,12 +245,16 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
             name,
             tier,
             expires_in,
+            spiffe_id,
         } => {
             let lifetime = expires_in
                 .as_deref()
                 .map(keys_cli::parse_lifetime)
                 .transpose()?;
             let (id, key) = keys_cli::create(&mut table, &name, tier, lifetime, now)?;
+            if let Some(record) = table.get_mut(&id) {
+                record.spiffe_id = spiffe_id;
+            }
             (
                 format!("created key {id} ({name}, {tier}); store it now, it is not shown again:"),
                 Some(key),

@@ -107,6 +107,10 @@ pub struct AppStateInner {
     pub signing: ArcSwap<SigningMaterial>,
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
+    /// The latest notAfter of the client certificates accepted for each
+    /// SPIFFE ID (`auth.mtls`), for the expiry gauge: a client still
+    /// presenting a nearly expired certificate is not getting its renewals.
+    pub client_cert_not_after: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Requests per principal.
     pub request_buckets: Buckets,
     /// Prompt and generated tokens per principal (minute and day budgets).
@@ -169,6 +173,7 @@ impl AppState {
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
+            client_cert_not_after: Mutex::new(HashMap::new()),
             request_buckets: buckets("requests"),
             token_buckets: buckets("tokens"),
             failure_buckets: buckets("auth_failures"),
@@ -202,6 +207,25 @@ impl AppState {
     /// name or the file's own name.
     pub fn serves_model(&self, requested: &str) -> bool {
         requested == self.model_id() || requested == self.engine.info().id
+    }
+
+    /// Remembers an accepted client certificate's expiry. At most
+    /// `limits.maxTrackedClients` identities are tracked; expired entries
+    /// are dropped at each scrape.
+    pub fn note_client_certificate(&self, spiffe_id: &str, not_after: DateTime<Utc>) {
+        let max = self.live_config().config.limits.max_tracked_clients as usize;
+        let mut map = self
+            .client_cert_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let full = map.len() >= max;
+        match map.get_mut(spiffe_id) {
+            Some(latest) => *latest = (*latest).max(not_after),
+            None if !full => {
+                map.insert(spiffe_id.to_string(), not_after);
+            }
+            None => {}
+        }
     }
 
     /// Adds to a key's usage: this process's figures and counters, and,

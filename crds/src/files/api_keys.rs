@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ValidationError, is_valid_id};
 use crate::hex::hex;
-use crate::v1alpha1::Tier;
+use crate::v1alpha1::{SpiffePattern, Tier};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "sk-sc-";
@@ -132,6 +132,14 @@ pub struct ApiKeyRecord {
     /// server reports live usage through metrics and /admin/keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The SPIFFE ID this key is bound to (`keys create --spiffe-id`): the
+    /// server accepts the key only on a connection whose client certificate
+    /// carries this ID, so a key copied off its workload is useless
+    /// elsewhere; and a certificate with this ID sent alone is this key's
+    /// caller (its tier, usage and lifecycle), so removing or suspending
+    /// the record revokes the certificate's identity at once.
+    #[serde(rename = "spiffeID", default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
 }
 
 impl ApiKeyRecord {
@@ -268,6 +276,13 @@ impl ApiKeyTable {
             if key.expires_at.is_some_and(|e| e <= key.created_at) {
                 problems.push(format!("keys[{i}].expiresAt: must be after createdAt"));
             }
+            match key.spiffe_id.as_deref().map(SpiffePattern::parse) {
+                None | Some(Ok(SpiffePattern::Exact(_))) => {}
+                Some(Ok(SpiffePattern::Prefix(_))) => problems.push(format!(
+                    "keys[{i}].spiffeID: must be one SPIFFE ID, not a pattern"
+                )),
+                Some(Err(e)) => problems.push(format!("keys[{i}].spiffeID: {e}")),
+            }
         }
         if self.history.len() > HISTORY_LIMIT {
             problems.push(format!(
@@ -301,6 +316,7 @@ mod tests {
             expires_at: Some(t(10, 0)),
             rotated_at: None,
             last_used_at: None,
+            spiffe_id: None,
         }
     }
 

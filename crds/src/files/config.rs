@@ -15,8 +15,9 @@ use crate::Duration;
 use crate::v1alpha1::{
     AuditSpec, Cidr, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_SHARED_STATE_TIMEOUT,
     DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY, MAX_TOKEN_TTL, MIN_PROMPT_TOKENS,
-    MIN_TOKEN_TTL, ModelFamily, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
-    SensitiveDataSpec, ServingSpec, TierSpec, TlsVersion, WebSsoKind, WebSsoProvider,
+    MIN_TOKEN_TTL, ModelFamily, MtlsMode, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
+    SensitiveDataSpec, ServingSpec, SpiffeAllow, SpiffePattern, TierSpec, TlsVersion, WebSsoKind,
+    WebSsoProvider,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -113,6 +114,11 @@ pub struct FilePaths {
     /// The API-key table (default `api-keys.json`).
     #[serde(default = "default_api_keys")]
     pub api_keys: PathBuf,
+    /// The PEM CA bundle client certificates must chain to, read when
+    /// `auth.mtls.mode` is not Disabled (default `tls/ca.crt`). Like every
+    /// path here it is fixed at start; its content is reloaded.
+    #[serde(default = "default_client_ca_bundle")]
+    pub client_ca_bundle: PathBuf,
 }
 
 impl Default for FilePaths {
@@ -122,6 +128,7 @@ impl Default for FilePaths {
             tls_key: default_tls_key(),
             signing_keys: default_keyset(),
             api_keys: default_api_keys(),
+            client_ca_bundle: default_client_ca_bundle(),
         }
     }
 }
@@ -138,6 +145,9 @@ fn default_keyset() -> PathBuf {
 fn default_api_keys() -> PathBuf {
     PathBuf::from(names::API_KEYS)
 }
+fn default_client_ca_bundle() -> PathBuf {
+    Path::new("tls").join(names::CA_CERT)
+}
 
 impl FilePaths {
     /// The same paths with absolute ones taken below `root` instead of `/`:
@@ -153,6 +163,7 @@ impl FilePaths {
             tls_key: r(&self.tls_key),
             signing_keys: r(&self.signing_keys),
             api_keys: r(&self.api_keys),
+            client_ca_bundle: r(&self.client_ca_bundle),
         }
     }
 
@@ -171,6 +182,7 @@ impl FilePaths {
             tls_key: r(&self.tls_key),
             signing_keys: r(&self.signing_keys),
             api_keys: r(&self.api_keys),
+            client_ca_bundle: r(&self.client_ca_bundle),
         }
     }
 }
@@ -250,6 +262,28 @@ pub struct ServerAuth {
     /// External OpenID Connect issuers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oidc: Vec<OidcIssuer>,
+    /// Client certificates on the API port, as in `spec.auth.mtls` (the
+    /// trust bundle is the file `files.clientCaBundle`).
+    #[serde(default, skip_serializing_if = "ServerMtls::is_default")]
+    pub mtls: ServerMtls,
+}
+
+/// Client certificates on the API port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerMtls {
+    /// Disabled (default), Optional or Required.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// SPIFFE ID patterns and their tiers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<SpiffeAllow>,
+}
+
+impl ServerMtls {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ServerAuth {
@@ -260,6 +294,7 @@ impl Default for ServerAuth {
             token_ttl: default_token_ttl(),
             leeway: default_leeway(),
             oidc: Vec::new(),
+            mtls: ServerMtls::default(),
         }
     }
 }
@@ -540,6 +575,11 @@ impl ServerConfig {
         for (i, oidc) in self.auth.oidc.iter().enumerate() {
             if !oidc.issuer_url.starts_with("https://") {
                 problems.push(format!("auth.oidc[{i}].issuerURL: must be an https URL"));
+            }
+        }
+        for (i, allow) in self.auth.mtls.allow.iter().enumerate() {
+            if let Err(e) = SpiffePattern::parse(&allow.spiffe_id) {
+                problems.push(format!("auth.mtls.allow[{i}].spiffeID: {e}"));
             }
         }
         if self.rate_limit.requests_per_minute < 1 {

@@ -33,7 +33,8 @@ use super::{
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("size(self.metadata.name) <= 40").message("metadata.name: must be at most 40 characters, so that the names of the objects made from it (e.g. <name>-signing-keys) stay valid"),
-    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. my-model): it names the model's Service, and a name such as my.model cannot")
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, e.g. my-model): it names the model's Service, and a name such as my.model cannot"),
+    validation = kube::core::Rule::new("!has(self.spec.auth) || !has(self.spec.auth.mtls) || !has(self.spec.auth.mtls.mode) || self.spec.auth.mtls.mode == 'Disabled' || has(self.spec.auth.mtls.trustBundle) || !has(self.spec.tls) || !has(self.spec.tls.mode) || self.spec.tls.mode != 'ExistingSecret'").message("spec.auth.mtls.trustBundle: required with tls.mode ExistingSecret, which has no model CA to trust by default")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

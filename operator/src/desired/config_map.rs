@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
     FilePaths, GenerationDefaults, Limits, ModelConfig, OAuth2Client, ServerAuth, ServerConfig,
+    ServerMtls,
     ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::{
-    AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, NetworkSpec, OidcIssuer, SecureChatModelSpec, TlsSpec,
-    WebSsoProvider,
+    AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, MtlsSpec, NetworkSpec, OidcIssuer,
+    SecureChatModelSpec, TlsSpec, WebSsoProvider,
 };
 use sha2::{Digest, Sha256};
 
 use super::deployment::{
-    API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, oauth2_client_secret_file, sso_client_secret_file,
+    API_KEYS_DIR, CLIENT_CA_DIR, SIGNING_KEYS_DIR, TLS_DIR, oauth2_client_secret_file,
+    sso_client_secret_file,
 };
 use super::{Input, shared_state};
 use crate::labels::Names;
@@ -77,7 +79,13 @@ pub fn server_config(input: &Input) -> ServerConfig {
         leeway,
         oidc,
         api_keys: _, // the ChatApiKey controller
+        mtls,
     } = auth;
+    let MtlsSpec {
+        mode: mtls_mode,
+        trust_bundle: _, // the Deployment's client-ca volume (files.clientCaBundle)
+        allow,
+    } = mtls;
     let NetworkSpec {
         ingress: _, // the NetworkPolicy
         egress: _,  // the NetworkPolicy
@@ -98,6 +106,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
             tls_key: dir(TLS_DIR, names::TLS_KEY),
             signing_keys: dir(SIGNING_KEYS_DIR, names::KEYSET),
             api_keys: dir(API_KEYS_DIR, names::API_KEYS),
+            client_ca_bundle: dir(CLIENT_CA_DIR, names::CA_CERT),
         },
         tls: ServerTls {
             min_version: *min_version,
@@ -123,6 +132,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
                     ..o.clone()
                 })
                 .collect(),
+            mtls: ServerMtls {
+                mode: *mtls_mode,
+                allow: allow.clone(),
+            },
         },
         roles: roles.clone(),
         rate_limit: rate_limit.clone(),
@@ -219,6 +232,27 @@ mod tests {
     fn render(spec: serde_json::Value) -> (ConfigMap, String) {
         let m = model("chat", spec);
         config_map(&Input::new(&m, "img").expect("input")).expect("renders")
+    }
+
+    #[test]
+    fn mtls_reaches_the_server_with_the_mounted_bundle() {
+        let (map, _) = render(json!({"auth": {"mtls": {"mode": "Required", "allow": [
+            {"spiffeID": "spiffe://cluster.local/ns/apps/*", "tier": "Developer"}
+        ]}}}));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG]).unwrap();
+        parsed.validate().expect("the server accepts it");
+        assert_eq!(
+            parsed.auth.mtls.mode,
+            securechat_crds::v1alpha1::MtlsMode::Required
+        );
+        assert_eq!(
+            parsed.auth.mtls.allow[0].spiffe_id,
+            "spiffe://cluster.local/ns/apps/*"
+        );
+        assert_eq!(
+            parsed.files.client_ca_bundle,
+            std::path::Path::new(CLIENT_CA_DIR).join(names::CA_CERT)
+        );
     }
 
     #[test]

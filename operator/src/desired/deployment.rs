@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use securechat_crds::default_model;
-use securechat_crds::files::names::{NODE_NAME_ENV, POD_NAME_ENV};
-use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
+use securechat_crds::files::names::{self, NODE_NAME_ENV, POD_NAME_ENV};
+use securechat_crds::v1alpha1::{ComputeResources, MtlsMode, TlsMode};
 
 use super::Input;
 use crate::labels::{self, Names};
@@ -29,6 +29,8 @@ pub const CONFIG_DIR: &str = "/etc/securechat/config";
 pub const TLS_DIR: &str = "/etc/securechat/tls";
 pub const SIGNING_KEYS_DIR: &str = "/etc/securechat/signing-keys";
 pub const API_KEYS_DIR: &str = "/etc/securechat/api-keys";
+/// The client-certificate trust bundle (`auth.mtls`), when mTLS is on.
+pub const CLIENT_CA_DIR: &str = "/etc/securechat/client-ca";
 const MODELS_DIR: &str = "/models";
 /// Non-root uid/gid of the server image (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
@@ -95,12 +97,12 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
         ]),
         resources: Some(resources(input)),
         volume_mounts: Some(mounts),
-        readiness_probe: Some(https_probe("/readyz", 5, 3)),
-        liveness_probe: Some(https_probe("/healthz", 10, 6)),
+        readiness_probe: Some(https_probe(input, "/readyz", 5, 3)),
+        liveness_probe: Some(https_probe(input, "/healthz", 10, 6)),
         // Loading a model can take a while; liveness waits for it.
         startup_probe: Some(Probe {
             failure_threshold: Some(60),
-            ..https_probe("/healthz", 5, 60)
+            ..https_probe(input, "/healthz", 5, 60)
         }),
         security_context: Some(hardened()),
         // A deleted pod keeps serving while the Service forgets it: the
@@ -301,11 +303,19 @@ fn model_fetcher(input: &Input) -> Option<Container> {
     })
 }
 
-fn https_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A kubelet HTTPS probe. The kubelet has no client certificate, so when
+/// the API port requires one (`auth.mtls.mode: Required`) it probes the
+/// web port, which never asks for one and serves the same health
+/// endpoints.
+fn https_probe(input: &Input, path: &str, period: i32, failures: i32) -> Probe {
+    let port = match input.model.spec.auth.mtls.mode {
+        MtlsMode::Required => "web",
+        MtlsMode::Disabled | MtlsMode::Optional => "api",
+    };
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("api".into()),
+            port: IntOrString::String(port.into()),
             scheme: Some("HTTPS".into()),
             ..Default::default()
         }),
@@ -426,6 +436,32 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         },
     ];
+    // The client-certificate trust bundle: the model's CA bundle (every CA
+    // it trusts, the next and previous during a CA rotation), or the
+    // ConfigMap the spec names (a SPIRE or cert-manager bundle). A
+    // ConfigMap volume follows the ConfigMap's changes; the server
+    // reloads it.
+    let mtls = &spec.auth.mtls;
+    if mtls.mode != MtlsMode::Disabled {
+        let (name, key) = match &mtls.trust_bundle {
+            Some(bundle) => (bundle.config_map_name.clone(), bundle.key.clone()),
+            None => (Names::ca_bundle(&input.name), names::CA_CERT.to_string()),
+        };
+        volumes.push(Volume {
+            name: "client-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name,
+                items: Some(vec![KeyToPath {
+                    key,
+                    path: names::CA_CERT.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("client-ca", CLIENT_CA_DIR));
+    }
     // The web UI's SSO client secrets, one volume per issuer that has one.
     for (index, issuer) in spec.auth.oidc.iter().enumerate() {
         let Some(secret_name) = &issuer.client_secret_name else {
@@ -538,6 +574,67 @@ mod tests {
 
     fn pod(d: &Deployment) -> PodSpec {
         d.spec.clone().template.spec.expect("pod spec")
+    }
+
+    /// `auth.mtls`: the trust bundle is mounted where the config says (the
+    /// model's CA bundle by default, else the named ConfigMap's key), and
+    /// with Required the kubelet, which has no client certificate, probes
+    /// the web port.
+    #[test]
+    fn mtls_mounts_the_trust_bundle_and_moves_probes_off_a_required_port() {
+        let client_ca = |d: &Deployment| {
+            let pod = pod(d);
+            let volume = pod
+                .volumes
+                .expect("volumes")
+                .into_iter()
+                .find(|v| v.name == "client-ca")?;
+            let mounted = pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .any(|m| m.name == "client-ca" && m.mount_path == CLIENT_CA_DIR);
+            assert!(mounted, "the bundle volume is mounted at {CLIENT_CA_DIR}");
+            let source = volume.config_map.expect("a ConfigMap volume");
+            let item = source.items.expect("items")[0].clone();
+            Some((source.name, item.key, item.path))
+        };
+        let probe_port = |d: &Deployment| {
+            let pod = pod(d);
+            let probes = [
+                pod.containers[0].readiness_probe.clone(),
+                pod.containers[0].liveness_probe.clone(),
+                pod.containers[0].startup_probe.clone(),
+            ];
+            let ports: Vec<_> = probes
+                .into_iter()
+                .map(|p| p.and_then(|p| p.http_get).map(|h| h.port))
+                .collect();
+            assert!(ports.windows(2).all(|w| w[0] == w[1]), "{ports:?}");
+            ports[0].clone()
+        };
+        let off = build(json!({}));
+        assert_eq!(client_ca(&off), None);
+        assert_eq!(probe_port(&off), Some(IntOrString::String("api".into())));
+
+        let optional = build(json!({"auth": {"mtls": {"mode": "Optional"}}}));
+        assert_eq!(
+            client_ca(&optional),
+            Some(("chat-ca-bundle".into(), "ca.crt".into(), "ca.crt".into()))
+        );
+        assert_eq!(
+            probe_port(&optional),
+            Some(IntOrString::String("api".into()))
+        );
+
+        let spire = build(json!({"auth": {"mtls": {"mode": "Required",
+            "trustBundle": {"configMapName": "spire-bundle", "key": "bundle.crt"}}}}));
+        assert_eq!(
+            client_ca(&spire),
+            Some(("spire-bundle".into(), "bundle.crt".into(), "ca.crt".into()))
+        );
+        assert_eq!(probe_port(&spire), Some(IntOrString::String("web".into())));
     }
 
     #[test]

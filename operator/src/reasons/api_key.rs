@@ -35,6 +35,13 @@ pub enum KeyReason {
     /// message says which) a key was and has been revoked because the
     /// namespace was removed from the list.
     NamespaceNotAllowed,
+    /// Ready=False (and a Warning Event): `spec.tier` is above the highest
+    /// tier the model grants the key's namespace
+    /// (`auth.apiKeys.maxTiers`, default Developer). Needs a user change:
+    /// a lower `spec.tier`, or a higher `maxTiers` entry from the model's
+    /// owner. No key is minted; one minted before the limit was lowered is
+    /// revoked (its record leaves the table, its plaintext is deleted).
+    TierNotAllowed,
     /// Ready=False (and a Warning Event): `spec.secretName` names a Secret
     /// this ChatApiKey did not create (someone else's, or the model's key
     /// table); the operator leaves it untouched and mints nothing.
@@ -43,7 +50,7 @@ pub enum KeyReason {
 
 impl KeyReason {
     /// Every reason, for parsing a stored condition back.
-    pub const ALL: [KeyReason; 9] = [
+    pub const ALL: [KeyReason; 10] = [
         KeyReason::Active,
         KeyReason::Rotating,
         KeyReason::Suspended,
@@ -53,6 +60,7 @@ impl KeyReason {
         KeyReason::ModelNotReady,
         KeyReason::NamespaceNotAllowed,
         KeyReason::SecretConflict,
+        KeyReason::TierNotAllowed,
     ];
 
     /// The reason written as `text`, if it is one of ours.
@@ -69,9 +77,10 @@ impl KeyReason {
             // The operator is writing it, or the model is making its table.
             Self::Minting | Self::ModelNotReady => Progress::Converging,
             // Only a change to the key, the model or the Secret helps.
-            Self::ModelNotFound | Self::NamespaceNotAllowed | Self::SecretConflict => {
-                Progress::Stalled
-            }
+            Self::ModelNotFound
+            | Self::NamespaceNotAllowed
+            | Self::SecretConflict
+            | Self::TierNotAllowed => Progress::Stalled,
         }
     }
 
@@ -87,6 +96,7 @@ impl KeyReason {
             Self::ModelNotReady => "ModelNotReady",
             Self::NamespaceNotAllowed => "NamespaceNotAllowed",
             Self::SecretConflict => "SecretConflict",
+            Self::TierNotAllowed => "TierNotAllowed",
         }
     }
 
@@ -98,7 +108,7 @@ impl KeyReason {
     /// Whether this is trouble someone must act on (a Warning Event), as
     /// opposed to a state the key passes through or was asked for.
     pub fn is_warning(self) -> bool {
-        matches!(self, Self::SecretConflict)
+        matches!(self, Self::SecretConflict | Self::TierNotAllowed)
     }
 }
 
@@ -112,7 +122,7 @@ impl std::fmt::Display for KeyReason {
 mod tests {
     use super::*;
 
-    const ALL: [KeyReason; 9] = KeyReason::ALL;
+    const ALL: [KeyReason; 10] = KeyReason::ALL;
 
     /// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`
     /// (the API server refuses others) and be told apart.

@@ -16,18 +16,20 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap};
 use chrono::{DateTime, Utc};
 use securechat_crds::files::config::ServerConfig;
-use securechat_crds::v1alpha1::{Permission, Tier};
+use securechat_crds::v1alpha1::{MtlsMode, Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
 use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
 use crate::forwarded;
-use crate::listener::ClientAddr;
+use crate::listener::{ClientAddr, ClientCertificate};
 use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
+
+pub mod mtls;
 
 /// Reads the bearer credential from the Authorization header.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
@@ -49,8 +51,37 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
     Ok(credential)
 }
 
-/// Checks a credential against the current keys.
+/// Checks a credential against the current keys, on a connection without
+/// a client certificate: a key bound to a SPIFFE ID (and a token minted
+/// from one) is refused (see `mtls`).
 pub async fn authenticate(
+    state: &AppState,
+    credential: &str,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthFailure> {
+    authenticate_beside(state, credential, None, now).await
+}
+
+/// Checks a credential sent on a connection that may carry a verified
+/// client certificate: the two must agree (see `mtls`).
+pub async fn authenticate_beside(
+    state: &AppState,
+    credential: &str,
+    cert: Option<&ClientCertificate>,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthFailure> {
+    let principal = bearer_principal(state, credential, now).await?;
+    let table = state.api_keys.load();
+    let binding = principal
+        .key_id
+        .as_deref()
+        .and_then(|id| table.get(id))
+        .and_then(|record| record.spiffe_id.as_deref());
+    mtls::agree(principal.clone(), binding, cert)
+}
+
+/// Whose a bearer credential is, whatever the connection.
+async fn bearer_principal(
     state: &AppState,
     credential: &str,
     now: DateTime<Utc>,
@@ -195,6 +226,25 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     check_guard(state, ip, now).await?;
     let on_web_port = parts.extensions.get::<WebPort>().is_some();
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
+    // Only the API port asks for certificates, and only under auth.mtls; a
+    // connection opened before mTLS was switched off keeps its
+    // certificate, which then no longer counts.
+    let runtime = state.live_config();
+    let mtls_config = &runtime.config.auth.mtls;
+    let cert = parts
+        .extensions
+        .get::<ClientCertificate>()
+        .filter(|_| mtls_config.mode != MtlsMode::Disabled);
+    if let (Err(AuthFailure::Missing), Some(cert)) = (bearer(&parts.headers), cert) {
+        // A certificate the handshake verified is not a guess: a 403 here
+        // does not count against the brute-force guard.
+        let table = state.api_keys.load();
+        let principal = mtls::certificate_principal(cert, &mtls_config.allow, &table, Utc::now());
+        if principal.is_ok() {
+            note_certificate(state, cert);
+        }
+        return principal;
+    }
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
             let result = session_principal(state, parts, id, Utc::now()).await;
@@ -203,15 +253,27 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
             }
             return result;
         }
-        (Ok(credential), _) => authenticate(state, credential, Utc::now()).await,
+        (Ok(credential), _) => authenticate_beside(state, credential, cert, Utc::now()).await,
         (Err(failure), _) => Err(failure),
     };
     match result {
-        Ok(p) => Ok(p),
+        Ok(p) => {
+            if let Some(cert) = cert {
+                note_certificate(state, cert);
+            }
+            Ok(p)
+        }
         Err(failure) => {
             note_failure(state, ip, failure, now).await;
             Err(ApiError::Unauthorized(failure))
         }
+    }
+}
+
+/// Feeds the client-certificate expiry gauge with an accepted certificate.
+fn note_certificate(state: &AppState, cert: &ClientCertificate) {
+    if let (Some(id), Some(not_after)) = (&cert.spiffe_id, cert.not_after) {
+        state.note_client_certificate(id, not_after);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Test harness: a real server over real TLS with a deterministic engine.
 
+pub mod client_certs;
 pub mod in_process;
 pub mod raw;
 
