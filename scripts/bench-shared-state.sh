@@ -115,7 +115,7 @@ SHA="$("$BIN/redis-cli" -p "$STORE_PORT" SCRIPT LOAD "$(cat server/src/shared/bu
 # request bucket (2 keys, 1 guard).
 SCRIPT_ARGS=(EVALSHA "$SHA" 2 bench:guard bench:k take 1 1 2000000000 33333333 2000000000 33333333)
 SCRIPT_LATENCY="$("$BIN/redis-benchmark" -p "$STORE_PORT" -c 1 -n 20000 "${SCRIPT_ARGS[@]}" 2>/dev/null |
-  tr '\r' '\n' | grep -A2 'latency summary' | tail -n 1 || true)"
+  tr '\r' '\n' | grep -A2 'latency summary' | tail -n 1 | tr -s ' ' | sed 's/^ //' || true)"
 SCRIPT_RPS="$("$BIN/redis-benchmark" -p "$STORE_PORT" -c 16 -n 100000 -q "${SCRIPT_ARGS[@]}" 2>/dev/null |
   tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n 1 || true)"
 log "script alone, 1 client (avg min p50 p95 p99 max, ms): $SCRIPT_LATENCY; 16 clients: $SCRIPT_RPS"
@@ -152,7 +152,7 @@ for i, p in enumerate(pairs, 1):
         f"| {i} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratio:.2f}x | {a['p50_ms']:.3f} / {b['p50_ms']:.3f} "
         f"| {a['p99_ms']:.3f} / {b['p99_ms']:.3f} | {plus:+.3f} | {a['errors'] + b['errors']} |"
     )
-median = lambda xs: sorted(xs)[len(xs) // 2]
+median = lambda xs: (sorted(xs)[(len(xs) - 1) // 2] + sorted(xs)[len(xs) // 2]) / 2
 verdict = lambda ok: "met" if ok else "NOT met"
 summary = [
     f"- throughput with the store: **{min(ratios):.2f}-{max(ratios):.2f}x** the in-memory figure "
