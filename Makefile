@@ -92,7 +92,7 @@ test-unit: model ## the fast tests that need no control plane: unit tests of eve
 	$(CARGO) test -p securechat-server $(addprefix --test ,$(SERVER_TESTS))
 
 .PHONY: bench
-bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, concurrent chat vs llama-server, operator convergence) -> benches/RESULTS.md
+bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, concurrent chat vs llama-server, operator convergence, shared store vs in memory) -> benches/RESULTS.md
 	@scripts/bench.sh
 
 .PHONY: fuzz-smoke

@@ -69,9 +69,16 @@ async fn crds_are_established_and_documented() {
     explain_eventually("cak.status.firstMintedAt", "expiresAfter counts from here");
     explain_eventually("cak.status.handledRotateRequest", "securechat.dev/rotate");
     explain_eventually("scm.spec.auth.tokenTTL", "at most signingKeys.gracePeriod");
+    // Issue 23's fields.
+    explain_eventually(
+        "scm.spec.autoscaling.target",
+        "The signal's target average per pod",
+    );
+    explain_eventually("scm.spec.expose.routes.mode", "BackendTLSPolicy");
     explain_eventually(
         "scm.spec.web.sso.wecom.login",
         "QrCode (a browser) or InApp (inside the WeChat Work app)",
+    );
     explain_eventually(
         "scm.spec.network.monitoring",
         "Who may scrape the pods' `/metrics`",

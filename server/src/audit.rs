@@ -135,6 +135,18 @@ impl Audit {
         self.with(|r| r.rate = Some(info));
     }
 
+    /// Reports `info` instead of the rate already noted when it has less
+    /// left for its limit (a token budget that binds before the request
+    /// limit), or when none was noted.
+    pub fn rate_if_tighter(&self, info: RateInfo) {
+        self.with(|r| {
+            let fraction = |i: &RateInfo| f64::from(i.remaining) / f64::from(i.limit.max(1));
+            if r.rate.is_none_or(|old| fraction(&info) < fraction(&old)) {
+                r.rate = Some(info);
+            }
+        });
+    }
+
     pub fn tokens(&self, prompt: u64, completion: u64) {
         self.with(|r| {
             r.tokens_in = prompt;

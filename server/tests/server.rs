@@ -1065,3 +1065,41 @@ async fn the_served_model_name_is_the_model_id() {
         assert_eq!(answer["model"], "chatglm3-secure");
     }
 }
+
+#[tokio::test]
+async fn ratelimit_headers_report_a_token_budget_when_it_binds_first() {
+    let s = server(
+        "rateLimit:\n  requestsPerMinute: 1000\n\
+         roles:\n  developer:\n    permissions: [Chat, Models, Usage]\n    tokensPerDay: 200\n",
+    )
+    .await;
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.developer)
+        .json(&https::chat_body_with("hi", json!({"max_tokens": 50})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Prompt + max_tokens reserved from 200 a day leaves less, for its
+    // limit, than 999 of 1000 requests a minute.
+    assert_eq!(resp.headers()["ratelimit-limit"], "200");
+    let remaining: u32 = resp.headers()["ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining <= 150, "{remaining}");
+    // A call that spends no tokens reports the request limit.
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["ratelimit-limit"], "1000");
+    assert_eq!(resp.headers()["ratelimit-remaining"], "998");
+}

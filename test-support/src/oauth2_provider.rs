@@ -451,6 +451,7 @@ pub async fn start(dir: &Path) -> StandIn {
             arc_swap::ArcSwap::new(loaded.key),
         )),
         securechat_crds::v1alpha1::TlsVersion::V1_3,
+        None,
     )
     .expect("TLS acceptor");
     let inner = Arc::new(Inner::default());

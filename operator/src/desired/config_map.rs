@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
     FilePaths, GenerationDefaults, Limits, ModelConfig, OAuth2Client, ServerAuth, ServerConfig,
-    ServerMtls,
-    ServerTls, SsoClient, WebConfig,
+    ServerMtls, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;

@@ -341,50 +341,56 @@ pub fn ca_bundle_secret(input: &Input, bundle: &ConfigMap) -> Option<Secret> {
     })
 }
 
-/// Gateway API objects, kept as JSON: their types are not in k8s-openapi,
-/// and the Gateway API's own CRDs validate them.
-macro_rules! gateway_resource {
-    ($spec:ident, $kind:literal, $plural:literal, $group:literal, $version:literal) => {
-        #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
-        #[kube(
-                                    group = $group,
-                                    version = $version,
-                                    kind = $kind,
-                                    plural = $plural,
-                                    namespaced,
-                                    schema = "disabled"
-                                )]
-        pub struct $spec(pub Value);
-    };
-}
-gateway_resource!(
-    TlsRouteSpec,
-    "TLSRoute",
-    "tlsroutes",
-    "gateway.networking.k8s.io",
-    "v1"
-);
-gateway_resource!(
-    HttpRouteSpec,
-    "HTTPRoute",
-    "httproutes",
-    "gateway.networking.k8s.io",
-    "v1"
-);
-gateway_resource!(
-    BackendTlsPolicySpec,
-    "BackendTLSPolicy",
-    "backendtlspolicies",
-    "gateway.networking.k8s.io",
-    "v1"
-);
-gateway_resource!(
-    InferencePoolSpec,
-    "InferencePool",
-    "inferencepools",
-    "inference.networking.k8s.io",
-    "v1"
-);
+// Gateway API and Inference Extension objects, kept as JSON: their types
+// are not in k8s-openapi, and the projects' own CRDs validate them.
+
+/// `TLSRoute` (gateway.networking.k8s.io/v1), its spec as JSON.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "TLSRoute",
+    plural = "tlsroutes",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct TlsRouteSpec(pub Value);
+
+/// `HTTPRoute` (gateway.networking.k8s.io/v1), its spec as JSON.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    plural = "httproutes",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct HttpRouteSpec(pub Value);
+
+/// `BackendTLSPolicy` (gateway.networking.k8s.io/v1), its spec as JSON.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "BackendTLSPolicy",
+    plural = "backendtlspolicies",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct BackendTlsPolicySpec(pub Value);
+
+/// `InferencePool` (inference.networking.k8s.io/v1), its spec as JSON.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "inference.networking.k8s.io",
+    version = "v1",
+    kind = "InferencePool",
+    plural = "inferencepools",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct InferencePoolSpec(pub Value);
 
 /// The Gateway API objects for `expose.routes`.
 #[derive(Debug, Default)]

@@ -22,9 +22,10 @@ use crate::audit::{Audit, RateInfo};
 use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
 use crate::forwarded;
+use crate::limits;
 use crate::listener::{ClientAddr, ClientCertificate};
 use crate::principal::{Method, Principal};
-use crate::ratelimit::{Decision, Op, Rate};
+use crate::ratelimit::{Admission, Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
@@ -198,22 +199,62 @@ pub async fn check_guard(
     }
 }
 
-/// Counts a failure against the client address and the metrics. A store
-/// that cannot count it is already counted in its own metric; the request
-/// fails either way.
+/// Counts a failure against the client address and the metrics. Returns
+/// how long to wait when the address had no failure left to spend (the
+/// failures were counted elsewhere, e.g. on another replica, since this
+/// request's check): the caller answers 429 rather than 401. A store that
+/// cannot count it is already counted in its own metric; the request fails
+/// either way.
 pub async fn note_failure(
     state: &AppState,
     ip: Option<IpAddr>,
     failure: AuthFailure,
     now: Instant,
-) {
+) -> Option<std::time::Duration> {
     state.metrics.auth_failure(failure.label());
-    if let Some(ip) = ip {
-        let rate = failure_rate(state);
-        let _ = state
-            .failure_buckets
-            .one(Op::Charge, &ip.to_string(), rate, 1.0, now)
-            .await;
+    let ip = ip?;
+    let rate = failure_rate(state);
+    match state
+        .failure_buckets
+        .one(Op::Take, &ip.to_string(), rate, 1.0, now)
+        .await
+    {
+        Ok(Decision::Denied { retry_after }) => {
+            state.metrics.limited("auth_failures");
+            Some(retry_after)
+        }
+        Ok(Decision::Allowed { .. }) | Err(_) => None,
+    }
+}
+
+/// [`check_guard`] before the credential of an API request, without a
+/// round trip: with the store, only addresses already refused here are;
+/// the exact check is made with the request's take ([`admit_request`]).
+fn check_guard_early(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
+    let Some(ip) = ip else { return Ok(()) };
+    match state
+        .failure_buckets
+        .early_peek(&ip.to_string(), failure_rate(state), 1.0, now)
+    {
+        Decision::Allowed { .. } => Ok(()),
+        Decision::Denied { retry_after } => {
+            state.metrics.limited("auth_failures");
+            Err(ApiError::AuthThrottled(retry_after))
+        }
+    }
+}
+
+/// The answer to a failed credential: 401, or 429 when the address has
+/// run out of failures.
+pub async fn refuse(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    failure: AuthFailure,
+    now: Instant,
+) -> ApiError {
+    match note_failure(state, ip, failure, now).await {
+        Some(retry_after) => ApiError::AuthThrottled(retry_after),
+        None => ApiError::Unauthorized(failure),
     }
 }
 
@@ -223,7 +264,7 @@ pub async fn note_failure(
 pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
     let ip = client_ip(state, &parts.extensions, &parts.headers);
-    check_guard(state, ip, now).await?;
+    check_guard_early(state, ip, now)?;
     let on_web_port = parts.extensions.get::<WebPort>().is_some();
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
     // Only the API port asks for certificates, and only under auth.mtls; a
@@ -247,11 +288,10 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
     }
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
-            let result = session_principal(state, parts, id, Utc::now()).await;
-            if let Err(ApiError::Unauthorized(failure)) = &result {
-                note_failure(state, ip, *failure, now).await;
-            }
-            return result;
+            return match session_principal(state, parts, id, Utc::now()).await {
+                Err(ApiError::Unauthorized(failure)) => Err(refuse(state, ip, failure, now).await),
+                other => other,
+            };
         }
         (Ok(credential), _) => authenticate_beside(state, credential, cert, Utc::now()).await,
         (Err(failure), _) => Err(failure),
@@ -263,10 +303,7 @@ pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Pri
             }
             Ok(p)
         }
-        Err(failure) => {
-            note_failure(state, ip, failure, now).await;
-            Err(ApiError::Unauthorized(failure))
-        }
+        Err(failure) => Err(refuse(state, ip, failure, now).await),
     }
 }
 
@@ -358,8 +395,42 @@ pub async fn take_request(
     tier: Tier,
     audit: &Audit,
 ) -> Result<(), ApiError> {
+    admit_request(state, None, subject, tier, audit).await
+}
+
+/// [`take_request`], with the client address's guard checked in the same
+/// step when the store keeps it (one round trip for the whole request;
+/// [`check_guard_early`] left the exact check to this).
+pub async fn admit_request(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    subject: &str,
+    tier: Tier,
+    audit: &Audit,
+) -> Result<(), ApiError> {
     let runtime = state.live_config();
-    let Some(per_minute) = request_limit(&runtime.config, tier) else {
+    let limit = request_limit(&runtime.config, tier);
+    let ip = ip
+        .filter(|_| state.failure_buckets.is_shared())
+        .map(|ip| ip.to_string());
+    let guard = ip
+        .as_deref()
+        .map(|ip| (&state.failure_buckets, ip, failure_rate(state)));
+    let Some(per_minute) = limit else {
+        if guard.is_some() {
+            admitted(
+                limits::admit(
+                    guard,
+                    &state.request_buckets,
+                    Op::Take,
+                    &[],
+                    1.0,
+                    Instant::now(),
+                )
+                .await?,
+                state,
+            )?;
+        }
         return Ok(());
     };
     let burst = runtime
@@ -368,12 +439,19 @@ pub async fn take_request(
         .burst
         .map_or(per_minute, |b| b.max(1) as u32);
     let rate = Rate::per_minute(per_minute, burst);
-    match state
-        .request_buckets
-        .one(Op::Take, subject, rate, 1.0, Instant::now())
-        .await?
-    {
-        Decision::Allowed { remaining, reset } => {
+    let admission = limits::admit(
+        guard,
+        &state.request_buckets,
+        Op::Take,
+        &[(subject, rate)],
+        1.0,
+        Instant::now(),
+    )
+    .await?;
+    match admitted(admission, state)? {
+        Decision::Allowed {
+            remaining, reset, ..
+        } => {
             audit.rate(RateInfo {
                 limit: per_minute,
                 remaining,
@@ -387,6 +465,18 @@ pub async fn take_request(
                 limit: per_minute,
                 retry_after,
             })
+        }
+    }
+}
+
+/// The buckets' decision of an admission whose guard passed; a throttled
+/// address is refused as [`check_guard`] would.
+fn admitted(admission: Admission, state: &AppState) -> Result<Decision, ApiError> {
+    match admission {
+        Admission::Decided(decision) => Ok(decision),
+        Admission::Throttled { retry_after } => {
+            state.metrics.limited("auth_failures");
+            Err(ApiError::AuthThrottled(retry_after))
         }
     }
 }
@@ -444,7 +534,8 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));
         }
-        take_request(state, &principal.subject, principal.tier, &audit).await?;
+        let ip = client_ip(state, &parts.extensions, &parts.headers);
+        admit_request(state, ip, &principal.subject, principal.tier, &audit).await?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }

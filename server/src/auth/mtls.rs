@@ -167,11 +167,13 @@ mod tests {
                 record("old", ApiKeyState::Revoked),
                 record("web", ApiKeyState::Active),
             ],
+            history: Vec::new(),
         };
         let p = certificate_principal(&cert(Some(WEB)), &allow, &table, now).unwrap();
         assert_eq!((p.tier, p.key_id.as_deref()), (Tier::ReadOnly, Some("web")));
         let suspended = ApiKeyTable {
             keys: vec![record("web", ApiKeyState::Suspended)],
+            history: Vec::new(),
         };
         assert!(matches!(
             certificate_principal(&cert(Some(WEB)), &allow, &suspended, now),

@@ -321,6 +321,13 @@ impl Reloader {
             if let (Some(store), Some(shared)) = (&self.state.store, &runtime.config.shared_state) {
                 store.set_replicas(shared.replicas);
             }
+            let running = self.state.store.as_ref().map(|s| s.config());
+            if crate::shared::restart_needed(running, runtime.config.shared_state.as_ref()) {
+                tracing::warn!(
+                    "sharedState changed: the store settings in use stay until the server \
+                     restarts (the operator rolls the pods for such a change)"
+                );
+            }
             self.state.live_config.store(Arc::new(runtime));
             self.apply_tls_settings(settings, false);
         }

@@ -17,7 +17,7 @@ use securechat_crds::v1alpha1::Permission;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{self, check_guard, live_session, note_failure};
+use crate::auth::{self, check_guard, live_session};
 use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
 use crate::routes::body::ApiJson;
@@ -113,10 +113,7 @@ pub async fn login_with_key(
     };
     let principal = match verified {
         Ok(p) => p,
-        Err(failure) => {
-            note_failure(&state, ip, failure, started).await;
-            return Err(ApiError::Unauthorized(failure));
-        }
+        Err(failure) => return Err(auth::refuse(&state, ip, failure, started).await),
     };
     let table = state.api_keys.load();
     let record = principal
