@@ -23,9 +23,9 @@ use securechat_kernels::QMatrix;
 use securechat_kernels::attention::{BLOCK_TOKENS, KvPool, SeqQueries, paged_attention};
 use securechat_kernels::ops::{add_assign, rms_norm, rope, rope_angles, silu_mul};
 
-use super::error::{InferenceError, Result};
-use super::llama_weights::{LlamaConfig, Weights};
-use super::model::{PagedLm, SeqStep};
+use super::weights::{LlamaConfig, Weights};
+use crate::inference::error::{InferenceError, Result};
+use crate::inference::model::{PagedLm, SeqStep};
 
 struct Layer {
     attn_norm: Vec<f32>,

@@ -8,15 +8,20 @@
 //! cache, grouped-query attention without repeating K/V, and only the last
 //! position through the output projection.
 
+mod cpu;
+mod weights;
+
 use candle_core::{DType, Device, Module, Tensor};
 
+use self::cpu::CpuLlama;
+use self::weights::{LlamaConfig, Weights};
 use super::error::{InferenceError, Result};
 use super::gguf::GgufFile;
 use super::kv_cache::CandleKvCache;
 use super::linear::CpuKernels;
-use super::llama_cpu::CpuLlama;
-use super::llama_weights::{LlamaConfig, WeightFormat, Weights};
 use super::model::{CausalLm, PagedLm};
+
+pub use self::weights::WeightFormat;
 
 /// Prompt positions run per forward pass; bounds attention memory at
 /// 9 heads x 512 x 8192 x 4 bytes = 150 MB for a full context.

@@ -7,10 +7,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::error::{InferenceError, Result};
-use super::fused::FusedProjection;
-use super::gguf::GgufFile;
-use super::linear::{CpuKernels, Linear};
+use crate::inference::error::{InferenceError, Result};
+use crate::inference::fused::FusedProjection;
+use crate::inference::gguf::GgufFile;
+use crate::inference::linear::{CpuKernels, Linear};
 
 /// How matrix weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
