@@ -179,6 +179,7 @@ mod tests {
             KeyReason::ModelNotFound,
             KeyReason::NamespaceNotAllowed,
             KeyReason::SecretConflict,
+            KeyReason::TierNotAllowed,
         ];
         let converging = [KeyReason::Minting, KeyReason::ModelNotReady];
         for reason in KeyReason::ALL {
