@@ -64,6 +64,9 @@ lint: ## rustfmt, the import-cycle check and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	@$(MAKE) -s import-cycles
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The node tests are `test = false` (make test runs them last), so
+	@# --all-targets leaves them out.
+	$(CARGO) clippy --test node -- -D warnings
 
 # Every crate's src/; modules in one of them must not import each other back.
 CYCLE_CHECKED := server/src operator/src crds/src projector/src kernels/src

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::{Api, EvictParams, ListParams, PostParams};
 use securechat_crds::{ChatApiKey, SecureChatModel};
@@ -35,6 +37,9 @@ use serde_json::json;
 
 /// Requests a second, through the Service.
 const RATE: u64 = 20;
+
+/// Answers in a row through the Service before the load starts.
+const WARM_UP: usize = 20;
 
 #[derive(Debug)]
 struct Outcome {
@@ -104,7 +109,10 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let ready = ready_pods(&pods, &selector, 2).await;
+    // A rollout settled, not merely two Ready pods: mid-rollout an old pod
+    // that is about to stop can still be one of the two (CI, stop 29: a
+    // connection refused through the Service before any fault).
+    let ready = settled_pods(&kube, &ns.name, "m", &selector, 2).await;
 
     let secrets = Api::<Secret>::namespaced(kube.clone(), &ns.name);
     let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
@@ -142,6 +150,24 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
 
     let cluster_ip = crate::cluster_ip(&kube, &ns.name, "m").await;
     let service = SocketAddr::new(cluster_ip, 8000);
+    // kube-proxy routes only to the two pods: WARM_UP answers in a row
+    // through the Service before any outcome counts.
+    wait_for(
+        "the Service answering through both pods",
+        Duration::from_secs(60),
+        || {
+            let (ca, host, key) = (ca.clone(), host.clone(), key.clone());
+            async move {
+                for _ in 0..WARM_UP {
+                    if get_models(&ca, &host, service, &key).await.ok()? != 200 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
     let load = {
@@ -352,7 +378,7 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
         })
         .map(|o| {
             (
-                o.sent.saturating_duration_since(killed),
+                seconds_since(killed, o.sent),
                 o.result.as_ref().map_err(|f| f.error.as_str()),
             )
         })
@@ -360,7 +386,7 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
     assert!(
         unexplained.is_empty(),
         "requests failed beyond those in flight at the kill and the refused connections to the \
-         dead pod ((time since the kill, outcome)): {unexplained:?}"
+         dead pod ((seconds since the kill, negative before it, outcome)): {unexplained:?}"
     );
     assert!(
         outcomes.iter().filter(|o| o.sent >= back).count() as u64 > RATE,
@@ -375,6 +401,78 @@ fn is_ready(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Seconds from `from` to `t`, negative when `t` is earlier.
+fn seconds_since(from: Instant, t: Instant) -> f64 {
+    match t.checked_duration_since(from) {
+        Some(after) => after.as_secs_f64(),
+        None => -from.duration_since(t).as_secs_f64(),
+    }
+}
+
+/// The Deployment's `n` pods once its rollout has settled: every replica
+/// updated and Ready, no other pod of the model (none terminating), and
+/// the Service's EndpointSlices listing exactly their addresses as ready.
+async fn settled_pods(
+    kube: &kube::Client,
+    namespace: &str,
+    model: &str,
+    selector: &str,
+    n: usize,
+) -> Vec<Pod> {
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(kube.clone(), namespace);
+    let want = i32::try_from(n).expect("a small replica count");
+    wait_for(
+        &format!("the rollout of {model} settled on {n} Ready pods"),
+        Duration::from_secs(240),
+        || {
+            let (deployments, pods, slices) = (deployments.clone(), pods.clone(), slices.clone());
+            let selector = selector.to_string();
+            async move {
+                let deployment = deployments.get(model).await.ok()?;
+                let status = deployment.status.as_ref()?;
+                let settled = status.observed_generation == deployment.metadata.generation
+                    && status.replicas == Some(want)
+                    && status.updated_replicas == Some(want)
+                    && status.ready_replicas == Some(want);
+                if !settled {
+                    return None;
+                }
+                let list = pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .ok()?;
+                if list.items.len() != n || !list.items.iter().all(is_ready) {
+                    return None;
+                }
+                let mut pod_ips: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                    .collect();
+                let mut endpoint_ips: Vec<String> = slices
+                    .list(
+                        &ListParams::default()
+                            .labels(&format!("kubernetes.io/service-name={model}")),
+                    )
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .flat_map(|slice| slice.endpoints.unwrap_or_default())
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .flat_map(|e| e.addresses)
+                    .collect();
+                pod_ips.sort();
+                endpoint_ips.sort();
+                (pod_ips == endpoint_ips).then_some(list.items)
+            }
+        },
+    )
+    .await
 }
 
 /// The Deployment's `n` pods once all are Ready.

@@ -389,10 +389,10 @@ async fn prometheus_ip(kube: &kube::Client, namespace: &str) -> String {
                 .await
                 .ok()
                 .and_then(|l| l.items.into_iter().find_map(|p| p.status?.pod_ip));
-            if let Some(ip) = ip {
-                if api(&ip, "/api/v1/status/buildinfo").is_some() {
-                    return ip;
-                }
+            if let Some(ip) = ip
+                && api(&ip, "/api/v1/status/buildinfo").is_some()
+            {
+                return ip;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

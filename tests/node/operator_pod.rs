@@ -116,15 +116,15 @@ async fn the_charts_operator_runs_as_a_real_pod_and_deploys_a_model() {
     let pods: Api<Pod> = Api::namespaced(kube.clone(), &system.name);
     let operator = tokio::time::timeout(Duration::from_secs(180), async {
         loop {
-            if let Ok(list) = pods.list(&ListParams::default()).await {
-                if let Some(pod) = list.items.into_iter().find(|p| {
+            if let Ok(list) = pods.list(&ListParams::default()).await
+                && let Some(pod) = list.items.into_iter().find(|p| {
                     p.status
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                }) {
-                    return pod;
-                }
+                })
+            {
+                return pod;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
