@@ -14,6 +14,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod models;
 pub mod node;
 pub mod serving;
 
