@@ -99,7 +99,12 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
     )
     .expect("the shipped rules");
     let job = format!("{}/securechat-servers", monitoring.name);
-    let config = prometheus_config(&ns.name, &job, &format!("m.{}.svc", ns.name));
+    let config = prometheus_config(
+        "/etc/prometheus",
+        &ns.name,
+        &job,
+        &format!("m.{}.svc", ns.name),
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut objects = Vec::new();
@@ -283,17 +288,23 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
     );
 }
 
-/// The chart's PodMonitor as a prometheus.yml (see the module's docs).
-fn prometheus_config(model_namespace: &str, job: &str, server_name: &str) -> String {
+/// The chart's PodMonitor as a prometheus.yml (see the module's docs),
+/// reading the rules and the model's CA from `dir`.
+pub(crate) fn prometheus_config(
+    dir: &str,
+    model_namespace: &str,
+    job: &str,
+    server_name: &str,
+) -> String {
     // Short intervals: the test waits for a few scrapes and evaluations.
     json!({
         "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
-        "rule_files": ["/etc/prometheus/prometheus-rules.yaml"],
+        "rule_files": [format!("{dir}/prometheus-rules.yaml")],
         "scrape_configs": [{
             "job_name": job,
             "scheme": "https",
             "metrics_path": "/metrics",
-            "tls_config": {"ca_file": "/etc/prometheus/ca.crt", "server_name": server_name},
+            "tls_config": {"ca_file": format!("{dir}/ca.crt"), "server_name": server_name},
             "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [model_namespace]}}],
             "relabel_configs": [
                 // The PodMonitor's selector and its port.
