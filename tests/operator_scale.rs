@@ -551,3 +551,32 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
     })
     .await;
 }
+
+/// A kind whose API group no cluster has: the API server answers a
+/// plain-text 404 for it, not a NotFound Status.
+#[derive(kube::CustomResource, serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[kube(
+    group = "never-installed.securechat.dev",
+    version = "v1",
+    kind = "NeverInstalled",
+    namespaced,
+    schema = "disabled"
+)]
+struct NeverInstalledSpec {}
+
+/// Removing what a model does not ask for (a KEDA ScaledObject, Gateway
+/// API routes) when the kind's CRDs are not installed finds nothing to
+/// remove instead of failing the reconcile (on the real node, without
+/// KEDA or Gateway API, every model with `autoscaling` or `expose` failed
+/// each reconcile before writing its status).
+#[tokio::test]
+async fn removing_a_kind_the_cluster_does_not_have_is_a_no_op() {
+    let kube = client().await;
+    let owner = model("m", json!({}));
+    let mut writer = securechat_operator::apply::Writer::new(kube);
+    writer
+        .delete_if_present::<NeverInstalled, _>(&owner, "default", "m")
+        .await
+        .expect("nothing to delete");
+    assert!(writer.changes.is_empty());
+}

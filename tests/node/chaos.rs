@@ -463,7 +463,7 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
     );
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -483,7 +483,7 @@ fn seconds_since(from: Instant, t: Instant) -> f64 {
 /// The Deployment's `n` pods once its rollout has settled: every replica
 /// updated and Ready, no other pod of the model (none terminating), and
 /// the Service's EndpointSlices listing exactly their addresses as ready.
-async fn settled_pods(
+pub(crate) async fn settled_pods(
     kube: &kube::Client,
     namespace: &str,
     model: &str,
