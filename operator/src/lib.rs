@@ -14,6 +14,7 @@
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
+pub mod access_policy;
 pub mod api_keys;
 pub mod apply;
 pub mod backoff;
