@@ -129,6 +129,9 @@ pub enum ApiError {
     SharedStateUnavailable(#[from] Unavailable),
     #[error("internal error")]
     Internal(String),
+    /// `auth.policy` denied the request; the message is its reason.
+    #[error("{0}")]
+    PolicyDenied(String),
 }
 
 impl ApiError {
@@ -138,9 +141,10 @@ impl ApiError {
             ApiError::AuthThrottled(_)
             | ApiError::RateLimited { .. }
             | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Forbidden(_) | ApiError::OriginNotAllowed | ApiError::CsrfRefused(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::Forbidden(_)
+            | ApiError::OriginNotAllowed
+            | ApiError::CsrfRefused(_)
+            | ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             ApiError::BadJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidField { .. }
@@ -209,6 +213,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::SharedStateUnavailable(_) => "shared_state_unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::PolicyDenied(_) => "policy_denied",
         }
     }
 

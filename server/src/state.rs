@@ -21,6 +21,7 @@ use crate::forwarded::{BadProxy, parse_trusted};
 use crate::limits::Buckets;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
+use crate::request_window::Windows;
 use crate::session::Sessions;
 use crate::shared::Store;
 
@@ -37,6 +38,8 @@ pub enum ConfigError {
     Patterns(#[source] securechat_crds::sensitive::PatternError),
     #[error(transparent)]
     TrustedProxies(#[from] BadProxy),
+    #[error("auth.policy: {0}")]
+    Policy(#[from] securechat_crds::policy::PolicyError),
 }
 
 /// The config in force: validated, with its compiled parts (the
@@ -48,6 +51,8 @@ pub struct LiveConfig {
     pub policy: TokenPolicy,
     /// `limits.trustedProxies`, parsed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `auth.policy`, compiled.
+    pub access_policy: Option<securechat_crds::policy::Policy>,
 }
 
 impl LiveConfig {
@@ -68,11 +73,16 @@ impl LiveConfig {
             .map(|c| c.0.clone())
             .collect();
         let trusted_proxies = parse_trusted(&ranges)?;
+        let access_policy = match &config.auth.policy {
+            Some(source) => Some(securechat_crds::policy::Policy::compile(source)?),
+            None => None,
+        };
         Ok(Self {
             config,
             filter,
             policy,
             trusted_proxies,
+            access_policy,
         })
     }
 }
@@ -123,6 +133,9 @@ pub struct AppStateInner {
     pub config_path: Option<PathBuf>,
     /// Web UI sessions and SSO logins in progress.
     pub sessions: Sessions,
+    /// Requests per caller in its current window (`auth.policy`'s
+    /// `input.usage`).
+    pub policy_windows: Windows,
 }
 
 #[derive(Clone)]
@@ -168,6 +181,7 @@ impl AppState {
             oidc,
             config_path,
             sessions,
+            policy_windows: Windows::new(max),
         }))
     }
 

@@ -4,7 +4,8 @@
 //!
 //! `Authorized<P>` is an extractor: brute-force guard -> credential check
 //! (API key or JWT) -> permission `P` for the caller's tier -> request rate
-//! limit. Handlers that take it run only for permitted, in-budget callers.
+//! limit -> `auth.policy` (`crate::policy`). Handlers that take it run only
+//! for permitted, in-budget callers the policy admits.
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -23,6 +24,7 @@ use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
 use crate::forwarded;
 use crate::listener::ClientAddr;
+use crate::policy;
 use crate::principal::{Method, Principal};
 use crate::ratelimit::{Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
@@ -359,6 +361,8 @@ impl Needs for AdminPermission {
 /// An authenticated, permitted, in-budget caller.
 pub struct Authorized<P: Needs> {
     pub principal: Principal,
+    /// What `auth.policy` changed about this request.
+    pub overrides: policy::Overrides,
     _p: PhantomData<P>,
 }
 
@@ -383,11 +387,14 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
             return Err(ApiError::Forbidden(P::NAME));
         }
         take_request(state, &principal.subject, principal.tier, &audit).await?;
+        let client = client_ip(state, &parts.extensions, &parts.headers);
+        let overrides = policy::authorize(state, parts, &principal, client, &audit)?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }
         Ok(Self {
             principal,
+            overrides,
             _p: PhantomData,
         })
     }
