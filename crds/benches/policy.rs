@@ -97,7 +97,11 @@ fn bench(c: &mut Criterion) {
     // up per call, the decision object), with a module of one rule.
     let trivial = Policy::compile("package securechat\nallow := true\n").expect("compiles");
     c.bench_function("policy_decision/1_rule", |b| {
-        b.iter(|| trivial.evaluate(std::hint::black_box(&input)).expect("decides"))
+        b.iter(|| {
+            trivial
+                .evaluate(std::hint::black_box(&input))
+                .expect("decides")
+        })
     });
     tail(&policy, &input);
 }
