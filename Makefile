@@ -15,7 +15,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## build etcd, kube-*, kubectl, helm, kwok, promtool, crane from Go modules into ~/.cache/securechat/bin (once)
+tools: ## build etcd, kube-*, kubectl, helm, kwok, promtool, crane, kstatus from Go modules into ~/.cache/securechat/bin (once)
 	@tests/cluster/build-tools.sh
 
 .PHONY: cluster-up
@@ -52,11 +52,11 @@ images: ## build the server and operator OCI images without a container engine (
 	@scripts/images.sh
 
 .PHONY: demo
-demo: ## the quick start: cluster, helm install, operator, examples/, a live server and a first answer
+demo: ## the quick start (root): cluster, real node, helm install (the operator pod), examples/ (the model pod on node-0) and a first answer through its Service
 	@scripts/demo.sh
 
 .PHONY: demo-down
-demo-down: ## stop everything make demo started (processes and the local control plane)
+demo-down: ## stop everything make demo started (the real node, restoring the host, and the local control plane)
 	@scripts/demo-down.sh
 
 .PHONY: lint
@@ -64,6 +64,9 @@ lint: ## rustfmt, the import-cycle check and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	@$(MAKE) -s import-cycles
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The node tests are `test = false` (make test runs them last), so
+	@# --all-targets leaves them out.
+	$(CARGO) clippy --test node -- -D warnings
 
 # Every crate's src/; modules in one of them must not import each other back.
 CYCLE_CHECKED := server/src operator/src crds/src projector/src kernels/src
@@ -92,7 +95,7 @@ test-unit: model ## the fast tests that need no control plane: unit tests of eve
 	$(CARGO) test -p securechat-server $(addprefix --test ,$(SERVER_TESTS))
 
 .PHONY: bench
-bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, concurrent chat vs llama-server, operator convergence) -> benches/RESULTS.md
+bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, concurrent chat vs llama-server, operator convergence, shared store vs in memory) -> benches/RESULTS.md
 	@scripts/bench.sh
 
 .PHONY: fuzz-smoke

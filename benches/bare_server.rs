@@ -65,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
     let key = std::fs::read(arg(&args, "--key")?)?;
     let loaded = load_cert(&cert, &key)?;
     let cert = Arc::new(SwappableCert(ArcSwap::new(loaded.key)));
-    let acceptor = Arc::new(ArcSwap::from_pointee(acceptor(cert, TlsVersion::V1_3)?));
+    let acceptor = Arc::new(ArcSwap::from_pointee(acceptor(
+        cert,
+        TlsVersion::V1_3,
+        None,
+    )?));
     let app = Router::new().route("/v1/models", get(models));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let (_keep_open, shutdown) = tokio::sync::watch::channel(false);

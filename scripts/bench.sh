@@ -14,12 +14,14 @@
 #      prefix cache, multi-turn)
 #   5. operator convergence and memory against the local control plane
 #      (started here if it is not running, and stopped again after)
+#   6. limits in the shared store (a local redis-server) vs in memory:
+#      throughput and added p99 of authenticated GET /v1/models
 #
 # Ratios, not absolute times, are what compare across runs: these machines
 # are shared. Run it on a quiet machine.
 #
 # Environment: BENCH_SKIP (space-separated: criterion server inference
-# concurrency converge), plus each script's own variables.
+# concurrency converge shared), plus each script's own variables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -66,6 +68,11 @@ if [[ $skip != *" converge "* ]]; then
 	fi
 	log "operator convergence and memory"
 	cargo bench -q --profile dev -p securechat-operator --bench converge
+fi
+
+if [[ $skip != *" shared "* ]]; then
+	log "limits in the shared store vs in memory"
+	scripts/bench-shared-state.sh
 fi
 
 python3 scripts/bench_summary.py "$summary" "$CARGO_TARGET_DIR/criterion" benches/RESULTS.md

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# `make demo`: the whole product on this machine, in one command.
+# `make demo`: the whole product on this machine, in one command, as real
+# pods.
 #
 # 1. Tools, the default model and the local control plane (cached; started
-#    if not up). 2. `helm install` of the chart (CRDs, RBAC, the operator's
-#    Deployment). 3. The operator runs as a local process authenticated as
-#    the chart's ServiceAccount (a TokenRequest token, not the admin
-#    certificate). 4. examples/ is applied GitOps-style: the seed's
-#    SecureChatModel and a ChatApiKey. 5. There is no kubelet or container
-#    runtime here: kwok simulates the pods. So the workload runs as a local
-#    securechat-server process fed by exactly the Secrets and ConfigMap the
-#    operator made, projected into a directory the way the kubelet mounts
-#    them (securechat-project), so rotations reach it live. 6. A first
-#    request with the minted key, then the URLs and snippets.
+#    if not up). 2. The real node, node-0 (tests/cluster/node-up.sh: root;
+#    containerd, kubelet, kube-proxy, kube-router, CoreDNS) with the
+#    securechat images loaded. 3. `helm install` of the chart: the operator
+#    runs as the chart's Deployment pod on node-0, with the chart's RBAC and
+#    leader election. 4. examples/ is applied GitOps-style: the seed's
+#    SecureChatModel, made a CPU model on node-0 as it is applied (this
+#    machine has no GPU; the example's GPU request would land on a kwok
+#    node, where nothing runs), and a ChatApiKey. 5. A first request with the minted key
+#    through the model's Service (kube-proxy) with the certificate the
+#    operator issued, then the URLs and snippets.
 #
-# Ctrl-C (or `make demo-down` from another shell) stops everything it
-# started. Re-running is safe: it replaces the processes it started before.
-# DEMO_DETACH=1 (or no terminal) leaves it running and returns.
+# `make demo-down` stops the node and the control plane, restoring the host.
+# Re-running is safe: each step is idempotent.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,149 +33,93 @@ model=chatglm3-secure
 model_ns=chat
 key_ns=chat-apps
 key_secret=frontend-api-key
-api_port=${DEMO_API_PORT:-8000}
-web_port=${DEMO_WEB_PORT:-8501}
 t0=$SECONDS
 step() { echo; echo "== $* ($((SECONDS - t0))s)"; }
 
-# Re-running: stop what the last run started (the cluster stays).
-scripts/demo-down.sh --keep-cluster >/dev/null 2>&1 || true
-mkdir -p "$demo/pids" "$demo/logs"
+if [ "$(id -u)" != 0 ]; then
+	echo "error: make demo runs the model as a real pod on a real node, which needs root (containerd, bridges, iptables); run it as root" >&2
+	exit 1
+fi
+mkdir -p "$demo/logs"
 
 step "tools, model"
 tests/cluster/build-tools.sh
 scripts/fetch-model.sh
-# shellcheck source=lib/default-model.sh
-. scripts/lib/default-model.sh
-model_file="$DEFAULT_MODEL"
 
-step "building the operator, the server and the projector"
-cargo build -q -p securechat-operator -p securechat-server -p securechat-projector --bins
-bin="$CARGO_TARGET_DIR/debug"
+step "building the operator and the server"
+cargo build -q -p securechat-operator -p securechat-server --bins
 
 step "local control plane"
 tests/cluster/up.sh
 
-step "helm install $release (CRDs, RBAC, operator Deployment)"
+step "the real node node-0 (images packed from the build above)"
+NODE_IMAGE_BIN_DIR="$CARGO_TARGET_DIR/debug" tests/cluster/node-images.sh
+tests/cluster/node-up.sh
+# shellcheck disable=SC1091 # written by node-up.sh
+. "$root/.securechat/node/node.env"
+label_key=${NODE_LABEL%%=*} label_value=${NODE_LABEL#*=}
+taint_key=${NODE_TAINT%%=*} taint_rest=${NODE_TAINT#*=}
+taint_value=${taint_rest%%:*} taint_effect=${taint_rest##*:}
+node_selector="{\"$label_key\":\"$label_value\"}"
+tolerations="[{\"key\":\"$taint_key\",\"operator\":\"Equal\",\"value\":\"$taint_value\",\"effect\":\"$taint_effect\"}]"
+
+step "helm install $release (CRDs, RBAC, the operator's Deployment on $NODE_NAME)"
 helm upgrade --install "$release" charts/securechat --namespace "$system_ns" --create-namespace \
-	--wait --timeout 120s >"$demo/logs/helm.log"
+	--set "operator.image.repository=${OPERATOR_IMAGE%:*}" --set "operator.image.tag=${OPERATOR_IMAGE##*:}" \
+	--set "serverImage.repository=${SERVER_IMAGE%:*}" --set "serverImage.tag=${SERVER_IMAGE##*:}" \
+	--set-json "operator.nodeSelector=$node_selector" --set-json "operator.tolerations=$tolerations" \
+	--wait --timeout 180s >"$demo/logs/helm.log"
 kubectl wait --for=condition=Established --timeout=60s \
 	crd/securechatmodels.securechat.dev crd/chatapikeys.securechat.dev >/dev/null
-account=$(kubectl get deployment -n "$system_ns" -l app.kubernetes.io/instance="$release" \
-	-o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
+kubectl get pods -n "$system_ns" -o wide
 
-step "the operator, as ServiceAccount $system_ns/$account"
-# A kubeconfig with the API server's address and CA and a token for the
-# chart's ServiceAccount: the operator has exactly the chart's RBAC.
-server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
-kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
-	base64 -d >"$demo/cluster-ca.crt"
-token=$(kubectl create token "$account" -n "$system_ns" --duration=24h)
-operator_kubeconfig="$demo/operator.kubeconfig"
-KUBECONFIG="$operator_kubeconfig" kubectl config set-cluster demo --server="$server" \
-	--certificate-authority="$demo/cluster-ca.crt" --embed-certs >/dev/null
-KUBECONFIG="$operator_kubeconfig" kubectl config set-credentials operator --token="$token" >/dev/null
-KUBECONFIG="$operator_kubeconfig" kubectl config set-context demo --cluster=demo --user=operator >/dev/null
-KUBECONFIG="$operator_kubeconfig" kubectl config use-context demo >/dev/null
-KUBECONFIG="$operator_kubeconfig" POD_NAME="demo-$(hostname)" \
-	"$bin/securechat-operator" run --leader-elect \
-	--leader-election-namespace "$system_ns" \
-	--leader-election-lease "$account" \
-	--metrics-address 127.0.0.1:0 >"$demo/logs/operator.log" 2>&1 &
-echo $! >"$demo/pids/operator"
-# Fails here, with its log, rather than as a Ready timeout later.
-running_or_die() { # name
-	kill -0 "$(cat "$demo/pids/$1")" 2>/dev/null && return 0
-	echo "error: $1 exited; its log ($demo/logs/$1.log):" >&2
-	tail -20 "$demo/logs/$1.log" >&2
-	exit 1
-}
-sleep 1
-running_or_die operator
-
-step "kubectl apply -f examples/"
-kubectl apply --server-side -f examples/ >/dev/null
-# The certificate covers the Service's in-cluster names; this laptop calls
-# the local process as localhost, so the demo adds that name (the operator
-# re-issues the certificate live).
-kubectl patch scm "$model" -n "$model_ns" --type merge \
-	-p '{"spec":{"tls":{"dnsNames":["localhost"]}}}' >/dev/null
-if ! kubectl wait scm "$model" -n "$model_ns" --for=condition=Ready --timeout=180s >/dev/null; then
-	running_or_die operator
+step "kubectl apply -f examples/ (the model as a CPU model on $NODE_NAME)"
+# examples/ as they are, but the SecureChatModels with no GPU and node-0's
+# scheduling, in one server-side apply (so a re-run applies the same).
+kubectl create --dry-run=client -o json -f examples/ |
+	NODE_SELECTOR=$node_selector TOLERATIONS=$tolerations python3 -c '
+import json, os, sys
+text, objects, decoder, at = sys.stdin.read(), [], json.JSONDecoder(), 0
+while text[at:].strip():  # kubectl prints the objects one after another
+    o, at = decoder.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    if o["kind"] == "SecureChatModel":
+        o["spec"].setdefault("resources", {})["gpu"] = {"count": 0}
+        o["spec"]["scheduling"] = {"nodeSelector": json.loads(os.environ["NODE_SELECTOR"]),
+                                   "tolerations": json.loads(os.environ["TOLERATIONS"])}
+    objects.append(o)
+json.dump({"apiVersion": "v1", "kind": "List", "items": objects}, sys.stdout)' >"$demo/examples.json"
+kubectl apply --server-side -f "$demo/examples.json" >/dev/null
+if ! kubectl wait scm "$model" -n "$model_ns" --for=condition=Ready --timeout=240s >/dev/null; then
 	kubectl get scm "$model" -n "$model_ns" \
 		-o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2
+	kubectl describe pods -n "$model_ns" >&2
 	exit 1
 fi
+# A re-run's earlier pods gone: the Service's only endpoint is the new pod.
+kubectl rollout status "deployment/$model" -n "$model_ns" --timeout=240s >/dev/null
 kubectl wait cak frontend -n "$key_ns" --for=condition=Ready --timeout=60s >/dev/null
+kubectl get pods -n "$model_ns" -o wide
 
-step "projecting the model's Secrets and ConfigMap as the kubelet would"
-pod="$demo/pod"
-# What to project and where, and the server's arguments, are read from the
-# Deployment the operator made (the one the kubelet would run): every
-# ConfigMap and Secret volume its server container mounts, at its
-# mountPath under $pod.
-deployment="deployment/$model"
-server_jsonpath() { # jsonpath below the server container
-	kubectl get "$deployment" -n "$model_ns" \
-		-o jsonpath="{range .spec.template.spec.containers[?(@.name==\"server\")]}$1{end}"
-}
-declare -A mount_path
-while read -r volume path; do
-	mount_path[$volume]=$path
-done < <(server_jsonpath '{range .volumeMounts[*]}{.name} {.mountPath}{"\n"}{end}')
-projected=()
-while IFS='|' read -r volume config_map secret; do
-	path=${mount_path[$volume]:-}
-	[ -n "$path" ] || continue
-	if [ -n "$config_map" ]; then
-		kind=config-map name=$config_map
-	elif [ -n "$secret" ]; then
-		kind=secret name=$secret
-	else
-		continue
-	fi
-	"$bin/securechat-project" --namespace "$model_ns" "--$kind" "$name" --dir "$pod$path" \
-		>"$demo/logs/project-$name.log" 2>&1 &
-	echo $! >"$demo/pids/project-$name"
-	projected+=("$pod$path")
-done < <(kubectl get "$deployment" -n "$model_ns" \
-	-o jsonpath='{range .spec.template.spec.volumes[*]}{.name}|{.configMap.name}|{.secret.secretName}{"\n"}{end}')
-# The projector swaps `..data` in once a volume's first copy is complete.
-for dir in "${projected[@]}"; do
-	for _ in $(seq 1 100); do [ -e "$dir/..data" ] && break; sleep 0.1; done
-	[ -e "$dir/..data" ] || { echo "error: $dir was not projected; see $demo/logs" >&2; exit 1; }
-done
-# The server's --config, as its container is started.
-config=$(server_jsonpath '{range .args[*]}{@}{"\n"}{end}' | sed -n '/^--config$/{n;p;q}')
-# The certificate with localhost in it.
-tls_cert="$pod${mount_path[tls]}/tls.crt"
-for _ in $(seq 1 100); do
-	grep -q localhost <(openssl x509 -in "$tls_cert" -noout -ext subjectAltName 2>/dev/null) && break
-	sleep 0.2
-done
-
-step "securechat-server on https://localhost:$api_port (API) and :$web_port (web)"
-"$bin/securechat-server" serve --config "$pod$config" \
-	--path-root "$pod" --model "$model_file" \
-	--api-addr "127.0.0.1:$api_port" --web-addr "127.0.0.1:$web_port" \
-	>"$demo/logs/server.log" 2>&1 &
-echo $! >"$demo/pids/server"
-
+step "a first request with the minted key, through the Service"
+host="$model.$model_ns.svc"
+cluster_ip=$(kubectl get service "$model" -n "$model_ns" -o jsonpath='{.spec.clusterIP}')
+api_port=$(kubectl get scm "$model" -n "$model_ns" -o jsonpath='{.spec.ports.api}')
+web_port=$(kubectl get scm "$model" -n "$model_ns" -o jsonpath='{.spec.ports.web}')
 kubectl get secret "$key_secret" -n "$key_ns" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$demo/ca.crt"
 key=$(kubectl get secret "$key_secret" -n "$key_ns" -o jsonpath='{.data.api-key}' | base64 -d)
-for _ in $(seq 1 150); do
-	curl -sf --cacert "$demo/ca.crt" "https://localhost:$api_port/healthz" >/dev/null 2>&1 && break
-	kill -0 "$(cat "$demo/pids/server")" 2>/dev/null || { cat "$demo/logs/server.log" >&2; exit 1; }
-	sleep 0.2
+# The key reaches the pod's mounted key table with the kubelet's next
+# Secret sync (every 10 s on node-0): retry until it is accepted.
+request() {
+	curl -sS --fail-with-body --cacert "$demo/ca.crt" --resolve "$host:$api_port:$cluster_ip" \
+		"https://$host:$api_port/v1/chat/completions" \
+		-H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+		-d "{\"model\":\"$model\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hello in five words.\"}],\"max_tokens\":24,\"temperature\":0}"
+}
+for attempt in $(seq 1 30); do
+	if answer=$(request 2>&1); then break; fi
+	[ "$attempt" = 30 ] && { echo "error: the first request failed: $answer" >&2; exit 1; }
+	sleep 2
 done
-
-step "a first request with the minted key"
-if ! answer=$(curl -sS --fail-with-body --cacert "$demo/ca.crt" "https://localhost:$api_port/v1/chat/completions" \
-	-H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-	-d '{"model":"chatglm3-secure","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":24,"temperature":0}'); then
-	echo "error: the first request failed: $answer (see $demo/logs/server.log)" >&2
-	exit 1
-fi
 echo "$answer" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip())'
 echo "first answer after $((SECONDS - t0))s"
 
@@ -183,33 +127,21 @@ echo
 kubectl get scm,cak -A
 cat <<EOF
 
-API:     https://localhost:$api_port/v1   (OpenAI-compatible; seed API at /chat)
-Web UI:  https://localhost:$web_port/
+The model runs as pod $(kubectl get pods -n "$model_ns" -l "app.kubernetes.io/instance=$model" -o jsonpath='{.items[0].metadata.name}') on $NODE_NAME; its Service $host is at $cluster_ip
+(reachable from this host; add "$cluster_ip $host" to /etc/hosts for other clients).
+API:     https://$host:$api_port/v1   (OpenAI-compatible; seed API at /chat)
+Web UI:  https://$host:$web_port/
 CA:      $demo/ca.crt   (from Secret $key_ns/$key_secret, key ca.crt)
 Key:     export KEY=\$(kubectl get secret $key_secret -n $key_ns -o jsonpath='{.data.api-key}' | base64 -d)
          (export KUBECONFIG=$KUBECONFIG first)
 
-curl --cacert $demo/ca.crt https://localhost:$api_port/v1/chat/completions \\
+curl --cacert $demo/ca.crt --resolve $host:$api_port:$cluster_ip https://$host:$api_port/v1/chat/completions \\
   -H "Authorization: Bearer \$KEY" -H 'Content-Type: application/json' \\
   -d '{"model":"$model","messages":[{"role":"user","content":"Hello"}]}'
 
-python3 - <<'PY'
-import os, httpx, openai
-client = openai.OpenAI(base_url="https://localhost:$api_port/v1", api_key=os.environ["KEY"],
-                       http_client=httpx.Client(verify="$demo/ca.crt"))
-print(client.chat.completions.create(model="$model",
-      messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)
-PY
-
-Rotate live (the server reloads the projected files, no restart; see $demo/logs/server.log):
+Rotate live (the kubelet updates the pod's files, the server reloads them, no restart):
   kubectl annotate scm $model -n $model_ns securechat.dev/rotate-signing-keys=\$(date +%s) --overwrite
   kubectl annotate scm $model -n $model_ns securechat.dev/rotate-ca=\$(date +%s) --overwrite   # overlap: spec.tls.caOverlap (24h)
-Logs: $demo/logs/   Stop: Ctrl-C here, or make demo-down
+Logs: kubectl logs -n $model_ns deploy/$model; kubectl logs -n $system_ns deploy/$release-operator
+Stop: make demo-down (the node, the control plane; the host restored)
 EOF
-
-if [ "${DEMO_DETACH:-0}" = 1 ] || [ ! -t 0 ]; then
-	exit 0
-fi
-trap 'echo; scripts/demo-down.sh; exit 0' INT TERM
-echo "(running; Ctrl-C stops everything)"
-wait

@@ -164,3 +164,27 @@ fn the_operator_metrics_the_rules_read_exist() {
         );
     }
 }
+
+/// Every shipped alert has its runbook: a section of the chart's
+/// RUNBOOKS.md headed by its name, which is where the alert relay's
+/// default link (`{alertname}` in lower case, the heading's anchor) lands.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let runbooks =
+        std::fs::read_to_string(cluster::repo_root().join("charts/securechat/RUNBOOKS.md"))
+            .expect("charts/securechat/RUNBOOKS.md");
+    let headings: BTreeSet<&str> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::trim)
+        .collect();
+    let missing: Vec<String> = shipped_alerts()
+        .into_iter()
+        .map(|(alert, _)| alert)
+        .filter(|alert| !headings.contains(alert.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a RUNBOOKS.md section: {missing:?}"
+    );
+}

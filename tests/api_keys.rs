@@ -358,7 +358,7 @@ async fn removing_a_namespace_from_the_list_revokes_its_keys_at_once() {
         &client,
         &app.name,
         "admin",
-        json!({"modelRef": model_ref, "tier": "Admin"}),
+        json!({"modelRef": model_ref, "tier": "Developer"}),
     )
     .await;
     let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &app.name);
@@ -580,4 +580,348 @@ async fn a_chat_api_key_is_minted_rotated_suspended_and_revoked() {
         async move { matches!(keys.get_opt("frontend").await, Ok(None)).then_some(()) }
     })
     .await;
+}
+
+/// Issue 26: `securechat.dev/rotate` rotates a key now (the remedy for a
+/// leaked key that keeps the consumer's identity): same key id, old and new
+/// secrets both accepted during the grace, then only the new one; each
+/// value acts once, recorded in the status, with a Normal Event.
+#[tokio::test]
+async fn the_rotate_annotation_rotates_a_key_now_with_overlap() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "rotate-now").await;
+    let _operator = Operator::start(&client, &[&ns]);
+    model_with_table(&client, &ns.name, &[]).await;
+    // A period far from due: only the annotation rotates here. Propagation
+    // is a quarter of the period (30s), then the 30s grace.
+    create_key(
+        &client,
+        &ns.name,
+        "leaky",
+        json!({"modelRef": {"name": "m"}, "rotation": {"period": "2m", "gracePeriod": "30s"}}),
+    )
+    .await;
+    let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let active = await_condition(
+        keys.clone(),
+        "leaky",
+        "phase Active",
+        Duration::from_secs(60),
+        |k: Option<&ChatApiKey>| phase(k) == Some(KeyPhase::Active),
+    )
+    .await;
+    let id = active.status.as_ref().unwrap().key_id.clone().unwrap();
+    let leaked = field(
+        &consumer(&client, &ns.name, "leaky").await.unwrap(),
+        "api-key",
+    )
+    .unwrap();
+
+    keys.patch(
+        "leaky",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"securechat.dev/rotate": "leak-1"}}})),
+    )
+    .await
+    .expect("annotate");
+    await_condition(
+        keys.clone(),
+        "leaky",
+        "the request handled",
+        Duration::from_secs(30),
+        |k: Option<&ChatApiKey>| {
+            k.and_then(|k| k.status.as_ref()?.handled_rotate_request.clone())
+                .as_deref()
+                == Some("leak-1")
+        },
+    )
+    .await;
+    // The new secret is staged, and the table accepts both.
+    let staged = wait_for("the new secret staged", Duration::from_secs(30), || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { field(&consumer(&client, &ns, "leaky").await?, "next-api-key") }
+    })
+    .await;
+    assert!(staged.starts_with(&format!("sk-sc-{id}-")), "same key id");
+    let both = wait_for("the table to accept both", Duration::from_secs(30), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        let (id, staged) = (id.clone(), staged.clone());
+        async move {
+            let record = table(&client, &ns, "m").await.get(&id).cloned()?;
+            let accepted: Vec<_> = record
+                .accepted_hashes(chrono::Utc::now())
+                .cloned()
+                .collect();
+            accepted
+                .contains(&SecretHash::of_key(&staged))
+                .then_some(record)
+        }
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let accepted: Vec<_> = both.accepted_hashes(now).cloned().collect();
+    assert!(
+        accepted.contains(&SecretHash::of_key(&leaked)),
+        "the old secret works during the grace"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("a RotateRequested Event", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events
+                .list(&ListParams::default().fields("regarding.name=leaky"))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|e| {
+                e.type_.as_deref() == Some("Normal")
+                    && e.reason.as_deref() == Some("RotateRequested")
+            })
+        }
+    })
+    .await;
+
+    // Callers get the new secret; once the grace is over only it works.
+    let grace_end = both.previous_secret_valid_until.expect("a grace");
+    let handed = wait_for(
+        "callers to get the new secret",
+        Duration::from_secs(90),
+        || {
+            let (client, ns, staged) = (client.clone(), ns.name.clone(), staged.clone());
+            async move {
+                let key = field(&consumer(&client, &ns, "leaky").await?, "api-key")?;
+                (key == staged).then_some(key)
+            }
+        },
+    )
+    .await;
+    let left = (grace_end - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    let record = table(&client, &ns.name, "m")
+        .await
+        .get(&id)
+        .cloned()
+        .unwrap();
+    let accepted: Vec<_> = record
+        .accepted_hashes(chrono::Utc::now())
+        .cloned()
+        .collect();
+    assert_eq!(
+        accepted,
+        [SecretHash::of_key(&handed)],
+        "only the new secret"
+    );
+
+    // The same value again does nothing: the key is not rotated twice.
+    let before = keys.get("leaky").await.unwrap();
+    keys.patch(
+        "leaky",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .expect("touch");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = keys.get("leaky").await.unwrap();
+    assert_eq!(
+        after.status.as_ref().unwrap().last_rotated_at,
+        before.status.as_ref().unwrap().last_rotated_at
+    );
+    assert_eq!(
+        field(
+            &consumer(&client, &ns.name, "leaky").await.unwrap(),
+            "api-key"
+        )
+        .unwrap(),
+        handed
+    );
+}
+
+/// Issue 26: `expiresAfter` counts from the first mint, as its doc says,
+/// not from the ChatApiKey's creation: time spent Pending (here: waiting
+/// for its model) is not lost.
+#[tokio::test]
+async fn expires_after_counts_from_the_first_mint_not_from_creation() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "expiry-mint").await;
+    let _operator = Operator::start(&client, &[&ns]);
+    create_key(
+        &client,
+        &ns.name,
+        "early",
+        json!({"modelRef": {"name": "m"}, "expiresAfter": "1h"}),
+    )
+    .await;
+    await_reason(&client, &ns.name, "early", KeyReason::ModelNotFound).await;
+    // Pending a few seconds before the model exists.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    model_with_table(&client, &ns.name, &[]).await;
+    let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let active = await_condition(
+        keys.clone(),
+        "early",
+        "phase Active",
+        Duration::from_secs(60),
+        |k: Option<&ChatApiKey>| phase(k) == Some(KeyPhase::Active),
+    )
+    .await;
+    let status = active.status.clone().unwrap();
+    let seconds = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| t.0.as_second();
+    let created = seconds(active.metadata.creation_timestamp.as_ref().unwrap());
+    let minted = seconds(status.first_minted_at.as_ref().expect("firstMintedAt"));
+    let expires = seconds(status.expires_at.as_ref().expect("expiresAt"));
+    assert!(minted >= created + 5, "minted {minted}, created {created}");
+    assert_eq!(expires, minted + 3600);
+    let id = status.key_id.unwrap();
+    let record = table(&client, &ns.name, "m")
+        .await
+        .get(&id)
+        .cloned()
+        .unwrap();
+    assert_eq!(record.expires_at.map(|e| e.timestamp()), Some(expires));
+}
+
+/// Issue 26: consumer Secrets carry Stakater Reloader's match annotation,
+/// so Deployments reading the key from an environment variable roll when
+/// it rotates; `spec.reloader: false` takes it off the live Secret.
+#[tokio::test]
+async fn consumer_secrets_carry_the_reloader_annotation_unless_opted_out() {
+    let client = client().await;
+    install_crds();
+    let ns = TestNamespace::create(&client, "reloader").await;
+    let _operator = Operator::start(&client, &[&ns]);
+    model_with_table(&client, &ns.name, &[]).await;
+    create_key(
+        &client,
+        &ns.name,
+        "env-consumer",
+        json!({"modelRef": {"name": "m"}}),
+    )
+    .await;
+    let annotation = |secret: &Secret| {
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .cloned()
+    };
+    let marked = wait_for("the consumer Secret", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move { consumer(&client, &ns, "env-consumer").await }
+    })
+    .await;
+    assert_eq!(annotation(&marked).as_deref(), Some("true"));
+
+    Api::<ChatApiKey>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "env-consumer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"reloader": false}})),
+        )
+        .await
+        .expect("opt out");
+    wait_for("the annotation to go", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let secret = consumer(&client, &ns, "env-consumer").await?;
+            (secret
+                .annotations()
+                .get("reloader.stakater.com/match")
+                .is_none()
+                && field(&secret, "api-key").is_some())
+            .then_some(())
+        }
+    })
+    .await;
+}
+
+/// Issue 25 (who may mint what): an allowed namespace mints up to
+/// Developer unless the model's owner names a higher tier for it in
+/// `auth.apiKeys.maxTiers`. A key asking for more gets TierNotAllowed (and a
+/// Warning Event) and nothing is minted; the owner raising the limit mints
+/// it; lowering the limit again revokes it.
+#[tokio::test]
+async fn a_namespace_asking_above_its_max_tier_gets_tier_not_allowed() {
+    let client = client().await;
+    install_crds();
+    let models_ns = TestNamespace::create(&client, "maxtier-model").await;
+    let app = TestNamespace::create(&client, "maxtier-app").await;
+    let _operator = Operator::start(&client, &[&models_ns, &app]);
+    model_with_table(&client, &models_ns.name, &[&app.name]).await;
+    let model_ref = json!({"name": "m", "namespace": models_ns.name});
+    create_key(
+        &client,
+        &app.name,
+        "wants-admin",
+        json!({"modelRef": model_ref, "tier": "Admin"}),
+    )
+    .await;
+    create_key(
+        &client,
+        &app.name,
+        "developer",
+        json!({"modelRef": model_ref, "tier": "Developer"}),
+    )
+    .await;
+    let message = await_reason(&client, &app.name, "wants-admin", KeyReason::TierNotAllowed).await;
+    assert!(
+        message.starts_with("spec.tier Admin is above Developer"),
+        "{message}"
+    );
+    assert!(consumer(&client, &app.name, "wants-admin").await.is_none());
+    await_reason(&client, &app.name, "developer", KeyReason::Active).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &app.name);
+    wait_for("the TierNotAllowed Event", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("TierNotAllowed"))
+                .then_some(())
+        }
+    })
+    .await;
+
+    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &models_ns.name);
+    let set_max = |tier: &'static str| {
+        let models = models.clone();
+        let app = app.name.clone();
+        async move {
+            models
+                .patch(
+                    "m",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"spec": {"auth": {"apiKeys": {"maxTiers": {app: tier}}}}}),
+                    ),
+                )
+                .await
+                .expect("maxTiers");
+        }
+    };
+    set_max("Admin").await;
+    await_reason(&client, &app.name, "wants-admin", KeyReason::Active).await;
+    let keys: Api<ChatApiKey> = Api::namespaced(client.clone(), &app.name);
+    let id = keys
+        .get("wants-admin")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+    assert!(
+        table(&client, &models_ns.name, "m")
+            .await
+            .get(&id)
+            .is_some()
+    );
+
+    set_max("Developer").await;
+    record_gone(&client, &models_ns.name, &id, Duration::from_secs(30)).await;
+    await_reason(&client, &app.name, "wants-admin", KeyReason::TierNotAllowed).await;
 }

@@ -656,3 +656,260 @@ async fn helm_install_upgrade_uninstall_in_the_local_control_plane() {
     cluster::kubectl_ok(&["get", "crd/securechatmodels.securechat.dev"]);
     cluster::kubectl_ok(&["get", "securechatmodel/empty", "-n", n]);
 }
+
+// ---------------------------------------------------------------------------
+// Alert delivery: the relay (alertRelay) and the AlertmanagerConfig
+// (alertmanagerConfig), with tests/golden/alert-relay.values.yaml. The
+// relay itself is tested end to end in operator/tests/alert_relay.rs.
+
+fn alert_relay_deployment(objs: &[Value]) -> &Value {
+    of_kind(objs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "securechat-alert-relay")
+        .expect("the alert relay's Deployment")
+}
+
+#[test]
+fn alert_relay_is_off_by_default_and_hardened_without_api_access() {
+    let objs = objects(&template(&[]));
+    assert_eq!(of_kind(&objs, "Deployment").len(), 1, "only the operator");
+    assert!(of_kind(&objs, "AlertmanagerConfig").is_empty());
+
+    let chart = chart_dir();
+    let values = values_file("alert-relay");
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart.to_str().expect("utf-8 path"),
+        "--values",
+        values.to_str().expect("utf-8 path"),
+    ]);
+    let objs = objects(&render_case("alert-relay"));
+    let deployment = alert_relay_deployment(&objs);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], Value::Bool(false));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], Value::Bool(true));
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some("/healthz"));
+    }
+    // The relay's pods are not the operator's: neither selector picks the
+    // other's pods.
+    let operator = of_kind(&objs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "securechat-operator")
+        .expect("operator");
+    let component = |d: &Value| {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_ne!(component(operator), component(deployment));
+    let service = of_kind(&objs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "securechat-alert-relay")
+        .expect("the relay's Service");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    // Only the Alertmanager of alertRelay.allowedFrom may post: anyone
+    // else could message the on-call groups.
+    let policies = of_kind(&objs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy, the relay's");
+    let spec = &policies[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(strings(&spec["policyTypes"]), ["Ingress"]);
+    let rule = &spec["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("alertmanager")
+    );
+    assert_eq!(rule["ports"][0]["port"].as_str(), Some("http"));
+    assert_eq!(spec["ingress"].as_sequence().map(Vec::len), Some(1));
+}
+
+#[test]
+fn alert_relay_args_are_the_binarys_and_each_robot_is_its_mounted_secret() {
+    let objs = objects(&render_case("alert-relay"));
+    let pod = &alert_relay_deployment(&objs)["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<String> = strings(&c["args"]).into_iter().map(String::from).collect();
+    let command_line = std::iter::once("securechat-operator".to_string()).chain(args.clone());
+    let cli = securechat_operator::cli::Cli::parse_from_args(command_line)
+        .unwrap_or_else(|e| panic!("the relay rejects the chart's args {args:?}:\n{e}"));
+    let securechat_operator::cli::Command::AlertRelay(relay) = cli.command else {
+        panic!("the chart does not start alert-relay: {args:?}");
+    };
+    assert_eq!(relay.listen_address.port(), 8080);
+    assert_eq!(
+        relay.runbook_url_template.as_deref(),
+        Some("https://wiki.example/securechat#{alertname}")
+    );
+    // Each robot's directory is its Secret's mount, read-only; no URL or
+    // key is an argument.
+    let mounts = c["volumeMounts"].as_sequence().expect("mounts");
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let names: Vec<&str> = relay.robots.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["oncall-wecom", "oncall-dingtalk", "team-wecom"]);
+    for robot in &relay.robots {
+        let mount = mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str() == robot.dir.to_str())
+            .unwrap_or_else(|| panic!("nothing mounted at {}", robot.dir.display()));
+        assert_eq!(mount["readOnly"], Value::Bool(true));
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume of the mount");
+        assert_eq!(
+            volume["secret"]["secretName"].as_str(),
+            Some(format!("robot-{}", robot.name).as_str())
+        );
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.contains("qyapi") || a.contains("dingtalk.com")),
+        "{args:?}"
+    );
+}
+
+/// (severity, robots) of the plain example's receivers, by the URL paths.
+fn example_routing() -> Vec<(String, Vec<String>)> {
+    let file = chart_dir().join("files/alertmanager.yml");
+    let config: Value = serde_yaml::from_str(&std::fs::read_to_string(file).expect("read"))
+        .expect("the example parses");
+    let receivers = config["receivers"].as_sequence().expect("receivers");
+    let mut routing = Vec::new();
+    for route in config["route"]["routes"].as_sequence().expect("routes") {
+        let severity = strings(&route["matchers"])
+            .into_iter()
+            .find_map(|m| m.strip_prefix("severity=\"")?.strip_suffix('"'))
+            .expect("a severity matcher")
+            .to_string();
+        let receiver = receivers
+            .iter()
+            .find(|r| r["name"] == route["receiver"])
+            .expect("the route's receiver");
+        let robots = receiver["webhook_configs"]
+            .as_sequence()
+            .expect("webhooks")
+            .iter()
+            .map(|w| {
+                let url = w["url"].as_str().expect("url");
+                url.rsplit('/').next().expect("robot").to_string()
+            })
+            .collect();
+        routing.push((severity, robots));
+    }
+    routing
+}
+
+#[test]
+fn alertmanager_config_routes_like_the_plain_example_to_the_relay_service() {
+    let objs = objects(&render_case("alert-relay"));
+    let configs = of_kind(&objs, "AlertmanagerConfig");
+    assert_eq!(configs.len(), 1);
+    let config = configs[0];
+    assert_eq!(config["apiVersion"], "monitoring.coreos.com/v1alpha1");
+    assert_eq!(
+        config["metadata"]["labels"]["alertmanagerConfig"].as_str(),
+        Some("securechat")
+    );
+    let spec = &config["spec"];
+    let mut routing = Vec::new();
+    for route in spec["route"]["routes"].as_sequence().expect("routes") {
+        let severity = route["matchers"]
+            .as_sequence()
+            .expect("matchers")
+            .iter()
+            .find(|m| m["name"] == "severity")
+            .and_then(|m| m["value"].as_str())
+            .expect("severity")
+            .to_string();
+        let receiver = spec["receivers"]
+            .as_sequence()
+            .expect("receivers")
+            .iter()
+            .find(|r| r["name"] == route["receiver"])
+            .expect("receiver");
+        let robots = receiver["webhookConfigs"]
+            .as_sequence()
+            .expect("webhookConfigs")
+            .iter()
+            .map(|w| {
+                let url = w["url"].as_str().expect("url");
+                let robot = url
+                    .strip_prefix(
+                        "http://securechat-alert-relay.securechat-system.svc:8080/robots/",
+                    )
+                    .unwrap_or_else(|| panic!("{url} is not the relay Service"));
+                assert_eq!(w["sendResolved"], Value::Bool(true));
+                robot.to_string()
+            })
+            .collect();
+        routing.push((severity, robots));
+    }
+    assert_eq!(routing, example_routing());
+    assert_eq!(
+        strings(&spec["route"]["groupBy"]),
+        ["alertname", "namespace", "model"]
+    );
+    assert_eq!(
+        strings(&spec["inhibitRules"][0]["equal"]),
+        ["alertname", "namespace", "model"]
+    );
+}
+
+#[test]
+fn alert_delivery_values_refuse_what_cannot_work_with_clear_messages() {
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("utf-8 path");
+    let values = values_file("alert-relay");
+    let values = values.to_str().expect("utf-8 path");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--set", "alertmanagerConfig.enabled=true"],
+            "alertmanagerConfig.enabled sends to the alert relay: set alertRelay.enabled too",
+        ),
+        (
+            &["--set", "alertRelay.enabled=true"],
+            "alertRelay.enabled needs at least one robot in alertRelay.robots",
+        ),
+        (
+            &[
+                "-f",
+                values,
+                "--set",
+                "alertmanagerConfig.warningRobots={nobody}",
+            ],
+            "alertmanagerConfig names robot \"nobody\", which is not in alertRelay.robots",
+        ),
+        (
+            &["-f", values, "--set", "alertRelay.robots[0].type=slack"],
+            "at '/alertRelay/robots/0/type': value must be one of 'wecom', 'dingtalk'",
+        ),
+        (
+            &["-f", values, "--set", "alertRelay.robots[0].name=on call"],
+            "at '/alertRelay/robots/0/name': 'on call' does not match pattern",
+        ),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["template", RELEASE, chart];
+        args.extend_from_slice(extra);
+        let (ok, _, stderr) = helm(&args);
+        assert!(!ok, "{extra:?} was accepted");
+        assert!(
+            stderr.contains(message),
+            "{extra:?}: expected {message:?} in:\n{stderr}"
+        );
+    }
+}

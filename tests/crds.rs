@@ -64,6 +64,25 @@ async fn crds_are_established_and_documented() {
     // The caps on certificate lifetimes are documented where users look.
     explain_eventually("scm.spec.tls.validity", "at most 8760h (1 year)");
     explain_eventually("scm.spec.tls.caValidity", "at most 87600h (10 years)");
+    // Issue 26's fields.
+    explain_eventually("cak.spec.reloader", "reloader.stakater.com/search");
+    explain_eventually("cak.status.firstMintedAt", "expiresAfter counts from here");
+    explain_eventually("cak.status.handledRotateRequest", "securechat.dev/rotate");
+    explain_eventually("scm.spec.auth.tokenTTL", "at most signingKeys.gracePeriod");
+    // Issue 23's fields.
+    explain_eventually(
+        "scm.spec.autoscaling.target",
+        "The signal's target average per pod",
+    );
+    explain_eventually("scm.spec.expose.routes.mode", "BackendTLSPolicy");
+    explain_eventually(
+        "scm.spec.web.sso.wecom.login",
+        "QrCode (a browser) or InApp (inside the WeChat Work app)",
+    );
+    explain_eventually(
+        "scm.spec.network.monitoring",
+        "Who may scrape the pods' `/metrics`",
+    );
     let names = kubectl_ok(&["api-resources", "--api-group=securechat.dev", "-o", "wide"]);
     assert!(names.contains("scm") && names.contains("cak"), "{names}");
     let (ok, out, _) = kubectl(&["get", "securechat", "-A"]);
@@ -105,7 +124,9 @@ async fn empty_spec_is_accepted_and_read_back_with_defaults() {
     let typed: Api<SecureChatModel> = Api::namespaced(client, &ns.name);
     let scm = typed.get("empty").await.expect("read back");
     let spec = &scm.spec;
-    assert_eq!(spec.replicas, 1);
+    // No schema default: an unset count is what lets autoscaling own it.
+    assert_eq!(spec.replicas, None);
+    assert_eq!(spec.fixed_replicas(), Some(1));
     assert!(
         spec.model.source.embedded.is_some(),
         "default source is the embedded model"
@@ -132,12 +153,23 @@ async fn empty_spec_is_accepted_and_read_back_with_defaults() {
     );
     assert!(spec.cors.allowed_origins.is_empty());
     assert_eq!(spec.roles.read_only.permissions.len(), 1);
+    assert!(
+        spec.network.monitoring.enabled,
+        "Prometheus may scrape /metrics by default"
+    );
 
     // The raw stored object shows the defaults too (what `kubectl get -o yaml` prints).
     let raw = api.get("empty").await.expect("raw read back");
     assert_eq!(
         raw.data["spec"]["signingKeys"]["rotationPeriod"],
         json!("24h")
+    );
+    // The scraper's default, as the API server stores it.
+    assert_eq!(
+        raw.data["spec"]["network"]["monitoring"],
+        json!({"enabled": true,
+            "fromNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "fromPods": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}})
     );
     // No family is declared by default: the server detects it from the files.
     assert_eq!(raw.data["spec"]["model"].get("family"), None);
@@ -181,6 +213,11 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             "rule without source",
             json!({"network": {"ingress": [{"port": 8000}]}}),
             "each rule needs a source",
+        ),
+        (
+            "monitoring open to every pod",
+            json!({"network": {"monitoring": {"fromNamespaces": {}, "fromPods": {"matchLabels": {}}}}}),
+            "fromNamespaces and fromPods cannot both be empty",
         ),
         (
             "egress bad CIDR",
@@ -360,6 +397,23 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
             json!({"auth": {"tokenTTL": "100000000h"}}),
             "auth.tokenTTL: must be at least 1m and at most 24h",
         ),
+        // Issue 26: the previous signing key verifies only for the grace,
+        // so a token may not outlive it.
+        (
+            "a token lifetime beyond the signing keys' grace",
+            json!({"auth": {"tokenTTL": "2h"}, "signingKeys": {"gracePeriod": "1h"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
+        (
+            "a token lifetime beyond the default grace (1h)",
+            json!({"auth": {"tokenTTL": "90m"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
+        (
+            "a grace shorter than the default token lifetime (30m)",
+            json!({"signingKeys": {"gracePeriod": "10m"}}),
+            "auth.tokenTTL: must not exceed signingKeys.gracePeriod",
+        ),
         (
             "leeway beyond range",
             json!({"auth": {"leeway": "100000000h"}}),
@@ -464,6 +518,74 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
                 "timeout": "soon"}}),
             "spec.sharedState.timeout",
         ),
+        // spec.web.sso: the fields each kind needs, https endpoints,
+        // unique names.
+        (
+            "a WeCom provider without its wecom section",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "clientSecretName": "wecom-app"}]}}),
+            "kind WeCom needs the wecom section",
+        ),
+        (
+            "a WeCom provider without the corpsecret",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "wecom": {"agentId": "1000002"}}]}}),
+            "kind WeCom needs clientSecretName",
+        ),
+        (
+            "an OAuth2 provider without its endpoints",
+            json!({"web": {"sso": [{"name": "corp", "kind": "OAuth2", "clientId": "c"}]}}),
+            "kind OAuth2 needs the oauth2 section",
+        ),
+        (
+            "an OAuth2 token endpoint over http",
+            json!({"web": {"sso": [{"name": "corp", "kind": "OAuth2", "clientId": "c",
+                "oauth2": {"authorizeURL": "https://idp.example/authorize",
+                    "tokenURL": "http://idp.example/token",
+                    "userInfoURL": "https://idp.example/me"}}]}}),
+            "web.sso.oauth2.tokenURL: must be an https URL",
+        ),
+        (
+            "two providers with one name",
+            json!({"web": {"sso": [
+                {"name": "corp", "kind": "WeCom", "clientId": "a", "clientSecretName": "s",
+                 "wecom": {"agentId": "1"}},
+                {"name": "corp", "kind": "WeCom", "clientId": "b", "clientSecretName": "s",
+                 "wecom": {"agentId": "2"}}]}}),
+            "each provider needs its own name",
+        ),
+        (
+            "a redirect URL that is not the OAuth2 callback",
+            json!({"web": {"sso": [{"name": "wecom", "kind": "WeCom", "clientId": "ww1",
+                "clientSecretName": "s", "redirectURL": "https://chat.example/web/sso/callback",
+                "wecom": {"agentId": "1000002"}}]}}),
+            "must be an https URL ending in /web/oauth2/callback",
+        ),
+        (
+            "mtls allow entry that is not a SPIFFE ID",
+            json!({"auth": {"mtls": {"allow": [{"spiffeID": "https://apps/web", "tier": "Developer"}]}}}),
+            "spec.auth.mtls.allow[0].spiffeID",
+        ),
+        (
+            "mtls allow entry with a wildcard inside",
+            json!({"auth": {"mtls": {"allow": [{"spiffeID": "spiffe://cluster.local/ns/*/sa/web", "tier": "Developer"}]}}}),
+            "spec.auth.mtls.allow[0].spiffeID",
+        ),
+        (
+            "mtls with an existing TLS Secret and no trust bundle",
+            json!({"tls": {"mode": "ExistingSecret", "secretName": "tls"}, "auth": {"mtls": {"mode": "Required"}}}),
+            "spec.auth.mtls.trustBundle: required with tls.mode ExistingSecret",
+        ),
+        (
+            "maxTiers key that is not a namespace",
+            json!({"auth": {"apiKeys": {"maxTiers": {"Team_A": "Admin"}}}}),
+            "auth.apiKeys.maxTiers: keys must be namespace names or *",
+        ),
+        (
+            "maxTiers value that is not a tier",
+            json!({"auth": {"apiKeys": {"maxTiers": {"apps": "Root"}}}}),
+            "spec.auth.apiKeys.maxTiers.apps",
+        ),
     ];
     assert!(cases.len() >= 10);
     let mut failures = Vec::new();
@@ -499,6 +621,18 @@ async fn invalid_model_specs_are_rejected_naming_the_field() {
         cases.len(),
         failures.join("\n")
     );
+
+    // A token lifetime equal to the grace is what the rule allows.
+    api.create(
+        &PostParams::default(),
+        &object(
+            "SecureChatModel",
+            "ttl-equals-grace",
+            json!({"auth": {"tokenTTL": "45m"}, "signingKeys": {"gracePeriod": "45m"}}),
+        ),
+    )
+    .await
+    .expect("tokenTTL equal to signingKeys.gracePeriod is accepted");
 
     let long_name = "a".repeat(41);
     let refusal = rejection(&api, &object("SecureChatModel", &long_name, json!({}))).await;

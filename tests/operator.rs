@@ -122,7 +122,11 @@ async fn a_model_becomes_a_running_gpu_deployment_with_network_policy_and_status
         .await
         .expect("policy");
     let ingress = policy.spec.expect("spec").ingress.expect("ingress");
-    assert_eq!(ingress.len(), 2, "one rule per served security-group rule");
+    assert_eq!(
+        ingress.len(),
+        3,
+        "one rule per served security-group rule, and the scraper's"
+    );
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
         .get("chat")
         .await

@@ -846,7 +846,10 @@ async fn signing_keys_rotate_through_next_active_previous_on_request() {
     let model: SecureChatModel = serde_json::from_value(json!({
         "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
         "metadata": {"name": "k", "namespace": ns.name},
-        "spec": {"replicas": 0, "signingKeys": {"rotationPeriod": "5m", "gracePeriod": "40s"}}
+        // The shortest grace admission allows: it must cover tokenTTL,
+        // whose least is 1m.
+        "spec": {"replicas": 0, "auth": {"tokenTTL": "1m"},
+                 "signingKeys": {"rotationPeriod": "5m", "gracePeriod": "1m"}}
     }))
     .unwrap();
     models
@@ -934,7 +937,7 @@ async fn signing_keys_rotate_through_next_active_previous_on_request() {
         models.clone(),
         "k",
         "the previous key removed",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         |m: Option<&SecureChatModel>| {
             let s = keys_status(m);
             s.previous_kid.is_none() && s.active_kid.as_deref() == Some(second.as_str())

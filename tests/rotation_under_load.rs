@@ -62,6 +62,8 @@ async fn fifty_requests_a_second_through_every_rotation_without_a_failed_request
                     "replicas": 0,
                     "tls": {"dnsNames": ["localhost"], "caOverlap": "5s"},
                     "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
+                    // The grace must cover the tokens' lifetime (admission checks).
+                    "auth": {"tokenTTL": "5m"},
                     "rateLimit": {"requestsPerMinute": 1000000}
                 }
             }))

@@ -22,7 +22,8 @@ fn committed_crds_match_the_types() {
 fn an_empty_spec_deserialises_to_the_defaults() {
     let spec: SecureChatModelSpec = serde_json::from_str("{}").expect("empty spec is valid");
     assert_eq!(spec, SecureChatModelSpec::default());
-    assert_eq!(spec.replicas, 1);
+    assert_eq!(spec.replicas, None);
+    assert_eq!(spec.fixed_replicas(), Some(1));
     assert!(spec.model.source.embedded.is_some());
 }
 

@@ -52,6 +52,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         expires_at: Some(now + Duration::days(1)),
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     };
     let live = api_key::mint("live").expect("randomness");
     let rotated_out = api_key::mint("live").expect("randomness");

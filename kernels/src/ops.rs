@@ -43,6 +43,26 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     (crate::kernels().rope)(x, cos, sin)
 }
 
+/// [`rope`] for heads whose pairs are their two halves, `(x[i],
+/// x[i + head_dim/2])` (GPT-NeoX's layout): each pair is turned by the very
+/// arithmetic [`rope`] uses, so both variants round alike.
+pub fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    let mut pairs = vec![0f32; 2 * half];
+    for head in x.chunks_exact_mut(2 * half) {
+        let (low, high) = head.split_at_mut(half);
+        for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(&*low).zip(&*high) {
+            pair[0] = a;
+            pair[1] = b;
+        }
+        rope(&mut pairs, cos, sin);
+        for ((pair, a), b) in pairs.chunks_exact(2).zip(low).zip(high) {
+            *a = pair[0];
+            *b = pair[1];
+        }
+    }
+}
+
 /// `out = silu(gate) · up` per row, where each row of `gate_up` holds the
 /// gate's `width` values followed by as many of up's. `e^x` as
 /// [`crate::exp`] computes it, in llama.cpp's groups of 16.
@@ -114,6 +134,27 @@ mod tests {
             assert!((head[0] - cos[0]).abs() < 1e-6 && (head[1] - sin[0]).abs() < 1e-6);
             assert!((head[2] + 2.0 * sin[1]).abs() < 1e-6 && (head[3] - 2.0 * cos[1]).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn rope_halves_turns_the_pairs_of_halves_as_rope_turns_neighbours() {
+        let (mut cos, mut sin) = ([0.0; 4], [0.0; 4]);
+        rope_angles(7, 10_000.0, &mut cos, &mut sin);
+        // Two heads of 8; the halves layout is the interleaved one with
+        // each head's dimensions reordered (0 4 1 5 2 6 3 7).
+        let halves: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let order = [0, 4, 1, 5, 2, 6, 3, 7];
+        let interleave = |x: &[f32]| -> Vec<f32> {
+            x.chunks(8)
+                .flat_map(|head| order.iter().map(|&i| head[i]))
+                .collect()
+        };
+        let mut turned = halves.clone();
+        rope_halves(&mut turned, &cos, &sin);
+        let mut want = interleave(&halves);
+        rope(&mut want, &cos, &sin);
+        assert_eq!(interleave(&turned), want);
+        assert_ne!(turned, halves, "position 7 turns something");
     }
 
     #[test]

@@ -65,14 +65,16 @@ pub fn namespace_allowed(model: &SecureChatModel, namespace: &str) -> bool {
             .any(|allowed| allowed.0 == "*" || allowed.0 == namespace)
 }
 
-/// When the key expires: `expiresAt`, or creation + `expiresAfter`.
-pub fn expires_at(key: &ChatApiKey) -> Option<DateTime<Utc>> {
+/// When the key expires: `expiresAt`, or `expiresAfter` from when the key
+/// was first minted (`minted_at`), as its doc says: time spent Pending
+/// (waiting for the model, for permission) does not count. Not minted yet:
+/// no expiry runs.
+pub fn expires_at(key: &ChatApiKey, minted_at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     if let Some(at) = &key.spec.expires_at {
         return DateTime::from_timestamp(at.0.as_second(), 0);
     }
     let after = key.spec.expires_after.as_ref()?;
-    let created = key.metadata.creation_timestamp.as_ref()?;
-    DateTime::from_timestamp(created.0.as_second(), 0).map(|c| c + after.as_chrono())
+    Some(minted_at? + after.as_chrono())
 }
 
 /// How long a staged key waits before callers are handed it: long enough
@@ -126,6 +128,10 @@ pub struct KeyView<'a> {
     pub consumer: &'a Consumer,
     pub record: Option<&'a ApiKeyRecord>,
     pub now: DateTime<Utc>,
+    /// When the key was first minted (None: not yet).
+    pub minted_at: Option<DateTime<Utc>>,
+    /// The securechat.dev/rotate annotation has a value not acted on yet.
+    pub rotate_requested: bool,
 }
 
 /// The next step for a key that is allowed and not being deleted.
@@ -140,8 +146,10 @@ pub fn next_key_step(
         consumer,
         record,
         now,
+        minted_at,
+        rotate_requested,
     } = *view;
-    let expiry = expires_at(key);
+    let expiry = expires_at(key, minted_at);
     if expiry.is_some_and(|e| e <= now) {
         return Ok(match record {
             Some(_) => KeyStep::RemoveRecord,
@@ -155,6 +163,9 @@ pub fn next_key_step(
     };
     let current_hash = SecretHash::of_key(current);
     let rotation = key.spec.rotation.clone();
+    // A rotation asked for by annotation overlaps as a periodic one would:
+    // the key's own grace, or the default one without spec.rotation.
+    let overlap = rotation.clone().unwrap_or_default();
     let desired_state = if key.spec.suspended {
         ApiKeyState::Suspended
     } else {
@@ -177,6 +188,7 @@ pub fn next_key_step(
         expires_at: expiry,
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     });
     desired.name = name;
     desired.tier = key.spec.tier;
@@ -187,11 +199,9 @@ pub fn next_key_step(
             let next_hash = SecretHash::of_key(next);
             if desired.secret_hash != next_hash {
                 // Phase 2: the table accepts both.
-                let grace = rotation.as_ref().map(|r| r.grace_period.as_chrono());
-                let propagation = rotation.as_ref().map(propagation).unwrap_or_default();
                 desired.previous_secret_hash = Some(current_hash);
                 desired.previous_secret_valid_until =
-                    Some(now + propagation + grace.unwrap_or_default());
+                    Some(now + propagation(&overlap) + overlap.grace_period.as_chrono());
                 desired.secret_hash = next_hash;
                 desired.rotated_at = Some(now);
             }
@@ -215,7 +225,7 @@ pub fn next_key_step(
     if consumer.next.is_some() {
         // Phase 3, once every replica had time to load the table.
         let rotated = record.rotated_at.unwrap_or(record.created_at);
-        let hand_over_at = rotated + rotation.as_ref().map(propagation).unwrap_or_default();
+        let hand_over_at = rotated + propagation(&overlap);
         return Ok(if now >= hand_over_at {
             KeyStep::HandOver
         } else {
@@ -233,18 +243,18 @@ pub fn next_key_step(
         .flatten()
         .min()
     };
-    match &rotation {
+    let due = match &rotation {
         Some(r) if !key.spec.suspended => {
-            let due = record.rotated_at.unwrap_or(record.created_at) + r.period.as_chrono();
-            if now >= due {
-                Ok(KeyStep::StageNext {
-                    plaintext: fresh()?,
-                })
-            } else {
-                Ok(KeyStep::Wait(wake(Some(due))))
-            }
+            Some(record.rotated_at.unwrap_or(record.created_at) + r.period.as_chrono())
         }
-        _ => Ok(KeyStep::Wait(wake(None))),
+        _ => None,
+    };
+    if rotate_requested || due.is_some_and(|due| now >= due) {
+        Ok(KeyStep::StageNext {
+            plaintext: fresh()?,
+        })
+    } else {
+        Ok(KeyStep::Wait(wake(due)))
     }
 }
 
@@ -267,8 +277,9 @@ mod tests {
         let mut k = ChatApiKey::new("frontend", spec);
         k.metadata.namespace = Some("apps".into());
         k.metadata.uid = Some("uid-1".into());
+        // Created ten minutes before the first mint (t(0)).
         k.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 - 600).unwrap(),
         ));
         k
     }
@@ -299,6 +310,8 @@ mod tests {
                 consumer: &consumer,
                 record: record.as_ref(),
                 now,
+                minted_at: Some(t(0)),
+                rotate_requested: false,
             };
             let step = next_key_step(&view, || {
                 n += 1;
@@ -349,6 +362,8 @@ mod tests {
                     consumer: &consumer,
                     record,
                     now: t(5),
+                    minted_at: Some(t(0)),
+                    rotate_requested: false,
                 },
                 || unreachable!(),
             )
@@ -370,7 +385,9 @@ mod tests {
     #[test]
     fn an_expired_key_leaves_the_table() {
         let k = key(json!({"modelRef": {"name": "m"}, "expiresAfter": "1h"}));
-        assert_eq!(expires_at(&k), Some(t(3600)));
+        // From the first mint, not from the resource's creation (t(-600)).
+        assert_eq!(expires_at(&k, Some(t(0))), Some(t(3600)));
+        assert_eq!(expires_at(&k, None), None, "not minted: no expiry runs");
         let id = key_id("uid-1");
         let consumer = Consumer {
             current: Some(format_key(&id, &"a".repeat(43))),
@@ -388,6 +405,7 @@ mod tests {
             expires_at: Some(t(3600)),
             rotated_at: None,
             last_used_at: None,
+            spiffe_id: None,
         };
         let view = |now| KeyView {
             key: &k,
@@ -395,6 +413,8 @@ mod tests {
             consumer: &consumer,
             record: Some(&record),
             now,
+            minted_at: Some(t(0)),
+            rotate_requested: false,
         };
         assert_eq!(
             next_key_step(&view(t(10)), || unreachable!()).unwrap(),
@@ -404,6 +424,83 @@ mod tests {
             next_key_step(&view(t(3600)), || unreachable!()).unwrap(),
             KeyStep::RemoveRecord
         );
+    }
+
+    fn view_of<'a>(
+        key: &'a ChatApiKey,
+        id: &'a str,
+        consumer: &'a Consumer,
+        record: Option<&'a ApiKeyRecord>,
+        now: DateTime<Utc>,
+        rotate_requested: bool,
+    ) -> KeyView<'a> {
+        KeyView {
+            key,
+            id,
+            consumer,
+            record,
+            now,
+            minted_at: Some(t(0)),
+            rotate_requested,
+        }
+    }
+
+    /// securechat.dev/rotate: a key without spec.rotation rotates at once,
+    /// overlapping by the default grace, and keeps its id.
+    #[test]
+    fn a_requested_rotation_stages_a_new_secret_now_with_the_default_grace() {
+        let k = key(json!({"modelRef": {"name": "m"}}));
+        let id = key_id("uid-1");
+        let old = format_key(&id, &"a".repeat(43));
+        let new = format_key(&id, &"b".repeat(43));
+        let mut consumer = Consumer {
+            current: Some(old.clone()),
+            next: None,
+        };
+        let KeyStep::WriteRecord(record) = next_key_step(
+            &view_of(&k, &id, &consumer, None, t(5), false),
+            || unreachable!(),
+        )
+        .unwrap() else {
+            panic!("the record first")
+        };
+        // Without a request nothing happens, ever.
+        assert_eq!(
+            next_key_step(
+                &view_of(&k, &id, &consumer, Some(&record), t(5), false),
+                || unreachable!()
+            )
+            .unwrap(),
+            KeyStep::Wait(None)
+        );
+        let step = next_key_step(
+            &view_of(&k, &id, &consumer, Some(&record), t(10), true),
+            || Ok(new.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            step,
+            KeyStep::StageNext {
+                plaintext: new.clone()
+            }
+        );
+        consumer.next = Some(new.clone());
+        let KeyStep::WriteRecord(both) = next_key_step(
+            &view_of(&k, &id, &consumer, Some(&record), t(11), false),
+            || unreachable!(),
+        )
+        .unwrap() else {
+            panic!("the table accepts both")
+        };
+        let defaults = KeyRotation::default();
+        assert_eq!(
+            both.previous_secret_valid_until,
+            Some(t(11) + propagation(&defaults) + defaults.grace_period.as_chrono())
+        );
+        assert_eq!(both.id, id);
+        let accepted: Vec<_> = both.accepted_hashes(t(12)).cloned().collect();
+        assert!(accepted.contains(&SecretHash::of_key(&old)));
+        assert!(accepted.contains(&SecretHash::of_key(&new)));
     }
 
     #[test]

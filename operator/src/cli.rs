@@ -22,6 +22,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
+    /// Relay Alertmanager's webhook notifications to WeChat Work and
+    /// DingTalk group robots (POST /robots/NAME; GET /healthz).
+    AlertRelay(AlertRelayArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,6 +100,45 @@ pub struct RunArgs {
     pub log_level: String,
 }
 
+/// Every setting of `alert-relay`. Robots are named by the directories of
+/// their mounted Secrets; their URLs, keys and secrets are never arguments.
+#[derive(clap::Args, Debug)]
+pub struct AlertRelayArgs {
+    /// Where Alertmanager posts (plain HTTP, in-cluster).
+    #[arg(
+        long,
+        env = "SECURECHAT_ALERT_RELAY_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen_address: SocketAddr,
+    /// A robot, NAME=KIND:DIR (repeat, or comma-separated): KIND wecom or
+    /// dingtalk; DIR holds the file `url` (the webhook URL with its key or
+    /// access token) and, for a signed DingTalk robot, `secret`.
+    /// Alertmanager posts to /robots/NAME.
+    #[arg(
+        long = "robot",
+        env = "SECURECHAT_ALERT_RELAY_ROBOTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub robots: Vec<crate::alert_relay::robot::RobotSpec>,
+    /// The runbook link of alerts without a `runbook_url` annotation;
+    /// `{alertname}` becomes the alert's name in lower case.
+    #[arg(long, env = "SECURECHAT_ALERT_RELAY_RUNBOOK_URL")]
+    pub runbook_url_template: Option<String>,
+    /// Tries per message to a robot before the relay answers Alertmanager
+    /// with 502 (Alertmanager then retries the notification).
+    #[arg(long, env = "SECURECHAT_ALERT_RELAY_ATTEMPTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub attempts: u32,
+    /// Log format.
+    #[arg(long, env = "SECURECHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "SECURECHAT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
 impl Cli {
     /// Parses a command line (the program name first), as the binary does.
     pub fn parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
@@ -124,7 +166,7 @@ mod tests {
             let args = ["securechat-operator", "run"].iter().chain(extra);
             Cli::parse_from_args(args).map(|cli| match cli.command {
                 Command::Run(args) => args.max_concurrent_reconciles,
-                Command::Crds => unreachable!(),
+                _ => unreachable!("parsed `run`"),
             })
         };
         assert_eq!(
@@ -154,5 +196,34 @@ mod tests {
         };
         assert_eq!(args.lease_name, "op-lease");
         assert_eq!(args.lease_namespace.as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn the_alert_relay_takes_robots_as_directories() {
+        let cli = Cli::parse_from_args([
+            "securechat-operator",
+            "alert-relay",
+            "--robot=oncall=wecom:/etc/robots/oncall,team=dingtalk:/etc/robots/team",
+            "--listen-address=127.0.0.1:9095",
+        ])
+        .expect("parses");
+        let Command::AlertRelay(args) = cli.command else {
+            panic!("alert-relay")
+        };
+        let names: Vec<_> = args.robots.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["oncall", "team"]);
+        assert_eq!(args.attempts, 4);
+        assert!(
+            Cli::parse_from_args(["securechat-operator", "alert-relay"]).is_err(),
+            "a relay without robots"
+        );
+        let err = Cli::parse_from_args([
+            "securechat-operator",
+            "alert-relay",
+            "--robot=oncall=https://qyapi.weixin.qq.com/x",
+        ])
+        .err()
+        .expect("a URL is not a robot");
+        assert!(err.to_string().contains("NAME=KIND:DIR"), "{err}");
     }
 }

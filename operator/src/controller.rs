@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
@@ -31,7 +33,8 @@ use crate::desired::{self, Input};
 use crate::labels::{self, Names};
 use crate::metrics::Metrics;
 use crate::status::{
-    Observed, Refusal, model_status, refused_config, refused_status, requeue_after, status_events,
+    Observed, Refusal, ScalingObserved, model_status, refused_config, refused_status,
+    requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result, access_policy, material, reasons, references};
@@ -121,7 +124,9 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<&str>) {
     )
     .owns(api::<Deployment>(&client, namespace), owned.clone())
     .owns(api::<Service>(&client, namespace), owned.clone())
-    .owns(api::<NetworkPolicy>(&client, namespace), owned)
+    .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
+    // The HPA's status (can it read the metric?) feeds ScalingReady.
+    .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned)
     .watches(
         api::<Pod>(&client, namespace),
         pods_of_models,
@@ -306,7 +311,15 @@ async fn converge(
     let (config_map, config_checksum) = desired::config_map_with_policy(input, policy)?;
     apply(writer, &config_map).await?;
     let deployment = apply(writer, &desired::deployment(input, &config_checksum)).await?;
-    match desired::pdb(input) {
+    let scaling = converge_autoscaler(writer, input).await?;
+    // The count now: the fixed one, or what the autoscaler last set.
+    let desired_replicas = deployment.spec.replicas;
+    let current = model
+        .spec
+        .fixed_replicas()
+        .or(desired_replicas)
+        .unwrap_or_else(|| model.spec.min_replicas());
+    match desired::pdb(input, current) {
         Some(pdb) => {
             apply(writer, &pdb).await?;
         }
@@ -321,9 +334,14 @@ async fn converge(
         }
     }
 
+    let external_endpoints = converge_exposure(writer, input).await?;
+
     let host = input.service_host();
     let observed = Observed {
         deployment: deployment.status,
+        desired_replicas,
+        scaling,
+        external_endpoints,
         unschedulable: unschedulable_message(&ctx.client, input).await?,
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
@@ -340,6 +358,250 @@ async fn converge(
         observed,
         material_due,
     })
+}
+
+/// Applies the model's autoscaler (an HPA, or KEDA's ScaledObject), removes
+/// the one it does not use, and says what the autoscaler reports.
+async fn converge_autoscaler(
+    writer: &mut Writer,
+    input: &Input<'_>,
+) -> std::result::Result<Option<ScalingObserved>, Stop> {
+    let model = input.model;
+    let name = Names::autoscaler(&input.name);
+    // Nothing asked for and nothing made before (ScalingReady is only on a
+    // model that had an autoscaler): read nothing.
+    let made_before = model.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == crate::status::SCALING_READY)
+    });
+    if model.spec.autoscaling.is_none() && !made_before {
+        return Ok(None);
+    }
+    let hpa = match desired::horizontal_pod_autoscaler(input) {
+        Some(hpa) => Some(apply(writer, &hpa).await?),
+        None => {
+            writer
+                .delete_if_present::<HorizontalPodAutoscaler, _>(model, &input.namespace, &name)
+                .await?;
+            None
+        }
+    };
+    let keda = match desired::scaled_object(input) {
+        Some(object) => match writer.apply(&object).await {
+            Ok(live) => Some(ScalingObserved::Keda(keda_conditions(&live))),
+            // No such resource: KEDA's CRD is not installed.
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+                Some(ScalingObserved::KedaNotInstalled)
+            }
+            Err(e) => return Err(Stop::from(e)),
+        },
+        None => {
+            // A cluster without KEDA answers 404 for the type: nothing to
+            // delete.
+            writer
+                .delete_if_present::<desired::ScaledObject, _>(model, &input.namespace, &name)
+                .await?;
+            None
+        }
+    };
+    Ok(hpa.map(|h| ScalingObserved::Hpa(h.status)).or(keda))
+}
+
+/// Applies what `spec.expose` asks for (the external Service, Ingresses,
+/// Gateway API routes, the InferencePool) and removes what it no longer
+/// does. A type whose CRD is not installed (Gateway API, the inference
+/// extension) stops the reconcile at a refusal that names it.
+async fn converge_exposure(
+    writer: &mut Writer,
+    input: &Input<'_>,
+) -> std::result::Result<Vec<String>, Stop> {
+    use desired::expose;
+    let model = input.model;
+    let ns = &input.namespace;
+    // Nothing asked for and nothing made before (the status lists what
+    // was): a reconcile of a model without exposure reads nothing here.
+    let made_before = model
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.external_endpoints.is_empty());
+    if model.spec.expose.is_none() && !made_before {
+        return Ok(Vec::new());
+    }
+    let mut endpoints = Vec::new();
+    match expose::external_service(input) {
+        Some(service) => {
+            let live = apply(writer, &service).await?;
+            endpoints.extend(expose::service_endpoints(&live));
+        }
+        None => {
+            writer
+                .delete_if_present::<Service, _>(model, ns, &Names::external_service(&input.name))
+                .await?
+        }
+    }
+    let (ingresses, _) = expose::ingresses(input);
+    let routes = expose::routes(input);
+    for port in ["api", "web"] {
+        let name = Names::ingress(&input.name, port);
+        match ingresses
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(name.as_str()))
+        {
+            Some(ingress) => {
+                apply(writer, ingress).await?;
+                endpoints.extend(expose::ingress_endpoints(ingress));
+            }
+            None => {
+                writer
+                    .delete_if_present::<Ingress, _>(model, ns, &name)
+                    .await?
+            }
+        }
+        let name = Names::route(&input.name, port);
+        let named = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.as_deref() == Some(name.as_str())
+        };
+        let tls_route = routes.tls_routes.iter().find(|o| named(&o.metadata));
+        let http_route = routes.http_routes.iter().find(|o| named(&o.metadata));
+        endpoints.extend(
+            tls_route
+                .map(|r| expose::route_endpoints("TLSRoute", &name, &r.spec.0))
+                .into_iter()
+                .flatten(),
+        );
+        endpoints.extend(
+            http_route
+                .map(|r| expose::route_endpoints("HTTPRoute", &name, &r.spec.0))
+                .into_iter()
+                .flatten(),
+        );
+        sync_optional(writer, input, &name, tls_route).await?;
+        sync_optional(writer, input, &name, http_route).await?;
+        sync_optional(
+            writer,
+            input,
+            &name,
+            routes
+                .backend_tls_policies
+                .iter()
+                .find(|o| named(&o.metadata)),
+        )
+        .await?;
+    }
+    let bundle_secret = match ingresses.is_empty() {
+        true => None,
+        false => Api::<ConfigMap>::namespaced(writer.client().clone(), ns)
+            .get_opt(&Names::ca_bundle(&input.name))
+            .await
+            .map_err(Error::from)?
+            .and_then(|bundle| expose::ca_bundle_secret(input, &bundle)),
+    };
+    match bundle_secret {
+        Some(secret) => {
+            apply(writer, &secret).await?;
+        }
+        None => {
+            writer
+                .delete_if_present::<Secret, _>(model, ns, &Names::ca_bundle_secret(&input.name))
+                .await?
+        }
+    }
+    let pool = expose::inference_pool(input);
+    sync_optional(
+        writer,
+        input,
+        &Names::inference_pool(&input.name),
+        pool.as_ref(),
+    )
+    .await?;
+    if pool.is_some() {
+        endpoints.push(format!(
+            "InferencePool {} (attach it to a route's backendRefs)",
+            Names::inference_pool(&input.name)
+        ));
+    }
+    Ok(endpoints)
+}
+
+/// Applies `object` when there is one, else deletes what an earlier spec
+/// made under `name`. A kind the cluster does not have: nothing to delete,
+/// and a refusal naming the missing CRD when the spec asks for one.
+async fn sync_optional<K>(
+    writer: &mut Writer,
+    input: &Input<'_>,
+    name: &str,
+    object: Option<&K>,
+) -> std::result::Result<(), Stop>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match object {
+        Some(object) => match writer.apply(object).await {
+            Ok(_) => Ok(()),
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+                let dt = K::DynamicType::default();
+                Err(Stop::Refused(Refusal {
+                    reason: reasons::CRD_NOT_INSTALLED,
+                    message: format!(
+                        "spec.expose needs a {} ({}), and the cluster has no such resource: \
+                         install its CRDs (Gateway API, or the Gateway API Inference Extension)",
+                        K::kind(&dt),
+                        K::api_version(&dt)
+                    ),
+                    condition: None,
+                }))
+            }
+            Err(e) => Err(match e.refusal() {
+                Some(message) => Stop::Refused(Refusal {
+                    reason: reasons::APPLY_FAILED,
+                    message: message.to_string(),
+                    condition: None,
+                }),
+                None => Stop::from(e),
+            }),
+        },
+        None => Ok(writer
+            .delete_if_present::<K, _>(input.model, &input.namespace, name)
+            .await?),
+    }
+}
+
+/// KEDA's conditions on a ScaledObject (its status is not typed here).
+fn keda_conditions(object: &desired::ScaledObject) -> Vec<Condition> {
+    object
+        .status
+        .as_ref()
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value::<Vec<KedaCondition>>(c.clone()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| Condition {
+            type_: c.type_,
+            status: c.status,
+            reason: c.reason.unwrap_or_default(),
+            message: c.message.unwrap_or_default(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::UNIX_EPOCH,
+            ),
+            observed_generation: None,
+        })
+        .collect()
+}
+
+/// One condition as KEDA writes it (no lastTransitionTime guaranteed).
+#[derive(serde::Deserialize)]
+struct KedaCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    reason: Option<String>,
+    message: Option<String>,
 }
 
 /// Server-side applies one owned object. One the API server refuses for

@@ -28,6 +28,7 @@ use crate::key_plan::{
     self, KeyObserved, KeyPlan, KeyWrite, consumer_secret_name, model_namespace, read_table,
 };
 use crate::labels::Names;
+use crate::reasons::api_key::ROTATE_REQUESTED;
 use crate::status_writer::patch_status;
 use crate::{Error, FIELD_MANAGER, Result};
 
@@ -172,7 +173,18 @@ async fn apply_key(key: &ChatApiKey, context: &KeyContext) -> Result<Action> {
         info!(key = %key.name_any(), id = ?plan.status.key_id, "{note}");
     }
     if let Some(warning) = &plan.warning {
-        publish(context, key, plan.reason.as_str(), warning).await;
+        publish(
+            context,
+            key,
+            EventType::Warning,
+            plan.reason.as_str(),
+            warning,
+        )
+        .await;
+    }
+    if let Some(note) = &plan.rotate_requested {
+        info!(key = %key.name_any(), "{note}");
+        publish(context, key, EventType::Normal, ROTATE_REQUESTED, note).await;
     }
     if key.status.as_ref() != Some(&plan.status) {
         patch_status(client, key, &plan.status).await?;
@@ -207,11 +219,17 @@ async fn execute(key: &ChatApiKey, client: &Client, plan: &KeyPlan) -> Result<()
     Ok(())
 }
 
-/// A Warning Event on the ChatApiKey. Best effort: failing to record one
-/// must not fail the reconcile.
-async fn publish(context: &KeyContext, key: &ChatApiKey, reason: &str, note: &str) {
+/// An Event on the ChatApiKey. Best effort: failing to record one must
+/// not fail the reconcile.
+async fn publish(
+    context: &KeyContext,
+    key: &ChatApiKey,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(note.into()),
         action: "Reconcile".into(),

@@ -29,17 +29,26 @@ use kube::{Resource, ResourceExt};
 use securechat_crds::conditions::{ConditionUpdate, set_condition};
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::names;
-use securechat_crds::v1alpha1::{ChatApiKey, ChatApiKeyStatus, KeyPhase, SecureChatModel};
+use securechat_crds::v1alpha1::{
+    ChatApiKey, ChatApiKeyStatus, DEFAULT_MAX_TIER, KeyPhase, ROTATE_ANNOTATION, SecureChatModel,
+};
 
 use crate::api_keys::{self, Consumer, KeyStep, KeyView};
 use crate::apply::controlled_by;
+use crate::health::health_conditions;
 use crate::labels::{self, Names};
 use crate::reasons::api_key::KeyReason;
+use crate::reasons::progress::Progress;
 use crate::status::READY;
 use crate::{Error, Result};
 
 /// Label on consumer Secrets, naming their ChatApiKey.
 pub const CONSUMER_LABEL: &str = "securechat.dev/api-key";
+/// Stakater Reloader's annotation on a Secret: Deployments annotated
+/// `reloader.stakater.com/search: "true"` roll when it changes. The
+/// operator owns only the Secret, so it marks the Secret; the consumer
+/// opts its Deployment in (see the chart README).
+pub const RELOADER_MATCH_ANNOTATION: &str = "reloader.stakater.com/match";
 
 /// Expired entries are swept at least this often (the second seed's
 /// five-minute cleanup).
@@ -87,6 +96,10 @@ pub struct KeyPlan {
     /// A Warning Event's note, when this reconcile has news someone must
     /// act on (a conflict first seen, a revocation made).
     pub warning: Option<String>,
+    /// A Normal Event's note: a rotation asked for by the
+    /// securechat.dev/rotate annotation has begun
+    /// (`reasons::api_key::ROTATE_REQUESTED`).
+    pub rotate_requested: Option<String>,
     /// For the log: what the writes do.
     pub note: Option<&'static str>,
     pub requeue: Duration,
@@ -127,7 +140,6 @@ pub fn plan(
     let mut status = key.status.clone().unwrap_or_default();
     status.key_id = Some(id.clone());
     status.secret_name = Some(secret_name.clone());
-    status.expires_at = api_keys::expires_at(key).and_then(to_time);
 
     let model_uid = observed.model.as_ref().and_then(|m| m.uid());
     let table = observed
@@ -171,6 +183,17 @@ pub fn plan(
     };
     let records = records.clone().unwrap_or_default();
     let consumer = Consumer::from_data(consumer_secret.and_then(|s| s.data.as_ref()));
+    // When the key was first minted: as recorded, else (a status write
+    // lost, or a key minted before the field existed) when its record was
+    // first written, else now if its plaintext exists already.
+    let recorded_mint = status
+        .first_minted_at
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    let minted_at = recorded_mint
+        .or_else(|| record.map(|r| r.created_at))
+        .or_else(|| consumer.current.is_some().then_some(now));
+    let rotate_request = pending_rotate_request(key);
     let step = api_keys::next_key_step(
         &KeyView {
             key,
@@ -178,9 +201,31 @@ pub fn plan(
             consumer: &consumer,
             record,
             now,
+            minted_at,
+            rotate_requested: rotate_request.is_some(),
         },
         || fresh(&id),
     )?;
+    let minted_at = match step {
+        KeyStep::Mint { .. } => minted_at.or(Some(now)),
+        _ => minted_at,
+    };
+    status.first_minted_at = minted_at.and_then(to_time);
+    status.expires_at = api_keys::expires_at(key, minted_at).and_then(to_time);
+    // A request is served by the rotation it starts, by one already under
+    // way (its new secret was never handed out, so it is not the leaked
+    // one), or by a first mint.
+    let serves_request =
+        matches!(step, KeyStep::Mint { .. } | KeyStep::StageNext { .. }) || consumer.next.is_some();
+    let rotate_requested = match rotate_request {
+        Some(value) if serves_request => {
+            status.handled_rotate_request = Some(value.clone());
+            Some(format!(
+                "{ROTATE_ANNOTATION}={value}: rotating key {id}; the previous secret works until the grace ends"
+            ))
+        }
+        _ => None,
+    };
     let endpoint = model.status.as_ref().and_then(|s| s.endpoint.as_deref());
     let consumer_write = |c: &Consumer| {
         KeyWrite::Consumer(consumer_secret_object(
@@ -223,13 +268,17 @@ pub fn plan(
             let table = with_table(table_secret, &records)?;
             (vec![KeyWrite::Table(table)], None, NEXT_STEP)
         }
-        KeyStep::RemoveRecord => (
-            without_record(table_secret, &records, &id)?
-                .into_iter()
-                .collect(),
-            Some("removed the expired API key from the table"),
-            NEXT_STEP,
-        ),
+        KeyStep::RemoveRecord => {
+            // Archived (id, tier, dates, last use) in the table's bounded
+            // history, which /admin/keys/history lists, then removed.
+            let mut records = records;
+            records.archive_expired(&id, now);
+            (
+                vec![KeyWrite::Table(with_table(table_secret, &records)?)],
+                Some("archived the expired API key and removed it from the table"),
+                NEXT_STEP,
+            )
+        }
         KeyStep::Wait(at) => (
             Vec::new(),
             None,
@@ -247,7 +296,7 @@ pub fn plan(
         writes.push(consumer_write(&consumer));
     }
 
-    let expired = api_keys::expires_at(key).is_some_and(|e| e <= now);
+    let expired = api_keys::expires_at(key, minted_at).is_some_and(|e| e <= now);
     let phase = if expired {
         KeyPhase::Expired
     } else if consumer.current.is_none() || record.is_none() {
@@ -297,9 +346,21 @@ pub fn plan(
         status: with_condition(key, status, reason, &message, now),
         reason,
         warning: None,
+        rotate_requested,
         note,
         requeue,
     })
+}
+
+/// The securechat.dev/rotate annotation's value, when it differs from the
+/// one last acted on.
+fn pending_rotate_request(key: &ChatApiKey) -> Option<String> {
+    let value = key.annotations().get(ROTATE_ANNOTATION)?;
+    let handled = key
+        .status
+        .as_ref()
+        .and_then(|s| s.handled_rotate_request.as_ref());
+    (handled != Some(value)).then(|| value.clone())
 }
 
 /// What `blocked` needs to know besides the key and what was observed.
@@ -370,6 +431,20 @@ fn gate<'a>(key: &ChatApiKey, observed: &'a KeyObserved, checks: &Checks<'a>) ->
             revoke: true,
         });
     }
+    let max_tier = model.spec.auth.api_keys.max_tier(&model_ns, namespace);
+    if key.spec.tier > max_tier {
+        // One message whether or not a key existed, so that the condition
+        // does not change once the revocation is done.
+        let message = format!(
+            "spec.tier {} is above {max_tier}, the highest tier {model_ns}/{model_name} grants namespace {namespace} (auth.apiKeys.maxTiers; default {DEFAULT_MAX_TIER}); no key is issued, and one issued before is revoked. Lower spec.tier, or ask the model's owner to raise maxTiers[{namespace}]",
+            key.spec.tier
+        );
+        return Gate::Blocked(Blocked {
+            reason: KeyReason::TierNotAllowed,
+            message,
+            revoke: true,
+        });
+    }
     let table_name = Names::api_keys(model_name);
     let is_table = namespace == model_ns && secret_name == table_name;
     if is_table || (observed.consumer.is_some() && !checks.consumer_is_ours) {
@@ -424,6 +499,7 @@ fn blocked_plan(
         writes,
         status: with_condition(key, status, blocked.reason, &blocked.message, now),
         warning: news.then(|| blocked.message.clone()),
+        rotate_requested: None,
         reason: blocked.reason,
         requeue: BLOCKED_RETRY,
     }
@@ -457,12 +533,18 @@ fn with_condition(
     now: DateTime<Utc>,
 ) -> ChatApiKeyStatus {
     status.observed_generation = key.metadata.generation;
+    let now = Timestamp::from_second(now.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH);
     set_condition(
         &mut status.conditions,
         ConditionUpdate::new(READY, reason.ready(), reason.as_str(), message),
         key.metadata.generation,
-        Timestamp::from_second(now.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
+        now,
     );
+    // kstatus's Reconciling and Stalled, from Ready's reason.
+    let classify = |r: &str| KeyReason::parse(r).map_or(Progress::Converging, KeyReason::progress);
+    for update in health_conditions(&status.conditions, classify) {
+        set_condition(&mut status.conditions, update, key.metadata.generation, now);
+    }
     status
 }
 
@@ -519,10 +601,15 @@ fn consumer_secret_object(
     if let Some(ca) = ca {
         put(names::CA_CERT, ca);
     }
+    // Reloader rolls the consumer's Deployments that opted in when the key
+    // rotates, unless the key opts out.
+    let annotations = (key.spec.reloader != Some(false))
+        .then(|| [(RELOADER_MATCH_ANNOTATION.to_string(), "true".to_string())].into());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: key.namespace(),
+            annotations,
             labels: Some(
                 [
                     (
@@ -692,6 +779,125 @@ mod tests {
         assert_eq!(plan.warning, None);
     }
 
+    /// Issue 26: each new value of securechat.dev/rotate rotates the
+    /// secret once (same id, overlap), with a Normal Event; the value is
+    /// recorded so the same value never rotates twice.
+    #[test]
+    fn the_rotate_annotation_rotates_once_per_value() {
+        let mut cluster = Cluster::new(key(json!({})), chat(&["apps"]));
+        cluster.settle(t(0));
+        let id = api_keys::key_id(KEY_UID);
+        let first = cluster.plaintext().unwrap();
+
+        let ask = |cluster: &mut Cluster, value: &str| {
+            cluster
+                .key
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(ROTATE_ANNOTATION.into(), value.into());
+        };
+        ask(&mut cluster, "2026-12-06T10:00:00Z");
+        let plan = cluster.reconcile(t(10));
+        let note = plan.rotate_requested.expect("a Normal Event");
+        assert!(note.contains(&id), "{note}");
+        assert_eq!(
+            plan.status.handled_rotate_request.as_deref(),
+            Some("2026-12-06T10:00:00Z")
+        );
+        // The table accepts both, callers get the new one after the
+        // propagation time, the old one works until the grace ends.
+        cluster.settle(t(11));
+        let record = cluster.table().get(&id).cloned().unwrap();
+        assert_eq!(record.accepted_hashes(t(12)).count(), 2);
+        let plan = cluster.settle(t(200));
+        let second = cluster.plaintext().unwrap();
+        assert_ne!(second, first);
+        assert!(second.starts_with(&format!("sk-sc-{id}-")), "same key id");
+        assert_eq!(plan.rotate_requested, None);
+        let grace_end = record.previous_secret_valid_until.unwrap();
+        let old = SecretHash::of_key(&first);
+        assert!(
+            record
+                .accepted_hashes(grace_end - chrono::Duration::seconds(1))
+                .any(|h| *h == old)
+        );
+        assert!(!record.accepted_hashes(grace_end).any(|h| *h == old));
+
+        // The same value again: nothing happens.
+        let plan = cluster.settle(t(4000));
+        assert_eq!(plan.rotate_requested, None);
+        assert_eq!(cluster.plaintext().unwrap(), second);
+        assert_eq!(cluster.minted, 2);
+        // A new value: one more rotation.
+        ask(&mut cluster, "again");
+        assert!(cluster.reconcile(t(4010)).rotate_requested.is_some());
+        cluster.settle(t(4011));
+        cluster.settle(t(4200));
+        assert_eq!(cluster.minted, 3);
+        assert_ne!(cluster.plaintext().unwrap(), second);
+    }
+
+    /// Issue 26: expiresAfter counts from the first mint, not from the
+    /// ChatApiKey's creation: a key Pending for two hours (no model yet)
+    /// still gets its whole lifetime.
+    #[test]
+    fn expires_after_counts_from_the_first_mint() {
+        let mut cluster = Cluster::new(key(json!({"expiresAfter": "1h"})), chat(&["apps"]));
+        cluster.key.metadata.creation_timestamp = to_time(t(0));
+        let model = cluster.observed.model.take();
+        let plan = cluster.reconcile(t(0));
+        assert_eq!(plan.reason, KeyReason::ModelNotFound);
+        assert_eq!(plan.status.expires_at, None);
+        assert_eq!(plan.status.first_minted_at, None);
+
+        cluster.observed.model = model;
+        let plan = cluster.settle(t(7200));
+        assert_eq!(plan.reason, KeyReason::Active);
+        assert_eq!(plan.status.first_minted_at, to_time(t(7200)));
+        assert_eq!(plan.status.expires_at, to_time(t(10800)));
+        let id = api_keys::key_id(KEY_UID);
+        assert_eq!(cluster.table().get(&id).unwrap().expires_at, Some(t(10800)));
+        // It expires an hour after the mint, and its entry moves to the
+        // table's history.
+        assert_eq!(cluster.settle(t(10799)).reason, KeyReason::Active);
+        assert_eq!(cluster.settle(t(10800)).reason, KeyReason::Expired);
+        let table = cluster.table();
+        assert!(table.get(&id).is_none());
+        let archived = &table.history[0];
+        assert_eq!(
+            (archived.id.as_str(), archived.name.as_str()),
+            (id.as_str(), "apps/frontend")
+        );
+        assert_eq!(
+            (archived.created_at, archived.expired_at),
+            (t(7200), t(10800))
+        );
+    }
+
+    /// Consumer Secrets carry Reloader's match annotation unless the key
+    /// opts out.
+    #[test]
+    fn consumer_secrets_are_marked_for_reloader_unless_the_key_opts_out() {
+        let annotation = |spec: serde_json::Value| {
+            let mut cluster = Cluster::new(key(spec), chat(&["apps"]));
+            cluster.settle(t(0));
+            let consumer = cluster.observed.consumer.clone().unwrap();
+            consumer
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(RELOADER_MATCH_ANNOTATION)
+                .cloned()
+        };
+        assert_eq!(annotation(json!({})).as_deref(), Some("true"));
+        assert_eq!(
+            annotation(json!({"reloader": true})).as_deref(),
+            Some("true")
+        );
+        assert_eq!(annotation(json!({"reloader": false})), None);
+    }
+
     /// Issue 19: removing the namespace from the model's list takes the
     /// key out of the table and deletes its plaintext at once, and the
     /// status keeps saying it was revoked, not that none was minted.
@@ -731,6 +937,54 @@ mod tests {
         cluster.observed.model = Some(chat(&["apps"]));
         assert_eq!(cluster.settle(t(30)).reason, KeyReason::Active);
         assert_eq!(cluster.minted, 2);
+    }
+
+    /// An allowed namespace may mint up to Developer unless the model's
+    /// owner names a higher tier for it; asking for more mints nothing, and
+    /// lowering the limit under a minted key revokes it.
+    #[test]
+    fn a_tier_above_the_namespace_maximum_is_refused_then_revoked() {
+        let admin = || key(json!({"tier": "Admin"}));
+        let mut cluster = Cluster::new(admin(), chat(&["apps"]));
+        let plan = cluster.reconcile(t(0));
+        assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+        assert_eq!(plan.reason, KeyReason::TierNotAllowed);
+        assert_eq!(plan.status.phase, Some(KeyPhase::Pending));
+        let message = plan.warning.clone().expect("a Warning Event");
+        assert!(
+            message.starts_with("spec.tier Admin is above Developer, the highest tier team/chat grants namespace apps"),
+            "{message}"
+        );
+        assert_eq!(cluster.minted, 0);
+        // Same news twice is one Event.
+        assert_eq!(cluster.reconcile(t(1)).warning, None);
+
+        // The owner grants Admin: minted.
+        let granted = |tier: &str| {
+            model(
+                "chat",
+                json!({"auth": {"apiKeys": {"allowedNamespaces": ["apps"], "maxTiers": {"apps": tier}}}}),
+            )
+        };
+        cluster.observed.model = Some(granted("Admin"));
+        assert_eq!(cluster.settle(t(2)).reason, KeyReason::Active);
+        let id = api_keys::key_id(KEY_UID);
+        assert!(cluster.table().get(&id).is_some());
+
+        // Lowered again: the record leaves the table, the plaintext goes.
+        cluster.observed.model = Some(granted("Developer"));
+        let plan = cluster.reconcile(t(3));
+        assert!(
+            matches!(plan.writes[0], KeyWrite::Table(_)),
+            "{:?}",
+            plan.writes
+        );
+        assert!(cluster.table().get(&id).is_none());
+        assert!(cluster.observed.consumer.is_none());
+        assert_eq!(plan.reason, KeyReason::TierNotAllowed);
+        // A Developer key in the same namespace is fine.
+        let mut developer = Cluster::new(key(json!({"tier": "Developer"})), chat(&["apps"]));
+        assert_eq!(developer.settle(t(0)).reason, KeyReason::Active);
     }
 
     #[test]

@@ -50,6 +50,30 @@ impl Names {
     pub fn pdb(model: &str) -> String {
         model.to_string()
     }
+    /// The NodePort or LoadBalancer Service of `expose.service`.
+    pub fn external_service(model: &str) -> String {
+        format!("{model}-external")
+    }
+    /// The Ingress of one exposed port (`api` or `web`).
+    pub fn ingress(model: &str, port: &str) -> String {
+        format!("{model}-{port}")
+    }
+    /// The Gateway API route (and BackendTLSPolicy) of one exposed port.
+    pub fn route(model: &str, port: &str) -> String {
+        format!("{model}-{port}")
+    }
+    pub fn inference_pool(model: &str) -> String {
+        model.to_string()
+    }
+    /// The CA bundle as a Secret (`ca.crt` only), for Ingress controllers
+    /// that verify backends with Secrets only.
+    pub fn ca_bundle_secret(model: &str) -> String {
+        format!("{model}-ca-bundle")
+    }
+    /// The HorizontalPodAutoscaler or KEDA ScaledObject.
+    pub fn autoscaler(model: &str) -> String {
+        model.to_string()
+    }
     pub fn config_map(model: &str) -> String {
         format!("{model}-config")
     }

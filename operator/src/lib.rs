@@ -13,8 +13,11 @@
 //! - [`controller`]: the thin reconcile loop that wires them together.
 //! - [`leader`]: Lease-based leader election, so only one replica reconciles.
 //! - [`metrics`]: Prometheus metrics and health endpoints.
+//! - [`alert_relay`]: the `alert-relay` subcommand, Alertmanager -> WeChat
+//!   Work and DingTalk robots.
 
 pub mod access_policy;
+pub mod alert_relay;
 pub mod api_keys;
 pub mod apply;
 pub mod backoff;
@@ -23,6 +26,7 @@ pub mod cli;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod health;
 pub mod key_controller;
 pub mod key_plan;
 pub mod labels;

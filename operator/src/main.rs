@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use securechat_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use securechat_operator::alert_relay::{deliver, render, server};
+use securechat_operator::cli::{AlertRelayArgs, Cli, Command, LogFormat, RunArgs};
 use securechat_operator::controller::{self, Context};
 use securechat_operator::key_controller;
 use securechat_operator::leader::{LeaderElector, LeaseConfig};
@@ -117,12 +118,45 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `alert-relay`: checks every robot's files before serving, so a wrong
+/// Secret mount fails the pod at start with the file it lacks.
+async fn alert_relay(args: AlertRelayArgs) -> anyhow::Result<()> {
+    let mut robots = std::collections::BTreeMap::new();
+    for robot in args.robots {
+        robot.load()?;
+        if let Some(previous) = robots.insert(robot.name.clone(), robot) {
+            anyhow::bail!("robot {:?} is named twice", previous.name);
+        }
+    }
+    let policy = deliver::RetryPolicy {
+        attempts: args.attempts,
+        ..Default::default()
+    };
+    let relay = server::Relay {
+        robots,
+        runbooks: render::Runbooks {
+            template: args.runbook_url_template,
+        },
+        client: deliver::client(&policy)?,
+        policy,
+    };
+    tokio::select! {
+        served = server::serve(args.listen_address, Arc::new(relay)) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => {
             init_logs(args.log_format, &args.log_level);
             run(args).await?;
+        }
+        Command::AlertRelay(args) => {
+            init_logs(args.log_format, &args.log_level);
+            alert_relay(args).await?;
         }
         Command::Crds => {
             for (_, crd) in securechat_crds::crd::all() {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
@@ -14,7 +15,9 @@ use securechat_crds::v1alpha1::{
 };
 
 use crate::desired::RefusedRule;
+use crate::health::{RECONCILING, STALLED, health_conditions};
 use crate::reasons;
+use crate::reasons::progress;
 
 pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
@@ -23,6 +26,7 @@ pub const DEGRADED: &str = "Degraded";
 pub const TLS_READY: &str = "TLSReady";
 pub const SIGNING_KEYS_READY: &str = "SigningKeysReady";
 pub const SHARED_STATE: &str = "SharedState";
+pub const SCALING_READY: &str = "ScalingReady";
 
 /// The condition of one kind of key material (TLS, signing keys) and the
 /// status block it shows, as `material` decided them.
@@ -38,6 +42,13 @@ pub struct MaterialState<S> {
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub deployment: Option<DeploymentStatus>,
+    /// The Deployment's `spec.replicas` as the API server holds it: under
+    /// autoscaling, the count the autoscaler last set.
+    pub desired_replicas: Option<i32>,
+    /// The autoscaler's state, when the model has `spec.autoscaling`.
+    pub scaling: Option<ScalingObserved>,
+    /// The external paths `spec.expose` made, as the status lists them.
+    pub external_endpoints: Vec<String>,
     /// The scheduler's message for a pod of this model it could not place
     /// (PodScheduled=False, reason Unschedulable), if any.
     pub unschedulable: Option<String>,
@@ -46,6 +57,143 @@ pub struct Observed {
     pub web_endpoint: String,
     pub tls: Option<MaterialState<TlsStatus>>,
     pub signing_keys: Option<MaterialState<SigningKeysStatus>>,
+}
+
+/// What the model's autoscaler says about itself.
+#[derive(Debug, Clone)]
+pub enum ScalingObserved {
+    /// The HorizontalPodAutoscaler's status (None before its first
+    /// evaluation).
+    Hpa(Option<HorizontalPodAutoscalerStatus>),
+    /// The KEDA ScaledObject's `status.conditions`, as KEDA writes them
+    /// (`Ready`, `Active`).
+    Keda(Vec<Condition>),
+    /// `engine: KEDA`, but the API server has no `keda.sh/v1alpha1`
+    /// ScaledObject (KEDA is not installed).
+    KedaNotInstalled,
+}
+
+/// The HPA's condition types (Kubernetes' names, not ours).
+const HPA_ABLE_TO_SCALE: &str = "AbleToScale";
+const HPA_SCALING_ACTIVE: &str = "ScalingActive";
+const HPA_SCALING_LIMITED: &str = "ScalingLimited";
+/// KEDA's ScaledObject condition type.
+const KEDA_READY: &str = "Ready";
+
+/// `ScalingReady`: whether the autoscaler can do its job, with the
+/// autoscaler's own reason when it cannot (e.g. the HPA cannot fetch the
+/// pods metric because no custom-metrics adapter serves it). None without
+/// `spec.autoscaling`. Not a Ready blocker: the model serves at its
+/// current count either way.
+pub fn scaling_condition(
+    model: &SecureChatModel,
+    scaling: Option<&ScalingObserved>,
+) -> Option<ConditionUpdate> {
+    let spec = model.spec.autoscaling.as_ref()?;
+    let false_with =
+        |reason: &str, message: String| ConditionUpdate::new(SCALING_READY, false, reason, message);
+    let failing = |conditions: &[(String, String, Option<String>, Option<String>)], type_: &str| {
+        conditions
+            .iter()
+            .find(|(t, s, _, _)| t == type_ && s == FALSE)
+            .map(|(t, _, reason, message)| {
+                format!(
+                    "{t}=False ({}): {}",
+                    reason.as_deref().unwrap_or("no reason"),
+                    message.as_deref().unwrap_or("")
+                )
+            })
+    };
+    Some(match scaling {
+        None | Some(ScalingObserved::Hpa(None)) => false_with(
+            reasons::SCALING_PENDING,
+            "waiting for the autoscaler's first evaluation".into(),
+        ),
+        Some(ScalingObserved::KedaNotInstalled) => false_with(
+            reasons::KEDA_NOT_INSTALLED,
+            "autoscaling.engine is KEDA, but the cluster has no keda.sh/v1alpha1 \
+             ScaledObject: install KEDA, or use engine HPA"
+                .into(),
+        ),
+        Some(ScalingObserved::Hpa(Some(hpa))) => {
+            let conditions: Vec<_> = hpa
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c.type_.clone(),
+                        c.status.clone(),
+                        c.reason.clone(),
+                        c.message.clone(),
+                    )
+                })
+                .collect();
+            if let Some(why) = failing(&conditions, HPA_ABLE_TO_SCALE) {
+                false_with(
+                    reasons::SCALING_BLOCKED,
+                    format!("HorizontalPodAutoscaler {why}"),
+                )
+            } else if let Some(why) = failing(&conditions, HPA_SCALING_ACTIVE) {
+                false_with(
+                    reasons::SCALING_METRICS_UNAVAILABLE,
+                    format!("HorizontalPodAutoscaler {why}"),
+                )
+            } else if conditions.is_empty() {
+                false_with(
+                    reasons::SCALING_PENDING,
+                    "waiting for the HorizontalPodAutoscaler's first evaluation".into(),
+                )
+            } else {
+                let limited = conditions
+                    .iter()
+                    .any(|(t, s, _, _)| t == HPA_SCALING_LIMITED && s == TRUE);
+                ConditionUpdate::new(
+                    SCALING_READY,
+                    true,
+                    reasons::SCALING_ACTIVE,
+                    format!(
+                        "HorizontalPodAutoscaler keeps {} per pod at {} between {} and {} pods; \
+                         {} now, {} wanted{}",
+                        spec.metric.series(),
+                        spec.target,
+                        spec.min_replicas,
+                        spec.max_replicas,
+                        hpa.current_replicas.unwrap_or(0),
+                        hpa.desired_replicas,
+                        if limited { " (at a bound)" } else { "" }
+                    ),
+                )
+            }
+        }
+        Some(ScalingObserved::Keda(conditions)) => {
+            match conditions.iter().find(|c| c.type_ == KEDA_READY) {
+                Some(c) if c.status == TRUE => ConditionUpdate::new(
+                    SCALING_READY,
+                    true,
+                    reasons::SCALING_ACTIVE,
+                    format!(
+                        "KEDA ScaledObject ready: {} per pod at {} between {} and {} pods",
+                        spec.metric.series(),
+                        spec.target,
+                        spec.min_replicas,
+                        spec.max_replicas
+                    ),
+                ),
+                Some(c) => false_with(
+                    reasons::SCALING_BLOCKED,
+                    format!(
+                        "KEDA ScaledObject Ready=False ({}): {}",
+                        c.reason, c.message
+                    ),
+                ),
+                None => false_with(
+                    reasons::SCALING_PENDING,
+                    "waiting for KEDA to take up the ScaledObject".into(),
+                ),
+            }
+        }
+    })
 }
 
 /// The status to write, starting from the current one so condition
@@ -57,7 +205,11 @@ pub fn model_status(
 ) -> SecureChatModelStatus {
     let generation = model.metadata.generation;
     let mut status = model.status.clone().unwrap_or_default();
-    let desired = model.spec.replicas;
+    let desired = model
+        .spec
+        .fixed_replicas()
+        .or(observed.desired_replicas)
+        .unwrap_or_else(|| model.spec.min_replicas());
     let ready = observed
         .deployment
         .as_ref()
@@ -171,6 +323,13 @@ pub fn model_status(
     ] {
         set_condition(&mut status.conditions, update, generation, now);
     }
+    match scaling_condition(model, observed.scaling.as_ref()) {
+        Some(scaling) => {
+            set_condition(&mut status.conditions, scaling, generation, now);
+        }
+        None => status.conditions.retain(|c| c.type_ != SCALING_READY),
+    }
+    set_health(&mut status, generation, now);
 
     status.observed_generation = generation;
     status.ready_replicas = Some(ready);
@@ -178,6 +337,7 @@ pub fn model_status(
     status.model = Some(model_description(model));
     status.endpoint = Some(observed.endpoint.clone());
     status.web_endpoint = Some(observed.web_endpoint.clone());
+    status.external_endpoints = observed.external_endpoints.clone();
     status.tls = observed.tls.as_ref().map(|t| t.status.clone());
     status.signing_keys = observed.signing_keys.as_ref().map(|k| k.status.clone());
     status
@@ -187,7 +347,8 @@ pub fn model_status(
 /// store, or with one replica; False (a Warning, once) when several
 /// replicas each keep their own.
 pub fn shared_state_condition(model: &SecureChatModel) -> ConditionUpdate {
-    let replicas = model.spec.replicas;
+    // Under autoscaling, the most there can be.
+    let replicas = model.spec.max_replicas();
     match &model.spec.shared_state {
         Some(store) => ConditionUpdate::new(
             SHARED_STATE,
@@ -265,8 +426,17 @@ pub fn refused_status(
         let cause = ConditionUpdate::new(type_, false, refusal.reason, refusal.message.clone());
         set_condition(&mut status.conditions, cause, generation, now);
     }
+    set_health(&mut status, generation, now);
     status.observed_generation = generation;
     status
+}
+
+/// kstatus's Reconciling and Stalled, from the conditions just set (see
+/// `health`).
+fn set_health(status: &mut SecureChatModelStatus, generation: Option<i64>, now: Timestamp) {
+    for update in health_conditions(&status.conditions, progress::model) {
+        set_condition(&mut status.conditions, update, generation, now);
+    }
 }
 
 /// One Event a status change is worth publishing.
@@ -312,7 +482,10 @@ pub fn status_events(
 /// Degraded=True is trouble; any other condition is when False, unless the
 /// model is merely starting.
 fn is_trouble(c: &Condition) -> bool {
-    if c.type_ == DEGRADED {
+    if c.type_ == RECONCILING || c.type_ == STALLED {
+        // Derived from the others, whose own Events tell the news.
+        false
+    } else if c.type_ == DEGRADED {
         c.status == TRUE
     } else {
         c.status == FALSE && !reasons::STARTING.contains(&c.reason.as_str())
@@ -710,7 +883,7 @@ mod tests {
         for (spec, ok, reason) in cases {
             let m = model("chat", spec.clone());
             let observed = Observed {
-                deployment: Some(deployment(m.spec.replicas)),
+                deployment: Some(deployment(m.spec.max_replicas())),
                 ..material_ready()
             };
             let status = model_status(&m, &observed, at(1));
@@ -764,5 +937,101 @@ mod tests {
             requeue_after(&status, None),
             REQUEUE_AWAITING_REFERENCE_AT_MOST
         );
+    }
+
+    #[test]
+    fn scaling_ready_surfaces_the_autoscalers_own_reason() {
+        use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerCondition;
+        let m = model(
+            "chat",
+            json!({"autoscaling": {"maxReplicas": 3, "target": "2"}}),
+        );
+        let hpa_condition =
+            |type_: &str, status: &str, reason: &str| HorizontalPodAutoscalerCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(format!("{reason} happened")),
+                ..Default::default()
+            };
+        let hpa = |conditions: Vec<HorizontalPodAutoscalerCondition>| {
+            ScalingObserved::Hpa(Some(HorizontalPodAutoscalerStatus {
+                conditions: Some(conditions),
+                current_replicas: Some(1),
+                desired_replicas: 2,
+                ..Default::default()
+            }))
+        };
+        let cases = [
+            (None, false, reasons::SCALING_PENDING),
+            (
+                Some(ScalingObserved::Hpa(None)),
+                false,
+                reasons::SCALING_PENDING,
+            ),
+            (
+                Some(ScalingObserved::KedaNotInstalled),
+                false,
+                reasons::KEDA_NOT_INSTALLED,
+            ),
+            (
+                Some(hpa(vec![
+                    hpa_condition("AbleToScale", TRUE, "SucceededGetScale"),
+                    hpa_condition("ScalingActive", FALSE, "FailedGetPodsMetric"),
+                ])),
+                false,
+                reasons::SCALING_METRICS_UNAVAILABLE,
+            ),
+            (
+                Some(hpa(vec![hpa_condition(
+                    "AbleToScale",
+                    FALSE,
+                    "FailedGetScale",
+                )])),
+                false,
+                reasons::SCALING_BLOCKED,
+            ),
+            (
+                Some(hpa(vec![
+                    hpa_condition("AbleToScale", TRUE, "ReadyForNewScale"),
+                    hpa_condition("ScalingActive", TRUE, "ValidMetricFound"),
+                ])),
+                true,
+                reasons::SCALING_ACTIVE,
+            ),
+        ];
+        for (observed, ok, reason) in cases {
+            let c = scaling_condition(&m, observed.as_ref()).expect("ScalingReady");
+            assert_eq!((c.status, c.reason.as_str()), (ok, reason), "{observed:?}");
+        }
+        let metrics = scaling_condition(
+            &m,
+            Some(&hpa(vec![hpa_condition(
+                "ScalingActive",
+                FALSE,
+                "FailedGetPodsMetric",
+            )])),
+        )
+        .expect("condition");
+        assert!(
+            metrics.message.contains("FailedGetPodsMetric happened"),
+            "{}",
+            metrics.message
+        );
+        // Without autoscaling there is no such condition, and an old one
+        // leaves the status.
+        let fixed = model("chat", json!({"replicas": 2}));
+        assert!(scaling_condition(&fixed, None).is_none());
+        let mut observed = material_ready();
+        observed.scaling = Some(ScalingObserved::KedaNotInstalled);
+        let with = model_status(&m, &observed, at(1));
+        assert_eq!(
+            condition_status(&with.conditions, SCALING_READY),
+            Some(FALSE)
+        );
+        let mut later = fixed.clone();
+        later.status = Some(with);
+        let without = model_status(&later, &material_ready(), at(2));
+        assert_eq!(condition_status(&without.conditions, SCALING_READY), None);
     }
 }

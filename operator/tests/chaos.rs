@@ -324,6 +324,8 @@ fn model(name: &str) -> SecureChatModel {
             "replicas": 1,
             "tls": {"dnsNames": ["localhost"], "caOverlap": "5s"},
             "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
+            // The grace must cover the tokens' lifetime (admission checks).
+            "auth": {"tokenTTL": "5m"},
             "rateLimit": {"requestsPerMinute": 1000000}
         }
     }))

@@ -25,9 +25,34 @@ pub struct RateInfo {
     pub reset_secs: u64,
 }
 
+/// Where this process runs: its pod and node (the second seed's "node id",
+/// from the downward API), so failures can be grouped by node. Read once
+/// at start; `None` outside Kubernetes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub pod: Option<String>,
+    pub node: Option<String>,
+}
+
+impl Placement {
+    /// The placement named by the environment variables the operator sets
+    /// on the server container (`files::names::POD_NAME_ENV`,
+    /// `NODE_NAME_ENV`); empty values count as unset.
+    pub fn from_env() -> Self {
+        use securechat_crds::files::names::{NODE_NAME_ENV, POD_NAME_ENV};
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            pod: var(POD_NAME_ENV),
+            node: var(NODE_NAME_ENV),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Record {
     time: String,
+    pod: Option<String>,
+    node: Option<String>,
     client: Option<String>,
     method: String,
     route: String,
@@ -64,6 +89,8 @@ impl Drop for Inner {
         tracing::info!(
             target: "securechat::audit",
             time = %r.time,
+            pod = r.pod.as_deref(),
+            node = r.node.as_deref(),
             client = r.client.as_deref(),
             method = %r.method,
             route = %r.route,
@@ -115,6 +142,18 @@ impl Audit {
         self.with(|r| r.rate = Some(info));
     }
 
+    /// Reports `info` instead of the rate already noted when it has less
+    /// left for its limit (a token budget that binds before the request
+    /// limit), or when none was noted.
+    pub fn rate_if_tighter(&self, info: RateInfo) {
+        self.with(|r| {
+            let fraction = |i: &RateInfo| f64::from(i.remaining) / f64::from(i.limit.max(1));
+            if r.rate.is_none_or(|old| fraction(&info) < fraction(&old)) {
+                r.rate = Some(info);
+            }
+        });
+    }
+
     pub fn tokens(&self, prompt: u64, completion: u64) {
         self.with(|r| {
             r.tokens_in = prompt;
@@ -141,10 +180,12 @@ impl Audit {
     }
 
     /// A new record for a request that arrived at `time`; `enabled` and
-    /// `include_prompts` come from the config in force then.
+    /// `include_prompts` come from the config in force then; `placement`
+    /// is this process's.
     pub fn start(
         enabled: bool,
         include_prompts: bool,
+        placement: &Placement,
         time: DateTime<Utc>,
         client: Option<String>,
         method: String,
@@ -154,6 +195,8 @@ impl Audit {
             include_prompts,
             record: Mutex::new(Record {
                 time: time.to_rfc3339(),
+                pod: placement.pod.clone(),
+                node: placement.node.clone(),
                 client,
                 method,
                 route: "unmatched".into(),

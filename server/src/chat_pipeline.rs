@@ -9,7 +9,7 @@ use chrono::Utc;
 use securechat_crds::v1alpha1::{FilterAction, Tier, TierSpec};
 use tokio::sync::mpsc;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, RateInfo};
 use crate::engine::{
     Caller, ChatMessage, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     SamplingParams, Usage,
@@ -172,6 +172,7 @@ impl Reservation {
 /// the budget that is short (429 with Retry-After).
 async fn reserve(
     state: &AppState,
+    audit: &Audit,
     quota: &TokenQuota,
     prompt_tokens: usize,
     max_tokens: u32,
@@ -187,11 +188,11 @@ async fn reserve(
         .fold(f64::INFINITY, f64::min);
     let cost = reservation_cost(prompt_tokens, max_tokens, capacity);
     let now = Instant::now();
-    if let Decision::Denied { retry_after } = state
+    let mut taken = state
         .token_buckets
         .apply(Op::Take, &buckets, cost.now, now)
-        .await?
-    {
+        .await?;
+    if let Decision::Denied { retry_after } = taken {
         state.metrics.limited("tokens");
         // The budget that refused: the one that needs the longest wait is
         // not known here; the smallest limit is the one a caller can act on.
@@ -199,10 +200,25 @@ async fn reserve(
         return Err(ApiError::QuotaExceeded { limit, retry_after });
     }
     if cost.debt > 0.0 {
-        state
+        taken = state
             .token_buckets
             .apply(Op::Charge, &buckets, cost.debt, now)
             .await?;
+    }
+    // The RateLimit-* headers describe whichever runs out first for this
+    // caller: the request limit, or this token budget.
+    if let Decision::Allowed {
+        remaining,
+        reset,
+        bucket,
+    } = taken
+        && let Some((limit, _, _)) = quota.budgets.get(bucket)
+    {
+        audit.rate_if_tighter(RateInfo {
+            limit: *limit,
+            remaining,
+            reset_secs: reset.as_secs(),
+        });
     }
     Ok(Reservation {
         buckets: quota
@@ -314,7 +330,7 @@ pub async fn prepare(
     )?;
 
     let reservation = match token_quota(&runtime, principal) {
-        Some(quota) => Some(reserve(state, &quota, prompt_tokens, max_tokens).await?),
+        Some(quota) => Some(reserve(state, audit, &quota, prompt_tokens, max_tokens).await?),
         None => None,
     };
 

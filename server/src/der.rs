@@ -63,6 +63,68 @@ pub fn certificate_not_after(cert_der: &[u8]) -> Option<DateTime<Utc>> {
     Some(parsed.and_utc())
 }
 
+/// The URI subject alternative names of an X.509 certificate (where a
+/// SPIFFE ID lives), in the order written. A certificate that does not
+/// parse has none.
+pub fn certificate_uri_sans(cert_der: &[u8]) -> Vec<String> {
+    uri_sans(cert_der).unwrap_or_default()
+}
+
+/// DER of OID 2.5.29.17 (subjectAltName).
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+/// GeneralName's uniformResourceIdentifier: [6] IMPLICIT IA5String.
+const URI_NAME: u8 = 0x86;
+
+fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
+    let (cert, _) = read_tlv(cert_der, 0x30)?;
+    let (tbs, _) = read_tlv(cert, 0x30)?;
+    let mut rest = if tbs.first() == Some(&0xa0) {
+        skip_any(tbs)?
+    } else {
+        tbs
+    };
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    for _ in 0..6 {
+        rest = skip_any(rest)?;
+    }
+    // issuerUniqueID [1] and subjectUniqueID [2] are optional; the
+    // extensions are [3] EXPLICIT.
+    while let Some(&tag) = rest.first() {
+        if tag == 0xa3 {
+            break;
+        }
+        rest = skip_any(rest)?;
+    }
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let (wrapped, _) = read_tlv(rest, 0xa3)?;
+    let (mut extensions, _) = read_tlv(wrapped, 0x30)?;
+    while !extensions.is_empty() {
+        let (extension, next) = read_tlv(extensions, 0x30)?;
+        extensions = next;
+        let (oid, mut fields) = read_tlv(extension, 0x06)?;
+        if oid != SUBJECT_ALT_NAME {
+            continue;
+        }
+        if fields.first() == Some(&0x01) {
+            fields = skip_any(fields)?; // critical
+        }
+        let (value, _) = read_tlv(fields, 0x04)?;
+        let (mut names, _) = read_tlv(value, 0x30)?;
+        let mut uris = Vec::new();
+        while let Some(&tag) = names.first() {
+            let (name, next) = read_tlv(names, tag)?;
+            names = next;
+            if tag == URI_NAME {
+                uris.push(std::str::from_utf8(name).ok()?.to_string());
+            }
+        }
+        return Some(uris);
+    }
+    Some(Vec::new())
+}
+
 /// n and e from a PKCS#1 RSAPublicKey (SEQUENCE { INTEGER n, INTEGER e }),
 /// without DER's sign-padding zero.
 pub fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -93,6 +155,26 @@ mod tests {
             Some((&[0xc1u8][..], &[1u8, 0, 1][..]))
         );
         assert_eq!(rsa_public_components(&der[..5]), None);
+    }
+
+    #[test]
+    fn reads_uri_sans_beside_dns_names() {
+        let mut params = rcgen::CertificateParams::new(vec!["client.example".to_string()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/apps/sa/web".try_into().unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            certificate_uri_sans(cert.der()),
+            vec!["spiffe://cluster.local/ns/apps/sa/web".to_string()]
+        );
+        let plain = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(certificate_uri_sans(plain.der()).is_empty());
+        assert!(certificate_uri_sans(&cert.der()[..40]).is_empty());
     }
 
     #[test]

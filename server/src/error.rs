@@ -30,6 +30,12 @@ pub enum AuthFailure {
     AlgorithmMismatch,
     /// A web session cookie that is unknown, signed out or expired.
     SessionExpired,
+    /// A client certificate and a bearer credential that are not the same
+    /// identity (`auth.mtls`): the bearer is not a key bound to the
+    /// certificate's SPIFFE ID.
+    IdentityMismatch,
+    /// A key bound to a SPIFFE ID, sent without that client certificate.
+    CertificateRequired,
 }
 
 impl AuthFailure {
@@ -47,6 +53,8 @@ impl AuthFailure {
             AuthFailure::UnknownKid => "unknown_kid",
             AuthFailure::AlgorithmMismatch => "algorithm_mismatch",
             AuthFailure::SessionExpired => "session_expired",
+            AuthFailure::IdentityMismatch => "identity_mismatch",
+            AuthFailure::CertificateRequired => "certificate_required",
         }
     }
 
@@ -66,6 +74,12 @@ impl AuthFailure {
             AuthFailure::SessionExpired => {
                 "your session has expired or was signed out; sign in again"
             }
+            AuthFailure::IdentityMismatch => {
+                "the client certificate and the bearer credential are not the same identity: send a key bound to the certificate's SPIFFE ID, or only one of the two"
+            }
+            AuthFailure::CertificateRequired => {
+                "this API key is bound to a client certificate: connect with that certificate"
+            }
             _ => "invalid credentials",
         }
     }
@@ -80,6 +94,10 @@ pub enum ApiError {
     AuthThrottled(Duration),
     #[error("your role does not allow this: {0} permission required")]
     Forbidden(&'static str),
+    /// A verified client certificate whose identity `auth.mtls.allow` does
+    /// not admit.
+    #[error("client certificate refused: {0}")]
+    IdentityNotAllowed(String),
     #[error("rate limit exceeded: {limit} requests per minute")]
     RateLimited { limit: u32, retry_after: Duration },
     #[error("token quota exceeded: {limit} tokens per minute")]
@@ -142,6 +160,7 @@ impl ApiError {
             | ApiError::RateLimited { .. }
             | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_)
+            | ApiError::IdentityNotAllowed(_)
             | ApiError::OriginNotAllowed
             | ApiError::CsrfRefused(_)
             | ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
@@ -183,10 +202,13 @@ impl ApiError {
                 AuthFailure::Revoked => "key_revoked",
                 AuthFailure::TokenExpired => "token_expired",
                 AuthFailure::SessionExpired => "session_expired",
+                AuthFailure::IdentityMismatch => "identity_mismatch",
+                AuthFailure::CertificateRequired => "certificate_required",
                 _ => "invalid_api_key",
             },
             ApiError::AuthThrottled(_) => "too_many_auth_failures",
             ApiError::Forbidden(_) => "permission_denied",
+            ApiError::IdentityNotAllowed(_) => "identity_not_allowed",
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::QuotaExceeded { .. } => "token_quota_exceeded",
             ApiError::BadJson(_) => "invalid_json",

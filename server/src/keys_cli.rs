@@ -60,6 +60,7 @@ pub fn create(
         expires_at: lifetime.map(|l| now + l),
         rotated_at: None,
         last_used_at: None,
+        spiffe_id: None,
     });
     Ok((id, minted.plaintext))
 }
@@ -121,6 +122,22 @@ pub fn revoke(table: &mut ApiKeyTable, id: &str) -> anyhow::Result<()> {
     key.previous_secret_hash = None;
     key.previous_secret_valid_until = None;
     Ok(())
+}
+
+/// Archives every key past its expiry (revoked ones stay, for audits)
+/// into the table's bounded history and removes it, as the operator does
+/// for a ChatApiKey; returns their ids. `/admin/keys/history` lists them.
+pub fn prune(table: &mut ApiKeyTable, now: DateTime<Utc>) -> Vec<String> {
+    let expired: Vec<String> = table
+        .keys
+        .iter()
+        .filter(|k| k.state != ApiKeyState::Revoked && k.expires_at.is_some_and(|e| e <= now))
+        .map(|k| k.id.clone())
+        .collect();
+    for id in &expired {
+        table.archive_expired(id, now);
+    }
+    expired
 }
 
 /// The `keys list` table.

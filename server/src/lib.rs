@@ -13,7 +13,7 @@
 //! The modules, by concern. No module imports, directly or through
 //! others, one that imports it back (`make import-cycles`): shared types
 //! sit in leaf modules (`principal`, `audit`, `credentials`,
-//! `files::key_table`, `inference`'s `llama_weights`) rather than in the
+//! `files::key_table`, `inference`'s `model`) rather than in the
 //! modules that use them.
 //!
 //! - Starting: `main.rs` (the CLI: `serve`, `keys`, `fetch`), `startup`

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
+use chrono::{DateTime, Utc};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -19,6 +20,32 @@ use tower::ServiceExt;
 /// The peer address of a connection, for the brute-force guard and audit.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The client certificate a connection presented and the handshake
+/// verified (the API port under `auth.mtls`), for every request on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// Its SPIFFE ID. An X.509 SVID carries exactly one URI SAN, with the
+    /// `spiffe` scheme; a certificate with none, several, or another
+    /// scheme has no SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+impl ClientCertificate {
+    /// The identity of the leaf certificate `der`.
+    pub fn from_der(der: &[u8]) -> Self {
+        let uris = crate::der::certificate_uri_sans(der);
+        let spiffe_id = match uris.as_slice() {
+            [one] if one.starts_with("spiffe://") => Some(one.clone()),
+            _ => None,
+        };
+        Self {
+            spiffe_id,
+            not_after: crate::der::certificate_not_after(der),
+        }
+    }
+}
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,8 +89,17 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| ClientCertificate::from_der(leaf.as_ref()));
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
+                if let Some(cert) = &client_cert {
+                    req.extensions_mut().insert(cert.clone());
+                }
                 app.clone().oneshot(req.map(Body::new))
             });
             let conn = hyper::server::conn::http1::Builder::new()

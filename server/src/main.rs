@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::Tier;
+use securechat_server::audit::Placement;
 use securechat_server::files::reload;
 use securechat_server::inference::{self, EngineOptions};
 use securechat_server::startup::{LAST_USED_INTERVAL, ServeOptions, run};
@@ -109,6 +110,11 @@ enum KeysVerb {
         /// Lifetime, e.g. 30d or 720h. Default: no expiry.
         #[arg(long)]
         expires_in: Option<String>,
+        /// Bind the key to this SPIFFE ID: it is then accepted only on an
+        /// API-port connection whose client certificate carries the ID
+        /// (auth.mtls).
+        #[arg(long)]
+        spiffe_id: Option<String>,
     },
     /// List keys (never secrets).
     List,
@@ -124,6 +130,8 @@ enum KeysVerb {
     },
     /// Revoke a key for good.
     Revoke { id: String },
+    /// Archive expired keys in the table's history and remove them.
+    Prune,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -204,6 +212,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         oidc_ca_bundle: args.oidc_ca_bundle,
         record_last_used,
         path_root: args.path_root,
+        placement: Placement::from_env(),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -236,12 +245,16 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
             name,
             tier,
             expires_in,
+            spiffe_id,
         } => {
             let lifetime = expires_in
                 .as_deref()
                 .map(keys_cli::parse_lifetime)
                 .transpose()?;
             let (id, key) = keys_cli::create(&mut table, &name, tier, lifetime, now)?;
+            if let Some(record) = table.get_mut(&id) {
+                record.spiffe_id = spiffe_id;
+            }
             (
                 format!("created key {id} ({name}, {tier}); store it now, it is not shown again:"),
                 Some(key),
@@ -269,6 +282,19 @@ fn keys(args: KeysArgs) -> anyhow::Result<()> {
         KeysVerb::Revoke { id } => {
             keys_cli::revoke(&mut table, &id)?;
             (format!("revoked {id}"), None)
+        }
+        KeysVerb::Prune => {
+            let pruned = keys_cli::prune(&mut table, now);
+            let report = if pruned.is_empty() {
+                "no expired key".to_string()
+            } else {
+                format!(
+                    "archived and removed {} expired key(s): {}",
+                    pruned.len(),
+                    pruned.join(", ")
+                )
+            };
+            (report, None)
         }
     };
     keys_cli::save(&path, &table)

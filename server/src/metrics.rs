@@ -66,6 +66,11 @@ pub struct KeyIdLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpiffeLabels {
+    pub spiffe_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabels {
     pub key_id: String,
 }
@@ -228,6 +233,7 @@ pub struct Metrics {
     pub cert_expiry: FloatGauge,
     pub signing_key_expiry: Family<KidLabels, FloatGauge>,
     pub api_key_expiry: Family<KeyIdLabels, FloatGauge>,
+    pub client_certificate_expiry: Family<SpiffeLabels, FloatGauge>,
     pub certificate_renewals: Counter,
     pub signing_key_rotations: Counter,
     pub api_key_rotations: Counter,
@@ -353,6 +359,12 @@ impl Metrics {
             "Seconds until each API key expires (keys without expiry and revoked keys are absent)",
             api_key_expiry.clone(),
         );
+        let client_certificate_expiry = Family::<SpiffeLabels, FloatGauge>::default();
+        registry.register(
+            "client_certificate_expiry_seconds",
+            "Seconds until the latest-expiring client certificate this server has accepted for each SPIFFE ID expires (auth.mtls; gone once it has expired)",
+            client_certificate_expiry.clone(),
+        );
         let certificate_renewals = Counter::default();
         registry.register(
             "certificate_renewals",
@@ -467,6 +479,7 @@ impl Metrics {
             cert_expiry,
             signing_key_expiry,
             api_key_expiry,
+            client_certificate_expiry,
             certificate_renewals,
             signing_key_rotations,
             api_key_rotations,

@@ -10,13 +10,17 @@ use serde::{Deserialize, Serialize};
 pub enum Method {
     ApiKey,
     Token,
+    /// A client certificate (`auth.mtls`) alone; its SPIFFE ID is the
+    /// subject.
+    ClientCertificate,
 }
 
 /// An authenticated caller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// Stable identity for limits and audit: `key:<id>` for API keys and
-    /// tokens minted from them.
+    /// tokens minted from them; the SPIFFE ID for a request on a connection
+    /// with a client certificate (alone, or with a key bound to it).
     pub subject: String,
     pub key_id: Option<String>,
     pub tier: Tier,

@@ -35,8 +35,17 @@ struct Bucket {
 /// The outcome of taking from a bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
-    Allowed { remaining: u32, reset: Duration },
-    Denied { retry_after: Duration },
+    /// `remaining` and `reset` (until full) are those of the bucket with
+    /// the least left for its capacity, `bucket` (its index): the limit a
+    /// caller runs into first, which is what `RateLimit-*` headers report.
+    Allowed {
+        remaining: u32,
+        reset: Duration,
+        bucket: usize,
+    },
+    Denied {
+        retry_after: Duration,
+    },
 }
 
 /// What to do with a set of buckets.
@@ -97,14 +106,16 @@ pub fn decide(op: Op, levels: &[f64], rates: &[Rate], cost: f64) -> Outcome {
         (Op::Take | Op::Peek, Some(wait)) => Decision::Denied {
             retry_after: secs(wait),
         },
-        _ => match (new_levels.first(), rates.first()) {
-            (Some(&level), Some(rate)) => Decision::Allowed {
-                remaining: level.max(0.0).floor() as u32,
-                reset: secs((rate.capacity - level) / rate.per_second),
+        _ => match binding(&new_levels, rates) {
+            Some(i) => Decision::Allowed {
+                remaining: new_levels[i].max(0.0).floor() as u32,
+                reset: secs((rates[i].capacity - new_levels[i]) / rates[i].per_second),
+                bucket: i,
             },
-            _ => Decision::Allowed {
+            None => Decision::Allowed {
                 remaining: 0,
                 reset: Duration::ZERO,
+                bucket: 0,
             },
         },
     };
@@ -112,6 +123,30 @@ pub fn decide(op: Op, levels: &[f64], rates: &[Rate], cost: f64) -> Outcome {
         levels: new_levels,
         decision,
     }
+}
+
+/// A request's admission in one step: the client address's brute-force
+/// guard, then the principal's buckets. The shared store decides both in
+/// one script (one round trip); in memory they are two steps (a peek of
+/// one failure on the guard, then the buckets' operation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admission {
+    /// The client address has no failure to spare: refused before any
+    /// bucket is touched.
+    Throttled { retry_after: Duration },
+    /// The guard passed (or there was none): what the buckets decided.
+    Decided(Decision),
+}
+
+/// The bucket with the least left for its capacity (the first of equals).
+fn binding(levels: &[f64], rates: &[Rate]) -> Option<usize> {
+    (0..levels.len().min(rates.len())).reduce(|best, i| {
+        if levels[i] / rates[i].capacity < levels[best] / rates[best].capacity {
+            i
+        } else {
+            best
+        }
+    })
 }
 
 /// Many buckets, one per key; at most `max_keys` remembered.

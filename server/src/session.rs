@@ -49,7 +49,13 @@ pub struct WebPort;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Login {
     ApiKey,
-    Sso { issuer: String },
+    Sso {
+        issuer: String,
+    },
+    /// A plain-OAuth2 provider of `web.oauth2`, by name.
+    OAuth2 {
+        provider: String,
+    },
 }
 
 /// One signed-in browser.
@@ -74,6 +80,10 @@ pub struct PendingLogin {
     pub nonce: String,
     pub redirect_uri: String,
     pub started_at: DateTime<Utc>,
+    /// Set when a `web.oauth2` provider (by name) was started rather than
+    /// an OIDC issuer: its callback accepts only these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_provider: Option<String>,
 }
 
 /// Why a session could not be stored or read.
@@ -385,6 +395,7 @@ mod tests {
             nonce: "n".into(),
             redirect_uri: "https://x/web/sso/callback".into(),
             started_at: now,
+            oauth2_provider: None,
         };
         store.start_login("s1", pending.clone(), now).unwrap();
         assert!(store.finish_login("s1", now).is_some());

@@ -12,10 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::audit::Placement;
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
-use crate::files::reload::{self, Reloader, TlsState};
+use crate::files::reload::{self, Reloader, TlsSettings, TlsState};
 use crate::listener::serve_tls;
 use crate::metrics::Metrics;
 use crate::routes::{app, web_app};
@@ -40,6 +41,9 @@ pub struct ServeOptions {
     /// pod's config outside the pod against a projected copy of its mounts
     /// (`make demo`). `None`: as written.
     pub path_root: Option<PathBuf>,
+    /// This process's pod and node, written into every audit line
+    /// (`Placement::from_env` in a pod).
+    pub placement: Placement,
 }
 
 /// How often standalone mode writes `lastUsedAt` back: at most one table
@@ -82,7 +86,10 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     let signing = reload::load_keyset(&files.signing_keys)?;
     let table = reload::load_table(&files.api_keys)?;
     let cert = reload::load_cert(&files).context("loading the TLS certificate")?;
-    let min_version = runtime.config.tls.min_version;
+    let tls_settings = TlsSettings {
+        min_version: runtime.config.tls.min_version,
+        mtls: runtime.config.auth.mtls.mode,
+    };
     let extra_roots = match &options.oidc_ca_bundle {
         Some(path) => {
             Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
@@ -135,13 +142,17 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         table,
         oidc,
         Some(config_path.clone()),
-        Services { metrics, store },
+        Services {
+            metrics,
+            store,
+            placement: options.placement.clone(),
+        },
     );
     *state
         .cert_not_after
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = cert.not_after;
-    let tls = Arc::new(TlsState::new(cert, min_version)?);
+    let tls = Arc::new(TlsState::new(cert, tls_settings, &files.client_ca_bundle)?);
     let reloader = Arc::new(Reloader::new(
         state.clone(),
         tls.clone(),
@@ -176,7 +187,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
     let mut tasks = vec![
         tokio::spawn(serve_tls(
             api,
-            tls.acceptor.clone(),
+            tls.api_acceptor.clone(),
             app(state.clone()),
             header_timeout(state.clone()),
             rx.clone(),

@@ -14,6 +14,7 @@ use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::ServerConfig;
 use serde::Serialize;
 
+use crate::audit::Placement;
 use crate::credentials::jwt::{SigningMaterial, TokenPolicy};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
@@ -104,6 +105,8 @@ pub enum UsageScope {
 pub struct Services {
     pub metrics: Metrics,
     pub store: Option<Arc<Store>>,
+    /// This process's pod and node, for the audit lines.
+    pub placement: Placement,
 }
 
 /// What every request reads; [`AppState`] clones it per request as one Arc.
@@ -114,6 +117,10 @@ pub struct AppStateInner {
     pub signing: ArcSwap<SigningMaterial>,
     pub api_keys: ArcSwap<ApiKeyTable>,
     pub cert_not_after: Mutex<Option<DateTime<Utc>>>,
+    /// The latest notAfter of the client certificates accepted for each
+    /// SPIFFE ID (`auth.mtls`), for the expiry gauge: a client still
+    /// presenting a nearly expired certificate is not getting its renewals.
+    pub client_cert_not_after: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Requests per principal.
     pub request_buckets: Buckets,
     /// Prompt and generated tokens per principal (minute and day budgets).
@@ -136,6 +143,10 @@ pub struct AppStateInner {
     /// Requests per caller in its current window (`auth.policy`'s
     /// `input.usage`).
     pub policy_windows: Windows,
+    /// This process's pod and node, written into every audit line.
+    pub placement: Placement,
+    /// WeChat Work corp access tokens (its documents ask for caching).
+    pub wecom_tokens: crate::credentials::wecom::TokenCache,
 }
 
 #[derive(Clone)]
@@ -158,7 +169,11 @@ impl AppState {
         config_path: Option<PathBuf>,
         services: Services,
     ) -> Self {
-        let Services { metrics, store } = services;
+        let Services {
+            metrics,
+            store,
+            placement,
+        } = services;
         let max = live_config.config.limits.max_tracked_clients as usize;
         let sessions = Sessions::new(max, store.clone());
         let buckets = |family: &'static str| match &store {
@@ -171,6 +186,7 @@ impl AppState {
             signing: ArcSwap::from_pointee(signing),
             api_keys: ArcSwap::from_pointee(api_keys),
             cert_not_after: Mutex::new(None),
+            client_cert_not_after: Mutex::new(HashMap::new()),
             request_buckets: buckets("requests"),
             token_buckets: buckets("tokens"),
             failure_buckets: buckets("auth_failures"),
@@ -182,6 +198,8 @@ impl AppState {
             config_path,
             sessions,
             policy_windows: Windows::new(max),
+            placement,
+            wecom_tokens: Default::default(),
         }))
     }
 
@@ -203,6 +221,25 @@ impl AppState {
     /// name or the file's own name.
     pub fn serves_model(&self, requested: &str) -> bool {
         requested == self.model_id() || requested == self.engine.info().id
+    }
+
+    /// Remembers an accepted client certificate's expiry. At most
+    /// `limits.maxTrackedClients` identities are tracked; expired entries
+    /// are dropped at each scrape.
+    pub fn note_client_certificate(&self, spiffe_id: &str, not_after: DateTime<Utc>) {
+        let max = self.live_config().config.limits.max_tracked_clients as usize;
+        let mut map = self
+            .client_cert_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let full = map.len() >= max;
+        match map.get_mut(spiffe_id) {
+            Some(latest) => *latest = (*latest).max(not_after),
+            None if !full => {
+                map.insert(spiffe_id.to_string(), not_after);
+            }
+            None => {}
+        }
     }
 
     /// Adds to a key's usage: this process's figures and counters, and,

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use securechat_crds::v1alpha1::TlsVersion;
 use tokio_rustls::TlsAcceptor;
@@ -83,20 +84,67 @@ impl ResolvesServerCert for SwappableCert {
     }
 }
 
+/// Why a client-certificate trust bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustBundleError {
+    #[error("trust bundle: {0}")]
+    Pem(#[source] pem::Error),
+    #[error("trust bundle: no CERTIFICATE block")]
+    Empty,
+    #[error("trust bundle: {0}")]
+    Certificate(#[source] rustls::Error),
+    #[error("trust bundle: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// The verifier of client certificates against `bundle_pem` (every PEM CA
+/// in it is trusted). With `required`, a client without a certificate is
+/// refused at the handshake; without, it may go on to bearer
+/// authentication. Either way a certificate that is presented must chain to
+/// the bundle, be within its validity and be meant for client
+/// authentication (or name no purpose), else the handshake fails.
+pub fn client_verifier(
+    bundle_pem: &[u8],
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, TrustBundleError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem) {
+        roots
+            .add(cert.map_err(TrustBundleError::Pem)?)
+            .map_err(TrustBundleError::Certificate)?;
+    }
+    if roots.is_empty() {
+        return Err(TrustBundleError::Empty);
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(TrustBundleError::Verifier)
+}
+
 /// A TLS acceptor for the given minimum version. TLS 1.3 is always offered
-/// and preferred; 1.2 only when the config allows it.
+/// and preferred; 1.2 only when the config allows it. With a
+/// `client_verifier` (the API port under `auth.mtls`) client certificates
+/// are requested and checked by it.
 pub fn acceptor(
     cert: Arc<SwappableCert>,
     min_version: TlsVersion,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<TlsAcceptor, rustls::Error> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -4,7 +4,8 @@
 //! scrape of a running server, after traffic that creates every labelled
 //! series the rules read.
 
-use securechat_test_support::https::{chat_body, server};
+use securechat_test_support::https::client_certs::{self, Ca};
+use securechat_test_support::https::{chat_body, eventually, server};
 use std::collections::BTreeSet;
 
 /// Limits low enough that the test can trip the request limiter (the
@@ -157,6 +158,27 @@ async fn alert_rules_use_only_metrics_the_server_exports() {
     }
     assert!(limited, "500 requests and no 429");
 
+    // A client certificate accepted under auth.mtls (switched on by a live
+    // config change) creates the client-certificate expiry series. The
+    // client CA bundle is the default one, the server's CA file (file
+    // paths are read at start); the test's CA joins it.
+    let ca = Ca::new("client CA");
+    let bundle = std::fs::read_to_string(s.ca_path()).unwrap();
+    std::fs::write(s.ca_path(), format!("{bundle}{}", ca.pem)).unwrap();
+    let mtls = "auth:\n  mtls:\n    mode: Optional\n    allow:\n      - spiffeID: spiffe://cluster.local/ns/apps/*\n        tier: Developer\n";
+    std::fs::write(s.data().join("config.yaml"), format!("{TIGHT}{mtls}")).unwrap();
+    let identity = ca.client(Some("spiffe://cluster.local/ns/apps/sa/web"), -1, 2);
+    // A new client (a new connection) each try: a pooled connection opened
+    // before the reload was never asked for a certificate.
+    assert!(
+        eventually(async || client_certs::client(&s.ca_path(), Some(&identity))
+            .get(s.url("/v1/models"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+        .await,
+        "the client certificate was not accepted after mTLS was switched on"
+    );
     let exposition = s
         .client
         .get(s.url("/metrics"))

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use securechat_test_support::https::{RELAXED, chat_body, server};
+use securechat_test_support::https::{self, RELAXED, chat_body, server};
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -77,6 +77,10 @@ async fn one_json_line_per_request_without_secrets() {
     assert_eq!(line["tokens_out"], 6);
     assert_eq!(line["redactions"], 1);
     assert!(line["latency_ms"].as_f64().is_some());
+    // The pod and node it ran on (the second seed's node id), so failures
+    // can be grouped by node.
+    assert_eq!(line["pod"], https::POD);
+    assert_eq!(line["node"], https::NODE);
     let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
     assert!(!text.contains(&s.keys.developer), "API key in the log");
     assert!(

@@ -180,3 +180,46 @@ fn serve_refuses_a_model_of_another_family_than_the_config_names() {
     let stderr = serve("Llama-GGUF");
     assert!(!stderr.contains("model.family"), "{stderr}");
 }
+
+/// Issue 26: `keys prune` archives expired keys in the table's history
+/// before removing them, and says which.
+#[test]
+fn keys_prune_archives_expired_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let create = |name: &str, lifetime: Option<&str>| {
+        let mut args = vec!["keys", "--data-dir", d, "create", "--name", name];
+        if let Some(l) = lifetime {
+            args.extend(["--expires-in", l]);
+        }
+        let key = last_line(&stdout(&bin(&args))).to_string();
+        key.trim_start_matches("sk-sc-")
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let short = create("short", Some("1s"));
+    let lasting = create("lasting", None);
+    // Past the short key's expiry.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = stdout(&bin(&["keys", "--data-dir", d, "prune"]));
+    assert!(
+        out.contains("archived and removed 1 expired key(s)") && out.contains(&short),
+        "{out}"
+    );
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("api-keys.json")).unwrap()).unwrap();
+    let ids: Vec<&str> = table["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [lasting.as_str()]);
+    assert_eq!(table["history"][0]["id"], short.as_str());
+    assert_eq!(table["history"][0]["name"], "short");
+    assert!(table["history"][0]["expiredAt"].is_string());
+    let again = stdout(&bin(&["keys", "--data-dir", d, "prune"]));
+    assert!(again.contains("no expired key"), "{again}");
+}

@@ -241,6 +241,36 @@ fn the_loader_picks_the_family_from_the_path() {
     ));
 }
 
+/// A GGUF file names its architecture; one outside the family table is
+/// refused at load with both what it is and what is served.
+#[test]
+fn a_gguf_architecture_outside_the_family_table_is_refused_by_name() {
+    use candle_core::quantized::gguf_file::{Value, write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen.gguf");
+    let arch = Value::String("qwen2".into());
+    let name = Value::String("tiny".into());
+    let mut file = std::fs::File::create(&path).unwrap();
+    write(
+        &mut file,
+        &[("general.architecture", &arch), ("general.name", &name)],
+        &[],
+    )
+    .unwrap();
+    drop(file);
+    assert_eq!(detect_family(&path).unwrap(), ModelFamily::LlamaGguf);
+    match load_model(&path, None, WeightFormat::AsStored) {
+        Err(InferenceError::Unsupported(message)) => {
+            assert!(
+                message.contains("`qwen2`") && message.contains("llama"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected Unsupported, got {other}"),
+        Ok(_) => panic!("a qwen2 file loaded"),
+    }
+}
+
 #[test]
 fn a_declared_family_must_be_what_the_directory_holds() {
     let (dir, _) = checkpoint(GlmFamily::ChatGlm3);

@@ -93,7 +93,7 @@ async fn start_idp(data: &std::path::Path) -> Idp {
     .unwrap();
     let swappable = Arc::new(tls::SwappableCert(ArcSwap::new(cert.key)));
     let acceptor = Arc::new(ArcSwap::from_pointee(
-        tls::acceptor(swappable, TlsVersion::V1_3).unwrap(),
+        tls::acceptor(swappable, TlsVersion::V1_3, None).unwrap(),
     ));
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(listener::serve_tls(

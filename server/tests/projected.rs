@@ -147,6 +147,7 @@ async fn start_projected(
         // Operator mode: the key table is a read-only Secret.
         record_last_used: None,
         path_root: None,
+        placement: Default::default(),
     };
     start(&options, EchoEngine::new()).await.unwrap()
 }

@@ -164,6 +164,119 @@ async fn seed_chat_api_shape() {
     );
 }
 
+/// The first seed's complete example (section 7) posts its `ChatRequest`
+/// to `/api/secure-chat`; the same endpoint as `/api/chat` answers.
+#[tokio::test]
+async fn seed_secure_chat_path_is_the_chat_endpoint() {
+    let s = server(RELAXED).await;
+    let resp = s
+        .client
+        .post(s.url("/api/secure-chat"))
+        .bearer_auth(&s.keys.developer)
+        .json(&json!({"message": "ni hao", "history": [], "max_length": 2048, "temperature": 0.7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["response"], "ni hao");
+    assert_eq!(body["user"], format!("key:{}", s.keys.developer_id));
+    assert_eq!(
+        body["history"],
+        json!([{"role": "user", "content": "ni hao"}, {"role": "assistant", "content": "ni hao"}])
+    );
+}
+
+/// The seed's `history: List[str] = []`: a flat list alternating user and
+/// assistant turns.
+#[tokio::test]
+async fn seed_flat_string_history_alternates_user_and_assistant() {
+    let s = server(RELAXED).await;
+    let body: Value = s
+        .client
+        .post(s.url("/api/secure-chat"))
+        .bearer_auth(&s.keys.developer)
+        .json(&json!({
+            "message": "and tomorrow",
+            "history": ["what is the weather", "sunny"],
+            "max_length": 2048,
+            "temperature": 0.7
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let roles: Vec<&str> = body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"], "{body}");
+    assert_eq!(body["history"][1]["content"], "sunny");
+    assert_eq!(body["history"][2]["content"], "and tomorrow");
+}
+
+/// The seed's `/api/chat` answers `{response, history, user_id}`; its
+/// `/api/secure-chat` answers `user`: both name the caller.
+#[tokio::test]
+async fn seed_chat_names_the_caller_as_user_id_too() {
+    let s = server(RELAXED).await;
+    let body: Value = s
+        .client
+        .post(s.url("/api/chat"))
+        .bearer_auth(&s.keys.admin)
+        .json(&json!({"message": "ni hao", "history": [], "max_length": 2048, "temperature": 0.7}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let caller = format!("key:{}", s.keys.admin_id);
+    assert_eq!(body["user_id"], caller);
+    assert_eq!(body["user"], caller);
+}
+
+/// The seed's FastAPI app declares `OAuth2PasswordBearer(tokenUrl="token")`:
+/// `POST /token` is the token endpoint, and its token calls the seed's chat.
+#[tokio::test]
+async fn seed_token_path_is_the_token_endpoint() {
+    let s = server(RELAXED).await;
+    let resp = s
+        .client
+        .post(s.url("/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_secret", s.keys.developer.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let token: Value = resp.json().await.unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    let resp = s
+        .client
+        .post(s.url("/api/secure-chat"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({"message": "ni hao", "history": [], "max_length": 2048, "temperature": 0.7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["user_id"], format!("key:{}", s.keys.developer_id));
+    // Errors keep the OAuth shape under the seed's path too.
+    let resp = s.client.get(s.url("/token")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+}
+
 #[tokio::test]
 async fn oauth_token_then_bearer_jwt_and_jwks() {
     let s = server(RELAXED).await;
@@ -459,6 +572,101 @@ async fn reload_errors(client: &reqwest::Client, metrics_url: &str, file: &str) 
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Issue 26: `keys prune` archives an expired key (id, tier, dates) in the
+/// table's bounded history before removing it, and the admin API lists it
+/// with the usage the server counted.
+#[tokio::test]
+async fn pruned_expired_keys_are_listed_in_the_admin_history() {
+    let s = server(RELAXED).await;
+    let table_path = s.data().join("api-keys.json");
+    let mut table = keys_cli::load(&table_path).unwrap();
+    let created = Utc::now();
+    let lifetime = chrono::Duration::seconds(5);
+    let (id, short) = keys_cli::create(
+        &mut table,
+        "short-lived",
+        securechat_crds::v1alpha1::Tier::Developer,
+        Some(lifetime),
+        created,
+    )
+    .unwrap();
+    keys_cli::save(&table_path, &table).unwrap();
+    let c = &s.client;
+    let chat = async || {
+        c.post(s.url("/v1/chat/completions"))
+            .bearer_auth(&short)
+            .json(&chat_body("one two"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert!(
+        wait_for(async || chat().await == 200).await,
+        "the new key never worked"
+    );
+    assert_eq!(chat().await, 200);
+    // Past its expiry it is refused (refusals count no usage).
+    let left = (created + lifetime - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
+    assert_eq!(chat().await, 401);
+
+    let mut table = keys_cli::load(&table_path).unwrap();
+    // Ours, and the fixture's expired key; not the revoked one.
+    let pruned = keys_cli::prune(&mut table, Utc::now());
+    assert_eq!(pruned.len(), 2, "{pruned:?}");
+    assert!(pruned.contains(&id), "{pruned:?}");
+    assert!(keys_cli::prune(&mut table, Utc::now()).is_empty());
+    keys_cli::save(&table_path, &table).unwrap();
+    let history = async || -> Value {
+        c.get(s.url("/admin/keys/history"))
+            .bearer_auth(&s.keys.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    assert!(
+        wait_for(async || history().await["keys"][0]["id"] == id.as_str()).await,
+        "the pruned key never appeared in the history"
+    );
+    let body = history().await;
+    assert_eq!(body["keys"].as_array().unwrap().len(), 2, "{body}");
+    // Newest first.
+    let entry = &body["keys"][0];
+    assert_eq!(entry["name"], "short-lived");
+    assert_eq!(entry["tier"], "Developer");
+    assert!(entry["createdAt"].is_string() && entry["expiredAt"].is_string());
+    assert!(entry["lastUsedAt"].is_string(), "{entry}");
+    assert_eq!(entry["usage"]["requests"], 2, "{entry}");
+    assert_eq!(entry["usage"]["completionTokens"], 4, "{entry}");
+    assert!(entry.get("secretHash").is_none());
+    assert_eq!(body["usageScope"], "replica");
+    // Gone from the live table.
+    let keys: Value = c
+        .get(s.url("/admin/keys"))
+        .bearer_auth(&s.keys.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!keys.to_string().contains(&id));
+    // A developer cannot read it.
+    let resp = c
+        .get(s.url("/admin/keys/history"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
 }
 
 #[tokio::test]
@@ -856,4 +1064,42 @@ async fn the_served_model_name_is_the_model_id() {
         let answer: Value = resp.json().await.unwrap();
         assert_eq!(answer["model"], "chatglm3-secure");
     }
+}
+
+#[tokio::test]
+async fn ratelimit_headers_report_a_token_budget_when_it_binds_first() {
+    let s = server(
+        "rateLimit:\n  requestsPerMinute: 1000\n\
+         roles:\n  developer:\n    permissions: [Chat, Models, Usage]\n    tokensPerDay: 200\n",
+    )
+    .await;
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&s.keys.developer)
+        .json(&https::chat_body_with("hi", json!({"max_tokens": 50})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Prompt + max_tokens reserved from 200 a day leaves less, for its
+    // limit, than 999 of 1000 requests a minute.
+    assert_eq!(resp.headers()["ratelimit-limit"], "200");
+    let remaining: u32 = resp.headers()["ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining <= 150, "{remaining}");
+    // A call that spends no tokens reports the request limit.
+    let resp = s
+        .client
+        .get(s.url("/v1/models"))
+        .bearer_auth(&s.keys.developer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["ratelimit-limit"], "1000");
+    assert_eq!(resp.headers()["ratelimit-remaining"], "998");
 }

@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use securechat_server::dev;
+use securechat_server::shared::usage::USAGE_RETENTION;
 use securechat_test_support::https::{
     Replicas, TestServer, chat_body_with, metrics_at, metrics_text, sample, server_in,
 };
@@ -594,4 +595,16 @@ async fn usage_is_the_whole_models_on_every_replica() {
     assert_eq!(own["usageScope"], "model", "{own}");
     assert_eq!(own["usage"]["requests"], 7, "{own}");
     assert!(own["usage"]["lastUsedAt"].is_string(), "{own}");
+    // The hash lives the retention past the last use, so a key removed
+    // from the table does not stay in the store for ever.
+    let ttl: u64 = store
+        .command(&["PTTL", &format!("test/replicas/usage:{id}")])
+        .expect("a TTL")
+        .parse()
+        .expect("milliseconds");
+    let retention = USAGE_RETENTION.as_millis() as u64;
+    assert!(
+        ttl > retention - 60_000 && ttl <= retention,
+        "{ttl} ms left of {retention}"
+    );
 }

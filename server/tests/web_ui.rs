@@ -15,6 +15,7 @@ use securechat_server::dev;
 use securechat_server::inference::{EngineOptions, default_model_path, load_engine};
 use securechat_server::startup::{Running, ServeOptions, start};
 use securechat_test_support::https::{self, Keys, RELAXED, add_keys, client_for, server};
+use securechat_test_support::oauth2_provider;
 use serde_json::{Value, json};
 
 const DEPS: &str =
@@ -73,6 +74,7 @@ async fn real_server(dir: &Path, config: &str) -> (Running, Keys) {
         oidc_ca_bundle: Some(dir.join("tls/ca.crt")),
         record_last_used: None,
         path_root: None,
+        placement: Default::default(),
     };
     (start(&options, engine).await.unwrap(), keys)
 }
@@ -132,9 +134,11 @@ async fn api_key_login_chat_redaction_and_roles_in_a_real_browser() {
     running.shutdown().await;
 }
 
-/// What the page says for what the echo engine makes happen: a card number
-/// in the answer (input filtering off, so only the output filter sees it)
-/// and a full queue (503 with Retry-After).
+/// The page's states with the echo engine, one screenshot each (checked
+/// for the state's key elements, not compared by pixels): signed out, a
+/// Markdown answer with the conversation list (at phone width), a card
+/// number in the answer (input filtering off, so only the output filter
+/// sees it) and a full queue (503 with Retry-After).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_redaction_and_a_busy_model_in_a_real_browser() {
     require_browser_deps();
@@ -155,6 +159,8 @@ async fn output_redaction_and_a_busy_model_in_a_real_browser() {
             ("SCENARIO", scenario.to_string()),
         ]
     };
+    run_node("echo.mjs", envs("signed-out")).await;
+    run_node("echo.mjs", envs("chatting")).await;
     run_node("echo.mjs", envs("output-redaction")).await;
     s.engine
         .queue_full
@@ -238,6 +244,31 @@ async fn sessions_are_cookie_bound_csrf_checked_and_web_port_only() {
     }
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The Markdown renderer needed no loosening: scripts only from this
+    // origin, never inline or eval'd, and it is served under the same
+    // policy as a script file.
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let markdown = client
+        .get(format!("{web}/ui/markdown.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(markdown.status(), 200);
+    assert_eq!(
+        markdown.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(markdown.headers()["content-security-policy"], csp);
+    assert!(
+        markdown
+            .text()
+            .await
+            .unwrap()
+            .contains("export function parse")
+    );
     assert!(page.headers().contains_key("strict-transport-security"));
     // The UI is not on the API port.
     let on_api = client.get(s.url("/")).send().await.unwrap();
@@ -508,4 +539,211 @@ async fn redactions_are_reported_for_the_input_and_the_output() {
         assert_eq!(reported, want_out, "input filter {input_filter}: {text}");
         assert!(!text.contains("4111 1111"), "{text}");
     }
+}
+
+/// The page's Markdown parser, with node's own test runner.
+#[test]
+fn the_markdown_renderer_keeps_raw_html_as_text() {
+    let node = Command::new("node")
+        .args(["--test", "markdown.test.mjs"])
+        .current_dir(web_dir())
+        .output()
+        .expect("node is not on PATH: install Node.js 20+");
+    assert!(
+        node.status.success(),
+        "markdown tests failed:\n{}{}",
+        String::from_utf8_lossy(&node.stdout),
+        String::from_utf8_lossy(&node.stderr)
+    );
+}
+
+/// A server (echo engine) whose web UI signs in through the stand-in
+/// provider of test-support: `provider` is the `web.oauth2` entry, with
+/// `{base}` for the stand-in's URL and `{secret}` for the secret file.
+async fn server_with_stand_in(
+    provider: &str,
+    secret: &str,
+) -> (https::TestServer, oauth2_provider::StandIn) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dev::ensure(dir.path()).unwrap();
+    let stand_in = oauth2_provider::start(dir.path()).await;
+    let secret_file = dir.path().join("oauth2-client-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let provider = provider
+        .replace("{base}", &stand_in.base())
+        .replace("{secret}", &secret_file.display().to_string());
+    std::fs::write(
+        &config_path,
+        format!("{RELAXED}web:\n  oauth2:\n{provider}"),
+    )
+    .unwrap();
+    let keys = add_keys(dir.path());
+    (https::serve_prepared(dir, keys, None).await, stand_in)
+}
+
+const WECOM_PROVIDER: &str = "    - clientSecretFile: {secret}\n      provider:\n        name: wecom\n        \
+     kind: WeCom\n        displayName: WeChat Work\n        clientId: ww0standin0corp\n        wecom:\n          \
+     agentId: \"1000002\"\n          apiBaseURL: {base}\n          authorizeURL: {base}/wwlogin/sso/login\n          \
+     departmentTiers:\n            - {id: 2, tier: Developer}\n            - {id: 3, tier: ReadOnly}\n          \
+     tagTiers:\n            - {id: 7, tier: Admin}\n";
+
+/// WeChat Work sign-in end to end in Chromium: department and tag
+/// mapping, a user mapped to nothing, someone outside the corp, a forged
+/// state and an expired code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wecom_login_in_a_real_browser() {
+    require_browser_deps();
+    let (s, stand_in) = server_with_stand_in(WECOM_PROVIDER, oauth2_provider::CORP_SECRET).await;
+    let shots = screenshot_dir("wecom");
+    let envs = |scenario: &str| {
+        vec![
+            (
+                "WEB_URL",
+                format!("https://localhost:{}", s.running.web_addr.port()),
+            ),
+            (
+                "WEB_TLS_CERT",
+                s.data().join("tls/tls.crt").display().to_string(),
+            ),
+            ("WEB_SCREENSHOTS", shots.display().to_string()),
+            ("SCENARIO", scenario.to_string()),
+        ]
+    };
+    run_node("wecom.mjs", envs("members")).await;
+    // The corp access token is fetched once and cached, as the documents
+    // ask; every login identifies the user from its code.
+    let calls = stand_in.calls();
+    let count = |path: &str| calls.iter().filter(|c| *c == path).count();
+    assert_eq!(count("gettoken"), 1, "{calls:?}");
+    assert_eq!(count("auth/getuserinfo"), 4, "{calls:?}");
+    assert_eq!(count("user/get"), 3, "{calls:?}");
+    stand_in.expire_codes(true);
+    run_node("wecom.mjs", envs("expired")).await;
+}
+
+/// A generic OAuth2 provider (not WeCom), walked step by step: PKCE and
+/// client_secret_basic at the token endpoint, the user read with JSON
+/// pointers, roles mapped, an unmapped user refused, a replayed code.
+#[tokio::test]
+async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
+    let provider = "    - clientSecretFile: {secret}\n      provider:\n        name: corp-sso\n        \
+         kind: OAuth2\n        clientId: securechat-web\n        oauth2:\n          \
+         authorizeURL: {base}/oauth/authorize?user=USER\n          tokenURL: {base}/oauth/token\n          \
+         userInfoURL: {base}/oauth/userinfo\n          scopes: [profile, groups]\n          \
+         userIdPointer: /data/id\n          displayNamePointer: /data/profile/name\n          \
+         rolePointer: /data/groups\n          roleMapping:\n            - {value: department-2, tier: Developer}\n            \
+         - {value: \"7\", tier: Admin}\n";
+    let (s, stand_in) = server_with_stand_in(provider, oauth2_provider::CLIENT_SECRET).await;
+    let web = format!("https://localhost:{}", s.running.web_addr.port());
+    let client = oauth2_provider::client_without_redirects(&s.ca_path());
+    let options: Value = client
+        .get(format!("{web}/web/options"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(options["sso"][0]["label"], "Sign in with corp-sso");
+    let start = options["sso"][0]["start"].as_str().unwrap().to_string();
+
+    // Start -> the provider (which redirects at once for `user`) -> the
+    // callback with the login cookie. Returns the callback's answer and
+    // the callback URL.
+    let login = async |user: &str| {
+        let started = client.get(format!("{web}{start}")).send().await.unwrap();
+        assert_eq!(started.status(), 303);
+        let cookie = started.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let authorize = started.headers()["location"]
+            .to_str()
+            .unwrap()
+            .replace("USER", user);
+        for part in [
+            "code_challenge=",
+            "code_challenge_method=S256",
+            "state=",
+            "scope=profile+groups",
+        ] {
+            assert!(authorize.contains(part), "{part} in {authorize}");
+        }
+        let at_provider = client.get(&authorize).send().await.unwrap();
+        assert_eq!(at_provider.status(), 302, "{:?}", at_provider.text().await);
+        let callback = at_provider.headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let answer = client
+            .get(&callback)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        (answer, callback, cookie)
+    };
+
+    let (answer, callback, cookie) = login("zhangsan").await;
+    assert_eq!(answer.status(), 303, "{:?}", answer.text().await);
+    let session_cookie = answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap())
+        .find(|c| c.starts_with("__Host-securechat-session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let view: Value = client
+        .get(format!("{web}/web/session"))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["name"], "张三");
+    assert_eq!(view["role"], "Developer");
+    assert_eq!(view["subject"], "oauth2:corp-sso#zhangsan");
+    assert_eq!(view["login"]["method"], "oauth2");
+
+    // The same callback again: the state was used up.
+    let replay = client
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert!(
+        replay
+            .text()
+            .await
+            .unwrap()
+            .contains("expired or was already used")
+    );
+
+    // A tag maps higher than a department.
+    let (answer, _, _) = login("lisi").await;
+    assert_eq!(answer.status(), 303);
+
+    // Mapped to nothing: refused, saying what the user holds.
+    let (answer, _, _) = login("wangwu").await;
+    assert_eq!(answer.status(), 403);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("No role is mapped to your account"), "{page}");
+    assert!(page.contains("department-99"), "{page}");
+    let calls = stand_in.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "oauth/token").count(),
+        3,
+        "{calls:?}"
+    );
 }

@@ -12,9 +12,12 @@
 //!   [`https::raw`] speaks HTTP/1.1 byte by byte for what a client library
 //!   will not send; [`https::Replicas`] runs several servers on one
 //!   directory, as replicas sharing one config and key table.
+//! - [`oauth2_provider`]: a stand-in WeChat Work and generic OAuth2
+//!   provider over HTTPS, for the web UI's OAuth2 sign-in.
 //! - [`store`]: a real shared store (redis-server) on a free port, to kill
 //!   and restart.
 
 pub mod cluster;
 pub mod https;
+pub mod oauth2_provider;
 pub mod store;

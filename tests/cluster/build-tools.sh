@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl), helm, kwok, the NetworkPolicy evaluator (np-guard's
-# k8snetpolicy), promtool (alert-rule tests) and crane (daemonless image
-# builds), and for the real node (make node-up) kubelet, kube-proxy and
+# k8snetpolicy), promtool (alert-rule tests), the Prometheus server and
+# Alertmanager (alert delivery tests), crane (daemonless image builds) and
+# kstatus (what GitOps health checks make of our resources' status), and for
+# the real node (make node-up) kubelet, kube-proxy and
 # kube-router, CoreDNS, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
@@ -25,8 +27,12 @@ netpol_version=v1.4.4
 # v0.316.0 is Prometheus 3.16.0 (go 1.26.7).
 promtool_version=v0.316.0 promtool_release=3.16.0
 crane_version=v0.22.1
+alertmanager_version=v0.35.0
 kube_router_version=v2.1.0
 coredns_version=v1.15.0
+# kstatus (sigs.k8s.io/cli-utils): the status GitOps tools compute; our
+# wrapper main (tests/cluster/kstatus) prints it for one object.
+kstatus_version=v0.37.2
 
 command -v go >/dev/null || { echo "error: Go is required to build the control plane (go 1.26+)" >&2; exit 1; }
 
@@ -58,8 +64,20 @@ k8s_ldflags() {
 	echo "$flags"
 }
 
+# Which tools: all (default), a space-separated list of names, `cluster`
+# (all but the real node's) or `node` (the real node's, which only
+# `make node-up` needs: scripts/test.sh builds them in the background while
+# cargo builds and tests).
 only=${1:-all}
-want() { [ "$only" = all ] || [[ " $only " == *" $1 "* ]]; }
+node_tools="kubelet kube-proxy kube-router coredns pause prometheus"
+want() {
+	case $only in
+	all) return 0 ;;
+	node) [[ " $node_tools " == *" $1 "* ]] ;;
+	cluster) [[ " $node_tools " != *" $1 "* ]] ;;
+	*) [[ " $only " == *" $1 "* ]] ;;
+	esac
+}
 
 want etcd && build etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3
 for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
@@ -72,13 +90,42 @@ want k8snetpolicy && build k8snetpolicy "$netpol_version" netpol github.com/np-g
 # tests only check and unit-test rule files: remove_all_sd leaves out the
 # service-discovery plugins (cloud SDKs), most of the build.
 want promtool && build promtool "$promtool_version" promtool github.com/prometheus/prometheus/cmd/promtool "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd
+# The Prometheus server for scraping the real node's pods and firing the
+# shipped rules into Alertmanager: same module as promtool, with only the
+# Kubernetes service discovery (plus static and file targets, always built).
+want prometheus && build prometheus "$promtool_version" promtool github.com/prometheus/prometheus/cmd/prometheus "-X github.com/prometheus/common/version.Version=$promtool_release" remove_all_sd,enable_kubernetes_sd
 want crane && build crane "$crane_version" crane github.com/google/go-containerregistry/cmd/crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version"
+# Alertmanager (tests/alerts_delivery.rs): delivers the shipped rules'
+# alerts to the chart's webhook adapter. Its module zip lacks the npm-built
+# web UI that its ui package embeds (see alertmanager/go.mod): build from a
+# copy with a README in the UI's place, made once per version.
+alertmanager_source() {
+	local src="$here/alertmanager/src" stamp="$here/alertmanager/src/.securechat-version"
+	[ -x "$bin/alertmanager-$alertmanager_version" ] && return
+	[ "$(cat "$stamp" 2>/dev/null)" = "$alertmanager_version" ] && return
+	local dir
+	dir=$(cd / && GOFLAGS= go mod download -json "github.com/prometheus/alertmanager@$alertmanager_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[ -d "$dir" ] || { echo "error: cannot download github.com/prometheus/alertmanager@$alertmanager_version" >&2; exit 1; }
+	rm -rf "$src" "$src.tmp"
+	cp -r "$dir" "$src.tmp"
+	chmod -R u+w "$src.tmp"
+	for ui in elm mantine; do
+		mkdir -p "$src.tmp/ui/app/dist/$ui"
+		echo "The web UI is not built (npm); the API serves under /api/v2." >"$src.tmp/ui/app/dist/$ui/README.txt"
+	done
+	echo "$alertmanager_version" >"$src.tmp/.securechat-version"
+	mv "$src.tmp" "$src"
+}
+want alertmanager && alertmanager_source && build alertmanager "$alertmanager_version" alertmanager github.com/prometheus/alertmanager/cmd/alertmanager "-X github.com/prometheus/common/version.Version=${alertmanager_version#v}"
 # The real node's NetworkPolicy enforcer (make node-up): kube-router's
 # policy controller. kube-network-policies needs CONFIG_NFT_QUEUE, which
 # this kernel lacks (see tests/cluster/node-up.sh).
 want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
 # The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
 want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+# What Flux's health checks and other GitOps tools make of our resources'
+# status (tests/kstatus.rs): bump kstatus_version when main.go changes.
+want kstatus && build kstatus "$kstatus_version" kstatus .
 # The real node's sandbox program (tests/cluster/pause): bump its version
 # when main.go changes.
 want pause && build pause v1 pause .

@@ -10,6 +10,8 @@
 # - client: busybox-static, the tests' probe pods (nc, wget, sh, httpd,
 #   nslookup).
 # - coredns: the cluster DNS (tests/cluster/coredns).
+# - prometheus: the Prometheus server (built with promtool's module by
+#   build-tools.sh), scraping the model's pods in tests/node/metrics.rs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -78,5 +80,14 @@ small_image client "$work/client" /bin/sh
 mkdir -p "$work/coredns"
 install -D -m 0755 "$bin/coredns" "$work/coredns/coredns"
 small_image coredns "$work/coredns" /coredns
+
+tests/cluster/build-tools.sh prometheus
+if [ ! -x "$bin/prometheus" ]; then
+	echo "error: no $bin/prometheus; build it: tests/cluster/build-tools.sh prometheus" >&2
+	exit 1
+fi
+mkdir -p "$work/prometheus"
+install -D -m 0755 "$bin/prometheus" "$work/prometheus/prometheus"
+small_image prometheus "$work/prometheus" /prometheus
 
 echo "node images in $out ($((SECONDS - t0))s): $(cd "$out" && ls -- *.tar | tr '\n' ' ')"

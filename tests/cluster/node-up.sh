@@ -29,7 +29,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "error: make node-up needs root (it runs containerd and changes the host's bridges and iptables)" >&2
 	exit 1
 fi
-for tool in kubelet kube-proxy kube-router coredns pause kubectl crane; do
+for tool in kubelet kube-proxy kube-router coredns pause prometheus kubectl crane; do
 	if [ ! -x "$bin/$tool" ]; then
 		echo "error: $bin/$tool is missing; run 'make tools' first" >&2
 		exit 1
@@ -274,7 +274,7 @@ wait_for containerd 30 ctr_ version
 
 step "images"
 images="$root/target/node-images"
-for image in securechat-server securechat-operator pause client coredns; do
+for image in securechat-server securechat-operator pause client coredns prometheus; do
 	if [ ! -f "$images/$image.tar" ]; then
 		echo "error: no $images/$image.tar; build the node's images first: tests/cluster/node-images.sh" >&2
 		exit 1
@@ -451,6 +451,7 @@ NODE_TAINT=$node_taint
 SERVER_IMAGE=$node_image_prefix/securechat-server:node
 OPERATOR_IMAGE=$node_image_prefix/securechat-operator:node
 CLIENT_IMAGE=$node_image_prefix/client:node
+PROMETHEUS_IMAGE=$node_image_prefix/prometheus:node
 CONTAINERD_SOCKET=$node_containerd_sock
 DNS_IP=$node_dns_ip
 CLUSTER_DOMAIN=$node_cluster_domain

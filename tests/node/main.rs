@@ -8,7 +8,9 @@
 //! Each test has its own namespace and takes its turn on the node
 //! (`Node::take_turn`): the node is one per machine.
 
+mod chaos;
 mod cpu_model;
+mod metrics;
 mod network_policy;
 mod operator_pod;
 mod rotation;

@@ -6,7 +6,8 @@
 //! one it does not. Every cell must be as the SecureChatModel says, and one
 //! unselected pair shows that what is blocked is the policy, not the
 //! network. DNS through the cluster's CoreDNS passes the policy's egress
-//! rule for it.
+//! rule for it, over UDP (a lookup) and TCP (a connection to port 53 of
+//! the DNS pod, whose other ports stay closed).
 
 use std::time::Duration;
 
@@ -88,6 +89,16 @@ async fn the_model_network_rules_hold_for_real_connections() {
         .expect("create the model");
     let server = ready_pod(&kube, &ns.name, "m").await;
     let server = server.status.and_then(|s| s.pod_ip).expect("server pod IP");
+    // The cluster DNS pod: the policy's DNS rule opens its port 53 (UDP
+    // and TCP, for answers too large for UDP) and nothing else of it.
+    let dns = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(kube.clone(), "kube-system")
+        .list(&kube::api::ListParams::default().labels("k8s-app=kube-dns"))
+        .await
+        .expect("list the DNS pods")
+        .items
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .expect("a CoreDNS pod with an IP (make node-up)");
 
     // (from namespace, from pod, to address, port, allowed?)
     let matrix = [
@@ -99,6 +110,9 @@ async fn the_model_network_rules_hold_for_real_connections() {
         (&neighbours.name, "neighbour", server.as_str(), 8501, true),
         (&ns.name, "twin", allowed_target.as_str(), 9000, true),
         (&ns.name, "twin", other_target.as_str(), 9000, false),
+        // DNS over TCP to the resolver's pod; its health port stays closed.
+        (&ns.name, "twin", dns.as_str(), 53, true),
+        (&ns.name, "twin", dns.as_str(), 8080, false),
         // Control: pods the policy does not select reach each other.
         (&ns.name, "outside", other_target.as_str(), 9000, true),
     ];
@@ -135,9 +149,9 @@ async fn the_model_network_rules_hold_for_real_connections() {
         "the policy does not hold:\n{table}"
     );
 
-    // DNS: the policy's egress rule to kube-dns lets the selected pod
-    // resolve the model's Service name through the cluster DNS, as an
-    // unselected pod does.
+    // DNS over UDP (busybox nslookup): the policy's egress rule to kube-dns
+    // lets the selected pod resolve the model's Service name through the
+    // cluster DNS, as an unselected pod does.
     let name = format!("m.{}.svc.{}", ns.name, node.cluster_domain);
     assert!(
         resolves(&ns.name, "outside", &name),

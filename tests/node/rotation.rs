@@ -67,6 +67,8 @@ async fn certificate_signing_key_and_api_key_rotations_reach_the_running_pod_wit
                     // bundle drops the old CA.
                     "tls": {"caOverlap": "60s"},
                     "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
+                    // The grace must cover the tokens' lifetime (admission checks).
+                    "auth": {"tokenTTL": "5m"},
                     "rateLimit": {"requestsPerMinute": 1000000}
                 }
             }))
@@ -194,7 +196,7 @@ async fn certificate_signing_key_and_api_key_rotations_reach_the_running_pod_wit
                         }),
                     }
                 }
-                let use_jwt = n % 2 == 0;
+                let use_jwt = n.is_multiple_of(2);
                 let (bearer, dir) = if use_jwt {
                     (jwt.clone(), minter.clone())
                 } else {
@@ -302,7 +304,7 @@ async fn certificate_signing_key_and_api_key_rotations_reach_the_running_pod_wit
         .restart_count;
     assert_eq!(restarts, 0, "the server restarted");
 
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     // Each failure with when it was sent, from the start of the rotations.
     let failed: Vec<(Duration, bool, &Result<u16, String>)> = outcomes
         .iter()

@@ -32,13 +32,16 @@ await run([
       await signIn(page, keys.admin);
       await page.locator("#chat").waitFor({ state: "visible" });
       check((await page.textContent("#role")) === "Admin", "role shown");
-      // The key is not kept anywhere script can read.
+      // The key is not kept anywhere script can read (localStorage holds
+      // only the conversation list, written after an answer).
       const stored = await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie]);
       check(stored[0] === 0 && stored[1] === 0 && stored[2] === "", `page storage: ${JSON.stringify(stored)}`);
       const cookies = await context.cookies();
       const session = cookies.find((c) => c.name === "__Host-securechat-session");
       check(session && session.httpOnly && session.secure && session.sameSite === "Lax", JSON.stringify(cookies));
 
+      check(!(await page.$eval("#settings", (d) => d.open)), "Settings starts folded");
+      await page.click("#settings summary");
       await page.fill("#max-tokens", "24");
       await page.fill("#system-prompt", "You are a helpful assistant.");
       // Record every distinct text the answer shows while it streams.
@@ -58,6 +61,9 @@ await run([
       check(states >= 2, `the answer arrived in ${states} step(s); expected a stream`);
       const notice = await page.textContent("#notice");
       check(notice.includes("[FILTERED]"), `redaction notice: ${notice}`);
+      // What the filter caught is not kept in the browser's conversation.
+      const kept = await page.evaluate(() => JSON.stringify(localStorage));
+      check(!kept.includes("4111") && kept.includes("[withheld"), `kept conversation: ${kept}`);
       const quota = await page.textContent("#quota");
       // The key is an Admin key: no request cap by default (seed 001).
       check(quota === "no request limit", `quota: ${quota}`);
@@ -119,13 +125,13 @@ await run([
       await page.press("#message", "Enter");
       await page.locator("#log li.assistant.done").waitFor();
       const quota = await page.textContent("#quota");
-      check(quota.startsWith("0 of 1 requests left"), `quota: ${quota}`);
+      check(quota.startsWith("0 of 1 requests left") && !quota.includes("in 0s"), `quota: ${quota}`);
       await page.fill("#message", "Hello again");
       await page.press("#message", "Enter");
       await page.locator("#error").filter({ hasText: "Too many requests" }).waitFor();
       const error = await page.textContent("#error");
       check(/retry in \d+s/.test(error), `429 message: ${error}`);
-      await screenshot(page, "readonly");
+      await screenshot(page, "readonly-429");
     },
   ],
 ]);

@@ -42,6 +42,7 @@ async function ssoLogin(page, login) {
 
 async function chat(page, text) {
   const done = await page.locator("#log li.assistant.done").count();
+  if (!(await page.$eval("#settings", (d) => d.open))) await page.click("#settings summary");
   await page.fill("#max-tokens", "12");
   await page.fill("#message", text);
   await page.press("#message", "Enter");

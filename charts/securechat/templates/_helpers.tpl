@@ -51,3 +51,28 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The alert relay's Deployment and Service (templates/alert-relay.yaml). */}}
+{{- define "securechat.alertRelayName" -}}
+{{- printf "%s-alert-relay" (include "securechat.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "securechat.alertRelaySelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: alert-relay
+{{- end -}}
+
+{{- define "securechat.alertRelayLabels" -}}
+{{ include "securechat.alertRelaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: securechat
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Where Alertmanager posts for robot NAME: (list NAME $). */}}
+{{- define "securechat.alertRelayUrl" -}}
+{{- $root := index . 1 -}}
+{{- printf "http://%s.%s.svc:%v/robots/%s" (include "securechat.alertRelayName" $root) $root.Release.Namespace $root.Values.alertRelay.port (index . 0) -}}
+{{- end -}}

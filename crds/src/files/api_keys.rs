@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ValidationError, is_valid_id};
 use crate::hex::hex;
-use crate::v1alpha1::Tier;
+use crate::v1alpha1::{SpiffePattern, Tier};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "sk-sc-";
@@ -132,6 +132,14 @@ pub struct ApiKeyRecord {
     /// server reports live usage through metrics and /admin/keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The SPIFFE ID this key is bound to (`keys create --spiffe-id`): the
+    /// server accepts the key only on a connection whose client certificate
+    /// carries this ID, so a key copied off its workload is useless
+    /// elsewhere; and a certificate with this ID sent alone is this key's
+    /// caller (its tier, usage and lifecycle), so removing or suspending
+    /// the record revokes the certificate's identity at once.
+    #[serde(rename = "spiffeID", default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
 }
 
 impl ApiKeyRecord {
@@ -159,12 +167,41 @@ impl ApiKeyRecord {
     }
 }
 
+/// How many expired keys a table remembers, the oldest dropped first: at
+/// about 200 bytes each, 200 keep the table (a Secret, at most 1 MiB)
+/// small while covering months of short-lived keys.
+pub const HISTORY_LIMIT: usize = 200;
+
+/// An expired key, archived when it left the table: what an audit of who
+/// held which key, and until when, needs. Never a hash.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExpiredKeyRecord {
+    /// The key's id (the non-secret part of the key).
+    pub id: String,
+    /// As in the table: a human name or `<namespace>/<name>`.
+    pub name: String,
+    /// What the key could do.
+    pub tier: Tier,
+    /// When the key was minted.
+    pub created_at: DateTime<Utc>,
+    /// When it expired.
+    pub expired_at: DateTime<Utc>,
+    /// Its last recorded use, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
 /// The whole table.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyTable {
     /// Every key, in no particular order; ids are unique.
     pub keys: Vec<ApiKeyRecord>,
+    /// Expired keys removed from `keys`, oldest first, at most
+    /// [`HISTORY_LIMIT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ExpiredKeyRecord>,
 }
 
 impl ApiKeyTable {
@@ -176,6 +213,28 @@ impl ApiKeyTable {
     /// The key with this id, to change it.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut ApiKeyRecord> {
         self.keys.iter_mut().find(|k| k.id == id)
+    }
+
+    /// Removes the expired key `id` from `keys` and archives it in
+    /// `history` (dropping the oldest beyond [`HISTORY_LIMIT`]). It expired
+    /// at its `expiresAt`, or `now` for a key without one. False when no
+    /// such key is in the table.
+    pub fn archive_expired(&mut self, id: &str, now: DateTime<Utc>) -> bool {
+        let Some(at) = self.keys.iter().position(|k| k.id == id) else {
+            return false;
+        };
+        let key = self.keys.remove(at);
+        self.history.push(ExpiredKeyRecord {
+            expired_at: key.expires_at.unwrap_or(now),
+            id: key.id,
+            name: key.name,
+            tier: key.tier,
+            created_at: key.created_at,
+            last_used_at: key.last_used_at,
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_LIMIT);
+        self.history.drain(..excess);
+        true
     }
 
     /// Every problem of the table, each naming its field: ids, names,
@@ -217,6 +276,19 @@ impl ApiKeyTable {
             if key.expires_at.is_some_and(|e| e <= key.created_at) {
                 problems.push(format!("keys[{i}].expiresAt: must be after createdAt"));
             }
+            match key.spiffe_id.as_deref().map(SpiffePattern::parse) {
+                None | Some(Ok(SpiffePattern::Exact(_))) => {}
+                Some(Ok(SpiffePattern::Prefix(_))) => problems.push(format!(
+                    "keys[{i}].spiffeID: must be one SPIFFE ID, not a pattern"
+                )),
+                Some(Err(e)) => problems.push(format!("keys[{i}].spiffeID: {e}")),
+            }
+        }
+        if self.history.len() > HISTORY_LIMIT {
+            problems.push(format!(
+                "history: at most {HISTORY_LIMIT} entries, found {}",
+                self.history.len()
+            ));
         }
         ValidationError::check(problems)
     }
@@ -244,6 +316,7 @@ mod tests {
             expires_at: Some(t(10, 0)),
             rotated_at: None,
             last_used_at: None,
+            spiffe_id: None,
         }
     }
 
@@ -282,9 +355,52 @@ mod tests {
     }
 
     #[test]
+    fn expired_keys_are_archived_in_a_bounded_history() {
+        let mut table = ApiKeyTable::default();
+        for i in 0..HISTORY_LIMIT + 5 {
+            let mut key = record(&format!("k{i}"));
+            key.last_used_at = Some(t(2, 0));
+            table.keys.push(key);
+        }
+        let mut never = record("never");
+        never.expires_at = None;
+        table.keys.push(never);
+        for i in 0..HISTORY_LIMIT + 5 {
+            assert!(table.archive_expired(&format!("k{i}"), t(11, 0)));
+        }
+        assert!(!table.archive_expired("k0", t(11, 0)), "already archived");
+        assert_eq!(table.keys.len(), 1);
+        assert_eq!(table.history.len(), HISTORY_LIMIT);
+        // The oldest went first; each entry keeps what an audit needs.
+        assert_eq!(table.history[0].id, "k5");
+        let last = table.history.last().unwrap();
+        assert_eq!(last.id, format!("k{}", HISTORY_LIMIT + 4));
+        assert_eq!(
+            (
+                last.tier,
+                last.created_at,
+                last.expired_at,
+                last.last_used_at
+            ),
+            (Tier::Developer, t(1, 0), t(10, 0), Some(t(2, 0)))
+        );
+        assert!(table.archive_expired("never", t(11, 0)));
+        assert_eq!(table.history.last().unwrap().expired_at, t(11, 0));
+        let json = serde_json::to_string(&table).unwrap();
+        assert!(!json.contains("sha256:"), "no hash in the history");
+        assert!(table.validate().is_ok());
+        let back: ApiKeyTable = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, table);
+        // A table without history reads and writes as before.
+        let empty = serde_json::to_string(&ApiKeyTable::default()).unwrap();
+        assert_eq!(empty, r#"{"keys":[]}"#);
+    }
+
+    #[test]
     fn round_trips_and_validates() {
         let table = ApiKeyTable {
             keys: vec![record("a"), record("b")],
+            ..Default::default()
         };
         let json = serde_json::to_string_pretty(&table).unwrap();
         assert!(
@@ -306,6 +422,7 @@ mod tests {
         let dup = record("A-1");
         let text = ApiKeyTable {
             keys: vec![bad, dup],
+            ..Default::default()
         }
         .validate()
         .unwrap_err()

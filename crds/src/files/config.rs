@@ -15,8 +15,9 @@ use crate::Duration;
 use crate::v1alpha1::{
     AuditSpec, Cidr, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_SHARED_STATE_TIMEOUT,
     DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY, MAX_TOKEN_TTL, MIN_PROMPT_TOKENS,
-    MIN_TOKEN_TTL, ModelFamily, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
-    SensitiveDataSpec, ServingSpec, TierSpec, TlsVersion,
+    MIN_TOKEN_TTL, ModelFamily, MtlsMode, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
+    SensitiveDataSpec, ServingSpec, SpiffeAllow, SpiffePattern, TierSpec, TlsVersion, WebSsoKind,
+    WebSsoProvider,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -117,6 +118,11 @@ pub struct FilePaths {
     /// The API-key table (default `api-keys.json`).
     #[serde(default = "default_api_keys")]
     pub api_keys: PathBuf,
+    /// The PEM CA bundle client certificates must chain to, read when
+    /// `auth.mtls.mode` is not Disabled (default `tls/ca.crt`). Like every
+    /// path here it is fixed at start; its content is reloaded.
+    #[serde(default = "default_client_ca_bundle")]
+    pub client_ca_bundle: PathBuf,
 }
 
 impl Default for FilePaths {
@@ -126,6 +132,7 @@ impl Default for FilePaths {
             tls_key: default_tls_key(),
             signing_keys: default_keyset(),
             api_keys: default_api_keys(),
+            client_ca_bundle: default_client_ca_bundle(),
         }
     }
 }
@@ -142,6 +149,9 @@ fn default_keyset() -> PathBuf {
 fn default_api_keys() -> PathBuf {
     PathBuf::from(names::API_KEYS)
 }
+fn default_client_ca_bundle() -> PathBuf {
+    Path::new("tls").join(names::CA_CERT)
+}
 
 impl FilePaths {
     /// The same paths with absolute ones taken below `root` instead of `/`:
@@ -157,6 +167,7 @@ impl FilePaths {
             tls_key: r(&self.tls_key),
             signing_keys: r(&self.signing_keys),
             api_keys: r(&self.api_keys),
+            client_ca_bundle: r(&self.client_ca_bundle),
         }
     }
 
@@ -175,6 +186,7 @@ impl FilePaths {
             tls_key: r(&self.tls_key),
             signing_keys: r(&self.signing_keys),
             api_keys: r(&self.api_keys),
+            client_ca_bundle: r(&self.client_ca_bundle),
         }
     }
 }
@@ -259,6 +271,28 @@ pub struct ServerAuth {
     /// `spec.auth.policy` here. Unset: the tier table alone decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Client certificates on the API port, as in `spec.auth.mtls` (the
+    /// trust bundle is the file `files.clientCaBundle`).
+    #[serde(default, skip_serializing_if = "ServerMtls::is_default")]
+    pub mtls: ServerMtls,
+}
+
+/// Client certificates on the API port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerMtls {
+    /// Disabled (default), Optional or Required.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// SPIFFE ID patterns and their tiers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<SpiffeAllow>,
+}
+
+impl ServerMtls {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ServerAuth {
@@ -270,6 +304,7 @@ impl Default for ServerAuth {
             leeway: default_leeway(),
             oidc: Vec::new(),
             policy: None,
+            mtls: ServerMtls::default(),
         }
     }
 }
@@ -357,6 +392,10 @@ pub struct WebConfig {
     /// `auth.oidc` issuer, which supplies the role claim mapping.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sso: Vec<SsoClient>,
+    /// Plain-OAuth2 sign-in providers (`spec.web.sso`: generic OAuth2 and
+    /// WeChat Work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth2: Vec<OAuth2Client>,
 }
 
 impl Default for WebConfig {
@@ -364,9 +403,26 @@ impl Default for WebConfig {
         Self {
             session_ttl: default_session_ttl(),
             sso: Vec::new(),
+            oauth2: Vec::new(),
         }
     }
 }
+
+/// A plain-OAuth2 sign-in provider as the server reads it: the spec's
+/// entry as it is, and its client secret as a mounted file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuth2Client {
+    /// The `spec.web.sso` entry (its `clientSecretName` is not read).
+    pub provider: WebSsoProvider,
+    /// File holding the client secret (WeCom: the corpsecret), read at
+    /// each login so a rotated Secret applies at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// The path an OAuth2 provider's redirect URL must end with.
+pub const OAUTH2_CALLBACK_PATH: &str = "/web/oauth2/callback";
 
 impl WebConfig {
     fn is_default(&self) -> bool {
@@ -641,6 +697,11 @@ impl ServerConfig {
                 "outbound.circuitBreaker.minimumCalls: at least 1 and at most window".to_string(),
             );
         }
+        for (i, allow) in self.auth.mtls.allow.iter().enumerate() {
+            if let Err(e) = SpiffePattern::parse(&allow.spiffe_id) {
+                problems.push(format!("auth.mtls.allow[{i}].spiffeID: {e}"));
+            }
+        }
         if self.rate_limit.requests_per_minute < 1 {
             problems.push("rateLimit.requestsPerMinute: must be at least 1".to_string());
         }
@@ -733,7 +794,102 @@ impl ServerConfig {
                 ));
             }
         }
+        for (i, client) in self.web.oauth2.iter().enumerate() {
+            oauth2_problems(i, client, &self.web.oauth2, &mut problems);
+        }
         ValidationError::check(problems)
+    }
+}
+
+/// What is wrong with `web.oauth2[i]` (the rules the CRD's CEL also
+/// states, for standalone configs).
+fn oauth2_problems(
+    i: usize,
+    client: &OAuth2Client,
+    all: &[OAuth2Client],
+    problems: &mut Vec<String>,
+) {
+    let p = &client.provider;
+    let field = |f: &str| format!("web.oauth2[{i}].provider.{f}");
+    if p.name.is_empty()
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        problems.push(format!(
+            "{}: lowercase letters, digits and '-'",
+            field("name")
+        ));
+    }
+    if all.iter().filter(|c| c.provider.name == p.name).count() > 1 {
+        problems.push(format!(
+            "{}: {:?} is used by another provider",
+            field("name"),
+            p.name
+        ));
+    }
+    if p.client_id.is_empty() {
+        problems.push(format!("{}: required", field("clientId")));
+    }
+    if p.client_secret_name.is_some() {
+        problems.push(format!(
+            "{}: not read by the server; give clientSecretFile (the operator mounts the Secret there)",
+            field("clientSecretName")
+        ));
+    }
+    if let Some(url) = &p.redirect_url
+        && !(url.starts_with("https://") && url.ends_with(OAUTH2_CALLBACK_PATH))
+    {
+        problems.push(format!(
+            "{}: must be an https URL ending in {OAUTH2_CALLBACK_PATH}",
+            field("redirectURL")
+        ));
+    }
+    let https = |name: &str, url: &str, problems: &mut Vec<String>| {
+        if !url.starts_with("https://") {
+            problems.push(format!("{}: must be an https URL", field(name)));
+        }
+    };
+    match (p.kind, &p.oauth2, &p.wecom) {
+        (WebSsoKind::OAuth2, Some(o), None) => {
+            https("oauth2.authorizeURL", &o.authorize_url, problems);
+            https("oauth2.tokenURL", &o.token_url, problems);
+            https("oauth2.userInfoURL", &o.user_info_url, problems);
+            let pointers = [
+                ("oauth2.userIdPointer", Some(&o.user_id_pointer)),
+                ("oauth2.displayNamePointer", o.display_name_pointer.as_ref()),
+                ("oauth2.rolePointer", o.role_pointer.as_ref()),
+            ];
+            for (name, pointer) in pointers {
+                if pointer.is_some_and(|ptr| !ptr.starts_with('/')) {
+                    problems.push(format!("{}: a JSON pointer starts with /", field(name)));
+                }
+            }
+        }
+        (WebSsoKind::WeCom, None, Some(w)) => {
+            if client.client_secret_file.is_none() {
+                problems.push(format!(
+                    "web.oauth2[{i}].clientSecretFile: WeCom needs the corpsecret"
+                ));
+            }
+            if w.agent_id.is_empty() || !w.agent_id.bytes().all(|b| b.is_ascii_digit()) {
+                problems.push(format!(
+                    "{}: the app's numeric AgentId",
+                    field("wecom.agentId")
+                ));
+            }
+            https("wecom.apiBaseURL", w.api_base(), problems);
+            https("wecom.authorizeURL", w.authorize(), problems);
+        }
+        (WebSsoKind::OAuth2, _, _) => problems.push(format!(
+            "{}: kind OAuth2 needs the oauth2 section and no wecom section",
+            field("kind")
+        )),
+        (WebSsoKind::WeCom, _, _) => problems.push(format!(
+            "{}: kind WeCom needs the wecom section and no oauth2 section",
+            field("kind")
+        )),
     }
 }
 
@@ -940,6 +1096,55 @@ web:
             "web.sso[0].redirectURL",
             "web.sso[0].scopes",
             "web.sessionTTL",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn oauth2_providers_are_checked_like_the_crd_checks_them() {
+        let yaml = r#"
+web:
+  oauth2:
+    - clientSecretFile: /etc/securechat/oauth2/wecom/client-secret
+      provider:
+        name: wecom
+        kind: WeCom
+        clientId: ww1
+        wecom:
+          agentId: "1000002"
+          departmentTiers: [{id: 2, tier: Developer}]
+    - provider:
+        name: corp
+        kind: OAuth2
+        clientId: web
+        oauth2:
+          authorizeURL: https://idp.example/authorize
+          tokenURL: https://idp.example/token
+          userInfoURL: https://idp.example/me
+"#;
+        let c = ServerConfig::from_yaml(yaml).unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        let generic = c.web.oauth2[1].provider.oauth2.as_ref().unwrap();
+        assert!(generic.pkce, "PKCE is on unless turned off");
+        assert_eq!(generic.user_id_pointer, "/sub");
+
+        let mut bad = c.clone();
+        bad.web.oauth2[0].client_secret_file = None;
+        bad.web.oauth2[0].provider.client_secret_name = Some("wecom-app".into());
+        bad.web.oauth2[1].provider.name = "wecom".into();
+        bad.web.oauth2[1].provider.redirect_url = Some("https://chat/web/sso/callback".into());
+        let o = bad.web.oauth2[1].provider.oauth2.as_mut().unwrap();
+        o.token_url = "http://idp.example/token".into();
+        o.role_pointer = Some("groups".into());
+        let text = bad.validate().unwrap_err().to_string();
+        for needle in [
+            "web.oauth2[0].clientSecretFile: WeCom needs the corpsecret",
+            "web.oauth2[0].provider.clientSecretName: not read by the server",
+            "web.oauth2[1].provider.name: \"wecom\" is used by another provider",
+            "web.oauth2[1].provider.redirectURL",
+            "web.oauth2[1].provider.oauth2.tokenURL: must be an https URL",
+            "web.oauth2[1].provider.oauth2.rolePointer",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }

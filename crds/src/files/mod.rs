@@ -31,6 +31,12 @@ pub mod names {
     pub const TLS_KEY: &str = "tls.key";
     /// PEM CA certificate clients should trust.
     pub const CA_CERT: &str = "ca.crt";
+    /// Environment variable of the server container holding its pod's name
+    /// (downward API `metadata.name`); audit lines carry it.
+    pub const POD_NAME_ENV: &str = "POD_NAME";
+    /// Environment variable of the server container holding its node's
+    /// name (downward API `spec.nodeName`); audit lines carry it.
+    pub const NODE_NAME_ENV: &str = "NODE_NAME";
 }
 
 /// Why a file's content is not acceptable. Each message names the field.

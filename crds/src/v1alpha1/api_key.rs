@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 use super::{Tier, cel};
 use crate::Duration;
 
+/// Annotation on a ChatApiKey asking for a rotation now (the remedy for a
+/// leaked key that keeps the consumer's identity): each new value rotates
+/// the secret once, as the periodic rotation does (same key id, the old
+/// secret works until the grace ends); `status.handledRotateRequest`
+/// records the value acted on. Any value works, e.g. a timestamp.
+pub const ROTATE_ANNOTATION: &str = "securechat.dev/rotate";
+
 /// Longest lifetime of a key: ten years. Unset means no expiry at all.
 const MAX_KEY_LIFETIME: Duration = Duration::from_secs(87600 * 3600);
 /// Shortest lifetime and shortest rotation period of a key.
@@ -76,6 +83,16 @@ pub struct ChatApiKeySpec {
     /// Temporarily deactivate the key; set back to false to resume it.
     #[serde(default)]
     pub suspended: bool,
+
+    /// Whether the consumer Secret carries Stakater Reloader's
+    /// `reloader.stakater.com/match: "true"` annotation (default true), so
+    /// that Deployments annotated `reloader.stakater.com/search: "true"`
+    /// roll when the key rotates: a consumer reading the key from an
+    /// environment variable never sees a rotation otherwise. Consumers that
+    /// mount the Secret as a file see it without a restart; false leaves
+    /// the annotation off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloader: Option<bool>,
 
     /// Secret in this namespace that receives the plaintext key (key
     /// `api-key`). Default: the ChatApiKey's own name.
@@ -210,4 +227,14 @@ pub struct ChatApiKeyStatus {
     /// Until when the previous secret still works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ends_at: Option<Time>,
+
+    /// When the key was first minted; expiresAfter counts from here (time
+    /// spent Pending, e.g. waiting for the model, is not lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_minted_at: Option<Time>,
+
+    /// The value of the securechat.dev/rotate annotation last acted on: a
+    /// value equal to it does not rotate again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_rotate_request: Option<String>,
 }

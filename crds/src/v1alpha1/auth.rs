@@ -4,7 +4,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Tier, cel};
+use std::collections::BTreeMap;
+
+use super::{MtlsSpec, Tier, cel};
 use crate::Duration;
 
 /// Most clock skew tolerated on exp/nbf/iat: more would keep expired tokens
@@ -32,7 +34,8 @@ pub struct AuthSpec {
     pub audience: Option<String>,
 
     /// Lifetime of issued access tokens (the seed's 30 minutes): at least 1m
-    /// and at most 24h.
+    /// and at most 24h, and at most signingKeys.gracePeriod (the previous
+    /// signing key must verify a token until it expires).
     #[serde(default = "default_token_ttl", rename = "tokenTTL")]
     #[schemars(extend("x-kubernetes-validations" = [
         cel::duration_bounds("auth.tokenTTL", Some(MIN_TOKEN_TTL), MAX_TOKEN_TTL)
@@ -68,6 +71,11 @@ pub struct AuthSpec {
     /// without a restart. Unset: the tier table alone decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<AccessPolicySpec>,
+
+    /// Client certificates (mTLS) on the API port, with SPIFFE IDs as
+    /// identities. Default: not requested.
+    #[serde(default, skip_serializing_if = "MtlsSpec::is_default")]
+    pub mtls: MtlsSpec,
 }
 
 impl Default for AuthSpec {
@@ -80,6 +88,7 @@ impl Default for AuthSpec {
             oidc: Vec::new(),
             api_keys: ApiKeysSpec::default(),
             policy: None,
+            mtls: MtlsSpec::default(),
         }
     }
 }
@@ -152,6 +161,48 @@ pub struct ApiKeysSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allowed_namespaces: Vec<NamespaceName>,
+
+    /// The highest tier the ChatApiKeys of a namespace may ask for, by
+    /// namespace (`*`: every allowed namespace not named). A namespace not
+    /// named here gets Developer: Admin (which may PATCH the model's config
+    /// and manage its keys) only where the model's owner writes it. The
+    /// model's own namespace gets Admin unless named here. A ChatApiKey
+    /// that asks for more is not minted (reason TierNotAllowed), and one
+    /// already minted is revoked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "x-kubernetes-validations" = [
+            {"rule": "self.all(ns, ns == '*' || ns.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+             "message": "auth.apiKeys.maxTiers: keys must be namespace names or *"}
+        ]
+    ))]
+    pub max_tiers: BTreeMap<String, Tier>,
+}
+
+/// The highest tier a namespace's ChatApiKeys get when
+/// `auth.apiKeys.maxTiers` does not name it.
+pub const DEFAULT_MAX_TIER: Tier = Tier::Developer;
+
+impl ApiKeysSpec {
+    /// The highest tier ChatApiKeys in `namespace` may ask for, for a model
+    /// in `model_namespace`: the namespace's own entry, else the model's
+    /// own namespace's Admin, else the `*` entry, else [`DEFAULT_MAX_TIER`].
+    pub fn max_tier(&self, model_namespace: &str, namespace: &str) -> Tier {
+        if let Some(tier) = self.max_tiers.get(namespace) {
+            return *tier;
+        }
+        if namespace == model_namespace {
+            return Tier::Admin;
+        }
+        self.max_tiers.get("*").copied().unwrap_or(DEFAULT_MAX_TIER)
+    }
+}
+
+impl MtlsSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A namespace name, or `*` for all.
@@ -206,4 +257,30 @@ pub struct PolicyConfigMapRef {
 
 fn default_policy_key() -> String {
     "policy.rego".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tier_is_developer_unless_the_owner_says_more() {
+        let spec: ApiKeysSpec = serde_json::from_value(serde_json::json!({
+            "allowedNamespaces": ["ops", "apps", "guests"],
+            "maxTiers": {"ops": "Admin", "guests": "ReadOnly", "models": "Developer"}
+        }))
+        .unwrap();
+        assert_eq!(spec.max_tier("models", "ops"), Tier::Admin);
+        assert_eq!(spec.max_tier("models", "apps"), Tier::Developer);
+        assert_eq!(spec.max_tier("models", "guests"), Tier::ReadOnly);
+        // The owner's namespace: Admin, unless the owner lowers it.
+        assert_eq!(spec.max_tier("teams", "teams"), Tier::Admin);
+        assert_eq!(spec.max_tier("models", "models"), Tier::Developer);
+        let star = ApiKeysSpec {
+            max_tiers: [("*".to_string(), Tier::ReadOnly)].into(),
+            ..Default::default()
+        };
+        assert_eq!(star.max_tier("models", "apps"), Tier::ReadOnly);
+        assert_eq!(star.max_tier("models", "models"), Tier::Admin);
+    }
 }

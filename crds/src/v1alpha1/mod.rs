@@ -16,6 +16,8 @@
 //! | `serving.rs` | `spec.model`: family, weight source, generation defaults |
 //! | `engine.rs` | `spec.serving`: batching, KV cache, queue, tier weights |
 //! | `shared_state.rs` | `spec.sharedState`: the store replicas share |
+//! | `autoscaling.rs` | `spec.autoscaling`: HPA or KEDA on serving signals |
+//! | `expose.rs` | `spec.expose`: external Service, Ingress, routes, InferencePool |
 //! | `resources.rs` | `spec.resources`, `spec.scheduling` |
 //! | `network.rs` | `spec.ports`, `spec.network`, `spec.cors` |
 //! | `tls.rs` | `spec.tls` |
@@ -25,6 +27,7 @@
 //! | `sensitive_data.rs` | `spec.sensitiveData` |
 //! | `audit.rs` | `spec.audit` |
 //! | `status.rs` | `status` |
+//! | `web.rs` | `spec.web`: the web UI's plain-OAuth2 sign-in (WeChat Work preset) |
 //!
 //! `api_key.rs` is the ChatApiKey resource; `tier.rs` the permission tiers
 //! both resources name; `cel.rs` builds the CEL rules on durations. Everything is re-exported here, so users write
@@ -33,9 +36,12 @@
 mod api_key;
 mod audit;
 mod auth;
+mod autoscaling;
 mod cel;
 mod engine;
+mod expose;
 mod model;
+mod mtls;
 mod network;
 mod resources;
 mod roles;
@@ -46,12 +52,16 @@ mod signing_keys;
 mod status;
 mod tier;
 mod tls;
+mod web;
 
 pub use api_key::*;
 pub use audit::*;
 pub use auth::*;
+pub use autoscaling::*;
 pub use engine::*;
+pub use expose::*;
 pub use model::*;
+pub use mtls::*;
 pub use network::*;
 pub use resources::*;
 pub use roles::*;
@@ -62,6 +72,7 @@ pub use signing_keys::*;
 pub use status::*;
 pub use tier::*;
 pub use tls::*;
+pub use web::*;
 
 /// The API version string of this module's resources.
 pub const API_VERSION: &str = "securechat.dev/v1alpha1";

@@ -68,6 +68,80 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub trusted_proxies: Vec<Cidr>,
+
+    /// Who may scrape the pods' `/metrics` (served on ports.api, over
+    /// HTTPS): an ingress rule of its own, so the default-deny policy does
+    /// not hide the servers from Prometheus. By default the pods labelled
+    /// `app.kubernetes.io/name: prometheus` (the Prometheus Operator's
+    /// label) in the namespace named `monitoring`. It opens ports.api only
+    /// (the chat routes still need credentials); ports.web stays closed.
+    #[serde(default)]
+    pub monitoring: MonitoringAccess,
+}
+
+/// The monitoring system's access to the metrics endpoint (ports.api),
+/// e.g. `{fromNamespaces: {matchLabels: {kubernetes.io/metadata.name:
+/// observability}}}`. Both selectors must match (namespace and pod); an
+/// empty selector `{}` matches all. Set `enabled: false` to admit no
+/// scraper.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.enabled || (has(self.fromNamespaces.matchLabels) && size(self.fromNamespaces.matchLabels) > 0) || (has(self.fromNamespaces.matchExpressions) && size(self.fromNamespaces.matchExpressions) > 0) || (has(self.fromPods.matchLabels) && size(self.fromPods.matchLabels) > 0) || (has(self.fromPods.matchExpressions) && size(self.fromPods.matchExpressions) > 0)",
+     "message": "network.monitoring: fromNamespaces and fromPods cannot both be empty (that admits every pod in the cluster to the API port; use network.ingress for that, or enabled: false for no scraper)"}
+]))]
+pub struct MonitoringAccess {
+    /// Whether the scraper is admitted (default true).
+    #[serde(default = "monitoring_enabled")]
+    pub enabled: bool,
+
+    /// Namespaces the scraper runs in (default: the namespace named
+    /// `monitoring`).
+    #[serde(default = "default_monitoring_namespaces")]
+    pub from_namespaces: LabelSelector,
+
+    /// The scraper's pods in those namespaces (default:
+    /// `app.kubernetes.io/name: prometheus`).
+    #[serde(default = "default_monitoring_pods")]
+    pub from_pods: LabelSelector,
+}
+
+/// The namespace `network.monitoring` admits by default.
+pub const DEFAULT_MONITORING_NAMESPACE: &str = "monitoring";
+/// The label (key, value) of the scraper pods `network.monitoring` admits
+/// by default: what the Prometheus Operator puts on Prometheus's pods.
+pub const DEFAULT_MONITORING_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "prometheus");
+
+impl Default for MonitoringAccess {
+    fn default() -> Self {
+        Self {
+            enabled: monitoring_enabled(),
+            from_namespaces: default_monitoring_namespaces(),
+            from_pods: default_monitoring_pods(),
+        }
+    }
+}
+
+fn monitoring_enabled() -> bool {
+    true
+}
+
+fn match_labels(key: &str, value: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some([(key.to_string(), value.to_string())].into()),
+        match_expressions: None,
+    }
+}
+
+fn default_monitoring_namespaces() -> LabelSelector {
+    match_labels("kubernetes.io/metadata.name", DEFAULT_MONITORING_NAMESPACE)
+}
+
+fn default_monitoring_pods() -> LabelSelector {
+    match_labels(
+        DEFAULT_MONITORING_POD_LABEL.0,
+        DEFAULT_MONITORING_POD_LABEL.1,
+    )
 }
 
 /// Transport protocol of a rule.

@@ -49,7 +49,8 @@ pub struct SigningKeysSpec {
 
     /// How long the previous key still verifies after a rotation, so tokens
     /// it signed keep working. Must be at least the token lifetime to never
-    /// fail a valid token. Shorter than rotationPeriod.
+    /// fail a valid token: admission refuses a grace shorter than
+    /// auth.tokenTTL. Shorter than rotationPeriod.
     #[serde(default = "default_grace_period")]
     #[schemars(extend("x-kubernetes-validations" = [
         cel::duration_bounds("signingKeys.gracePeriod", None, MAX_ROTATION_PERIOD)

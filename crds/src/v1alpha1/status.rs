@@ -38,6 +38,12 @@ pub struct SecureChatModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_endpoint: Option<String>,
 
+    /// How the model is reached from outside the cluster, one line per
+    /// path `spec.expose` made (e.g. `https://chat.example.com/ (Ingress
+    /// chat-web)`, `NodePort 30851 -> web (Service chat-external)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_endpoints: Vec<String>,
+
     /// Server certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,

@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use securechat_crds::files::config::{
-    FilePaths, GenerationDefaults, Limits, ModelConfig, ServerAuth, ServerConfig, ServerTls,
-    SsoClient, WebConfig,
+    FilePaths, GenerationDefaults, Limits, ModelConfig, OAuth2Client, ServerAuth, ServerConfig,
+    ServerMtls, ServerTls, SsoClient, WebConfig,
 };
 use securechat_crds::files::names;
 use securechat_crds::hex::hex;
 use securechat_crds::v1alpha1::{
-    AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, NetworkSpec, OidcIssuer, SecureChatModelSpec, TlsSpec,
+    AuthSpec, DEFAULT_MAX_TOKENS, ModelSpec, MtlsSpec, NetworkSpec, OidcIssuer,
+    SecureChatModelSpec, TlsSpec, WebSsoProvider,
 };
 use sha2::{Digest, Sha256};
 
-use super::deployment::{API_KEYS_DIR, SIGNING_KEYS_DIR, TLS_DIR, sso_client_secret_file};
+use super::deployment::{
+    API_KEYS_DIR, CLIENT_CA_DIR, SIGNING_KEYS_DIR, TLS_DIR, oauth2_client_secret_file,
+    sso_client_secret_file,
+};
 use super::{Input, shared_state};
 use crate::labels::Names;
 use crate::{Error, Result};
@@ -28,8 +32,10 @@ use crate::{Error, Result};
 /// without deciding whether the server needs it does not compile.
 pub fn server_config(input: &Input) -> ServerConfig {
     let SecureChatModelSpec {
-        replicas,
-        image: _, // the Deployment
+        replicas: _,    // the Deployment; the store's share: max_replicas() below
+        autoscaling: _, // the autoscaler; the store's share: max_replicas() below
+        expose: _,      // the external Service, Ingresses, routes and their policy rules
+        image: _,       // the Deployment
         model,
         resources: _,  // the Deployment
         scheduling: _, // the Deployment
@@ -45,6 +51,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         audit,
         serving,
         shared_state,
+        web,
     } = &input.model.spec;
     let ModelSpec {
         family,
@@ -72,11 +79,18 @@ pub fn server_config(input: &Input) -> ServerConfig {
         oidc,
         api_keys: _, // the ChatApiKey controller
         policy: _,   // crate::access_policy reads and compiles it: config_map_with_policy
+        mtls,
     } = auth;
+    let MtlsSpec {
+        mode: mtls_mode,
+        trust_bundle: _, // the Deployment's client-ca volume (files.clientCaBundle)
+        allow,
+    } = mtls;
     let NetworkSpec {
         ingress: _, // the NetworkPolicy
         egress: _,  // the NetworkPolicy
         trusted_proxies,
+        monitoring: _, // the NetworkPolicy
     } = network;
     let dir = |d: &str, f: &str| std::path::Path::new(d).join(f);
     ServerConfig {
@@ -92,6 +106,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
             tls_key: dir(TLS_DIR, names::TLS_KEY),
             signing_keys: dir(SIGNING_KEYS_DIR, names::KEYSET),
             api_keys: dir(API_KEYS_DIR, names::API_KEYS),
+            client_ca_bundle: dir(CLIENT_CA_DIR, names::CA_CERT),
         },
         tls: ServerTls {
             min_version: *min_version,
@@ -118,6 +133,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
                 })
                 .collect(),
             policy: None,
+            mtls: ServerMtls {
+                mode: *mtls_mode,
+                allow: allow.clone(),
+            },
         },
         roles: roles.clone(),
         rate_limit: rate_limit.clone(),
@@ -144,6 +163,22 @@ pub fn server_config(input: &Input) -> ServerConfig {
                     ..SsoClient::for_issuer(&o.issuer_url)
                 })
                 .collect(),
+            // spec.web.sso: plain-OAuth2 providers, the Secret turned into
+            // the file the Deployment mounts (never a Secret name).
+            oauth2: web
+                .sso
+                .iter()
+                .map(|p| OAuth2Client {
+                    client_secret_file: p
+                        .client_secret_name
+                        .as_ref()
+                        .map(|_| oauth2_client_secret_file(&p.name)),
+                    provider: WebSsoProvider {
+                        client_secret_name: None,
+                        ..p.clone()
+                    },
+                })
+                .collect(),
             ..Default::default()
         },
         serving: serving.clone(),
@@ -151,7 +186,10 @@ pub fn server_config(input: &Input) -> ServerConfig {
             shared_state.as_ref(),
             &input.namespace,
             &input.name,
-            *replicas,
+            // Under autoscaling the most pods there can be: each replica's
+            // LocalFallback share of a limit then never adds up to more
+            // than the limit, whatever the autoscaler does meanwhile.
+            input.model.spec.max_replicas(),
         ),
         outbound: Default::default(),
     }
@@ -219,6 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn mtls_reaches_the_server_with_the_mounted_bundle() {
+        let (map, _) = render(json!({"auth": {"mtls": {"mode": "Required", "allow": [
+            {"spiffeID": "spiffe://cluster.local/ns/apps/*", "tier": "Developer"}
+        ]}}}));
+        let parsed = ServerConfig::from_yaml(&map.data.expect("data")[names::CONFIG]).unwrap();
+        parsed.validate().expect("the server accepts it");
+        assert_eq!(
+            parsed.auth.mtls.mode,
+            securechat_crds::v1alpha1::MtlsMode::Required
+        );
+        assert_eq!(
+            parsed.auth.mtls.allow[0].spiffe_id,
+            "spiffe://cluster.local/ns/apps/*"
+        );
+        assert_eq!(
+            parsed.files.client_ca_bundle,
+            std::path::Path::new(CLIENT_CA_DIR).join(names::CA_CERT)
+        );
+    }
+
+    #[test]
     fn the_server_reads_back_what_the_operator_writes() {
         let (map, _) = render(
             json!({"rateLimit": {"requestsPerMinute": 30}, "cors": {"allowedOrigins": ["https://chat.example.com"]}}),
@@ -262,6 +321,29 @@ mod tests {
         assert_eq!(parsed.web.sso.len(), 1);
         assert_eq!(parsed.web.sso[0].issuer_url, "https://idp.example");
         assert_eq!(parsed.sso_client_id(&parsed.web.sso[0]), Some("chat-web"));
+    }
+
+    #[test]
+    fn a_wecom_provider_is_rendered_with_its_secret_as_a_mounted_file() {
+        let (map, _) = render(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1234",
+            "clientSecretName": "wecom-app",
+            "wecom": {"agentId": "1000002", "departmentTiers": [{"id": 2, "tier": "Developer"}]}
+        }]}}));
+        let parsed = ServerConfig::from_yaml(&map.data.unwrap()[names::CONFIG]).unwrap();
+        parsed.validate().expect("the rendered config is valid");
+        let client = &parsed.web.oauth2[0];
+        assert_eq!(client.provider.client_secret_name, None);
+        assert_eq!(
+            client.client_secret_file.as_ref(),
+            Some(&oauth2_client_secret_file("wecom"))
+        );
+        let wecom = client.provider.wecom.as_ref().unwrap();
+        assert_eq!(wecom.api_base(), "https://qyapi.weixin.qq.com");
+        assert_eq!(
+            wecom.authorize(),
+            "https://login.work.weixin.qq.com/wwlogin/sso/login"
+        );
     }
 
     #[test]

@@ -7,16 +7,18 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use securechat_crds::default_model;
-use securechat_crds::v1alpha1::{ComputeResources, TlsMode};
+use securechat_crds::files::names::{self, NODE_NAME_ENV, POD_NAME_ENV};
+use securechat_crds::v1alpha1::{ComputeResources, MtlsMode, TlsMode};
 
 use super::Input;
 use crate::labels::{self, Names};
@@ -27,12 +29,21 @@ pub const CONFIG_DIR: &str = "/etc/securechat/config";
 pub const TLS_DIR: &str = "/etc/securechat/tls";
 pub const SIGNING_KEYS_DIR: &str = "/etc/securechat/signing-keys";
 pub const API_KEYS_DIR: &str = "/etc/securechat/api-keys";
+/// The client-certificate trust bundle (`auth.mtls`), when mTLS is on.
+pub const CLIENT_CA_DIR: &str = "/etc/securechat/client-ca";
 const MODELS_DIR: &str = "/models";
 /// Non-root uid/gid of the server image (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 /// Pod template annotation that changes when the server config changes, so
 /// config changes roll the pods while secret rotations (hot-reloaded) do not.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "securechat.dev/config-checksum";
+/// How long a deleted pod keeps serving before SIGTERM: long enough for
+/// the endpoint change to reach every node's kube-proxy (a killed pod's
+/// endpoint lingered 1.5-3 s on the real node of tests/node/chaos.rs: 14-29
+/// refused connections at 20 requests/s, half of them sent its way), well
+/// inside the default 30 s termination grace period that also covers the
+/// drain.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 
@@ -79,16 +90,34 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
                 ..Default::default()
             },
         ]),
+        // The server's audit lines name the pod and node they come from.
+        env: Some(vec![
+            downward(POD_NAME_ENV, "metadata.name"),
+            downward(NODE_NAME_ENV, "spec.nodeName"),
+        ]),
         resources: Some(resources(input)),
         volume_mounts: Some(mounts),
-        readiness_probe: Some(https_probe("/readyz", 5, 3)),
-        liveness_probe: Some(https_probe("/healthz", 10, 6)),
+        readiness_probe: Some(https_probe(input, "/readyz", 5, 3)),
+        liveness_probe: Some(https_probe(input, "/healthz", 10, 6)),
         // Loading a model can take a while; liveness waits for it.
         startup_probe: Some(Probe {
             failure_threshold: Some(60),
-            ..https_probe("/healthz", 5, 60)
+            ..https_probe(input, "/healthz", 5, 60)
         }),
         security_context: Some(hardened()),
+        // A deleted pod keeps serving while the Service forgets it: the
+        // kubelet sleeps before SIGTERM (the image has no shell, hence the
+        // sleep action), so connections kube-proxy still routes here in
+        // that time are answered instead of refused.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let init_containers = model_fetcher(input).map(|fetcher| vec![fetcher]);
@@ -142,7 +171,9 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
     Deployment {
         metadata: input.metadata(Names::deployment(&input.name)),
         spec: DeploymentSpec {
-            replicas: Some(spec.replicas),
+            // Under autoscaling the autoscaler owns the count: leaving the
+            // field out of the apply gives it up, so the two never fight.
+            replicas: spec.fixed_replicas(),
             selector: LabelSelector {
                 match_labels: Some(labels::selector(&input.name)),
                 ..Default::default()
@@ -194,6 +225,21 @@ fn hardened() -> SecurityContext {
         }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable holding a field of the pod (downward API).
+fn downward(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -257,11 +303,19 @@ fn model_fetcher(input: &Input) -> Option<Container> {
     })
 }
 
-fn https_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A kubelet HTTPS probe. The kubelet has no client certificate, so when
+/// the API port requires one (`auth.mtls.mode: Required`) it probes the
+/// web port, which never asks for one and serves the same health
+/// endpoints.
+fn https_probe(input: &Input, path: &str, period: i32, failures: i32) -> Probe {
+    let port = match input.model.spec.auth.mtls.mode {
+        MtlsMode::Required => "web",
+        MtlsMode::Disabled | MtlsMode::Optional => "api",
+    };
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("api".into()),
+            port: IntOrString::String(port.into()),
             scheme: Some("HTTPS".into()),
             ..Default::default()
         }),
@@ -312,6 +366,17 @@ fn sso_client_secret_dir(index: usize) -> String {
     format!("/etc/securechat/sso/{index}")
 }
 const SSO_CLIENT_SECRET_KEY: &str = "client-secret";
+
+/// Where the client secret of the `spec.web.sso` provider `name` is
+/// mounted (its Secret's key `client-secret`), as the server config names
+/// it.
+pub fn oauth2_client_secret_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(&oauth2_client_secret_dir(name)).join(SSO_CLIENT_SECRET_KEY)
+}
+/// The mount point of that Secret.
+fn oauth2_client_secret_dir(name: &str) -> String {
+    format!("/etc/securechat/oauth2/{name}")
+}
 
 /// Volumes, their mounts, and the model path the server is told to load.
 fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
@@ -371,6 +436,32 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         },
     ];
+    // The client-certificate trust bundle: the model's CA bundle (every CA
+    // it trusts, the next and previous during a CA rotation), or the
+    // ConfigMap the spec names (a SPIRE or cert-manager bundle). A
+    // ConfigMap volume follows the ConfigMap's changes; the server
+    // reloads it.
+    let mtls = &spec.auth.mtls;
+    if mtls.mode != MtlsMode::Disabled {
+        let (name, key) = match &mtls.trust_bundle {
+            Some(bundle) => (bundle.config_map_name.clone(), bundle.key.clone()),
+            None => (Names::ca_bundle(&input.name), names::CA_CERT.to_string()),
+        };
+        volumes.push(Volume {
+            name: "client-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name,
+                items: Some(vec![KeyToPath {
+                    key,
+                    path: names::CA_CERT.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("client-ca", CLIENT_CA_DIR));
+    }
     // The web UI's SSO client secrets, one volume per issuer that has one.
     for (index, issuer) in spec.auth.oidc.iter().enumerate() {
         let Some(secret_name) = &issuer.client_secret_name else {
@@ -392,6 +483,29 @@ fn volumes(input: &Input) -> (Vec<Volume>, Vec<VolumeMount>, String) {
             ..Default::default()
         });
         mounts.push(mount(&name, &sso_client_secret_dir(index)));
+    }
+    // The plain-OAuth2 providers' client secrets (spec.web.sso), one
+    // volume each; names are DNS labels and unique (CEL), so are these.
+    for provider in &spec.web.sso {
+        let Some(secret_name) = &provider.client_secret_name else {
+            continue;
+        };
+        let name = format!("oauth2-client-secret-{}", provider.name);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: SSO_CLIENT_SECRET_KEY.into(),
+                    path: SSO_CLIENT_SECRET_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&name, &oauth2_client_secret_dir(&provider.name)));
     }
     // The shared store's credentials and CA bundle, where the config says.
     for (volume, volume_mount) in super::shared_state::volumes(spec.shared_state.as_ref()) {
@@ -462,6 +576,67 @@ mod tests {
         d.spec.clone().template.spec.expect("pod spec")
     }
 
+    /// `auth.mtls`: the trust bundle is mounted where the config says (the
+    /// model's CA bundle by default, else the named ConfigMap's key), and
+    /// with Required the kubelet, which has no client certificate, probes
+    /// the web port.
+    #[test]
+    fn mtls_mounts_the_trust_bundle_and_moves_probes_off_a_required_port() {
+        let client_ca = |d: &Deployment| {
+            let pod = pod(d);
+            let volume = pod
+                .volumes
+                .expect("volumes")
+                .into_iter()
+                .find(|v| v.name == "client-ca")?;
+            let mounted = pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .any(|m| m.name == "client-ca" && m.mount_path == CLIENT_CA_DIR);
+            assert!(mounted, "the bundle volume is mounted at {CLIENT_CA_DIR}");
+            let source = volume.config_map.expect("a ConfigMap volume");
+            let item = source.items.expect("items")[0].clone();
+            Some((source.name, item.key, item.path))
+        };
+        let probe_port = |d: &Deployment| {
+            let pod = pod(d);
+            let probes = [
+                pod.containers[0].readiness_probe.clone(),
+                pod.containers[0].liveness_probe.clone(),
+                pod.containers[0].startup_probe.clone(),
+            ];
+            let ports: Vec<_> = probes
+                .into_iter()
+                .map(|p| p.and_then(|p| p.http_get).map(|h| h.port))
+                .collect();
+            assert!(ports.windows(2).all(|w| w[0] == w[1]), "{ports:?}");
+            ports[0].clone()
+        };
+        let off = build(json!({}));
+        assert_eq!(client_ca(&off), None);
+        assert_eq!(probe_port(&off), Some(IntOrString::String("api".into())));
+
+        let optional = build(json!({"auth": {"mtls": {"mode": "Optional"}}}));
+        assert_eq!(
+            client_ca(&optional),
+            Some(("chat-ca-bundle".into(), "ca.crt".into(), "ca.crt".into()))
+        );
+        assert_eq!(
+            probe_port(&optional),
+            Some(IntOrString::String("api".into()))
+        );
+
+        let spire = build(json!({"auth": {"mtls": {"mode": "Required",
+            "trustBundle": {"configMapName": "spire-bundle", "key": "bundle.crt"}}}}));
+        assert_eq!(
+            client_ca(&spire),
+            Some(("spire-bundle".into(), "bundle.crt".into(), "ca.crt".into()))
+        );
+        assert_eq!(probe_port(&spire), Some(IntOrString::String("web".into())));
+    }
+
     #[test]
     fn pods_are_hardened() {
         let d = build(json!({}));
@@ -484,6 +659,24 @@ mod tests {
         );
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(c.image.as_deref(), Some("securechat/server:0.1.0"));
+        // The audit lines' pod and node, from the downward API.
+        let env: Vec<(String, Option<String>)> = c
+            .env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .map(|e| {
+                let field = e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path);
+                (e.name, field)
+            })
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("POD_NAME".to_string(), Some("metadata.name".to_string())),
+                ("NODE_NAME".to_string(), Some("spec.nodeName".to_string())),
+            ]
+        );
         let probe = c
             .readiness_probe
             .as_ref()
@@ -493,6 +686,20 @@ mod tests {
             (probe.scheme.as_deref(), probe.path.as_deref()),
             (Some("HTTPS"), Some("/readyz"))
         );
+    }
+
+    #[test]
+    fn a_deleted_pod_serves_while_the_service_forgets_it() {
+        let pod = pod(&build(json!({})));
+        let sleep = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .expect("a preStop sleep");
+        assert_eq!(sleep.seconds, PRE_STOP_SLEEP_SECONDS);
+        // Inside the grace period (default 30 s), with time left to drain.
+        assert!(PRE_STOP_SLEEP_SECONDS < 30 && pod.termination_grace_period_seconds.is_none());
     }
 
     #[test]
@@ -516,6 +723,40 @@ mod tests {
             .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
             .collect();
         assert_eq!(secrets, ["chat-tls", "chat-signing-keys", "chat-api-keys"]);
+    }
+
+    #[test]
+    fn an_oauth2_providers_client_secret_is_mounted_where_the_config_says() {
+        let d = build(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "wecom-app",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let pod = pod(&d);
+        let volume = pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == "oauth2-client-secret-wecom")
+            .expect("the secret's volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("wecom-app")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == "oauth2-client-secret-wecom")
+            .expect("mounted");
+        assert_eq!(
+            std::path::Path::new(&mount.mount_path).join("client-secret"),
+            oauth2_client_secret_file("wecom")
+        );
     }
 
     #[test]

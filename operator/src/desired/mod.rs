@@ -2,8 +2,10 @@
 //! should exist for it. Unit-tested without a cluster; the reconcile loop
 //! applies whatever these return.
 
+mod autoscaler;
 mod config_map;
 mod deployment;
+pub mod expose;
 mod network_policy;
 mod pdb;
 pub mod secrets;
@@ -11,6 +13,7 @@ mod service;
 mod service_account;
 pub mod shared_state;
 
+pub use autoscaler::{ScaledObject, horizontal_pod_autoscaler, scaled_object};
 pub use config_map::{config_map, config_map_with_policy, server_config};
 pub use deployment::{CONFIG_DIR, deployment};
 pub use network_policy::{NetworkPolicyPlan, RefusedRule, network_policy};

@@ -9,7 +9,9 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use securechat_crds::v1alpha1::{IngressRule, Protocol, SharedStateNetwork, SharedStateSpec};
+use securechat_crds::v1alpha1::{
+    IngressRule, MonitoringAccess, Protocol, SharedStateNetwork, SharedStateSpec,
+};
 
 use super::Input;
 use crate::labels::{self, Names};
@@ -53,12 +55,26 @@ pub fn network_policy(input: &Input) -> NetworkPolicyPlan {
         }
         ingress.push(ingress_rule(rule));
     }
+    if let Some(rule) = monitoring_ingress(&spec.network.monitoring, spec.ports.api) {
+        ingress.push(rule);
+    }
+    // The proxies in front of exposed ports; an exposure that would let
+    // clients past the rules above is refused here and opens nothing.
+    let (_, mut exposure_refused) = super::expose::ingresses(input);
+    exposure_refused.extend(super::expose::routes(input).refused);
+    ingress.extend(super::expose::proxy_ingress_rules(input, &exposure_refused));
+    refused.extend(exposure_refused);
 
     let mut egress = vec![dns_egress()];
     // A Hugging Face source is fetched over HTTPS, and OIDC discovery/JWKS
     // too; their addresses are not known in advance, so 443 is opened to
     // all destinations only when one of them is configured.
-    if spec.model.source.hugging_face.is_some() || !spec.auth.oidc.is_empty() {
+    // So are the plain-OAuth2 sign-in providers' token and user-info
+    // endpoints (spec.web.sso).
+    if spec.model.source.hugging_face.is_some()
+        || !spec.auth.oidc.is_empty()
+        || !spec.web.sso.is_empty()
+    {
         egress.push(NetworkPolicyEgressRule {
             ports: Some(vec![port(443, Protocol::TCP)]),
             to: Some(vec![ip_block("0.0.0.0/0"), ip_block("::/0")]),
@@ -106,6 +122,23 @@ fn ingress_rule(rule: &IngressRule) -> NetworkPolicyIngressRule {
         ports: Some(vec![port(rule.port, rule.protocol)]),
         from: Some(from),
     }
+}
+
+/// The scraper's way to `/metrics`, which the API port serves: that port
+/// only, from the monitoring pods in the monitoring namespaces (one peer, so
+/// both selectors must match). None when monitoring is disabled.
+fn monitoring_ingress(
+    monitoring: &MonitoringAccess,
+    api_port: i32,
+) -> Option<NetworkPolicyIngressRule> {
+    monitoring.enabled.then(|| NetworkPolicyIngressRule {
+        ports: Some(vec![port(api_port, Protocol::TCP)]),
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(monitoring.from_namespaces.clone()),
+            pod_selector: Some(monitoring.from_pods.clone()),
+            ip_block: None,
+        }]),
+    })
 }
 
 /// Egress to the shared store's port, towards where `sharedState.network`
@@ -184,6 +217,7 @@ fn dns_egress() -> NetworkPolicyEgressRule {
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
+    use securechat_crds::v1alpha1::DEFAULT_API_PORT;
     use serde_json::json;
 
     fn plan(spec: serde_json::Value) -> NetworkPolicyPlan {
@@ -192,14 +226,41 @@ mod tests {
     }
 
     #[test]
-    fn empty_spec_denies_all_ingress_and_allows_only_dns_egress() {
+    fn empty_spec_admits_only_the_scraper_and_allows_only_dns_egress() {
         let p = plan(json!({}));
         let spec = p.policy.spec.expect("spec");
         assert_eq!(
             spec.policy_types,
             Some(vec!["Ingress".to_string(), "Egress".to_string()])
         );
-        assert_eq!(spec.ingress, Some(vec![]));
+        // The one rule: Prometheus in `monitoring`, to the API port.
+        let ingress = spec.ingress.expect("ingress");
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress[0].ports,
+            Some(vec![port(DEFAULT_API_PORT, Protocol::TCP)])
+        );
+        let peer = &ingress[0].from.as_ref().expect("from")[0];
+        let labels = |s: &Option<LabelSelector>| {
+            s.as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .expect("matchLabels")
+        };
+        assert_eq!(
+            labels(&peer.namespace_selector),
+            BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "monitoring".to_string()
+            )])
+        );
+        assert_eq!(
+            labels(&peer.pod_selector),
+            BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "prometheus".to_string()
+            )])
+        );
+        assert!(peer.ip_block.is_none());
         let egress = spec.egress.expect("egress");
         assert_eq!(egress.len(), 1);
         assert!(
@@ -214,6 +275,29 @@ mod tests {
     }
 
     #[test]
+    fn the_scraper_rule_follows_the_api_port_and_its_selectors_or_goes() {
+        let p = plan(json!({"ports": {"api": 9443}, "network": {"monitoring": {
+            "fromNamespaces": {"matchLabels": {"team": "obs"}},
+            "fromPods": {}
+        }}}));
+        let ingress = p.policy.spec.expect("spec").ingress.expect("ingress");
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(ingress[0].ports, Some(vec![port(9443, Protocol::TCP)]));
+        let peer = &ingress[0].from.as_ref().expect("from")[0];
+        assert_eq!(
+            peer.namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(BTreeMap::from([("team".to_string(), "obs".to_string())]))
+        );
+        // {}: every pod in those namespaces.
+        assert_eq!(peer.pod_selector, Some(LabelSelector::default()));
+
+        let p = plan(json!({"network": {"monitoring": {"enabled": false}}}));
+        assert_eq!(p.policy.spec.expect("spec").ingress, Some(vec![]));
+    }
+
+    #[test]
     fn seed_security_group_rules_become_ingress_rules_and_ssh_is_refused() {
         let p = plan(json!({"network": {"ingress": [
             {"port": 8501, "from": ["0.0.0.0/0"], "description": "Web"},
@@ -221,7 +305,7 @@ mod tests {
             {"port": 22, "from": ["203.0.113.7/32"], "description": "SSH"}
         ]}}));
         let ingress = p.policy.spec.expect("spec").ingress.expect("ingress");
-        assert_eq!(ingress.len(), 2);
+        assert_eq!(ingress.len(), 3, "two user rules and the scraper");
         assert_eq!(
             ingress[1].ports.as_ref().expect("ports")[0].port,
             Some(IntOrString::Int(8000))
@@ -267,6 +351,20 @@ mod tests {
         assert_eq!(
             egress[2].ports.as_ref().expect("ports")[0].port,
             Some(IntOrString::Int(5432))
+        );
+    }
+
+    #[test]
+    fn an_oauth2_sign_in_provider_opens_https_egress() {
+        let p = plan(json!({"web": {"sso": [{
+            "name": "wecom", "kind": "WeCom", "clientId": "ww1", "clientSecretName": "s",
+            "wecom": {"agentId": "1000002"}
+        }]}}));
+        let egress = p.policy.spec.expect("spec").egress.expect("egress");
+        assert_eq!(egress.len(), 2, "DNS and 443");
+        assert_eq!(
+            egress[1].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(443))
         );
     }
 

@@ -9,9 +9,11 @@ use crate::labels::{self, Names};
 
 /// With more than one replica, voluntary disruptions (node drains) take at
 /// most one pod at a time. With one replica a PDB would block drains
-/// forever, so none is made (and an old one is deleted).
-pub fn pdb(input: &Input) -> Option<PodDisruptionBudget> {
-    (input.model.spec.replicas > 1).then(|| PodDisruptionBudget {
+/// forever, so none is made (and an old one is deleted). `replicas` is the
+/// current count: the fixed one, or what the autoscaler last set on the
+/// Deployment (its change wakes the reconciler, which follows it here).
+pub fn pdb(input: &Input, replicas: i32) -> Option<PodDisruptionBudget> {
+    (replicas > 1).then(|| PodDisruptionBudget {
         metadata: input.metadata(Names::pdb(&input.name)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
@@ -32,10 +34,10 @@ mod tests {
 
     #[test]
     fn only_with_more_than_one_replica() {
-        let one = model("chat", serde_json::json!({"replicas": 1}));
-        assert!(pdb(&Input::new(&one, "img").expect("input")).is_none());
-        let three = model("chat", serde_json::json!({"replicas": 3}));
-        let budget = pdb(&Input::new(&three, "img").expect("input")).expect("pdb");
+        let m = model("chat", serde_json::json!({}));
+        let input = Input::new(&m, "img").expect("input");
+        assert!(pdb(&input, 1).is_none());
+        let budget = pdb(&input, 3).expect("pdb");
         assert_eq!(
             budget.spec.expect("spec").max_unavailable,
             Some(IntOrString::Int(1))

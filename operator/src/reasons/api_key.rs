@@ -2,6 +2,13 @@
 //! is API (tests, alerts and `kubectl wait` match on it), so each is spelled
 //! once, here, and the key controller only ever names the variant.
 
+use super::progress::Progress;
+
+/// Normal Event: the securechat.dev/rotate annotation got a new value and
+/// the key's secret is rotating (same key id, the previous secret works
+/// until the grace ends).
+pub const ROTATE_REQUESTED: &str = "RotateRequested";
+
 /// Why a ChatApiKey is or is not Ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyReason {
@@ -28,6 +35,13 @@ pub enum KeyReason {
     /// message says which) a key was and has been revoked because the
     /// namespace was removed from the list.
     NamespaceNotAllowed,
+    /// Ready=False (and a Warning Event): `spec.tier` is above the highest
+    /// tier the model grants the key's namespace
+    /// (`auth.apiKeys.maxTiers`, default Developer). Needs a user change:
+    /// a lower `spec.tier`, or a higher `maxTiers` entry from the model's
+    /// owner. No key is minted; one minted before the limit was lowered is
+    /// revoked (its record leaves the table, its plaintext is deleted).
+    TierNotAllowed,
     /// Ready=False (and a Warning Event): `spec.secretName` names a Secret
     /// this ChatApiKey did not create (someone else's, or the model's key
     /// table); the operator leaves it untouched and mints nothing.
@@ -35,6 +49,41 @@ pub enum KeyReason {
 }
 
 impl KeyReason {
+    /// Every reason, for parsing a stored condition back.
+    pub const ALL: [KeyReason; 10] = [
+        KeyReason::Active,
+        KeyReason::Rotating,
+        KeyReason::Suspended,
+        KeyReason::Expired,
+        KeyReason::Minting,
+        KeyReason::ModelNotFound,
+        KeyReason::ModelNotReady,
+        KeyReason::NamespaceNotAllowed,
+        KeyReason::SecretConflict,
+        KeyReason::TierNotAllowed,
+    ];
+
+    /// The reason written as `text`, if it is one of ours.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Where a key with this reason is headed (kstatus's Reconciling and
+    /// Stalled, see `health`).
+    pub fn progress(self) -> Progress {
+        match self {
+            // Working, or the state the spec asked for.
+            Self::Active | Self::Rotating | Self::Suspended | Self::Expired => Progress::Settled,
+            // The operator is writing it, or the model is making its table.
+            Self::Minting | Self::ModelNotReady => Progress::Converging,
+            // Only a change to the key, the model or the Secret helps.
+            Self::ModelNotFound
+            | Self::NamespaceNotAllowed
+            | Self::SecretConflict
+            | Self::TierNotAllowed => Progress::Stalled,
+        }
+    }
+
     /// The reason as written into the condition and the Event.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +96,7 @@ impl KeyReason {
             Self::ModelNotReady => "ModelNotReady",
             Self::NamespaceNotAllowed => "NamespaceNotAllowed",
             Self::SecretConflict => "SecretConflict",
+            Self::TierNotAllowed => "TierNotAllowed",
         }
     }
 
@@ -58,7 +108,7 @@ impl KeyReason {
     /// Whether this is trouble someone must act on (a Warning Event), as
     /// opposed to a state the key passes through or was asked for.
     pub fn is_warning(self) -> bool {
-        matches!(self, Self::SecretConflict)
+        matches!(self, Self::SecretConflict | Self::TierNotAllowed)
     }
 }
 
@@ -72,17 +122,7 @@ impl std::fmt::Display for KeyReason {
 mod tests {
     use super::*;
 
-    const ALL: [KeyReason; 9] = [
-        KeyReason::Active,
-        KeyReason::Rotating,
-        KeyReason::Suspended,
-        KeyReason::Expired,
-        KeyReason::Minting,
-        KeyReason::ModelNotFound,
-        KeyReason::ModelNotReady,
-        KeyReason::NamespaceNotAllowed,
-        KeyReason::SecretConflict,
-    ];
+    const ALL: [KeyReason; 10] = KeyReason::ALL;
 
     /// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`
     /// (the API server refuses others) and be told apart.
@@ -95,6 +135,14 @@ mod tests {
             assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
             assert!(seen.insert(s), "{s} twice");
         }
+    }
+
+    #[test]
+    fn every_reason_parses_back() {
+        for reason in ALL {
+            assert_eq!(KeyReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(KeyReason::parse("Unheard"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! what it means to a reader of `kubectl describe scm`.
 
 pub mod api_key;
+pub mod progress;
 
 // Ready: True with READY, or False with the reason of the first condition
 // that is not (see status::model_status).
@@ -131,3 +132,27 @@ pub const AWAITING_REFERENCE: [&str; 3] =
     [CREDENTIALS_NOT_FOUND, CA_BUNDLE_NOT_FOUND, POLICY_NOT_FOUND];
 /// Available reasons while replicas are on their way (polled sooner).
 pub const ROLLING_OUT: [&str; 2] = [NO_REPLICAS_READY, PARTIALLY_READY];
+
+// ScalingReady: only on a model with spec.autoscaling (see
+// status::scaling_condition). Not a Ready blocker.
+
+/// ScalingReady=True: the autoscaler evaluates the serving metric and
+/// scales the Deployment.
+pub const SCALING_ACTIVE: &str = "ScalingActive";
+/// ScalingReady=False: the autoscaler has not evaluated yet.
+pub const SCALING_PENDING: &str = "Pending";
+/// ScalingReady=False: the HPA cannot read the pods metric (no
+/// custom-metrics adapter, or it has no series for the pods); the message
+/// is the HPA's own.
+pub const SCALING_METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
+/// ScalingReady=False: the autoscaler cannot scale the Deployment
+/// (AbleToScale=False, or KEDA's Ready=False); the message is its own.
+pub const SCALING_BLOCKED: &str = "CannotScale";
+/// ScalingReady=False: `engine: KEDA` and KEDA's ScaledObject CRD is not
+/// installed; needs the user's change (install KEDA, or engine HPA).
+pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
+
+/// Ready=False: `spec.expose` asks for an object whose CRD the cluster does
+/// not have (Gateway API routes, an InferencePool); needs the user's change
+/// (install the CRDs, or drop the exposure).
+pub const CRD_NOT_INSTALLED: &str = "CrdNotInstalled";

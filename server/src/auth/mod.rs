@@ -17,19 +17,22 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap};
 use chrono::{DateTime, Utc};
 use securechat_crds::files::config::ServerConfig;
-use securechat_crds::v1alpha1::{Permission, Tier};
+use securechat_crds::v1alpha1::{MtlsMode, Permission, Tier};
 
 use crate::audit::{Audit, RateInfo};
 use crate::credentials::{api_key, oidc};
 use crate::error::{ApiError, AuthFailure};
 use crate::forwarded;
-use crate::listener::ClientAddr;
+use crate::limits;
+use crate::listener::{ClientAddr, ClientCertificate};
 use crate::policy;
 use crate::principal::{Method, Principal};
-use crate::ratelimit::{Decision, Op, Rate};
+use crate::ratelimit::{Admission, Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
 use crate::state::AppState;
 use subtle::ConstantTimeEq;
+
+pub mod mtls;
 
 /// Reads the bearer credential from the Authorization header.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
@@ -51,8 +54,37 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
     Ok(credential)
 }
 
-/// Checks a credential against the current keys.
+/// Checks a credential against the current keys, on a connection without
+/// a client certificate: a key bound to a SPIFFE ID (and a token minted
+/// from one) is refused (see `mtls`).
 pub async fn authenticate(
+    state: &AppState,
+    credential: &str,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthFailure> {
+    authenticate_beside(state, credential, None, now).await
+}
+
+/// Checks a credential sent on a connection that may carry a verified
+/// client certificate: the two must agree (see `mtls`).
+pub async fn authenticate_beside(
+    state: &AppState,
+    credential: &str,
+    cert: Option<&ClientCertificate>,
+    now: DateTime<Utc>,
+) -> Result<Principal, AuthFailure> {
+    let principal = bearer_principal(state, credential, now).await?;
+    let table = state.api_keys.load();
+    let binding = principal
+        .key_id
+        .as_deref()
+        .and_then(|id| table.get(id))
+        .and_then(|record| record.spiffe_id.as_deref());
+    mtls::agree(principal.clone(), binding, cert)
+}
+
+/// Whose a bearer credential is, whatever the connection.
+async fn bearer_principal(
     state: &AppState,
     credential: &str,
     now: DateTime<Utc>,
@@ -169,22 +201,62 @@ pub async fn check_guard(
     }
 }
 
-/// Counts a failure against the client address and the metrics. A store
-/// that cannot count it is already counted in its own metric; the request
-/// fails either way.
+/// Counts a failure against the client address and the metrics. Returns
+/// how long to wait when the address had no failure left to spend (the
+/// failures were counted elsewhere, e.g. on another replica, since this
+/// request's check): the caller answers 429 rather than 401. A store that
+/// cannot count it is already counted in its own metric; the request fails
+/// either way.
 pub async fn note_failure(
     state: &AppState,
     ip: Option<IpAddr>,
     failure: AuthFailure,
     now: Instant,
-) {
+) -> Option<std::time::Duration> {
     state.metrics.auth_failure(failure.label());
-    if let Some(ip) = ip {
-        let rate = failure_rate(state);
-        let _ = state
-            .failure_buckets
-            .one(Op::Charge, &ip.to_string(), rate, 1.0, now)
-            .await;
+    let ip = ip?;
+    let rate = failure_rate(state);
+    match state
+        .failure_buckets
+        .one(Op::Take, &ip.to_string(), rate, 1.0, now)
+        .await
+    {
+        Ok(Decision::Denied { retry_after }) => {
+            state.metrics.limited("auth_failures");
+            Some(retry_after)
+        }
+        Ok(Decision::Allowed { .. }) | Err(_) => None,
+    }
+}
+
+/// [`check_guard`] before the credential of an API request, without a
+/// round trip: with the store, only addresses already refused here are;
+/// the exact check is made with the request's take ([`admit_request`]).
+fn check_guard_early(state: &AppState, ip: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
+    let Some(ip) = ip else { return Ok(()) };
+    match state
+        .failure_buckets
+        .early_peek(&ip.to_string(), failure_rate(state), 1.0, now)
+    {
+        Decision::Allowed { .. } => Ok(()),
+        Decision::Denied { retry_after } => {
+            state.metrics.limited("auth_failures");
+            Err(ApiError::AuthThrottled(retry_after))
+        }
+    }
+}
+
+/// The answer to a failed credential: 401, or 429 when the address has
+/// run out of failures.
+pub async fn refuse(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    failure: AuthFailure,
+    now: Instant,
+) -> ApiError {
+    match note_failure(state, ip, failure, now).await {
+        Some(retry_after) => ApiError::AuthThrottled(retry_after),
+        None => ApiError::Unauthorized(failure),
     }
 }
 
@@ -194,26 +266,53 @@ pub async fn note_failure(
 pub async fn principal_from_parts(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let now = Instant::now();
     let ip = client_ip(state, &parts.extensions, &parts.headers);
-    check_guard(state, ip, now).await?;
+    check_guard_early(state, ip, now)?;
     let on_web_port = parts.extensions.get::<WebPort>().is_some();
     let session_id = cookie(&parts.headers, SESSION_COOKIE);
+    // Only the API port asks for certificates, and only under auth.mtls; a
+    // connection opened before mTLS was switched off keeps its
+    // certificate, which then no longer counts.
+    let runtime = state.live_config();
+    let mtls_config = &runtime.config.auth.mtls;
+    let cert = parts
+        .extensions
+        .get::<ClientCertificate>()
+        .filter(|_| mtls_config.mode != MtlsMode::Disabled);
+    if let (Err(AuthFailure::Missing), Some(cert)) = (bearer(&parts.headers), cert) {
+        // A certificate the handshake verified is not a guess: a 403 here
+        // does not count against the brute-force guard.
+        let table = state.api_keys.load();
+        let principal = mtls::certificate_principal(cert, &mtls_config.allow, &table, Utc::now());
+        if principal.is_ok() {
+            note_certificate(state, cert);
+        }
+        return principal;
+    }
     let result = match (bearer(&parts.headers), session_id) {
         (Err(AuthFailure::Missing), Some(id)) if on_web_port => {
-            let result = session_principal(state, parts, id, Utc::now()).await;
-            if let Err(ApiError::Unauthorized(failure)) = &result {
-                note_failure(state, ip, *failure, now).await;
-            }
-            return result;
+            return match session_principal(state, parts, id, Utc::now()).await {
+                Err(ApiError::Unauthorized(failure)) => Err(refuse(state, ip, failure, now).await),
+                other => other,
+            };
         }
-        (Ok(credential), _) => authenticate(state, credential, Utc::now()).await,
+        (Ok(credential), _) => authenticate_beside(state, credential, cert, Utc::now()).await,
         (Err(failure), _) => Err(failure),
     };
     match result {
-        Ok(p) => Ok(p),
-        Err(failure) => {
-            note_failure(state, ip, failure, now).await;
-            Err(ApiError::Unauthorized(failure))
+        Ok(p) => {
+            if let Some(cert) = cert {
+                note_certificate(state, cert);
+            }
+            Ok(p)
         }
+        Err(failure) => Err(refuse(state, ip, failure, now).await),
+    }
+}
+
+/// Feeds the client-certificate expiry gauge with an accepted certificate.
+fn note_certificate(state: &AppState, cert: &ClientCertificate) {
+    if let (Some(id), Some(not_after)) = (&cert.spiffe_id, cert.not_after) {
+        state.note_client_certificate(id, not_after);
     }
 }
 
@@ -298,8 +397,42 @@ pub async fn take_request(
     tier: Tier,
     audit: &Audit,
 ) -> Result<(), ApiError> {
+    admit_request(state, None, subject, tier, audit).await
+}
+
+/// [`take_request`], with the client address's guard checked in the same
+/// step when the store keeps it (one round trip for the whole request;
+/// [`check_guard_early`] left the exact check to this).
+pub async fn admit_request(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    subject: &str,
+    tier: Tier,
+    audit: &Audit,
+) -> Result<(), ApiError> {
     let runtime = state.live_config();
-    let Some(per_minute) = request_limit(&runtime.config, tier) else {
+    let limit = request_limit(&runtime.config, tier);
+    let ip = ip
+        .filter(|_| state.failure_buckets.is_shared())
+        .map(|ip| ip.to_string());
+    let guard = ip
+        .as_deref()
+        .map(|ip| (&state.failure_buckets, ip, failure_rate(state)));
+    let Some(per_minute) = limit else {
+        if guard.is_some() {
+            admitted(
+                limits::admit(
+                    guard,
+                    &state.request_buckets,
+                    Op::Take,
+                    &[],
+                    1.0,
+                    Instant::now(),
+                )
+                .await?,
+                state,
+            )?;
+        }
         return Ok(());
     };
     let burst = runtime
@@ -308,12 +441,19 @@ pub async fn take_request(
         .burst
         .map_or(per_minute, |b| b.max(1) as u32);
     let rate = Rate::per_minute(per_minute, burst);
-    match state
-        .request_buckets
-        .one(Op::Take, subject, rate, 1.0, Instant::now())
-        .await?
-    {
-        Decision::Allowed { remaining, reset } => {
+    let admission = limits::admit(
+        guard,
+        &state.request_buckets,
+        Op::Take,
+        &[(subject, rate)],
+        1.0,
+        Instant::now(),
+    )
+    .await?;
+    match admitted(admission, state)? {
+        Decision::Allowed {
+            remaining, reset, ..
+        } => {
             audit.rate(RateInfo {
                 limit: per_minute,
                 remaining,
@@ -327,6 +467,18 @@ pub async fn take_request(
                 limit: per_minute,
                 retry_after,
             })
+        }
+    }
+}
+
+/// The buckets' decision of an admission whose guard passed; a throttled
+/// address is refused as [`check_guard`] would.
+fn admitted(admission: Admission, state: &AppState) -> Result<Decision, ApiError> {
+    match admission {
+        Admission::Decided(decision) => Ok(decision),
+        Admission::Throttled { retry_after } => {
+            state.metrics.limited("auth_failures");
+            Err(ApiError::AuthThrottled(retry_after))
         }
     }
 }
@@ -386,9 +538,9 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         if !tier_spec.permissions.contains(&P::PERMISSION) {
             return Err(ApiError::Forbidden(P::NAME));
         }
-        take_request(state, &principal.subject, principal.tier, &audit).await?;
-        let client = client_ip(state, &parts.extensions, &parts.headers);
-        let overrides = policy::authorize(state, parts, &principal, client, &audit)?;
+        let ip = client_ip(state, &parts.extensions, &parts.headers);
+        admit_request(state, ip, &principal.subject, principal.tier, &audit).await?;
+        let overrides = policy::authorize(state, parts, &principal, ip, &audit)?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }

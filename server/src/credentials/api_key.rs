@@ -128,7 +128,9 @@ mod tests {
                 expires_at: Some(now + Duration::days(1)),
                 rotated_at: None,
                 last_used_at: None,
+                spiffe_id: None,
             }],
+            ..Default::default()
         }
     }
 

@@ -16,13 +16,13 @@ use securechat_crds::files::ValidationError;
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::config::{FilePaths, ServerConfig};
 use securechat_crds::files::keyset::SigningKeySet;
-use securechat_crds::v1alpha1::TlsVersion;
+use securechat_crds::v1alpha1::{MtlsMode, TlsVersion};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 use crate::credentials::jwt::{KeysetError, SigningMaterial};
 use crate::state::{AppState, ConfigError, LiveConfig};
-use crate::tls::{self, CertError, LoadedCert, SwappableCert};
+use crate::tls::{self, CertError, LoadedCert, SwappableCert, TrustBundleError};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -163,18 +163,76 @@ pub fn read_pair(first: &Path, second: &Path) -> Result<(Vec<u8>, Vec<u8>), File
 /// The TLS side of the reloadable state.
 pub struct TlsState {
     pub cert: Arc<SwappableCert>,
+    /// The web port's: never asks for client certificates.
     pub acceptor: Arc<ArcSwap<TlsAcceptor>>,
-    min_version: Mutex<TlsVersion>,
+    /// The API port's: asks for them under `auth.mtls`.
+    pub api_acceptor: Arc<ArcSwap<TlsAcceptor>>,
+    settings: Mutex<TlsSettings>,
+}
+
+/// What the acceptors were built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub min_version: TlsVersion,
+    pub mtls: MtlsMode,
+}
+
+/// Why the acceptors could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptorError {
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error("{}: {source}", path.display())]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: TrustBundleError,
+    },
+    #[error("auth.mtls.mode is {0:?} but the client CA bundle cannot be read: {1}")]
+    NoBundle(MtlsMode, String),
+}
+
+/// The web and API acceptors for `settings`; `bundle` is the client CA
+/// bundle file (read only when mTLS is on).
+fn acceptors(
+    cert: &Arc<SwappableCert>,
+    settings: TlsSettings,
+    bundle: &Path,
+) -> Result<(TlsAcceptor, TlsAcceptor), AcceptorError> {
+    let verifier = match settings.mtls {
+        MtlsMode::Disabled => None,
+        mode => {
+            let pem = std::fs::read(bundle)
+                .map_err(|e| AcceptorError::NoBundle(mode, format!("{}: {e}", bundle.display())))?;
+            let verifier =
+                tls::client_verifier(&pem, mode == MtlsMode::Required).map_err(|source| {
+                    AcceptorError::Bundle {
+                        path: bundle.to_path_buf(),
+                        source,
+                    }
+                })?;
+            Some(verifier)
+        }
+    };
+    Ok((
+        tls::acceptor(cert.clone(), settings.min_version, None)?,
+        tls::acceptor(cert.clone(), settings.min_version, verifier)?,
+    ))
 }
 
 impl TlsState {
-    pub fn new(cert: LoadedCert, min_version: TlsVersion) -> Result<Self, rustls::Error> {
+    pub fn new(
+        cert: LoadedCert,
+        settings: TlsSettings,
+        client_ca_bundle: &Path,
+    ) -> Result<Self, AcceptorError> {
         let cert = Arc::new(SwappableCert(ArcSwap::new(cert.key)));
-        let acceptor = tls::acceptor(cert.clone(), min_version)?;
+        let (web, api) = acceptors(&cert, settings, client_ca_bundle)?;
         Ok(Self {
             cert,
-            acceptor: Arc::new(ArcSwap::from_pointee(acceptor)),
-            min_version: Mutex::new(min_version),
+            acceptor: Arc::new(ArcSwap::from_pointee(web)),
+            api_acceptor: Arc::new(ArcSwap::from_pointee(api)),
+            settings: Mutex::new(settings),
         })
     }
 }
@@ -217,6 +275,7 @@ impl Reloader {
             ("api_keys", self.files.api_keys.clone()),
             ("tls_cert", self.files.tls_cert.clone()),
             ("tls_key", self.files.tls_key.clone()),
+            ("client_ca_bundle", self.files.client_ca_bundle.clone()),
         ];
         if let Some(c) = &self.config_path {
             out.push(("config", c.clone()));
@@ -253,14 +312,32 @@ impl Reloader {
             && self.changed("config", &bytes)
             && let Some(runtime) = self.outcome("config", parse_config(&bytes))
         {
-            let min = runtime.config.tls.min_version;
+            let settings = TlsSettings {
+                min_version: runtime.config.tls.min_version,
+                mtls: runtime.config.auth.mtls.mode,
+            };
             // The store itself is chosen at start; a scaled model's new
             // replica count applies at once (LocalFallback's share).
             if let (Some(store), Some(shared)) = (&self.state.store, &runtime.config.shared_state) {
                 store.set_replicas(shared.replicas);
             }
+            let running = self.state.store.as_ref().map(|s| s.config());
+            if crate::shared::restart_needed(running, runtime.config.shared_state.as_ref()) {
+                tracing::warn!(
+                    "sharedState changed: the store settings in use stay until the server \
+                     restarts (the operator rolls the pods for such a change)"
+                );
+            }
             self.state.live_config.store(Arc::new(runtime));
-            self.apply_min_version(min);
+            self.apply_tls_settings(settings, false);
+        }
+        // A new trust bundle (a CA rotation, a SPIRE bundle update) applies
+        // to the next handshake; an invalid one leaves the last good one.
+        if let Ok(bytes) = read(&self.files.client_ca_bundle)
+            && self.changed("client_ca_bundle", &bytes)
+        {
+            let current = *self.tls.settings.lock().unwrap_or_else(|e| e.into_inner());
+            self.apply_tls_settings(current, true);
         }
         if let Ok(bytes) = read(&self.files.signing_keys)
             && self.changed("signing_keys", &bytes)
@@ -302,21 +379,31 @@ impl Reloader {
         }
     }
 
-    fn apply_min_version(&self, min: TlsVersion) {
-        let mut current = self
-            .tls
-            .min_version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *current == min {
+    /// Rebuilds the acceptors when `settings` differ from those in force,
+    /// or when `bundle_changed`; a failure keeps the ones in force.
+    fn apply_tls_settings(&self, settings: TlsSettings, bundle_changed: bool) {
+        let mut current = self.tls.settings.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == settings && !bundle_changed {
             return;
         }
-        match tls::acceptor(self.tls.cert.clone(), min) {
-            Ok(acceptor) => {
-                self.tls.acceptor.store(Arc::new(acceptor));
-                *current = min;
+        let built = acceptors(&self.tls.cert, settings, &self.files.client_ca_bundle);
+        let uses_bundle = settings.mtls != MtlsMode::Disabled;
+        match built {
+            Ok((web, api)) => {
+                self.tls.acceptor.store(Arc::new(web));
+                self.tls.api_acceptor.store(Arc::new(api));
+                *current = settings;
+                if uses_bundle {
+                    tracing::info!(file = "client_ca_bundle", "reloaded");
+                    self.state.metrics.reload("client_ca_bundle", true);
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot apply tls.minVersion"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the TLS settings; keeping those in force");
+                if uses_bundle {
+                    self.state.metrics.reload("client_ca_bundle", false);
+                }
+            }
         }
     }
 }

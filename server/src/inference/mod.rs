@@ -14,8 +14,6 @@ mod glm;
 mod kv_cache;
 mod linear;
 mod llama;
-mod llama_cpu;
-mod llama_weights;
 mod model;
 mod prompt;
 mod sampler;
@@ -31,8 +29,8 @@ use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 pub use chat_template::ChatTemplate;
 pub use error::InferenceError;
 pub use glm::GlmFamily;
-pub use llama_weights::WeightFormat;
-pub use model::{CausalLm, PagedLm, SeqStep};
+pub use llama::WeightFormat;
+pub use model::{CausalLm, PagedLm, RopeVariant, SeqStep};
 pub use prompt::{CHATML_TEMPLATE, PromptEncoder};
 pub use scheduler::{LocalEngine, ServingOptions, kv_cache_tokens};
 pub use text_stream::Utf8Stream;
@@ -86,7 +84,8 @@ pub struct LoadedModel {
 /// What a model path holds, as far as the loader can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFamily {
-    /// A GGUF file (llama architecture, checked at load).
+    /// A GGUF file (its architecture is looked up in the family table at
+    /// load).
     LlamaGguf,
     /// A Hugging Face directory with config.json, tokenizer.json, safetensors.
     Glm(GlmFamily),
@@ -242,7 +241,49 @@ pub fn load_model_on(
     }
 }
 
-/// Loads a GGUF llama-family model (tokenizer, chat template, weights).
+/// Loads the model of a GGUF file's architecture (its `general.architecture`
+/// names it) from the file's weights onto `device`.
+type LoadGguf = fn(
+    &mut gguf::GgufFile,
+    &str,
+    RopeVariant,
+    WeightFormat,
+    &candle_core::Device,
+    linear::CpuKernels,
+) -> Result<Box<dyn CausalLm>, InferenceError>;
+
+/// A GGUF architecture this server runs.
+struct GgufArchitecture {
+    /// Its `general.architecture`, which also prefixes its metadata keys.
+    name: &'static str,
+    rope: RopeVariant,
+    load: LoadGguf,
+}
+
+/// Every GGUF architecture served: a new one is its own directory beside
+/// `llama/` (or, when llama's forward pass fits, none) and one line here.
+const GGUF_ARCHITECTURES: &[GgufArchitecture] = &[GgufArchitecture {
+    name: "llama",
+    rope: RopeVariant::Interleaved,
+    load: llama::load,
+}];
+
+/// The table's entry for `arch`, or an error naming what is served.
+fn gguf_architecture(arch: &str) -> Result<&'static GgufArchitecture, InferenceError> {
+    GGUF_ARCHITECTURES
+        .iter()
+        .find(|a| a.name == arch)
+        .ok_or_else(|| {
+            let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|a| a.name).collect();
+            InferenceError::Unsupported(format!(
+                "GGUF architecture `{arch}` (this server runs: {})",
+                known.join(", ")
+            ))
+        })
+}
+
+/// Loads a GGUF model (tokenizer, chat template, weights) by its
+/// architecture's entry in [`GGUF_ARCHITECTURES`].
 fn load_gguf(
     path: &Path,
     model_id: Option<String>,
@@ -252,6 +293,7 @@ fn load_gguf(
 ) -> Result<LoadedModel, InferenceError> {
     let mut file = gguf::GgufFile::open(path)?;
     let md = file.metadata();
+    let arch = gguf_architecture(md.string("general.architecture")?)?;
     let tokenizer = tokenizer::ChatTokenizer::from_metadata(md)?;
     let template = if md.contains("tokenizer.chat_template") {
         Some(md.string("tokenizer.chat_template")?.to_owned())
@@ -266,14 +308,14 @@ fn load_gguf(
             .unwrap_or_else(|| "model".into())
     };
     let encoder = PromptEncoder::new(tokenizer, template.as_deref())?;
-    let model = llama::Llama::load(&mut file, format, device, kernels)?;
+    let model = (arch.load)(&mut file, arch.name, arch.rope, format, device, kernels)?;
     let info = ModelInfo {
         id: model_id.unwrap_or(default_id),
-        family: "llama".into(),
-        context_length: model.config().context_length,
+        family: arch.name.into(),
+        context_length: model.context_length(),
     };
     Ok(LoadedModel {
-        model: Box::new(model),
+        model,
         encoder,
         info,
     })

@@ -2,6 +2,18 @@
 
 use super::error::Result;
 
+/// Which dimensions of a head rotary embeddings turn together, by angle
+/// `i`. GGUF files do not record it; it follows from the architecture
+/// (llama.cpp's `llama_model_rope_type`), so the family table says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeVariant {
+    /// Neighbours `(2i, 2i + 1)`: llama's (GGML's "normal" mode).
+    Interleaved,
+    /// The two halves of the head, `(i, i + head_dim / 2)`: GPT-NeoX's,
+    /// which Qwen2, Phi-3 and Gemma use.
+    Halves,
+}
+
 /// A decoder-only language model with its own KV cache.
 pub trait CausalLm: Send {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
+use securechat_crds::files::api_keys::HISTORY_LIMIT;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::v1alpha1::Permission;
 use serde_json::{Value, json};
@@ -50,6 +51,41 @@ pub async fn keys(
         })
         .collect();
     Json(json!({ "keys": keys, "usageScope": scope }))
+}
+
+/// Expired keys archived in the table's history (newest first), with the
+/// usage the server counted for them: the whole model's with a shared
+/// store, else this server's since it started (`usageScope`).
+pub async fn key_history(
+    State(state): State<AppState>,
+    _caller: Authorized<AdminPermission>,
+) -> Json<Value> {
+    let table = state.api_keys.load();
+    let ids: Vec<String> = table.history.iter().map(|k| k.id.clone()).collect();
+    let (usage, scope) = state.usage_of(&ids).await;
+    let keys: Vec<Value> = table
+        .history
+        .iter()
+        .rev()
+        .map(|k| {
+            let live = usage.get(&k.id).cloned().unwrap_or_default();
+            let last_used = k.last_used_at.max(live.last_used_at);
+            json!({
+                "id": k.id,
+                "name": k.name,
+                "tier": k.tier,
+                "createdAt": k.created_at,
+                "expiredAt": k.expired_at,
+                "lastUsedAt": last_used,
+                "usage": {
+                    "requests": live.requests,
+                    "promptTokens": live.prompt_tokens,
+                    "completionTokens": live.completion_tokens,
+                },
+            })
+        })
+        .collect();
+    Json(json!({ "keys": keys, "limit": HISTORY_LIMIT, "usageScope": scope }))
 }
 
 /// The caller's own usage (Developer and Admin) for the API key behind

@@ -1,12 +1,12 @@
-//! The outermost middleware: opens the request's [`Audit`] record, counts
-//! the request in the metrics and adds the `RateLimit-*` headers. The
-//! record itself (what is logged, and when) lives in [`crate::audit`].
+//! The outermost part of every request's middleware (`routes::common`):
+//! opens the request's [`Audit`] record, counts the request in the metrics
+//! and adds the `RateLimit-*` headers. The record itself (what is logged,
+//! and when) lives in [`crate::audit`].
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 use chrono::Utc;
 
@@ -16,31 +16,24 @@ use crate::listener::ClientAddr;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
 
-/// Stores the matched route into the audit record; runs inside the router
-/// (as a route layer) because only there is the route known.
-pub async fn note_route(request: Request, next: Next) -> Response {
-    if let (Some(audit), Some(path)) = (
-        request.extensions().get::<Audit>(),
-        request.extensions().get::<MatchedPath>(),
-    ) {
-        audit.route(path.as_str().to_string());
-    }
-    next.run(request).await
+/// A request's open audit record, from [`open`] to [`close`].
+pub struct Opened {
+    audit: Audit,
+    method: String,
+    start: Instant,
 }
 
-/// The outermost middleware: audit record, request metrics, RateLimit-*
-/// headers.
-pub async fn middleware(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Opens the request's audit record and puts a handle into it. The route
+/// is known here: the middleware runs inside the router (`Router::layer`),
+/// which has put the [`MatchedPath`] into the request already.
+pub fn open(state: &AppState, request: &mut Request) -> Opened {
     let start = Instant::now();
     let runtime = state.live_config();
     let method = request.method().to_string();
     let audit = Audit::start(
         runtime.config.audit.enabled,
         runtime.config.audit.include_prompts,
+        &state.placement,
         Utc::now(),
         request
             .extensions()
@@ -48,8 +41,25 @@ pub async fn middleware(
             .map(|a| a.0.ip().to_string()),
         method.clone(),
     );
+    if let Some(path) = request.extensions().get::<MatchedPath>() {
+        audit.route(path.as_str().to_string());
+    }
     request.extensions_mut().insert(audit.clone());
-    let mut response = next.run(request).await;
+    Opened {
+        audit,
+        method,
+        start,
+    }
+}
+
+/// Completes the record with the response, counts the request in the
+/// metrics and adds the `RateLimit-*` headers.
+pub fn close(state: &AppState, opened: Opened, mut response: Response) -> Response {
+    let Opened {
+        audit,
+        method,
+        start,
+    } = opened;
     let status = response.status();
     let elapsed = start.elapsed();
     if let Some(failure) = response.extensions().get::<AuthFailure>() {

@@ -11,7 +11,7 @@ use securechat_crds::files::keyset::KeyState;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::metrics::{KeyIdLabels, KeyLabels, KidLabels, SchedulerGauges};
+use crate::metrics::{KeyIdLabels, KeyLabels, KidLabels, SchedulerGauges, SpiffeLabels};
 use crate::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
@@ -80,6 +80,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                     tier: key.tier.as_str().into(),
                 })
                 .set(secs(expires));
+        }
+    }
+    m.client_certificate_expiry.clear();
+    {
+        let mut certs = state
+            .client_cert_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // An expired certificate can no longer connect: its series ends.
+        certs.retain(|_, not_after| *not_after > now);
+        for (spiffe_id, not_after) in certs.iter() {
+            m.client_certificate_expiry
+                .get_or_create(&SpiffeLabels {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .set(secs(*not_after));
         }
     }
     m.api_key_last_used.clear();

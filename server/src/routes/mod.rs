@@ -42,12 +42,15 @@ pub fn web_app(state: AppState) -> Router {
         .route("/", get(web::index))
         .route("/ui/app.js", get(web::script))
         .route("/ui/style.css", get(web::style))
+        .route("/ui/markdown.js", get(web::markdown))
         .route("/web/options", get(web::login::options))
         .route("/web/session", get(web::login::current))
         .route("/web/login", post(web::login::login_with_key))
         .route("/web/logout", post(web::login::logout))
         .route("/web/sso/start", get(web::sso::start))
-        .route("/web/sso/callback", get(web::sso::callback));
+        .route("/web/sso/callback", get(web::sso::callback))
+        .route("/web/oauth2/start", get(web::oauth2::start))
+        .route("/web/oauth2/callback", get(web::oauth2::callback));
     finish(api_routes().merge(ui), state).layer(Extension(WebPort))
 }
 
@@ -58,9 +61,15 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/models", get(openai::models))
         .route("/v1/usage", get(admin::own_usage))
         .route("/api/chat", post(seed::chat))
+        // The path of the first seed's complete example: the same endpoint.
+        .route("/api/secure-chat", post(seed::chat))
         .route("/oauth/token", post(oauth::token))
+        // The seed's `OAuth2PasswordBearer(tokenUrl="token")`: the same
+        // token endpoint.
+        .route(oauth::SEED_TOKEN_PATH, post(oauth::token))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/admin/keys", get(admin::keys))
+        .route("/admin/keys/history", get(admin::key_history))
         .route("/admin/config", admin_config.clone())
         // The seed's path; it used POST to update.
         .route(
@@ -74,23 +83,34 @@ fn api_routes() -> Router<AppState> {
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route_layer(middleware::from_fn(audit_layer::note_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(state.clone()))
-        .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
-        .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            audit_layer::middleware,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), common))
         .with_state(state)
+}
+
+/// What every request passes through, outermost first: the audit record
+/// and request metrics, the security headers, the origin guard (then
+/// CORS, then the route). One middleware rather than one each because
+/// every axum middleware layer clones the whole stack beneath it on every
+/// request (boxed services, the CORS config), which a debug-build profile
+/// of `GET /v1/models` showed under each of the four former layers (its
+/// effect in a release build is not yet measured).
+async fn common(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let opened = audit_layer::open(&state, &mut request);
+    let mut response = match origin_refused(&state, &request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    };
+    security_headers(&mut response);
+    audit_layer::close(&state, opened, response)
 }
 
 /// 405 in the shape of the endpoint asked for: RFC 6749 at the token
 /// endpoint, OpenAI elsewhere.
 async fn method_not_allowed(uri: Uri) -> Response {
-    if uri.path() == "/oauth/token" {
+    if uri.path() == "/oauth/token" || uri.path() == oauth::SEED_TOKEN_PATH {
         oauth_error::OAuthError::method_not_allowed().into_response()
     } else {
         ApiError::MethodNotAllowed.into_response()
@@ -124,8 +144,7 @@ fn cors(state: AppState) -> CorsLayer {
 
 /// Headers every response carries: HTTPS only from now on, no MIME
 /// sniffing, no caching of answers or keys, no referrer leaks.
-async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+fn security_headers(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(
         STRICT_TRANSPORT_SECURITY,
@@ -139,22 +158,18 @@ async fn security_headers(request: Request, next: Next) -> Response {
     headers
         .entry(CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Refuses requests carrying a foreign `Origin` outright (403), so a
 /// cross-site page cannot even trigger work whose answer the browser would
 /// hide. Same-origin requests (the web UI) pass.
-async fn origin_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(origin) = request.headers().get(ORIGIN) {
-        let same_origin = request
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes());
-        if !same_origin && !origin_allowed(&state, origin) {
-            return ApiError::OriginNotAllowed.into_response();
-        }
-    }
-    next.run(request).await
+fn origin_refused(state: &AppState, request: &Request) -> Option<Response> {
+    let origin = request.headers().get(ORIGIN)?;
+    let same_origin = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| origin.as_bytes() == format!("https://{host}").as_bytes());
+    (!same_origin && !origin_allowed(state, origin))
+        .then(|| ApiError::OriginNotAllowed.into_response())
 }

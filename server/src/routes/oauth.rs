@@ -26,6 +26,10 @@ use crate::credentials::jwt::{Claims, new_jti};
 use crate::error::{ApiError, AuthFailure};
 use crate::state::AppState;
 
+/// The token endpoint under the first seed's path (its FastAPI app's
+/// `tokenUrl="token"`), beside `/oauth/token`.
+pub const SEED_TOKEN_PATH: &str = "/token";
+
 /// The parameters of a token request (RFC 6749 §4.4.2), from either body
 /// encoding. Unknown parameters are ignored, as §3.2 requires.
 #[derive(Debug, Default, Deserialize)]

@@ -1,11 +1,14 @@
-//! POST /api/chat in the first seed's shape:
+//! POST /api/chat (and `/api/secure-chat`, the path of the seed's full
+//! example) in the first seed's shape:
 //! `{message, history, max_length=2048, temperature=0.7}` ->
-//! `{response, history, user}`.
+//! `{response, history, user, user_id}` (the seed's two examples name the
+//! caller `user` and `user_id`; both are sent, so either client works).
 //!
-//! `history` is accepted in both ChatGLM forms: a list of
-//! `{role, content}` messages (ChatGLM3) or of `[user, assistant]` pairs
-//! (ChatGLM2); it is returned in the message form with the new turn
-//! appended. `max_length` bounds the generated tokens.
+//! `history` is accepted in the ChatGLM forms: a list of `{role, content}`
+//! messages (ChatGLM3), of `[user, assistant]` pairs (ChatGLM2), or the
+//! seed's `List[str]`: a flat list of strings alternating user and
+//! assistant, starting with the user. It is returned in the message form
+//! with the new turn appended. `max_length` bounds the generated tokens.
 
 use std::time::Instant;
 
@@ -26,6 +29,8 @@ use crate::state::AppState;
 pub enum Turn {
     Message(ChatMessage),
     Pair(String, String),
+    /// One entry of the seed's flat `List[str]` history.
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +57,51 @@ pub struct SeedChatResponse {
     pub response: String,
     pub history: Vec<ChatMessage>,
     pub user: String,
+    /// The same as `user`, under the name of the seed's `/api/chat`.
+    pub user_id: String,
+}
+
+/// The history as messages. A flat list of strings alternates user and
+/// assistant; it cannot be mixed with the other forms, whose roles are
+/// explicit, since a string's role would then depend on what precedes it.
+fn history_messages(history: Vec<Turn>) -> Result<Vec<ChatMessage>, ApiError> {
+    let flat = history
+        .iter()
+        .filter(|t| matches!(t, Turn::Text(_)))
+        .count();
+    if flat > 0 && flat < history.len() {
+        return Err(ApiError::InvalidField {
+            message: "history: either a flat list of strings (alternating user and assistant) \
+                      or a list of messages or [user, assistant] pairs, not both"
+                .into(),
+            param: "history",
+        });
+    }
+    let mut messages = Vec::with_capacity(history.len() * 2 + 2);
+    for (i, turn) in history.into_iter().enumerate() {
+        match turn {
+            Turn::Message(m) => messages.push(m),
+            Turn::Pair(user, assistant) => {
+                messages.push(ChatMessage {
+                    role: Role::User,
+                    content: user,
+                });
+                messages.push(ChatMessage {
+                    role: Role::Assistant,
+                    content: assistant,
+                });
+            }
+            Turn::Text(content) => messages.push(ChatMessage {
+                role: if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                content,
+            }),
+        }
+    }
+    Ok(messages)
 }
 
 pub async fn chat(
@@ -67,22 +117,7 @@ pub async fn chat(
             param: "message",
         });
     }
-    let mut history: Vec<ChatMessage> = Vec::with_capacity(body.history.len() * 2 + 2);
-    for turn in body.history {
-        match turn {
-            Turn::Message(m) => history.push(m),
-            Turn::Pair(user, assistant) => {
-                history.push(ChatMessage {
-                    role: Role::User,
-                    content: user,
-                });
-                history.push(ChatMessage {
-                    role: Role::Assistant,
-                    content: assistant,
-                });
-            }
-        }
-    }
+    let mut history = history_messages(body.history)?;
     history.push(ChatMessage {
         role: Role::User,
         content: body.message,
@@ -106,6 +141,7 @@ pub async fn chat(
     Ok(Json(SeedChatResponse {
         response,
         history,
-        user: caller.principal.subject,
+        user: caller.principal.subject.clone(),
+        user_id: caller.principal.subject,
     }))
 }

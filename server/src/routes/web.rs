@@ -6,6 +6,7 @@
 //! authenticated API with that cookie plus a CSRF token.
 
 pub mod login;
+pub mod oauth2;
 pub mod sso;
 
 use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
@@ -36,6 +37,13 @@ pub async fn script() -> Response {
 
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", include_str!("web/style.css"))
+}
+
+pub async fn markdown() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("web/markdown.js"),
+    )
 }
 
 /// Escapes text for an HTML text node or quoted attribute.

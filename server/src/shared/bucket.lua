@@ -1,22 +1,30 @@
--- Token buckets in the shared store: ratelimit::decide, next to the data,
--- so that every check-and-update is one atomic round trip whatever the
--- number of replicas. The store's own clock (TIME) is the only clock, so
--- replicas with skewed clocks agree.
+-- Token buckets in the shared store: ratelimit::decide (and, for guard
+-- keys, ratelimit::admit), next to the data, so that every check-and-update
+-- of a request is one atomic round trip whatever the number of replicas.
+-- The store's own clock (TIME) is the only clock, so replicas with skewed
+-- clocks agree.
 --
 -- KEYS: one hash per bucket, fields l (level) and t (time of l, seconds).
--- ARGV: op (take | peek | charge | refund), cost, then per bucket its
---       capacity and refill per second.
--- Returns {allowed (0/1), remaining (first bucket, floored),
---          retry after (ms, 0 when allowed), reset (ms, first bucket)}.
+--       The first ARGV[3] keys are guards (the client address's
+--       brute-force guard): each must hold one unit, nothing is taken from
+--       them; the others get op.
+-- ARGV: op (take | peek | charge | refund), cost, number of guards, then
+--       per key its capacity and refill per second.
+-- Returns {allowed (0/1), remaining (floored), retry after (ms, 0 when
+--          allowed), reset (ms), refused by a guard (0/1), bucket}: remaining
+--          and reset are those of the non-guard bucket with the least left
+--          for its capacity, bucket its index among them (from 0).
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
+local guards = tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local levels, caps, rates = {}, {}, {}
 local retry = nil
+local guard_retry = nil
 for i = 1, #KEYS do
-  local cap = tonumber(ARGV[1 + 2 * i])
-  local rate = tonumber(ARGV[2 + 2 * i])
+  local cap = tonumber(ARGV[2 + 2 * i])
+  local rate = tonumber(ARGV[3 + 2 * i])
   local stored = redis.call('HMGET', KEYS[i], 'l', 't')
   local level = cap
   if stored[1] then
@@ -24,14 +32,28 @@ for i = 1, #KEYS do
     level = math.min(cap, tonumber(stored[1]) + elapsed * rate)
   end
   levels[i], caps[i], rates[i] = level, cap, rate
-  if level < cost then
-    local wait = (cost - level) / rate
-    if retry == nil or wait > retry then retry = wait end
+  local need = cost
+  if i <= guards then need = 1 end
+  if level < need then
+    local wait = (need - level) / rate
+    if i <= guards then
+      if guard_retry == nil or wait > guard_retry then guard_retry = wait end
+    elseif retry == nil or wait > retry then
+      retry = wait
+    end
   end
+end
+if guard_retry ~= nil then
+  return {0, 0, math.ceil(guard_retry * 1000), 0, 1, 0}
+end
+local first = guards + 1
+if first > #KEYS then
+  -- Only guards (a caller without a limit): admitted.
+  return {1, 0, 0, 0, 0, 0}
 end
 local write = (op == 'take' and retry == nil) or op == 'charge' or op == 'refund'
 if write then
-  for i = 1, #KEYS do
+  for i = first, #KEYS do
     if op == 'refund' then
       levels[i] = math.min(caps[i], levels[i] + cost)
     else
@@ -46,8 +68,12 @@ if write then
   end
 end
 if (op == 'take' or op == 'peek') and retry ~= nil then
-  return {0, 0, math.ceil(retry * 1000), 0}
+  return {0, 0, math.ceil(retry * 1000), 0, 0, 0}
 end
-local remaining = math.floor(math.max(0, levels[1]))
-local reset = math.ceil(math.max(0, (caps[1] - levels[1]) / rates[1]) * 1000)
-return {1, remaining, 0, reset}
+local b = first
+for i = first + 1, #KEYS do
+  if levels[i] / caps[i] < levels[b] / caps[b] then b = i end
+end
+local remaining = math.floor(math.max(0, levels[b]))
+local reset = math.ceil(math.max(0, (caps[b] - levels[b]) / rates[b]) * 1000)
+return {1, remaining, 0, reset, 0, b - first}

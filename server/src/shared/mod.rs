@@ -38,7 +38,7 @@ pub mod usage;
 
 use crate::breaker::Breaker;
 use crate::metrics::KindLabels;
-use crate::ratelimit::{Decision, Op, Rate};
+use crate::ratelimit::{Admission, Decision, Op, Rate};
 
 /// The bucket script (see its header).
 pub const BUCKET_SCRIPT: &str = include_str!("bucket.lua");
@@ -141,6 +141,8 @@ pub struct Store {
     pool: Vec<Member>,
     next: AtomicUsize,
     bucket_script: redis::Script,
+    /// `usage::USAGE_SCRIPT`, hashed once.
+    usage_script: redis::Script,
     /// `config.replicas` as the last config reload said: scaling the model
     /// rewrites it without rolling the pods (the operator leaves it out of
     /// the pod template's checksum), so LocalFallback's share follows.
@@ -174,6 +176,7 @@ impl Store {
             pool,
             next: AtomicUsize::new(0),
             bucket_script: redis::Script::new(BUCKET_SCRIPT),
+            usage_script: redis::Script::new(usage::USAGE_SCRIPT),
             last_error: Mutex::new(None),
             metrics,
             breaker: None,
@@ -261,25 +264,48 @@ impl Store {
         buckets: &[(&str, Rate)],
         cost: f64,
     ) -> Result<Decision, StoreError> {
+        match self.admit(&[], op, buckets, cost).await? {
+            Admission::Decided(decision) => Ok(decision),
+            Admission::Throttled { .. } => Err(self.failed(StoreError::Reply(
+                "the bucket script refused a guard it was not given".into(),
+            ))),
+        }
+    }
+
+    /// Checks the `guards` (each must hold one unit; nothing is taken from
+    /// them) and, if they pass, applies `op` to `buckets`: everything a
+    /// request checks and updates, in one script and one round trip.
+    pub async fn admit(
+        &self,
+        guards: &[(&str, Rate)],
+        op: Op,
+        buckets: &[(&str, Rate)],
+        cost: f64,
+    ) -> Result<Admission, StoreError> {
         let mut invocation = self.bucket_script.prepare_invoke();
-        for (name, _) in buckets {
+        for (name, _) in guards.iter().chain(buckets) {
             invocation.key(self.key(name));
         }
-        invocation.arg(op.as_str()).arg(cost);
-        for (_, rate) in buckets {
+        invocation.arg(op.as_str()).arg(cost).arg(guards.len());
+        for (_, rate) in guards.iter().chain(buckets) {
             invocation.arg(rate.capacity).arg(rate.per_second);
         }
         let reply: Vec<i64> = self
             .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await?;
+        let millis = |n: i64| Duration::from_millis(u64::try_from(n).unwrap_or(0));
         match reply.as_slice() {
-            [1, remaining, _, reset] => Ok(Decision::Allowed {
+            [0, _, retry, _, 1, _] => Ok(Admission::Throttled {
+                retry_after: millis(*retry),
+            }),
+            [1, remaining, _, reset, 0, bucket] => Ok(Admission::Decided(Decision::Allowed {
                 remaining: u32::try_from(*remaining).unwrap_or(u32::MAX),
-                reset: Duration::from_millis(u64::try_from(*reset).unwrap_or(0)),
-            }),
-            [0, _, retry, _] => Ok(Decision::Denied {
-                retry_after: Duration::from_millis(u64::try_from(*retry).unwrap_or(0)),
-            }),
+                reset: millis(*reset),
+                bucket: usize::try_from(*bucket).unwrap_or(0),
+            })),
+            [0, _, retry, _, 0, _] => Ok(Admission::Decided(Decision::Denied {
+                retry_after: millis(*retry),
+            })),
             other => Err(self.failed(StoreError::Reply(format!(
                 "the bucket script returned {other:?}"
             )))),
@@ -447,6 +473,26 @@ impl Store {
     }
 }
 
+/// Whether a reloaded config's `sharedState` differs from the one this
+/// process started with in anything but the replica count (which applies
+/// in place). The store, its address, credentials' paths, TLS, timeout
+/// and `onUnavailable` are chosen at start: such a change needs a restart,
+/// which the operator does by rolling the pods (the setting is in the pod
+/// template's config checksum); a standalone server logs that it waits for
+/// one.
+pub fn restart_needed(
+    running: Option<&SharedStateConfig>,
+    reloaded: Option<&SharedStateConfig>,
+) -> bool {
+    let without_replicas = |c: Option<&SharedStateConfig>| {
+        c.map(|c| SharedStateConfig {
+            replicas: 0,
+            ..c.clone()
+        })
+    };
+    without_replicas(running) != without_replicas(reloaded)
+}
+
 /// Parses `host:port` (an IPv6 host in brackets).
 fn host_port(address: &str) -> Result<(String, u16), StoreError> {
     let bad = || StoreError::Config(format!("address {address:?}: expected host:port"));
@@ -534,6 +580,31 @@ fn manager(config: &SharedStateConfig, base: &Path) -> Result<ConnectionManager,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_replica_count_applies_without_a_restart() {
+        let base: SharedStateConfig =
+            serde_yaml::from_str("address: valkey:6379\nkeyPrefix: ns/m/\nreplicas: 2\n").unwrap();
+        let scaled = SharedStateConfig {
+            replicas: 5,
+            ..base.clone()
+        };
+        assert!(!restart_needed(Some(&base), Some(&scaled)));
+        assert!(!restart_needed(None, None));
+        let moved = SharedStateConfig {
+            address: "valkey-2:6379".into(),
+            ..base.clone()
+        };
+        let fallback = SharedStateConfig {
+            on_unavailable: OnUnavailable::LocalFallback,
+            ..base.clone()
+        };
+        for changed in [&moved, &fallback] {
+            assert!(restart_needed(Some(&base), Some(changed)));
+        }
+        assert!(restart_needed(None, Some(&base)));
+        assert!(restart_needed(Some(&base), None));
+    }
 
     #[test]
     fn addresses_parse_with_ipv6_brackets() {

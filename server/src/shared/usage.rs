@@ -21,6 +21,12 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// The usage script (see its header).
 pub const USAGE_SCRIPT: &str = include_str!("usage.lua");
 
+/// How long a key's usage stays in the store after its last use: the
+/// figures of a key removed from the table go with it, those of a key in
+/// use never do (each flush renews it). Over a year, so that yearly
+/// figures of a key used once a year survive.
+pub const USAGE_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// Usage of one API key (a total, or a delta not yet flushed).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,8 +57,8 @@ impl Store {
         if deltas.is_empty() {
             return Ok(());
         }
-        let script = redis::Script::new(USAGE_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.usage_script.prepare_invoke();
+        invocation.arg(USAGE_RETENTION.as_millis() as u64);
         for (id, delta) in deltas {
             invocation.key(self.key(&usage_key(id)));
             invocation

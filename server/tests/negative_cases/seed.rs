@@ -79,6 +79,22 @@ pub fn cases(s: &TestServer) -> Vec<Case> {
             Some("invalid_value"),
         ),
         seed(
+            "seed chat mixing a flat history with pairs",
+            a.clone(),
+            json(json!({"message": "hi", "history": ["q", ["a", "b"]]})),
+            400,
+            Some("invalid_value"),
+        ),
+        request(
+            "seed secure-chat without credentials",
+            Method::POST,
+            "/api/secure-chat",
+            vec![],
+            json(json!({"message": "hi"})),
+            401,
+            Some("missing_credentials"),
+        ),
+        seed(
             "seed chat max_length zero",
             a.clone(),
             json(json!({"message": "hi", "max_length": 0})),

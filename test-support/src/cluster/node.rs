@@ -36,6 +36,8 @@ pub struct Node {
     pub operator_image: String,
     /// busybox-static: sh, nc, wget, sleep.
     pub client_image: String,
+    /// The Prometheus server (entrypoint /prometheus).
+    pub prometheus_image: String,
     /// The node's containerd (`ctr --address`).
     pub containerd_socket: String,
     /// The cluster DNS (CoreDNS on the node): Service names resolve under
@@ -80,6 +82,7 @@ impl Node {
             server_image: var("SERVER_IMAGE"),
             operator_image: var("OPERATOR_IMAGE"),
             client_image: var("CLIENT_IMAGE"),
+            prometheus_image: var("PROMETHEUS_IMAGE"),
             containerd_socket: var("CONTAINERD_SOCKET"),
             cluster_domain: var("CLUSTER_DOMAIN"),
         };

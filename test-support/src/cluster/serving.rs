@@ -195,6 +195,7 @@ impl ServedModel {
                 oidc_ca_bundle: None,
                 record_last_used: None,
                 path_root: Some(pod),
+                placement: Default::default(),
             },
             engine,
         )

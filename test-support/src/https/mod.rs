@@ -1,5 +1,6 @@
 //! Test harness: a real server over real TLS with a deterministic engine.
 
+pub mod client_certs;
 pub mod in_process;
 pub mod raw;
 
@@ -12,6 +13,7 @@ use chrono::Utc;
 use securechat_crds::files::api_keys::ApiKeyState;
 use securechat_crds::files::keyset::SigningKeySet;
 use securechat_crds::v1alpha1::Tier;
+use securechat_server::audit::Placement;
 use securechat_server::engine::{
     ChatMessage, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStream, ModelInfo, Role, Usage,
@@ -22,6 +24,10 @@ use tokio::sync::mpsc;
 
 pub const MODEL: &str = "test-model";
 pub const CONTEXT: usize = 512;
+/// The pod and node the test servers say they run in (what the downward
+/// API gives a pod), for the audit lines.
+pub const POD: &str = "securechat-chat-5d8c7-x2x9q";
+pub const NODE: &str = "gpu-a100-0";
 
 /// Echoes the last user message back, three characters per event (so the
 /// streaming filter sees numbers split across chunks). One "token" per
@@ -263,6 +269,10 @@ pub fn serve_options(dir: &Path, record_last_used: Option<Duration>) -> ServeOpt
         // lock would race the writer.
         record_last_used,
         path_root: None,
+        placement: Placement {
+            pod: Some(POD.into()),
+            node: Some(NODE.into()),
+        },
     }
 }
 

@@ -1,15 +1,134 @@
 // securechat web chat. The page holds no credential: signing in opens a
 // server-side session (HttpOnly cookie the page cannot read), and every API
 // call carries the session's CSRF token in X-CSRF-Token. Text from the
-// model or the server is only ever inserted as textContent (never HTML).
-"use strict";
+// model or the server is only ever inserted as textContent (never HTML);
+// answers are Markdown, rendered by markdown.js into DOM nodes.
+import { parse, render } from "/ui/markdown.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { session: null, history: [] };
+const state = { session: null, history: [], conversation: null };
+
+// Conversations are kept in this browser (localStorage), per signed-in
+// subject, so two people sharing a browser profile see their own. A user
+// message in which the server filtered sensitive data is stored as a
+// placeholder: the page never persists what the filter caught.
+const WITHHELD = "[withheld: this message contained sensitive data]";
+const MAX_CONVERSATIONS = 50;
+
+function storageKey() {
+  return "securechat.conversations:" + state.session.subject;
+}
+
+function loadConversations() {
+  try {
+    const list = JSON.parse(localStorage.getItem(storageKey()) || "[]");
+    return Array.isArray(list) ? list : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveConversations(list) {
+  try {
+    localStorage.setItem(storageKey(), JSON.stringify(list.slice(0, MAX_CONVERSATIONS)));
+  } catch (error) {
+    $("notice").textContent = "This conversation could not be kept in the browser: " + error.message;
+  }
+}
+
+function newId() {
+  const bytes = new Uint8Array(9);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Stores the current conversation (most recent first).
+function keepConversation(stored) {
+  const list = loadConversations().filter((c) => c.id !== state.conversation);
+  const title = (stored.find((m) => m.role === "user") || { content: "New chat" }).content.slice(0, 60);
+  list.unshift({ id: state.conversation, title, updated: new Date().toISOString(), messages: stored });
+  saveConversations(list);
+  showConversations();
+}
+
+function showConversations() {
+  const list = loadConversations();
+  $("conversation-count").textContent = list.length ? `(${list.length})` : "";
+  const ul = $("conversation-list");
+  ul.replaceChildren();
+  for (const conversation of list) {
+    const li = document.createElement("li");
+    if (conversation.id === state.conversation) li.className = "current";
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.textContent = conversation.title;
+    open.title = new Date(conversation.updated).toLocaleString();
+    open.addEventListener("click", () => openConversation(conversation.id));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "delete";
+    remove.textContent = "Delete";
+    remove.setAttribute("aria-label", "Delete conversation: " + conversation.title);
+    remove.addEventListener("click", () => deleteConversation(conversation.id));
+    li.append(open, remove);
+    ul.appendChild(li);
+  }
+}
+
+function startConversation() {
+  state.conversation = newId();
+  state.history = [];
+  state.stored = [];
+  $("log").replaceChildren();
+  $("notice").textContent = "";
+  $("error").textContent = "";
+  showConversations();
+}
+
+function openConversation(id) {
+  const conversation = loadConversations().find((c) => c.id === id);
+  if (!conversation) return;
+  state.conversation = id;
+  state.stored = conversation.messages.slice();
+  state.history = conversation.messages.map((m) => ({ role: m.role, content: m.content }));
+  $("log").replaceChildren();
+  $("notice").textContent = "";
+  $("error").textContent = "";
+  for (const message of conversation.messages) {
+    const item = append(message.role, message.role === "user" ? message.content : "");
+    if (message.role === "assistant") {
+      showMarkdown(item, message.content);
+      item.classList.add("done");
+    }
+  }
+  showConversations();
+}
+
+function deleteConversation(id) {
+  saveConversations(loadConversations().filter((c) => c.id !== id));
+  if (id === state.conversation) startConversation();
+  else showConversations();
+}
+
+async function copyCode(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => (button.textContent = "Copy"), 2000);
+}
+
+function showMarkdown(item, text) {
+  item.replaceChildren(render(document, parse(text), copyCode));
+}
 
 function show(section) {
   for (const id of ["login", "chat", "admin"]) $(id).hidden = id !== section;
-  $("account").hidden = section === "login";
+  // Signed out, the header has no account line or buttons at all.
+  $("account").hidden = section === "login" || !state.session;
 }
 
 // A readable sentence for an API error answer (OpenAI error shape).
@@ -49,8 +168,12 @@ function updateQuota(response) {
   const remaining = response.headers.get("ratelimit-remaining");
   const reset = response.headers.get("ratelimit-reset");
   if (limit !== null && remaining !== null) {
+    // RateLimit-Reset counts whole seconds until the quota is full again:
+    // 0 means it already is (or will be within the second), not worth a
+    // "resets in 0s".
+    const seconds = Number(reset);
     $("quota").textContent =
-      `${remaining} of ${limit} requests left this minute` + (reset ? ` (resets in ${reset}s)` : "");
+      `${remaining} of ${limit} requests left this minute` + (seconds > 0 ? ` (full again in ${seconds}s)` : "");
   } else if (response.ok) {
     // A tier without a request cap (Admin by default) gets no RateLimit
     // headers; say so rather than leave a stale figure.
@@ -61,7 +184,9 @@ function updateQuota(response) {
 async function showLogin(notice) {
   state.session = null;
   state.history = [];
+  state.conversation = null;
   $("log").replaceChildren();
+  $("conversation-list").replaceChildren();
   $("login-notice").textContent = notice || "";
   show("login");
   const response = await fetch("/web/options").catch(() => null);
@@ -72,7 +197,7 @@ async function showLogin(notice) {
     for (const provider of options.sso) {
       const link = document.createElement("a");
       link.href = provider.start;
-      link.textContent = "Sign in with SSO: " + provider.name;
+      link.textContent = provider.label || "Sign in with SSO: " + provider.name;
       link.className = "sso-login";
       list.appendChild(link);
     }
@@ -94,6 +219,9 @@ function showChat(session) {
   $("max-tokens").max = cap ? String(cap) : "";
   $("max-tokens").value = String(cap ? Math.min(cap, limits.defaultMaxTokens) : limits.defaultMaxTokens);
   $("max-tokens-cap").textContent = cap ? `(your role allows up to ${cap})` : "";
+  // The list is open beside the chat on a wide screen, folded on a phone.
+  $("conversations").open = window.matchMedia("(min-width: 48rem)").matches;
+  startConversation();
   show("chat");
 }
 
@@ -134,11 +262,7 @@ $("admin-refresh").addEventListener("click", loadAdmin);
 $("temperature").addEventListener("input", () => {
   $("temperature-value").textContent = $("temperature").value;
 });
-$("clear").addEventListener("click", () => {
-  state.history = [];
-  $("log").replaceChildren();
-  $("notice").textContent = "";
-});
+$("new-chat").addEventListener("click", startConversation);
 
 function cell(row, text) {
   const td = document.createElement("td");
@@ -205,6 +329,8 @@ $("ask").addEventListener("submit", async (event) => {
   messages.push(...state.history, { role: "user", content: text });
   const answer = append("assistant", "");
   answer.setAttribute("aria-busy", "true");
+  let answerText = "";
+  let redactedIn = 0;
   const notices = [];
   try {
     const response = await api("/v1/chat/completions", {
@@ -219,7 +345,7 @@ $("ask").addEventListener("submit", async (event) => {
     });
     updateQuota(response);
     if (!response.ok) throw new Error(await describe(response));
-    const redactedIn = Number(response.headers.get("x-securechat-input-redactions") || "0");
+    redactedIn = Number(response.headers.get("x-securechat-input-redactions") || "0");
     if (redactedIn > 0) {
       notices.push(
         `Sensitive data in your message (${redactedIn} item${redactedIn > 1 ? "s" : ""}) ` +
@@ -245,7 +371,10 @@ $("ask").addEventListener("submit", async (event) => {
           const chunk = JSON.parse(data);
           if (chunk.error) throw new Error(chunk.error.message);
           const choice = chunk.choices && chunk.choices[0];
-          if (choice && choice.delta && choice.delta.content) answer.textContent += choice.delta.content;
+          if (choice && choice.delta && choice.delta.content) {
+            answerText += choice.delta.content;
+            showMarkdown(answer, answerText);
+          }
           const redactedOut = chunk.securechat && chunk.securechat.output_redactions;
           if (redactedOut) {
             notices.push(`Sensitive data in the answer (${redactedOut} item${redactedOut > 1 ? "s" : ""}) was filtered.`);
@@ -258,7 +387,12 @@ $("ask").addEventListener("submit", async (event) => {
         }
       }
     }
-    state.history.push({ role: "user", content: text }, { role: "assistant", content: answer.textContent });
+    state.history.push({ role: "user", content: text }, { role: "assistant", content: answerText });
+    state.stored.push(
+      { role: "user", content: redactedIn > 0 ? WITHHELD : text },
+      { role: "assistant", content: answerText },
+    );
+    keepConversation(state.stored);
     answer.setAttribute("aria-busy", "false");
     answer.classList.add("done");
   } catch (error) {

@@ -17,7 +17,7 @@ use securechat_crds::v1alpha1::Permission;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{self, check_guard, live_session, note_failure};
+use crate::auth::{self, check_guard, live_session};
 use crate::credentials::api_key;
 use crate::error::{ApiError, AuthFailure};
 use crate::routes::body::ApiJson;
@@ -47,10 +47,14 @@ pub fn session_view(state: &AppState, session: &Session) -> Value {
     let tier = config.roles.tier(session.principal.tier);
     json!({
         "name": session.display_name,
+        // Keys the page's conversation list in localStorage, so that two
+        // people sharing a browser profile do not see each other's.
+        "subject": session.principal.subject,
         "role": session.principal.tier,
         "login": match &session.login {
             Login::ApiKey => json!({"method": "apiKey"}),
             Login::Sso { issuer } => json!({"method": "sso", "issuer": issuer}),
+            Login::OAuth2 { provider } => json!({"method": "oauth2", "provider": provider}),
         },
         "expiresAt": session.expires_at,
         "csrfToken": session.csrf,
@@ -109,10 +113,7 @@ pub async fn login_with_key(
     };
     let principal = match verified {
         Ok(p) => p,
-        Err(failure) => {
-            note_failure(&state, ip, failure, started).await;
-            return Err(ApiError::Unauthorized(failure));
-        }
+        Err(failure) => return Err(auth::refuse(&state, ip, failure, started).await),
     };
     let table = state.api_keys.load();
     let record = principal
@@ -172,9 +173,18 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Result<R
     Ok(response)
 }
 
-/// `GET /web/options`: how one may sign in (the SSO providers).
+/// `GET /web/options`: how one may sign in (the SSO providers: OIDC
+/// issuers, then the plain-OAuth2 ones).
 pub async fn options(State(state): State<AppState>) -> Json<Value> {
     let runtime = state.live_config();
+    let oauth2 = runtime.config.web.oauth2.iter().enumerate().map(|(i, c)| {
+        json!({
+            "id": format!("oauth2-{i}"),
+            "name": c.provider.label(),
+            "label": format!("Sign in with {}", c.provider.label()),
+            "start": format!("/web/oauth2/start?provider={i}"),
+        })
+    });
     let sso: Vec<Value> = runtime
         .config
         .web
@@ -182,12 +192,18 @@ pub async fn options(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
+            let name = s
+                .display_name
+                .clone()
+                .unwrap_or_else(|| s.issuer_url.clone());
             json!({
                 "id": i,
-                "name": s.display_name.clone().unwrap_or_else(|| s.issuer_url.clone()),
+                "label": format!("Sign in with SSO: {name}"),
+                "name": name,
                 "start": format!("/web/sso/start?provider={i}"),
             })
         })
+        .chain(oauth2)
         .collect();
     Json(json!({ "sso": sso }))
 }

@@ -152,6 +152,7 @@ pub async fn start(
         nonce: nonce.clone(),
         redirect_uri: redirect_uri.clone(),
         started_at: Utc::now(),
+        oauth2_provider: None,
     };
     if let Err(e) = state
         .sessions
@@ -323,6 +324,12 @@ async fn finish(
         }
         Err(e) => return failed(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    if pending.oauth2_provider.is_some() {
+        return failed(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was started with an OAuth2 provider, not OpenID Connect. Start again.",
+        );
+    }
     let Some((sso, issuer, client_id)) = provider(state, &pending.issuer_url) else {
         return failed(
             StatusCode::BAD_REQUEST,

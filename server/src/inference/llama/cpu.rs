@@ -21,11 +21,12 @@ use std::sync::Arc;
 
 use securechat_kernels::QMatrix;
 use securechat_kernels::attention::{BLOCK_TOKENS, KvPool, SeqQueries, paged_attention};
-use securechat_kernels::ops::{add_assign, rms_norm, rope, rope_angles, silu_mul};
+use securechat_kernels::ops::{add_assign, rms_norm, rope, rope_angles, rope_halves, silu_mul};
 
-use super::error::{InferenceError, Result};
-use super::llama_weights::{LlamaConfig, Weights};
-use super::model::{PagedLm, SeqStep};
+use super::config::LlamaConfig;
+use super::weights::Weights;
+use crate::inference::error::{InferenceError, Result};
+use crate::inference::model::{PagedLm, RopeVariant, SeqStep};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -217,6 +218,10 @@ impl CpuLlama {
             rope_angles(p, c.rope_base, c_row, s_row);
         }
 
+        let rope = match c.rope {
+            RopeVariant::Interleaved => rope,
+            RopeVariant::Halves => rope_halves,
+        };
         let mut h = vec![0f32; rows * hidden];
         let mut qkv = vec![0f32; rows * qkv_width];
         let mut q = vec![0f32; rows * q_width];

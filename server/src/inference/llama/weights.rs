@@ -1,16 +1,16 @@
-//! The llama-family model as a GGUF file describes it: its shape
-//! ([`LlamaConfig`]) and its weights as loaded ([`Weights`]), before a
-//! forward pass is chosen. Both passes read these: the candle one
-//! (`llama.rs`) and the one on our kernels (`llama_cpu.rs`), so they live
-//! below both.
+//! The llama-family model's weights as loaded ([`Weights`]), before a
+//! forward pass is chosen. Both passes read them: the candle one
+//! (`candle.rs`) and the one on our kernels (`cpu.rs`), so they live below
+//! both.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::error::{InferenceError, Result};
-use super::fused::FusedProjection;
-use super::gguf::GgufFile;
-use super::linear::{CpuKernels, Linear};
+use super::config::LlamaConfig;
+use crate::inference::error::Result;
+use crate::inference::fused::FusedProjection;
+use crate::inference::gguf::GgufFile;
+use crate::inference::linear::{CpuKernels, Linear};
 
 /// How matrix weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,67 +25,6 @@ pub enum WeightFormat {
     /// quantization, so results depend only on summation order. For
     /// reference checks, not for serving.
     F32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub hidden: usize,
-    pub rms_eps: f32,
-    pub rope_base: f32,
-    pub context_length: usize,
-    pub vocab_size: usize,
-}
-
-impl LlamaConfig {
-    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let md = file.metadata();
-        let arch = md.string("general.architecture")?;
-        if arch != "llama" {
-            return Err(InferenceError::Unsupported(format!(
-                "GGUF architecture `{arch}`"
-            )));
-        }
-        let hidden = md.usize("llama.embedding_length")?;
-        let n_head = md.usize("llama.attention.head_count")?;
-        let n_kv_head = md.usize("llama.attention.head_count_kv")?;
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
-            return Err(InferenceError::Metadata(format!(
-                "inconsistent heads: hidden {hidden}, {n_head} heads, {n_kv_head} KV heads"
-            )));
-        }
-        let head_dim = hidden / n_head;
-        if md.contains("llama.rope.dimension_count")
-            && md.usize("llama.rope.dimension_count")? != head_dim
-        {
-            return Err(InferenceError::Unsupported(
-                "partial rotary embeddings".into(),
-            ));
-        }
-        let vocab_size = if md.contains("llama.vocab_size") {
-            md.usize("llama.vocab_size")?
-        } else {
-            md.strings("tokenizer.ggml.tokens")?.len()
-        };
-        Ok(Self {
-            n_layer: md.usize("llama.block_count")?,
-            n_head,
-            n_kv_head,
-            head_dim,
-            hidden,
-            rms_eps: md.f32("llama.attention.layer_norm_rms_epsilon")?,
-            rope_base: if md.contains("llama.rope.freq_base") {
-                md.f32("llama.rope.freq_base")?
-            } else {
-                10_000.0
-            },
-            context_length: md.usize("llama.context_length")?,
-            vocab_size,
-        })
-    }
 }
 
 pub(super) struct LayerWeights {

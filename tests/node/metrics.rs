@@ -1,0 +1,453 @@
+//! Metrics through the model's NetworkPolicy (issue 5/9): a real
+//! Prometheus server (tests/cluster/node-images.sh packs it) runs as a pod
+//! on node-0 and scrapes the model's server pod the way the chart's
+//! PodMonitor says, with the shipped alert rules loaded.
+//!
+//! The PodMonitor (charts/securechat/templates/monitoring.yaml) becomes a
+//! plain prometheus.yml as the Prometheus Operator would write it:
+//! kubernetes_sd_configs (role pod, the model's namespace), kept by the
+//! PodMonitor's pod labels and its `api` port, scheme https, path /metrics,
+//! `namespace`/`pod`/`model` labels and the job `<namespace>/<name>`. The
+//! TLS settings are a per-model tlsConfig: the model's CA bundle and its
+//! Service name (the chart's default skips verification; this checks the
+//! stricter setting works).
+//!
+//! Two such Prometheus pods, identical but for their namespace: one in the
+//! namespace `spec.network.monitoring` admits scrapes `up == 1` and every
+//! shipped rule evaluates on the real series; the other is refused by the
+//! policy (`up == 0`), and there the down-target alert becomes active. A
+//! busybox pod beside the admitted Prometheus, without its label, is
+//! refused too, and the admitted label opens the API port only.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use securechat_crds::SecureChatModel;
+use securechat_test_support::cluster::node::{Node, connects};
+use securechat_test_support::cluster::{
+    self, InProcessOperator, TestNamespace, client, install_crds, kubectl, kubectl_ok, wait_for,
+};
+use serde_json::{Value, json};
+
+use crate::ready_pod;
+
+const PROMETHEUS_PORT: u16 = 9090;
+/// The alert for a server target Prometheus cannot scrape.
+const TARGET_DOWN: &str = "SecureChatServerTargetDown";
+const SLEEP: &[&str] = &["/bin/sleep", "3600"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_evaluate() {
+    let kube = client().await;
+    let node = Node::get();
+    let _turn = node.take_turn().await;
+    install_crds();
+    let ns = TestNamespace::create(&kube, "node-metrics").await;
+    let monitoring = TestNamespace::create(&kube, "node-mon").await;
+    let outsiders = TestNamespace::create(&kube, "node-mon-out").await;
+    let _operator =
+        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+
+    // The model admits the scraper of `monitoring` (the default pod label),
+    // and nothing else.
+    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+                "metadata": {"name": "m", "namespace": ns.name},
+                "spec": {
+                    "replicas": 1,
+                    "image": node.server_image,
+                    "resources": {"gpu": {"count": 0}},
+                    "scheduling": node.scheduling(),
+                    "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
+                        "kubernetes.io/metadata.name": monitoring.name}}}}
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("create the model");
+    let server = ready_pod(&kube, &ns.name, "m").await;
+    let server_name = server.metadata.name.clone().expect("pod name");
+    let server_ip = server
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("server pod IP");
+
+    // What the scrape trusts: the model's CA bundle, copied next to the
+    // Prometheus config (a pod mounts ConfigMaps of its own namespace).
+    let bundle = wait_for("the model's CA bundle", Duration::from_secs(60), || {
+        let bundles = Api::<ConfigMap>::namespaced(kube.clone(), &ns.name);
+        async move {
+            bundles
+                .get_opt("m-ca-bundle")
+                .await
+                .ok()
+                .flatten()?
+                .data?
+                .remove("ca.crt")
+        }
+    })
+    .await;
+    let rules = std::fs::read_to_string(
+        cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml"),
+    )
+    .expect("the shipped rules");
+    let job = format!("{}/securechat-servers", monitoring.name);
+    let config = prometheus_config(&ns.name, &job, &format!("m.{}.svc", ns.name));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut objects = Vec::new();
+    for namespace in [&monitoring.name, &outsiders.name] {
+        objects.extend(prometheus_objects(
+            &node, namespace, &ns.name, &config, &rules, &bundle,
+        ));
+    }
+    let manifest = dir.path().join("prometheus.json");
+    std::fs::write(
+        &manifest,
+        json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+    )
+    .expect("write manifest");
+    kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+
+    let admitted = prometheus_ip(&kube, &monitoring.name).await;
+    let refused = prometheus_ip(&kube, &outsiders.name).await;
+
+    // The admitted Prometheus scrapes the pod: up == 1, through the policy.
+    let up_query = format!("up{{pod=\"{server_name}\"}}");
+    wait_for(
+        "the admitted Prometheus to scrape the server pod (up == 1)",
+        Duration::from_secs(120),
+        || {
+            let series = query(&admitted, &up_query);
+            async move { series.filter(|s| s.first().is_some_and(|s| s["value"][1] == "1")) }
+        },
+    )
+    .await;
+    let scraped = target(&admitted, &server_name).expect("the admitted target");
+    assert_eq!(scraped["health"], "up", "{scraped}");
+    assert_eq!(scraped["labels"]["model"], "m", "{scraped}");
+    assert_eq!(
+        scraped["labels"]["namespace"],
+        ns.name.as_str(),
+        "{scraped}"
+    );
+    assert_eq!(scraped["labels"]["job"], job.as_str(), "{scraped}");
+    assert!(
+        scraped["scrapeUrl"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://")),
+        "{scraped}"
+    );
+
+    // The shipped rules evaluate on these series: every rule healthy after
+    // evaluations that saw the server's series, and the credential rules'
+    // aggregations find one series for the model, by the PodMonitor's
+    // labels.
+    for metric in [
+        "securechat_certificate_expiry_seconds",
+        "securechat_signing_key_expiry_seconds",
+    ] {
+        let per_model = wait_for(
+            &format!("{metric} of the model in the admitted Prometheus"),
+            Duration::from_secs(60),
+            || {
+                let q = format!(
+                    "min by (namespace, model) ({metric}{{namespace=\"{}\"}})",
+                    ns.name
+                );
+                let result = query(&admitted, &q);
+                async move { result.filter(|r| !r.is_empty()) }
+            },
+        )
+        .await;
+        assert_eq!(per_model.len(), 1, "{metric}: {per_model:?}");
+        assert_eq!(per_model[0]["metric"]["model"], "m", "{per_model:?}");
+        let seconds: f64 = per_model[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert!(seconds > 0.0, "{metric} is {seconds}: already expired?");
+    }
+    let groups = wait_for(
+        "every shipped rule evaluated healthy, after the server's series arrived",
+        Duration::from_secs(60),
+        || {
+            let groups = api(&admitted, "/api/v1/rules").map(|d| d["groups"].clone());
+            async move {
+                let groups = groups?;
+                let all_ok = groups.as_array()?.iter().all(|g| {
+                    g["rules"].as_array().is_some_and(|rules| {
+                        rules.iter().all(|r| {
+                            r["health"] == "ok"
+                                && r["lastError"].as_str().unwrap_or_default().is_empty()
+                        })
+                    })
+                });
+                all_ok.then_some(groups)
+            }
+        },
+    )
+    .await;
+    let shipped: Value = serde_yaml::from_str(&rules).expect("rules yaml");
+    let shipped_rules: usize = shipped["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+        .sum();
+    let loaded: usize = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(loaded, shipped_rules, "rules loaded: {groups}");
+    assert!(
+        active_alert(&admitted, TARGET_DOWN, &server_name).is_none(),
+        "the admitted Prometheus alerts on a target it scrapes"
+    );
+
+    // The Prometheus of another namespace is refused by the policy: its
+    // target for the same pod is down, and the down-target alert is active
+    // there (pending for the rule's 5m; tests/alerts unit-tests the firing).
+    let state = wait_for(
+        "the refused Prometheus's down-target alert",
+        Duration::from_secs(120),
+        || {
+            let alert = active_alert(&refused, TARGET_DOWN, &server_name);
+            async move { alert }
+        },
+    )
+    .await;
+    assert!(state == "pending" || state == "firing", "state {state}");
+    let refused_target = target(&refused, &server_name).expect("the refused target");
+    assert_eq!(refused_target["health"], "down", "{refused_target}");
+    let error = refused_target["lastError"].as_str().unwrap_or_default();
+    println!("refused scrape: {error}");
+    // The connection never opens: not a TLS or HTTP refusal from the pod.
+    assert!(
+        !error.contains("tls") && !error.contains("certificate") && !error.contains("HTTP status"),
+        "the refused scrape reached the server: {error}"
+    );
+    // Meanwhile the admitted one still scrapes it.
+    assert_eq!(
+        query(&admitted, &up_query).and_then(|s| s.first().map(|s| s["value"][1].clone())),
+        Some(json!("1"))
+    );
+
+    // The rule admits the scraper's pods on the API port only: a pod in
+    // the monitoring namespace without the label is refused, one with it
+    // reaches the API port and not the web port.
+    node.client_pod(
+        &kube,
+        &monitoring.name,
+        "unlabelled",
+        json!({"role": "client"}),
+        SLEEP,
+    )
+    .await;
+    node.client_pod(
+        &kube,
+        &monitoring.name,
+        "labelled",
+        json!({"app.kubernetes.io/name": "prometheus"}),
+        SLEEP,
+    )
+    .await;
+    let cells = [
+        ("unlabelled", 8000, false),
+        ("labelled", 8000, true),
+        ("labelled", 8501, false),
+    ];
+    let measured: Vec<_> = cells
+        .iter()
+        .map(|&(pod, port, want)| {
+            (
+                pod,
+                port,
+                want,
+                connects(&monitoring.name, pod, &server_ip, port),
+            )
+        })
+        .collect();
+    assert!(
+        measured.iter().all(|(_, _, want, got)| want == got),
+        "(pod, port, want, got): {measured:?}"
+    );
+}
+
+/// The chart's PodMonitor as a prometheus.yml (see the module's docs).
+fn prometheus_config(model_namespace: &str, job: &str, server_name: &str) -> String {
+    // Short intervals: the test waits for a few scrapes and evaluations.
+    json!({
+        "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
+        "rule_files": ["/etc/prometheus/prometheus-rules.yaml"],
+        "scrape_configs": [{
+            "job_name": job,
+            "scheme": "https",
+            "metrics_path": "/metrics",
+            "tls_config": {"ca_file": "/etc/prometheus/ca.crt", "server_name": server_name},
+            "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [model_namespace]}}],
+            "relabel_configs": [
+                // The PodMonitor's selector and its port.
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                 "regex": "securechat-server", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_managed_by"],
+                 "regex": "securechat-operator", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                 "regex": "api", "action": "keep"},
+                // The labels the Prometheus Operator adds, and the
+                // PodMonitor's relabeling to `model`.
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+                {"source_labels": ["__meta_kubernetes_pod_label_securechat_dev_model"], "target_label": "model"},
+                {"target_label": "job", "replacement": job}
+            ]
+        }]
+    })
+    .to_string()
+}
+
+/// A Prometheus pod in `namespace` (label `app.kubernetes.io/name:
+/// prometheus`), with its config, the rules, the CA, a ServiceAccount and
+/// the right to discover the model namespace's pods.
+fn prometheus_objects(
+    node: &Node,
+    namespace: &str,
+    model_namespace: &str,
+    config: &str,
+    rules: &str,
+    ca: &str,
+) -> Vec<Value> {
+    let scheduling = node.scheduling();
+    let restricted = json!({
+        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]}
+    });
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "prometheus", "namespace": namespace}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": format!("prometheus-{namespace}"), "namespace": model_namespace},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": format!("prometheus-{namespace}"), "namespace": model_namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": format!("prometheus-{namespace}")},
+               "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}]}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "prometheus", "namespace": namespace},
+               "data": {"prometheus.yml": config, "prometheus-rules.yaml": rules, "ca.crt": ca}}),
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "prometheus", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/name": "prometheus"}},
+        "spec": {
+            "nodeSelector": scheduling["nodeSelector"],
+            "tolerations": scheduling["tolerations"],
+            "serviceAccountName": "prometheus",
+            "enableServiceLinks": false,
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "prometheus",
+                "image": node.prometheus_image,
+                "imagePullPolicy": "Never",
+                "args": ["--config.file=/etc/prometheus/prometheus.yml",
+                         "--storage.tsdb.path=/data",
+                         format!("--web.listen-address=:{PROMETHEUS_PORT}")],
+                "securityContext": restricted,
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/prometheus", "readOnly": true},
+                    {"name": "data", "mountPath": "/data"}
+                ]
+            }],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "prometheus"}},
+                {"name": "data", "emptyDir": {}}
+            ]
+        }}),
+    ]
+}
+
+/// The IP of `namespace`'s Prometheus pod once its HTTP API answers (from
+/// the host, which reaches pod IPs through the node's bridge).
+async fn prometheus_ip(kube: &kube::Client, namespace: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let ip = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=prometheus"))
+                .await
+                .ok()
+                .and_then(|l| l.items.into_iter().find_map(|p| p.status?.pod_ip));
+            if let Some(ip) = ip
+                && api(&ip, "/api/v1/status/buildinfo").is_some()
+            {
+                return ip;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        let (_, describe, _) = kubectl(&["-n", namespace, "describe", "pod", "prometheus"]);
+        let (_, logs, _) = kubectl(&["-n", namespace, "logs", "prometheus", "--tail=30"]);
+        panic!("Prometheus in {namespace} does not answer after 120s:\n{describe}\nlogs:\n{logs}")
+    })
+}
+
+/// GET `path` (with query parameters as curl's `--data-urlencode`) from
+/// the Prometheus at `ip`; its `data` on success.
+fn api_with(ip: &str, path: &str, params: &[String]) -> Option<Value> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--fail", "--max-time", "5", "--get"]);
+    for p in params {
+        curl.args(["--data-urlencode", p]);
+    }
+    let out = curl
+        .arg(format!("http://{ip}:{PROMETHEUS_PORT}{path}"))
+        .output()
+        .expect("run curl");
+    if !out.status.success() {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(&out.stdout).ok()?;
+    (body["status"] == "success").then(|| body["data"].clone())
+}
+
+fn api(ip: &str, path: &str) -> Option<Value> {
+    api_with(ip, path, &[])
+}
+
+/// An instant query's result vector.
+fn query(ip: &str, promql: &str) -> Option<Vec<Value>> {
+    api_with(ip, "/api/v1/query", &[format!("query={promql}")])
+        .and_then(|d| d["result"].as_array().cloned())
+}
+
+/// The active target of pod `pod`.
+fn target(ip: &str, pod: &str) -> Option<Value> {
+    api_with(ip, "/api/v1/targets", &["state=active".to_string()])?["activeTargets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["labels"]["pod"] == pod)
+        .cloned()
+}
+
+/// The state (pending, firing) of alert `name` for pod `pod`, if active.
+fn active_alert(ip: &str, name: &str, pod: &str) -> Option<String> {
+    api(ip, "/api/v1/alerts")?["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["labels"]["alertname"] == name && a["labels"]["pod"] == pod)
+        .and_then(|a| a["state"].as_str().map(str::to_string))
+}
