@@ -117,14 +117,16 @@ impl PartialEq for Policy {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PolicyInput {
     /// Who is asking: `key:<id>` for an API key and the tokens minted from
-    /// it, `oidc:<issuer>#<sub>` for an external issuer's token.
+    /// it, `oidc:<issuer>#<sub>` for an external issuer's token, the
+    /// SPIFFE ID for a request over a client certificate (`auth.mtls`).
     pub principal: String,
     /// The API key behind the request, if any (its id).
     pub key_id: Option<String>,
     /// The namespace of the ChatApiKey behind the request, if any (keys
     /// minted by the operator are named `<namespace>/<name>`).
     pub namespace: Option<String>,
-    /// How the caller proved it: `ApiKey` or `Token`.
+    /// How the caller proved it: `ApiKey`, `Token` or `ClientCertificate`
+    /// (a client certificate alone).
     pub auth_method: String,
     /// The caller's tier: `ReadOnly`, `Developer` or `Admin`.
     pub tier: String,

@@ -60,6 +60,7 @@ fn input(
         auth_method: match principal.method {
             Method::ApiKey => "ApiKey",
             Method::Token => "Token",
+            Method::ClientCertificate => "ClientCertificate",
         }
         .into(),
         tier: principal.tier.as_str().into(),

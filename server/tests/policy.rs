@@ -33,10 +33,19 @@ async fn models(s: &TestServer, key: &str) -> reqwest::Response {
 #[tokio::test]
 async fn the_seed_policy_allows_ten_reads_a_window_then_denies_with_its_reason() {
     let s = server(&config_with(SEED)).await;
+    // The tier table decides first: ReadOnly has no Models permission by
+    // default, so its read is refused before the policy is asked.
+    let readonly = models(&s, &s.keys.readonly).await;
+    assert_eq!(readonly.status(), 403);
+    let readonly: Value = readonly.json().await.unwrap();
+    assert_eq!(readonly["error"]["code"], "permission_denied");
+
     for n in 1..=10 {
-        assert_eq!(models(&s, &s.keys.readonly).await.status(), 200, "read {n}");
+        let r = models(&s, &s.keys.developer).await;
+        let status = r.status();
+        assert_eq!(status, 200, "read {n}: {}", r.text().await.unwrap());
     }
-    let denied = models(&s, &s.keys.readonly).await;
+    let denied = models(&s, &s.keys.developer).await;
     assert_eq!(denied.status(), 403);
     let body: Value = denied.json().await.unwrap();
     assert_eq!(body["error"]["code"], "policy_denied");
@@ -44,13 +53,11 @@ async fn the_seed_policy_allows_ten_reads_a_window_then_denies_with_its_reason()
         body["error"]["message"],
         "at most 10 requests per 60 s window may read; this is request 11"
     );
-    // Per caller: another key's window is its own, and a POST is left to
-    // the tier table.
-    assert_eq!(models(&s, &s.keys.developer).await.status(), 200);
-    let chat = post_chat(&s, &s.keys.readonly, &chat_body_with("hi", json!({}))).await;
-    assert_eq!(chat.status(), 403, "ReadOnly has no Chat permission");
-    let chat: Value = chat.json().await.unwrap();
-    assert_eq!(chat["error"]["code"], "permission_denied");
+    // Per caller: another key's window is its own; and other methods are
+    // the tier table's business, so the denied caller may still chat.
+    assert_eq!(models(&s, &s.keys.admin).await.status(), 200);
+    let chat = post_chat(&s, &s.keys.developer, &chat_body_with("hi", json!({}))).await;
+    assert_eq!(chat.status(), 200, "{}", chat.text().await.unwrap());
 
     let metrics = metrics_text(&s).await;
     assert_eq!(
@@ -61,12 +68,14 @@ async fn the_seed_policy_allows_ten_reads_a_window_then_denies_with_its_reason()
         Some(1.0),
         "{metrics}"
     );
+    // 10 reads and the chat of the developer, 1 read of the admin; the
+    // ReadOnly read never reached the policy.
     assert_eq!(
         sample(
             &metrics,
             "securechat_policy_decisions_total{result=\"allow\"}"
         ),
-        Some(11.0),
+        Some(12.0),
         "{metrics}"
     );
 }
