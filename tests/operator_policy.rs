@@ -159,6 +159,20 @@ async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
     );
     let note = warning(&client, &ns.name, "p", "PolicyInvalid").await;
     assert!(note.contains("spec.auth.policy"), "{note}");
+    // kstatus: Failed (Stalled=True) with the same reason, so a GitOps
+    // apply waiting on the model fails now instead of at its timeout.
+    await_condition(
+        models.clone(),
+        "p",
+        "Stalled=True/PolicyInvalid",
+        Duration::from_secs(30),
+        |m: Option<&SecureChatModel>| {
+            m.and_then(|m| m.status.as_ref())
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+                .is_some_and(|c| c.status == "True" && c.reason == "PolicyInvalid")
+        },
+    )
+    .await;
     assert_eq!(
         written_policy(&client, &ns.name, "p").await.as_deref(),
         Some(SEED)

@@ -11,8 +11,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::breaker::{Breaker, BreakerConfig};
 use crate::audit::Placement;
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
