@@ -17,14 +17,25 @@
 //!   allows); at least 1.
 //!
 //! Its `input` is [`PolicyInput`] (the field docs say each one). A module
-//! that defines none of `allow`, or fails to evaluate (a runtime error such
-//! as a conflict between two complete rules), denies: a policy fails
-//! closed.
+//! whose `allow` is undefined for a request, that fails to evaluate (a
+//! runtime error such as a conflict between two complete rules), or whose
+//! `allow`, `reason` or `max_tokens` has another type than the above,
+//! denies: a policy fails closed.
+//!
+//! # What one decision costs
+//!
+//! Each rule of the contract is compiled as its own entry point, and a
+//! decision evaluates `allow`, then `max_tokens` only when allowed or
+//! `reason` only when denied (each only if the module defines it). A
+//! wrapper rule gathering all three into one object cost about 15 µs more
+//! per decision than `allow` alone in a 1-rule module (regorus 0.9.1,
+//! release, busy 2-core machine: p50 17.4 µs against 2.4 µs). The input is
+//! built as a Rego value directly, not through serde_json (about 4 µs).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use regorus::{CompiledPolicy, PolicyModule, Value};
-use serde::Serialize;
+use regorus::{CompiledPolicy, Value};
 use thiserror::Error;
 
 /// The package the module must declare.
@@ -37,27 +48,8 @@ const MODULE_ID: &str = "policy.rego";
 /// the config that carries it is a ConfigMap (1 MiB in all).
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 
-/// The entry point: one object gathering the user's rules, so one
-/// evaluation answers all three (each one undefined becomes its default).
-/// A package of its own, so it cannot clash with a rule the user writes.
-const WRAPPER: &str = r#"
-package securechat_decision
-
-default allow := false
-
-allow := data.securechat.allow if is_boolean(data.securechat.allow)
-
-default reason := null
-
-reason := data.securechat.reason if is_string(data.securechat.reason)
-
-default max_tokens := null
-
-max_tokens := data.securechat.max_tokens if is_number(data.securechat.max_tokens)
-
-decision := {"allow": allow, "reason": reason, "max_tokens": max_tokens}
-"#;
-const ENTRY_POINT: &str = "data.securechat_decision.decision";
+/// The package's path in `data`.
+const PACKAGE_PATH: &str = "data.securechat";
 
 /// Why a module was refused.
 #[derive(Debug, Error)]
@@ -79,13 +71,10 @@ pub enum PolicyError {
 /// Why an evaluation produced no decision (the request is then denied).
 #[derive(Debug, Error)]
 pub enum EvalError {
-    /// The input could not be turned into a Rego value.
-    #[error("the policy input: {0}")]
-    Input(#[from] serde_json::Error),
     /// A runtime error in the module (e.g. two complete rules disagreeing).
     #[error("the policy failed: {0}")]
     Runtime(String),
-    /// The entry point did not give the documented object.
+    /// A rule of the contract gave a value of another type than documented.
     #[error("the policy's decision is malformed: {0}")]
     Malformed(String),
 }
@@ -94,7 +83,12 @@ pub enum EvalError {
 /// one compiled policy serves every request thread at once.
 #[derive(Clone)]
 pub struct Policy {
-    compiled: CompiledPolicy,
+    /// `allow`, prepared for evaluation.
+    allow: CompiledPolicy,
+    /// `reason`, when the module defines it.
+    reason: Option<CompiledPolicy>,
+    /// `max_tokens`, when the module defines it.
+    max_tokens: Option<CompiledPolicy>,
     /// The module's text, as given.
     source: Arc<str>,
 }
@@ -113,8 +107,9 @@ impl PartialEq for Policy {
     }
 }
 
-/// The document a module sees as `input`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The document a module sees as `input`: each field under its own name
+/// ([`PolicyInput::to_value`]), an absent one as `null`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyInput {
     /// Who is asking: `key:<id>` for an API key and the tokens minted from
     /// it, `oidc:<issuer>#<sub>` for an external issuer's token, the
@@ -150,7 +145,7 @@ pub struct PolicyInput {
 }
 
 /// Usage counters of the caller's current window.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowUsage {
     /// Requests the caller made earlier in this window on this replica,
     /// not counting this one (so `requests < 10` admits exactly ten).
@@ -161,7 +156,7 @@ pub struct WindowUsage {
 }
 
 /// The time of a request, in the two shapes policies compare most easily.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyTime {
     /// Seconds since the Unix epoch.
     pub unix_seconds: i64,
@@ -196,6 +191,67 @@ impl PolicyTime {
     }
 }
 
+/// A Rego object from `(name, value)` pairs.
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let map: BTreeMap<Value, Value> = fields
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
+        .collect();
+    Value::from(map)
+}
+
+fn string_or_null(s: &Option<String>) -> Value {
+    s.as_deref().map_or(Value::Null, Value::from)
+}
+
+impl PolicyInput {
+    /// The `input` document.
+    pub fn to_value(&self) -> Value {
+        let Self {
+            principal,
+            key_id,
+            namespace,
+            auth_method,
+            tier,
+            method,
+            route,
+            model,
+            request_bytes,
+            usage,
+            client_address,
+            time,
+        } = self;
+        object([
+            ("principal", Value::from(principal.as_str())),
+            ("key_id", string_or_null(key_id)),
+            ("namespace", string_or_null(namespace)),
+            ("auth_method", Value::from(auth_method.as_str())),
+            ("tier", Value::from(tier.as_str())),
+            ("method", Value::from(method.as_str())),
+            ("route", Value::from(route.as_str())),
+            ("model", Value::from(model.as_str())),
+            ("request_bytes", Value::from(*request_bytes)),
+            (
+                "usage",
+                object([
+                    ("requests", Value::from(usage.requests)),
+                    ("window_seconds", Value::from(usage.window_seconds)),
+                ]),
+            ),
+            ("client_address", string_or_null(client_address)),
+            (
+                "time",
+                object([
+                    ("unix_seconds", Value::from(time.unix_seconds)),
+                    ("rfc3339", Value::from(time.rfc3339.as_str())),
+                    ("hour_utc", Value::from(time.hour_utc)),
+                    ("weekday_utc", Value::from(time.weekday_utc.as_str())),
+                ]),
+            ),
+        ])
+    }
+}
+
 /// What a module decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDecision {
@@ -214,49 +270,34 @@ impl Policy {
         if source.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge(source.len()));
         }
-        let modules = [
-            PolicyModule {
-                id: MODULE_ID.into(),
-                content: source.into(),
-            },
-            PolicyModule {
-                id: "securechat-decision.rego".into(),
-                content: WRAPPER.into(),
-            },
-        ];
         let mut engine = regorus::Engine::new();
-        for module in &modules {
-            engine
-                .add_policy(module.id.to_string(), module.content.to_string())
-                .map_err(|e| PolicyError::Compile(e.to_string()))?;
-        }
+        engine
+            .add_policy(MODULE_ID.to_string(), source.to_string())
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
-        let own: Vec<&String> = packages
-            .iter()
-            .filter(|p| p.as_str() != "data.securechat_decision")
-            .collect();
-        if own.iter().any(|p| p.as_str() != "data.securechat") {
-            let names: Vec<&str> = own
+        if packages.iter().any(|p| p.as_str() != PACKAGE_PATH) {
+            let names: Vec<&str> = packages
                 .iter()
                 .map(|p| p.strip_prefix("data.").unwrap_or(p))
                 .collect();
             return Err(PolicyError::WrongPackage(names.join(", ")));
         }
-        let compiled = engine
-            .compile_with_entrypoint(&ENTRY_POINT.into())
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
-        // The module is prepared now, so the one way left to fail is a
-        // path that is no rule (a `default allow` alone counts as one).
-        if engine
-            .compile_with_entrypoint(&"data.securechat.allow".into())
-            .is_err()
-        {
-            return Err(PolicyError::NoAllowRule);
-        }
+        // A path that is no rule of the module is the one way left to fail
+        // once it parsed (a `default allow` alone counts as a rule).
+        let mut entry = |rule: &str| {
+            engine
+                .compile_with_entrypoint(&format!("{PACKAGE_PATH}.{rule}").into())
+                .ok()
+        };
+        let allow = entry("allow").ok_or(PolicyError::NoAllowRule)?;
+        let reason = entry("reason");
+        let max_tokens = entry("max_tokens");
         Ok(Self {
-            compiled,
+            allow,
+            reason,
+            max_tokens,
             source: source.into(),
         })
     }
@@ -268,48 +309,56 @@ impl Policy {
 
     /// Evaluates the module on one request's input.
     pub fn evaluate(&self, input: &PolicyInput) -> Result<PolicyDecision, EvalError> {
-        let input = Value::from(serde_json::to_value(input)?);
-        let result = self
-            .compiled
-            .eval_with_input(input)
-            .map_err(|e| EvalError::Runtime(e.to_string()))?;
-        decision(&result)
-    }
-}
-
-/// Reads the wrapper's object.
-fn decision(value: &Value) -> Result<PolicyDecision, EvalError> {
-    let malformed = |what: &str| EvalError::Malformed(what.to_string());
-    let field = |name: &str| &value[&Value::from(name)];
-    let allow = *field("allow")
-        .as_bool()
-        .map_err(|_| malformed("allow is not a boolean"))?;
-    let reason = match field("reason") {
-        Value::Null | Value::Undefined => None,
-        v => Some(
-            v.as_string()
-                .map_err(|_| malformed("reason is not a string"))?
-                .to_string(),
-        ),
-    };
-    let max_tokens = match field("max_tokens") {
-        Value::Null | Value::Undefined => None,
-        v => {
-            let n = v
-                .as_f64()
-                .map_err(|_| malformed("max_tokens is not a number"))?;
-            if n.is_nan() || n < 1.0 {
-                return Err(malformed("max_tokens must be at least 1"));
-            }
-            // Larger than any context: the same as no cap.
-            Some(n.min(f64::from(u32::MAX)) as u32)
+        // Rc-backed: each evaluation below clones a pointer, not the input.
+        let input = input.to_value();
+        let eval = |rule: &CompiledPolicy| {
+            rule.eval_with_input(input.clone())
+                .map_err(|e| EvalError::Runtime(e.to_string()))
+        };
+        let malformed = |what: &str| EvalError::Malformed(what.to_string());
+        let allow = match eval(&self.allow)? {
+            Value::Undefined => false,
+            Value::Bool(b) => b,
+            _ => return Err(malformed("allow is not a boolean")),
+        };
+        if !allow {
+            let reason = match &self.reason {
+                None => None,
+                Some(rule) => match eval(rule)? {
+                    Value::Undefined | Value::Null => None,
+                    Value::String(s) => Some(s.to_string()),
+                    _ => return Err(malformed("reason is not a string")),
+                },
+            };
+            return Ok(PolicyDecision {
+                allow,
+                reason,
+                max_tokens: None,
+            });
         }
-    };
-    Ok(PolicyDecision {
-        allow,
-        reason,
-        max_tokens,
-    })
+        let max_tokens = match &self.max_tokens {
+            None => None,
+            Some(rule) => match eval(rule)? {
+                Value::Undefined | Value::Null => None,
+                n @ Value::Number(_) => {
+                    let n = n
+                        .as_f64()
+                        .map_err(|_| malformed("max_tokens is not a number"))?;
+                    if n.is_nan() || n < 1.0 {
+                        return Err(malformed("max_tokens must be at least 1"));
+                    }
+                    // Larger than any context: the same as no cap.
+                    Some(n.min(f64::from(u32::MAX)) as u32)
+                }
+                _ => return Err(malformed("max_tokens is not a number")),
+            },
+        };
+        Ok(PolicyDecision {
+            allow,
+            reason: None,
+            max_tokens,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +470,49 @@ allow if {
         let zero = Policy::compile("package securechat\nallow := true\nmax_tokens := 0\n").unwrap();
         let err = zero.evaluate(&input("GET", 0)).unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn absent_fields_are_null_and_the_decision_rules_have_their_types() {
+        let policy = Policy::compile(
+            "package securechat\nimport rego.v1\n\
+             allow if { input.key_id == null; input.namespace == null; input.client_address == null }\n",
+        )
+        .unwrap();
+        let anonymous = PolicyInput {
+            key_id: None,
+            namespace: None,
+            client_address: None,
+            ..input("GET", 0)
+        };
+        assert!(policy.evaluate(&anonymous).unwrap().allow);
+        assert!(!policy.evaluate(&input("GET", 0)).unwrap().allow);
+        // A wrong type is no decision: the request is denied as on an error.
+        for source in [
+            "package securechat\nallow := \"yes\"\n",
+            "package securechat\nallow := true\nmax_tokens := \"32\"\n",
+            "package securechat\nallow := false\nreason := 42\n",
+        ] {
+            let policy = Policy::compile(source).unwrap();
+            let err = policy.evaluate(&input("GET", 0)).unwrap_err();
+            assert!(matches!(err, EvalError::Malformed(_)), "{source}: {err}");
+        }
+        // The reason is asked only of a denial, max_tokens only of an allow.
+        let policy = Policy::compile(
+            "package securechat\nimport rego.v1\nallow := input.method == \"GET\"\n\
+             reason := \"reads only\"\nmax_tokens := 8\n",
+        )
+        .unwrap();
+        let get = policy.evaluate(&input("GET", 0)).unwrap();
+        assert_eq!(
+            (get.allow, get.reason, get.max_tokens),
+            (true, None, Some(8))
+        );
+        let post = policy.evaluate(&input("POST", 0)).unwrap();
+        assert_eq!(
+            (post.allow, post.reason.as_deref(), post.max_tokens),
+            (false, Some("reads only"), None)
+        );
     }
 
     #[test]
