@@ -20,43 +20,12 @@ use securechat_crds::SecureChatModel;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_operator::labels::Names;
-use securechat_test_support::cluster::{
-    InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for,
-};
+use securechat_test_support::cluster::models::{OperatorNamespace, await_reason, create_model};
+use securechat_test_support::cluster::wait_for;
 use serde_json::json;
 
 const SEED: &str = include_str!("../examples/policies/reads-per-window.rego");
 const NAMESPACE_CAP: &str = include_str!("../examples/policies/namespace-max-tokens.rego");
-
-/// The Ready condition's (status, reason, message).
-fn ready(model: Option<&SecureChatModel>) -> Option<(String, String, String)> {
-    let c = model?
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn await_ready(
-    models: &Api<SecureChatModel>,
-    name: &str,
-    status: &str,
-    reason: &str,
-) -> String {
-    let model = await_condition(
-        models.clone(),
-        name,
-        &format!("Ready={status}/{reason}"),
-        Duration::from_secs(90),
-        |m: Option<&SecureChatModel>| {
-            ready(m).is_some_and(|(s, r, _)| s == status && (reason.is_empty() || r == reason))
-        },
-    )
-    .await;
-    ready(Some(&model)).expect("Ready").2
-}
 
 async fn patch_spec(models: &Api<SecureChatModel>, name: &str, spec: serde_json::Value) {
     models
@@ -121,23 +90,19 @@ async fn checksum(client: &Client, namespace: &str, model: &str) -> String {
 
 #[tokio::test]
 async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, "policy").await;
-    let _operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models: Api<SecureChatModel> = Api::namespaced(client.clone(), &ns.name);
-    let model: SecureChatModel = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-        "metadata": {"name": "p"},
-        "spec": {"replicas": 0, "auth": {"policy": {"rego": SEED}}},
-    }))
-    .expect("model");
-    models
-        .create(&PostParams::default(), &model)
-        .await
-        .expect("create the model");
-    await_ready(&models, "p", "True", "").await;
+    let OperatorNamespace {
+        client,
+        ns,
+        operator: _operator,
+        models,
+    } = OperatorNamespace::start("policy").await;
+    create_model(
+        &models,
+        "p",
+        json!({"replicas": 0, "auth": {"policy": {"rego": SEED}}}),
+    )
+    .await;
+    await_reason(&models, "p", "Ready", "True", "", "").await;
     assert_eq!(
         written_policy(&client, &ns.name, "p").await.as_deref(),
         Some(SEED)
@@ -152,7 +117,7 @@ async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
         json!({"auth": {"policy": {"rego": "package securechat\nallow if {\n"}}}),
     )
     .await;
-    let message = await_ready(&models, "p", "False", "PolicyInvalid").await;
+    let message = await_reason(&models, "p", "Ready", "False", "PolicyInvalid", "").await;
     assert!(
         message.starts_with("spec.auth.policy: the policy does not compile"),
         "{message}"
@@ -161,18 +126,7 @@ async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
     assert!(note.contains("spec.auth.policy"), "{note}");
     // kstatus: Failed (Stalled=True) with the same reason, so a GitOps
     // apply waiting on the model fails now instead of at its timeout.
-    await_condition(
-        models.clone(),
-        "p",
-        "Stalled=True/PolicyInvalid",
-        Duration::from_secs(30),
-        |m: Option<&SecureChatModel>| {
-            m.and_then(|m| m.status.as_ref())
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
-                .is_some_and(|c| c.status == "True" && c.reason == "PolicyInvalid")
-        },
-    )
-    .await;
+    await_reason(&models, "p", "Stalled", "True", "PolicyInvalid", "").await;
     assert_eq!(
         written_policy(&client, &ns.name, "p").await.as_deref(),
         Some(SEED)
@@ -203,7 +157,7 @@ async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
         json!({"auth": {"policy": {"rego": null, "configMapRef": {"name": "rules"}}}}),
     )
     .await;
-    let message = await_ready(&models, "p", "False", "PolicyNotFound").await;
+    let message = await_reason(&models, "p", "Ready", "False", "PolicyNotFound", "").await;
     assert!(
         message.contains("ConfigMap rules does not exist"),
         "{message}"
@@ -223,7 +177,7 @@ async fn a_policy_is_compiled_before_it_is_written_and_a_broken_one_refused() {
         .create(&PostParams::default(), &rules)
         .await
         .expect("create the ConfigMap");
-    await_ready(&models, "p", "True", "Ready").await;
+    await_reason(&models, "p", "Ready", "True", "Ready", "").await;
     assert_eq!(
         written_policy(&client, &ns.name, "p").await.as_deref(),
         Some(NAMESPACE_CAP)
