@@ -117,8 +117,10 @@ pub struct PolicyInput {
     pub principal: String,
     /// The API key behind the request, if any (its id).
     pub key_id: Option<String>,
-    /// The namespace of the ChatApiKey behind the request, if any (keys
-    /// minted by the operator are named `<namespace>/<name>`).
+    /// The namespace of the ChatApiKey behind the request (keys minted by
+    /// the operator are named `<namespace>/<name>`), else the one a client
+    /// certificate's SPIFFE ID names (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`);
+    /// none otherwise.
     pub namespace: Option<String>,
     /// How the caller proved it: `ApiKey`, `Token` or `ClientCertificate`
     /// (a client certificate alone).

@@ -28,6 +28,19 @@ pub struct Overrides {
     pub max_tokens: Option<u32>,
 }
 
+/// The namespace a SPIFFE ID names by the Kubernetes convention
+/// (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, as the
+/// operator issues them and SPIRE's and Istio's Kubernetes registrars do).
+fn spiffe_namespace(subject: &str) -> Option<&str> {
+    let path = subject.strip_prefix("spiffe://")?.split_once('/')?.1;
+    match path.split('/').collect::<Vec<_>>()[..] {
+        ["ns", namespace, "sa", account] if !namespace.is_empty() && !account.is_empty() => {
+            Some(namespace)
+        }
+        _ => None,
+    }
+}
+
 /// The input for one request.
 fn input(
     state: &AppState,
@@ -37,12 +50,17 @@ fn input(
     requests_before: u64,
 ) -> PolicyInput {
     // ChatApiKeys' keys are named `<namespace>/<name>` by the operator;
-    // a standalone key's plain name has no namespace.
-    let namespace = principal.key_id.as_ref().and_then(|id| {
-        let table = state.api_keys.load();
-        let record = table.get(id)?;
-        record.name.split_once('/').map(|(ns, _)| ns.to_string())
-    });
+    // a standalone key's plain name has no namespace. A client
+    // certificate's SPIFFE ID names one by the Kubernetes convention.
+    let namespace = principal
+        .key_id
+        .as_ref()
+        .and_then(|id| {
+            let table = state.api_keys.load();
+            let record = table.get(id)?;
+            record.name.split_once('/').map(|(ns, _)| ns.to_string())
+        })
+        .or_else(|| spiffe_namespace(&principal.subject).map(str::to_string));
     let route = parts
         .extensions
         .get::<MatchedPath>()
@@ -130,4 +148,27 @@ fn decide(
         .unwrap_or_else(|| "denied by the access policy".to_string());
     audit.policy_denied(&reason);
     Err(ApiError::PolicyDenied(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spiffe_id_names_its_namespace_by_the_kubernetes_convention() {
+        assert_eq!(
+            spiffe_namespace("spiffe://cluster.local/ns/batch-jobs/sa/nightly"),
+            Some("batch-jobs")
+        );
+        for other in [
+            "key:4f2a",
+            "oidc:https://idp/ns/x/sa/y",
+            "spiffe://cluster.local/ns/apps",
+            "spiffe://cluster.local/ns//sa/web",
+            "spiffe://cluster.local/ns/apps/sa/web/extra",
+            "spiffe://cluster.local/workload/ns/apps/sa/web",
+        ] {
+            assert_eq!(spiffe_namespace(other), None, "{other}");
+        }
+    }
 }

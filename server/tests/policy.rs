@@ -1,14 +1,17 @@
 //! `auth.policy`: a Rego module decides about every authorised request of
 //! a real server over TLS. The seed's example (reads allowed under 10 a
-//! window), a namespace's lower max_tokens, a change of the module applied
-//! to the next request without a restart, and a broken module refused on
-//! reload with the last good one kept.
+//! window), a namespace's lower max_tokens (for a key of the namespace,
+//! and for a client certificate whose SPIFFE ID names it), a change of the
+//! module applied to the next request without a restart, and a broken
+//! module refused on reload with the last good one kept.
 
 use chrono::Utc;
 use securechat_crds::v1alpha1::Tier;
-use securechat_server::keys_cli;
+use securechat_server::{dev, keys_cli};
+use securechat_test_support::https::client_certs::{self, Ca};
 use securechat_test_support::https::{
-    RELAXED, TestServer, chat_body_with, eventually, metrics_text, post_chat, sample, server,
+    RELAXED, TestServer, add_keys, chat_body_with, eventually, metrics_text, post_chat, sample,
+    serve_prepared, server,
 };
 use serde_json::{Value, json};
 
@@ -123,6 +126,43 @@ async fn a_namespace_gets_shorter_answers_and_other_callers_do_not() {
     let full = answer(s.keys.developer.clone()).await.unwrap();
     assert_eq!(full["usage"]["completion_tokens"], 60, "{full}");
     assert_eq!(full["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn a_client_certificate_gets_the_namespace_its_spiffe_id_names() {
+    // Certificates alone (mTLS Required): no key behind the requests, so
+    // input.namespace comes from the SPIFFE ID.
+    let ca = Ca::new("client CA");
+    let dir = tempfile::tempdir().unwrap();
+    dev::ensure(dir.path()).unwrap();
+    let indented: String = NAMESPACE_CAP
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let config = format!(
+        "{RELAXED}files:\n  clientCaBundle: client-ca.crt\nauth:\n  mtls:\n    mode: Required\n    allow:\n      - spiffeID: spiffe://cluster.local/ns/*\n        tier: Developer\n  policy: |\n{indented}"
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    std::fs::write(dir.path().join("client-ca.crt"), &ca.pem).unwrap();
+    let keys = add_keys(dir.path());
+    let s = serve_prepared(dir, keys, None).await;
+    let prompt = vec!["word"; 60].join(" ");
+    let body = chat_body_with(&prompt, json!({"max_tokens": 100}));
+    let answer = async |spiffe_id: &str| -> Value {
+        let identity = ca.client(Some(spiffe_id), -1, 2);
+        let r = client_certs::client(&s.ca_path(), Some(&identity))
+            .post(s.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{spiffe_id}");
+        r.json().await.unwrap()
+    };
+    let batch = answer("spiffe://cluster.local/ns/batch-jobs/sa/nightly").await;
+    assert_eq!(batch["usage"]["completion_tokens"], 32, "{batch}");
+    let web = answer("spiffe://cluster.local/ns/apps/sa/web").await;
+    assert_eq!(web["usage"]["completion_tokens"], 60, "{web}");
 }
 
 #[tokio::test]
