@@ -7,15 +7,13 @@
 //! FailClosed 503s and never a 500 or a hang, and when it comes back the
 //! processes use it again by themselves.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use securechat_server::{dev, inference};
+use securechat_server::dev;
 use securechat_test_support::https::process::ServerProcess;
 use securechat_test_support::https::{Keys, add_keys, client_for};
 use securechat_test_support::store::StoreProcess;
