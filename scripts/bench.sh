@@ -4,7 +4,8 @@
 # from the same run, the ratio, the machine and the date). Each benchmark
 # also rewrites its own detailed section of that file.
 #
-#   1. criterion: sensitive-data filter MB/s, JWT verifications/s (release)
+#   1. criterion: sensitive-data filter MB/s, JWT verifications/s, the
+#      auth.policy decision latency (release)
 #   2. securechat-server vs the seed's FastAPI stack (throughput, added
 #      latency; also times the seed's filter and JWT library for 1.)
 #   3. our inference engine vs llama.cpp on the same GGUF, same 2 threads
@@ -41,8 +42,9 @@ export BENCH_SUMMARY="$summary"
 scripts/fetch-model.sh >/dev/null
 
 if [[ $skip != *" criterion "* ]]; then
-	log "criterion: filter and JWT (release)"
+	log "criterion: filter, JWT and auth.policy (release)"
 	cargo bench -q --bench filter --bench jwt -- --noplot
+	cargo bench -q -p securechat-crds --bench policy -- --noplot
 fi
 if [[ $skip != *" server "* ]]; then
 	log "securechat-server vs the seed stack"

@@ -25,7 +25,8 @@ step() { echo; echo "== $* ($((SECONDS - t0))s)"; }
 step "tools"
 tests/cluster/build-tools.sh cluster
 # The real node's tools (kubelet, kube-proxy, kube-router, CoreDNS, pause,
-# Prometheus; ~8-22 min of Go builds on a cold cache) are needed only by the
+# Prometheus, prometheus-adapter (5 min more); ~8-27 min of Go builds on a
+# cold cache) are needed only by the
 # node group at the end: built in the background meanwhile, niced so the
 # cargo build ahead of them keeps the cores.
 mkdir -p "$SECURECHAT_STATE_DIR"

@@ -10,38 +10,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_operator::labels::Names;
-use securechat_test_support::cluster::{
-    self, InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for,
-};
+use securechat_test_support::cluster::models::{OperatorNamespace, create_model};
+use securechat_test_support::cluster::{self, await_condition, wait_for};
 use serde_json::json;
-
-/// A namespace for one test, the operator scoped to it, and its models.
-struct Setup {
-    client: Client,
-    ns: TestNamespace,
-    _operator: InProcessOperator,
-    models: Api<SecureChatModel>,
-}
-
-async fn start(prefix: &str) -> Setup {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, prefix).await;
-    let _operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models = Api::namespaced(client.clone(), &ns.name);
-    Setup {
-        client,
-        ns,
-        _operator,
-        models,
-    }
-}
 
 /// The Ready condition's (status, reason, message).
 fn ready(model: Option<&SecureChatModel>) -> Option<(String, String, String)> {
@@ -72,18 +48,6 @@ async fn await_ready(
     )
     .await;
     ready(Some(&model)).expect("Ready").2
-}
-
-async fn create(models: &Api<SecureChatModel>, name: &str, spec: serde_json::Value) {
-    let model: SecureChatModel = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("model");
-    models
-        .create(&PostParams::default(), &model)
-        .await
-        .expect("create the model");
 }
 
 async fn patch_spec(models: &Api<SecureChatModel>, name: &str, spec: serde_json::Value) {
@@ -139,14 +103,14 @@ async fn written_patterns(client: &Client, namespace: &str, model: &str) -> Vec<
 
 #[tokio::test]
 async fn a_custom_pattern_the_server_would_refuse_is_refused_and_the_last_good_config_stays() {
-    let Setup {
+    let OperatorNamespace {
         client,
         ns,
-        _operator,
+        operator: _operator,
         models,
-    } = start("patterns").await;
+    } = OperatorNamespace::start("patterns").await;
     let ticket = json!({"name": "ticket", "regex": "TICKET-[0-9]{6}"});
-    create(
+    create_model(
         &models,
         "p",
         json!({"replicas": 0, "sensitiveData": {"customPatterns": [ticket]}}),
@@ -208,17 +172,17 @@ async fn a_custom_pattern_the_server_would_refuse_is_refused_and_the_last_good_c
 
 #[tokio::test]
 async fn an_object_the_api_server_rejects_is_a_condition_not_an_empty_status() {
-    let Setup {
+    let OperatorNamespace {
         client,
         ns,
-        _operator,
+        operator: _operator,
         models,
-    } = start("rejected").await;
+    } = OperatorNamespace::start("rejected").await;
     // Admission takes any Toleration; the Deployment's validation refuses
     // a value with operator Exists.
     let toleration =
         json!({"key": "dedicated", "operator": "Exists", "value": "gpu", "effect": "NoSchedule"});
-    create(
+    create_model(
         &models,
         "t",
         json!({"replicas": 0, "scheduling": {"tolerations": [toleration]}}),

@@ -18,14 +18,14 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use securechat_crds::SecureChatModel;
 use securechat_operator::FIELD_MANAGER;
+use securechat_test_support::cluster::models::{OperatorNamespace, await_reason, condition, model};
 use securechat_test_support::cluster::{
-    self, InProcessOperator, TestNamespace, await_condition, client, install_crds, kubectl,
-    kubectl_eventually, kubectl_ok, wait_for,
+    self, TestNamespace, await_condition, client, install_crds, kubectl, kubectl_eventually,
+    kubectl_ok, wait_for,
 };
 use serde_json::json;
 
@@ -59,62 +59,6 @@ fn install_third_party(dir: &str, crds: &[&str]) {
     let names: Vec<String> = crds.iter().map(|c| format!("crd/{c}")).collect();
     args.extend(names.iter().map(String::as_str));
     kubectl_eventually(&args);
-}
-
-async fn start(
-    prefix: &str,
-) -> (
-    Client,
-    TestNamespace,
-    InProcessOperator,
-    Api<SecureChatModel>,
-) {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, prefix).await;
-    let operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models = Api::namespaced(client.clone(), &ns.name);
-    (client, ns, operator, models)
-}
-
-fn model(name: &str, spec: serde_json::Value) -> SecureChatModel {
-    serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("model")
-}
-
-fn condition(m: Option<&SecureChatModel>, type_: &str) -> Option<(String, String, String)> {
-    let c = m?
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn await_reason(
-    models: &Api<SecureChatModel>,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> String {
-    let what = format!("{type_}={status}/{reason}");
-    let m = await_condition(
-        models.clone(),
-        name,
-        &what,
-        WAIT,
-        |m: Option<&SecureChatModel>| {
-            condition(m, type_).is_some_and(|(s, r, _)| s == status && r == reason)
-        },
-    )
-    .await;
-    condition(Some(&m), type_).expect("condition").2
 }
 
 /// Whether the operator's field manager owns `spec.replicas` of `d`.
@@ -184,7 +128,12 @@ async fn cel_refuses_contradictory_scaling_and_exposure() {
 
 #[tokio::test]
 async fn the_hpa_owns_the_replica_count_and_its_conditions_show() {
-    let (client, ns, _operator, models) = start("scale-hpa").await;
+    let OperatorNamespace {
+        client,
+        ns,
+        operator: _operator,
+        models,
+    } = OperatorNamespace::start("scale-hpa").await;
     let spec = json!({"autoscaling": {"minReplicas": 2, "maxReplicas": 4, "target": "2",
         "behavior": {"scaleDownStabilizationSeconds": 5, "scaleDownPeriodSeconds": 15}}});
     models
@@ -237,6 +186,7 @@ async fn the_hpa_owns_the_replica_count_and_its_conditions_show() {
         "ScalingReady",
         "False",
         "MetricsUnavailable",
+        "",
     )
     .await;
     assert!(message.contains("ScalingActive=False"), "{message}");
@@ -321,7 +271,12 @@ async fn keda_gets_a_scaled_object_and_a_condition_without_keda() {
         "--wait=true",
     ]);
     assert!(ok, "delete KEDA's CRD: {stderr}");
-    let (client, ns, _operator, models) = start("scale-keda").await;
+    let OperatorNamespace {
+        client,
+        ns,
+        operator: _operator,
+        models,
+    } = OperatorNamespace::start("scale-keda").await;
     let spec = json!({"autoscaling": {"minReplicas": 0, "maxReplicas": 3, "target": "4",
         "metric": "SequencesRunning", "engine": "KEDA",
         "keda": {"prometheusAddress": "http://prometheus.monitoring.svc:9090",
@@ -330,7 +285,15 @@ async fn keda_gets_a_scaled_object_and_a_condition_without_keda() {
         .create(&PostParams::default(), &model("k", spec))
         .await
         .expect("create");
-    let message = await_reason(&models, "k", "ScalingReady", "False", "KedaNotInstalled").await;
+    let message = await_reason(
+        &models,
+        "k",
+        "ScalingReady",
+        "False",
+        "KedaNotInstalled",
+        "",
+    )
+    .await;
     assert!(message.contains("install KEDA"), "{message}");
 
     install_third_party("keda-v2.20.2", &["scaledobjects.keda.sh"]);
@@ -359,7 +322,7 @@ async fn keda_gets_a_scaled_object_and_a_condition_without_keda() {
         "{spec}"
     );
     // KEDA itself does not run here: no condition from it yet.
-    await_reason(&models, "k", "ScalingReady", "False", "Pending").await;
+    await_reason(&models, "k", "ScalingReady", "False", "Pending", "").await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client, &ns.name);
     assert!(hpas.get_opt("k").await.expect("get").is_none());
 }
@@ -378,7 +341,12 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
         "inference-extension-v1.6.2",
         &["inferencepools.inference.networking.k8s.io"],
     );
-    let (client, ns, _operator, models) = start("expose").await;
+    let OperatorNamespace {
+        client,
+        ns,
+        operator: _operator,
+        models,
+    } = OperatorNamespace::start("expose").await;
     let edge = json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}});
     // The seed's security group: the web UI to the world, the API to a VPC.
     let spec = json!({
@@ -405,7 +373,7 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
         .expect("create");
 
     // The passthrough route on the VPC-only API is refused, by name.
-    let message = await_reason(&models, "x", "NetworkReady", "False", "RuleRefused").await;
+    let message = await_reason(&models, "x", "NetworkReady", "False", "RuleRefused", "").await;
     assert!(message.contains("expose.routes[1]"), "{message}");
     assert!(message.contains("10.0.0.0/16"), "{message}");
 
@@ -582,4 +550,33 @@ async fn exposure_is_accepted_by_the_real_crds_and_keeps_network_rules() {
         }
     })
     .await;
+}
+
+/// A kind whose API group no cluster has: the API server answers a
+/// plain-text 404 for it, not a NotFound Status.
+#[derive(kube::CustomResource, serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[kube(
+    group = "never-installed.securechat.dev",
+    version = "v1",
+    kind = "NeverInstalled",
+    namespaced,
+    schema = "disabled"
+)]
+struct NeverInstalledSpec {}
+
+/// Removing what a model does not ask for (a KEDA ScaledObject, Gateway
+/// API routes) when the kind's CRDs are not installed finds nothing to
+/// remove instead of failing the reconcile (on the real node, without
+/// KEDA or Gateway API, every model with `autoscaling` or `expose` failed
+/// each reconcile before writing its status).
+#[tokio::test]
+async fn removing_a_kind_the_cluster_does_not_have_is_a_no_op() {
+    let kube = client().await;
+    let owner = model("m", json!({}));
+    let mut writer = securechat_operator::apply::Writer::new(kube);
+    writer
+        .delete_if_present::<NeverInstalled, _>(&owner, "default", "m")
+        .await
+        .expect("nothing to delete");
+    assert!(writer.changes.is_empty());
 }

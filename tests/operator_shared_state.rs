@@ -21,80 +21,11 @@ use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::OnUnavailable;
 use securechat_operator::labels::Names;
-use securechat_test_support::cluster::{
-    self, InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for,
+use securechat_test_support::cluster::models::{
+    OperatorNamespace, await_reason, condition, create_model,
 };
+use securechat_test_support::cluster::{self, await_condition, wait_for};
 use serde_json::json;
-
-struct Setup {
-    client: Client,
-    ns: TestNamespace,
-    _operator: InProcessOperator,
-    models: Api<SecureChatModel>,
-}
-
-async fn start(prefix: &str) -> Setup {
-    let client = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&client, prefix).await;
-    let _operator =
-        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models = Api::namespaced(client.clone(), &ns.name);
-    Setup {
-        client,
-        ns,
-        _operator,
-        models,
-    }
-}
-
-/// A condition's (status, reason, message).
-fn condition(model: Option<&SecureChatModel>, type_: &str) -> Option<(String, String, String)> {
-    let c = model?
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-/// Waits until `type_` is `status` with `reason` and its message contains
-/// `text`; returns the message.
-async fn await_reason(
-    models: &Api<SecureChatModel>,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    text: &str,
-) -> String {
-    let what = format!("{type_}={status}/{reason} saying {text:?}");
-    let model = await_condition(
-        models.clone(),
-        name,
-        &what,
-        Duration::from_secs(90),
-        |m: Option<&SecureChatModel>| {
-            condition(m, type_)
-                .is_some_and(|(s, r, m)| s == status && r == reason && m.contains(text))
-        },
-    )
-    .await;
-    condition(Some(&model), type_).expect("condition").2
-}
-
-async fn create(models: &Api<SecureChatModel>, name: &str, spec: serde_json::Value) {
-    let model: SecureChatModel = serde_json::from_value(json!({
-        "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("model");
-    models
-        .create(&PostParams::default(), &model)
-        .await
-        .expect("create the model");
-}
 
 async fn patch_spec(models: &Api<SecureChatModel>, name: &str, spec: serde_json::Value) {
     models
@@ -166,16 +97,16 @@ fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
 
 #[tokio::test]
 async fn shared_state_reaches_config_and_mounts_and_a_missing_secret_holds_the_rollout() {
-    let Setup {
+    let OperatorNamespace {
         client,
         ns,
-        _operator,
+        operator: _operator,
         models,
-    } = start("shared-state").await;
+    } = OperatorNamespace::start("shared-state").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    create(
+    create_model(
         &models,
         "s",
         json!({
@@ -383,13 +314,13 @@ async fn shared_state_reaches_config_and_mounts_and_a_missing_secret_holds_the_r
 
 #[tokio::test]
 async fn several_replicas_without_a_store_are_told_once_that_limits_are_per_replica() {
-    let Setup {
+    let OperatorNamespace {
         client,
         ns,
-        _operator,
+        operator: _operator,
         models,
-    } = start("per-replica").await;
-    create(&models, "r", json!({"replicas": 1})).await;
+    } = OperatorNamespace::start("per-replica").await;
+    create_model(&models, "r", json!({"replicas": 1})).await;
     await_reason(&models, "r", "SharedState", "True", "SingleReplica", "").await;
     await_reason(&models, "r", "Ready", "True", "Ready", "").await;
 

@@ -12,6 +12,10 @@
 //! - [`hex`]: the one lowercase-hex encoder of digests.
 //! - [`sensitive`]: the rules sensitive-data patterns must pass to compile,
 //!   shared by the operator (which refuses a spec) and the server.
+//! - [`policy`]: the Rego module of `spec.auth.policy`, compiled and
+//!   evaluated by the same code in the operator (which refuses a module
+//!   that does not compile) and the server (which asks it about every
+//!   authorised request).
 //! - [`crd`]: the CRD manifests `crdgen` writes to the Helm chart.
 //! - [`default_model`]: the default model's file name and places, shared by
 //!   the operator (the embedded source) and the server (its fallback).
@@ -28,6 +32,7 @@ pub mod default_model;
 pub mod duration;
 pub mod files;
 pub mod hex;
+pub mod policy;
 pub mod sensitive;
 pub mod v1alpha1;
 

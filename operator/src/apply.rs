@@ -132,8 +132,15 @@ impl Writer {
         O: Resource,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        let Some(live) = api.get_metadata_opt(name).await? else {
-            return Ok(());
+        let live = match api.get_metadata(name).await {
+            Ok(live) => live,
+            // Absent, or its kind is: a group nobody installed (no KEDA,
+            // no Gateway API) answers a plain-text 404, which kube's
+            // `get_metadata_opt` does not count as NotFound (its Status
+            // has no reason), so a model that never asked for such a kind
+            // failed every reconcile before its status.
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         if !controlled_by(&live.metadata, owner.meta().uid.as_deref()) {
             return Err(not_owned::<K>(namespace, name));

@@ -37,7 +37,7 @@ use crate::status::{
     requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
-use crate::{Error, FIELD_MANAGER, Result, material, reasons, references};
+use crate::{Error, FIELD_MANAGER, Result, access_policy, material, reasons, references};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
 /// every reconcile of both controllers.
@@ -300,7 +300,15 @@ async fn converge(
     if let Some(refusal) = references::refusal(shared_state, &found) {
         return Err(Stop::Refused(refusal));
     }
-    let (config_map, config_checksum) = desired::config_map(input)?;
+    // Nor handed a policy module they would refuse.
+    let observed = access_policy::observe(
+        &ctx.client,
+        &input.namespace,
+        model.spec.auth.policy.as_ref(),
+    )
+    .await?;
+    let policy = access_policy::decide(observed).map_err(Stop::Refused)?;
+    let (config_map, config_checksum) = desired::config_map_with_policy(input, policy)?;
     apply(writer, &config_map).await?;
     let deployment = apply(writer, &desired::deployment(input, &config_checksum)).await?;
     let scaling = converge_autoscaler(writer, input).await?;

@@ -151,6 +151,21 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_that_does_not_compile_stalls_a_model_still_serving_the_last_good_one() {
+        // The pods keep the last good config (Available), but the new
+        // module will not compile until the user changes it.
+        for reason in [reasons::POLICY_INVALID, reasons::POLICY_NOT_FOUND] {
+            let conditions = [
+                condition(READY, false, reason),
+                condition("Available", true, reasons::REPLICAS_READY),
+            ];
+            let (r, s) = health(&conditions, progress::model);
+            assert_eq!(s, (true, reason.into()), "{reason}");
+            assert_eq!(r, (false, STUCK.into()), "{reason}");
+        }
+    }
+
+    #[test]
     fn a_model_on_its_way_is_reconciling() {
         let conditions = [
             condition(READY, false, reasons::NO_REPLICAS_READY),

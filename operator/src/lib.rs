@@ -16,6 +16,7 @@
 //! - [`alert_relay`]: the `alert-relay` subcommand, Alertmanager -> WeChat
 //!   Work and DingTalk robots.
 
+pub mod access_policy;
 pub mod alert_relay;
 pub mod api_keys;
 pub mod apply;

@@ -69,6 +69,7 @@ struct Record {
     prompt: Option<String>,
     answer: Option<String>,
     rate: Option<RateInfo>,
+    policy_reason: Option<String>,
 }
 
 struct Inner {
@@ -99,6 +100,7 @@ impl Drop for Inner {
             key_id = r.key_id.as_deref(),
             role = r.role.as_deref(),
             auth_failure = r.auth_failure,
+            policy_denied = r.policy_reason.as_deref(),
             latency_ms = r.latency_ms,
             tokens_in = r.tokens_in,
             tokens_out = r.tokens_out,
@@ -129,6 +131,11 @@ impl Audit {
 
     pub fn auth_failure(&self, failure: AuthFailure) {
         self.with(|r| r.auth_failure = Some(failure.label()));
+    }
+
+    /// `auth.policy` denied the request, for this reason.
+    pub fn policy_denied(&self, reason: &str) {
+        self.with(|r| r.policy_reason = Some(reason.to_string()));
     }
 
     pub fn rate(&self, info: RateInfo) {

@@ -28,6 +28,9 @@ pub struct Requested {
     pub top_p: Option<f32>,
     pub stop: Vec<String>,
     pub seed: Option<u64>,
+    /// `auth.policy`'s cap for this request (not the caller's: it lowers
+    /// max_tokens, defaulted or asked for, silently, as the tier's does).
+    pub policy_max_tokens: Option<u32>,
 }
 
 /// What the output side emits.
@@ -281,7 +284,8 @@ pub async fn prepare(
     let max_tokens = requested
         .max_tokens
         .unwrap_or(config.generation.max_tokens)
-        .min(tier_cap.unwrap_or(u32::MAX));
+        .min(tier_cap.unwrap_or(u32::MAX))
+        .min(requested.policy_max_tokens.unwrap_or(u32::MAX));
 
     audit.prompt(|| {
         messages

@@ -147,6 +147,9 @@ pub enum ApiError {
     SharedStateUnavailable(#[from] Unavailable),
     #[error("internal error")]
     Internal(String),
+    /// `auth.policy` denied the request; the message is its reason.
+    #[error("{0}")]
+    PolicyDenied(String),
 }
 
 impl ApiError {
@@ -159,7 +162,8 @@ impl ApiError {
             ApiError::Forbidden(_)
             | ApiError::IdentityNotAllowed(_)
             | ApiError::OriginNotAllowed
-            | ApiError::CsrfRefused(_) => StatusCode::FORBIDDEN,
+            | ApiError::CsrfRefused(_)
+            | ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             ApiError::BadJson(_)
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidField { .. }
@@ -231,6 +235,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::SharedStateUnavailable(_) => "shared_state_unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::PolicyDenied(_) => "policy_denied",
         }
     }
 

@@ -14,10 +14,25 @@
 //!   so a restarted pod with the files in place downloads nothing.
 //! - File names from the listing are checked: a name that could escape the
 //!   directory is refused, not cleaned up.
+//! - The hub's transient failures (no connection, a 5xx, a 429) are
+//!   retried under a circuit breaker (`crate::breaker`, target `hub`):
+//!   after [`HUB_FAILURES`] in a row it opens and the fetch fails at once
+//!   with the last failure, rather than retrying every file of a model;
+//!   the kubelet restarts the init container with its own backoff.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use securechat_crds::files::config::CircuitBreakerConfig;
 use tokio::io::AsyncWriteExt;
+
+use crate::breaker::{Breaker, CircuitMetrics, State};
+
+/// Transient hub failures in a row that end a fetch.
+pub const HUB_FAILURES: u32 = 3;
+/// Wait before retrying a transient failure, times the attempt number.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const MARKER: &str = ".securechat-fetched";
@@ -46,6 +61,10 @@ pub enum FetchError {
         "the repository has no .safetensors weights at this revision; for a GGUF repository name the file (huggingFace.file)"
     )]
     NoWeights,
+    #[error(
+        "the hub failed {HUB_FAILURES} times in a row; giving up (circuit open). Last failure: {last}"
+    )]
+    CircuitOpen { last: String },
     #[error("endpoint {0:?}: must be https (plain http only on loopback, for tests)")]
     InsecureEndpoint(String),
     #[error("{action} {}: {source}", path.display())]
@@ -146,7 +165,67 @@ fn check_endpoint(endpoint: &str) -> Result<(), FetchError> {
     }
 }
 
+impl FetchError {
+    /// A failure of the hub itself, worth a retry: no answer, a 5xx, or
+    /// 429. A 401 or 404 is an answer.
+    fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Http { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// The breaker of one fetch: [`HUB_FAILURES`] transient failures in a row
+/// open it; an init container has no metrics endpoint, so it reports
+/// nowhere but the log.
+fn hub_breaker() -> Arc<Breaker> {
+    Arc::new(Breaker::new(
+        "hub",
+        CircuitBreakerConfig {
+            consecutive_failures: HUB_FAILURES,
+            ..CircuitBreakerConfig::default()
+        },
+        CircuitMetrics::default(),
+    ))
+}
+
+/// GET with the hub's transient failures retried until the breaker opens.
 async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    breaker: &Arc<Breaker>,
+) -> Result<reqwest::Response, FetchError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = breaker
+            .call(get_once(client, url, token), FetchError::is_transient)
+            .await;
+        match outcome {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(e)) if e.is_transient() && breaker.state() == State::Closed => {
+                tracing::warn!(url, attempt, error = %e, "the hub failed; retrying");
+                tokio::time::sleep(RETRY_BACKOFF * attempt).await;
+            }
+            Ok(Err(e)) if e.is_transient() => {
+                return Err(FetchError::CircuitOpen {
+                    last: e.to_string(),
+                });
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(refused) => {
+                return Err(FetchError::CircuitOpen {
+                    last: refused.to_string(),
+                });
+            }
+        }
+    }
+}
+
+async fn get_once(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
@@ -194,11 +273,12 @@ pub async fn fetch(
     check_endpoint(&request.endpoint)?;
     let base = request.endpoint.trim_end_matches('/');
     let token = request.token.as_deref();
+    let breaker = hub_breaker();
     let listing_url = format!(
         "{base}/api/models/{}/revision/{}",
         request.repo, request.revision
     );
-    let listing: serde_json::Value = get(client, &listing_url, token)
+    let listing: serde_json::Value = get(client, &listing_url, token, &breaker)
         .await?
         .json()
         .await
@@ -244,7 +324,7 @@ pub async fn fetch(
         let mut out = tokio::fs::File::create(&partial)
             .await
             .map_err(io("creating", &partial))?;
-        let mut response = get(client, &url, token).await?;
+        let mut response = get(client, &url, token, &breaker).await?;
         let mut bytes = 0u64;
         while let Some(chunk) = response.chunk().await.map_err(|source| FetchError::Http {
             url: url.clone(),

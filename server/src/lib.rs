@@ -4,7 +4,8 @@
 //! Request path: TLS (`listener`, `tls`) -> audit/metrics middleware
 //! (`routes::audit_layer`, filling an `audit::Audit` record) -> origin
 //! guard + CORS (`routes`) -> `auth::Authorized` (brute-force guard, API
-//! key or JWT, tier permission, rate limit) -> handler (`routes::*`) ->
+//! key or JWT, tier permission, rate limit, `policy`: the Rego module of
+//! `auth.policy`) -> handler (`routes::*`) ->
 //! `chat_pipeline` (input filter, quotas, context check) ->
 //! `engine::Engine` (implemented by `inference`) -> streaming output
 //! filter (`pii`).
@@ -29,17 +30,21 @@
 //!   store the replicas share).
 //! - Credentials: `credentials` (`api_key`, `jwt`, `oidc`: the only place
 //!   secrets are parsed and compared), `auth` (the request-side extractor
-//!   that uses them with the shared state), `session` (web UI sessions),
+//!   that uses them with the shared state), `policy` (`auth.policy`'s
+//!   decision on each authorised request), `session` (web UI sessions),
 //!   `tls`, `der`.
 //! - Leaves: `principal` (who a request speaks for), `audit` (the record
 //!   of one request), `ratelimit`, `forwarded` (the client address behind
-//!   trusted proxies), `pii` (pure filters).
+//!   trusted proxies), `pii` (pure filters), `breaker` (the circuit breaker
+//!   around every outbound dependency), `request_window` (the per-caller
+//!   windows behind the policy's `input.usage`).
 //! - Inference: `engine` (the trait handlers see), `inference` (models,
 //!   tokenizer, sampler, decode loop, worker queue; no candle type leaves
 //!   it).
 
 pub mod audit;
 pub mod auth;
+pub mod breaker;
 pub mod chat_pipeline;
 pub mod credentials;
 pub mod der;
@@ -55,8 +60,10 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pii;
+pub mod policy;
 pub mod principal;
 pub mod ratelimit;
+pub mod request_window;
 pub mod routes;
 pub mod session;
 pub mod shared;

@@ -12,6 +12,7 @@ use axum::body::Body;
 use chrono::{DateTime, Utc};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -49,7 +50,15 @@ impl ClientCertificate {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown` turns true. Each connection
+/// How long a stopping server waits for the requests it is serving: a
+/// pod's default 30 s grace period less the operator's 5 s preStop sleep,
+/// after which the kubelet's SIGKILL would end them anyway.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(25);
+
+/// Serves `app` on `listener` until `shutdown` turns true, then stops
+/// accepting, lets every connection finish the request it is serving
+/// (a streamed answer to its end) and closes idle ones, for at most
+/// [`DRAIN_LIMIT`]: a scale-down or a rollout fails no request. Each connection
 /// gets the header read timeout `header_timeout` gives when it is accepted
 /// (the server's reads `limits.headerReadTimeout`, so a reload applies to
 /// new connections): a client that trickles its headers (slowloris) or
@@ -61,6 +70,7 @@ pub async fn serve_tls(
     header_timeout: impl Fn() -> Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -77,6 +87,9 @@ pub async fn serve_tls(
         let acceptor = acceptor.load_full();
         let app = app.clone();
         let header_timeout = header_timeout();
+        // Taken before the handshake, so a connection still shaking hands
+        // when the server stops is waited for too.
+        let watcher = connections.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -106,9 +119,20 @@ pub async fn serve_tls(
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
+    }
+    let open = connections.count();
+    if tokio::time::timeout(DRAIN_LIMIT, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = open,
+            limit = ?DRAIN_LIMIT,
+            "stopped with requests still in flight"
+        );
     }
 }

@@ -15,6 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use securechat_crds::v1alpha1::Tier;
 
+use crate::breaker::CircuitMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
@@ -246,6 +248,10 @@ pub struct Metrics {
     pub api_key_tokens: Family<KeyTokenLabels, Counter>,
     pub scheduler: SchedulerGauges,
     pub serving: ServingMetrics,
+    /// `auth.policy` decisions by result.
+    pub policy_decisions: Family<ResultLabels, Counter>,
+    /// Every outbound dependency's breaker (`crate::breaker`).
+    pub circuits: CircuitMetrics,
 }
 
 impl Default for Metrics {
@@ -438,6 +444,23 @@ impl Metrics {
             "Tokens used by each API key, by kind (prompt, completion)",
             api_key_tokens.clone(),
         );
+        let policy_decisions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Requests decided by auth.policy, by result (allow, deny, error: the policy failed and the request was denied)",
+            policy_decisions.clone(),
+        );
+        let circuits = CircuitMetrics::default();
+        registry.register(
+            "circuit_state",
+            "State of each outbound dependency's circuit breaker: 0 closed, 1 half-open (one probe call), 2 open (calls fail fast)",
+            circuits.state.clone(),
+        );
+        registry.register(
+            "circuit_transitions",
+            "Circuit breaker state changes by target and the state entered (closed, half_open, open)",
+            circuits.transitions.clone(),
+        );
         let scheduler = SchedulerGauges::default();
         scheduler.register(&mut registry);
         serving.register(&mut registry);
@@ -471,7 +494,18 @@ impl Metrics {
             api_key_tokens,
             scheduler,
             serving,
+            policy_decisions,
+            circuits,
         }
+    }
+
+    /// Counts one `auth.policy` decision.
+    pub fn policy_decision(&self, result: &str) {
+        self.policy_decisions
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn auth_failure(&self, reason: &str) {

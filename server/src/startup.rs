@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::Placement;
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::credentials::oidc::OidcVerifier;
 use crate::engine::Engine;
 use crate::files::last_used;
@@ -69,6 +70,9 @@ impl Running {
     }
 }
 
+/// How long the shared store's breaker stays open before a call probes.
+const SHARED_STATE_COOL_DOWN: securechat_crds::Duration = securechat_crds::Duration::from_secs(1);
+
 /// Loads the files, binds both ports and starts serving.
 pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::Result<Running> {
     let config_path = options.config_path.clone();
@@ -92,20 +96,39 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
         }
         None => None,
     };
-    let oidc =
-        Arc::new(OidcVerifier::new(extra_roots.as_deref()).context("building the OIDC client")?);
     // The engine records its scheduler's series; they are exported with
     // the rest.
     let metrics = Metrics::with_serving(engine.serving_metrics());
+    let oidc = Arc::new(
+        OidcVerifier::with_outbound(
+            extra_roots.as_deref(),
+            &runtime.config.outbound,
+            metrics.circuits.clone(),
+        )
+        .context("building the OIDC client")?,
+    );
     let store = match &runtime.config.shared_state {
         Some(shared) => {
             let store_metrics = StoreMetrics {
                 errors: metrics.shared_state_errors.clone(),
                 fallback: metrics.shared_state_fallback.clone(),
             };
+            // The store is in-cluster and cheap to probe, and while its
+            // breaker is open limits are not global: its cool-down is
+            // short (the keepalive probes right after it), the thresholds
+            // are the config's.
+            let store_breaker = Arc::new(Breaker::new(
+                "shared_state",
+                BreakerConfig {
+                    cool_down: SHARED_STATE_COOL_DOWN,
+                    ..runtime.config.outbound.circuit_breaker
+                },
+                metrics.circuits.clone(),
+            ));
             let store = Arc::new(
                 Store::new(shared.clone(), &base, store_metrics)
-                    .context("the shared store (sharedState)")?,
+                    .context("the shared store (sharedState)")?
+                    .with_breaker(store_breaker),
             );
             store.spawn_keepalive();
             Some(store)

@@ -22,6 +22,7 @@ use crate::forwarded::{BadProxy, parse_trusted};
 use crate::limits::Buckets;
 use crate::metrics::Metrics;
 use crate::pii::Filter;
+use crate::request_window::Windows;
 use crate::session::Sessions;
 use crate::shared::Store;
 
@@ -38,6 +39,8 @@ pub enum ConfigError {
     Patterns(#[source] securechat_crds::sensitive::PatternError),
     #[error(transparent)]
     TrustedProxies(#[from] BadProxy),
+    #[error("auth.policy: {0}")]
+    Policy(#[from] securechat_crds::policy::PolicyError),
 }
 
 /// The config in force: validated, with its compiled parts (the
@@ -49,6 +52,8 @@ pub struct LiveConfig {
     pub policy: TokenPolicy,
     /// `limits.trustedProxies`, parsed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `auth.policy`, compiled.
+    pub access_policy: Option<securechat_crds::policy::Policy>,
 }
 
 impl LiveConfig {
@@ -69,11 +74,16 @@ impl LiveConfig {
             .map(|c| c.0.clone())
             .collect();
         let trusted_proxies = parse_trusted(&ranges)?;
+        let access_policy = match &config.auth.policy {
+            Some(source) => Some(securechat_crds::policy::Policy::compile(source)?),
+            None => None,
+        };
         Ok(Self {
             config,
             filter,
             policy,
             trusted_proxies,
+            access_policy,
         })
     }
 }
@@ -130,6 +140,9 @@ pub struct AppStateInner {
     pub config_path: Option<PathBuf>,
     /// Web UI sessions and SSO logins in progress.
     pub sessions: Sessions,
+    /// Requests per caller in its current window (`auth.policy`'s
+    /// `input.usage`).
+    pub policy_windows: Windows,
     /// This process's pod and node, written into every audit line.
     pub placement: Placement,
     /// WeChat Work corp access tokens (its documents ask for caching).
@@ -184,6 +197,7 @@ impl AppState {
             oidc,
             config_path,
             sessions,
+            policy_windows: Windows::new(max),
             placement,
             wecom_tokens: Default::default(),
         }))

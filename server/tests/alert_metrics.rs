@@ -6,6 +6,7 @@
 
 use securechat_test_support::https::client_certs::{self, Ca};
 use securechat_test_support::https::{chat_body, eventually, server};
+use securechat_test_support::store::StoreProcess;
 use std::collections::BTreeSet;
 
 /// Limits low enough that the test can trip the request limiter (the
@@ -85,7 +86,15 @@ async fn alert_rules_use_only_metrics_the_server_exports() {
         "the rules scan found too little: {used:?}"
     );
 
-    let s = server(TIGHT).await;
+    // A shared store gives the server an outbound dependency, and so a
+    // circuit breaker and its state series (SecureChatCircuitOpen).
+    let store = StoreProcess::start();
+    let base = format!(
+        "{TIGHT}sharedState:\n  address: {}\n  keyPrefix: test/alerts/\n  \
+         onUnavailable: FailClosed\n  timeout: 250ms\n",
+        store.address()
+    );
+    let s = server(&base).await;
     // Traffic that creates the labelled series: a chat, a wrong key, a good
     // and a forged token, then requests until the limiter refuses one.
     s.client
@@ -166,7 +175,7 @@ async fn alert_rules_use_only_metrics_the_server_exports() {
     let bundle = std::fs::read_to_string(s.ca_path()).unwrap();
     std::fs::write(s.ca_path(), format!("{bundle}{}", ca.pem)).unwrap();
     let mtls = "auth:\n  mtls:\n    mode: Optional\n    allow:\n      - spiffeID: spiffe://cluster.local/ns/apps/*\n        tier: Developer\n";
-    std::fs::write(s.data().join("config.yaml"), format!("{TIGHT}{mtls}")).unwrap();
+    std::fs::write(s.data().join("config.yaml"), format!("{base}{mtls}")).unwrap();
     let identity = ca.client(Some("spiffe://cluster.local/ns/apps/sa/web"), -1, 2);
     // A new client (a new connection) each try: a pooled connection opened
     // before the reload was never asked for a certificate.

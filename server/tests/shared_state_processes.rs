@@ -7,99 +7,16 @@
 //! FailClosed 503s and never a 500 or a hang, and when it comes back the
 //! processes use it again by themselves.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use securechat_server::{dev, inference};
+use securechat_server::dev;
+use securechat_test_support::https::process::ServerProcess;
 use securechat_test_support::https::{Keys, add_keys, client_for};
 use securechat_test_support::store::StoreProcess;
-
-/// One `securechat-server serve --config` process, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("a bound address").port()
-}
-
-fn model() -> PathBuf {
-    let path = inference::default_model_path().expect("HOME is set");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make model` (scripts/fetch-model.sh)",
-        path.display()
-    );
-    path
-}
-
-impl ServerProcess {
-    fn spawn(dir: &Path, index: usize) -> Self {
-        let port = free_port();
-        let log = dir.join(format!("replica-{index}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_securechat-server"))
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.join("config.yaml"))
-            .arg("--api-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--web-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--model")
-            .arg(model())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creating the replica's log"))
-            .spawn()
-            .expect("starting securechat-server");
-        Self { child, port, log }
-    }
-
-    fn base(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-
-    /// Waits for `/healthz`; a process that exits or never answers fails
-    /// the test with the end of its log.
-    async fn wait_ready(&mut self, client: &reqwest::Client) {
-        // Loading the model in a debug build on a busy machine takes a
-        // while; the deadline only bounds a process that never comes up.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("replica exited at start ({status}):\n{}", self.log_tail());
-            }
-            if let Ok(resp) = client.get(format!("{}/healthz", self.base())).send().await
-                && resp.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("replica never answered /healthz:\n{}", self.log_tail());
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
 
 /// Three processes on one directory: one config, one key table, one CA.
 struct Processes {
@@ -117,7 +34,13 @@ impl Processes {
         let keys = add_keys(dir.path());
         let client = client_for(&dir.path().join("tls/ca.crt"), &[&rustls::version::TLS13]);
         let mut replicas: Vec<ServerProcess> = (0..3)
-            .map(|i| ServerProcess::spawn(dir.path(), i))
+            .map(|i| {
+                ServerProcess::spawn(
+                    Path::new(env!("CARGO_BIN_EXE_securechat-server")),
+                    dir.path(),
+                    &format!("replica-{i}"),
+                )
+            })
             .collect();
         for replica in &mut replicas {
             replica.wait_ready(&client).await;

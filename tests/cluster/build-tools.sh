@@ -5,7 +5,7 @@
 # Alertmanager (alert delivery tests), crane (daemonless image builds) and
 # kstatus (what GitOps health checks make of our resources' status), and for
 # the real node (make node-up) kubelet, kube-proxy and
-# kube-router, CoreDNS, from Go modules into
+# kube-router, CoreDNS, prometheus-adapter, from Go modules into
 # ~/.cache/securechat/bin. Each binary is stored under a versioned name and
 # linked to its plain name, so a version bump rebuilds and a rerun is a no-op.
 set -euo pipefail
@@ -30,6 +30,9 @@ crane_version=v0.22.1
 alertmanager_version=v0.35.0
 kube_router_version=v2.1.0
 coredns_version=v1.15.0
+# prometheus-adapter: serves custom.metrics.k8s.io from Prometheus for the
+# HPA test on the real node (tests/node/autoscaling.rs).
+prometheus_adapter_version=v0.12.0
 # kstatus (sigs.k8s.io/cli-utils): the status GitOps tools compute; our
 # wrapper main (tests/cluster/kstatus) prints it for one object.
 kstatus_version=v0.37.2
@@ -69,7 +72,7 @@ k8s_ldflags() {
 # `make node-up` needs: scripts/test.sh builds them in the background while
 # cargo builds and tests).
 only=${1:-all}
-node_tools="kubelet kube-proxy kube-router coredns pause prometheus"
+node_tools="kubelet kube-proxy kube-router coredns pause prometheus prometheus-adapter"
 want() {
 	case $only in
 	all) return 0 ;;
@@ -123,6 +126,9 @@ want alertmanager && alertmanager_source && build alertmanager "$alertmanager_ve
 want kube-router && build kube-router "$kube_router_version" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
 # The real node's cluster DNS: CoreDNS with the plugins of coredns/main.go.
 want coredns && build coredns "$coredns_version" coredns . "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+# The HPA's custom metrics on the real node: prometheus-adapter, through a
+# wrapper module (tests/cluster/prometheus-adapter).
+want prometheus-adapter && build prometheus-adapter "$prometheus_adapter_version" prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
 # What Flux's health checks and other GitOps tools make of our resources'
 # status (tests/kstatus.rs): bump kstatus_version when main.go changes.
 want kstatus && build kstatus "$kstatus_version" kstatus .

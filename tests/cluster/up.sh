@@ -75,6 +75,16 @@ client_cert scheduler system:kube-scheduler system:kube-scheduler
 # exec and port-forward reach node-0 with this certificate, which node-up.sh
 # binds to system:kubelet-api-admin; the kubelet allows no anonymous calls.
 client_cert apiserver-kubelet-client securechat:apiserver-kubelet-client securechat:apiserver
+# The aggregation layer (custom.metrics.k8s.io from prometheus-adapter,
+# tests/node/autoscaling.rs): the API server proxies to an APIService's
+# backend with this front-proxy client certificate, from a CA of its own
+# (as kubeadm does), and the backend trusts the user it names in headers.
+openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=securechat-test-front-proxy-ca" \
+	-keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt"
+openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+	-keyout "$pki/front-proxy-client.key" -out "$pki/front-proxy-client.csr"
+openssl_quiet x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" \
+	-CAcreateserial -days 3650 -extfile "$pki/client.ext" -out "$pki/front-proxy-client.crt"
 openssl_quiet genrsa -out "$pki/sa.key" 2048
 openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -170,6 +180,10 @@ launch kube-apiserver kube-apiserver \
 	--allow-privileged=true \
 	--kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
 	--kubelet-preferred-address-types InternalIP,Hostname \
+	--requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+	--requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+	--requestheader-extra-headers-prefix X-Remote-Extra- \
+	--proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
 	--endpoint-reconciler-type none \
 	--enable-priority-and-fairness=false \
 	--profiling=false \
@@ -180,6 +194,8 @@ wait_for kube-apiserver 90 kubectl --kubeconfig "$kubeconfig.tmp" get --raw /rea
 mv "$kubeconfig.tmp" "$kubeconfig"
 kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
+# HPAs are synced every 5 s (default 15 s), so the real node's autoscaling
+# test (tests/node/autoscaling.rs) waits less for each move.
 # A long node-monitor grace: a node marked NotReady flips the Ready condition
 # of every pod on it to False, and kwok never sets it back, so a heartbeat
 # late on this loaded 2-core machine must not cost the cluster its pods.
@@ -192,6 +208,7 @@ launch kube-controller-manager kube-controller-manager \
 	--cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
 	--leader-elect=false --bind-address 127.0.0.1 --secure-port "$(free_port)" \
 	--node-monitor-grace-period 10m \
+	--horizontal-pod-autoscaler-sync-period 5s \
 	--v=1
 launch kube-scheduler kube-scheduler \
 	--kubeconfig "$dir/scheduler.kubeconfig" \

@@ -3,11 +3,12 @@
 //! connection (a new client), so every one is balanced afresh:
 //!
 //! 1. The server container of one pod is SIGKILLed from the host: the
-//!    kubelet restarts it in place. The requests that fail are the ones in
-//!    flight at the kill and connections refused by the dead pod before its
-//!    endpoint left the Service (counted and printed; they never reached a
-//!    server, so a client may retry them); none fails in any other way, and
-//!    none once the pod is back.
+//!    kubelet restarts it in place. Until its endpoint leaves the Service,
+//!    the dead pod refuses new connections (counted and printed); the
+//!    client retries those as the openai SDKs do by default (2 retries,
+//!    0.5 s and 1 s apart, each a new connection balanced afresh). As that
+//!    client sees it, the only requests that fail are the ones in flight at
+//!    the kill.
 //! 2. One pod is evicted (the Eviction API, as `kubectl drain` does): the
 //!    PodDisruptionBudget refuses evicting the other until the replacement
 //!    is Ready, and the deleted pod keeps serving through its preStop sleep
@@ -45,8 +46,18 @@ const WARM_UP: usize = 20;
 struct Outcome {
     sent: Instant,
     done: Instant,
+    /// What the client ends with, after its retries of refused connections.
     result: Result<u16, Failure>,
+    /// When each of its connections was refused (then retried).
+    refused: Vec<Instant>,
 }
+
+/// The openai SDKs' default retry of a connection error: 2 retries, after
+/// 0.5 s and 1 s (their exponential backoff, without the jitter). Only a
+/// refused connection is retried here: it never reached a server, so any
+/// method may be sent again; a request that reached a server and failed
+/// stays failed.
+const SDK_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(500), Duration::from_millis(1000)];
 
 #[derive(Debug)]
 struct Failure {
@@ -187,11 +198,24 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
                     (outcomes.clone(), ca.clone(), host.clone(), key.clone());
                 tasks.push(tokio::spawn(async move {
                     let sent = Instant::now();
-                    let result = get_models(&ca, &host, service, &key).await;
+                    let mut refused = Vec::new();
+                    let mut retries = SDK_RETRY_DELAYS.iter();
+                    let result = loop {
+                        let attempt = Instant::now();
+                        let result = get_models(&ca, &host, service, &key).await;
+                        match (&result, retries.next()) {
+                            (Err(f), Some(delay)) if f.connect => {
+                                refused.push(attempt);
+                                tokio::time::sleep(*delay).await;
+                            }
+                            _ => break result,
+                        }
+                    };
                     outcomes.lock().unwrap().push(Outcome {
                         sent,
                         done: Instant::now(),
                         result,
+                        refused,
                     });
                 }));
             }
@@ -214,12 +238,41 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
         .and_then(|c| c[0].container_id.clone())
         .expect("container id");
     let process = HostProcess::of_container(&node, &container);
+    let victim_ip = victim
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("the victim's IP");
+    let slices: Api<EndpointSlice> = Api::namespaced(kube.clone(), &ns.name);
     let killed = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-KILL", &process.pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -KILL {}", process.pid);
+    // Polled every 50 ms: when the pod's endpoint stopped being ready.
+    let endpoint_left = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=m"))
+                .await;
+            let still_ready = list.map_or(true, |list| {
+                list.items
+                    .into_iter()
+                    .flat_map(|slice| slice.endpoints.unwrap_or_default())
+                    .any(|e| {
+                        e.addresses.contains(&victim_ip)
+                            && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                    })
+            });
+            if !still_ready {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the killed pod's endpoint left the Service within 60 s");
     wait_for(
         "the killed container restarted and Ready",
         Duration::from_secs(120),
@@ -354,39 +407,55 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
         .iter()
         .filter(|o| !matches!(o.result, Ok(200)))
         .collect();
-    let during = |o: &&Outcome, from: Instant, to: Instant| o.sent >= from && o.sent < to;
-    let kill_phase: Vec<_> = failed.iter().filter(|o| o.sent < evicted).collect();
-    let in_flight_at_kill = kill_phase.iter().filter(|o| o.in_flight_at(killed)).count();
-    let refused_connections = kill_phase
+    let in_flight_at_kill = failed.iter().filter(|o| o.in_flight_at(killed)).count();
+    // Connections the dead pod refused until its endpoint left the Service
+    // (or its container was back), each retried as the SDKs do.
+    let refused: Vec<f64> = outcomes
         .iter()
-        .filter(|o| !o.in_flight_at(killed) && during(o, killed, back))
-        .filter(|o| matches!(&o.result, Err(f) if f.connect))
-        .count();
+        .flat_map(|o| &o.refused)
+        .map(|t| seconds_since(killed, *t))
+        .collect();
+    let (first, last) = refused
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
     println!(
-        "{} requests at {RATE}/s; kill: {in_flight_at_kill} failed in flight, {refused_connections} \
-         refused connections before the endpoint left the Service; eviction and containerd restart: \
-         {} failed; replacement {replacement}",
+        "{} requests at {RATE}/s; kill: {in_flight_at_kill} failed in flight; {} connections \
+         refused ({first:.2}s to {last:.2}s after the kill), each retried; container back after \
+         {:.1}s; eviction and containerd restart: {} failed; replacement {replacement}",
         outcomes.len(),
+        refused.len(),
+        back.duration_since(killed).as_secs_f64(),
         failed.iter().filter(|o| o.sent >= evicted).count()
+    );
+    // Refused until the pod's endpoint left the Service (kubelet → API →
+    // EndpointSlice → kube-proxy: nothing in the pod can shorten that) or
+    // its container was back; retried, and refused again on every retry.
+    let still_refused = |o: &&&Outcome| {
+        matches!(&o.result, Err(f) if f.connect)
+            && o.refused.iter().all(|t| *t >= killed && *t <= back)
+    };
+    let refused_to_the_end = failed.iter().filter(still_refused).count();
+    println!(
+        "the endpoint left the Service {:.2}s after the kill; {refused_to_the_end} requests were \
+         refused on each of the SDKs' 2 retries",
+        endpoint_left.duration_since(killed).as_secs_f64()
     );
     let unexplained: Vec<_> = failed
         .iter()
-        .filter(|o| {
-            let kill_explained = o.in_flight_at(killed)
-                || (during(o, killed, back) && matches!(&o.result, Err(f) if f.connect));
-            !kill_explained
-        })
+        .filter(|o| !o.in_flight_at(killed) && !still_refused(o))
         .map(|o| {
             (
                 seconds_since(killed, o.sent),
+                o.refused.len(),
                 o.result.as_ref().map_err(|f| f.error.as_str()),
             )
         })
         .collect();
     assert!(
         unexplained.is_empty(),
-        "requests failed beyond those in flight at the kill and the refused connections to the \
-         dead pod ((seconds since the kill, negative before it, outcome)): {unexplained:?}"
+        "requests failed beyond those in flight at the kill and the connections the dead pod \
+         refused ((seconds since the kill, negative before it; connections refused; outcome)): \
+         {unexplained:?}"
     );
     assert!(
         outcomes.iter().filter(|o| o.sent >= back).count() as u64 > RATE,
@@ -394,7 +463,7 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
     );
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -414,7 +483,7 @@ fn seconds_since(from: Instant, t: Instant) -> f64 {
 /// The Deployment's `n` pods once its rollout has settled: every replica
 /// updated and Ready, no other pod of the model (none terminating), and
 /// the Service's EndpointSlices listing exactly their addresses as ready.
-async fn settled_pods(
+pub(crate) async fn settled_pods(
     kube: &kube::Client,
     namespace: &str,
     model: &str,

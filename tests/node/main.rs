@@ -8,8 +8,10 @@
 //! Each test has its own namespace and takes its turn on the node
 //! (`Node::take_turn`): the node is one per machine.
 
+mod autoscaling;
 mod chaos;
 mod cpu_model;
+mod expose;
 mod metrics;
 mod network_policy;
 mod operator_pod;

@@ -99,7 +99,12 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
     )
     .expect("the shipped rules");
     let job = format!("{}/securechat-servers", monitoring.name);
-    let config = prometheus_config(&ns.name, &job, &format!("m.{}.svc", ns.name));
+    let config = prometheus_config(
+        "/etc/prometheus",
+        &ns.name,
+        &job,
+        &format!("m.{}.svc", ns.name),
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut objects = Vec::new();
@@ -283,17 +288,23 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
     );
 }
 
-/// The chart's PodMonitor as a prometheus.yml (see the module's docs).
-fn prometheus_config(model_namespace: &str, job: &str, server_name: &str) -> String {
+/// The chart's PodMonitor as a prometheus.yml (see the module's docs),
+/// reading the rules and the model's CA from `dir`.
+pub(crate) fn prometheus_config(
+    dir: &str,
+    model_namespace: &str,
+    job: &str,
+    server_name: &str,
+) -> String {
     // Short intervals: the test waits for a few scrapes and evaluations.
     json!({
         "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
-        "rule_files": ["/etc/prometheus/prometheus-rules.yaml"],
+        "rule_files": [format!("{dir}/prometheus-rules.yaml")],
         "scrape_configs": [{
             "job_name": job,
             "scheme": "https",
             "metrics_path": "/metrics",
-            "tls_config": {"ca_file": "/etc/prometheus/ca.crt", "server_name": server_name},
+            "tls_config": {"ca_file": format!("{dir}/ca.crt"), "server_name": server_name},
             "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [model_namespace]}}],
             "relabel_configs": [
                 // The PodMonitor's selector and its port.
@@ -450,4 +461,266 @@ fn active_alert(ip: &str, name: &str, pod: &str) -> Option<String> {
         .iter()
         .find(|a| a["labels"]["alertname"] == name && a["labels"]["pod"] == pod)
         .and_then(|a| a["state"].as_str().map(str::to_string))
+}
+
+/// With `spec.auth.mtls.mode: Required` the API port (where /metrics is)
+/// asks every client for a certificate at the handshake, the scraper
+/// included: the chart's PodMonitor then needs a client certificate from a
+/// CA in the model's trust bundle (`monitoring.workloadTlsConfig`'s `cert`
+/// and `keySecret`, values.yaml). One Prometheus pod, two jobs identical
+/// but for that certificate: the one with it scrapes (`up == 1`), the one
+/// without is refused at the handshake (`up == 0`, a TLS error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_requires_client_certificates_is_scraped_with_one() {
+    let kube = client().await;
+    let node = Node::get();
+    let _turn = node.take_turn().await;
+    install_crds();
+    let ns = TestNamespace::create(&kube, "node-metrics-mtls").await;
+    let monitoring = TestNamespace::create(&kube, "node-mon-mtls").await;
+    let _operator =
+        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
+
+    // The scrapers' CA, which the model trusts for client certificates,
+    // and Prometheus' certificate with its SPIFFE ID.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spiffe_id = format!(
+        "spiffe://cluster.local/ns/{}/sa/prometheus",
+        monitoring.name
+    );
+    let (scrapers_ca, client_cert, client_key) = client_certificate(dir.path(), &spiffe_id);
+    kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "create",
+        "configmap",
+        "scrapers-ca",
+        &format!("--from-literal=ca.crt={scrapers_ca}"),
+    ]);
+    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
+                "metadata": {"name": "m", "namespace": ns.name},
+                "spec": {
+                    "replicas": 1,
+                    "image": node.server_image,
+                    "resources": {"gpu": {"count": 0}},
+                    "scheduling": node.scheduling(),
+                    "auth": {"mtls": {"mode": "Required",
+                                      "trustBundle": {"configMapName": "scrapers-ca"}}},
+                    "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
+                        "kubernetes.io/metadata.name": monitoring.name}}}}
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("create the model");
+    let server = ready_pod(&kube, &ns.name, "m").await;
+    let server_name = server.metadata.name.clone().expect("pod name");
+    let bundle = wait_for("the model's CA bundle", Duration::from_secs(60), || {
+        let bundles = Api::<ConfigMap>::namespaced(kube.clone(), &ns.name);
+        async move {
+            bundles
+                .get_opt("m-ca-bundle")
+                .await
+                .ok()
+                .flatten()?
+                .data?
+                .remove("ca.crt")
+        }
+    })
+    .await;
+    let rules = std::fs::read_to_string(
+        cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml"),
+    )
+    .expect("the shipped rules");
+
+    // Two jobs from the PodMonitor: with the client certificate (as
+    // workloadTlsConfig's cert and keySecret give it) and without.
+    let server_host = format!("m.{}.svc", ns.name);
+    let with_cert = format!("{}/with-client-certificate", monitoring.name);
+    let without_cert = format!("{}/without-client-certificate", monitoring.name);
+    let mut config: Value = serde_json::from_str(&prometheus_config(
+        "/etc/prometheus",
+        &ns.name,
+        &with_cert,
+        &server_host,
+    ))
+    .expect("config");
+    let mut job = config["scrape_configs"][0].clone();
+    config["scrape_configs"][0]["tls_config"]["cert_file"] = json!("/etc/prometheus/client.crt");
+    config["scrape_configs"][0]["tls_config"]["key_file"] =
+        json!("/etc/prometheus-client/client.key");
+    job["job_name"] = json!(without_cert);
+    if let Some(relabel) = job["relabel_configs"].as_array_mut() {
+        for r in relabel {
+            if r["target_label"] == "job" {
+                r["replacement"] = json!(without_cert);
+            }
+        }
+    }
+    config["scrape_configs"]
+        .as_array_mut()
+        .expect("scrape configs")
+        .push(job);
+    let mut objects = prometheus_objects(
+        &node,
+        &monitoring.name,
+        &ns.name,
+        &config.to_string(),
+        &rules,
+        &bundle,
+    );
+    for object in &mut objects {
+        match object["kind"].as_str() {
+            Some("ConfigMap") => object["data"]["client.crt"] = json!(client_cert),
+            Some("Pod") => {
+                object["spec"]["volumes"]
+                    .as_array_mut()
+                    .expect("volumes")
+                    .push(json!({"name": "client-key", "secret": {"secretName": "prometheus-client"}}));
+                object["spec"]["containers"][0]["volumeMounts"]
+                    .as_array_mut()
+                    .expect("mounts")
+                    .push(
+                        json!({"name": "client-key", "mountPath": "/etc/prometheus-client",
+                                 "readOnly": true}),
+                    );
+            }
+            _ => {}
+        }
+    }
+    objects.push(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "prometheus-client", "namespace": monitoring.name},
+        "stringData": {"client.key": client_key}}));
+    let manifest = dir.path().join("prometheus.json");
+    std::fs::write(
+        &manifest,
+        json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+    )
+    .expect("write manifest");
+    kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    let prometheus = prometheus_ip(&kube, &monitoring.name).await;
+
+    let up = |job: &str| format!("up{{pod=\"{server_name}\",job=\"{job}\"}}");
+    wait_for(
+        "the scrape with the client certificate (up == 1)",
+        Duration::from_secs(120),
+        || {
+            let series = query(&prometheus, &up(&with_cert));
+            async move { series.filter(|s| s.first().is_some_and(|s| s["value"][1] == "1")) }
+        },
+    )
+    .await;
+    let refused = wait_for(
+        "the scrape without a client certificate refused (up == 0)",
+        Duration::from_secs(60),
+        || {
+            let target = api_with(
+                &prometheus,
+                "/api/v1/targets",
+                &["state=active".to_string()],
+            )
+            .and_then(|d| {
+                d["activeTargets"]
+                    .as_array()?
+                    .iter()
+                    .find(|t| t["labels"]["job"] == without_cert.as_str())
+                    .cloned()
+            })
+            .filter(|t| t["health"] == "down");
+            async move { target }
+        },
+    )
+    .await;
+    let error = refused["lastError"].as_str().unwrap_or_default();
+    println!("scrape without a client certificate: {error}");
+    assert!(
+        error.contains("certificate") || error.contains("tls"),
+        "refused for another reason than the missing certificate: {refused}"
+    );
+    // The certified one keeps scraping meanwhile.
+    assert_eq!(
+        query(&prometheus, &up(&with_cert)).and_then(|s| s.first().map(|s| s["value"][1].clone())),
+        Some(json!("1"))
+    );
+}
+
+/// A client CA and a certificate it issued for `spiffe_id` (URI SAN,
+/// clientAuth), as PEM: (CA certificate, client certificate, client key).
+fn client_certificate(dir: &std::path::Path, spiffe_id: &str) -> (String, String, String) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=scrapers",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=prometheus",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(
+        dir.join("client.ext"),
+        format!(
+            "subjectAltName=URI:{spiffe_id}\nextendedKeyUsage=clientAuth\n\
+             keyUsage=digitalSignature\nbasicConstraints=CA:FALSE\n"
+        ),
+    )
+    .expect("write ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.crt",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read PEM");
+    (read("ca.crt"), read("client.crt"), read("client.key"))
 }

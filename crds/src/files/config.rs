@@ -73,6 +73,10 @@ pub struct ServerConfig {
     /// sessions and usage live in this process only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_state: Option<SharedStateConfig>,
+    /// Calls to other services (OIDC issuers, the shared store): their
+    /// timeout and circuit breakers. Read at start.
+    #[serde(default, skip_serializing_if = "OutboundConfig::is_default")]
+    pub outbound: OutboundConfig,
 }
 
 /// What the model files must be. The model path itself is a command-line
@@ -262,6 +266,11 @@ pub struct ServerAuth {
     /// External OpenID Connect issuers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oidc: Vec<OidcIssuer>,
+    /// A Rego module (`package securechat`, see [`crate::policy`]) asked
+    /// about every authorised request; the operator writes the text of
+    /// `spec.auth.policy` here. Unset: the tier table alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Client certificates on the API port, as in `spec.auth.mtls` (the
     /// trust bundle is the file `files.clientCaBundle`).
     #[serde(default, skip_serializing_if = "ServerMtls::is_default")]
@@ -294,6 +303,7 @@ impl Default for ServerAuth {
             token_ttl: default_token_ttl(),
             leeway: default_leeway(),
             oidc: Vec::new(),
+            policy: None,
             mtls: ServerMtls::default(),
         }
     }
@@ -525,6 +535,100 @@ fn default_replicas() -> u32 {
     1
 }
 
+/// Calls to other services. Read once at start (the clients and breakers
+/// are built then).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Longest wait for one OIDC discovery or JWKS request (the shared
+    /// store has its own, `sharedState.timeout`).
+    #[serde(default = "default_outbound_timeout")]
+    pub timeout: Duration,
+    /// Least time between two JWKS refetches caused by tokens with an
+    /// unknown `kid` after a successful fetch (failed fetches are governed
+    /// by the circuit breaker instead).
+    #[serde(default = "default_min_refetch")]
+    pub min_refetch_interval: Duration,
+    /// When a dependency's breaker opens, and for how long.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_outbound_timeout(),
+            min_refetch_interval: default_min_refetch(),
+            circuit_breaker: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
+impl OutboundConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_outbound_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A circuit breaker's thresholds: it opens after `consecutiveFailures`
+/// failed calls in a row, or when at least `failureRatePercent` of the last
+/// `window` calls failed (once `minimumCalls` were made); it stays open for
+/// `coolDown`, then lets one call probe.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Failed calls in a row that open the breaker.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Share of failed calls in the window that opens it (1-100).
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate_percent: u32,
+    /// Calls in the window before the rate counts.
+    #[serde(default = "default_minimum_calls")]
+    pub minimum_calls: u32,
+    /// Calls the rate is taken over.
+    #[serde(default = "default_breaker_window")]
+    pub window: u32,
+    /// How long an open breaker refuses calls before one probes.
+    #[serde(default = "default_cool_down")]
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            failure_rate_percent: default_failure_rate(),
+            minimum_calls: default_minimum_calls(),
+            window: default_breaker_window(),
+            cool_down: default_cool_down(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_failure_rate() -> u32 {
+    50
+}
+fn default_minimum_calls() -> u32 {
+    10
+}
+fn default_breaker_window() -> u32 {
+    20
+}
+fn default_cool_down() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// The path the SSO redirect URL must end with (the route that finishes
 /// the login).
 pub const SSO_CALLBACK_PATH: &str = "/web/sso/callback";
@@ -576,6 +680,22 @@ impl ServerConfig {
             if !oidc.issuer_url.starts_with("https://") {
                 problems.push(format!("auth.oidc[{i}].issuerURL: must be an https URL"));
             }
+        }
+        let breaker = &self.outbound.circuit_breaker;
+        if self.outbound.timeout.as_std().is_zero() {
+            problems.push("outbound.timeout: must be more than 0s".to_string());
+        }
+        if breaker.consecutive_failures < 1 {
+            problems.push("outbound.circuitBreaker.consecutiveFailures: at least 1".to_string());
+        }
+        if !(1..=100).contains(&breaker.failure_rate_percent) {
+            problems
+                .push("outbound.circuitBreaker.failureRatePercent: between 1 and 100".to_string());
+        }
+        if breaker.minimum_calls < 1 || breaker.minimum_calls > breaker.window {
+            problems.push(
+                "outbound.circuitBreaker.minimumCalls: at least 1 and at most window".to_string(),
+            );
         }
         for (i, allow) in self.auth.mtls.allow.iter().enumerate() {
             if let Err(e) = SpiffePattern::parse(&allow.spiffe_id) {

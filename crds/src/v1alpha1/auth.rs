@@ -60,6 +60,18 @@ pub struct AuthSpec {
     #[serde(default)]
     pub api_keys: ApiKeysSpec,
 
+    /// A Rego module evaluated in-process for every authorised request
+    /// (after the tier's permission and rate limit): it may deny with a
+    /// reason (403) or lower the request's max_tokens. The module is
+    /// `package securechat` and defines `allow`, and optionally `reason`
+    /// and `max_tokens`; its input is documented in the chart's README.
+    /// The operator compiles it before writing the config: one that does
+    /// not compile is refused (Ready=False, reason PolicyInvalid) and the
+    /// pods keep the last good one. A change applies to running pods
+    /// without a restart. Unset: the tier table alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AccessPolicySpec>,
+
     /// Client certificates (mTLS) on the API port, with SPIFFE IDs as
     /// identities. Default: not requested.
     #[serde(default, skip_serializing_if = "MtlsSpec::is_default")]
@@ -75,6 +87,7 @@ impl Default for AuthSpec {
             leeway: default_leeway(),
             oidc: Vec::new(),
             api_keys: ApiKeysSpec::default(),
+            policy: None,
             mtls: MtlsSpec::default(),
         }
     }
@@ -202,6 +215,49 @@ pub struct NamespaceName(
     )]
     pub String,
 );
+
+/// Where `spec.auth.policy`'s Rego module is: inline, or in a ConfigMap of
+/// the model's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.rego) != has(self.configMapRef)",
+     "message": "auth.policy: give exactly one of rego or configMapRef"}
+]))]
+pub struct AccessPolicySpec {
+    /// The module's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub rego: Option<String>,
+
+    /// A ConfigMap key holding the module. The operator reads it at every
+    /// reconcile (a change reaches the pods within the periodic requeue);
+    /// a missing ConfigMap or key is refused like a module that does not
+    /// compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<PolicyConfigMapRef>,
+}
+
+/// A key of a ConfigMap in the model's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyConfigMapRef {
+    /// The ConfigMap's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// The key holding the module (default `policy.rego`).
+    #[serde(default = "default_policy_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_policy_key() -> String {
+    "policy.rego".to_owned()
+}
 
 #[cfg(test)]
 mod tests {

@@ -78,6 +78,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         leeway,
         oidc,
         api_keys: _, // the ChatApiKey controller
+        policy: _,   // crate::access_policy reads and compiles it: config_map_with_policy
         mtls,
     } = auth;
     let MtlsSpec {
@@ -132,6 +133,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
                     ..o.clone()
                 })
                 .collect(),
+            policy: None,
             mtls: ServerMtls {
                 mode: *mtls_mode,
                 allow: allow.clone(),
@@ -190,14 +192,32 @@ pub fn server_config(input: &Input) -> ServerConfig {
             // than the limit, whatever the autoscaler does meanwhile.
             input.model.spec.max_replicas(),
         ),
+        outbound: Default::default(),
     }
 }
 
 /// The ConfigMap holding `config.yaml`, and the checksum of its content
 /// (the Deployment's pod-template annotation, so a config change rolls the
-/// pods).
+/// pods), with `spec.auth.policy`'s inline module if it has one.
 pub fn config_map(input: &Input) -> Result<(ConfigMap, String)> {
-    let config = server_config(input);
+    let inline = input
+        .model
+        .spec
+        .auth
+        .policy
+        .as_ref()
+        .and_then(|p| p.rego.clone());
+    config_map_with_policy(input, inline)
+}
+
+/// The same with `policy` (the module `crate::access_policy` read and
+/// compiled) as `auth.policy`.
+pub fn config_map_with_policy(
+    input: &Input,
+    policy: Option<String>,
+) -> Result<(ConfigMap, String)> {
+    let mut config = server_config(input);
+    config.auth.policy = policy;
     let render = |config: &ServerConfig| {
         serde_yaml::to_string(config).map_err(|e| Error::Render {
             what: "server config",
@@ -213,6 +233,9 @@ pub fn config_map(input: &Input) -> Result<(ConfigMap, String)> {
     if let Some(shared_state) = &mut rolled.shared_state {
         shared_state.replicas = 0;
     }
+    // Nor a policy change: the server hot-reloads it (and keeps its last
+    // good one should a bad one arrive).
+    rolled.auth.policy = None;
     let checksum = hex(&Sha256::digest(render(&rolled)?.as_bytes()));
     let map = ConfigMap {
         metadata: input.metadata(Names::config_map(&input.name)),

@@ -14,7 +14,7 @@ mod service_account;
 pub mod shared_state;
 
 pub use autoscaler::{ScaledObject, horizontal_pod_autoscaler, scaled_object};
-pub use config_map::{config_map, server_config};
+pub use config_map::{config_map, config_map_with_policy, server_config};
 pub use deployment::{CONFIG_DIR, deployment};
 pub use network_policy::{NetworkPolicyPlan, RefusedRule, network_policy};
 pub use pdb::pdb;

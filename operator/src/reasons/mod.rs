@@ -30,6 +30,15 @@ pub const APPLY_FAILED: &str = "ApplyFailed";
 /// names it.
 pub const OBJECT_CONFLICT: &str = "ObjectConflict";
 
+/// Ready=False: `spec.auth.policy`'s Rego module does not compile by the
+/// server's rules (or is not `package securechat` with an `allow` rule);
+/// the new config was not written and running pods keep the last good
+/// one. The message is the compiler's.
+pub const POLICY_INVALID: &str = "PolicyInvalid";
+/// Ready=False: the ConfigMap `spec.auth.policy.configMapRef` names, or its
+/// key, does not exist; nothing was written, as for PolicyInvalid.
+pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+
 // Available.
 
 /// Available=True: `replicas` is 0; keys and certificates are kept.
@@ -119,7 +128,8 @@ pub const APPLIED: &str = "Applied";
 pub const STARTING: [&str; 2] = [NO_REPLICAS_READY, PENDING];
 /// Reasons of a model waiting for an object the user creates (polled
 /// sooner: the operator does not watch the objects a spec merely names).
-pub const AWAITING_REFERENCE: [&str; 2] = [CREDENTIALS_NOT_FOUND, CA_BUNDLE_NOT_FOUND];
+pub const AWAITING_REFERENCE: [&str; 3] =
+    [CREDENTIALS_NOT_FOUND, CA_BUNDLE_NOT_FOUND, POLICY_NOT_FOUND];
 /// Available reasons while replicas are on their way (polled sooner).
 pub const ROLLING_OUT: [&str; 2] = [NO_REPLICAS_READY, PARTIALLY_READY];
 

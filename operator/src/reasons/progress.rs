@@ -21,7 +21,7 @@ pub enum Progress {
 
 /// SecureChatModel reasons (conditions False with them) that need a
 /// user's change.
-pub const MODEL_STALLED: [&str; 11] = [
+pub const MODEL_STALLED: [&str; 13] = [
     // No node can take the pod as asked (e.g. 2 GPUs on an A100 selector).
     super::UNSCHEDULABLE,
     // A spec.network rule was refused.
@@ -41,6 +41,10 @@ pub const MODEL_STALLED: [&str; 11] = [
     super::CRD_NOT_INSTALLED,
     // autoscaling.engine is KEDA, and KEDA is not installed.
     super::KEDA_NOT_INSTALLED,
+    // spec.auth.policy does not compile, or its ConfigMap or key is
+    // missing: the pods keep the last good config until the user fixes it.
+    super::POLICY_INVALID,
+    super::POLICY_NOT_FOUND,
 ];
 
 /// The progress a SecureChatModel condition's reason stands for, when the

@@ -4,7 +4,8 @@
 //!
 //! `Authorized<P>` is an extractor: brute-force guard -> credential check
 //! (API key or JWT) -> permission `P` for the caller's tier -> request rate
-//! limit. Handlers that take it run only for permitted, in-budget callers.
+//! limit -> `auth.policy` (`crate::policy`). Handlers that take it run only
+//! for permitted, in-budget callers the policy admits.
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ use crate::error::{ApiError, AuthFailure};
 use crate::forwarded;
 use crate::limits;
 use crate::listener::{ClientAddr, ClientCertificate};
+use crate::policy;
 use crate::principal::{Method, Principal};
 use crate::ratelimit::{Admission, Decision, Op, Rate};
 use crate::session::{CSRF_HEADER, SESSION_COOKIE, Session, WebPort, cookie};
@@ -511,6 +513,8 @@ impl Needs for AdminPermission {
 /// An authenticated, permitted, in-budget caller.
 pub struct Authorized<P: Needs> {
     pub principal: Principal,
+    /// What `auth.policy` changed about this request.
+    pub overrides: policy::Overrides,
     _p: PhantomData<P>,
 }
 
@@ -536,11 +540,13 @@ impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
         }
         let ip = client_ip(state, &parts.extensions, &parts.headers);
         admit_request(state, ip, &principal.subject, principal.tier, &audit).await?;
+        let overrides = policy::authorize(state, parts, &principal, ip, &audit)?;
         if let Some(id) = &principal.key_id {
             state.record_usage(id, 0, 0, true, Utc::now());
         }
         Ok(Self {
             principal,
+            overrides,
             _p: PhantomData,
         })
     }

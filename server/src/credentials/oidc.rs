@@ -7,10 +7,17 @@
 //!   next request triggers a background refresh while it is served from the
 //!   cache.
 //! - An unknown `kid` triggers at most one refetch per issuer per
-//!   [`MIN_REFETCH`], so a flood of tokens with random kids cannot turn the
-//!   server into a load generator against the identity provider.
+//!   `outbound.minRefetchInterval` (30 s), so a flood of tokens with random
+//!   kids cannot turn the server into a load generator against the
+//!   identity provider.
 //! - A failed refresh keeps the last good JWKS (the issuer being down must
 //!   not log everybody out).
+//! - Each issuer's fetches go through a circuit breaker (`crate::breaker`,
+//!   target `oidc:<issuer URL>`): once it opens, a token whose key is
+//!   cached is still verified from the last good JWKS, and one whose key is
+//!   not fails at once (401) instead of waiting for a timeout. The refetch
+//!   interval above applies after a successful fetch; failed ones are the
+//!   breaker's to pace.
 //! - Each key's algorithm is pinned from the JWK (its `alg`, else its key
 //!   type); only asymmetric algorithms are accepted.
 
@@ -23,15 +30,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use securechat_crds::files::config::OutboundConfig;
 use securechat_crds::v1alpha1::{OidcIssuer, Tier};
 use serde_json::Value;
 
+use crate::breaker::{Breaker, CircuitMetrics};
 use crate::error::AuthFailure;
 
-/// Smallest gap between two refetches caused by unknown kids.
-pub const MIN_REFETCH: Duration = Duration::from_secs(30);
 const DEFAULT_TTL: Duration = Duration::from_secs(600);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct CachedJwks {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
@@ -39,11 +45,11 @@ struct CachedJwks {
     ttl: Duration,
 }
 
-#[derive(Default)]
 struct IssuerCache {
     jwks: ArcSwapOption<CachedJwks>,
     last_fetch: Mutex<Option<Instant>>,
     refreshing: std::sync::atomic::AtomicBool,
+    breaker: Arc<Breaker>,
 }
 
 /// A verified external identity.
@@ -58,6 +64,8 @@ pub struct OidcIdentity {
 pub struct OidcVerifier {
     client: reqwest::Client,
     caches: Mutex<HashMap<String, Arc<IssuerCache>>>,
+    outbound: OutboundConfig,
+    circuits: CircuitMetrics,
 }
 
 fn normalise(url: &str) -> &str {
@@ -148,24 +156,53 @@ fn ttl_from(headers: &reqwest::header::HeaderMap) -> Duration {
 
 impl OidcVerifier {
     /// `extra_roots`: PEM CA certificates trusted besides the system roots.
+    /// Default timeouts and breakers, reporting nowhere.
     pub fn new(extra_roots: Option<&[u8]>) -> anyhow::Result<Self> {
+        Self::with_outbound(
+            extra_roots,
+            &OutboundConfig::default(),
+            CircuitMetrics::default(),
+        )
+    }
+
+    /// With the config's `outbound` timeout, refetch interval and breaker
+    /// thresholds; the breakers report into `circuits`.
+    pub fn with_outbound(
+        extra_roots: Option<&[u8]>,
+        outbound: &OutboundConfig,
+        circuits: CircuitMetrics,
+    ) -> anyhow::Result<Self> {
         let tls = crate::tls::client_config(extra_roots)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .timeout(FETCH_TIMEOUT)
+            .timeout(outbound.timeout.as_std())
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,
             caches: Mutex::new(HashMap::new()),
+            outbound: outbound.clone(),
+            circuits,
         })
     }
 
     fn cache(&self, issuer: &str) -> Arc<IssuerCache> {
         let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        let issuer = normalise(issuer);
         caches
-            .entry(normalise(issuer).to_string())
-            .or_default()
+            .entry(issuer.to_string())
+            .or_insert_with(|| {
+                Arc::new(IssuerCache {
+                    jwks: ArcSwapOption::empty(),
+                    last_fetch: Mutex::new(None),
+                    refreshing: std::sync::atomic::AtomicBool::new(false),
+                    breaker: Arc::new(Breaker::new(
+                        format!("oidc:{issuer}"),
+                        self.outbound.circuit_breaker,
+                        self.circuits.clone(),
+                    )),
+                })
+            })
             .clone()
     }
 
@@ -236,22 +273,32 @@ impl OidcVerifier {
         })
     }
 
-    /// Refetches unless one happened within MIN_REFETCH; keeps the old
-    /// JWKS on failure.
+    /// Refetches unless a fetch is under way or succeeded within the
+    /// refetch interval, and the breaker lets it; keeps the old JWKS on
+    /// failure.
     async fn refetch(&self, issuer: &str, cache: &IssuerCache) {
-        {
+        let previous = {
             let mut last = cache.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+            let interval = self.outbound.min_refetch_interval.as_std();
+            if last.is_some_and(|t| t.elapsed() < interval) {
                 return;
             }
-            *last = Some(Instant::now());
-        }
-        match self.fetch(issuer).await {
-            Ok(jwks) => cache.jwks.store(Some(Arc::new(jwks))),
-            Err(e) => {
+            last.replace(Instant::now())
+        };
+        match cache.breaker.call(self.fetch(issuer), |_| true).await {
+            Ok(Ok(jwks)) => {
+                cache.jwks.store(Some(Arc::new(jwks)));
+                return;
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(issuer, error = %e, "OIDC key refresh failed; keeping the last good keys")
             }
+            Err(refused) => tracing::debug!(issuer, error = %refused, "OIDC key refresh skipped"),
         }
+        // The interval spaces successful fetches; failed ones are the
+        // breaker's to pace, so the next token may try again (or be
+        // refused at once while the breaker is open).
+        *cache.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = previous;
     }
 
     /// Verifies a token from `issuer` (an entry of the config).

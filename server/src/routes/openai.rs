@@ -173,6 +173,7 @@ pub async fn chat_completions(
         top_p: body.top_p,
         stop,
         seed: body.seed,
+        policy_max_tokens: caller.overrides.max_tokens,
     };
     let messages = to_messages(body.messages)?;
     let prepared =

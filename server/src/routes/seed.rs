@@ -125,6 +125,7 @@ pub async fn chat(
     let requested = Requested {
         max_tokens: Some(body.max_length),
         temperature: Some(body.temperature),
+        policy_max_tokens: caller.overrides.max_tokens,
         ..Default::default()
     };
     let prepared =

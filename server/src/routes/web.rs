@@ -9,9 +9,16 @@ pub mod login;
 pub mod oauth2;
 pub mod sso;
 
-use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use std::collections::HashMap;
+
+use axum::http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use subtle::ConstantTimeEq;
+
+use crate::session::{self, LOGIN_COOKIE, PendingLogin, cookie};
+use crate::state::AppState;
 
 /// No inline script or style, nothing from another origin, no framing, no
 /// form posts (the page submits with fetch), no plugins, no `<base>`.
@@ -81,6 +88,62 @@ pub fn error_page(status: StatusCode, title: &str, detail: &str) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    response
+}
+
+/// The checks every sign-in callback (OpenID Connect and plain OAuth2)
+/// makes before it talks to the provider: the provider's own refusal, both
+/// parameters present, the state bound to this browser's login cookie
+/// (login CSRF), and the pending login taken, so a callback works once.
+/// Gives the code and the pending login, or the page that says why not.
+pub(crate) async fn pending_login<'q>(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &'q HashMap<String, String>,
+) -> Result<(&'q str, PendingLogin), Response> {
+    let failed = |status, detail: &str| error_page(status, "Sign-in failed", detail);
+    if let Some(error) = query.get("error") {
+        let description = query.get("error_description").map_or("", String::as_str);
+        return Err(failed(
+            StatusCode::BAD_REQUEST,
+            &format!("The sign-in provider refused the sign-in: {error} {description}"),
+        ));
+    }
+    let (Some(code), Some(returned_state)) = (query.get("code"), query.get("state")) else {
+        return Err(failed(
+            StatusCode::BAD_REQUEST,
+            "The callback lacks the code or state parameter (was the sign-in cancelled?).",
+        ));
+    };
+    let bound = cookie(headers, LOGIN_COOKIE)
+        .is_some_and(|c| bool::from(c.as_bytes().ct_eq(returned_state.as_bytes())));
+    if !bound {
+        return Err(failed(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started from this browser (state mismatch). Start again.",
+        ));
+    }
+    match state
+        .sessions
+        .finish_login(returned_state, Utc::now())
+        .await
+    {
+        Ok(Some(pending)) => Ok((code.as_str(), pending)),
+        Ok(None) => Err(failed(
+            StatusCode::BAD_REQUEST,
+            "This sign-in has expired or was already used. Start again.",
+        )),
+        Err(e) => Err(failed(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+    }
+}
+
+/// A callback's answer, which also clears the login cookie: whatever the
+/// outcome, that sign-in attempt is over.
+pub(crate) fn clearing_login_cookie(mut response: Response) -> Response {
+    let clear_login = session::set_cookie(LOGIN_COOKIE, "", 0);
+    if let Ok(value) = HeaderValue::from_str(&clear_login) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
     response
 }
 

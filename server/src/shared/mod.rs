@@ -36,6 +36,7 @@ use serde::Serialize;
 pub mod sealed;
 pub mod usage;
 
+use crate::breaker::Breaker;
 use crate::metrics::KindLabels;
 use crate::ratelimit::{Admission, Decision, Op, Rate};
 
@@ -148,6 +149,8 @@ pub struct Store {
     replicas: AtomicU32,
     last_error: Mutex<Option<StoreError>>,
     metrics: StoreMetrics,
+    /// Every operation goes through it when set (see [`Store::with_breaker`]).
+    breaker: Option<Arc<Breaker>>,
 }
 
 impl Store {
@@ -176,7 +179,18 @@ impl Store {
             usage_script: redis::Script::new(usage::USAGE_SCRIPT),
             last_error: Mutex::new(None),
             metrics,
+            breaker: None,
         })
+    }
+
+    /// Puts every operation, the keepalive's pings included, behind
+    /// `breaker`: once it opens, operations fail at once (the last failure
+    /// stays the store's state, so LocalFallback or FailClosed applies
+    /// without waiting for a timeout per request) until a ping or request
+    /// probes after the cool-down.
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     pub fn config(&self) -> &SharedStateConfig {
@@ -217,7 +231,7 @@ impl Store {
     pub async fn probe(&self) -> StoreHealth {
         for member in &self.pool {
             let _ = self
-                .run_on(member, |mut conn| async move {
+                .guarded(member, |mut conn| async move {
                     redis::cmd("PING").query_async::<String>(&mut conn).await
                 })
                 .await;
@@ -356,7 +370,28 @@ impl Store {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        self.run_on(&self.pool[index], op).await
+        self.guarded(&self.pool[index], op).await
+    }
+
+    /// [`Store::run_on`] under the breaker, if there is one. A reply the
+    /// store gave (a script error) is an answer, not an outage.
+    async fn guarded<T, F, Fut>(&self, member: &Member, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(breaker) = &self.breaker else {
+            return self.run_on(member, op).await;
+        };
+        let call = self.run_on(member, op);
+        match breaker
+            .call(call, |e| !matches!(e, StoreError::Reply(_)))
+            .await
+        {
+            Ok(result) => result,
+            // Not counted again: the failures that opened it were.
+            Err(refused) => Err(StoreError::Connection(refused.to_string())),
+        }
     }
 
     async fn run_on<T, F, Fut>(&self, member: &Member, op: F) -> Result<T, StoreError>

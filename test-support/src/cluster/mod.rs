@@ -14,13 +14,19 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod models;
 pub mod node;
 pub mod serving;
 
-/// Repository root: the nearest directory above this crate holding
-/// tests/cluster.
+/// Repository root: the nearest directory above the running test's crate
+/// holding tests/cluster. The test's crate comes from the environment cargo
+/// gives the test process, before this crate's compile-time path: checkouts
+/// share one CARGO_TARGET_DIR, and cargo reuses this crate's build from
+/// another checkout (a CI clone since deleted) when its sources are older.
 pub fn repo_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest
         .ancestors()
         .find(|dir| dir.join("tests/cluster").is_dir())

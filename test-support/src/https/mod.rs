@@ -2,6 +2,7 @@
 
 pub mod client_certs;
 pub mod in_process;
+pub mod process;
 pub mod raw;
 
 use std::path::{Path, PathBuf};

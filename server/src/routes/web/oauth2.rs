@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use securechat_crds::files::config::{OAUTH2_CALLBACK_PATH, OAuth2Client};
 use securechat_crds::v1alpha1::Tier;
-use subtle::ConstantTimeEq;
 
 use super::error_page;
 use super::login::open_session;
@@ -28,7 +27,7 @@ use super::sso::pkce_challenge;
 use crate::credentials::oauth2::{self, OAuth2Error, ProviderUser};
 use crate::credentials::wecom::{self, WeComClient};
 use crate::principal::{Method, Principal};
-use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session, cookie};
+use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session};
 use crate::state::AppState;
 
 fn client_by_name(state: &AppState, name: &str) -> Option<OAuth2Client> {
@@ -147,12 +146,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let clear_login = session::set_cookie(LOGIN_COOKIE, "", 0);
-    let mut response = finish(&state, &headers, &query).await;
-    if let Ok(value) = HeaderValue::from_str(&clear_login) {
-        response.headers_mut().append(SET_COOKIE, value);
-    }
-    response
+    super::clearing_login_cookie(finish(&state, &headers, &query).await)
 }
 
 /// The page for a failed identification.
@@ -259,39 +253,11 @@ async fn finish(
     query: &HashMap<String, String>,
 ) -> Response {
     let failed = |status, detail: &str| error_page(status, "Sign-in failed", detail);
-    if let Some(error) = query.get("error") {
-        let description = query.get("error_description").map_or("", String::as_str);
-        return failed(
-            StatusCode::BAD_REQUEST,
-            &format!("The sign-in provider refused the sign-in: {error} {description}"),
-        );
-    }
-    let (Some(code), Some(returned_state)) = (query.get("code"), query.get("state")) else {
-        return failed(
-            StatusCode::BAD_REQUEST,
-            "The callback lacks the code or state parameter (was the sign-in cancelled?).",
-        );
+    let (code, pending) = match super::pending_login(state, headers, query).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
-    // Login CSRF: the state must be the one this very browser started.
-    let bound = cookie(headers, LOGIN_COOKIE)
-        .is_some_and(|c| bool::from(c.as_bytes().ct_eq(returned_state.as_bytes())));
-    if !bound {
-        return failed(
-            StatusCode::BAD_REQUEST,
-            "This sign-in was not started from this browser (state mismatch). Start again.",
-        );
-    }
     let now = Utc::now();
-    let pending = match state.sessions.finish_login(returned_state, now).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => {
-            return failed(
-                StatusCode::BAD_REQUEST,
-                "This sign-in has expired or was already used. Start again.",
-            );
-        }
-        Err(e) => return failed(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
     let Some(client) = pending
         .oauth2_provider
         .as_deref()

@@ -31,7 +31,7 @@ use subtle::ConstantTimeEq;
 use super::error_page;
 use super::login::open_session;
 use crate::principal::{Method, Principal};
-use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session, cookie};
+use crate::session::{self, LOGIN_COOKIE, Login, PendingLogin, Session};
 use crate::state::AppState;
 
 /// The PKCE S256 challenge of a verifier (RFC 7636 §4.2).
@@ -277,12 +277,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let clear_login = session::set_cookie(LOGIN_COOKIE, "", 0);
-    let mut response = finish(&state, &headers, &query).await;
-    if let Ok(value) = HeaderValue::from_str(&clear_login) {
-        response.headers_mut().append(SET_COOKIE, value);
-    }
-    response
+    super::clearing_login_cookie(finish(&state, &headers, &query).await)
 }
 
 async fn finish(
@@ -291,39 +286,11 @@ async fn finish(
     query: &HashMap<String, String>,
 ) -> Response {
     let failed = |status, detail: &str| error_page(status, "Sign-in failed", detail);
-    if let Some(error) = query.get("error") {
-        let description = query.get("error_description").map_or("", String::as_str);
-        return failed(
-            StatusCode::BAD_REQUEST,
-            &format!("The identity provider refused the sign-in: {error} {description}"),
-        );
-    }
-    let (Some(code), Some(returned_state)) = (query.get("code"), query.get("state")) else {
-        return failed(
-            StatusCode::BAD_REQUEST,
-            "The callback lacks the code or state parameter.",
-        );
+    let (code, pending) = match super::pending_login(state, headers, query).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
-    // Login CSRF: the state must be the one this very browser started.
-    let bound = cookie(headers, LOGIN_COOKIE)
-        .is_some_and(|c| bool::from(c.as_bytes().ct_eq(returned_state.as_bytes())));
-    if !bound {
-        return failed(
-            StatusCode::BAD_REQUEST,
-            "This sign-in was not started from this browser (state mismatch). Start again.",
-        );
-    }
     let now = Utc::now();
-    let pending = match state.sessions.finish_login(returned_state, now).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => {
-            return failed(
-                StatusCode::BAD_REQUEST,
-                "This sign-in has expired or was already used. Start again.",
-            );
-        }
-        Err(e) => return failed(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
     if pending.oauth2_provider.is_some() {
         return failed(
             StatusCode::BAD_REQUEST,
