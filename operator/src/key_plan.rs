@@ -1281,8 +1281,9 @@ mod tests {
             "chat",
             json!({"auth": {"apiKeys": {"allowedNamespaces": ["apps"]}, "mtls": {"mode": "Required", "trustDomain": "example.org"}}}),
         );
+        let model_uid = chat.metadata.uid.clone();
         let ca_secret = |cert: &str| {
-            let mut meta = owned("chat-ca", "team", chat.metadata.uid.as_deref());
+            let mut meta = owned("chat-ca", "team", model_uid.as_deref());
             meta.annotations = Some(
                 [(
                     crate::desired::secrets::CA_NOT_AFTER_ANNOTATION.to_string(),

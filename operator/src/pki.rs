@@ -324,7 +324,6 @@ mod tests {
     /// certificate.
     #[test]
     fn client_certificates_verify_as_clients_only() {
-        use rustls::server::danger::ClientCertVerifier;
         let now = Utc::now();
         let ca = new_ca("chat", now, now + chrono::Duration::days(30)).expect("CA");
         let id = "spiffe://cluster.local/ns/apps/sa/web";
@@ -356,7 +355,10 @@ mod tests {
         // The SAN and serial are in the DER as written.
         let bytes: &[u8] = der.as_ref();
         let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(contains(id.as_bytes()), "the SPIFFE ID is in the certificate");
+        assert!(
+            contains(id.as_bytes()),
+            "the SPIFFE ID is in the certificate"
+        );
         assert!(contains(&serial), "the serial is in the certificate");
         // clientAuth only: no server verifier accepts it.
         assert!(verify(&verifier_of(&ca), &leaf).is_err());
