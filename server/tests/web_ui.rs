@@ -631,15 +631,9 @@ const GENERIC_PROVIDER: &str = "    - clientSecretFile: {secret}\n      provider
      rolePointer: /data/groups\n          roleMapping:\n            - {value: department-2, tier: Developer}\n            \
      - {value: \"7\", tier: Admin}\n";
 
-/// Start -> the generic provider (which redirects at once for `user`) ->
-/// the callback with the login cookie: the callback's answer, the
-/// callback URL and the login cookie.
-async fn oauth2_login(
-    client: &reqwest::Client,
-    web: &str,
-    start: &str,
-    user: &str,
-) -> (reqwest::Response, String, String) {
+/// The web UI's sign-in start: the login cookie and where it sends the
+/// browser (the provider's authorize URL).
+async fn begin_sign_in(client: &reqwest::Client, web: &str, start: &str) -> (String, String) {
     let started = client.get(format!("{web}{start}")).send().await.unwrap();
     assert_eq!(started.status(), 303);
     let cookie = started.headers()["set-cookie"]
@@ -649,10 +643,21 @@ async fn oauth2_login(
         .next()
         .unwrap()
         .to_string();
-    let authorize = started.headers()["location"]
-        .to_str()
-        .unwrap()
-        .replace("USER", user);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    (cookie, location)
+}
+
+/// Start -> the generic provider (which redirects at once for `user`) ->
+/// the callback with the login cookie: the callback's answer, the
+/// callback URL and the login cookie.
+async fn oauth2_login(
+    client: &reqwest::Client,
+    web: &str,
+    start: &str,
+    user: &str,
+) -> (reqwest::Response, String, String) {
+    let (cookie, authorize) = begin_sign_in(client, web, start).await;
+    let authorize = authorize.replace("USER", user);
     for part in [
         "code_challenge=",
         "code_challenge_method=S256",
@@ -768,16 +773,8 @@ async fn wecom_login(
     base: &str,
     userid: &str,
 ) -> reqwest::Response {
-    let started = client.get(format!("{web}{start}")).send().await.unwrap();
-    assert_eq!(started.status(), 303);
-    let cookie = started.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let authorize = reqwest::Url::parse(started.headers()["location"].to_str().unwrap()).unwrap();
+    let (cookie, authorize) = begin_sign_in(client, web, start).await;
+    let authorize = reqwest::Url::parse(&authorize).unwrap();
     let param = |name: &str| {
         authorize
             .query_pairs()
