@@ -22,6 +22,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use securechat_crds::v1alpha1::{ChatApiKey, SecureChatModel};
 use securechat_operator::client_cert::SERIAL_ANNOTATION;
 use securechat_operator::reasons::api_key::KeyReason;
+use securechat_test_support::cluster::models::{OperatorNamespace, create_model};
 use securechat_test_support::cluster::serving::{ServedModel, read};
 use securechat_test_support::cluster::{
     self, TestNamespace, await_condition, client, install_crds,
@@ -153,32 +154,26 @@ fn start_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_issued_certificate_works_renews_under_load_and_dies_with_its_key() {
-    let kube = client().await;
-    install_crds();
-    let ns = TestNamespace::create(&kube, "clientcert").await;
-    let operator =
-        cluster::InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
-    let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &ns.name);
+    let OperatorNamespace {
+        client: kube,
+        ns,
+        operator,
+        models,
+    } = OperatorNamespace::start("clientcert").await;
     let keys: Api<ChatApiKey> = Api::namespaced(kube.clone(), &ns.name);
-    models
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 0,
-                    "tls": {"dnsNames": ["localhost"]},
-                    // No allow entry: only the key's binding admits the
-                    // certificate's identity.
-                    "auth": {"mtls": {"mode": "Required"}},
-                    "rateLimit": {"requestsPerMinute": 1000000}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
+    create_model(
+        &models,
+        "m",
+        json!({
+            "replicas": 0,
+            "tls": {"dnsNames": ["localhost"]},
+            // No allow entry: only the key's binding admits the
+            // certificate's identity.
+            "auth": {"mtls": {"mode": "Required"}},
+            "rateLimit": {"requestsPerMinute": 1000000}
+        }),
+    )
+    .await;
     keys.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
@@ -336,21 +331,15 @@ async fn certificates_follow_max_tiers_and_need_the_models_mtls() {
     let _operator = Operators::start(&kube, &[&models_ns.name, &app.name]);
     let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &models_ns.name);
     for (name, mode) in [("m", "Required"), ("plain", "Disabled")] {
-        models
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                    "metadata": {"name": name},
-                    "spec": {"replicas": 0, "auth": {
-                        "apiKeys": {"allowedNamespaces": [app.name]},
-                        "mtls": {"mode": mode}
-                    }}
-                }))
-                .unwrap(),
-            )
-            .await
-            .expect("create a model");
+        create_model(
+            &models,
+            name,
+            json!({"replicas": 0, "auth": {
+                "apiKeys": {"allowedNamespaces": [app.name]},
+                "mtls": {"mode": mode}
+            }}),
+        )
+        .await;
     }
     let keys: Api<ChatApiKey> = Api::namespaced(kube.clone(), &app.name);
     let create = |name: &'static str, spec: serde_json::Value| {

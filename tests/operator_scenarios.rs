@@ -20,6 +20,7 @@ use securechat_crds::conditions::condition_status;
 use securechat_crds::files::config::ServerConfig;
 use securechat_operator::controller::{self, Context};
 use securechat_operator::metrics::Metrics;
+use securechat_test_support::cluster::models::CONDITION_WAIT;
 use securechat_test_support::cluster::{
     self, AuditedWrite, TestNamespace, audit_log_offset, audit_writes, await_condition, client,
     client_as, install_crds, wait_for,
@@ -865,7 +866,7 @@ async fn signing_keys_rotate_through_next_active_previous_on_request() {
         models.clone(),
         "k",
         "an active key",
-        Duration::from_secs(60),
+        CONDITION_WAIT,
         |m: Option<&SecureChatModel>| keys_status(m).active_kid.is_some(),
     )
     .await;
@@ -1047,7 +1048,7 @@ async fn a_ca_rotation_keeps_clients_trusting_the_served_certificate_throughout(
         models.clone(),
         "c",
         "one CA",
-        Duration::from_secs(60),
+        CONDITION_WAIT,
         |m: Option<&SecureChatModel>| size(m) == Some(1),
     )
     .await;
@@ -1178,7 +1179,7 @@ async fn a_failed_certificate_renewal_is_a_condition_and_a_metric() {
         models.clone(),
         "r",
         "a certificate",
-        Duration::from_secs(60),
+        CONDITION_WAIT,
         |m: Option<&SecureChatModel>| is(m, "TLSReady", "True"),
     )
     .await;
@@ -1216,7 +1217,7 @@ async fn a_failed_certificate_renewal_is_a_condition_and_a_metric() {
         models.clone(),
         "r",
         "TLSReady=False/RenewalFailed",
-        Duration::from_secs(60),
+        CONDITION_WAIT,
         |m: Option<&SecureChatModel>| {
             condition(m, "TLSReady").is_some_and(|c| c.0 == "False" && c.1 == "RenewalFailed")
         },
