@@ -71,9 +71,13 @@ if [ -n "${IMAGE_CUDA_BIN:-}" ]; then
 	cuda_bin=$IMAGE_CUDA_BIN
 elif [ "${IMAGE_CUDA:-1}" != 0 ] && [ -z "${IMAGE_BIN_DIR:-}" ]; then
 	step "cargo build --profile $profile --features cuda (CUDA_COMPUTE_CAP=$cuda_compute_cap)"
-	eval "$(scripts/cuda-toolkit.sh)"
-	CUDA_COMPUTE_CAP=$cuda_compute_cap CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
-		cargo build --profile "$profile" --locked -p securechat-server --features cuda
+	(
+		# The toolkit's environment (nvcc on PATH, its libraries on
+		# LIBRARY_PATH) for this build only, not the CPU ones below.
+		eval "$(scripts/cuda-toolkit.sh)"
+		CUDA_COMPUTE_CAP=$cuda_compute_cap CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
+			cargo build --profile "$profile" --locked -p securechat-server --features cuda
+	)
 	# The CPU build below writes the same path: keep this one aside.
 	cuda_bin="$target_dir/$profile_dir/securechat-server.cuda"
 	cp "$target_dir/$profile_dir/securechat-server" "$cuda_bin"
