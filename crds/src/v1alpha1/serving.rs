@@ -76,6 +76,16 @@ pub struct ModelSpec {
     #[serde(default = "default_top_p")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub top_p: f64,
+
+    /// Parameter count of the model: a number and M (millions) or B
+    /// (billions), e.g. `6B`, `6.2B`, `135M`. With `resources.gpu.product`
+    /// the operator checks before starting any pod that the weights fit the
+    /// card's memory (Ready=False, reason InsufficientGpuMemory, when they
+    /// cannot). Unset: read from a huggingFace repository name ending in
+    /// it (`THUDM/chatglm3-6b`); otherwise the check is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[MB]$"))]
+    pub parameters: Option<String>,
 }
 
 impl Default for ModelSpec {
@@ -87,6 +97,7 @@ impl Default for ModelSpec {
             max_tokens: default_max_tokens(),
             temperature: default_temperature(),
             top_p: default_top_p(),
+            parameters: None,
         }
     }
 }

@@ -60,6 +60,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         max_tokens,
         temperature,
         top_p,
+        parameters: _, // the operator's GPU memory check (gpu_memory)
     } = model;
     let TlsSpec {
         mode: _,         // material and the Deployment's tls volume
