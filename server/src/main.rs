@@ -201,6 +201,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine_options = EngineOptions {
         serving: (&config.config.serving).into(),
         context_length: config.config.model.context_length.map(|n| n as usize),
+        dtype: config.config.model.dtype.unwrap_or_default(),
         ..EngineOptions::default()
     };
     let engine = inference::load_engine(&model, engine_options)
