@@ -318,7 +318,8 @@ fn shard(dir: &Path) {
     let per = names.len().div_ceil(SHARDS);
     for (i, chunk) in names.chunks(per).enumerate() {
         let file = shard_name(i + 1);
-        let part: HashMap<&String, Tensor> = chunk.iter().map(|&n| (n, tensors[n].clone())).collect();
+        let part: HashMap<&String, Tensor> =
+            chunk.iter().map(|&n| (n, tensors[n].clone())).collect();
         candle_core::safetensors::save(&part, dir.join(&file)).unwrap();
         for name in chunk {
             weight_map.insert((*name).clone(), json!(file));
