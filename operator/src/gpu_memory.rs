@@ -14,7 +14,7 @@
 //! or a repository name ending in it), the weights' precision or the card
 //! (`resources.gpu.product`) is unknown.
 
-use securechat_crds::v1alpha1::{ModelFamily, ModelSpec, SecureChatModelSpec};
+use securechat_crds::v1alpha1::{ModelDtype, ModelFamily, ModelSpec, SecureChatModelSpec};
 
 /// Memory of a GPU as its driver reports it (nvidia-smi's
 /// `memory.total`, MiB), by the product names GPU Feature Discovery writes
@@ -140,7 +140,8 @@ fn parse_parameters(s: &str) -> Option<f64> {
 }
 
 /// Bytes per parameter of the weights on the GPU: safetensors load in
-/// half precision (f16/bf16, 2 bytes); a GGUF file keeps its quantisation,
+/// `spec.model.dtype`, half precision (f16/bf16, 2 bytes) unless it says
+/// F32 (4 bytes); a GGUF file keeps its quantisation,
 /// read from the tag its name carries (`…Q4_K_M.gguf`: 4.5 bits, the
 /// block scales included). None when that is unknown (the embedded model
 /// is tiny and fits any card).
@@ -159,7 +160,10 @@ pub fn bytes_per_parameter(model: &ModelSpec) -> Option<f64> {
             .as_deref()
             .is_some_and(|f| f.to_ascii_lowercase().ends_with(".gguf"));
     if !gguf {
-        return Some(2.0);
+        return Some(match model.dtype.unwrap_or_default() {
+            ModelDtype::F32 => 4.0,
+            ModelDtype::Auto | ModelDtype::F16 | ModelDtype::BF16 => 2.0,
+        });
     }
     let name = file?.to_ascii_uppercase();
     // Bits per weight of llama.cpp's formats, scales included.
@@ -256,6 +260,18 @@ mod tests {
         assert_eq!(
             bytes_per_parameter(&model(
                 json!({"source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}})
+            )),
+            Some(2.0)
+        );
+        assert_eq!(
+            bytes_per_parameter(&model(
+                json!({"dtype": "F32", "source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}})
+            )),
+            Some(4.0)
+        );
+        assert_eq!(
+            bytes_per_parameter(&model(
+                json!({"dtype": "BF16", "source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}})
             )),
             Some(2.0)
         );

@@ -227,6 +227,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         placement: args.device,
         serving: (&config.config.serving).into(),
         context_length: config.config.model.context_length.map(|n| n as usize),
+        dtype: config.config.model.dtype.unwrap_or_default(),
         ..EngineOptions::default()
     };
     let engine = inference::load_engine(&model, engine_options)

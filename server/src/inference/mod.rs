@@ -24,6 +24,7 @@ mod tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use securechat_crds::v1alpha1::ModelDtype;
 use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 
 pub use chat_template::ChatTemplate;
@@ -62,6 +63,9 @@ pub struct EngineOptions {
     pub weight_format: WeightFormat,
     /// Where the model runs (`serve --device`).
     pub placement: Placement,
+    /// Number format of safetensors weights (`spec.model.dtype`); GGUF
+    /// files refuse all but Auto.
+    pub dtype: ModelDtype,
 }
 
 impl Default for EngineOptions {
@@ -72,6 +76,7 @@ impl Default for EngineOptions {
             context_length: None,
             weight_format: WeightFormat::AsStored,
             placement: Placement::Auto,
+            dtype: ModelDtype::Auto,
         }
     }
 }
@@ -248,7 +253,7 @@ fn gpu(ordinal: usize) -> Result<candle_core::Device, InferenceError> {
 
 /// Loads the model at `path`, whichever family it is, on the first GPU if
 /// there is one (see [`Placement::Auto`]). `format` applies to GGUF weights
-/// on the CPU; GLM safetensors are loaded as f32 (bf16 on a GPU).
+/// on the CPU; GLM safetensors are loaded as f16 (bf16 on a GPU).
 pub fn load_model(
     path: &Path,
     model_id: Option<String>,
@@ -264,10 +269,29 @@ pub fn load_model_on(
     format: WeightFormat,
     placement: Placement,
 ) -> Result<LoadedModel, InferenceError> {
+    load_model_as(path, model_id, format, placement, ModelDtype::Auto)
+}
+
+/// [`load_model_on`] with safetensors weights in `dtype`
+/// (`spec.model.dtype`); a GGUF file with any but Auto is refused, since
+/// its quantized blocks are not converted.
+pub fn load_model_as(
+    path: &Path,
+    model_id: Option<String>,
+    format: WeightFormat,
+    placement: Placement,
+    dtype: ModelDtype,
+) -> Result<LoadedModel, InferenceError> {
     let device = placement.device()?;
     match detect_family(path)? {
+        ModelFamily::LlamaGguf if dtype != ModelDtype::Auto => {
+            Err(InferenceError::Unsupported(format!(
+                "model.dtype {dtype}: {} is a GGUF file, whose quantized weights are served as stored; leave model.dtype unset or Auto",
+                path.display()
+            )))
+        }
         ModelFamily::LlamaGguf => load_gguf(path, model_id, format, &device, placement.kernels()),
-        ModelFamily::Glm(_) => glm::load(path, model_id, &device),
+        ModelFamily::Glm(_) => glm::load(path, model_id, &device, dtype),
     }
 }
 
@@ -353,7 +377,13 @@ fn load_gguf(
 
 /// Loads the model at `path` (see [`load_model`]) and starts its scheduler.
 pub fn load_engine(path: &Path, opts: EngineOptions) -> Result<Arc<dyn Engine>, InferenceError> {
-    let mut loaded = load_model_on(path, opts.model_id, opts.weight_format, opts.placement)?;
+    let mut loaded = load_model_as(
+        path,
+        opts.model_id,
+        opts.weight_format,
+        opts.placement,
+        opts.dtype,
+    )?;
     if let Some(cap) = opts.context_length {
         let declared = loaded.info.context_length;
         if cap > declared || cap < 2 {
