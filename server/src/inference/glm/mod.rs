@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{chatglm, glm4};
+use candle_transformers::models::glm4;
 use securechat_crds::v1alpha1::ModelDtype;
 use serde_json::Value;
 
@@ -175,7 +175,7 @@ pub fn load(
     let files = checkpoint::weight_files(dir)?;
     let checkpoint = checkpoint::Checkpoint::open(&files)?;
     let vb = VarBuilder::from_backend(Box::new(checkpoint), dtype, device.clone());
-    let model = GlmModel::new(family, &config, vb, device)?;
+    let model = GlmModel::new(&config, vb, device)?;
     let default_id = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -192,16 +192,11 @@ pub fn load(
     })
 }
 
-enum Inner {
-    ChatGlm3(chatglm::Model),
-    Glm4(glm4::Model),
-}
-
 /// A GLM model behind [`CausalLm`]. candle-transformers' models keep their
 /// own KV cache and count positions themselves; this wrapper holds the
 /// position the cache has reached so that it can check callers against it.
 pub struct GlmModel {
-    inner: Inner,
+    inner: glm4::Model,
     device: Device,
     cached: usize,
     context_length: usize,
@@ -209,15 +204,13 @@ pub struct GlmModel {
 }
 
 impl GlmModel {
-    fn new(family: GlmFamily, c: &glm4::Config, vb: VarBuilder, device: &Device) -> Result<Self> {
-        // ChatGLM3 checkpoints with a stretched rotary base (the 32k variant,
-        // `rope_ratio`) need the glm4 code, which is the same architecture
-        // with that one extra parameter; candle's chatglm has no rope_ratio.
-        let inner = if family == GlmFamily::ChatGlm3 && c.rope_ratio == 1 {
-            Inner::ChatGlm3(chatglm::Model::new(&chatglm_config(c), vb)?)
-        } else {
-            Inner::Glm4(glm4::Model::new(c, vb)?)
-        };
+    fn new(c: &glm4::Config, vb: VarBuilder, device: &Device) -> Result<Self> {
+        // Both families run candle's glm4 code: ChatGLM3 is the same
+        // architecture (glm4's `rope_ratio` defaults to 1, chatglm's fixed
+        // rotary base), and candle 0.11's `chatglm` builds its attention mask
+        // in f32 whatever the weights' dtype, so it fails on f16/bf16
+        // weights ("dtype mismatch in where") where glm4's casts the mask.
+        let inner = glm4::Model::new(c, vb)?;
         Ok(Self {
             inner,
             device: device.clone(),
@@ -228,45 +221,15 @@ impl GlmModel {
     }
 
     fn reset(&mut self) {
-        match &mut self.inner {
-            Inner::ChatGlm3(m) => m.reset_kv_cache(),
-            Inner::Glm4(m) => m.reset_kv_cache(),
-        }
+        self.inner.reset_kv_cache();
         self.cached = 0;
     }
 
     fn run(&mut self, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.inner {
-            Inner::ChatGlm3(m) => m.forward(&input)?,
-            Inner::Glm4(m) => m.forward(&input)?,
-        };
+        let logits = self.inner.forward(&input)?;
         self.cached += tokens.len();
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
-    }
-}
-
-fn chatglm_config(c: &glm4::Config) -> chatglm::Config {
-    chatglm::Config {
-        num_layers: c.num_layers,
-        padded_vocab_size: c.padded_vocab_size,
-        hidden_size: c.hidden_size,
-        ffn_hidden_size: c.ffn_hidden_size,
-        kv_channels: c.kv_channels,
-        num_attention_heads: c.num_attention_heads,
-        seq_length: c.seq_length,
-        layernorm_epsilon: c.layernorm_epsilon,
-        rmsnorm: c.rmsnorm,
-        apply_residual_connection_post_layernorm: c.apply_residual_connection_post_layernorm,
-        post_layer_norm: c.post_layer_norm,
-        add_bias_linear: c.add_bias_linear,
-        add_qkv_bias: c.add_qkv_bias,
-        bias_dropout_fusion: c.bias_dropout_fusion,
-        multi_query_attention: c.multi_query_attention,
-        multi_query_group_num: c.multi_query_group_num,
-        apply_query_key_layer_scaling: c.apply_query_key_layer_scaling,
-        attention_softmax_in_fp32: c.attention_softmax_in_fp32,
-        fp32_residual_connection: c.fp32_residual_connection,
     }
 }
 
