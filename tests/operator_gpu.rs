@@ -16,7 +16,8 @@ use securechat_crds::SecureChatModel;
 use securechat_crds::files::names::GPU_UNAVAILABLE_MESSAGE;
 use securechat_operator::labels::{MODEL_LABEL, Names};
 use securechat_test_support::cluster::{
-    InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for,
+    InProcessOperator, OPERATOR_SERVER_IMAGE, TestNamespace, await_condition, client, install_crds,
+    wait_for,
 };
 use serde_json::json;
 
@@ -26,23 +27,20 @@ struct Setup {
     ns: TestNamespace,
     _operator: InProcessOperator,
     models: Api<SecureChatModel>,
-    /// The server image the operator gives models that name none.
-    default_image: String,
 }
 
 async fn start(prefix: &str) -> Setup {
     let client = client().await;
     install_crds();
     let ns = TestNamespace::create(&client, prefix).await;
-    let default_image = format!("securechat-test/{}", ns.name);
-    let _operator = InProcessOperator::start(&ns.name, &default_image).await;
+    let _operator =
+        InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
     let models = Api::namespaced(client.clone(), &ns.name);
     Setup {
         client,
         ns,
         _operator,
         models,
-        default_image,
     }
 }
 
@@ -120,7 +118,7 @@ async fn server_container(
             let (deployments, name) = (deployments.clone(), name.clone());
             async move {
                 let d = deployments.get_opt(&name).await.ok()??;
-                d.spec?.template.spec?.containers.into_iter().next()
+                d.spec.template.spec?.containers.into_iter().next()
             }
         },
     )
@@ -132,11 +130,7 @@ async fn gpu_models_run_the_cuda_image_on_their_gpu_and_cpu_models_the_default()
     // Bound whole: the operator runs as long as the setup lives.
     let setup = start("gpu-image").await;
     let Setup {
-        client,
-        ns,
-        models,
-        default_image,
-        ..
+        client, ns, models, ..
     } = &setup;
     let a100 = json!({"gpu": {"count": 1, "product": "NVIDIA-A100-SXM4-80GB"}});
     create(&models, "gpu", json!({"resources": a100})).await;
@@ -149,11 +143,9 @@ async fn gpu_models_run_the_cuda_image_on_their_gpu_and_cpu_models_the_default()
     .await;
 
     let gpu = server_container(&client, &ns.name, "gpu").await;
-    // Context's default beside an untagged image: the `-cuda` tag.
-    assert_eq!(
-        gpu.image.as_deref(),
-        Some(&*format!("{default_image}:latest-cuda"))
-    );
+    // The operator's default image (`securechat/server:test`) with the
+    // `-cuda` tag suffix `make images` gives the CUDA build.
+    assert_eq!(gpu.image.as_deref(), Some("securechat/server:test-cuda"));
     let args = gpu.args.clone().expect("args");
     assert!(
         args.windows(2).any(|w| w == ["--device", "cuda"]),
@@ -172,7 +164,7 @@ async fn gpu_models_run_the_cuda_image_on_their_gpu_and_cpu_models_the_default()
     );
 
     let cpu = server_container(&client, &ns.name, "cpu").await;
-    assert_eq!(cpu.image.as_deref(), Some(default_image.as_str()));
+    assert_eq!(cpu.image.as_deref(), Some(OPERATOR_SERVER_IMAGE));
     assert!(!cpu.args.expect("args").iter().any(|a| a == "--device"));
 
     let own = server_container(&client, &ns.name, "own").await;

@@ -37,9 +37,7 @@ use crate::status::{
     requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
-use crate::{
-    Error, FIELD_MANAGER, Result, access_policy, health, material, reasons, references,
-};
+use crate::{Error, FIELD_MANAGER, Result, access_policy, health, material, reasons, references};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
 /// every reconcile of both controllers.
