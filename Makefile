@@ -99,7 +99,7 @@ bench: model ## every benchmark (filter, JWT, server vs the seed stack, inferenc
 	@scripts/bench.sh
 
 .PHONY: check-gpu
-check-gpu: model ## the checks that need an NVIDIA GPU (fail without one): CUDA build into .securechat/gpu-check, GPU vs CPU parity (SmolLM2, tiny GLM-4), a streamed answer from the CUDA server, throughput at 1/8/32 sequences -> benches/RESULTS.md
+check-gpu: model ## the checks that need an NVIDIA GPU (fail without one): the CUDA image's server and libraries plus the GPU tests into .securechat/gpu-check, GPU vs CPU parity (SmolLM2, tiny GLM-4), a streamed answer from the CUDA image's server (--device cuda), throughput at 1/8/32 sequences -> benches/RESULTS.md
 	@scripts/check-gpu.sh
 
 .PHONY: fuzz-smoke

@@ -6,10 +6,12 @@
 #   scripts/check-gpu.sh run [DIR]     # on the GPU machine: only DIR is needed
 #   scripts/check-gpu.sh [DIR]         # both (make check-gpu)
 #
-# DIR (default .securechat/gpu-check) receives bin/ (the CUDA server, the
-# GPU test binaries, the load generator), lib/ (the CUDA user-space
-# libraries the binaries load; the driver's libcuda comes from the machine),
-# models/ (the default GGUF) and tests.txt (the test binaries, one a line).
+# DIR (default .securechat/gpu-check) receives bin/ (the CUDA server taken
+# from the CUDA image of `make images`, built when missing or from another
+# commit; the GPU test binaries; the load generator), lib/ (the CUDA
+# user-space libraries from that image; the driver's libcuda comes from the
+# machine), models/ (the default GGUF) and tests.txt (the test binaries,
+# one a line).
 # Carry DIR to the GPU machine, then `scripts/check-gpu.sh run DIR`, or run
 # DIR/check-gpu.sh (a copy of this script) from inside it.
 #
@@ -20,14 +22,15 @@
 #      32 greedy tokens on at least 4 of 5 prompts) and for a tiny random
 #      GLM-4 checkpoint (f32 within 1e-3 of the logit scale with the same 16
 #      greedy tokens, bf16 within 0.1), batching on the device, speed;
-#   3. the CUDA server binary on the GPU serves a streamed chat answer over
-#      HTTPS (`serve --dev`, an Admin key, one streamed request);
+#   3. the CUDA image's server binary on the GPU serves a streamed chat
+#      answer over HTTPS (`serve --dev --device cuda`, an Admin key, one
+#      streamed request);
 #   4. throughput at 1, 8 and 32 concurrent sequences through that server
 #      (benches/chatload.rs: aggregate completion tokens/s, TTFT p95),
 #      appended to RESULTS (default benches/RESULTS.md, else DIR/RESULTS.md)
 #      with the card's name.
 #
-# Environment: CUDA_COMPUTE_CAP for build (default: scripts/cuda-toolkit.sh's),
+# Environment: IMAGE_OUT (where `make images` writes, default target/images),
 # CONCURRENCY ("1 8 32"), REQUESTS (per client, 2), MAX_TOKENS (64),
 # RESULTS (the markdown file to append to), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -44,22 +47,64 @@ build() { # DIR
   cd "$ROOT"
   export PATH="$HOME/.cargo/bin:$PATH"
   command -v cargo >/dev/null || die "build needs cargo (run 'check-gpu.sh run DIR' on a machine without it)"
-  eval "$(scripts/cuda-toolkit.sh)"
   scripts/fetch-model.sh >/dev/null
   # shellcheck source=lib/default-model.sh
   . scripts/lib/default-model.sh
+  # shellcheck source=lib/cuda.sh
+  . scripts/lib/cuda.sh
   local target="${CARGO_TARGET_DIR:-$ROOT/target}"
   rm -rf "$dir"
   mkdir -p "$dir/bin" "$dir/lib" "$dir/models"
-  log "building the CUDA server (release, sm_$CUDA_COMPUTE_CAP)"
-  cargo build --release -q -p securechat-server --features cuda --bin securechat-server
-  cp "$target/release/securechat-server" "$dir/bin/"
-  log "building the GPU tests (--no-run) and the load generator"
+
+  # The server binary and the CUDA libraries come out of the CUDA image
+  # (`make images`), so what runs on the GPU is what a GPU pod runs. An
+  # image from another commit is rebuilt.
+  local images="${IMAGE_OUT:-$ROOT/target/images}" image head
+  image="$images/securechat-server-cuda"
+  head="$(git rev-parse HEAD)"
+  if [ "$(image_revision "$image" 2>/dev/null)" != "$head" ]; then
+    log "building the images for $head (make images; the CUDA server is a release build)"
+    scripts/images.sh
+  fi
+  [ "$(image_revision "$image")" = "$head" ] || die "$image is not from $head after make images"
+  log "taking the server and the CUDA libraries from $image"
+  python3 - "$image" "$dir" "$CUDA_IMAGE_LIB_DIR" <<'PY'
+import json, os, sys, tarfile
+layout, out, lib_dir = sys.argv[1], sys.argv[2], sys.argv[3].strip("/")
+blob = lambda d: os.path.join(layout, "blobs", *d.split(":"))
+index = json.load(open(os.path.join(layout, "index.json")))
+manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+found = {"bin": 0, "lib": 0}
+for layer in manifest["layers"]:
+    with tarfile.open(blob(layer["digest"]), "r:*") as tar:
+        for m in tar:
+            name = m.name.lstrip("./")
+            if name == "usr/local/bin/securechat-server":
+                kind = "bin"
+            elif os.path.dirname(name) == lib_dir and (m.isfile() or m.issym()):
+                kind = "lib"
+            else:
+                continue
+            dest = os.path.join(out, kind, os.path.basename(name))
+            if m.issym():
+                os.symlink(m.linkname, dest)
+            else:
+                with tar.extractfile(m) as src, open(dest, "wb") as dst:
+                    dst.write(src.read())
+                os.chmod(dest, 0o755 if kind == "bin" else 0o644)
+            found[kind] += 1
+if not found["bin"] or not found["lib"]:
+    sys.exit(f"{layout}: no server binary or no CUDA libraries in its layers ({found})")
+PY
+
+  log "building the GPU tests (--no-run, compute_$CUDA_IMAGE_COMPUTE_CAP as the image) and the load generator"
   local args=()
   for t in "${GPU_TESTS[@]}"; do args+=(--test "$t"); done
-  cargo test -q -p securechat-server --features cuda "${args[@]}" --no-run \
-    --message-format=json 2>/dev/null |
-    python3 -c '
+  (
+    eval "$(scripts/cuda-toolkit.sh)"
+    CUDA_COMPUTE_CAP=$CUDA_IMAGE_COMPUTE_CAP cargo test -q -p securechat-server --features cuda "${args[@]}" --no-run \
+      --message-format=json 2>/dev/null
+  ) | python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -79,16 +124,26 @@ for line in sys.stdin:
   cargo build -q --example chatload
   cp "$target/debug/examples/chatload" "$dir/bin/"
   cp "$DEFAULT_MODEL" "$dir/models/"
-  # The CUDA libraries the binaries ask for, from the toolkit that built
-  # them; libcuda (the driver) is the GPU machine's own.
-  local lib
-  for lib in $(ldd "$dir/bin/securechat-server" "$dir"/bin/inference_cuda-* 2>/dev/null |
-    awk '/=> .*cuda-13.0/ {print $3}' | sort -u); do
-    case "$(basename "$lib")" in libcuda.so*) continue ;; esac
-    cp -L "$lib" "$dir/lib/"
-  done
+  # Every library the binaries link must be in lib/ (the image's) or on
+  # this host, but the driver's libcuda, which the GPU machine brings.
+  local missing
+  missing="$(LD_LIBRARY_PATH="$dir/lib" ldd "$dir"/bin/* 2>/dev/null | grep 'not found' | grep -v 'libcuda.so' || true)"
+  [ -z "$missing" ] || die "the binaries link libraries the CUDA image lacks: $missing"
   cp "$0" "$dir/check-gpu.sh"
   log "built into $dir ($(du -sh "$dir" | cut -f1)); run: scripts/check-gpu.sh run $dir"
+}
+
+# image_revision LAYOUT: the commit an OCI layout of `make images` was built from.
+image_revision() {
+  python3 - "$1" <<'PY'
+import json, os, sys
+layout = sys.argv[1]
+blob = lambda d: os.path.join(layout, "blobs", *d.split(":"))
+index = json.load(open(os.path.join(layout, "index.json")))
+manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+config = json.load(open(blob(manifest["config"]["digest"])))
+print(config["config"]["Labels"]["org.opencontainers.image.revision"])
+PY
 }
 
 run() { # DIR
@@ -136,7 +191,9 @@ YAML
   log "starting the CUDA server on 127.0.0.1:$port"
   local web_port
   web_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$server" serve --dev --data-dir "$data" --model "$model" --api-addr "127.0.0.1:$port" \
+  # --device cuda, as the operator starts GPU pods: the GPU or an error,
+  # never the CPU.
+  "$server" serve --dev --device cuda --data-dir "$data" --model "$model" --api-addr "127.0.0.1:$port" \
     --web-addr "127.0.0.1:$web_port" >"$work/server.log" 2>&1 &
   SERVER_PID=$!
   local ca="$data/tls/ca.crt" ready=

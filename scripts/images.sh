@@ -58,13 +58,11 @@ tests/cluster/build-tools.sh crane
 scripts/fetch-model.sh
 
 # Where the containers find the CUDA libraries (LD_LIBRARY_PATH in the
-# image), and the GPU generation compiled for: candle's kernels become PTX
-# for compute_80 (Ampere, A100), which the driver JIT-compiles for newer
-# GPUs (Hopper: H100, H200) on first load; the few kernels compiled to
-# machine code (candle's MoE and fast-MMQ library) are sm_80 only and are
-# not used by the server (it forces the dequantise-then-multiply path).
-cuda_lib_dir=/usr/local/cuda/lib64
-cuda_compute_cap=80
+# image), and the GPU generation compiled for (see scripts/lib/cuda.sh).
+# shellcheck source=lib/cuda.sh
+. scripts/lib/cuda.sh
+cuda_lib_dir=$CUDA_IMAGE_LIB_DIR
+cuda_compute_cap=$CUDA_IMAGE_COMPUTE_CAP
 cuda_bin=""
 if [ -n "${IMAGE_CUDA_BIN:-}" ]; then
 	[ -x "$IMAGE_CUDA_BIN" ] || { echo "images: IMAGE_CUDA_BIN=$IMAGE_CUDA_BIN is not an executable" >&2; exit 1; }
