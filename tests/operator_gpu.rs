@@ -133,16 +133,16 @@ async fn gpu_models_run_the_cuda_image_on_their_gpu_and_cpu_models_the_default()
         client, ns, models, ..
     } = &setup;
     let a100 = json!({"gpu": {"count": 1, "product": "NVIDIA-A100-SXM4-80GB"}});
-    create(&models, "gpu", json!({"resources": a100})).await;
-    create(&models, "cpu", json!({})).await;
+    create(models, "gpu", json!({"resources": a100})).await;
+    create(models, "cpu", json!({})).await;
     create(
-        &models,
+        models,
         "own",
         json!({"image": "registry.example/server:mine", "resources": a100}),
     )
     .await;
 
-    let gpu = server_container(&client, &ns.name, "gpu").await;
+    let gpu = server_container(client, &ns.name, "gpu").await;
     // The operator's default image (`securechat/server:test`) with the
     // `-cuda` tag suffix `make images` gives the CUDA build.
     assert_eq!(gpu.image.as_deref(), Some("securechat/server:test-cuda"));
@@ -163,11 +163,11 @@ async fn gpu_models_run_the_cuda_image_on_their_gpu_and_cpu_models_the_default()
         Some("FallbackToLogsOnError")
     );
 
-    let cpu = server_container(&client, &ns.name, "cpu").await;
+    let cpu = server_container(client, &ns.name, "cpu").await;
     assert_eq!(cpu.image.as_deref(), Some(OPERATOR_SERVER_IMAGE));
     assert!(!cpu.args.expect("args").iter().any(|a| a == "--device"));
 
-    let own = server_container(&client, &ns.name, "own").await;
+    let own = server_container(client, &ns.name, "own").await;
     assert_eq!(own.image.as_deref(), Some("registry.example/server:mine"));
 }
 
@@ -180,26 +180,26 @@ async fn a_6b_half_precision_model_is_refused_on_a_16gb_card_and_deployed_on_an_
     let chatglm = json!({"family": "ChatGLM3",
         "source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}});
     create(
-        &models,
+        models,
         "t4",
         json!({"model": chatglm,
                "resources": {"gpu": {"count": 1, "product": "Tesla-T4"}}}),
     )
     .await;
     create(
-        &models,
+        models,
         "h100",
         json!({"model": chatglm,
                "resources": {"gpu": {"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}}}),
     )
     .await;
 
-    let message = await_ready_reason(&models, "t4", "InsufficientGpuMemory").await;
+    let message = await_ready_reason(models, "t4", "InsufficientGpuMemory").await;
     assert!(
         message.contains("Tesla-T4") && message.contains("15.4 GiB"),
         "{message}"
     );
-    let note = warning(&client, &ns.name, "t4", "InsufficientGpuMemory").await;
+    let note = warning(client, &ns.name, "t4", "InsufficientGpuMemory").await;
     assert!(note.contains("Tesla-T4"), "{note}");
     // Stalled for kstatus: a GitOps apply waiting on it fails now.
     let t4 = models.get("t4").await.expect("t4");
@@ -215,7 +215,7 @@ async fn a_6b_half_precision_model_is_refused_on_a_16gb_card_and_deployed_on_an_
 
     // The H100 model gets its Deployment; by then the refused one has
     // been reconciled past the check too, and has none.
-    let h100 = server_container(&client, &ns.name, "h100").await;
+    let h100 = server_container(client, &ns.name, "h100").await;
     assert!(h100.args.expect("args").iter().any(|a| a == "cuda"));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     assert!(
@@ -244,7 +244,7 @@ async fn a_gpu_pod_whose_server_found_no_gpu_is_reported_as_gpu_unavailable() {
     } = &setup;
     // An L4 no node has: the model's own pods stay Pending.
     create(
-        &models,
+        models,
         "chat",
         json!({"resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}}}),
     )
@@ -280,8 +280,8 @@ async fn a_gpu_pod_whose_server_found_no_gpu_is_reported_as_gpu_unavailable() {
     .await
     .expect("write the pod's status");
 
-    let message = await_ready_reason(&models, "chat", "GpuUnavailable").await;
+    let message = await_ready_reason(models, "chat", "GpuUnavailable").await;
     assert!(message.contains(GPU_UNAVAILABLE_MESSAGE), "{message}");
-    let note = warning(&client, &ns.name, "chat", "GpuUnavailable").await;
+    let note = warning(client, &ns.name, "chat", "GpuUnavailable").await;
     assert!(note.contains("CUDA_ERROR_NO_DEVICE"), "{note}");
 }
