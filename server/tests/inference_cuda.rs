@@ -161,8 +161,14 @@ fn gpu_logits_and_greedy_output_equal_the_exact_cpu_model() {
 
 #[test]
 fn gpu_engine_streams_a_chat_answer() {
-    // The server's own path: load_engine places the model on the GPU.
-    let engine = load_engine(&model(), EngineOptions::default()).expect("load_engine");
+    // The server's own path, as a GPU pod starts it (`--device cuda`):
+    // GPU 0 or an error, never the CPU (Auto would answer from the CPU on a
+    // machine without a GPU and pass).
+    let options = EngineOptions {
+        placement: Placement::Gpu(0),
+        ..EngineOptions::default()
+    };
+    let engine = load_engine(&model(), options).expect("load_engine on GPU 0");
     let answer = collect(
         engine
             .generate(request("What is the capital of France?", greedy(24)))
