@@ -132,6 +132,9 @@ pub struct KeyView<'a> {
     pub minted_at: Option<DateTime<Utc>>,
     /// The securechat.dev/rotate annotation has a value not acted on yet.
     pub rotate_requested: bool,
+    /// The SPIFFE ID the record is bound to (credential ClientCertificate
+    /// or Both), so that a certificate with it speaks for this key.
+    pub spiffe_id: Option<&'a str>,
 }
 
 /// The next step for a key that is allowed and not being deleted.
@@ -148,6 +151,7 @@ pub fn next_key_step(
         now,
         minted_at,
         rotate_requested,
+        spiffe_id,
     } = *view;
     let expiry = expires_at(key, minted_at);
     if expiry.is_some_and(|e| e <= now) {
@@ -190,6 +194,7 @@ pub fn next_key_step(
         last_used_at: None,
         spiffe_id: None,
     });
+    desired.spiffe_id = spiffe_id.map(str::to_string);
     desired.name = name;
     desired.tier = key.spec.tier;
     desired.state = desired_state;
@@ -312,6 +317,7 @@ mod tests {
                 now,
                 minted_at: Some(t(0)),
                 rotate_requested: false,
+                spiffe_id: None,
             };
             let step = next_key_step(&view, || {
                 n += 1;
@@ -364,6 +370,7 @@ mod tests {
                     now: t(5),
                     minted_at: Some(t(0)),
                     rotate_requested: false,
+                    spiffe_id: None,
                 },
                 || unreachable!(),
             )
@@ -415,6 +422,7 @@ mod tests {
             now,
             minted_at: Some(t(0)),
             rotate_requested: false,
+            spiffe_id: None,
         };
         assert_eq!(
             next_key_step(&view(t(10)), || unreachable!()).unwrap(),
@@ -442,6 +450,7 @@ mod tests {
             now,
             minted_at: Some(t(0)),
             rotate_requested,
+            spiffe_id: None,
         }
     }
 

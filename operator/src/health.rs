@@ -218,6 +218,8 @@ mod tests {
             KeyReason::NamespaceNotAllowed,
             KeyReason::SecretConflict,
             KeyReason::TierNotAllowed,
+            KeyReason::ClientCertificateUnavailable,
+            KeyReason::IdentityConflict,
         ];
         let converging = [KeyReason::Minting, KeyReason::ModelNotReady];
         for reason in KeyReason::ALL {

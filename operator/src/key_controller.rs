@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::api_keys;
 use crate::apply::{Writer, controlled_by};
+use crate::client_cert;
 use crate::controller::{Context, api};
 use crate::desired::secrets::CA_BUNDLE_LABEL;
 use crate::key_plan::{
@@ -161,13 +162,25 @@ async fn observe(key: &ChatApiKey, client: &Client) -> Result<KeyObserved> {
             .get_opt(&Names::ca_bundle(model_name))
             .await?
             .and_then(|c| c.data?.remove(names::CA_CERT)),
+        // Its private key only where a certificate is to be signed.
+        ca_secret: if key.spec.credential.has_certificate() {
+            in_model_ns.get_opt(&Names::ca_secret(model_name)).await?
+        } else {
+            None
+        },
     })
 }
 
 async fn apply_key(key: &ChatApiKey, context: &KeyContext) -> Result<Action> {
     let client = &context.state.client;
     let observed = observe(key, client).await?;
-    let plan = key_plan::plan(key, &observed, Utc::now(), api_keys::new_plaintext)?;
+    let plan = key_plan::plan(
+        key,
+        &observed,
+        Utc::now(),
+        api_keys::new_plaintext,
+        client_cert::sign,
+    )?;
     execute(key, client, &plan).await?;
     if let Some(note) = plan.note {
         info!(key = %key.name_any(), id = ?plan.status.key_id, "{note}");

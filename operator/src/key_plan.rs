@@ -30,11 +30,13 @@ use securechat_crds::conditions::{ConditionUpdate, set_condition};
 use securechat_crds::files::api_keys::ApiKeyTable;
 use securechat_crds::files::names;
 use securechat_crds::v1alpha1::{
-    ChatApiKey, ChatApiKeyStatus, DEFAULT_MAX_TIER, KeyPhase, ROTATE_ANNOTATION, SecureChatModel,
+    ChatApiKey, ChatApiKeyStatus, DEFAULT_MAX_TIER, KeyPhase, MtlsMode, ROTATE_ANNOTATION,
+    SecureChatModel, TlsMode,
 };
 
 use crate::api_keys::{self, Consumer, KeyStep, KeyView};
 use crate::apply::controlled_by;
+use crate::client_cert::{self, IssuedClientCertificate};
 use crate::health::health_conditions;
 use crate::labels::{self, Names};
 use crate::reasons::api_key::KeyReason;
@@ -71,6 +73,9 @@ pub struct KeyObserved {
     pub consumer: Option<Secret>,
     /// The model's CA bundle (`ca.crt` of `<model>-ca-bundle`).
     pub ca: Option<String>,
+    /// The model's CA Secret (`<model>-ca`, whoever controls it): read
+    /// only for keys with a client certificate, which it signs.
+    pub ca_secret: Option<Secret>,
 }
 
 /// One write, in the order the plan lists them.
@@ -130,6 +135,7 @@ pub fn plan(
     observed: &KeyObserved,
     now: DateTime<Utc>,
     fresh: impl FnOnce(&str) -> Result<String>,
+    certify: impl FnOnce(&client_cert::Request<'_>) -> Result<client_cert::Signed>,
 ) -> Result<KeyPlan> {
     let uid = key.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let namespace = key
@@ -182,7 +188,114 @@ pub fn plan(
         }
     };
     let records = records.clone().unwrap_or_default();
-    let consumer = Consumer::from_data(consumer_secret.and_then(|s| s.data.as_ref()));
+    let has_api_key = key.spec.credential.has_api_key();
+    // A certificate-only key holds no plaintext; its record still needs a
+    // secret hash, that of a value no bearer can present (see
+    // `client_cert::certificate_only_secret`), so the lifecycle below runs
+    // unchanged on it.
+    let consumer = if has_api_key {
+        Consumer::from_data(consumer_secret.and_then(|s| s.data.as_ref()))
+    } else {
+        Consumer::default()
+    };
+    let lifecycle_consumer = if has_api_key {
+        consumer.clone()
+    } else {
+        Consumer {
+            current: Some(client_cert::certificate_only_secret(&id)),
+            next: None,
+        }
+    };
+    let identity = key
+        .spec
+        .credential
+        .has_certificate()
+        .then(|| client_cert::identity(key, model));
+    let ca_set = match &identity {
+        None => None,
+        Some(spiffe_id) => {
+            let ca_set = observed
+                .ca_secret
+                .as_ref()
+                .filter(|s| controlled_by(&s.metadata, model_uid.as_deref()))
+                .and_then(crate::desired::secrets::ca_set_from_secret);
+            let model_ns = model_namespace(key);
+            let model_name = &key.spec.model_ref.name;
+            let blocked = if ca_set.is_none() {
+                Some(Blocked {
+                    reason: KeyReason::ModelNotReady,
+                    message: format!(
+                        "the model's CA Secret {model_ns}/{} does not exist yet (or is not the model's own); no client certificate is issued",
+                        Names::ca_secret(model_name)
+                    ),
+                    revoke: false,
+                })
+            } else {
+                records
+                    .keys
+                    .iter()
+                    .find(|r| r.id != id && r.spiffe_id.as_deref() == Some(spiffe_id.as_str()))
+                    .map(|other| Blocked {
+                        reason: KeyReason::IdentityConflict,
+                        message: format!(
+                            "key {} ({}) in {model_ns}/{model_name}'s table is bound to {spiffe_id} already; no client certificate is issued (choose another clientCertificate.serviceAccountName)",
+                            other.id, other.name
+                        ),
+                        revoke: false,
+                    })
+            };
+            if let Some(blocked) = blocked {
+                return Ok(blocked_plan(key, status, blocked, Vec::new(), now));
+            }
+            ca_set
+        }
+    };
+    let existing_cert = consumer_secret.and_then(IssuedClientCertificate::from_secret);
+    let rotate_value = key.annotations().get(ROTATE_ANNOTATION).cloned();
+    let new_cert = match (&identity, &ca_set) {
+        (Some(spiffe_id), Some(set)) => {
+            let issuer = client_cert::issuer_digest(&set.active.cert_pem);
+            let lifetime = client_cert::lifetime(key);
+            let wanted = client_cert::Wanted {
+                spiffe_id,
+                issuer: &issuer,
+                lifetime,
+                request: rotate_value.as_deref(),
+            };
+            match client_cert::renewal(existing_cert.as_ref(), &wanted, now) {
+                None => None,
+                Some(reason) => {
+                    let (not_after, renew_at) =
+                        client_cert::times(now, lifetime, set.active_not_after);
+                    let signed = certify(&client_cert::Request {
+                        model: &key.spec.model_ref.name,
+                        ca: &set.active,
+                        spiffe_id,
+                        now,
+                        not_after,
+                    })?;
+                    let issued = IssuedClientCertificate {
+                        pair: signed.pair,
+                        spiffe_id: spiffe_id.clone(),
+                        serial: signed.serial,
+                        not_after,
+                        renew_at,
+                        issuer,
+                        request: rotate_value.clone(),
+                    };
+                    Some((issued, reason))
+                }
+            }
+        }
+        _ => None,
+    };
+    // The certificate the Secret holds after this reconcile; none for an
+    // ApiKey credential (a switch back drops it).
+    let cert = new_cert
+        .as_ref()
+        .map(|(c, _)| c)
+        .or(existing_cert.as_ref())
+        .filter(|_| identity.is_some());
     // When the key was first minted: as recorded, else (a status write
     // lost, or a key minted before the field existed) when its record was
     // first written, else now if its plaintext exists already.
@@ -192,20 +305,30 @@ pub fn plan(
         .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
     let minted_at = recorded_mint
         .or_else(|| record.map(|r| r.created_at))
-        .or_else(|| consumer.current.is_some().then_some(now));
+        .or_else(|| {
+            (lifecycle_consumer.current.is_some() && (has_api_key || cert.is_some())).then_some(now)
+        });
     let rotate_request = pending_rotate_request(key);
-    let step = api_keys::next_key_step(
-        &KeyView {
-            key,
-            id: &id,
-            consumer: &consumer,
-            record,
-            now,
-            minted_at,
-            rotate_requested: rotate_request.is_some(),
-        },
-        || fresh(&id),
-    )?;
+    // A certificate being issued is this reconcile's one write; the key's
+    // own step follows in the next.
+    let step = if new_cert.is_some() {
+        KeyStep::Wait(None)
+    } else {
+        api_keys::next_key_step(
+            &KeyView {
+                key,
+                id: &id,
+                consumer: &lifecycle_consumer,
+                record,
+                now,
+                minted_at,
+                // A certificate-only key renews its certificate instead.
+                rotate_requested: has_api_key && rotate_request.is_some(),
+                spiffe_id: identity.as_deref(),
+            },
+            || fresh(&id),
+        )?
+    };
     let minted_at = match step {
         KeyStep::Mint { .. } => minted_at.or(Some(now)),
         _ => minted_at,
@@ -215,8 +338,12 @@ pub fn plan(
     // A request is served by the rotation it starts, by one already under
     // way (its new secret was never handed out, so it is not the leaked
     // one), or by a first mint.
-    let serves_request =
-        matches!(step, KeyStep::Mint { .. } | KeyStep::StageNext { .. }) || consumer.next.is_some();
+    let serves_request = if has_api_key {
+        matches!(step, KeyStep::Mint { .. } | KeyStep::StageNext { .. }) || consumer.next.is_some()
+    } else {
+        // The certificate in the Secret was issued under this request.
+        cert.is_some_and(|c| c.request.is_some() && c.request == rotate_request)
+    };
     let rotate_requested = match rotate_request {
         Some(value) if serves_request => {
             status.handled_rotate_request = Some(value.clone());
@@ -235,9 +362,10 @@ pub fn plan(
             c,
             endpoint,
             observed.ca.as_deref(),
+            cert,
         ))
     };
-    let (mut writes, note, requeue) = match &step {
+    let (mut writes, note, mut requeue) = match &step {
         KeyStep::Mint { plaintext } => (
             vec![consumer_write(&Consumer {
                 current: Some(plaintext.clone()),
@@ -292,14 +420,37 @@ pub fn plan(
     };
     // Keep the consumer Secret's metadata (endpoint, CA) current too; the
     // writer skips it when nothing changed.
-    if matches!(step, KeyStep::Wait(_) | KeyStep::WriteRecord(_)) && consumer.current.is_some() {
+    if matches!(step, KeyStep::Wait(_) | KeyStep::WriteRecord(_))
+        && (consumer.current.is_some() || cert.is_some())
+    {
         writes.push(consumer_write(&consumer));
     }
+    let note = match &new_cert {
+        Some((_, reason)) => {
+            requeue = NEXT_STEP;
+            Some(match reason {
+                client_cert::RenewReason::Missing => "issued a client certificate",
+                _ => "renewed the client certificate",
+            })
+        }
+        None => note,
+    };
+    if let Some(c) = cert {
+        let renew_in = (c.renew_at - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1));
+        requeue = requeue.min(renew_in);
+    }
+    status.client_certificate = cert.map(IssuedClientCertificate::status);
 
     let expired = api_keys::expires_at(key, minted_at).is_some_and(|e| e <= now);
     let phase = if expired {
         KeyPhase::Expired
-    } else if consumer.current.is_none() || record.is_none() {
+    } else if lifecycle_consumer.current.is_none()
+        || record.is_none()
+        || (identity.is_some() && cert.is_none())
+    {
         KeyPhase::Pending
     } else if key.spec.suspended {
         KeyPhase::Suspended
@@ -325,7 +476,20 @@ pub fn plan(
     let (reason, message) = match phase {
         KeyPhase::Active => (
             KeyReason::Active,
-            format!("key {id} is in Secret {secret_name}"),
+            match (has_api_key, cert) {
+                (true, None) => format!("key {id} is in Secret {secret_name}"),
+                (false, Some(c)) => format!(
+                    "a client certificate for {} (serial {}, valid until {}) is in Secret {secret_name}",
+                    c.spiffe_id,
+                    c.serial,
+                    c.not_after.to_rfc3339()
+                ),
+                (_, c) => format!(
+                    "key {id} and a client certificate for {} (valid until {}), to be sent together, are in Secret {secret_name}",
+                    c.map_or("", |c| c.spiffe_id.as_str()),
+                    c.map_or(String::new(), |c| c.not_after.to_rfc3339())
+                ),
+            },
         ),
         KeyPhase::Rotating => (
             KeyReason::Rotating,
@@ -445,6 +609,15 @@ fn gate<'a>(key: &ChatApiKey, observed: &'a KeyObserved, checks: &Checks<'a>) ->
             revoke: true,
         });
     }
+    if key.spec.credential.has_certificate()
+        && let Some(why) = certificate_unavailable(model)
+    {
+        let message = format!(
+            "spec.credential {:?} asks for a client certificate, but {model_ns}/{model_name} {why}; nothing is issued",
+            key.spec.credential
+        );
+        return stop(KeyReason::ClientCertificateUnavailable, message);
+    }
     let table_name = Names::api_keys(model_name);
     let is_table = namespace == model_ns && secret_name == table_name;
     if is_table || (observed.consumer.is_some() && !checks.consumer_is_ours) {
@@ -470,6 +643,27 @@ fn gate<'a>(key: &ChatApiKey, observed: &'a KeyObserved, checks: &Checks<'a>) ->
                 "Secret {model_ns}/{table_name} is not the model's key table (the model does not control it); no key is minted"
             ),
         ),
+    }
+}
+
+/// Why the model cannot honour a client certificate from its operator,
+/// if it cannot.
+fn certificate_unavailable(model: &SecureChatModel) -> Option<&'static str> {
+    let mtls = &model.spec.auth.mtls;
+    if mtls.mode == MtlsMode::Disabled {
+        Some(
+            "has auth.mtls.mode Disabled: its server asks for no client certificate (set Optional or Required)",
+        )
+    } else if mtls.trust_bundle.is_some() {
+        Some(
+            "trusts another bundle (auth.mtls.trustBundle), which does not hold the model's CA that would sign it",
+        )
+    } else if model.spec.tls.mode == TlsMode::ExistingSecret {
+        Some(
+            "serves its own certificate (tls.mode ExistingSecret): the operator holds no CA to sign with",
+        )
+    } else {
+        None
     }
 }
 
@@ -583,6 +777,7 @@ fn consumer_secret_object(
     consumer: &Consumer,
     endpoint: Option<&str>,
     ca: Option<&str>,
+    cert: Option<&IssuedClientCertificate>,
 ) -> Secret {
     let mut data = BTreeMap::new();
     let mut put = |k: &str, v: &str| {
@@ -603,8 +798,14 @@ fn consumer_secret_object(
     }
     // Reloader rolls the consumer's Deployments that opted in when the key
     // rotates, unless the key opts out.
-    let annotations = (key.spec.reloader != Some(false))
-        .then(|| [(RELOADER_MATCH_ANNOTATION.to_string(), "true".to_string())].into());
+    let mut annotations = BTreeMap::new();
+    if key.spec.reloader != Some(false) {
+        annotations.insert(RELOADER_MATCH_ANNOTATION.to_string(), "true".to_string());
+    }
+    if let Some(cert) = cert {
+        cert.write_into(&mut data, &mut annotations);
+    }
+    let annotations = (!annotations.is_empty()).then_some(annotations);
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -639,7 +840,7 @@ mod tests {
     use crate::desired::test_support::model;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use securechat_crds::files::api_keys::{SecretHash, format_key};
-    use securechat_crds::v1alpha1::ChatApiKeySpec;
+    use securechat_crds::v1alpha1::{ChatApiKeySpec, Tier};
     use serde_json::json;
 
     const KEY_UID: &str = "key-uid";
@@ -694,12 +895,17 @@ mod tests {
         unreachable!("this case mints nothing")
     }
 
+    fn no_certificate(_: &client_cert::Request<'_>) -> Result<client_cert::Signed> {
+        unreachable!("this case issues no certificate")
+    }
+
     /// The API server, as far as one key sees it: plans are executed on it
     /// as the key controller does.
     struct Cluster {
         key: ChatApiKey,
         observed: KeyObserved,
         minted: usize,
+        certified: usize,
     }
 
     impl Cluster {
@@ -712,17 +918,35 @@ mod tests {
                     table: Some(table),
                     consumer: None,
                     ca: Some("CA".into()),
+                    ca_secret: None,
                 },
                 minted: 0,
+                certified: 0,
             }
         }
 
         fn reconcile(&mut self, now: DateTime<Utc>) -> KeyPlan {
             let minted = &mut self.minted;
-            let plan = plan(&self.key, &self.observed, now, |id| {
-                *minted += 1;
-                Ok(format_key(id, &format!("{minted:0>43}")))
-            })
+            let certified = &mut self.certified;
+            let plan = plan(
+                &self.key,
+                &self.observed,
+                now,
+                |id| {
+                    *minted += 1;
+                    Ok(format_key(id, &format!("{minted:0>43}")))
+                },
+                |request| {
+                    *certified += 1;
+                    Ok(client_cert::Signed {
+                        pair: crate::pki::CertifiedKey {
+                            cert_pem: format!("cert {certified} for {}", request.spiffe_id),
+                            key_pem: format!("key {certified}"),
+                        },
+                        serial: format!("{certified:02x}"),
+                    })
+                },
+            )
             .unwrap();
             for write in &plan.writes {
                 match write {
@@ -1049,8 +1273,208 @@ mod tests {
         assert_eq!(plan.reason, KeyReason::SecretConflict);
     }
 
+    /// The model `team/chat` with mTLS Required, allowing namespace apps
+    /// (up to Developer), and its CA Secret (controlled by the model,
+    /// valid until `ca_not_after`).
+    fn mtls_cluster(spec: serde_json::Value, ca_not_after: DateTime<Utc>) -> Cluster {
+        let chat = model(
+            "chat",
+            json!({"auth": {"apiKeys": {"allowedNamespaces": ["apps"]}, "mtls": {"mode": "Required", "trustDomain": "example.org"}}}),
+        );
+        let model_uid = chat.metadata.uid.clone();
+        let ca_secret = |cert: &str| {
+            let mut meta = owned("chat-ca", "team", model_uid.as_deref());
+            meta.annotations = Some(
+                [(
+                    crate::desired::secrets::CA_NOT_AFTER_ANNOTATION.to_string(),
+                    ca_not_after.to_rfc3339(),
+                )]
+                .into(),
+            );
+            Secret {
+                metadata: meta,
+                data: Some(
+                    [
+                        (
+                            names::CA_CERT.to_string(),
+                            ByteString(cert.as_bytes().to_vec()),
+                        ),
+                        (
+                            crate::desired::secrets::CA_KEY.to_string(),
+                            ByteString(b"ca key".to_vec()),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            }
+        };
+        let mut cluster = Cluster::new(key(spec), chat);
+        cluster.observed.ca_secret = Some(ca_secret("CA one"));
+        cluster
+    }
+
+    const WEB_ID: &str = "spiffe://example.org/ns/apps/sa/web";
+
+    fn held_certificate(cluster: &Cluster) -> Option<IssuedClientCertificate> {
+        IssuedClientCertificate::from_secret(cluster.observed.consumer.as_ref()?)
+    }
+
+    /// Issue 25: a ClientCertificate key gets a certificate (first, into
+    /// the consumer Secret) and then a record bound to its SPIFFE ID whose
+    /// hash no bearer can match; no API key anywhere; renewed at two
+    /// thirds of its life with the previous one still valid.
+    #[test]
+    fn a_certificate_key_is_issued_bound_and_renewed_without_an_api_key() {
+        let mut cluster = mtls_cluster(
+            json!({"credential": "ClientCertificate", "clientCertificate": {"serviceAccountName": "web", "lifetime": "3m"}}),
+            t(100_000),
+        );
+        let first = cluster.reconcile(t(0));
+        assert_eq!(first.note, Some("issued a client certificate"));
+        assert_eq!(first.status.phase, Some(KeyPhase::Pending));
+        let plan = cluster.settle(t(1));
+        assert_eq!(plan.reason, KeyReason::Active, "{:?}", plan.status);
+        assert_eq!(cluster.minted, 0, "no API key");
+        assert_eq!(cluster.certified, 1);
+        let consumer = cluster.observed.consumer.clone().unwrap();
+        let data = consumer.data.unwrap();
+        assert!(!data.contains_key(api_keys::API_KEY));
+        assert!(data.contains_key(names::TLS_CERT) && data.contains_key(names::TLS_KEY));
+        assert!(data.contains_key(names::CA_CERT));
+        let held = held_certificate(&cluster).unwrap();
+        assert_eq!(held.spiffe_id, WEB_ID);
+        assert_eq!((held.not_after, held.renew_at), (t(180), t(120)));
+        let status = plan.status.client_certificate.clone().unwrap();
+        assert_eq!(
+            (status.spiffe_id.as_str(), status.serial.as_str()),
+            (WEB_ID, "01")
+        );
+        let id = api_keys::key_id(KEY_UID);
+        let record = cluster.table().get(&id).cloned().unwrap();
+        assert_eq!(record.spiffe_id.as_deref(), Some(WEB_ID));
+        assert_eq!(record.tier, Tier::ReadOnly);
+        assert_eq!(
+            record.secret_hash,
+            SecretHash::of_key(&client_cert::certificate_only_secret(&id))
+        );
+        // Nothing until two thirds of the life; the plan wakes then.
+        assert!(cluster.settle(t(60)).requeue <= std::time::Duration::from_secs(60));
+        assert_eq!(cluster.certified, 1);
+        let renewed = cluster.reconcile(t(120));
+        assert_eq!(renewed.note, Some("renewed the client certificate"));
+        let next = held_certificate(&cluster).unwrap();
+        assert_eq!(next.serial, "02");
+        assert!(held.not_after > t(120), "the previous one is still valid");
+        // The record is not touched by a renewal.
+        cluster.settle(t(121));
+        assert_eq!(cluster.table().get(&id), Some(&record));
+    }
+
+    /// Both: an API key and a certificate in one Secret, the key's record
+    /// bound to the certificate's SPIFFE ID; a CA change re-issues.
+    #[test]
+    fn both_credentials_share_one_record_and_a_ca_change_reissues() {
+        let mut cluster = mtls_cluster(
+            json!({"credential": "Both", "clientCertificate": {"serviceAccountName": "web"}}),
+            t(50_000),
+        );
+        assert_eq!(cluster.settle(t(0)).reason, KeyReason::Active);
+        assert_eq!((cluster.minted, cluster.certified), (1, 1));
+        let id = api_keys::key_id(KEY_UID);
+        let record = cluster.table().get(&id).cloned().unwrap();
+        assert_eq!(record.spiffe_id.as_deref(), Some(WEB_ID));
+        assert_eq!(
+            record.secret_hash,
+            SecretHash::of_key(&cluster.plaintext().unwrap())
+        );
+        // The lifetime (24 h by default) is capped by the CA's.
+        assert_eq!(held_certificate(&cluster).unwrap().not_after, t(50_000));
+        let data = cluster
+            .observed
+            .consumer
+            .as_ref()
+            .unwrap()
+            .data
+            .clone()
+            .unwrap();
+        let ca_cert = names::CA_CERT.to_string();
+        let mut rotated = cluster.observed.ca_secret.clone().unwrap();
+        rotated
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(ca_cert, ByteString(b"CA two".to_vec()));
+        cluster.observed.ca_secret = Some(rotated);
+        assert_eq!(
+            cluster.reconcile(t(10)).note,
+            Some("renewed the client certificate")
+        );
+        assert_eq!(cluster.certified, 2);
+        // The key is untouched.
+        let after = cluster
+            .observed
+            .consumer
+            .as_ref()
+            .unwrap()
+            .data
+            .clone()
+            .unwrap();
+        assert_eq!(after.get(api_keys::API_KEY), data.get(api_keys::API_KEY));
+    }
+
+    /// A certificate the model's server would never ask for, or could not
+    /// trust, is refused with a condition; so is an identity another key
+    /// holds; maxTiers applies as to keys.
+    #[test]
+    fn certificates_the_model_cannot_honour_are_refused_with_a_reason() {
+        let spec = json!({"credential": "ClientCertificate", "clientCertificate": {"serviceAccountName": "web"}});
+        let mut cluster = mtls_cluster(spec.clone(), t(100_000));
+        cluster.observed.model = Some(chat(&["apps"]));
+        let plan = cluster.reconcile(t(0));
+        assert_eq!(plan.reason, KeyReason::ClientCertificateUnavailable);
+        let warning = plan.warning.expect("a Warning Event");
+        assert!(warning.contains("auth.mtls.mode Disabled"), "{warning}");
+        assert!(plan.writes.is_empty());
+
+        let mut cluster = mtls_cluster(spec.clone(), t(100_000));
+        cluster.observed.ca_secret = None;
+        assert_eq!(cluster.reconcile(t(0)).reason, KeyReason::ModelNotReady);
+
+        let mut cluster = mtls_cluster(spec.clone(), t(100_000));
+        let mut table = cluster.table();
+        table
+            .keys
+            .push(securechat_crds::files::api_keys::ApiKeyRecord {
+                id: "other".into(),
+                name: "apps/other".into(),
+                tier: Tier::ReadOnly,
+                state: securechat_crds::files::api_keys::ApiKeyState::Active,
+                secret_hash: SecretHash::of_key("x"),
+                previous_secret_hash: None,
+                previous_secret_valid_until: None,
+                created_at: t(0),
+                expires_at: None,
+                rotated_at: None,
+                last_used_at: None,
+                spiffe_id: Some(WEB_ID.into()),
+            });
+        cluster.observed.table =
+            Some(with_table(cluster.observed.table.as_ref().unwrap(), &table).unwrap());
+        let plan = cluster.reconcile(t(0));
+        assert_eq!(plan.reason, KeyReason::IdentityConflict);
+        assert!(plan.writes.is_empty());
+
+        let mut admin = spec;
+        admin["tier"] = json!("Admin");
+        let mut cluster = mtls_cluster(admin, t(100_000));
+        let plan = cluster.reconcile(t(0));
+        assert_eq!(plan.reason, KeyReason::TierNotAllowed);
+        assert_eq!(cluster.certified, 0);
+    }
+
     fn plan_of(key: &ChatApiKey, observed: &KeyObserved) -> KeyPlan {
-        plan(key, observed, t(0), no_plaintext).unwrap()
+        plan(key, observed, t(0), no_plaintext, no_certificate).unwrap()
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod apply;
 pub mod backoff;
 pub mod ca_rotation;
 pub mod cli;
+pub mod client_cert;
 pub mod controller;
 pub mod desired;
 pub mod error;

@@ -141,6 +141,61 @@ pub fn new_server_certificate(
     })
 }
 
+/// A client certificate for the SPIFFE ID `spiffe_id` (its only SAN, a
+/// URI), signed by the model's CA `ca`, for client authentication only,
+/// valid until `not_after` (exact to the second), with serial `serial`
+/// (big-endian bytes; the caller draws them).
+pub fn new_client_certificate(
+    model: &str,
+    ca: &CertifiedKey,
+    spiffe_id: &str,
+    serial: &[u8],
+    now: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+) -> Result<CertifiedKey> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(pki_error("CA key"))?;
+    let issuer = Issuer::new(ca_params(model, &ca_key)?, ca_key);
+    let key = KeyPair::generate().map_err(pki_error("client key"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(pki_error("client certificate"))?;
+    let uri = rcgen::string::Ia5String::try_from(spiffe_id).map_err(pki_error("SPIFFE ID"))?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, spiffe_id);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    // Five minutes back, as for serving certificates: a server whose
+    // clock runs a little behind still accepts a certificate just issued.
+    params.not_before = to_offset(now - chrono::Duration::minutes(5));
+    params.not_after = to_offset(not_after);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(pki_error("client certificate"))?;
+    Ok(CertifiedKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A fresh certificate serial: 16 random bytes, the top bit clear so the
+/// DER integer is positive (RFC 5280 asks for a positive serial of at most
+/// 20 bytes).
+pub fn new_serial() -> Result<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Render {
+        what: "certificate serial",
+        message: e.to_string(),
+    })?;
+    bytes[0] &= 0x7f;
+    // A leading zero byte would be dropped from the DER integer, and the
+    // serial recorded in status would not be the one in the certificate.
+    bytes[0] |= 0x01;
+    Ok(bytes)
+}
+
 fn to_offset(t: DateTime<Utc>) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(t.timestamp())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
@@ -261,6 +316,56 @@ mod tests {
         assert_eq!(capped_ca_validity(hours(2_000_000)), MAX_CA_VALIDITY);
         assert_eq!(capped_ca_validity(hours(87_600)), MAX_CA_VALIDITY);
         assert_eq!(capped_ca_validity(hours(26_280)), hours(26_280));
+    }
+
+    /// A client certificate from the model's CA passes a client verifier
+    /// trusting that CA (chain, validity, clientAuth), carries the SPIFFE
+    /// ID as a URI SAN and the serial asked for, and is no server
+    /// certificate.
+    #[test]
+    fn client_certificates_verify_as_clients_only() {
+        let now = Utc::now();
+        let ca = new_ca("chat", now, now + chrono::Duration::days(30)).expect("CA");
+        let id = "spiffe://cluster.local/ns/apps/sa/web";
+        let serial = new_serial().expect("serial");
+        assert!(serial[0] & 0x80 == 0 && serial[0] != 0);
+        let leaf = new_client_certificate(
+            "chat",
+            &ca,
+            id,
+            &serial,
+            now,
+            now + chrono::Duration::hours(24),
+        )
+        .expect("client certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("client verifier");
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        verifier
+            .verify_client_cert(&der, &[], UnixTime::now())
+            .expect("a client certificate the model's CA signed");
+        // The SAN and serial are in the DER as written.
+        let bytes: &[u8] = der.as_ref();
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            contains(id.as_bytes()),
+            "the SPIFFE ID is in the certificate"
+        );
+        assert!(contains(&serial), "the serial is in the certificate");
+        // clientAuth only: no server verifier accepts it.
+        assert!(verify(&verifier_of(&ca), &leaf).is_err());
+    }
+
+    fn verifier_of(ca: &CertifiedKey) -> Arc<rustls::client::WebPkiServerVerifier> {
+        verifier(&[ca])
     }
 
     /// During a CA rotation the bundle holds two CAs of the same model; a

@@ -1,5 +1,6 @@
 //! A circuit breaker around each outbound dependency (OIDC discovery and
-//! JWKS, the model hub, the shared store), so that a dependency that is
+//! JWKS, the model hub, the shared store, the web UI's OAuth2 and WeChat
+//! Work sign-in calls), so that a dependency that is
 //! down costs each request nothing instead of a timeout.
 //!
 //! ```text
@@ -26,7 +27,7 @@
 //! reports its state as `securechat_circuit_state{target}`: 0 closed,
 //! 1 half-open, 2 open.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -326,6 +327,34 @@ impl Drop for Permit {
         if !self.reported {
             self.finish(false);
         }
+    }
+}
+
+/// Breakers made on first use, one per target, for dependencies that the
+/// config names by the handful (the web UI's sign-in providers), so the
+/// map holds at most one entry per configured provider.
+pub struct Breakers {
+    config: BreakerConfig,
+    metrics: CircuitMetrics,
+    by_target: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig, metrics: CircuitMetrics) -> Self {
+        Self {
+            config,
+            metrics,
+            by_target: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The breaker of `target`, closed when first asked for.
+    pub fn get(&self, target: &str) -> Arc<Breaker> {
+        let mut by_target = self.by_target.lock().unwrap_or_else(|e| e.into_inner());
+        by_target
+            .entry(target.to_string())
+            .or_insert_with(|| Arc::new(Breaker::new(target, self.config, self.metrics.clone())))
+            .clone()
     }
 }
 

@@ -147,6 +147,9 @@ pub struct AppStateInner {
     pub placement: Placement,
     /// WeChat Work corp access tokens (its documents ask for caching).
     pub wecom_tokens: crate::credentials::wecom::TokenCache,
+    /// One breaker per web sign-in provider (`oauth2:<name>`), around the
+    /// code exchange and the user lookups behind it.
+    pub sign_in_breakers: crate::breaker::Breakers,
 }
 
 #[derive(Clone)]
@@ -175,6 +178,10 @@ impl AppState {
             placement,
         } = services;
         let max = live_config.config.limits.max_tracked_clients as usize;
+        let sign_in_breakers = crate::breaker::Breakers::new(
+            live_config.config.outbound.circuit_breaker,
+            metrics.circuits.clone(),
+        );
         let sessions = Sessions::new(max, store.clone());
         let buckets = |family: &'static str| match &store {
             Some(store) => Buckets::shared(store.clone(), family, max),
@@ -200,6 +207,7 @@ impl AppState {
             policy_windows: Windows::new(max),
             placement,
             wecom_tokens: Default::default(),
+            sign_in_breakers,
         }))
     }
 

@@ -621,19 +621,68 @@ async fn wecom_login_in_a_real_browser() {
     run_node("wecom.mjs", envs("expired")).await;
 }
 
+/// The generic provider's `web.oauth2` entry (`{base}`, `{secret}` as
+/// [`server_with_stand_in`] fills them).
+const GENERIC_PROVIDER: &str = "    - clientSecretFile: {secret}\n      provider:\n        name: corp-sso\n        \
+     kind: OAuth2\n        clientId: securechat-web\n        oauth2:\n          \
+     authorizeURL: {base}/oauth/authorize?user=USER\n          tokenURL: {base}/oauth/token\n          \
+     userInfoURL: {base}/oauth/userinfo\n          scopes: [profile, groups]\n          \
+     userIdPointer: /data/id\n          displayNamePointer: /data/profile/name\n          \
+     rolePointer: /data/groups\n          roleMapping:\n            - {value: department-2, tier: Developer}\n            \
+     - {value: \"7\", tier: Admin}\n";
+
+/// Start -> the generic provider (which redirects at once for `user`) ->
+/// the callback with the login cookie: the callback's answer, the
+/// callback URL and the login cookie.
+async fn oauth2_login(
+    client: &reqwest::Client,
+    web: &str,
+    start: &str,
+    user: &str,
+) -> (reqwest::Response, String, String) {
+    let started = client.get(format!("{web}{start}")).send().await.unwrap();
+    assert_eq!(started.status(), 303);
+    let cookie = started.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let authorize = started.headers()["location"]
+        .to_str()
+        .unwrap()
+        .replace("USER", user);
+    for part in [
+        "code_challenge=",
+        "code_challenge_method=S256",
+        "state=",
+        "scope=profile+groups",
+    ] {
+        assert!(authorize.contains(part), "{part} in {authorize}");
+    }
+    let at_provider = client.get(&authorize).send().await.unwrap();
+    assert_eq!(at_provider.status(), 302, "{:?}", at_provider.text().await);
+    let callback = at_provider.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let answer = client
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    (answer, callback, cookie)
+}
+
 /// A generic OAuth2 provider (not WeCom), walked step by step: PKCE and
 /// client_secret_basic at the token endpoint, the user read with JSON
 /// pointers, roles mapped, an unmapped user refused, a replayed code.
 #[tokio::test]
 async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
-    let provider = "    - clientSecretFile: {secret}\n      provider:\n        name: corp-sso\n        \
-         kind: OAuth2\n        clientId: securechat-web\n        oauth2:\n          \
-         authorizeURL: {base}/oauth/authorize?user=USER\n          tokenURL: {base}/oauth/token\n          \
-         userInfoURL: {base}/oauth/userinfo\n          scopes: [profile, groups]\n          \
-         userIdPointer: /data/id\n          displayNamePointer: /data/profile/name\n          \
-         rolePointer: /data/groups\n          roleMapping:\n            - {value: department-2, tier: Developer}\n            \
-         - {value: \"7\", tier: Admin}\n";
-    let (s, stand_in) = server_with_stand_in(provider, oauth2_provider::CLIENT_SECRET).await;
+    let (s, stand_in) =
+        server_with_stand_in(GENERIC_PROVIDER, oauth2_provider::CLIENT_SECRET).await;
     let web = format!("https://localhost:{}", s.running.web_addr.port());
     let client = oauth2_provider::client_without_redirects(&s.ca_path());
     let options: Value = client
@@ -647,45 +696,7 @@ async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
     assert_eq!(options["sso"][0]["label"], "Sign in with corp-sso");
     let start = options["sso"][0]["start"].as_str().unwrap().to_string();
 
-    // Start -> the provider (which redirects at once for `user`) -> the
-    // callback with the login cookie. Returns the callback's answer and
-    // the callback URL.
-    let login = async |user: &str| {
-        let started = client.get(format!("{web}{start}")).send().await.unwrap();
-        assert_eq!(started.status(), 303);
-        let cookie = started.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        let authorize = started.headers()["location"]
-            .to_str()
-            .unwrap()
-            .replace("USER", user);
-        for part in [
-            "code_challenge=",
-            "code_challenge_method=S256",
-            "state=",
-            "scope=profile+groups",
-        ] {
-            assert!(authorize.contains(part), "{part} in {authorize}");
-        }
-        let at_provider = client.get(&authorize).send().await.unwrap();
-        assert_eq!(at_provider.status(), 302, "{:?}", at_provider.text().await);
-        let callback = at_provider.headers()["location"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let answer = client
-            .get(&callback)
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        (answer, callback, cookie)
-    };
+    let login = async |user: &str| oauth2_login(&client, &web, &start, user).await;
 
     let (answer, callback, cookie) = login("zhangsan").await;
     assert_eq!(answer.status(), 303, "{:?}", answer.text().await);
@@ -746,4 +757,158 @@ async fn generic_oauth2_login_with_pkce_pointers_and_role_mapping() {
         3,
         "{calls:?}"
     );
+}
+
+/// A WeChat Work sign-in without a browser: start -> the QR page's
+/// "scanned as `userid`" link -> the callback with the login cookie.
+async fn wecom_login(
+    client: &reqwest::Client,
+    web: &str,
+    start: &str,
+    base: &str,
+    userid: &str,
+) -> reqwest::Response {
+    let started = client.get(format!("{web}{start}")).send().await.unwrap();
+    assert_eq!(started.status(), 303);
+    let cookie = started.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let authorize = reqwest::Url::parse(started.headers()["location"].to_str().unwrap()).unwrap();
+    let param = |name: &str| {
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let scanned = client
+        .get(format!("{base}/wwlogin/sso/scanned"))
+        .query(&[
+            ("userid", userid.to_string()),
+            ("redirect_uri", param("redirect_uri")),
+            ("state", param("state")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scanned.status(), 302);
+    let callback = scanned.headers()["location"].to_str().unwrap().to_string();
+    client
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Which stand-in provider a breaker test signs in through.
+#[derive(Clone, Copy)]
+enum SignIn {
+    OAuth2,
+    WeCom,
+}
+
+/// The provider fails (its gateway answers 503): each failed sign-in is
+/// the 502 page; after `consecutiveFailures` of them (the rate rule set to
+/// 100% so that only the run counts) the provider's breaker opens and a
+/// sign-in gets the page without the provider being called; once it is
+/// back and the cool-down is over, one sign-in probes and the breaker
+/// closes. Issue 25: a breaker on every outbound call.
+async fn a_failing_provider_opens_its_breaker_and_recovers(kind: SignIn) {
+    let (entry, secret, target, api_call, user) = match kind {
+        SignIn::OAuth2 => (
+            GENERIC_PROVIDER,
+            oauth2_provider::CLIENT_SECRET,
+            "oauth2:corp-sso",
+            "oauth/token",
+            "zhangsan",
+        ),
+        SignIn::WeCom => (
+            WECOM_PROVIDER,
+            oauth2_provider::CORP_SECRET,
+            "oauth2:wecom",
+            "auth/getuserinfo",
+            "zhangsan",
+        ),
+    };
+    let provider = format!(
+        "{entry}outbound:\n  circuitBreaker:\n    consecutiveFailures: 2\n    failureRatePercent: 100\n    coolDown: 2s\n"
+    );
+    let (s, stand_in) = server_with_stand_in(&provider, secret).await;
+    let web = format!("https://localhost:{}", s.running.web_addr.port());
+    let client = oauth2_provider::client_without_redirects(&s.ca_path());
+    let options: Value = client
+        .get(format!("{web}/web/options"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let start = options["sso"][0]["start"].as_str().unwrap().to_string();
+    let sign_in = async || match kind {
+        SignIn::OAuth2 => oauth2_login(&client, &web, &start, user).await.0,
+        SignIn::WeCom => wecom_login(&client, &web, &start, &stand_in.base(), user).await,
+    };
+    let series =
+        |name: &str, extra: &str| format!("securechat_{name}{{target=\"{target}\"{extra}}}");
+    let state =
+        async || https::sample(&https::metrics_text(&s).await, &series("circuit_state", ""));
+    let api_calls = || stand_in.calls().iter().filter(|c| *c == api_call).count();
+
+    let answer = sign_in().await;
+    assert_eq!(answer.status(), 303, "{:?}", answer.text().await);
+    assert_eq!(state().await, Some(0.0), "closed");
+
+    stand_in.outage(true);
+    for _ in 0..2 {
+        let answer = sign_in().await;
+        assert_eq!(answer.status(), 502);
+        let page = answer.text().await.unwrap();
+        assert!(
+            page.contains("HTTP 503"),
+            "the provider's own failure: {page}"
+        );
+    }
+    assert_eq!(state().await, Some(2.0), "open after two failures");
+    let called = api_calls();
+    let answer = sign_in().await;
+    assert_eq!(answer.status(), 502);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("not called for now"), "{page}");
+    assert_eq!(
+        api_calls(),
+        called,
+        "an open breaker does not call the provider"
+    );
+
+    // Back: after the cool-down one sign-in probes and closes the breaker.
+    stand_in.outage(false);
+    assert!(
+        https::eventually(async || sign_in().await.status() == 303).await,
+        "no sign-in went through after the provider came back"
+    );
+    assert_eq!(state().await, Some(0.0), "closed again");
+    let metrics = https::metrics_text(&s).await;
+    for to in ["open", "half_open", "closed"] {
+        let seen = https::sample(
+            &metrics,
+            &series("circuit_transitions_total", &format!(",to=\"{to}\"")),
+        );
+        assert!(seen.is_some_and(|n| n >= 1.0), "{to}: {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_oauth2_provider_opens_its_breaker_and_recovers() {
+    a_failing_provider_opens_its_breaker_and_recovers(SignIn::OAuth2).await;
+}
+
+#[tokio::test]
+async fn a_failing_wecom_corp_opens_its_breaker_and_recovers() {
+    a_failing_provider_opens_its_breaker_and_recovers(SignIn::WeCom).await;
 }

@@ -109,6 +109,7 @@ struct Inner {
     /// API calls in order, as `path` (no secrets).
     calls: Mutex<Vec<String>>,
     expire_codes: AtomicBool,
+    outage: AtomicBool,
 }
 
 /// The running stand-in.
@@ -128,6 +129,14 @@ impl StandIn {
     /// one older than five minutes is.
     pub fn expire_codes(&self, on: bool) {
         self.inner.expire_codes.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on the API calls a sign-in makes (WeCom's gettoken and
+    /// auth/getuserinfo, OAuth2's token endpoint) answer 503 with an HTML
+    /// page, as a provider behind a failing gateway does; they are still
+    /// recorded in [`StandIn::calls`].
+    pub fn outage(&self, on: bool) {
+        self.inner.outage.store(on, Ordering::SeqCst);
     }
 
     /// The API paths called so far.
@@ -151,6 +160,15 @@ fn random() -> String {
 fn wecom_error(errcode: i64, errmsg: &str) -> Response {
     // WeCom answers errors with HTTP 200 and the errcode in the body.
     axum::Json(json!({"errcode": errcode, "errmsg": errmsg})).into_response()
+}
+
+/// The gateway's answer while [`StandIn::outage`] is on.
+fn outage_page() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Html("<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"),
+    )
+        .into_response()
 }
 
 fn member(userid: &str) -> Option<&'static Member> {
@@ -265,6 +283,9 @@ async fn wecom_scanned(State(inner): State<Arc<Inner>>, Query(p): Params) -> Res
 
 async fn gettoken(State(inner): State<Arc<Inner>>, Query(p): Params) -> Response {
     inner.record("gettoken");
+    if inner.outage.load(Ordering::SeqCst) {
+        return outage_page();
+    }
     if p.get("corpid").map(String::as_str) != Some(CORP_ID) {
         return wecom_error(40013, "invalid corpid");
     }
@@ -283,6 +304,9 @@ async fn gettoken(State(inner): State<Arc<Inner>>, Query(p): Params) -> Response
 
 async fn getuserinfo(State(inner): State<Arc<Inner>>, Query(p): Params) -> Response {
     inner.record("auth/getuserinfo");
+    if inner.outage.load(Ordering::SeqCst) {
+        return outage_page();
+    }
     if !inner.valid_token(&p) {
         return wecom_error(40014, "invalid access_token");
     }
@@ -375,6 +399,9 @@ async fn oauth_token(
     body: String,
 ) -> Response {
     inner.record("oauth/token");
+    if inner.outage.load(Ordering::SeqCst) {
+        return outage_page();
+    }
     let want = format!(
         "Basic {}",
         STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))

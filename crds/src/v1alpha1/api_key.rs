@@ -22,6 +22,18 @@ const MAX_KEY_LIFETIME: Duration = Duration::from_secs(87600 * 3600);
 const MIN_KEY_PERIOD: Duration = Duration::from_secs(60);
 /// Longest rotation period and grace period of a key: one year.
 const MAX_KEY_ROTATION: Duration = Duration::from_secs(8760 * 3600);
+/// Default lifetime of a client certificate the operator issues: 24 hours,
+/// renewed when two thirds of it have passed (8 hours before expiry), so a
+/// consumer that stopped reloading its Secret fails within a day, and a
+/// stolen certificate is good for at most a day (plus revocation, which is
+/// immediate: see `ChatApiKeySpec::credential`).
+pub const DEFAULT_CLIENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest client certificate lifetime: one minute (tests use it).
+const MIN_CLIENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest client certificate lifetime: 30 days. Certificates cannot be
+/// revoked by a CRL here; only short lives keep a leaked one's use short
+/// where the ChatApiKey is not deleted.
+const MAX_CLIENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(720 * 3600);
 
 /// An API key for a SecureChatModel, with a lifecycle: Active -> Rotating
 /// (the old secret still works until the grace period ends) -> Suspended
@@ -51,7 +63,11 @@ const MAX_KEY_ROTATION: Duration = Duration::from_secs(8760 * 3600);
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(has(self.expiresAfter) && has(self.expiresAt))",
-     "message": "expiresAfter and expiresAt are mutually exclusive: set one of them"}
+     "message": "expiresAfter and expiresAt are mutually exclusive: set one of them"},
+    {"rule": "!has(self.clientCertificate) || (has(self.credential) && self.credential != 'ApiKey')",
+     "message": "clientCertificate: set only with credential ClientCertificate or Both"},
+    {"rule": "!has(self.rotation) || !has(self.credential) || self.credential != 'ClientCertificate'",
+     "message": "rotation rotates an API key; a ClientCertificate credential has none (its certificate renews by clientCertificate.lifetime)"}
 ]))]
 pub struct ChatApiKeySpec {
     /// The SecureChatModel this key is for. Immutable: a key belongs to one
@@ -102,6 +118,87 @@ pub struct ChatApiKeySpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub secret_name: Option<String>,
+
+    /// What the consumer Secret holds: ApiKey (default; `api-key`),
+    /// ClientCertificate (`tls.crt`, `tls.key`, `ca.crt`: a short-lived
+    /// client certificate from the model's CA, no API key) or Both. The
+    /// certificate's URI SAN is the SPIFFE ID
+    /// `spiffe://<model's auth.mtls.trustDomain>/ns/<this namespace>/sa/<clientCertificate.serviceAccountName>`,
+    /// bound to this key in the model's key table: the server accepts
+    /// that identity at this key's tier without an auth.mtls.allow entry,
+    /// and deleting (or suspending) the ChatApiKey refuses it at once,
+    /// though the certificate is still valid. With Both, the API key works
+    /// only beside the certificate (a key copied off the workload is
+    /// useless). Certificates need the model's auth.mtls.mode Optional or
+    /// Required, its own CA (tls.mode not ExistingSecret) and no
+    /// auth.mtls.trustBundle.
+    #[serde(default, skip_serializing_if = "Credential::is_api_key")]
+    pub credential: Credential,
+
+    /// The client certificate (credential ClientCertificate or Both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateSpec>,
+}
+
+/// The credentials a ChatApiKey issues.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Credential {
+    /// An API key (`api-key` in the consumer Secret).
+    #[default]
+    ApiKey,
+    /// A client certificate (`tls.crt`, `tls.key`, `ca.crt`), no API key.
+    ClientCertificate,
+    /// Both; the API key is bound to the certificate's SPIFFE ID.
+    Both,
+}
+
+impl Credential {
+    /// Whether the consumer gets an API key.
+    pub fn has_api_key(self) -> bool {
+        self != Credential::ClientCertificate
+    }
+
+    /// Whether the consumer gets a client certificate.
+    pub fn has_certificate(self) -> bool {
+        self != Credential::ApiKey
+    }
+
+    fn is_api_key(&self) -> bool {
+        *self == Credential::ApiKey
+    }
+}
+
+/// A client certificate's identity and lifetime.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateSpec {
+    /// The service account in the SPIFFE ID's path
+    /// (`.../ns/<namespace>/sa/<this>`): the workload that mounts the
+    /// Secret. Default: the ChatApiKey's name. The namespace is always the
+    /// ChatApiKey's own, so a namespace cannot mint another's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: Option<String>,
+
+    /// How long each certificate is valid (Go duration): at least 1m, at
+    /// most 720h; default 24h. A new one is written when two thirds of it
+    /// have passed; the previous one stays valid until its own expiry, so
+    /// consumers that reload the Secret never hold an expired certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        cel::duration_bounds("clientCertificate.lifetime", Some(MIN_CLIENT_CERTIFICATE_LIFETIME), MAX_CLIENT_CERTIFICATE_LIFETIME)
+    ]))]
+    pub lifetime: Option<Duration>,
+}
+
+impl ClientCertificateSpec {
+    /// `lifetime`, else the default.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime.unwrap_or(DEFAULT_CLIENT_CERTIFICATE_LIFETIME)
+    }
 }
 
 /// Reference to a SecureChatModel.
@@ -237,4 +334,26 @@ pub struct ChatApiKeyStatus {
     /// value equal to it does not rotate again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_rotate_request: Option<String>,
+
+    /// The client certificate now in the consumer Secret (credential
+    /// ClientCertificate or Both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateStatus>,
+}
+
+/// The client certificate the consumer Secret holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateStatus {
+    /// Its URI SAN.
+    #[serde(rename = "spiffeID")]
+    pub spiffe_id: String,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the operator writes its successor (two thirds of its life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Time>,
 }

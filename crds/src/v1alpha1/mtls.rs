@@ -64,6 +64,30 @@ pub struct MtlsSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub allow: Vec<SpiffeAllow>,
+
+    /// The trust domain of the SPIFFE IDs in client certificates the
+    /// operator issues to ChatApiKeys (`credential: ClientCertificate` or
+    /// `Both`): `spiffe://<trustDomain>/ns/<namespace>/sa/<sa>`. Default
+    /// `cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9._-]+$"))]
+    pub trust_domain: Option<String>,
+}
+
+/// The trust domain when `auth.mtls.trustDomain` is unset.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+impl MtlsSpec {
+    /// `trustDomain`, else [`DEFAULT_TRUST_DOMAIN`].
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN)
+    }
+}
+
+/// The SPIFFE ID of service account `sa` in `namespace` (the Kubernetes
+/// convention SPIRE and Istio use).
+pub fn spiffe_id(trust_domain: &str, namespace: &str, sa: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
 }
 
 /// A ConfigMap in the model's namespace holding PEM CA certificates.

@@ -87,6 +87,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
         mode: mtls_mode,
         trust_bundle: _, // the Deployment's client-ca volume (files.clientCaBundle)
         allow,
+        trust_domain: _, // the ChatApiKey controller (client certificates)
     } = mtls;
     let NetworkSpec {
         ingress: _, // the NetworkPolicy

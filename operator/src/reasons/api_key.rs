@@ -46,11 +46,24 @@ pub enum KeyReason {
     /// this ChatApiKey did not create (someone else's, or the model's key
     /// table); the operator leaves it untouched and mints nothing.
     SecretConflict,
+    /// Ready=False (and a Warning Event): `spec.credential` asks for a
+    /// client certificate the model cannot honour: its `auth.mtls.mode` is
+    /// Disabled (the server would never ask for it), it serves a
+    /// certificate of its own (`tls.mode: ExistingSecret`, so the operator
+    /// holds no CA to sign with), or it trusts another bundle
+    /// (`auth.mtls.trustBundle`, which the operator's CA is not in).
+    /// Nothing is issued.
+    ClientCertificateUnavailable,
+    /// Ready=False (and a Warning Event): another key in the model's table
+    /// is bound to the SPIFFE ID this key's certificate would carry; two
+    /// records for one identity would leave its tier to chance. Nothing is
+    /// issued; choose another `clientCertificate.serviceAccountName`.
+    IdentityConflict,
 }
 
 impl KeyReason {
     /// Every reason, for parsing a stored condition back.
-    pub const ALL: [KeyReason; 10] = [
+    pub const ALL: [KeyReason; 12] = [
         KeyReason::Active,
         KeyReason::Rotating,
         KeyReason::Suspended,
@@ -61,6 +74,8 @@ impl KeyReason {
         KeyReason::NamespaceNotAllowed,
         KeyReason::SecretConflict,
         KeyReason::TierNotAllowed,
+        KeyReason::ClientCertificateUnavailable,
+        KeyReason::IdentityConflict,
     ];
 
     /// The reason written as `text`, if it is one of ours.
@@ -80,7 +95,9 @@ impl KeyReason {
             Self::ModelNotFound
             | Self::NamespaceNotAllowed
             | Self::SecretConflict
-            | Self::TierNotAllowed => Progress::Stalled,
+            | Self::TierNotAllowed
+            | Self::ClientCertificateUnavailable
+            | Self::IdentityConflict => Progress::Stalled,
         }
     }
 
@@ -97,6 +114,8 @@ impl KeyReason {
             Self::NamespaceNotAllowed => "NamespaceNotAllowed",
             Self::SecretConflict => "SecretConflict",
             Self::TierNotAllowed => "TierNotAllowed",
+            Self::ClientCertificateUnavailable => "ClientCertificateUnavailable",
+            Self::IdentityConflict => "IdentityConflict",
         }
     }
 
@@ -108,7 +127,13 @@ impl KeyReason {
     /// Whether this is trouble someone must act on (a Warning Event), as
     /// opposed to a state the key passes through or was asked for.
     pub fn is_warning(self) -> bool {
-        matches!(self, Self::SecretConflict | Self::TierNotAllowed)
+        matches!(
+            self,
+            Self::SecretConflict
+                | Self::TierNotAllowed
+                | Self::ClientCertificateUnavailable
+                | Self::IdentityConflict
+        )
     }
 }
 
@@ -122,7 +147,7 @@ impl std::fmt::Display for KeyReason {
 mod tests {
     use super::*;
 
-    const ALL: [KeyReason; 10] = KeyReason::ALL;
+    const ALL: [KeyReason; 12] = KeyReason::ALL;
 
     /// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`
     /// (the API server refuses others) and be told apart.

@@ -48,6 +48,10 @@ pub enum OAuth2Error {
     /// WeCom: the person who scanned is not a member of the corp.
     #[error("not a member of this organisation (WeChat Work answered with an openid only)")]
     NotAMember,
+    /// The provider failed repeatedly and its circuit is open: refused
+    /// without calling it.
+    #[error("failing repeatedly, not called for now: {0}")]
+    CircuitOpen(#[from] crate::breaker::Refused),
     /// The mounted client secret could not be read.
     #[error("reading the client secret {path}: {source}")]
     Secret {
@@ -67,7 +71,10 @@ impl OAuth2Error {
     pub fn is_provider_failure(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Malformed { .. } | Self::Secret { .. }
+            Self::Unreachable { .. }
+                | Self::Malformed { .. }
+                | Self::CircuitOpen(_)
+                | Self::Secret { .. }
         )
     }
 }
@@ -214,6 +221,7 @@ pub async fn exchange_code(
         .await
         .map_err(OAuth2Error::http(STEP))?;
     let status = response.status();
+    failed_provider(STEP, status)?;
     let body: Value = response.json().await.map_err(OAuth2Error::http(STEP))?;
     if let Some(error) = body.get("error").and_then(Value::as_str) {
         let description = body
@@ -245,6 +253,19 @@ pub async fn exchange_code(
         })
 }
 
+/// A 5xx is the provider's failure whatever its body says (often a
+/// gateway's HTML page): the 502 page and a failure for its breaker, not
+/// a refused sign-in.
+fn failed_provider(step: &'static str, status: reqwest::StatusCode) -> Result<(), OAuth2Error> {
+    if status.is_server_error() {
+        return Err(OAuth2Error::Malformed {
+            step,
+            detail: format!("HTTP {status}"),
+        });
+    }
+    Ok(())
+}
+
 /// Calls the user-info endpoint with the access token.
 pub async fn user_info(
     http: &reqwest::Client,
@@ -260,6 +281,7 @@ pub async fn user_info(
         .await
         .map_err(OAuth2Error::http(STEP))?;
     let status = response.status();
+    failed_provider(STEP, status)?;
     if !status.is_success() {
         return Err(OAuth2Error::Refused {
             step: STEP,

@@ -163,6 +163,9 @@ impl ServedModel {
             ("Secret", "tls", "tls"),
             ("Secret", "signing-keys", "signing-keys"),
             ("Secret", "api-keys", "api-keys"),
+            // The client CA bundle (auth.mtls without a trustBundle): the
+            // model's own CA bundle, as the Deployment mounts it.
+            ("ConfigMap", "ca-bundle", "client-ca"),
         ] {
             project(
                 kube,
@@ -177,11 +180,15 @@ impl ServedModel {
             etc.join("tls/tls.crt"),
             etc.join("signing-keys/keyset.json"),
             etc.join("api-keys/api-keys.json"),
+            etc.join("client-ca/ca.crt"),
         ];
         for app in apps {
             let at = dir.path().join("apps").join(app);
             project(kube, namespace, "Secret", app, at.clone());
-            files.extend([at.join("api-key"), at.join("ca.crt")]);
+            // Every consumer Secret has ca.crt, whatever its credential
+            // (an API key, a client certificate, both), and is projected
+            // whole: its other files are there once ca.crt is.
+            files.push(at.join("ca.crt"));
         }
         for f in &files {
             wait_for_file(f).await;
@@ -210,7 +217,8 @@ impl ServedModel {
         }
     }
 
-    /// Where the consumer Secret `name` is projected (`api-key`, `ca.crt`).
+    /// Where the consumer Secret `name` is projected (`api-key`, `ca.crt`,
+    /// `tls.crt`/`tls.key` for a client certificate).
     pub fn app(&self, name: &str) -> PathBuf {
         self.dir.path().join("apps").join(name)
     }

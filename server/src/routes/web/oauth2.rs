@@ -197,18 +197,29 @@ async fn identify(
         .map(oauth2::read_secret)
         .transpose()?;
     let http = state.oidc.http();
+    // The provider's calls for one sign-in go through its breaker: while
+    // it keeps failing, a sign-in gets the 502 page at once instead of
+    // waiting out `outbound.timeout` per call.
+    let breaker = state
+        .sign_in_breakers
+        .get(&format!("oauth2:{}", provider.name));
     if let Some(settings) = &provider.oauth2 {
-        let access_token = oauth2::exchange_code(
-            http,
-            settings,
-            &provider.client_id,
-            secret.as_deref(),
-            code,
-            &pending.redirect_uri,
-            settings.pkce.then_some(pending.code_verifier.as_str()),
-        )
-        .await?;
-        let user = oauth2::user_info(http, settings, &access_token).await?;
+        let calls = async {
+            let access_token = oauth2::exchange_code(
+                http,
+                settings,
+                &provider.client_id,
+                secret.as_deref(),
+                code,
+                &pending.redirect_uri,
+                settings.pkce.then_some(pending.code_verifier.as_str()),
+            )
+            .await?;
+            oauth2::user_info(http, settings, &access_token).await
+        };
+        let user = breaker
+            .call(calls, OAuth2Error::is_provider_failure)
+            .await??;
         let tier = oauth2::tier_of(&user.roles, &settings.role_mapping, provider.default_tier);
         return Ok((user, tier));
     }
@@ -218,15 +229,16 @@ async fn identify(
             detail: "a WeCom provider needs its wecom settings and clientSecretFile".into(),
         });
     };
-    let member = WeComClient {
+    let wecom = WeComClient {
         http,
         cache: &state.wecom_tokens,
         settings,
         corp_id: &provider.client_id,
         corp_secret,
-    }
-    .identify(code)
-    .await?;
+    };
+    let member = breaker
+        .call(wecom.identify(code), OAuth2Error::is_provider_failure)
+        .await??;
     let tier = wecom::tier_of(
         settings,
         &member.departments,
