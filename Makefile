@@ -98,6 +98,10 @@ test-unit: model ## the fast tests that need no control plane: unit tests of eve
 bench: model ## every benchmark (filter, JWT, server vs the seed stack, inference vs llama.cpp, concurrent chat vs llama-server, operator convergence, shared store vs in memory) -> benches/RESULTS.md
 	@scripts/bench.sh
 
+.PHONY: check-gpu
+check-gpu: model ## the checks that need an NVIDIA GPU (fail without one): the CUDA image's server and libraries plus the GPU tests into .securechat/gpu-check, GPU vs CPU parity (SmolLM2, tiny GLM-4), a streamed answer from the CUDA image's server (--device cuda), throughput at 1/8/32 sequences -> benches/RESULTS.md
+	@scripts/check-gpu.sh
+
 .PHONY: fuzz-smoke
 fuzz-smoke: ## run every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each; nightly, installs cargo-fuzz once
 	@scripts/fuzz-smoke.sh

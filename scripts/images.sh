@@ -9,6 +9,14 @@
 # in a loopback registry that lives only for this script, sets user,
 # entrypoint, env and labels, and pulls the result out as an OCI layout and
 # a tarball (`docker load` / `podman load` accept it) under target/images/.
+#
+# The server also comes built with CUDA (`--features cuda`), as
+# securechat-server-cuda (tag <version>-cuda): a glibc binary with the CUDA
+# user-space libraries it links (cuBLAS, cuBLASLt, cuRAND, cudart, NVRTC,
+# from the NVIDIA wheels scripts/cuda-toolkit.sh gathers) under
+# /usr/local/cuda/lib64, and nothing of the driver: the NVIDIA container
+# toolkit mounts libcuda.so.1 into GPU containers. The operator gives it to
+# pods with `resources.gpu.count > 0`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -32,7 +40,11 @@ musl=x86_64-unknown-linux-musl
 # (glibc, with their libraries) and builds nothing: the real test node's
 # images (tests/cluster/node-images.sh) reuse the test build's binaries
 # instead of a cold musl build. IMAGE_OUT moves the output (default
-# target/images).
+# target/images). The CUDA image: IMAGE_CUDA_BIN=FILE packs a server
+# already built with `--features cuda` (glibc); IMAGE_CUDA=0, or
+# IMAGE_BIN_DIR without IMAGE_CUDA_BIN (the real test node has no GPU),
+# leaves it out; otherwise it is built here (slow: nvcc compiles candle's
+# kernels once per target directory).
 profile=${IMAGE_CARGO_PROFILE:-release}
 case $profile in
 dev) profile_dir=debug ;;
@@ -44,6 +56,30 @@ step() { echo "== $* ($((SECONDS - t0))s)"; }
 
 tests/cluster/build-tools.sh crane
 scripts/fetch-model.sh
+
+# Where the containers find the CUDA libraries (LD_LIBRARY_PATH in the
+# image), and the GPU generation compiled for (see scripts/lib/cuda.sh).
+# shellcheck source=lib/cuda.sh
+. scripts/lib/cuda.sh
+cuda_lib_dir=$CUDA_IMAGE_LIB_DIR
+cuda_compute_cap=$CUDA_IMAGE_COMPUTE_CAP
+cuda_bin=""
+if [ -n "${IMAGE_CUDA_BIN:-}" ]; then
+	[ -x "$IMAGE_CUDA_BIN" ] || { echo "images: IMAGE_CUDA_BIN=$IMAGE_CUDA_BIN is not an executable" >&2; exit 1; }
+	cuda_bin=$IMAGE_CUDA_BIN
+elif [ "${IMAGE_CUDA:-1}" != 0 ] && [ -z "${IMAGE_BIN_DIR:-}" ]; then
+	step "cargo build --profile $profile --features cuda (CUDA_COMPUTE_CAP=$cuda_compute_cap)"
+	(
+		# The toolkit's environment (nvcc on PATH, its libraries on
+		# LIBRARY_PATH) for this build only, not the CPU ones below.
+		eval "$(scripts/cuda-toolkit.sh)"
+		CUDA_COMPUTE_CAP=$cuda_compute_cap CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
+			cargo build --profile "$profile" --locked -p securechat-server --features cuda
+	)
+	# The CPU build below writes the same path: keep this one aside.
+	cuda_bin="$target_dir/$profile_dir/securechat-server.cuda"
+	cp "$target_dir/$profile_dir/securechat-server" "$cuda_bin"
+fi
 
 # Static binaries: the musl target when rustup has it (its self-contained
 # libc and crt objects need no musl toolchain on the host); otherwise a
@@ -112,6 +148,31 @@ layer() {
 	rm -rf "$1"
 }
 
+# stage_cuda DIR BINARY: the CUDA build under /usr/local/bin, the CUDA
+# libraries it links under $cuda_lib_dir, everything else it links (glibc,
+# libstdc++) at its absolute path; libcuda.so.1 (the driver's) stays out.
+stage_cuda() {
+	local dir=$1 bin=$2 cuda_home
+	cuda_home=$(sed -n 's/^export CUDA_HOME="\(.*\)"$/\1/p' <(scripts/cuda-toolkit.sh))
+	install -s -D -m 0755 "$bin" "$dir/usr/local/bin/securechat-server"
+	local deps
+	deps=$(LD_LIBRARY_PATH="$cuda_home/lib" ldd "$bin")
+	if echo "$deps" | grep "not found" | grep -v "libcuda.so.1 " >&2; then
+		echo "images: $bin links libraries that are not in $cuda_home/lib nor on this host" >&2
+		exit 1
+	fi
+	echo "$deps" | awk '/=> \//{print $1, $3} /^\t\/lib/{print $1, $1}' | while read -r soname lib; do
+		case $lib in
+		"$cuda_home"/*) install -D -m 0644 "$(readlink -f "$lib")" "$dir$cuda_lib_dir/$soname" ;;
+		*) install -D -m 0755 "$(readlink -f "$lib")" "$dir$lib" ;;
+		esac
+	done
+	# NVRTC loads its builtins with dlopen, which ldd does not see.
+	for lib in "$cuda_home"/lib/libnvrtc-builtins.so.*; do
+		install -m 0644 "$lib" "$dir$cuda_lib_dir/$(basename "$lib")"
+	done
+}
+
 step "layers"
 # Base: what distroless/static has and the binaries need: the nonroot user
 # (65532), CA certificates (OIDC discovery and JWKS over HTTPS), /tmp.
@@ -134,6 +195,15 @@ stage_binary "$work/server" "$bin_dir/securechat-server"
 layer "$work/server" "$work/server.tar"
 stage_binary "$work/operator" "$bin_dir/securechat-operator"
 layer "$work/operator" "$work/operator.tar"
+if [ -n "$cuda_bin" ]; then
+	stage_cuda "$work/server-cuda" "$cuda_bin"
+	# The libraries (~1 GB) change with the toolkit, the binary with every
+	# commit: two layers, so a new binary is a small pull.
+	mkdir -p "$work/cuda-libs/usr/local/cuda"
+	mv "$work/server-cuda$cuda_lib_dir" "$work/cuda-libs$cuda_lib_dir"
+	layer "$work/cuda-libs" "$work/cuda-libs.tar"
+	layer "$work/server-cuda" "$work/server-cuda.tar"
+fi
 
 step "images (crane $(crane version))"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -156,7 +226,8 @@ labels=(
 	-l "dev.securechat.linkage=$linkage"
 )
 
-# image NAME ENTRYPOINT CMD MUTATE_ARGS... LAYERS...
+# build_image NAME TITLE DESCRIPTION ENTRYPOINT CMD MUTATE_ARGS... LAYERS...
+# (IMAGE_TAG_SUFFIX=-cuda tags it <version>-cuda)
 build_image() {
 	local name=$1 title=$2 description=$3 entrypoint=$4 cmd=$5
 	shift 5
@@ -167,7 +238,7 @@ build_image() {
 		*) extra+=("$1"); shift ;;
 		esac
 	done
-	local ref="$registry/securechat/$name:$version"
+	local ref="$registry/securechat/${name%-cuda}:$version${IMAGE_TAG_SUFFIX:-}"
 	crane append --oci-empty-base "${layers[@]}" -t "$ref" >/dev/null
 	crane mutate "$ref" -t "$ref" \
 		--set-platform linux/amd64 \
@@ -184,13 +255,31 @@ build_image() {
 }
 
 mkdir -p "$out"
+# Started bare, the server serves the config mounted where the operator
+# mounts it (and says what to pass when there is none); `serve --dev` is a
+# local trial with generated keys in /tmp/securechat. The addresses listen
+# on every interface, as a container's must.
+server_cmd="serve,--config,/etc/securechat/config/config.yaml"
+server_env=(
+	-e "SECURECHAT_MODEL=$EMBEDDED_MODEL_DIR/$DEFAULT_MODEL_FILE"
+	-e SECURECHAT_API_ADDR=0.0.0.0:8000 -e SECURECHAT_WEB_ADDR=0.0.0.0:8501
+	-e SECURECHAT_DATA_DIR=/tmp/securechat
+)
 build_image securechat-server securechat-server \
 	"securechat chat server: HTTPS, auth, filters, inference; default model included" \
-	/usr/local/bin/securechat-server \
-	"serve,--dev,--data-dir,/tmp/securechat,--api-addr,0.0.0.0:8000,--web-addr,0.0.0.0:8501" \
-	-e "SECURECHAT_MODEL=$EMBEDDED_MODEL_DIR/$DEFAULT_MODEL_FILE" \
+	/usr/local/bin/securechat-server "$server_cmd" "${server_env[@]}" \
 	--exposed-ports 8000,8501 \
 	-f "$work/base.tar" -f "$work/model.tar" -f "$work/server.tar"
+if [ -n "$cuda_bin" ]; then
+	IMAGE_TAG_SUFFIX=-cuda build_image securechat-server-cuda securechat-server-cuda \
+		"securechat chat server built with CUDA (the NVIDIA container toolkit provides the driver); default model included" \
+		/usr/local/bin/securechat-server "$server_cmd" "${server_env[@]}" \
+		-e "LD_LIBRARY_PATH=$cuda_lib_dir" -e NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+		-l "dev.securechat.cuda-compute-capability=compute_$cuda_compute_cap (PTX)" \
+		-l dev.securechat.linkage=glibc-with-libs \
+		--exposed-ports 8000,8501 \
+		-f "$work/base.tar" -f "$work/model.tar" -f "$work/cuda-libs.tar" -f "$work/server-cuda.tar"
+fi
 build_image securechat-operator securechat-operator \
 	"securechat operator: deploys chat models securely on Kubernetes" \
 	/usr/local/bin/securechat-operator run \

@@ -282,6 +282,7 @@ fn operator_args_follow_the_values() {
     );
     for expected in [
         "--server-image=securechat/server:0.1.0",
+        "--server-cuda-image=securechat/server:0.1.0-cuda",
         "--log-level=info",
         "--log-format=json",
         "--max-concurrent-reconciles=8",
@@ -311,6 +312,8 @@ fn operator_args_follow_the_values() {
         "serverImage.repository=registry.example/securechat-server",
         "--set",
         &format!("serverImage.digest={digest}"),
+        "--set",
+        "serverImage.cuda.tag=0.1.0-cuda12",
     ])));
     for expected in [
         "--namespace=team-a".to_string(),
@@ -319,6 +322,7 @@ fn operator_args_follow_the_values() {
         "--log-format=text".to_string(),
         "--max-concurrent-reconciles=32".to_string(),
         format!("--server-image=registry.example/securechat-server@{digest}"),
+        "--server-cuda-image=registry.example/securechat-server:0.1.0-cuda12".to_string(),
     ] {
         assert!(custom.contains(&expected), "{expected} not in {custom:?}");
     }

@@ -270,11 +270,11 @@ fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() 
     let (api, web) = (free_port(), free_port());
     let entrypoint = strings(&image.config["config"]["Entrypoint"]);
     let model = env_value(&image.config, "SECURECHAT_MODEL").expect("SECURECHAT_MODEL");
+    // `serve --dev` alone is a local trial: the image's environment names
+    // its data directory.
     let server_args = [
         "serve",
         "--dev",
-        "--data-dir",
-        "/tmp/securechat",
         "--api-addr",
         &format!("127.0.0.1:{api}"),
         "--web-addr",
@@ -282,38 +282,12 @@ fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() 
         "--model",
         model,
     ];
-    // As root: chroot into the unpacked image and drop to 65532, as a
-    // container runtime would. Otherwise: a user namespace that maps the
-    // caller to 65532 and chroots (unshare --root) before the exec.
     let as_root = effective_uid() == 0;
-    // The child gets only the image's environment (its PATH names the
-    // image's directories), so the launcher is looked up on the host's PATH.
-    let mut command = if as_root {
-        let mut c = Command::new(host_tool("chroot"));
-        c.arg(format!("--userspec={UID}:{UID}")).arg(&root);
-        c
-    } else {
-        let mut c = Command::new(host_tool("unshare"));
-        c.args([
-            "--user",
-            &format!("--map-user={UID}"),
-            &format!("--map-group={UID}"),
-        ])
-        .arg(format!("--root={}", root.display()));
-        c
-    };
     // The log stays outside the root, which holds only the image's files.
     let log = root.with_extension("log");
-    let child = command
+    let child = in_image(&image, &root)
         .arg(entrypoint[0])
         .args(server_args)
-        // Only what the image configures: no host environment leaks in.
-        .env_clear()
-        .envs(
-            strings(&image.config["config"]["Env"])
-                .into_iter()
-                .filter_map(|e| e.split_once('=')),
-        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
@@ -375,4 +349,223 @@ fn server_from_the_image_runs_as_nonroot_in_an_empty_root_and_answers_healthz() 
     drop(server);
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&log);
+}
+
+/// A command run inside an unpacked image as uid 65532 with only the
+/// image's environment. As root: chroot into the root and drop to 65532, as
+/// a container runtime would. Otherwise: a user namespace that maps the
+/// caller to 65532 and chroots (unshare --root) before the exec.
+fn in_image(image: &Image, root: &Path) -> Command {
+    // The child gets only the image's environment (its PATH names the
+    // image's directories), so the launcher is looked up on the host's PATH.
+    let mut command = if effective_uid() == 0 {
+        let mut c = Command::new(host_tool("chroot"));
+        c.arg(format!("--userspec={UID}:{UID}")).arg(root);
+        c
+    } else {
+        let mut c = Command::new(host_tool("unshare"));
+        c.args([
+            "--user",
+            &format!("--map-user={UID}"),
+            &format!("--map-group={UID}"),
+        ])
+        .arg(format!("--root={}", root.display()));
+        c
+    };
+    // Only what the image configures: no host environment leaks in.
+    command.env_clear().envs(
+        strings(&image.config["config"]["Env"])
+            .into_iter()
+            .filter_map(|e| e.split_once('=')),
+    );
+    command
+}
+
+/// Runs the image's entrypoint with `args` inside its unpacked root; its
+/// exit status and what it wrote to stderr.
+fn run_entrypoint(image: &Image, root: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let entrypoint = strings(&image.config["config"]["Entrypoint"]);
+    let out = in_image(image, root)
+        .arg(entrypoint[0])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the entrypoint in the image root");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Started bare, the server image serves the config mounted where the
+/// operator mounts it, and with none there says what to pass; asked for a
+/// GPU it does not have (the CPU build), it exits saying so, which the
+/// operator reads from the termination message (GpuUnavailable).
+#[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
+fn a_bare_server_image_says_what_to_pass_and_never_falls_back_from_a_gpu() {
+    let image = image("securechat-server");
+    let cmd = strings(&image.config["config"]["Cmd"]);
+    assert_eq!(
+        cmd,
+        ["serve", "--config", "/etc/securechat/config/config.yaml"],
+        "the default command is not a dev mode"
+    );
+    let root = tempfile_dir("bare");
+    unpack(&image, &root);
+    let (status, stderr) = run_entrypoint(&image, &root, &cmd);
+    assert!(
+        !status.success(),
+        "a bare start with no config serves nothing"
+    );
+    assert!(
+        stderr.contains("no config file at /etc/securechat/config/config.yaml")
+            && stderr.contains("serve --dev"),
+        "{stderr}"
+    );
+    let (status, stderr) = run_entrypoint(&image, &root, &["serve", "--dev", "--device", "cuda"]);
+    assert!(!status.success(), "--device cuda on a build without CUDA");
+    assert!(
+        stderr.contains(securechat_crds::files::names::GPU_UNAVAILABLE_MESSAGE),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+const CUDA_IMAGE: &str = "securechat-server-cuda";
+const CUDA_LIB_DIR: &str = "/usr/local/cuda/lib64";
+
+/// The CUDA server image: the CPU image's user, entrypoint, command and
+/// model, plus the CUDA libraries on LD_LIBRARY_PATH and nothing of the
+/// driver; NVIDIA_VISIBLE_DEVICES is the device plugin's to set.
+#[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
+fn cuda_image_is_the_server_image_plus_the_cuda_libraries_without_the_driver() {
+    let cpu = image("securechat-server");
+    let cuda = image(CUDA_IMAGE);
+    let c = &cuda.config;
+    assert_eq!(c["architecture"], "amd64");
+    assert_eq!(c["config"]["User"].as_str(), Some(&*format!("{UID}:{UID}")));
+    for key in ["Entrypoint", "Cmd", "ExposedPorts"] {
+        assert_eq!(c["config"][key], cpu.config["config"][key], "{key}");
+    }
+    assert_eq!(env_value(c, "SECURECHAT_MODEL"), Some(MODEL));
+    assert_eq!(env_value(c, "LD_LIBRARY_PATH"), Some(CUDA_LIB_DIR));
+    assert_eq!(
+        env_value(c, "NVIDIA_DRIVER_CAPABILITIES"),
+        Some("compute,utility")
+    );
+    assert_eq!(env_value(c, "NVIDIA_VISIBLE_DEVICES"), None);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        c["config"]["Labels"]["org.opencontainers.image.version"].as_str(),
+        Some(version)
+    );
+    assert_eq!(cuda.layers.len(), 4, "base, model, CUDA libraries, binary");
+
+    let root = tempfile_dir("cuda-files");
+    unpack(&cuda, &root);
+    let binary = root.join("usr/local/bin/securechat-server");
+    let model = root.join(MODEL.trim_start_matches('/'));
+    let libs = root.join(CUDA_LIB_DIR.trim_start_matches('/'));
+    use std::os::unix::fs::MetadataExt;
+    for path in [&binary, &model] {
+        let meta = std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{} missing from the image: {e}", path.display()));
+        assert_eq!(meta.uid(), 0, "{} owned by root", path.display());
+        assert_eq!(
+            meta.mode() & 0o022,
+            0,
+            "{} writable by others",
+            path.display()
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(&libs)
+        .expect("the CUDA library directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    for lib in [
+        "libcublas.so.",
+        "libcublasLt.so.",
+        "libcurand.so.",
+        "libcudart.so.",
+        "libnvrtc.so.",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(lib)),
+            "{lib}* not in {names:?}"
+        );
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("etc/passwd");
+    assert!(
+        passwd.contains(&format!("nonroot:x:{UID}:{UID}:")),
+        "{passwd}"
+    );
+    // Nothing of the driver, and nothing to run but the server.
+    let found = Command::new("find")
+        .arg(&root)
+        .args(["-name", "libcuda.so*", "-o", "-name", "libnvidia*"])
+        .output()
+        .expect("run find");
+    assert!(
+        found.stdout.is_empty(),
+        "driver files in the image: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    for absent in ["bin/sh", "usr/bin", "sbin"] {
+        assert!(!root.join(absent).exists(), "/{absent} in the image");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Every shared library the CUDA build links resolves inside the image,
+/// with the image's LD_LIBRARY_PATH, except the driver's libcuda.so.1;
+/// started without it (no GPU given to the container), the server fails at
+/// once with the loader's message naming it (the operator's GpuUnavailable).
+#[test]
+#[ignore = "needs `make images` (static release builds); run with `make check-all`"]
+fn cuda_image_resolves_every_library_but_the_drivers_and_fails_fast_without_it() {
+    let cuda = image(CUDA_IMAGE);
+    let root = tempfile_dir("cuda-ldd");
+    unpack(&cuda, &root);
+    // The image's own loader lists what the binary would load, in the
+    // image's root, with the image's environment.
+    let out = in_image(&cuda, &root)
+        .args([
+            "/lib64/ld-linux-x86-64.so.2",
+            "--list",
+            "/usr/local/bin/securechat-server",
+        ])
+        .output()
+        .expect("run the image's loader");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let missing: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(missing, ["libcuda.so.1 => not found"], "{listing}");
+    for lib in [
+        "libcublas.so",
+        "libcublasLt.so",
+        "libcurand.so",
+        "libcudart.so",
+        "libnvrtc.so",
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.contains(&format!("{lib}."))
+                    && l.contains(&format!("=> {CUDA_LIB_DIR}/"))),
+            "{lib} not resolved under {CUDA_LIB_DIR}:\n{listing}"
+        );
+    }
+    let (status, stderr) = run_entrypoint(&cuda, &root, &["serve", "--dev", "--device", "cuda"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(securechat_crds::files::names::MISSING_DRIVER_LIBRARY),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Server image for SecureChatModels that name none.
     #[arg(long, env = "SECURECHAT_SERVER_IMAGE", default_value = concat!("securechat/server:", env!("CARGO_PKG_VERSION")))]
     pub server_image: String,
+    /// Server image built with CUDA, for SecureChatModels with
+    /// `resources.gpu.count > 0` that name none. Default: the server
+    /// image's tag with `-cuda` appended, as `make images` tags it.
+    #[arg(long, env = "SECURECHAT_SERVER_CUDA_IMAGE")]
+    pub server_cuda_image: Option<String>,
     /// Where /metrics, /healthz and /readyz are served (plain HTTP).
     #[arg(
         long,

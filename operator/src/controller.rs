@@ -37,7 +37,7 @@ use crate::status::{
     requeue_after, status_events,
 };
 use crate::status_writer::patch_status;
-use crate::{Error, FIELD_MANAGER, Result, access_policy, material, reasons, references};
+use crate::{Error, FIELD_MANAGER, Result, access_policy, health, material, reasons, references};
 
 /// The reconciler's shared context (kube-runtime's `Arc<Context>`), given to
 /// every reconcile of both controllers.
@@ -45,6 +45,8 @@ pub struct Context {
     pub client: Client,
     /// Server image for models that name none.
     pub default_image: String,
+    /// Server image for models with GPUs that name none: the CUDA build.
+    pub cuda_image: String,
     pub metrics: Arc<Metrics>,
     /// Reconciles at once per controller (`--max-concurrent-reconciles`).
     pub max_concurrent_reconciles: u16,
@@ -60,10 +62,17 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            cuda_image: cuda_image_of(&default_image),
             default_image,
             metrics,
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
+    }
+
+    /// With the CUDA server image given to GPU pods (`--server-cuda-image`).
+    pub fn with_cuda_image(mut self, image: String) -> Self {
+        self.cuda_image = image;
+        self
     }
 
     pub fn with_max_concurrent_reconciles(mut self, n: u16) -> Self {
@@ -80,6 +89,26 @@ impl Context {
 /// As `--max-concurrent-reconciles` defaults (kube-runtime's own default
 /// is unbounded: 1,000 models applied at once would all reconcile at once).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
+
+/// How `make images` tags the CUDA build of the server beside the CPU one
+/// (scripts/images.sh): same repository, tag `<version>-cuda`.
+pub const CUDA_TAG_SUFFIX: &str = "-cuda";
+
+/// The CUDA server image beside a CPU one, by the `make images` naming:
+/// `repo:tag` gives `repo:tag-cuda`, an untagged `repo` gives
+/// `repo:latest-cuda`. A digest names one image only: it is kept as it is
+/// (give `--server-cuda-image` its own digest).
+pub fn cuda_image_of(image: &str) -> String {
+    if image.contains('@') {
+        return image.to_string();
+    }
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if name.contains(':') {
+        format!("{image}{CUDA_TAG_SUFFIX}")
+    } else {
+        format!("{image}:latest{CUDA_TAG_SUFFIX}")
+    }
+}
 
 /// Watches SecureChatModels (in all namespaces when `namespaces` is empty,
 /// else in each listed one) and what they own, and reconciles until the
@@ -167,7 +196,7 @@ async fn reconcile_model(model: &SecureChatModel, ctx: &Context) -> Result<Actio
             .forget(&model.namespace().unwrap_or_default(), &model.name_any());
         return Ok(Action::await_change());
     }
-    let input = Input::new(model, &ctx.default_image)?;
+    let input = Input::new(model, &ctx.default_image)?.with_cuda_image(&ctx.cuda_image);
     let mut writer = Writer::new(ctx.client.clone());
     let converged = converge(ctx, &input, &mut writer).await;
     report_changes(ctx, model, &writer).await;
@@ -337,12 +366,14 @@ async fn converge(
     let external_endpoints = converge_exposure(writer, input).await?;
 
     let host = input.service_host();
+    let pods = model_pods(&ctx.client, input).await?;
     let observed = Observed {
         deployment: deployment.status,
         desired_replicas,
         scaling,
         external_endpoints,
-        unschedulable: unschedulable_message(&ctx.client, input).await?,
+        unschedulable: pods.iter().find_map(unschedulable_message),
+        gpu_unavailable: pods.iter().find_map(health::gpu_unavailable_message),
         refused_rules: network.refused,
         endpoint: format!("https://{host}:{}", model.spec.ports.api),
         web_endpoint: format!("https://{host}:{}", model.spec.ports.web),
@@ -693,24 +724,29 @@ async fn material_failed(
 const POD_SCHEDULED: &str = "PodScheduled";
 const SCHEDULER_UNSCHEDULABLE: &str = "Unschedulable";
 
-/// The scheduler's message for a pod of this model it could not place.
-async fn unschedulable_message(client: &Client, input: &Input<'_>) -> Result<Option<String>> {
+/// The model's pods, whose troubles the status reports.
+async fn model_pods(client: &Client, input: &Input<'_>) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &input.namespace);
     let selector = format!("{}={}", labels::MODEL_LABEL, input.name);
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
-    Ok(list.items.iter().find_map(|pod| {
-        pod.status
-            .as_ref()?
-            .conditions
-            .as_ref()?
-            .iter()
-            .find(|c| {
-                c.type_ == POD_SCHEDULED
-                    && c.status == conditions::FALSE
-                    && c.reason.as_deref() == Some(SCHEDULER_UNSCHEDULABLE)
-            })
-            .and_then(|c| c.message.clone())
-    }))
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// The scheduler's message for a pod of this model it could not place.
+fn unschedulable_message(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == POD_SCHEDULED
+                && c.status == conditions::FALSE
+                && c.reason.as_deref() == Some(SCHEDULER_UNSCHEDULABLE)
+        })
+        .and_then(|c| c.message.clone())
 }
 
 async fn publish(
@@ -750,5 +786,24 @@ fn error_policy(model: Arc<SecureChatModel>, error: &Error, _: Arc<Context>) -> 
         | Error::NotOwned { .. }
         | Error::MissingField(_)
         | Error::Finalizer(_) => Action::requeue(Duration::from_secs(60)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_image_is_the_default_images_tag_with_cuda() {
+        assert_eq!(
+            cuda_image_of("securechat/server:0.1.0"),
+            "securechat/server:0.1.0-cuda"
+        );
+        assert_eq!(
+            cuda_image_of("registry.example:5000/team/server"),
+            "registry.example:5000/team/server:latest-cuda"
+        );
+        let pinned = format!("securechat/server@sha256:{}", "ab".repeat(32));
+        assert_eq!(cuda_image_of(&pinned), pinned);
     }
 }

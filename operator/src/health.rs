@@ -17,8 +17,10 @@
 //!
 //! At most one of them is True: kstatus reads the first True one it finds.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use securechat_crds::conditions::{ConditionUpdate, FALSE, TRUE};
+use securechat_crds::files::names::{GPU_UNAVAILABLE_MESSAGE, MISSING_DRIVER_LIBRARY};
 
 use crate::reasons::progress::Progress;
 
@@ -75,6 +77,27 @@ pub fn health_conditions(
         None => ConditionUpdate::new(RECONCILING, false, SETTLED, ""),
     };
     [reconciling, not_stalled]
+}
+
+/// The name of the server's container in the model's pods.
+pub const SERVER_CONTAINER: &str = "server";
+
+/// Why a pod's server exited, when the cause is that no GPU was visible to
+/// it (reason `GpuUnavailable`): its current or last termination message
+/// (the log's tail, `FallbackToLogsOnError`) holds the server's own error
+/// for `--device cuda`, or the loader's for a CUDA build started without
+/// the driver library the NVIDIA container toolkit mounts.
+pub fn gpu_unavailable_message(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let server = statuses.iter().find(|s| s.name == SERVER_CONTAINER)?;
+    let terminated = [server.state.as_ref(), server.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.terminated.as_ref());
+    terminated
+        .filter_map(|t| t.message.as_deref())
+        .find(|m| m.contains(GPU_UNAVAILABLE_MESSAGE) || m.contains(MISSING_DRIVER_LIBRARY))
+        .map(|m| m.trim().to_string())
 }
 
 #[cfg(test)]
@@ -212,6 +235,35 @@ mod tests {
             };
             assert_eq!((r.0, s.0), expected, "{reason}");
         }
+    }
+
+    #[test]
+    fn a_server_that_found_no_gpu_is_told_apart_from_other_exits() {
+        let pod = |message: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "status": {"containerStatuses": [{
+                    "name": "server", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": message}}
+                }]}
+            }))
+            .expect("pod")
+        };
+        let ours =
+            "Error: --device cuda:0: no GPU is visible to the server: CUDA_ERROR_NO_DEVICE\n";
+        assert_eq!(
+            gpu_unavailable_message(&pod(ours)).as_deref(),
+            Some(ours.trim())
+        );
+        let loader = "securechat-server: error while loading shared libraries: libcuda.so.1: \
+                      cannot open shared object file: No such file or directory";
+        assert!(gpu_unavailable_message(&pod(loader)).is_some());
+        assert_eq!(
+            gpu_unavailable_message(&pod("Error: cannot load /models/x: bad magic")),
+            None
+        );
+        assert_eq!(gpu_unavailable_message(&Pod::default()), None);
     }
 
     #[test]

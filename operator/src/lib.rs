@@ -27,6 +27,7 @@ pub mod client_cert;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod gpu_memory;
 pub mod health;
 pub mod key_controller;
 pub mod key_plan;

@@ -82,8 +82,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.set_leader(true);
     }
 
+    let cuda_image = args
+        .server_cuda_image
+        .unwrap_or_else(|| controller::cuda_image_of(&args.server_image));
     let state = Arc::new(
         Context::new(client, args.server_image, metrics.clone())
+            .with_cuda_image(cuda_image)
             .with_max_concurrent_reconciles(args.max_concurrent_reconciles),
     );
     let reconciling = async {

@@ -15,6 +15,7 @@ use securechat_crds::v1alpha1::{
 };
 
 use crate::desired::RefusedRule;
+use crate::gpu_memory;
 use crate::health::{RECONCILING, STALLED, health_conditions};
 use crate::reasons;
 use crate::reasons::progress;
@@ -52,6 +53,9 @@ pub struct Observed {
     /// The scheduler's message for a pod of this model it could not place
     /// (PodScheduled=False, reason Unschedulable), if any.
     pub unschedulable: Option<String>,
+    /// The termination message of a GPU pod's server that exited because
+    /// no GPU was visible to it, if any.
+    pub gpu_unavailable: Option<String>,
     pub refused_rules: Vec<RefusedRule>,
     pub endpoint: String,
     pub web_endpoint: String,
@@ -242,6 +246,10 @@ pub fn model_status(
             reasons::PARTIALLY_READY,
             format!("{ready}/{desired} replicas ready"),
         )
+    } else if let Some(message) = &observed.gpu_unavailable {
+        // Before Unschedulable: a pod that started and found no GPU says
+        // more than a sibling the scheduler could not place.
+        ConditionUpdate::new(AVAILABLE, false, reasons::GPU_UNAVAILABLE, message.clone())
     } else if let Some(message) = &observed.unschedulable {
         ConditionUpdate::new(AVAILABLE, false, reasons::UNSCHEDULABLE, message.clone())
     } else {
@@ -280,6 +288,10 @@ pub fn model_status(
             .then_some(observed.unschedulable.as_ref())
             .flatten()
             .map(|m| format!("a replica cannot be scheduled: {m}")),
+        (ready > 0)
+            .then_some(observed.gpu_unavailable.as_ref())
+            .flatten()
+            .map(|m| format!("a replica has no GPU: {m}")),
     ]
     .into_iter()
     .flatten()
@@ -401,13 +413,22 @@ pub struct Refusal {
 
 /// What the operator refuses before writing the server's config: custom
 /// sensitive-data patterns the server would not compile (it would keep its
-/// last good config, and new pods would not start).
+/// last good config, and new pods would not start), and a model that
+/// cannot fit the GPU its spec names (its pods would crash-loop out of
+/// memory).
 pub fn refused_config(model: &SecureChatModel) -> Option<Refusal> {
-    let error = compile_patterns(&model.spec.sensitive_data).err()?;
+    if let Err(error) = compile_patterns(&model.spec.sensitive_data) {
+        return Some(Refusal {
+            reason: reasons::INVALID_SENSITIVE_DATA_PATTERN,
+            message: format!("spec.sensitiveData: {error}"),
+            condition: None,
+        });
+    }
+    let error = gpu_memory::check(&model.spec).err()?;
     Some(Refusal {
-        reason: reasons::INVALID_SENSITIVE_DATA_PATTERN,
-        message: format!("spec.sensitiveData: {error}"),
-        condition: None,
+        reason: reasons::INSUFFICIENT_GPU_MEMORY,
+        message: format!("resources.gpu.product: {error}"),
+        condition: Some(AVAILABLE),
     })
 }
 
@@ -730,6 +751,74 @@ mod tests {
         assert_eq!(available.message, message);
         let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.reason, reasons::UNSCHEDULABLE);
+    }
+
+    #[test]
+    fn a_gpu_pod_without_a_gpu_is_unavailable_stalled_and_warned_about() {
+        let m = model("chat", json!({"resources": {"gpu": {"count": 1}}}));
+        let message = "Error: --device cuda:0: no GPU is visible to the server: ...";
+        let observed = Observed {
+            gpu_unavailable: Some(message.into()),
+            ..material_ready()
+        };
+        let status = model_status(&m, &observed, at(1));
+        let find = |type_: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .cloned()
+                .expect(type_)
+        };
+        let available = find(AVAILABLE);
+        assert_eq!(
+            (available.status.as_str(), available.reason.as_str()),
+            (FALSE, reasons::GPU_UNAVAILABLE)
+        );
+        assert_eq!(available.message, message);
+        assert_eq!(find(READY).reason, reasons::GPU_UNAVAILABLE);
+        assert_eq!(
+            (find(STALLED).status.as_str(), find(STALLED).reason.as_str()),
+            (TRUE, reasons::GPU_UNAVAILABLE)
+        );
+        let events = status_events(None, &status);
+        assert!(
+            events.iter().any(|e| e.type_ == EventType::Warning
+                && e.reason == reasons::GPU_UNAVAILABLE
+                && e.note.contains("no GPU is visible")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_model_too_big_for_its_gpu_is_refused_before_any_pod() {
+        let m = model(
+            "chat",
+            json!({
+                "model": {"parameters": "6B", "source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}},
+                "resources": {"gpu": {"count": 1, "product": "Tesla-T4"}}
+            }),
+        );
+        let refusal = refused_config(&m).expect("refused");
+        assert_eq!(refusal.reason, reasons::INSUFFICIENT_GPU_MEMORY);
+        assert_eq!(refusal.condition, Some(AVAILABLE));
+        assert!(refusal.message.contains("Tesla-T4"), "{}", refusal.message);
+        let status = refused_status(&m, &refusal, at(1));
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == STALLED)
+            .expect("Stalled");
+        assert_eq!(stalled.reason, reasons::INSUFFICIENT_GPU_MEMORY);
+
+        let h100 = model(
+            "chat",
+            json!({
+                "model": {"source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}},
+                "resources": {"gpu": {"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}}
+            }),
+        );
+        assert_eq!(refused_config(&h100), None);
     }
 
     /// A status holding these (type, status, reason, message) conditions.

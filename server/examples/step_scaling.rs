@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = loaded.model.paged().ok_or("no paged forward pass")?;
     let max = sizes.iter().copied().max().unwrap_or(1);
     let per_seq = (CACHED + 8) / BLOCK + 1;
-    model.allocate_pool(max * per_seq);
+    model.allocate_pool(max * per_seq)?;
     let tables: Vec<Vec<u32>> = (0..max)
         .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
         .collect();

@@ -69,8 +69,9 @@ struct ServeArgs {
     /// Create dev TLS material, keys, key table and config in --data-dir if absent.
     #[arg(long, requires = "data_dir")]
     dev: bool,
-    /// Directory for --dev.
-    #[arg(long)]
+    /// Directory for --dev (the images set /tmp/securechat, so `serve
+    /// --dev` alone runs a local trial there).
+    #[arg(long, env = "SECURECHAT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8000", env = "SECURECHAT_API_ADDR")]
     api_addr: SocketAddr,
@@ -87,6 +88,11 @@ struct ServeArgs {
     /// the default model (`crds::default_model`).
     #[arg(long, env = "SECURECHAT_MODEL")]
     model: Option<PathBuf>,
+    /// Where the model runs: auto (the first GPU if one is visible, else
+    /// the CPU), cpu, cuda (GPU 0) or cuda:N. The cuda forms exit with an
+    /// error when no GPU is visible instead of running on the CPU.
+    #[arg(long, env = names::DEVICE_ENV, default_value = "auto")]
+    device: inference::Placement,
 }
 
 #[derive(Args)]
@@ -183,6 +189,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Dev mode owns its key table (the `keys` verbs edit it), so it records
     // lastUsedAt there; with --config the table is usually a mounted Secret.
     let (config_path, record_last_used) = match (args.config, args.dev, args.data_dir) {
+        // The images' default command names the config's mount point; a
+        // bare `docker run` has nothing there and is told what to pass.
+        (Some(config), _, _) if !config.exists() => anyhow::bail!(
+            "no config file at {}: mount the server's config there (the operator does), \
+             or run `serve --dev` for a local trial with generated keys",
+            config.display()
+        ),
         (Some(config), _, _) => (config, None),
         (None, true, Some(dir)) => (dev::ensure(&dir)?, Some(LAST_USED_INTERVAL)),
         _ => anyhow::bail!("either --config FILE or --dev --data-dir DIR is required"),
@@ -198,9 +211,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(declared) = config.config.model.family {
         inference::check_family(&model, declared)?;
     }
+    // A GPU asked for is opened before the (slow) model load, and its
+    // absence ends the process with a message the pod's termination log
+    // keeps (the operator reports it as GpuUnavailable).
+    if let inference::Placement::Gpu(ordinal) = args.device {
+        args.device.device().map_err(|e| {
+            anyhow::anyhow!(
+                "--device cuda:{ordinal}: {}: {e}. A GPU pod needs a GPU that the node's \
+                 NVIDIA driver, container toolkit and device plugin hand to the container",
+                names::GPU_UNAVAILABLE_MESSAGE
+            )
+        })?;
+    }
     let engine_options = EngineOptions {
+        placement: args.device,
         serving: (&config.config.serving).into(),
         context_length: config.config.model.context_length.map(|n| n as usize),
+        dtype: config.config.model.dtype.unwrap_or_default(),
         ..EngineOptions::default()
     };
     let engine = inference::load_engine(&model, engine_options)

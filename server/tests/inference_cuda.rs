@@ -15,6 +15,16 @@
 //! |Δ| 0.1 (measured on an H200 after prefill: ≤ 1.6e-5 and ≤ 5.7e-5; f32
 //! weights, per step: ≤ 6e-5 and ≤ 1.3e-4), and the same greedy
 //! text on at least 4 of 5 prompts (measured: all 5).
+//!
+//! A tiny random GLM-4 checkpoint (written by the test, safetensors): f32
+//! on the GPU within max |Δ| 1e-3 of the logit scale of f32 on the CPU and
+//! the same 16 greedy tokens; bf16 (Auto on a GPU) within 0.1 of the scale
+//! (bf16 keeps 8 significant bits; the CPU tests hold it to the same).
+//!
+//! Batching on the device: 8 sequences at once through the engine answer
+//! as each alone on at least 6 of 8 (cuBLAS may pick another algorithm for
+//! another row count, so a near-tie can flip a greedy token; not measured
+//! yet).
 //! Speed is printed, never asserted.
 #![cfg(feature = "cuda")]
 
@@ -23,9 +33,13 @@ mod inference_support;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use inference_support::{collect, greedy, request, user};
+use inference_support::glm_checkpoint::write_checkpoint;
+use inference_support::{Collected, collect, greedy, request, run, user};
+use securechat_crds::v1alpha1::ModelDtype;
+use securechat_server::engine::Engine;
 use securechat_server::inference::{
-    EngineOptions, LoadedModel, Placement, WeightFormat, load_engine, load_model_on,
+    EngineOptions, GlmFamily, LoadedModel, LocalEngine, Placement, ServingOptions, WeightFormat,
+    load_engine, load_model_as, load_model_on,
 };
 
 const PROMPTS: [&str; 5] = [
@@ -147,8 +161,14 @@ fn gpu_logits_and_greedy_output_equal_the_exact_cpu_model() {
 
 #[test]
 fn gpu_engine_streams_a_chat_answer() {
-    // The server's own path: load_engine places the model on the GPU.
-    let engine = load_engine(&model(), EngineOptions::default()).expect("load_engine");
+    // The server's own path, as a GPU pod starts it (`--device cuda`):
+    // GPU 0 or an error, never the CPU (Auto would answer from the CPU on a
+    // machine without a GPU and pass).
+    let options = EngineOptions {
+        placement: Placement::Gpu(0),
+        ..EngineOptions::default()
+    };
+    let engine = load_engine(&model(), options).expect("load_engine on GPU 0");
     let answer = collect(
         engine
             .generate(request("What is the capital of France?", greedy(24)))
@@ -214,4 +234,106 @@ fn speed(format: WeightFormat) {
         DECODE as f64 / best_decode
     );
     assert!(logits.iter().all(|l| l.is_finite()), "non-finite logits");
+}
+
+/// Max |a - b| relative to the largest |b|.
+fn relative_max(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    distance(a, b).1 / scale
+}
+
+fn greedy_tokens(m: &mut LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut logits = m.model.forward(prompt, 0).unwrap();
+    let mut out = Vec::with_capacity(n);
+    for step in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        logits = m.model.forward(&[t], prompt.len() + step).unwrap();
+    }
+    out
+}
+
+#[test]
+fn glm4_on_the_gpu_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::Glm4, 0x5eed_0001);
+    let load = |placement, dtype| {
+        load_model_as(dir.path(), None, WeightFormat::AsStored, placement, dtype)
+            .expect("loading the tiny GLM-4 checkpoint (on GPU 0: this test needs a GPU)")
+    };
+    let mut cpu = load(Placement::Cpu, ModelDtype::F32);
+    let ids = cpu.encoder.encode(&user("tell me more")).unwrap();
+    let reference = cpu.model.forward(&ids, 0).unwrap();
+    let want = greedy_tokens(&mut cpu, &ids, 16);
+    for (dtype, tolerance) in [(ModelDtype::F32, 1e-3), (ModelDtype::Auto, 0.1)] {
+        let mut gpu = load(Placement::Gpu(0), dtype);
+        let logits = gpu.model.forward(&ids, 0).unwrap();
+        let off = relative_max(&logits, &reference);
+        println!("GLM-4 {dtype} on the GPU: max |Δ| {off:.2e} of the logit scale");
+        assert!(off <= tolerance, "GLM-4 {dtype}: {off} > {tolerance}");
+        if dtype == ModelDtype::F32 {
+            assert_eq!(greedy_tokens(&mut gpu, &ids, 16), want);
+        }
+    }
+}
+
+#[test]
+fn the_gpu_engine_batches_and_answers_as_each_alone() {
+    let requests: Vec<_> = PROMPTS
+        .iter()
+        .chain(&["Name a colour.", "Count to five."])
+        .map(|p| request(p, greedy(24)))
+        .collect();
+    let engine = |max_sequences| -> std::sync::Arc<dyn Engine> {
+        let loaded = gpu(WeightFormat::AsStored);
+        let serving = ServingOptions {
+            max_sequences,
+            prefix_cache: false,
+            ..ServingOptions::default()
+        };
+        std::sync::Arc::new(
+            LocalEngine::start(loaded.model, loaded.encoder, loaded.info, serving).unwrap(),
+        )
+    };
+    let one = engine(1);
+    let alone: Vec<Collected> = requests
+        .iter()
+        .map(|r| run(one.as_ref(), r.clone()))
+        .collect();
+    drop(one);
+    let many = engine(requests.len());
+    let started = Instant::now();
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| many.generate(r.clone()).expect("admitted"))
+        .collect();
+    let mut most_running = 0;
+    loop {
+        let stats = many.stats();
+        most_running = most_running.max(stats.running);
+        if most_running > 1 || (stats.running == 0 && stats.waiting == 0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let together: Vec<Collected> = streams.into_iter().map(collect).collect();
+    println!(
+        "{} sequences at once: {:?}",
+        requests.len(),
+        started.elapsed()
+    );
+    assert!(
+        most_running > 1,
+        "the GPU engine never ran two sequences at once"
+    );
+    let same = alone
+        .iter()
+        .zip(&together)
+        .filter(|(a, b)| a.text() == b.text())
+        .count();
+    println!(
+        "batched answers equal to alone: {same} of {}",
+        requests.len()
+    );
+    assert!(same >= 6, "only {same} of {} answers equal", requests.len());
 }

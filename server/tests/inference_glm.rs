@@ -10,192 +10,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use inference_support::glm_checkpoint::{SEQ_LENGTH, write_checkpoint};
 use inference_support::{collect, greedy, request, user};
-use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
+use securechat_crds::v1alpha1::{ModelDtype, ModelFamily as SpecFamily};
 use securechat_server::inference::{
-    EngineOptions, GlmFamily, InferenceError, ModelFamily, ServingOptions, WeightFormat,
-    check_family, detect_family, load_engine, load_model,
+    EngineOptions, GlmFamily, InferenceError, LoadedModel, ModelFamily, Placement, ServingOptions,
+    WeightFormat, check_family, detect_family, load_engine, load_model, load_model_as,
 };
 use serde_json::json;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-use tokenizers::{AddedToken, Tokenizer};
-
-const HIDDEN: usize = 32;
-const HEADS: usize = 4;
-const KV_GROUPS: usize = 2;
-const FFN: usize = 48;
-const LAYERS: usize = 2;
-const SEQ_LENGTH: usize = 96;
-
-/// Deterministic weights: the same checkpoint every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
-        let n = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| self.next() * scale).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-}
-
-fn specials(family: GlmFamily) -> Vec<&'static str> {
-    let sop = match family {
-        GlmFamily::ChatGlm3 => "sop",
-        GlmFamily::Glm4 => "<sop>",
-    };
-    vec![
-        "<|endoftext|>",
-        "[gMASK]",
-        sop,
-        "<|system|>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|observation|>",
-    ]
-}
-
-/// GLM-4 ships a byte-level BPE; ChatGLM3 a SentencePiece model, here as
-/// its tokenizer.json equivalent (`▁` for spaces, `<0xNN>` byte fallback).
-fn tokenizer(family: GlmFamily) -> Tokenizer {
-    let mut vocab: Vec<String> = Vec::new();
-    match family {
-        GlmFamily::Glm4 => {
-            let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-            alphabet.sort_unstable();
-            vocab.extend(alphabet.iter().map(char::to_string));
-        }
-        GlmFamily::ChatGlm3 => {
-            vocab.push("<unk>".into());
-            vocab.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
-            vocab.push("\u{2581}".into());
-            vocab.extend(('a'..='z').map(|c| c.to_string()));
-            vocab.extend(('a'..='z').map(|c| format!("\u{2581}{c}")));
-        }
-    }
-    let vocab: tokenizers::models::bpe::Vocab = vocab
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, i as u32))
-        .collect();
-    let mut builder = BPE::builder().vocab_and_merges(vocab, Vec::new());
-    if family == GlmFamily::ChatGlm3 {
-        builder = builder.byte_fallback(true).unk_token("<unk>".into());
-    }
-    let mut tok = Tokenizer::new(builder.build().unwrap());
-    match family {
-        GlmFamily::Glm4 => {
-            tok.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
-            tok.with_decoder(Some(ByteLevel::default()));
-        }
-        GlmFamily::ChatGlm3 => {
-            let meta = Metaspace::new('\u{2581}', PrependScheme::Never, true);
-            tok.with_pre_tokenizer(Some(meta.clone()));
-            tok.with_decoder(Some(meta));
-        }
-    }
-    let added: Vec<AddedToken> = specials(family)
-        .into_iter()
-        .map(|t| AddedToken::from(t, true))
-        .collect();
-    tok.add_special_tokens(added).unwrap();
-    tok
-}
-
-/// Writes a complete tiny checkpoint; returns its vocabulary size.
-fn write_checkpoint(dir: &Path, family: GlmFamily, seed: u64) -> usize {
-    let tok = tokenizer(family);
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    let vocab = tok.get_vocab_size(true);
-    let eos = tok.token_to_id("<|endoftext|>").unwrap();
-    let (class, rope_ratio) = match family {
-        GlmFamily::ChatGlm3 => ("ChatGLMTokenizer", 1),
-        GlmFamily::Glm4 => ("ChatGLM4Tokenizer", 500),
-    };
-    let write = |name: &str, value: serde_json::Value| {
-        std::fs::write(dir.join(name), value.to_string()).unwrap();
-    };
-    write("tokenizer_config.json", json!({ "tokenizer_class": class }));
-    write(
-        "config.json",
-        json!({
-            "model_type": "chatglm",
-            "num_layers": LAYERS,
-            "padded_vocab_size": vocab,
-            "hidden_size": HIDDEN,
-            "ffn_hidden_size": FFN,
-            "kv_channels": HIDDEN / HEADS,
-            "num_attention_heads": HEADS,
-            "seq_length": SEQ_LENGTH,
-            "layernorm_epsilon": 1e-5,
-            "rmsnorm": true,
-            "apply_residual_connection_post_layernorm": false,
-            "post_layer_norm": true,
-            "add_bias_linear": false,
-            "add_qkv_bias": true,
-            "bias_dropout_fusion": true,
-            "multi_query_attention": true,
-            "multi_query_group_num": KV_GROUPS,
-            "apply_query_key_layer_scaling": true,
-            "attention_softmax_in_fp32": true,
-            "fp32_residual_connection": false,
-            "rope_ratio": rope_ratio,
-            "eos_token_id": eos,
-        }),
-    );
-
-    let mut rng = Rng(seed);
-    let qkv = HIDDEN + 2 * KV_GROUPS * (HIDDEN / HEADS);
-    let mut w: HashMap<String, Tensor> = HashMap::new();
-    let ones = |n| Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    w.insert(
-        "transformer.embedding.word_embeddings.weight".into(),
-        rng.tensor(&[vocab, HIDDEN], 1.0),
-    );
-    for i in 0..LAYERS {
-        let p = format!("transformer.encoder.layers.{i}");
-        w.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
-        w.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
-        w.insert(
-            format!("{p}.self_attention.query_key_value.weight"),
-            rng.tensor(&[qkv, HIDDEN], 0.3),
-        );
-        w.insert(
-            format!("{p}.self_attention.query_key_value.bias"),
-            rng.tensor(&[qkv], 0.1),
-        );
-        w.insert(
-            format!("{p}.self_attention.dense.weight"),
-            rng.tensor(&[HIDDEN, HIDDEN], 0.3),
-        );
-        w.insert(
-            format!("{p}.mlp.dense_h_to_4h.weight"),
-            rng.tensor(&[2 * FFN, HIDDEN], 0.3),
-        );
-        w.insert(
-            format!("{p}.mlp.dense_4h_to_h.weight"),
-            rng.tensor(&[HIDDEN, FFN], 0.3),
-        );
-    }
-    w.insert(
-        "transformer.encoder.final_layernorm.weight".into(),
-        ones(HIDDEN),
-    );
-    w.insert(
-        "transformer.output_layer.weight".into(),
-        rng.tensor(&[vocab, HIDDEN], 1.0),
-    );
-    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-    vocab
-}
 
 fn checkpoint(family: GlmFamily) -> (tempfile::TempDir, usize) {
     let dir = tempfile::tempdir().unwrap();
@@ -312,7 +134,8 @@ fn a_directory_without_tokenizer_json_is_refused_by_name() {
 fn forward_with_the_kv_cache_matches_a_full_recompute() {
     for family in FAMILIES {
         let (dir, vocab) = checkpoint(family);
-        let mut loaded = load_model(dir.path(), None, WeightFormat::AsStored).unwrap();
+        // In f32: what is compared is the cache, not rounding.
+        let mut loaded = load_as(dir.path(), ModelDtype::F32).unwrap();
         assert_eq!(loaded.info.family, family_name(family));
         assert_eq!(loaded.info.context_length, SEQ_LENGTH);
         let prompt = loaded.encoder.encode(&user("hello world")).unwrap();
@@ -459,4 +282,146 @@ fn a_prompt_longer_than_the_context_is_a_typed_error() {
         ),
         "{err:?}"
     );
+}
+
+fn load_as(dir: &Path, dtype: ModelDtype) -> Result<LoadedModel, InferenceError> {
+    load_model_as(dir, None, WeightFormat::AsStored, Placement::Cpu, dtype)
+}
+
+/// The first `n` greedy tokens after a fixed prompt.
+fn greedy_tokens(loaded: &mut LoadedModel, n: usize) -> Vec<u32> {
+    let prompt = loaded.encoder.encode(&user("tell me more")).unwrap();
+    let mut logits = loaded.model.forward(&prompt, 0).unwrap();
+    let mut tokens = Vec::new();
+    for step in 0..n {
+        let t = argmax(&logits);
+        tokens.push(t);
+        logits = loaded.model.forward(&[t], prompt.len() + step).unwrap();
+    }
+    tokens
+}
+
+const SHARDS: usize = 3;
+
+fn shard_name(i: usize) -> String {
+    format!("model-{i:05}-of-{SHARDS:05}.safetensors")
+}
+
+/// Splits `model.safetensors` into [`SHARDS`] files named and indexed as
+/// Hugging Face writes them (`model.safetensors.index.json`).
+fn shard(dir: &Path) {
+    let single = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&single, &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    let per = names.len().div_ceil(SHARDS);
+    for (i, chunk) in names.chunks(per).enumerate() {
+        let file = shard_name(i + 1);
+        let part: HashMap<&String, Tensor> =
+            chunk.iter().map(|&n| (n, tensors[n].clone())).collect();
+        candle_core::safetensors::save(&part, dir.join(&file)).unwrap();
+        for name in chunk {
+            weight_map.insert((*name).clone(), json!(file));
+        }
+    }
+    assert_eq!(names.chunks(per).count(), SHARDS);
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        json!({"metadata": {"total_size": 0}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(single).unwrap();
+}
+
+#[test]
+fn a_sharded_checkpoint_answers_like_the_single_file() {
+    for family in FAMILIES {
+        let (single, _) = checkpoint(family);
+        let (sharded, _) = checkpoint(family);
+        shard(sharded.path());
+        assert!(!sharded.path().join("model.safetensors").exists());
+        let want = greedy_tokens(&mut load_as(single.path(), ModelDtype::Auto).unwrap(), 10);
+        let got = greedy_tokens(&mut load_as(sharded.path(), ModelDtype::Auto).unwrap(), 10);
+        assert_eq!(got, want, "{family:?}");
+    }
+}
+
+#[test]
+fn a_missing_shard_is_named() {
+    let (dir, _) = checkpoint(GlmFamily::Glm4);
+    shard(dir.path());
+    std::fs::remove_file(dir.path().join(shard_name(2))).unwrap();
+    let err = load_as(dir.path(), ModelDtype::Auto)
+        .err()
+        .expect("load must fail");
+    assert!(
+        matches!(err, InferenceError::ShardMissing { .. })
+            && err.to_string().contains(&shard_name(2))
+            && err.to_string().contains("model.safetensors.index.json"),
+        "{err}"
+    );
+    // Without the index the numbering still tells that one is missing.
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    let err = load_as(dir.path(), ModelDtype::Auto)
+        .err()
+        .expect("load must fail");
+    assert!(err.to_string().contains(&shard_name(2)), "{err}");
+}
+
+/// Every dtype loads and computes the f32 model's logits up to its own
+/// rounding: f16 keeps 11 significant bits, bf16 8, so over two layers
+/// the logits (|x| up to ~10 here) move by a few hundredths at most.
+#[test]
+fn every_dtype_loads_and_tracks_the_f32_logits() {
+    for family in FAMILIES {
+        let (dir, vocab) = checkpoint(family);
+        let reference = {
+            let mut m = load_as(dir.path(), ModelDtype::F32).unwrap();
+            let prompt = m.encoder.encode(&user("hello")).unwrap();
+            m.model.forward(&prompt, 0).unwrap()
+        };
+        let scale = reference.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        for (dtype, tolerance) in [
+            (ModelDtype::Auto, 0.02),
+            (ModelDtype::F16, 0.02),
+            (ModelDtype::BF16, 0.1),
+        ] {
+            let mut m = load_as(dir.path(), dtype).unwrap();
+            let prompt = m.encoder.encode(&user("hello")).unwrap();
+            let logits = m.model.forward(&prompt, 0).unwrap();
+            assert_eq!(logits.len(), vocab);
+            let worst = logits
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!("{family:?} {dtype}: max |Δ| {worst} (logits up to {scale})");
+            assert!(
+                worst <= tolerance * scale,
+                "{family:?} {dtype}: logits {worst} off f32's (max |logit| {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_dtype_for_a_gguf_file_is_refused() {
+    use candle_core::quantized::gguf_file::{Value, write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let arch = Value::String("llama".into());
+    let mut file = std::fs::File::create(&path).unwrap();
+    write(&mut file, &[("general.architecture", &arch)], &[]).unwrap();
+    drop(file);
+    let err = load_model_as(
+        &path,
+        None,
+        WeightFormat::AsStored,
+        Placement::Cpu,
+        ModelDtype::F16,
+    )
+    .err()
+    .expect("load must fail");
+    assert!(err.to_string().contains("model.dtype F16"), "{err}");
 }

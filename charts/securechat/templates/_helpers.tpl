@@ -52,6 +52,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* The CUDA server image: serverImage.cuda, its empty fields taken from
+serverImage (repository) and its tag or the appVersion plus "-cuda" (the
+tag `make images` gives the CUDA build). */}}
+{{- define "securechat.cudaServerImage" -}}
+{{- $cuda := .Values.serverImage.cuda | default dict -}}
+{{- $repository := default .Values.serverImage.repository $cuda.repository -}}
+{{- if $cuda.digest -}}
+{{- printf "%s@%s" $repository $cuda.digest -}}
+{{- else -}}
+{{- $tag := default (printf "%s-cuda" (default .Chart.AppVersion .Values.serverImage.tag)) $cuda.tag -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The alert relay's Deployment and Service (templates/alert-relay.yaml). */}}
 {{- define "securechat.alertRelayName" -}}
 {{- printf "%s-alert-relay" (include "securechat.fullname" .) | trunc 63 | trimSuffix "-" -}}

@@ -15,9 +15,9 @@ use crate::Duration;
 use crate::v1alpha1::{
     AuditSpec, Cidr, CorsSpec, DEFAULT_MAX_TOKENS, DEFAULT_SHARED_STATE_TIMEOUT,
     DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_LEEWAY, MAX_TOKEN_TTL, MIN_PROMPT_TOKENS,
-    MIN_TOKEN_TTL, ModelFamily, MtlsMode, OidcIssuer, OnUnavailable, RateLimitSpec, RolesSpec,
-    SensitiveDataSpec, ServingSpec, SpiffeAllow, SpiffePattern, TierSpec, TlsVersion, WebSsoKind,
-    WebSsoProvider,
+    MIN_TOKEN_TTL, ModelDtype, ModelFamily, MtlsMode, OidcIssuer, OnUnavailable, RateLimitSpec,
+    RolesSpec, SensitiveDataSpec, ServingSpec, SpiffeAllow, SpiffePattern, TierSpec, TlsVersion,
+    WebSsoKind, WebSsoProvider,
 };
 
 /// The whole configuration file. `Default` equals an empty YAML document:
@@ -94,6 +94,10 @@ pub struct ModelConfig {
     /// what the model file declares. Larger than the file's: refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_length: Option<u32>,
+    /// Number format of safetensors weights (`spec.model.dtype`). Unset:
+    /// Auto (BF16 on a GPU, F16 on the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<ModelDtype>,
 }
 
 impl ModelConfig {
@@ -987,6 +991,15 @@ files:
         assert_eq!(c.model.family, Some(ModelFamily::ChatGLM3));
         let yaml = serde_yaml::to_string(&ServerConfig::default()).unwrap();
         assert!(!yaml.contains("model:"), "{yaml}");
+    }
+
+    #[test]
+    fn the_model_dtype_is_read_and_a_wrong_one_refused() {
+        let c = ServerConfig::from_yaml("model:\n  dtype: BF16\n").unwrap();
+        assert_eq!(c.model.dtype, Some(ModelDtype::BF16));
+        let c = ServerConfig::from_yaml("model:\n  family: GLM4\n").unwrap();
+        assert_eq!(c.model.dtype, None);
+        assert!(ServerConfig::from_yaml("model:\n  dtype: int3\n").is_err());
     }
 
     #[test]

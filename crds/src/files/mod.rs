@@ -37,6 +37,18 @@ pub mod names {
     /// Environment variable of the server container holding its node's
     /// name (downward API `spec.nodeName`); audit lines carry it.
     pub const NODE_NAME_ENV: &str = "NODE_NAME";
+    /// Environment variable (and `--device` flag) of `securechat-server
+    /// serve` choosing where the model runs: `auto`, `cpu`, `cuda` or
+    /// `cuda:N`. The operator sets `cuda` on GPU pods.
+    pub const DEVICE_ENV: &str = "SECURECHAT_DEVICE";
+    /// What the server's error says when it was told to run on a GPU and
+    /// none is visible; the operator finds it in the pod's termination
+    /// message (reason `GpuUnavailable`).
+    pub const GPU_UNAVAILABLE_MESSAGE: &str = "no GPU is visible to the server";
+    /// What the dynamic loader says when the CUDA build starts where the
+    /// NVIDIA container toolkit injected no driver library: the same cause
+    /// (no GPU given to the container), seen before the server runs.
+    pub const MISSING_DRIVER_LIBRARY: &str = "libcuda.so.1";
 }
 
 /// Why a file's content is not acceptable. Each message names the field.

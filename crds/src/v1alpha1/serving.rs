@@ -76,6 +76,56 @@ pub struct ModelSpec {
     #[serde(default = "default_top_p")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub top_p: f64,
+
+    /// Parameter count of the model: a number and M (millions) or B
+    /// (billions), e.g. `6B`, `6.2B`, `135M`. With `resources.gpu.product`
+    /// the operator checks before starting any pod that the weights fit the
+    /// card's memory (Ready=False, reason InsufficientGpuMemory, when they
+    /// cannot). Unset: read from a huggingFace repository name ending in
+    /// it (`THUDM/chatglm3-6b`); otherwise the check is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[MB]$"))]
+    pub parameters: Option<String>,
+
+    /// Number format of the weights while serving a safetensors checkpoint
+    /// (ChatGLM3, GLM-4); see [`ModelDtype`]. GGUF files keep their
+    /// quantized blocks and refuse any value but Auto. Unset: Auto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<ModelDtype>,
+}
+
+/// Number format of a safetensors checkpoint's weights in memory. Auto:
+/// BF16 on a GPU, F16 on the CPU (candle's CPU matmul has an F16 kernel but
+/// widens BF16 to F32 on every multiply); F32 doubles the memory of either.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ModelDtype {
+    /// BF16 on a GPU, F16 on the CPU.
+    #[default]
+    Auto,
+    /// IEEE half precision (2 bytes per weight).
+    F16,
+    /// bfloat16 (2 bytes per weight): the format GLM releases ship in.
+    BF16,
+    /// Single precision (4 bytes per weight).
+    F32,
+}
+
+impl ModelDtype {
+    /// The name as `spec.model.dtype` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "Auto",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::F32 => "F32",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for ModelSpec {
@@ -87,6 +137,8 @@ impl Default for ModelSpec {
             max_tokens: default_max_tokens(),
             temperature: default_temperature(),
             top_p: default_top_p(),
+            parameters: None,
+            dtype: None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub fn server_config(input: &Input) -> ServerConfig {
         max_tokens,
         temperature,
         top_p,
+        parameters: _, // the operator's GPU memory check (gpu_memory)
+        dtype,
     } = model;
     let TlsSpec {
         mode: _,         // material and the Deployment's tls volume
@@ -101,6 +103,7 @@ pub fn server_config(input: &Input) -> ServerConfig {
             // Admission keeps it positive; a value that is not cannot be a
             // window and is left to the model file's.
             context_length: context_length.and_then(|n| u32::try_from(n).ok()),
+            dtype: *dtype,
         },
         files: FilePaths {
             tls_cert: dir(TLS_DIR, names::TLS_CERT),
@@ -249,7 +252,7 @@ pub fn config_map_with_policy(
 mod tests {
     use super::*;
     use crate::desired::test_support::model;
-    use securechat_crds::v1alpha1::ModelFamily;
+    use securechat_crds::v1alpha1::{ModelDtype, ModelFamily};
     use serde_json::json;
 
     fn render(spec: serde_json::Value) -> (ConfigMap, String) {
@@ -420,7 +423,7 @@ mod tests {
     fn serving_context_length_and_shared_state_reach_the_server() {
         let (map, _) = render(json!({
             "replicas": 2,
-            "model": {"contextLength": 4096},
+            "model": {"contextLength": 4096, "dtype": "F16"},
             "serving": {"maxConcurrentSequences": 8, "kvCacheTokens": 32768, "maxQueue": 5,
                         "prefixCache": false, "prefillChunkTokens": 128,
                         "tierWeights": {"admin": 9, "developer": 3, "readOnly": 1}},
@@ -434,6 +437,7 @@ mod tests {
             .expect("server parses it");
         parsed.validate().expect("and accepts it");
         assert_eq!(parsed.model.context_length, Some(4096));
+        assert_eq!(parsed.model.dtype, Some(ModelDtype::F16));
         let serving = &parsed.serving;
         assert_eq!(
             (

@@ -58,24 +58,10 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
 
     let (volumes, mounts, model_path) = volumes(input);
     let container = Container {
-        name: "server".into(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| input.default_image.to_string()),
-        ),
+        name: crate::health::SERVER_CONTAINER.into(),
+        image: Some(input.server_image()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(vec![
-            "serve".into(),
-            "--config".into(),
-            format!("{CONFIG_DIR}/config.yaml"),
-            "--model".into(),
-            model_path,
-            "--api-addr".into(),
-            format!("0.0.0.0:{}", spec.ports.api),
-            "--web-addr".into(),
-            format!("0.0.0.0:{}", spec.ports.web),
-        ]),
+        args: Some(server_args(input, model_path)),
         ports: Some(vec![
             ContainerPort {
                 name: Some("api".into()),
@@ -91,10 +77,11 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
             },
         ]),
         // The server's audit lines name the pod and node they come from.
-        env: Some(vec![
-            downward(POD_NAME_ENV, "metadata.name"),
-            downward(NODE_NAME_ENV, "spec.nodeName"),
-        ]),
+        env: Some(server_env(input)),
+        // A server that exits on a fatal error (no GPU, a bad model) has
+        // said why as its last log line: the kubelet keeps it as the
+        // termination message, where the operator reads it.
+        termination_message_policy: Some(FALLBACK_TO_LOGS_ON_ERROR.into()),
         resources: Some(resources(input)),
         volume_mounts: Some(mounts),
         readiness_probe: Some(https_probe(input, "/readyz", 5, 3)),
@@ -209,6 +196,55 @@ pub fn deployment(input: &Input, config_checksum: &str) -> Deployment {
     }
 }
 
+/// The kubelet's termination message policy that falls back to the log's
+/// tail when the container wrote no termination-log file and failed.
+const FALLBACK_TO_LOGS_ON_ERROR: &str = "FallbackToLogsOnError";
+/// What the NVIDIA container toolkit mounts into a GPU container: the CUDA
+/// driver library (compute) and nvidia-smi (utility), nothing for graphics
+/// or video. `NVIDIA_VISIBLE_DEVICES` is left to the device plugin, which
+/// sets it to the GPUs it allocated: a pod that set it itself could reach
+/// GPUs it was not given (on nodes whose plugin uses the envvar strategy).
+pub const NVIDIA_DRIVER_CAPABILITIES: (&str, &str) =
+    ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility");
+
+/// The server's arguments: its config, model and ports; on GPU pods
+/// `--device cuda`, so a pod whose GPU is not visible exits with an error
+/// (GpuUnavailable) instead of running on its CPU.
+fn server_args(input: &Input, model_path: String) -> Vec<String> {
+    let spec = &input.model.spec;
+    let mut args = vec![
+        "serve".into(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/config.yaml"),
+        "--model".into(),
+        model_path,
+        "--api-addr".into(),
+        format!("0.0.0.0:{}", spec.ports.api),
+        "--web-addr".into(),
+        format!("0.0.0.0:{}", spec.ports.web),
+    ];
+    if spec.resources.gpu.count > 0 {
+        args.extend(["--device".into(), "cuda".into()]);
+    }
+    args
+}
+
+fn server_env(input: &Input) -> Vec<EnvVar> {
+    let mut env = vec![
+        downward(POD_NAME_ENV, "metadata.name"),
+        downward(NODE_NAME_ENV, "spec.nodeName"),
+    ];
+    if input.model.spec.resources.gpu.count > 0 {
+        let (name, value) = NVIDIA_DRIVER_CAPABILITIES;
+        env.push(EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            ..Default::default()
+        });
+    }
+    env
+}
+
 /// Non-root, read-only root filesystem, no privileges, no capabilities,
 /// the runtime's seccomp profile: every container of the pod.
 fn hardened() -> SecurityContext {
@@ -290,11 +326,7 @@ fn model_fetcher(input: &Input) -> Option<Container> {
     }
     Some(Container {
         name: "fetch-model".into(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| input.default_image.to_string()),
-        ),
+        image: Some(input.server_image()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
         volume_mounts: Some(mounts),
@@ -786,6 +818,69 @@ mod tests {
                 .get(GPU_PRODUCT_LABEL)
                 .map(String::as_str),
             Some("NVIDIA-H100-80GB-HBM3")
+        );
+    }
+
+    /// GPU pods run the CUDA image (a model's own image still wins), are
+    /// told to use the GPU or fail, and ask the container toolkit for the
+    /// compute driver; CPU pods keep the default image and `--device auto`.
+    #[test]
+    fn gpu_pods_get_the_cuda_image_and_must_use_their_gpu() {
+        let cuda = "securechat/server:0.1.0-cuda";
+        let container = |spec: serde_json::Value| {
+            let m = model("chat", spec);
+            let input = Input::new(&m, "securechat/server:0.1.0")
+                .expect("input")
+                .with_cuda_image(cuda);
+            let d = deployment(&input, "abc");
+            let pod = pod(&d);
+            let fetcher = pod.init_containers.and_then(|c| c.first().cloned());
+            (pod.containers[0].clone(), fetcher)
+        };
+        let env = |c: &Container, name: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        let device = |c: &Container| {
+            let args = c.args.clone().expect("args");
+            args.iter()
+                .position(|a| a == "--device")
+                .map(|i| args[i + 1].clone())
+        };
+
+        let (gpu, _) = container(json!({"resources": {"gpu": {"count": 1}}}));
+        assert_eq!(gpu.image.as_deref(), Some(cuda));
+        assert_eq!(device(&gpu).as_deref(), Some("cuda"));
+        assert_eq!(
+            env(&gpu, "NVIDIA_DRIVER_CAPABILITIES").as_deref(),
+            Some("compute,utility")
+        );
+        // The device plugin sets it to the allocated GPUs, never the pod.
+        assert_eq!(env(&gpu, "NVIDIA_VISIBLE_DEVICES"), None);
+        assert_eq!(
+            gpu.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+
+        let (cpu, _) = container(json!({}));
+        assert_eq!(cpu.image.as_deref(), Some("securechat/server:0.1.0"));
+        assert_eq!(device(&cpu), None);
+        assert_eq!(env(&cpu, "NVIDIA_DRIVER_CAPABILITIES"), None);
+
+        let (own, fetcher) = container(json!({
+            "image": "registry.example/server:mine",
+            "resources": {"gpu": {"count": 1}},
+            "model": {"source": {"huggingFace": {"repo": "THUDM/chatglm3-6b"}}}
+        }));
+        assert_eq!(own.image.as_deref(), Some("registry.example/server:mine"));
+        assert_eq!(device(&own).as_deref(), Some("cuda"));
+        let fetcher = fetcher.expect("fetch-model");
+        assert_eq!(
+            fetcher.image.as_deref(),
+            Some("registry.example/server:mine")
         );
     }
 

@@ -36,6 +36,9 @@ pub struct Input<'a> {
     pub namespace: String,
     /// Server image when the spec names none: the operator's own version.
     pub default_image: &'a str,
+    /// Server image built with CUDA, for models with `resources.gpu.count
+    /// > 0` that name no image (see [`Input::server_image`]).
+    pub cuda_image: Option<&'a str>,
 }
 
 impl<'a> Input<'a> {
@@ -47,7 +50,26 @@ impl<'a> Input<'a> {
                 .ok_or(Error::MissingField("metadata.namespace"))?,
             model,
             default_image,
+            cuda_image: None,
         })
+    }
+
+    /// With the CUDA server image GPU pods get.
+    pub fn with_cuda_image(mut self, image: &'a str) -> Self {
+        self.cuda_image = Some(image);
+        self
+    }
+
+    /// The server image of the model's pods: the spec's own `image`, else
+    /// the CUDA image when the pods get GPUs (the CPU image would leave
+    /// them idle), else the default one.
+    pub fn server_image(&self) -> String {
+        let spec = &self.model.spec;
+        match (&spec.image, self.cuda_image) {
+            (Some(image), _) => image.clone(),
+            (None, Some(cuda)) if spec.resources.gpu.count > 0 => cuda.to_string(),
+            (None, _) => self.default_image.to_string(),
+        }
     }
 
     fn owner_reference(&self) -> Option<OwnerReference> {

@@ -156,3 +156,13 @@ pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
 /// not have (Gateway API routes, an InferencePool); needs the user's change
 /// (install the CRDs, or drop the exposure).
 pub const CRD_NOT_INSTALLED: &str = "CrdNotInstalled";
+
+/// Ready/Available=False: the model does not fit one card of
+/// `resources.gpu.product` (see `gpu_memory`); no pod is rolled out for
+/// it. Needs the user's change (a larger card, a smaller model).
+pub const INSUFFICIENT_GPU_MEMORY: &str = "InsufficientGpuMemory";
+/// Ready/Available=False: the server of a GPU pod exited because no GPU
+/// was visible to it (its termination message says so); needs the
+/// cluster's change (the node's NVIDIA driver, container toolkit or device
+/// plugin).
+pub const GPU_UNAVAILABLE: &str = "GpuUnavailable";

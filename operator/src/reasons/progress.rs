@@ -21,7 +21,7 @@ pub enum Progress {
 
 /// SecureChatModel reasons (conditions False with them) that need a
 /// user's change.
-pub const MODEL_STALLED: [&str; 13] = [
+pub const MODEL_STALLED: [&str; 15] = [
     // No node can take the pod as asked (e.g. 2 GPUs on an A100 selector).
     super::UNSCHEDULABLE,
     // A spec.network rule was refused.
@@ -45,6 +45,11 @@ pub const MODEL_STALLED: [&str; 13] = [
     // missing: the pods keep the last good config until the user fixes it.
     super::POLICY_INVALID,
     super::POLICY_NOT_FOUND,
+    // The model does not fit the GPU the spec names.
+    super::INSUFFICIENT_GPU_MEMORY,
+    // GPU pods whose GPU is not visible: the node's driver or device
+    // plugin needs fixing, restarts will not help.
+    super::GPU_UNAVAILABLE,
 ];
 
 /// The progress a SecureChatModel condition's reason stands for, when the

@@ -38,6 +38,8 @@ pub enum InferenceError {
         declared: SpecFamily,
         detected: SpecFamily,
     },
+    #[error("checkpoint shard {path} is missing ({named_by} names it)")]
+    ShardMissing { path: PathBuf, named_by: String },
 }
 
 impl InferenceError {
@@ -54,6 +56,7 @@ impl InferenceError {
             Self::Kernel(_) => "kernel",
             Self::Worker(_) => "worker",
             Self::FamilyMismatch { .. } => "family_mismatch",
+            Self::ShardMissing { .. } => "shard_missing",
         }
     }
 }

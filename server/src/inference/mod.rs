@@ -24,6 +24,7 @@ mod tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use securechat_crds::v1alpha1::ModelDtype;
 use securechat_crds::v1alpha1::ModelFamily as SpecFamily;
 
 pub use chat_template::ChatTemplate;
@@ -60,6 +61,11 @@ pub struct EngineOptions {
     /// as Q8_0 (measured: decode 25.8 vs 26.0 tokens/s) in 41 MiB less
     /// memory for the default model.
     pub weight_format: WeightFormat,
+    /// Where the model runs (`serve --device`).
+    pub placement: Placement,
+    /// Number format of safetensors weights (`spec.model.dtype`); GGUF
+    /// files refuse all but Auto.
+    pub dtype: ModelDtype,
 }
 
 impl Default for EngineOptions {
@@ -69,6 +75,8 @@ impl Default for EngineOptions {
             serving: ServingOptions::default(),
             context_length: None,
             weight_format: WeightFormat::AsStored,
+            placement: Placement::Auto,
+            dtype: ModelDtype::Auto,
         }
     }
 }
@@ -182,7 +190,9 @@ impl Placement {
         }
     }
 
-    fn device(self) -> Result<candle_core::Device, InferenceError> {
+    /// Opens the device: for [`Placement::Gpu`], an error when the build
+    /// has no `cuda` feature or no such GPU is visible (never the CPU).
+    pub fn device(self) -> Result<candle_core::Device, InferenceError> {
         match self {
             Self::Cpu | Self::CpuCandleKernels => Ok(candle_core::Device::Cpu),
             Self::Gpu(ordinal) => gpu(ordinal),
@@ -193,6 +203,31 @@ impl Placement {
                 }
                 Ok(candle_core::Device::Cpu)
             }
+        }
+    }
+}
+
+/// A `--device` value that is none of `auto`, `cpu`, `cuda`, `cuda:N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device {0:?}: expected auto, cpu, cuda or cuda:N (N a GPU's index)")]
+pub struct InvalidDevice(String);
+
+impl std::str::FromStr for Placement {
+    type Err = InvalidDevice;
+
+    /// `serve --device`: `auto` (the first GPU if one is visible, else the
+    /// CPU), `cpu`, `cuda` (GPU 0) or `cuda:N`. The CUDA forms never fall
+    /// back to the CPU.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Gpu(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Gpu)
+                .ok_or_else(|| InvalidDevice(other.to_string())),
         }
     }
 }
@@ -218,7 +253,7 @@ fn gpu(ordinal: usize) -> Result<candle_core::Device, InferenceError> {
 
 /// Loads the model at `path`, whichever family it is, on the first GPU if
 /// there is one (see [`Placement::Auto`]). `format` applies to GGUF weights
-/// on the CPU; GLM safetensors are loaded as f32 (bf16 on a GPU).
+/// on the CPU; GLM safetensors are loaded as f16 (bf16 on a GPU).
 pub fn load_model(
     path: &Path,
     model_id: Option<String>,
@@ -234,10 +269,29 @@ pub fn load_model_on(
     format: WeightFormat,
     placement: Placement,
 ) -> Result<LoadedModel, InferenceError> {
+    load_model_as(path, model_id, format, placement, ModelDtype::Auto)
+}
+
+/// [`load_model_on`] with safetensors weights in `dtype`
+/// (`spec.model.dtype`); a GGUF file with any but Auto is refused, since
+/// its quantized blocks are not converted.
+pub fn load_model_as(
+    path: &Path,
+    model_id: Option<String>,
+    format: WeightFormat,
+    placement: Placement,
+    dtype: ModelDtype,
+) -> Result<LoadedModel, InferenceError> {
     let device = placement.device()?;
     match detect_family(path)? {
+        ModelFamily::LlamaGguf if dtype != ModelDtype::Auto => {
+            Err(InferenceError::Unsupported(format!(
+                "model.dtype {dtype}: {} is a GGUF file, whose quantized weights are served as stored; leave model.dtype unset or Auto",
+                path.display()
+            )))
+        }
         ModelFamily::LlamaGguf => load_gguf(path, model_id, format, &device, placement.kernels()),
-        ModelFamily::Glm(_) => glm::load(path, model_id, &device),
+        ModelFamily::Glm(_) => glm::load(path, model_id, &device, dtype),
     }
 }
 
@@ -323,7 +377,13 @@ fn load_gguf(
 
 /// Loads the model at `path` (see [`load_model`]) and starts its scheduler.
 pub fn load_engine(path: &Path, opts: EngineOptions) -> Result<Arc<dyn Engine>, InferenceError> {
-    let mut loaded = load_model(path, opts.model_id, opts.weight_format)?;
+    let mut loaded = load_model_as(
+        path,
+        opts.model_id,
+        opts.weight_format,
+        opts.placement,
+        opts.dtype,
+    )?;
     if let Some(cap) = opts.context_length {
         let declared = loaded.info.context_length;
         if cap > declared || cap < 2 {
@@ -335,4 +395,34 @@ pub fn load_engine(path: &Path, opts: EngineOptions) -> Result<Arc<dyn Engine>, 
     }
     let engine = LocalEngine::start(loaded.model, loaded.encoder, loaded.info, opts.serving)?;
     Ok(Arc::new(engine))
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_as_serve_device_spells_them() {
+        let parse = |s: &str| s.parse::<Placement>();
+        assert_eq!(parse("auto"), Ok(Placement::Auto));
+        assert_eq!(parse("cpu"), Ok(Placement::Cpu));
+        assert_eq!(parse("cuda"), Ok(Placement::Gpu(0)));
+        assert_eq!(parse("cuda:3"), Ok(Placement::Gpu(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CUDA", ""] {
+            let error = parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("auto, cpu, cuda or cuda:N"), "{error}");
+        }
+    }
+
+    /// `--device cuda` never means the CPU: a build without CUDA says so.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_build_without_cuda_refuses_a_gpu_placement() {
+        let error = Placement::Gpu(0).device().expect_err("no GPU here");
+        assert!(error.to_string().contains("no `cuda` feature"), "{error}");
+        assert!(matches!(
+            Placement::Auto.device(),
+            Ok(candle_core::Device::Cpu)
+        ));
+    }
 }

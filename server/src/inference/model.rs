@@ -72,8 +72,9 @@ pub trait PagedLm: Send {
     fn bytes_per_token(&self) -> usize;
 
     /// Replaces the pool by one of `blocks` blocks (at least a context's
-    /// worth); what it held is forgotten.
-    fn allocate_pool(&mut self, blocks: usize);
+    /// worth); what it held is forgotten. Fails when the device has no
+    /// room for it.
+    fn allocate_pool(&mut self, blocks: usize) -> Result<()>;
 
     /// One forward pass over every sequence of `batch`; returns the logits
     /// of those that ask for them, in order.

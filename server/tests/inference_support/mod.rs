@@ -1,6 +1,8 @@
 //! Helpers shared by the inference tests that need the real model.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod glm_checkpoint;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

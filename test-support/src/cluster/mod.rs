@@ -359,6 +359,10 @@ where
     }
 }
 
+/// The server image the in-process operator gives models that name none
+/// (the operator's `--server-image`).
+pub const OPERATOR_SERVER_IMAGE: &str = "securechat/server:test";
+
 /// Both of the operator's controllers (SecureChatModel and ChatApiKey)
 /// in-process, scoped to `namespace`, with a client whose User-Agent is
 /// `user_agent`; stopped when dropped (also when the test panics).
@@ -373,7 +377,7 @@ impl InProcessOperator {
         use securechat_operator::metrics::Metrics;
         let state = std::sync::Arc::new(Context::new(
             client_as(user_agent).await,
-            "securechat/server:test".into(),
+            OPERATOR_SERVER_IMAGE.into(),
             std::sync::Arc::new(Metrics::new()),
         ));
         let namespaces = vec![namespace.to_string()];

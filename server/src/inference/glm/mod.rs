@@ -2,12 +2,14 @@
 //! directory: `config.json`, `tokenizer.json` and `*.safetensors`, run by
 //! candle-transformers' `chatglm` and `glm4` model code.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod checkpoint;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{chatglm, glm4};
+use candle_transformers::models::glm4;
+use securechat_crds::v1alpha1::ModelDtype;
 use serde_json::Value;
 
 use super::LoadedModel;
@@ -106,28 +108,30 @@ fn read_json(path: &Path) -> Result<Value> {
         .map_err(|e| InferenceError::Metadata(format!("{}: {e}", path.display())))
 }
 
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| InferenceError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    if files.is_empty() {
-        return Err(InferenceError::ModelMissing {
-            path: dir.join("*.safetensors"),
-        });
+/// The number format weights are held in on `device`. Auto is BF16 on a
+/// GPU (what GLM releases ship; Ampere and later multiply it natively)
+/// and F16 on the CPU: candle 0.11's CPU matmul has an F16 kernel but
+/// widens BF16 operands to F32 on every call, and F32 takes twice the
+/// memory (24 GB for a 6B model instead of 12).
+pub fn resolve_dtype(requested: ModelDtype, device: &Device) -> DType {
+    match requested {
+        ModelDtype::Auto if device.is_cpu() => DType::F16,
+        ModelDtype::Auto => DType::BF16,
+        ModelDtype::F16 => DType::F16,
+        ModelDtype::BF16 => DType::BF16,
+        ModelDtype::F32 => DType::F32,
     }
-    // Shards are named model-0000i-of-0000n; order only matters for errors.
-    files.sort();
-    Ok(files)
 }
 
-/// Loads a ChatGLM3 or GLM-4 directory onto `device`: f32 weights on the
-/// CPU (candle's CPU matmuls are fastest in f32), bf16 on a GPU.
-pub fn load(dir: &Path, model_id: Option<String>, device: &Device) -> Result<LoadedModel> {
+/// Loads a ChatGLM3 or GLM-4 directory onto `device`, its weights in
+/// `dtype` (see [`resolve_dtype`]), read tensor by tensor from its
+/// safetensors files (one, or the shards its index names).
+pub fn load(
+    dir: &Path,
+    model_id: Option<String>,
+    device: &Device,
+    dtype: ModelDtype,
+) -> Result<LoadedModel> {
     let config_json = read_json(&dir.join("config.json"))?;
     let tokenizer_config = dir.join("tokenizer_config.json");
     let tokenizer_config = if tokenizer_config.is_file() {
@@ -167,19 +171,11 @@ pub fn load(dir: &Path, model_id: Option<String>, device: &Device) -> Result<Loa
     let tokenizer = ChatTokenizer::from_tokenizer_json(hf_tokenizer, eos, end_ids)?;
     let encoder = PromptEncoder::new(tokenizer, Some(family.chat_template()))?;
 
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for file in safetensors_files(dir)? {
-        let shard = candle_core::safetensors::load(&file, device)
-            .map_err(|e| InferenceError::Metadata(format!("{}: {e}", file.display())))?;
-        tensors.extend(shard);
-    }
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model = GlmModel::new(family, &config, vb, device)?;
+    let dtype = resolve_dtype(dtype, device);
+    let files = checkpoint::weight_files(dir)?;
+    let checkpoint = checkpoint::Checkpoint::open(&files)?;
+    let vb = VarBuilder::from_backend(Box::new(checkpoint), dtype, device.clone());
+    let model = GlmModel::new(&config, vb, device)?;
     let default_id = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -196,16 +192,11 @@ pub fn load(dir: &Path, model_id: Option<String>, device: &Device) -> Result<Loa
     })
 }
 
-enum Inner {
-    ChatGlm3(chatglm::Model),
-    Glm4(glm4::Model),
-}
-
 /// A GLM model behind [`CausalLm`]. candle-transformers' models keep their
 /// own KV cache and count positions themselves; this wrapper holds the
 /// position the cache has reached so that it can check callers against it.
 pub struct GlmModel {
-    inner: Inner,
+    inner: glm4::Model,
     device: Device,
     cached: usize,
     context_length: usize,
@@ -213,15 +204,13 @@ pub struct GlmModel {
 }
 
 impl GlmModel {
-    fn new(family: GlmFamily, c: &glm4::Config, vb: VarBuilder, device: &Device) -> Result<Self> {
-        // ChatGLM3 checkpoints with a stretched rotary base (the 32k variant,
-        // `rope_ratio`) need the glm4 code, which is the same architecture
-        // with that one extra parameter; candle's chatglm has no rope_ratio.
-        let inner = if family == GlmFamily::ChatGlm3 && c.rope_ratio == 1 {
-            Inner::ChatGlm3(chatglm::Model::new(&chatglm_config(c), vb)?)
-        } else {
-            Inner::Glm4(glm4::Model::new(c, vb)?)
-        };
+    fn new(c: &glm4::Config, vb: VarBuilder, device: &Device) -> Result<Self> {
+        // Both families run candle's glm4 code: ChatGLM3 is the same
+        // architecture (glm4's `rope_ratio` defaults to 1, chatglm's fixed
+        // rotary base), and candle 0.11's `chatglm` builds its attention mask
+        // in f32 whatever the weights' dtype, so it fails on f16/bf16
+        // weights ("dtype mismatch in where") where glm4's casts the mask.
+        let inner = glm4::Model::new(c, vb)?;
         Ok(Self {
             inner,
             device: device.clone(),
@@ -232,45 +221,15 @@ impl GlmModel {
     }
 
     fn reset(&mut self) {
-        match &mut self.inner {
-            Inner::ChatGlm3(m) => m.reset_kv_cache(),
-            Inner::Glm4(m) => m.reset_kv_cache(),
-        }
+        self.inner.reset_kv_cache();
         self.cached = 0;
     }
 
     fn run(&mut self, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.inner {
-            Inner::ChatGlm3(m) => m.forward(&input)?,
-            Inner::Glm4(m) => m.forward(&input)?,
-        };
+        let logits = self.inner.forward(&input)?;
         self.cached += tokens.len();
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
-    }
-}
-
-fn chatglm_config(c: &glm4::Config) -> chatglm::Config {
-    chatglm::Config {
-        num_layers: c.num_layers,
-        padded_vocab_size: c.padded_vocab_size,
-        hidden_size: c.hidden_size,
-        ffn_hidden_size: c.ffn_hidden_size,
-        kv_channels: c.kv_channels,
-        num_attention_heads: c.num_attention_heads,
-        seq_length: c.seq_length,
-        layernorm_epsilon: c.layernorm_epsilon,
-        rmsnorm: c.rmsnorm,
-        apply_residual_connection_post_layernorm: c.apply_residual_connection_post_layernorm,
-        post_layer_norm: c.post_layer_norm,
-        add_bias_linear: c.add_bias_linear,
-        add_qkv_bias: c.add_qkv_bias,
-        bias_dropout_fusion: c.bias_dropout_fusion,
-        multi_query_attention: c.multi_query_attention,
-        multi_query_group_num: c.multi_query_group_num,
-        apply_query_key_layer_scaling: c.apply_query_key_layer_scaling,
-        attention_softmax_in_fp32: c.attention_softmax_in_fp32,
-        fp32_residual_connection: c.fp32_residual_connection,
     }
 }
 

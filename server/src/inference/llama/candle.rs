@@ -3,20 +3,37 @@
 //! rather than with candle-transformers' `quantized_llama` for speed: an
 //! in-place KV cache, grouped-query attention without repeating K/V, and
 //! only the last position through the output projection.
+//!
+//! It also runs many sequences per step ([`PagedLm`]), as the CPU pass on
+//! our kernels does: their rows are stacked so that every projection reads
+//! its weights once for all of them (on a GPU the step costs about what
+//! one sequence's does until the matmuls stop being bound by reading the
+//! weights), and each sequence's keys and values live in blocks of a
+//! shared pool named by its block table. Attention runs per sequence over
+//! the rows gathered from its blocks.
 
 use candle_core::{DType, Device, Module, Tensor};
+use securechat_kernels::attention::BLOCK_TOKENS;
 
 use super::config::LlamaConfig;
 use super::weights::Weights;
+use crate::inference::error::{InferenceError, Result};
 use crate::inference::kv_cache::CandleKvCache;
-use crate::inference::model::RopeVariant;
+use crate::inference::model::{PagedLm, RopeVariant, SeqStep};
 
 /// The forward pass on candle ops.
 pub(super) struct CandleLlama {
+    config: LlamaConfig,
     weights: Weights,
     cos: Tensor,
     sin: Tensor,
+    /// The single-sequence API's cache ([`Self::forward_chunk`]).
     pub(super) cache: CandleKvCache,
+    /// The batched step's pool: per layer, keys and values of every slot,
+    /// `[blocks * BLOCK_TOKENS, n_kv_head, head_dim]` f32. Empty until
+    /// [`PagedLm::allocate_pool`].
+    pool: Vec<(Tensor, Tensor)>,
+    pool_slots: usize,
     device: Device,
 }
 
@@ -35,10 +52,13 @@ impl CandleLlama {
             device,
         );
         Ok(Self {
+            config: config.clone(),
             weights,
             cos,
             sin,
             cache,
+            pool: Vec::new(),
+            pool_slots: 0,
             device: device.clone(),
         })
     }
@@ -139,6 +159,194 @@ impl CandleLlama {
             .squeeze(0)?
             .to_dtype(DType::F32)?;
         Ok(Some(logits.to_vec1()?))
+    }
+}
+
+impl CandleLlama {
+    /// One forward pass over every sequence of `batch` (see the module
+    /// comment); the logits of those that ask, in order.
+    fn run(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = self.config.clone();
+        if self.pool.is_empty() {
+            return Err(InferenceError::Unsupported(
+                "batched step before the key/value pool was allocated".into(),
+            ));
+        }
+        for s in batch {
+            let end = s.pos + s.tokens.len();
+            if s.tokens.is_empty() || end > c.context_length {
+                return Err(InferenceError::Unsupported(format!(
+                    "{} tokens at position {} in a context of {}",
+                    s.tokens.len(),
+                    s.pos,
+                    c.context_length
+                )));
+            }
+            if s.blocks.len() * BLOCK_TOKENS < end
+                || s.blocks
+                    .iter()
+                    .any(|&b| (b as usize + 1) * BLOCK_TOKENS > self.pool_slots)
+            {
+                return Err(InferenceError::Unsupported(format!(
+                    "a block table of {} blocks cannot hold {end} positions in a pool of {} slots",
+                    s.blocks.len(),
+                    self.pool_slots
+                )));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let mut x = self.weights.embedding.embedding(&ids)?; // [rows, hidden]
+        let eps = c.rms_eps;
+        for i in 0..self.weights.layers.len() {
+            let h = candle_nn::ops::rms_norm(&x, &self.weights.layers[i].attn_norm, eps)?;
+            x = (x + self.batched_attention(&c, i, &h, batch)?)?;
+            let layer = &self.weights.layers[i];
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up]: [Tensor; 2] = layer.gate_up.forward(&h)?.try_into().map_err(|_| {
+                candle_core::Error::Msg("gate/up projection must give 2 outputs".into())
+            })?;
+            x = (x + layer
+                .w_down
+                .forward(&(candle_nn::ops::silu(&gate)? * up)?)?)?;
+        }
+        // Each asking sequence's last row, through the output projection
+        // together: the vocabulary table is read once per step.
+        let mut last = Vec::new();
+        let mut end = 0;
+        for s in batch {
+            end += s.tokens.len();
+            if s.logits {
+                last.push(x.narrow(0, end - 1, 1)?);
+            }
+        }
+        if last.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last = Tensor::cat(&last, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.weights.output_norm, eps)?;
+        let logits = self.weights.output.forward(&last)?.to_dtype(DType::F32)?;
+        Ok(logits.to_vec2()?)
+    }
+
+    /// Attention of layer `index` for the stacked rows `x` of `batch`:
+    /// projections for all rows at once, then per sequence its new keys
+    /// and values written to its slots and its queries against every slot
+    /// it has so far.
+    fn batched_attention(
+        &self,
+        c: &LlamaConfig,
+        index: usize,
+        x: &Tensor,
+        batch: &[SeqStep<'_>],
+    ) -> candle_core::Result<Tensor> {
+        let layer = &self.weights.layers[index];
+        let (pool_k, pool_v) = &self.pool[index];
+        let n_rep = c.n_head / c.n_kv_head;
+        let [q, k, v]: [Tensor; 3] =
+            layer.qkv.forward(x)?.try_into().map_err(|_| {
+                candle_core::Error::Msg("QKV projection must give 3 outputs".into())
+            })?;
+        let rope = match c.rope {
+            RopeVariant::Interleaved => candle_nn::rotary_emb::rope_i,
+            RopeVariant::Halves => candle_nn::rotary_emb::rope,
+        };
+        let mut ys = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for s in batch {
+            let seq = s.tokens.len();
+            let end = s.pos + seq;
+            let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+                // [seq, n*hd] -> [1, n, seq, hd], contiguous for rope.
+                t.narrow(0, row, seq)?
+                    .reshape((seq, n, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .unsqueeze(0)
+            };
+            let cos = self.cos.narrow(0, s.pos, seq)?;
+            let sin = self.sin.narrow(0, s.pos, seq)?;
+            let q = rope(&heads(&q, c.n_head)?, &cos, &sin)?;
+            // Back to [seq, n_kv, hd]: the pool's row layout.
+            let k_rows = rope(&heads(&k, c.n_kv_head)?, &cos, &sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let v_rows = v
+                .narrow(0, row, seq)?
+                .reshape((seq, c.n_kv_head, c.head_dim))?
+                .contiguous()?;
+            // Runs of positions within one block are contiguous slots.
+            let mut p = s.pos;
+            while p < end {
+                let in_block = p % BLOCK_TOKENS;
+                let run = (BLOCK_TOKENS - in_block).min(end - p);
+                let slot = s.blocks[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + in_block;
+                pool_k.slice_set(&k_rows.narrow(0, p - s.pos, run)?, 0, slot)?;
+                pool_v.slice_set(&v_rows.narrow(0, p - s.pos, run)?, 0, slot)?;
+                p += run;
+            }
+            let slots: Vec<u32> = (0..end)
+                .map(|p| {
+                    s.blocks[p / BLOCK_TOKENS] * BLOCK_TOKENS as u32 + (p % BLOCK_TOKENS) as u32
+                })
+                .collect();
+            let slots = Tensor::new(slots.as_slice(), &self.device)?;
+            // [end, n_kv, hd] -> [n_kv, end, hd]
+            let gather = |pool: &Tensor| -> candle_core::Result<Tensor> {
+                pool.index_select(&slots, 0)?.transpose(0, 1)?.contiguous()
+            };
+            let (keys, values) = (gather(pool_k)?, gather(pool_v)?);
+            // As in `attention`: the query heads sharing a KV head stacked
+            // along the rows, one batched matmul per KV head.
+            let q = (q.reshape((c.n_kv_head, n_rep * seq, c.head_dim))?
+                * (1.0 / (c.head_dim as f64).sqrt()))?;
+            let mut att = q.matmul(&keys.t()?)?;
+            if seq > 1 {
+                att = att.broadcast_add(&causal_mask(n_rep, seq, s.pos, end, &self.device)?)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&values)?; // [n_kv, n_rep*seq, hd]
+            ys.push(
+                y.reshape((c.n_head, seq, c.head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((seq, c.hidden))?,
+            );
+            row += seq;
+        }
+        layer.wo.forward(&Tensor::cat(&ys, 0)?)
+    }
+}
+
+impl PagedLm for CandleLlama {
+    fn bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        c.n_layer * 2 * c.n_kv_head * c.head_dim * DType::F32.size_in_bytes()
+    }
+
+    fn allocate_pool(&mut self, blocks: usize) -> Result<()> {
+        let c = &self.config;
+        // Freed first: the old pool and the new one need not fit together.
+        self.pool.clear();
+        self.pool_slots = 0;
+        let slots = blocks * BLOCK_TOKENS;
+        let shape = (slots, c.n_kv_head, c.head_dim);
+        for _ in 0..c.n_layer {
+            let k = Tensor::zeros(shape, DType::F32, &self.device)?;
+            let v = Tensor::zeros(shape, DType::F32, &self.device)?;
+            self.pool.push((k, v));
+        }
+        self.pool_slots = slots;
+        Ok(())
+    }
+
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.run(batch)
     }
 }
 

@@ -294,12 +294,13 @@ impl PagedLm for CpuLlama {
         KvPool::bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim)
     }
 
-    fn allocate_pool(&mut self, blocks: usize) {
+    fn allocate_pool(&mut self, blocks: usize) -> Result<()> {
         let c = &self.config;
         // The single-sequence API keeps its blocks at the pool's start.
         let blocks = blocks.max(context_blocks(c));
         self.pool = KvPool::new(c.n_layer, c.n_kv_head, c.head_dim, blocks);
         self.single_len = 0;
+        Ok(())
     }
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {

@@ -147,7 +147,7 @@ impl CausalLm for Llama {
     fn paged(&mut self) -> Option<&mut dyn PagedLm> {
         match &mut self.forward {
             Forward::Cpu(m) => Some(m),
-            Forward::Candle(_) => None,
+            Forward::Candle(m) => Some(m),
         }
     }
 }

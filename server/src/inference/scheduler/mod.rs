@@ -21,8 +21,9 @@
 //!   sampling state is kept, and recomputed positions are summed as
 //!   before.
 //!
-//! Models without a paged forward pass (candle's, GLM) run through the
-//! same scheduler one sequence at a time.
+//! Both llama passes (ours on the CPU, candle's on a GPU) are batched;
+//! GLM models, whose candle-transformers code keeps one sequence's cache
+//! inside the model, run through the same scheduler one sequence at a time.
 
 mod blocks;
 mod queue;
@@ -214,7 +215,7 @@ impl LocalEngine {
                 // worth for its single-sequence API); the scheduler uses
                 // what it asked for.
                 let blocks = tokens.div_ceil(BLOCK_TOKENS);
-                paged.allocate_pool(blocks);
+                paged.allocate_pool(blocks)?;
                 tracing::info!(
                     kv_cache_tokens = blocks * BLOCK_TOKENS,
                     kv_cache_mib = (blocks * BLOCK_TOKENS * paged.bytes_per_token()) >> 20,
