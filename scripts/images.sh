@@ -12,7 +12,7 @@
 #
 # The server also comes built with CUDA (`--features cuda`), as
 # securechat-server-cuda (tag <version>-cuda): a glibc binary with the CUDA
-# user-space libraries it links (cuBLAS, cuBLASLt, cuRAND, cudart, NVRTC,
+# user-space libraries it links (cuBLAS, cuBLASLt, cuRAND, cudart,
 # from the NVIDIA wheels scripts/cuda-toolkit.sh gathers) under
 # /usr/local/cuda/lib64, and nothing of the driver: the NVIDIA container
 # toolkit mounts libcuda.so.1 into GPU containers. The operator gives it to
@@ -167,10 +167,9 @@ stage_cuda() {
 		*) install -D -m 0755 "$(readlink -f "$lib")" "$dir$lib" ;;
 		esac
 	done
-	# NVRTC loads its builtins with dlopen, which ldd does not see.
-	for lib in "$cuda_home"/lib/libnvrtc-builtins.so.*; do
-		install -m 0644 "$lib" "$dir$cuda_lib_dir/$(basename "$lib")"
-	done
+	# No NVRTC (nor the builtins it would dlopen): candle's kernels are PTX
+	# compiled when the binary is built, so the binary does not link it
+	# (tests/images.rs checks every library it links resolves here).
 }
 
 step "layers"
