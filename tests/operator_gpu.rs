@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::files::names::GPU_UNAVAILABLE_MESSAGE;
 use securechat_operator::labels::{MODEL_LABEL, Names};
+use securechat_test_support::cluster::models::warning;
 use securechat_test_support::cluster::{
     InProcessOperator, OPERATOR_SERVER_IMAGE, TestNamespace, await_condition, client, install_crds,
     wait_for,
@@ -77,30 +78,6 @@ async fn await_ready_reason(models: &Api<SecureChatModel>, name: &str, reason: &
     )
     .await;
     ready(Some(&model)).expect("Ready").message
-}
-
-/// The note of a Warning Event on `model` with `reason`, once there is one.
-async fn warning(client: &Client, namespace: &str, model: &str, reason: &str) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("involvedObject.name={model}");
-    wait_for(
-        &format!("a Warning Event {reason}"),
-        Duration::from_secs(30),
-        || {
-            let (events, selector) = (events.clone(), selector.clone());
-            async move {
-                let list = events
-                    .list(&ListParams::default().fields(&selector))
-                    .await
-                    .ok()?;
-                list.items.into_iter().find_map(|e| {
-                    (e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
-                        .then(|| e.message.unwrap_or_default())
-                })
-            }
-        },
-    )
-    .await
 }
 
 /// The model's Deployment's server container, once there is one.

@@ -9,19 +9,19 @@
 //! Reasons are compared as literals: they are API.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_operator::labels::Names;
-use securechat_test_support::cluster::models::{OperatorNamespace, await_reason, create_model};
-use securechat_test_support::cluster::wait_for;
+use securechat_test_support::cluster::models::{
+    OperatorNamespace, await_reason, create_model, warning,
+};
 use serde_json::json;
 
 const SEED: &str = include_str!("../examples/policies/reads-per-window.rego");
@@ -36,30 +36,6 @@ async fn patch_spec(models: &Api<SecureChatModel>, name: &str, spec: serde_json:
         )
         .await
         .expect("patch the model's spec");
-}
-
-/// The note of a Warning Event on `model` with `reason`, once there is one.
-async fn warning(client: &Client, namespace: &str, model: &str, reason: &str) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("involvedObject.name={model}");
-    wait_for(
-        &format!("a Warning Event {reason}"),
-        Duration::from_secs(30),
-        || {
-            let (events, selector) = (events.clone(), selector.clone());
-            async move {
-                let list = events
-                    .list(&ListParams::default().fields(&selector))
-                    .await
-                    .ok()?;
-                list.items.into_iter().find_map(|e| {
-                    (e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
-                        .then(|| e.message.unwrap_or_default())
-                })
-            }
-        },
-    )
-    .await
 }
 
 /// `auth.policy` of the config the operator wrote.

@@ -8,15 +8,15 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use securechat_crds::SecureChatModel;
 use securechat_crds::files::config::ServerConfig;
 use securechat_crds::files::names;
 use securechat_operator::labels::Names;
-use securechat_test_support::cluster::models::{OperatorNamespace, create_model};
-use securechat_test_support::cluster::{self, await_condition, wait_for};
+use securechat_test_support::cluster::models::{OperatorNamespace, create_model, warning};
+use securechat_test_support::cluster::{self, await_condition};
 use serde_json::json;
 
 /// The Ready condition's (status, reason, message).
@@ -59,30 +59,6 @@ async fn patch_spec(models: &Api<SecureChatModel>, name: &str, spec: serde_json:
         )
         .await
         .expect("patch the model's spec");
-}
-
-/// The note of a Warning Event on `model` with `reason`, once there is one.
-async fn warning(client: &Client, namespace: &str, model: &str, reason: &str) -> String {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("involvedObject.name={model}");
-    wait_for(
-        &format!("a Warning Event {reason}"),
-        Duration::from_secs(30),
-        || {
-            let (events, selector) = (events.clone(), selector.clone());
-            async move {
-                let list = events
-                    .list(&ListParams::default().fields(&selector))
-                    .await
-                    .ok()?;
-                list.items.into_iter().find_map(|e| {
-                    (e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
-                        .then(|| e.message.unwrap_or_default())
-                })
-            }
-        },
-    )
-    .await
 }
 
 /// The custom patterns of the server config the operator wrote.

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use securechat_crds::SecureChatModel;
 use serde_json::json;
 
-use super::{InProcessOperator, TestNamespace, await_condition, client, install_crds};
+use super::{InProcessOperator, TestNamespace, await_condition, client, install_crds, wait_for};
 
 /// A namespace for one test, the operator scoped to it, and its models.
 pub struct OperatorNamespace {
@@ -96,4 +97,29 @@ pub async fn await_reason(
     condition(Some(&model), type_)
         .unwrap_or_else(|| panic!("{} has no {type_} condition", model.name_any()))
         .2
+}
+
+/// The note of a Warning Event on `model` with `reason`, once there is one
+/// (up to 30 s).
+pub async fn warning(client: &Client, namespace: &str, model: &str, reason: &str) -> String {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("involvedObject.name={model}");
+    wait_for(
+        &format!("a Warning Event {reason}"),
+        Duration::from_secs(30),
+        || {
+            let (events, selector) = (events.clone(), selector.clone());
+            async move {
+                let list = events
+                    .list(&ListParams::default().fields(&selector))
+                    .await
+                    .ok()?;
+                list.items.into_iter().find_map(|e| {
+                    (e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+                        .then(|| e.message.unwrap_or_default())
+                })
+            }
+        },
+    )
+    .await
 }
