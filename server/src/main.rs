@@ -141,10 +141,24 @@ enum KeysVerb {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Log lines (among them one audit line per request) are written by a
+    // thread of their own, in batches while requests keep coming: a write(2)
+    // per request on the request's own task cost 8% of the server's CPU at
+    // 14k req/s (perf, GET /v1/models), and formatting stays where it is.
+    // Never lossy: a full buffer makes the logging task wait. The guard
+    // flushes what is left when `main` returns, after a SIGTERM too.
+    let (log_writer, _flush_logs_on_exit) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log-writer")
+            .finish(std::io::BufWriter::with_capacity(
+                64 << 10,
+                std::io::stderr(),
+            ));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
