@@ -18,8 +18,17 @@
 //! flipped bit there can move an 8-bit activation and, within a few
 //! positions, tenths of a logit. The stated tolerance, asserted
 //! everywhere: mean |Δlogit| over the vocabulary ≤ 1.5 on any prompt and ≤
-//! 0.6 averaged over the prompts, llama.cpp's top token in our top 5, and
-//! the same first 32 greedy tokens on at least 4 of 5 prompts.
+//! 0.6 averaged over the prompts, and llama.cpp's top token in our top 5.
+//! Greedy agreement (the same first 32 tokens on at least 4 of 5 prompts)
+//! is asserted on AVX-512 CPUs only: against llama.cpp's AVX2-only build
+//! (an AMD EPYC without AVX-512, 2026-12-07) the means were 0.09–0.52
+//! (0.27 overall) but greedy agreed on 0 of 5, diverging at tokens 1–22
+//! where two candidates are within those tenths.
+//!
+//! Our own logits do not depend on the CPU (the SIMD kernels equal the
+//! scalar ones bit for bit), so `single_sequence_logits_are_pinned` keeps
+//! the logits that equalled the AVX-512 build's, without llama.cpp, on
+//! every machine and in `make test`.
 
 mod inference_support;
 
@@ -305,7 +314,65 @@ fn greedy_output_and_logits_match_llama_cpp() {
         mean <= MAX_MEAN_ERROR,
         "mean |Δlogit| over the prompts {mean}"
     );
-    assert!(agreeing >= 4, "greedy agrees on {agreeing} of 5 prompts");
+    if has_avx512() {
+        assert!(agreeing >= 4, "greedy agrees on {agreeing} of 5 prompts");
+    } else {
+        eprintln!(
+            "this CPU has no AVX-512: greedy agreement is reported, not asserted (see the module doc)"
+        );
+    }
+}
+
+/// Whether llama.cpp's native build here takes the AVX-512 paths whose
+/// arithmetic ours reproduces.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// SHA-256 over the little-endian f32 logits after each prompt and after
+/// each of 32 greedy steps (our own argmax), recorded at 494808f, the
+/// engine before continuous batching, whose logits equalled llama.cpp's
+/// AVX-512 build bit for bit. The batched engine's single sequence gives
+/// the same bits (checked against a build of 494808f on 2026-12-07).
+const PINNED_LOGITS_SHA256: [&str; 5] = [
+    "8c303fbda40f37b5b82ca44e3a4ec84f70fa440c3edea71d5feabb641ee3d192",
+    "59525dab08e88d2ba192519ca299a58593e891e0935028d81b4711803ce5caa7",
+    "f85e0b42d682e01d1d13ea03ee8874bb7c16089d1a066b923c966e08ed455cb5",
+    "04131f6655a21fa63abc7152fdeb398fe90be40ea5bc31f7f2fce16998b6a4d9",
+    "78958da1b2ca42ca315d99e9d65d4b8ca23a5f52ebac2e58d95601e8e96f2c1d",
+];
+
+/// Our single-sequence logits, bit for bit, on any CPU and without
+/// llama.cpp: a change here is a change of arithmetic (summation order,
+/// rounding, `exp`), which parity with llama.cpp does not survive.
+#[test]
+fn single_sequence_logits_are_pinned() {
+    use sha2::{Digest, Sha256};
+    let mut ours = load_model(&model_path(), None, WeightFormat::AsStored).unwrap();
+    let mut digests = Vec::new();
+    for prompt in PROMPTS {
+        let ids = ours.encoder.encode(&user(prompt)).unwrap();
+        let mut digest = Sha256::new();
+        let mut logits = ours.model.forward(&ids, 0).unwrap();
+        for pos in ids.len()..=ids.len() + STEPS {
+            for v in &logits {
+                digest.update(v.to_le_bytes());
+            }
+            if pos == ids.len() + STEPS {
+                break;
+            }
+            logits = ours.model.forward(&[top(&logits, 1)[0]], pos).unwrap();
+        }
+        digests.push(securechat_crds::hex::hex(&digest.finalize()));
+    }
+    assert_eq!(
+        digests, PINNED_LOGITS_SHA256,
+        "our logits changed, per prompt (after the prompt and {STEPS} greedy steps)"
+    );
 }
 
 /// On an AVX-512 CPU: every prompt's logits, and the logits after each of
@@ -313,12 +380,7 @@ fn greedy_output_and_logits_match_llama_cpp() {
 #[test]
 #[ignore = "needs the llama.cpp venv (scripts/llama-cpp-venv.sh); run with `make check-all`"]
 fn logits_equal_llama_cpp_bit_for_bit_at_every_step() {
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512dq");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
-    if !avx512 {
+    if !has_avx512() {
         eprintln!(
             "this CPU has no AVX-512: llama.cpp's build here sums and rounds differently, so \
              only greedy_output_and_logits_match_llama_cpp's tolerance applies"
