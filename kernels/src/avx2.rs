@@ -19,6 +19,8 @@ pub fn kernels() -> Option<Kernels> {
         dot_q8_0_x4: x86::dot_q8_0_x4,
         dot_q4_1_by4: x86::dot_q4_1_by4,
         dot_q8_0_by4: x86::dot_q8_0_by4,
+        dot_q4_1_by8: x86::dot_q4_1_by8,
+        dot_q8_0_by8: x86::dot_q8_0_by8,
         quantize: x86::quantize_q8_1,
         dot_f16: x86::dot_f16,
         dot_f16_tiled: x86::dot_f16_tiled,
@@ -43,7 +45,7 @@ mod x86 {
 
     use crate::exp::{C0, C1, C2, C3, C4, LN2_HI, LN2_LO, LOG2E, SHIFT, times_pow2};
     use crate::scalar::{self, LANES, ROW_LANES};
-    use crate::{BlockQ8_1, QK, WeightType};
+    use crate::{BlockQ8_1, QK, Scales8, WeightType};
 
     // The public entry points are only installed by `kernels()` after the
     // features were detected, which is what makes the calls below sound.
@@ -83,6 +85,27 @@ mod x86 {
         }
         // SAFETY: as for `dot_q4_1`.
         unsafe { dot_q8_0_by4_avx2(w, a) }
+    }
+
+    pub fn dot_q4_1_by8(w: &[u8], a: [&[BlockQ8_1]; 8], scales: &[Scales8]) -> [f32; 8] {
+        check_by8(w, WeightType::Q4_1, a, scales);
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q4_1_by8_avx2(w, a, scales) }
+    }
+
+    pub fn dot_q8_0_by8(w: &[u8], a: [&[BlockQ8_1]; 8], scales: &[Scales8]) -> [f32; 8] {
+        check_by8(w, WeightType::Q8_0, a, scales);
+        // SAFETY: as for `dot_q4_1`.
+        unsafe { dot_q8_0_by8_avx2(w, a, scales) }
+    }
+
+    /// The eight-row kernels read `scales.len()` blocks of the row and of
+    /// every activation row.
+    fn check_by8(w: &[u8], ty: WeightType, a: [&[BlockQ8_1]; 8], scales: &[Scales8]) {
+        assert!(w.len() >= scales.len() * ty.block_bytes());
+        for a in a {
+            assert!(a.len() >= scales.len());
+        }
     }
 
     pub fn dot_q8_0(w: &[u8], a: &[BlockQ8_1]) -> f32 {
@@ -418,6 +441,31 @@ mod x86 {
         std::array::from_fn(|t| hsum(acc[t]) + mins[t])
     }
 
+    /// One row against eight activation rows: each pair's sums exactly as
+    /// `dot_q4_1_avx2` forms them, each weight block unpacked once, and the
+    /// rows' `d·d_a` and `m·s_a` as one vector product each (the same
+    /// rounding as the scalar products: a lane of a vector multiply or add
+    /// is the scalar operation).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1_by8_avx2(w: &[u8], a: [&[BlockQ8_1]; 8], scales: &[Scales8]) -> [f32; 8] {
+        const BYTES: usize = WeightType::Q4_1.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut mins = _mm256_setzero_ps();
+        let mut dd = [0f32; 8];
+        for (b, (wb, sc)) in w.chunks_exact(BYTES).zip(scales).enumerate() {
+            let (wq, d, m) = q4_1_unpack(wb);
+            store_f32x8(&mut dd, _mm256_mul_ps(_mm256_set1_ps(d), load_f32x8(&sc.d)));
+            mins = _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(m), load_f32x8(&sc.s)));
+            for t in 0..8 {
+                let p = q4_1_product(wq, load_qs(&a[t][b]));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd[t]), _mm256_cvtepi32_ps(p), acc[t]);
+            }
+        }
+        let mut m = [0f32; 8];
+        store_f32x8(&mut m, mins);
+        std::array::from_fn(|t| hsum(acc[t]) + m[t])
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_1_avx2(w: &[u8], a: &[BlockQ8_1]) -> f32 {
         // One accumulator, blocks in order, as llama.cpp sums: two
@@ -514,6 +562,23 @@ mod x86 {
                 let ab = &a[t][b];
                 let p = q8_0_product(wq, load_qs(ab));
                 acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum(acc[t]))
+    }
+
+    /// One Q8_0 row against eight activation rows, as `dot_q4_1_by8_avx2`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0_by8_avx2(w: &[u8], a: [&[BlockQ8_1]; 8], scales: &[Scales8]) -> [f32; 8] {
+        const BYTES: usize = WeightType::Q8_0.block_bytes();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut dd = [0f32; 8];
+        for (b, (wb, sc)) in w.chunks_exact(BYTES).zip(scales).enumerate() {
+            let (wq, d) = q8_0_unpack(wb);
+            store_f32x8(&mut dd, _mm256_mul_ps(_mm256_set1_ps(d), load_f32x8(&sc.d)));
+            for t in 0..8 {
+                let p = q8_0_product(wq, load_qs(&a[t][b]));
+                acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd[t]), acc[t]);
             }
         }
         std::array::from_fn(|t| hsum(acc[t]))

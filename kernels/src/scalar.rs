@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use crate::{BlockQ8_1, QK, WeightType};
+use crate::{BlockQ8_1, QK, Scales8, WeightType};
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
@@ -69,6 +69,17 @@ pub fn dot_q4_1_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
 }
 
 pub fn dot_q8_0_by4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    a.map(|a| dot_q8_0(w, a))
+}
+
+/// One row against eight activation rows: the single-row dots (the
+/// gathered scales are the rows' own, so the portable version reads them
+/// from the rows).
+pub fn dot_q4_1_by8(w: &[u8], a: [&[BlockQ8_1]; 8], _scales: &[Scales8]) -> [f32; 8] {
+    a.map(|a| dot_q4_1(w, a))
+}
+
+pub fn dot_q8_0_by8(w: &[u8], a: [&[BlockQ8_1]; 8], _scales: &[Scales8]) -> [f32; 8] {
     a.map(|a| dot_q8_0(w, a))
 }
 

@@ -188,6 +188,38 @@ fn four_token_dots_equal_single_token_dots_bit_for_bit() {
 }
 
 #[test]
+fn eight_token_dots_equal_single_token_dots_bit_for_bit() {
+    // The batched matmul's kernel for eight tokens, with the rows' scales
+    // gathered per block: each result must be the single-row kernel's.
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut sets = vec![("scalar", scalar_kernels())];
+    sets.extend(simd().map(|k| ("simd", k)));
+    for (name, k) in sets {
+        for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+            for blocks in [1, 18, 48] {
+                let w = random_blocks(&mut rng, ty, blocks);
+                let a: Vec<Vec<BlockQ8_1>> = (0..8)
+                    .map(|_| {
+                        let mut a = vec![BlockQ8_1::default(); blocks];
+                        scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
+                        a
+                    })
+                    .collect();
+                let rows: [&[BlockQ8_1]; 8] = std::array::from_fn(|i| a[i].as_slice());
+                let scales: Vec<Scales8> = (0..blocks).map(|b| Scales8::gather(rows, b)).collect();
+                let (single, by8) = match ty {
+                    WeightType::Q4_1 => (k.dot_q4_1, k.dot_q4_1_by8),
+                    WeightType::Q8_0 => (k.dot_q8_0, k.dot_q8_0_by8),
+                };
+                let want: Vec<f32> = a.iter().map(|a| single(&w, a)).collect();
+                let got = by8(&w, rows, &scales);
+                assert_eq!(got.to_vec(), want, "{name} {ty:?} {blocks}");
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_f32_arithmetic_for_one_and_many_tokens() {
     let mut rng = StdRng::seed_from_u64(4);
     for ty in [WeightType::Q4_1, WeightType::Q8_0] {
