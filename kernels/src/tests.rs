@@ -156,6 +156,17 @@ fn four_row_dots_equal_single_row_dots_bit_for_bit() {
     }
 }
 
+/// `n` rows of `blocks` quantized random activations.
+fn activation_rows(rng: &mut StdRng, n: usize, blocks: usize) -> Vec<Vec<BlockQ8_1>> {
+    (0..n)
+        .map(|_| {
+            let mut a = vec![BlockQ8_1::default(); blocks];
+            scalar::quantize_q8_1(&random_f32(rng, blocks * QK), &mut a);
+            a
+        })
+        .collect()
+}
+
 #[test]
 fn four_token_dots_equal_single_token_dots_bit_for_bit() {
     // One weight row against four activation rows: the batched matmul's
@@ -168,13 +179,7 @@ fn four_token_dots_equal_single_token_dots_bit_for_bit() {
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
             for blocks in [1, 18, 48] {
                 let w = random_blocks(&mut rng, ty, blocks);
-                let a: Vec<Vec<BlockQ8_1>> = (0..4)
-                    .map(|_| {
-                        let mut a = vec![BlockQ8_1::default(); blocks];
-                        scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
-                        a
-                    })
-                    .collect();
+                let a = activation_rows(&mut rng, 4, blocks);
                 let (single, by4) = match ty {
                     WeightType::Q4_1 => (k.dot_q4_1, k.dot_q4_1_by4),
                     WeightType::Q8_0 => (k.dot_q8_0, k.dot_q8_0_by4),
@@ -198,13 +203,7 @@ fn eight_token_dots_equal_single_token_dots_bit_for_bit() {
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
             for blocks in [1, 18, 48] {
                 let w = random_blocks(&mut rng, ty, blocks);
-                let a: Vec<Vec<BlockQ8_1>> = (0..8)
-                    .map(|_| {
-                        let mut a = vec![BlockQ8_1::default(); blocks];
-                        scalar::quantize_q8_1(&random_f32(&mut rng, blocks * QK), &mut a);
-                        a
-                    })
-                    .collect();
+                let a = activation_rows(&mut rng, 8, blocks);
                 let rows: [&[BlockQ8_1]; 8] = std::array::from_fn(|i| a[i].as_slice());
                 let scales: Vec<Scales8> = (0..blocks).map(|b| Scales8::gather(rows, b)).collect();
                 let (single, by8) = match ty {
