@@ -113,7 +113,7 @@ export LD_LIBRARY_PATH="$HOME/.cache/securechat/redis/usr/lib/$(uname -m)-linux-
 SHA="$("$BIN/redis-cli" -p "$STORE_PORT" SCRIPT LOAD "$(cat server/src/shared/bucket.lua)")"
 # A request's script: the client address's guard and the principal's
 # request bucket (2 keys, 1 guard).
-SCRIPT_ARGS=(EVALSHA "$SHA" 2 bench:guard bench:k take 1 1 2000000000 33333333 2000000000 33333333)
+SCRIPT_ARGS=(EVALSHA "$SHA" 2 bench:guard bench:k 1 take 1 1 2 2000000000 33333333 2000000000 33333333)
 SCRIPT_LATENCY="$("$BIN/redis-benchmark" -p "$STORE_PORT" -c 1 -n 20000 "${SCRIPT_ARGS[@]}" 2>/dev/null |
   tr '\r' '\n' | grep -A2 'latency summary' | tail -n 1 | tr -s ' ' | sed 's/^ //' || true)"
 SCRIPT_RPS="$("$BIN/redis-benchmark" -p "$STORE_PORT" -c 16 -n 100000 -q "${SCRIPT_ARGS[@]}" 2>/dev/null |

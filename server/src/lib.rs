@@ -37,7 +37,8 @@
 //!   of one request), `ratelimit`, `forwarded` (the client address behind
 //!   trusted proxies), `pii` (pure filters), `breaker` (the circuit breaker
 //!   around every outbound dependency), `request_window` (the per-caller
-//!   windows behind the policy's `input.usage`).
+//!   windows behind the policy's `input.usage`), `log_writer` (where log
+//!   and audit lines are written from, in batches).
 //! - Inference: `engine` (the trait handlers see), `inference` (models,
 //!   tokenizer, sampler, decode loop, worker queue; no candle type leaves
 //!   it).
@@ -58,6 +59,7 @@ pub mod inference;
 pub mod keys_cli;
 pub mod limits;
 pub mod listener;
+pub mod log_writer;
 pub mod metrics;
 pub mod pii;
 pub mod policy;

@@ -131,6 +131,7 @@ pub async fn start(options: &ServeOptions, engine: Arc<dyn Engine>) -> anyhow::R
                     .with_breaker(store_breaker),
             );
             store.spawn_keepalive();
+            store.spawn_batcher();
             Some(store)
         }
         None => None,

@@ -1,38 +1,21 @@
 //! The audit log: one JSON line per request, with who/what/decision, and
 //! never a secret or prompt text unless configured.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use securechat_test_support::https::{self, RELAXED, chat_body, server};
 use serde_json::Value;
 
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One subscriber per test binary, like the server's (JSON, flattened).
+/// The process's audit sink, once per test binary (as `main` sets it).
 fn captured() -> Arc<Mutex<Vec<u8>>> {
     static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     BUF.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = Capture(buf.clone());
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_writer(move || writer.clone())
-            .with_env_filter("securechat::audit=info")
-            .init();
+        let lines = buf.clone();
+        assert!(securechat_server::audit::set_sink(move |line| {
+            lines.lock().unwrap().extend_from_slice(line)
+        }));
         buf
     })
     .clone()

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use securechat_crds::files::config::SharedStateConfig;
 use securechat_crds::v1alpha1::OnUnavailable;
 use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub mod sealed;
 pub mod usage;
@@ -47,6 +48,18 @@ pub const BUCKET_SCRIPT: &str = include_str!("bucket.lua");
 /// pipelined on it), so a few carry thousands of requests a second; more
 /// than one keeps one slow reply from queueing every other request.
 pub const POOL_SIZE: usize = 4;
+
+/// Script calls for admissions out at once (see [`Store::spawn_batcher`]).
+/// One more than one, so that a call's reply and the next call's request
+/// overlap; more would split the queue into smaller calls.
+pub const ADMISSION_CALLS_IN_FLIGHT: usize = 2;
+
+/// Most admissions in one script call: the store runs nothing else while
+/// a script runs, so a call must stay short.
+pub const MAX_ADMISSIONS_PER_CALL: usize = 256;
+
+/// Admissions waiting for a call before senders wait for room.
+const ADMISSION_QUEUE: usize = 4096;
 
 /// How often idle connections are checked (see [`Store::spawn_keepalive`]).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
@@ -128,6 +141,18 @@ pub struct StoreMetrics {
     pub fallback: Gauge,
 }
 
+/// One request's admission (see [`Store::admit`]), its names prefixed.
+struct QueuedAdmission {
+    keys: Vec<String>,
+    rates: Vec<Rate>,
+    /// The first `guards` of `keys`.
+    guards: usize,
+    op: Op,
+    cost: f64,
+}
+
+type AdmissionReply = oneshot::Sender<Result<[i64; 6], StoreError>>;
+
 struct Member {
     manager: ArcSwap<ConnectionManager>,
     rebuilt: Mutex<Instant>,
@@ -141,6 +166,8 @@ pub struct Store {
     pool: Vec<Member>,
     next: AtomicUsize,
     bucket_script: redis::Script,
+    /// The batcher's queue, once it runs.
+    admissions: OnceLock<mpsc::Sender<(QueuedAdmission, AdmissionReply)>>,
     /// `usage::USAGE_SCRIPT`, hashed once.
     usage_script: redis::Script,
     /// `config.replicas` as the last config reload said: scaling the model
@@ -176,6 +203,7 @@ impl Store {
             pool,
             next: AtomicUsize::new(0),
             bucket_script: redis::Script::new(BUCKET_SCRIPT),
+            admissions: OnceLock::new(),
             usage_script: redis::Script::new(usage::USAGE_SCRIPT),
             last_error: Mutex::new(None),
             metrics,
@@ -274,7 +302,9 @@ impl Store {
 
     /// Checks the `guards` (each must hold one unit; nothing is taken from
     /// them) and, if they pass, applies `op` to `buckets`: everything a
-    /// request checks and updates, in one script and one round trip.
+    /// request checks and updates, in one script. The script call carries
+    /// every admission queued while the previous calls were on their way
+    /// (see [`Store::spawn_batcher`]); without a batcher it goes alone.
     pub async fn admit(
         &self,
         guards: &[(&str, Rate)],
@@ -282,34 +312,140 @@ impl Store {
         buckets: &[(&str, Rate)],
         cost: f64,
     ) -> Result<Admission, StoreError> {
-        let mut invocation = self.bucket_script.prepare_invoke();
-        for (name, _) in guards.iter().chain(buckets) {
-            invocation.key(self.key(name));
-        }
-        invocation.arg(op.as_str()).arg(cost).arg(guards.len());
-        for (_, rate) in guards.iter().chain(buckets) {
-            invocation.arg(rate.capacity).arg(rate.per_second);
-        }
-        let reply: Vec<i64> = self
-            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let named = guards.iter().chain(buckets);
+        let admission = QueuedAdmission {
+            keys: named.clone().map(|(name, _)| self.key(name)).collect(),
+            rates: named.map(|&(_, rate)| rate).collect(),
+            guards: guards.len(),
+            op,
+            cost,
+        };
+        let reply = match self.admissions.get() {
+            None => self.send_admissions(&[admission]).await?.remove(0),
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                // The batch's call has the store's timeout; this one also
+                // covers the wait for a free slot (at most one other call).
+                let budget = self.config.timeout.as_std() * 2;
+                let queued = async {
+                    queue.send((admission, reply)).await.ok()?;
+                    answer.await.ok()
+                };
+                match tokio::time::timeout(budget, queued).await {
+                    Ok(Some(reply)) => reply?,
+                    Ok(None) => {
+                        return Err(self.failed(StoreError::Connection(
+                            "the shared store's batcher has stopped".into(),
+                        )));
+                    }
+                    Err(_) => return Err(self.failed(StoreError::Timeout(budget))),
+                }
+            }
+        };
         let millis = |n: i64| Duration::from_millis(u64::try_from(n).unwrap_or(0));
-        match reply.as_slice() {
+        match reply {
             [0, _, retry, _, 1, _] => Ok(Admission::Throttled {
-                retry_after: millis(*retry),
+                retry_after: millis(retry),
             }),
             [1, remaining, _, reset, 0, bucket] => Ok(Admission::Decided(Decision::Allowed {
-                remaining: u32::try_from(*remaining).unwrap_or(u32::MAX),
-                reset: millis(*reset),
-                bucket: usize::try_from(*bucket).unwrap_or(0),
+                remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                reset: millis(reset),
+                bucket: usize::try_from(bucket).unwrap_or(0),
             })),
             [0, _, retry, _, 0, _] => Ok(Admission::Decided(Decision::Denied {
-                retry_after: millis(*retry),
+                retry_after: millis(retry),
             })),
             other => Err(self.failed(StoreError::Reply(format!(
                 "the bucket script returned {other:?}"
             )))),
         }
+    }
+
+    /// Starts the task that sends queued admissions to the store, many to
+    /// a script call: under load each request's call used to be one
+    /// round trip, one write and read on both sides and one script start;
+    /// now a call carries what arrived while the previous ones were on
+    /// their way. At most [`ADMISSION_CALLS_IN_FLIGHT`] calls are out at
+    /// once, so a lone request goes at once and a busy server's requests
+    /// share calls. The admissions of one call are applied in order, each
+    /// exactly as if alone. Stops when the store is dropped.
+    pub fn spawn_batcher(self: &Arc<Self>) {
+        let (queue, mut queued) = mpsc::channel(ADMISSION_QUEUE);
+        if self.admissions.set(queue).is_err() {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(ADMISSION_CALLS_IN_FLIGHT));
+            let mut batch = Vec::with_capacity(MAX_ADMISSIONS_PER_CALL);
+            loop {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                if queued.recv_many(&mut batch, MAX_ADMISSIONS_PER_CALL).await == 0 {
+                    return;
+                }
+                let Some(store) = store.upgrade() else { return };
+                let batch =
+                    std::mem::replace(&mut batch, Vec::with_capacity(MAX_ADMISSIONS_PER_CALL));
+                tokio::spawn(async move {
+                    let (admissions, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    match store.send_admissions(&admissions).await {
+                        Ok(answers) => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        });
+    }
+
+    /// One script call for `admissions`: their answers in order.
+    async fn send_admissions(
+        &self,
+        admissions: &[QueuedAdmission],
+    ) -> Result<Vec<[i64; 6]>, StoreError> {
+        let mut invocation = self.bucket_script.prepare_invoke();
+        invocation.arg(admissions.len());
+        for a in admissions {
+            for key in &a.keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(a.op.as_str())
+                .arg(a.cost)
+                .arg(a.guards)
+                .arg(a.keys.len());
+            for rate in &a.rates {
+                invocation.arg(rate.capacity).arg(rate.per_second);
+            }
+        }
+        let reply: Vec<i64> = self
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        if reply.len() != 6 * admissions.len() {
+            return Err(self.failed(StoreError::Reply(format!(
+                "the bucket script returned {} numbers for {} admissions",
+                reply.len(),
+                admissions.len()
+            ))));
+        }
+        Ok(reply
+            .chunks_exact(6)
+            .map(|answer| {
+                [
+                    answer[0], answer[1], answer[2], answer[3], answer[4], answer[5],
+                ]
+            })
+            .collect())
     }
 
     /// Stores `value` under `name` for `ttl` (at least a millisecond).
