@@ -34,14 +34,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
     APIService, APIServiceSpec, ServiceReference,
 };
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
+use securechat_crds::SecureChatModel;
 use securechat_crds::v1alpha1::ServingMetric;
-use securechat_crds::{ChatApiKey, SecureChatModel};
 use securechat_operator::labels::Names;
 use securechat_operator::status::SCALING_READY;
 use securechat_test_support::cluster::node::Node;
@@ -51,6 +50,8 @@ use securechat_test_support::cluster::{
     wait_for,
 };
 use serde_json::{Value, json};
+
+use crate::{consumer_credentials, create_cpu_model, create_key, model_ca_bundle};
 
 use crate::chaos::settled_pods;
 use crate::metrics::prometheus_config;
@@ -94,68 +95,32 @@ async fn the_hpa_scales_a_cpu_model_on_its_serving_signal_and_back_without_faili
 
     // Two pods of these requests fit node-0's 2 cores beside CoreDNS; the
     // limit lets one pod use half the machine while it is alone.
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "image": node.server_image,
-                    "resources": {
-                        "gpu": {"count": 0},
-                        "requests": {"cpu": "250m", "memory": "256Mi"},
-                        "limits": {"cpu": "1", "memory": "1Gi"}
-                    },
-                    "scheduling": node.scheduling(),
-                    "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
-                    "rateLimit": {"requestsPerMinute": 1000000},
-                    // Short windows: the test waits for both moves.
-                    "autoscaling": {
-                        "minReplicas": 1, "maxReplicas": 2,
-                        "metric": "SequencesRunning", "target": TARGET,
-                        "behavior": {
-                            "scaleUpStabilizationSeconds": 0,
-                            "scaleDownStabilizationSeconds": 10,
-                            "scaleDownPeriodSeconds": 5
-                        }
-                    }
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
-    Api::<ChatApiKey>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-                "metadata": {"name": "app", "namespace": ns.name},
-                "spec": {"modelRef": {"name": "m"}, "tier": "Developer", "secretName": "app"}
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create a key");
+    let spec = json!({
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"}
+        },
+        "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
+        "rateLimit": {"requestsPerMinute": 1000000},
+        // Short windows: the test waits for both moves.
+        "autoscaling": {
+            "minReplicas": 1, "maxReplicas": 2,
+            "metric": "SequencesRunning", "target": TARGET,
+            "behavior": {
+                "scaleUpStabilizationSeconds": 0,
+                "scaleDownStabilizationSeconds": 10,
+                "scaleDownPeriodSeconds": 5
+            }
+        }
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
+    create_key(&kube, &ns.name, "app", "m").await;
 
     // Prometheus: the chart's PodMonitor as a prometheus.yml, discovering
     // pods through the API server with the test's kubeconfig.
     let dir = tempfile::tempdir().expect("tempdir");
     let etc = dir.path();
-    let bundle = wait_for("the model's CA bundle", Duration::from_secs(60), || {
-        let bundles = Api::<ConfigMap>::namespaced(kube.clone(), &ns.name);
-        async move {
-            bundles
-                .get_opt("m-ca-bundle")
-                .await
-                .ok()
-                .flatten()?
-                .data?
-                .remove("ca.crt")
-        }
-    })
-    .await;
+    let bundle = model_ca_bundle(&kube, &ns.name, "m").await;
     std::fs::write(etc.join("ca.crt"), &bundle).expect("write the CA");
     std::fs::copy(
         cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml"),
@@ -221,20 +186,13 @@ async fn the_hpa_scales_a_cpu_model_on_its_serving_signal_and_back_without_faili
 
     // The model answers through its Service with the minted key.
     let first = crate::ready_pod(&kube, &ns.name, "m").await.name_any();
-    let secrets = Api::<Secret>::namespaced(kube.clone(), &ns.name);
-    let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("app").await.ok().flatten() }
-    })
-    .await;
-    let data = app.data.expect("consumer data");
     let ca = etc.join("app-ca.crt");
-    std::fs::write(&ca, &data["ca.crt"].0).expect("write the app's CA");
+    let app_key = consumer_credentials(&kube, &ns.name, "app", &ca).await;
     let mut target = Target {
         ca,
         host: format!("m.{}.svc", ns.name),
         service: SocketAddr::new(crate::cluster_ip(&kube, &ns.name, "m").await, 8000),
-        key: String::from_utf8(data["api-key"].0.clone()).expect("key"),
+        key: app_key,
         model: String::new(),
     };
     // The key reaches the pod's mounted table with the kubelet's next

@@ -24,17 +24,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, EvictParams, ListParams, PostParams};
-use securechat_crds::{ChatApiKey, SecureChatModel};
+use kube::api::{Api, EvictParams, ListParams};
 use securechat_test_support::cluster::node::{HostProcess, Node};
 use securechat_test_support::cluster::serving::https_client_resolving;
 use securechat_test_support::cluster::{
     self as cluster, InProcessOperator, TestNamespace, client, install_crds, kubectl, wait_for,
 };
 use serde_json::json;
+
+use crate::{consumer_credentials, create_cpu_model, create_key};
 
 /// Requests a second, through the Service.
 const RATE: u64 = 20;
@@ -82,37 +83,13 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
     let _operator =
         InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 2,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
-                    "rateLimit": {"requestsPerMinute": 1000000}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
-    Api::<ChatApiKey>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-                "metadata": {"name": "app", "namespace": ns.name},
-                "spec": {"modelRef": {"name": "m"}, "tier": "Developer", "secretName": "app"}
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create a key");
+    let spec = json!({
+        "replicas": 2,
+        "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
+        "rateLimit": {"requestsPerMinute": 1000000}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
+    create_key(&kube, &ns.name, "app", "m").await;
 
     let pods: Api<Pod> = Api::namespaced(kube.clone(), &ns.name);
     let selector = securechat_operator::labels::selector("m")
@@ -125,17 +102,9 @@ async fn killed_containers_and_evicted_pods_fail_no_request_beyond_those_in_flig
     // connection refused through the Service before any fault).
     let ready = settled_pods(&kube, &ns.name, "m", &selector, 2).await;
 
-    let secrets = Api::<Secret>::namespaced(kube.clone(), &ns.name);
-    let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("app").await.ok().flatten() }
-    })
-    .await;
-    let data = app.data.expect("consumer data");
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, &data["ca.crt"].0).expect("write CA");
-    let key = String::from_utf8(data["api-key"].0.clone()).expect("key");
+    let key = consumer_credentials(&kube, &ns.name, "app", &ca).await;
     let host = format!("m.{}.svc", ns.name);
 
     // Both pods accept the key (its table reached each pod's volume).

@@ -8,17 +8,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, PostParams};
-use securechat_crds::{ChatApiKey, SecureChatModel};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use securechat_test_support::cluster::node::{HostProcess, Node};
 use securechat_test_support::cluster::serving::https_client_resolving;
 use securechat_test_support::cluster::{
     InProcessOperator, TestNamespace, client, install_crds, wait_for,
 };
 
-use crate::ready_pod;
 use serde_json::json;
+
+use crate::{consumer_credentials, create_cpu_model, create_key, ready_pod};
 
 /// The limits the model asks for, checked in the pod's cgroups.
 const CPU_LIMIT_MILLIS: i64 = 1500;
@@ -34,41 +34,16 @@ async fn a_cpu_model_runs_hardened_on_the_real_node_and_answers_through_its_serv
     let _operator =
         InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
-    let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &ns.name);
-    models
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {
-                        "gpu": {"count": 0},
-                        "requests": {"cpu": "250m", "memory": "256Mi"},
-                        "limits": {"cpu": format!("{CPU_LIMIT_MILLIS}m"), "memory": MEMORY_LIMIT.to_string()}
-                    },
-                    "scheduling": node.scheduling(),
-                    "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
-    Api::<ChatApiKey>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-                "metadata": {"name": "app", "namespace": ns.name},
-                "spec": {"modelRef": {"name": "m"}, "tier": "Developer", "secretName": "app"}
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create a key");
+    let spec = json!({
+        "replicas": 1,
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"cpu": format!("{CPU_LIMIT_MILLIS}m"), "memory": MEMORY_LIMIT.to_string()}
+        },
+        "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
+    create_key(&kube, &ns.name, "app", "m").await;
 
     // Ready means the kubelet's HTTPS readiness probe passed.
     let pod = ready_pod(&kube, &ns.name, "m").await;
@@ -108,16 +83,8 @@ async fn a_cpu_model_runs_hardened_on_the_real_node_and_answers_through_its_serv
     // Through the Service's ClusterIP with the operator's certificate and
     // the minted key, from the consumer Secret as an app would read it.
     let cluster_ip = crate::cluster_ip(&kube, &ns.name, "m").await;
-    let app = Api::<Secret>::namespaced(kube.clone(), &ns.name);
-    let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
-        let app = app.clone();
-        async move { app.get_opt("app").await.ok().flatten() }
-    })
-    .await;
-    let data = app.data.expect("consumer data");
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.crt"), &data["ca.crt"].0).expect("write CA");
-    let key = String::from_utf8(data["api-key"].0.clone()).expect("key");
+    let key = consumer_credentials(&kube, &ns.name, "app", &dir.path().join("ca.crt")).await;
     let host = format!("m.{}.svc", ns.name);
     let http = https_client_resolving(
         &dir.path().join("ca.crt"),

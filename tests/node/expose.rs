@@ -15,10 +15,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, PostParams};
-use securechat_crds::{ChatApiKey, SecureChatModel};
+use kube::api::Api;
+use securechat_crds::SecureChatModel;
 use securechat_operator::labels::Names;
 use securechat_test_support::cluster::node::{Node, connects};
 use securechat_test_support::cluster::serving::https_client_resolving;
@@ -27,7 +27,7 @@ use securechat_test_support::cluster::{
 };
 use serde_json::{Value, json};
 
-use crate::ready_pod;
+use crate::{consumer_credentials, create_cpu_model, create_key, ready_pod};
 
 const SLEEP: &[&str] = &["/bin/sleep", "3600"];
 const API_PORT: i32 = 8000;
@@ -59,37 +59,13 @@ async fn a_node_port_reaches_the_model_with_its_certificate_and_its_network_rule
         .await;
     let rule = format!("{admitted}/32");
 
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "network": {"ingress": [{"port": API_PORT, "from": [rule]}]},
-                    "expose": {"service": {"type": "NodePort", "ports": ["Api"]}}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
-    Api::<ChatApiKey>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "ChatApiKey",
-                "metadata": {"name": "app", "namespace": ns.name},
-                "spec": {"modelRef": {"name": "m"}, "tier": "Developer", "secretName": "app"}
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create a key");
+    let spec = json!({
+        "replicas": 1,
+        "network": {"ingress": [{"port": API_PORT, "from": [rule]}]},
+        "expose": {"service": {"type": "NodePort", "ports": ["Api"]}}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
+    create_key(&kube, &ns.name, "app", "m").await;
     ready_pod(&kube, &ns.name, "m").await;
 
     // The node port Kubernetes gave the API, and the status naming it.
@@ -159,17 +135,9 @@ async fn a_node_port_reaches_the_model_with_its_certificate_and_its_network_rule
 
     // From the host: node address and port, the model's CA, its Service
     // name, the minted key.
-    let secrets = Api::<Secret>::namespaced(kube.clone(), &ns.name);
-    let app = wait_for("the consumer Secret", Duration::from_secs(60), || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("app").await.ok().flatten() }
-    })
-    .await;
-    let data = app.data.expect("consumer data");
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, &data["ca.crt"].0).expect("write the CA");
-    let key = String::from_utf8(data["api-key"].0.clone()).expect("key");
+    let key = consumer_credentials(&kube, &ns.name, "app", &ca).await;
     let host = format!("m.{}.svc", ns.name);
     let node_addr = SocketAddr::new(node.ip.parse().expect("node IP"), node_port as u16);
     let http = https_client_resolving(&ca, &host, node_addr).expect("client");

@@ -22,16 +22,15 @@
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams, PostParams};
-use securechat_crds::SecureChatModel;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use securechat_test_support::cluster::node::{Node, connects};
 use securechat_test_support::cluster::{
     self, InProcessOperator, TestNamespace, client, install_crds, kubectl, kubectl_ok, wait_for,
 };
 use serde_json::{Value, json};
 
-use crate::ready_pod;
+use crate::{create_cpu_model, model_ca_bundle, ready_pod};
 
 const PROMETHEUS_PORT: u16 = 9090;
 /// The alert for a server target Prometheus cannot scrape.
@@ -52,25 +51,12 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
 
     // The model admits the scraper of `monitoring` (the default pod label),
     // and nothing else.
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
-                        "kubernetes.io/metadata.name": monitoring.name}}}}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
+    let spec = json!({
+        "replicas": 1,
+        "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
+            "kubernetes.io/metadata.name": monitoring.name}}}}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
     let server = ready_pod(&kube, &ns.name, "m").await;
     let server_name = server.metadata.name.clone().expect("pod name");
     let server_ip = server
@@ -81,19 +67,7 @@ async fn prometheus_scrapes_the_server_through_its_policy_and_the_shipped_rules_
 
     // What the scrape trusts: the model's CA bundle, copied next to the
     // Prometheus config (a pod mounts ConfigMaps of its own namespace).
-    let bundle = wait_for("the model's CA bundle", Duration::from_secs(60), || {
-        let bundles = Api::<ConfigMap>::namespaced(kube.clone(), &ns.name);
-        async move {
-            bundles
-                .get_opt("m-ca-bundle")
-                .await
-                .ok()
-                .flatten()?
-                .data?
-                .remove("ca.crt")
-        }
-    })
-    .await;
+    let bundle = model_ca_bundle(&kube, &ns.name, "m").await;
     let rules = std::fs::read_to_string(
         cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml"),
     )
@@ -497,42 +471,17 @@ async fn a_server_that_requires_client_certificates_is_scraped_with_one() {
         "scrapers-ca",
         &format!("--from-literal=ca.crt={scrapers_ca}"),
     ]);
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "auth": {"mtls": {"mode": "Required",
-                                      "trustBundle": {"configMapName": "scrapers-ca"}}},
-                    "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
-                        "kubernetes.io/metadata.name": monitoring.name}}}}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
+    let spec = json!({
+        "replicas": 1,
+        "auth": {"mtls": {"mode": "Required",
+                          "trustBundle": {"configMapName": "scrapers-ca"}}},
+        "network": {"monitoring": {"fromNamespaces": {"matchLabels": {
+            "kubernetes.io/metadata.name": monitoring.name}}}}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
     let server = ready_pod(&kube, &ns.name, "m").await;
     let server_name = server.metadata.name.clone().expect("pod name");
-    let bundle = wait_for("the model's CA bundle", Duration::from_secs(60), || {
-        let bundles = Api::<ConfigMap>::namespaced(kube.clone(), &ns.name);
-        async move {
-            bundles
-                .get_opt("m-ca-bundle")
-                .await
-                .ok()
-                .flatten()?
-                .data?
-                .remove("ca.crt")
-        }
-    })
-    .await;
+    let bundle = model_ca_bundle(&kube, &ns.name, "m").await;
     let rules = std::fs::read_to_string(
         cluster::repo_root().join("charts/securechat/files/prometheus-rules.yaml"),
     )

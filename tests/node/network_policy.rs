@@ -11,15 +11,14 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
-use securechat_crds::SecureChatModel;
+use kube::api::Api;
 use securechat_test_support::cluster::node::{Node, connects, resolves};
 use securechat_test_support::cluster::{
     InProcessOperator, TestNamespace, client, install_crds, wait_for,
 };
 use serde_json::json;
 
-use crate::ready_pod;
+use crate::{create_cpu_model, ready_pod};
 
 const SLEEP: &[&str] = &["/bin/sleep", "3600"];
 const HTTPD: &[&str] = &["/bin/httpd", "-f", "-p", "9000", "-h", "/tmp"];
@@ -62,31 +61,18 @@ async fn the_model_network_rules_hold_for_real_connections() {
     node.client_pod(&kube, &ns.name, "twin", json!(selector), SLEEP)
         .await;
 
-    Api::<SecureChatModel>::namespaced(kube.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "network": {
-                        "ingress": [
-                            {"port": 8000, "from": [format!("{inside}/32")], "description": "one client"},
-                            {"port": 8501, "fromNamespaces": {"matchLabels": {
-                                "kubernetes.io/metadata.name": neighbours.name}}}
-                        ],
-                        "egress": [{"port": 9000, "to": [format!("{allowed_target}/32")]}]
-                    }
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
+    let spec = json!({
+        "replicas": 1,
+        "network": {
+            "ingress": [
+                {"port": 8000, "from": [format!("{inside}/32")], "description": "one client"},
+                {"port": 8501, "fromNamespaces": {"matchLabels": {
+                    "kubernetes.io/metadata.name": neighbours.name}}}
+            ],
+            "egress": [{"port": 9000, "to": [format!("{allowed_target}/32")]}]
+        }
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
     let server = ready_pod(&kube, &ns.name, "m").await;
     let server = server.status.and_then(|s| s.pod_ip).expect("server pod IP");
     // The cluster DNS pod: the policy's DNS rule opens its port 53 (UDP

@@ -26,7 +26,7 @@ use securechat_test_support::cluster::{
 };
 use serde_json::json;
 
-use crate::ready_pod;
+use crate::{create_cpu_model, ready_pod};
 
 const RATE: u64 = 10;
 
@@ -50,32 +50,19 @@ async fn certificate_signing_key_and_api_key_rotations_reach_the_running_pod_wit
         InProcessOperator::start(&ns.name, &format!("securechat-test/{}", ns.name)).await;
 
     let models: Api<SecureChatModel> = Api::namespaced(kube.clone(), &ns.name);
-    models
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "securechat.dev/v1alpha1", "kind": "SecureChatModel",
-                "metadata": {"name": "m", "namespace": ns.name},
-                "spec": {
-                    "replicas": 1,
-                    "image": node.server_image,
-                    "resources": {"gpu": {"count": 0}},
-                    "scheduling": node.scheduling(),
-                    "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
-                    // Longer than the kubelet's sync (10 s on node-0) plus
-                    // its jitter: the pod serves the new leaf before the
-                    // bundle drops the old CA.
-                    "tls": {"caOverlap": "60s"},
-                    "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
-                    // The grace must cover the tokens' lifetime (admission checks).
-                    "auth": {"tokenTTL": "5m"},
-                    "rateLimit": {"requestsPerMinute": 1000000}
-                }
-            }))
-            .unwrap(),
-        )
-        .await
-        .expect("create the model");
+    let spec = json!({
+        "replicas": 1,
+        "network": {"ingress": [{"port": 8000, "from": ["0.0.0.0/0"]}]},
+        // Longer than the kubelet's sync (10 s on node-0) plus
+        // its jitter: the pod serves the new leaf before the
+        // bundle drops the old CA.
+        "tls": {"caOverlap": "60s"},
+        "signingKeys": {"rotationPeriod": "10m", "gracePeriod": "5m"},
+        // The grace must cover the tokens' lifetime (admission checks).
+        "auth": {"tokenTTL": "5m"},
+        "rateLimit": {"requestsPerMinute": 1000000}
+    });
+    create_cpu_model(&kube, &node, &ns.name, "m", spec).await;
     let keys: Api<ChatApiKey> = Api::namespaced(kube.clone(), &ns.name);
     // Rotation every 2 min: the operator hands the new key over
     // period/4 = 30 s after the table accepts it.
