@@ -608,3 +608,104 @@ async fn usage_is_the_whole_models_on_every_replica() {
         "{ttl} ms left of {retention}"
     );
 }
+
+/// The store's batcher (`Store::spawn_batcher`) puts concurrent
+/// admissions into shared script calls; each must still get its own
+/// answer, in order, as if alone: a refused guard takes nothing, and the
+/// bucket admits exactly its capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_share_script_calls_and_each_gets_its_own_answer() {
+    use std::sync::Arc;
+
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use securechat_server::ratelimit::{Admission, Decision, Op, Rate};
+    use securechat_server::shared::{Store, StoreMetrics};
+
+    let process = StoreProcess::start();
+    let config = serde_yaml::from_str(&format!(
+        "address: {}\nkeyPrefix: test/batches/\n",
+        process.address()
+    ))
+    .unwrap();
+    let metrics = StoreMetrics {
+        errors: Family::default(),
+        fallback: Gauge::default(),
+    };
+    let store = Arc::new(Store::new(config, std::path::Path::new("."), metrics).unwrap());
+    store.spawn_batcher();
+
+    // An address whose guard holds nothing (one failure charged to a
+    // guard of one), and one with room to spare.
+    let tight_guard = Rate::per_minute(1, 1);
+    let loose_guard = Rate::per_minute(1000, 1000);
+    store
+        .buckets(Op::Charge, &[("guard:blocked", tight_guard)], 1.0)
+        .await
+        .unwrap();
+    let bucket = Rate::per_minute(10, 10);
+    let calls_before = script_calls(&process.address()).await;
+    let answers = join_all((0..50).map(|i| {
+        let store = Arc::clone(&store);
+        async move {
+            let guard = if i % 5 == 0 {
+                ("guard:blocked", tight_guard)
+            } else {
+                ("guard:open", loose_guard)
+            };
+            store
+                .admit(&[guard], Op::Take, &[("bucket", bucket)], 1.0)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let calls = script_calls(&process.address()).await - calls_before;
+
+    let throttled = answers
+        .iter()
+        .filter(|a| matches!(a, Admission::Throttled { .. }))
+        .count();
+    let mut remaining: Vec<u32> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Admission::Decided(Decision::Allowed { remaining, .. }) => Some(*remaining),
+            _ => None,
+        })
+        .collect();
+    let denied = answers
+        .iter()
+        .filter(|a| matches!(a, Admission::Decided(Decision::Denied { .. })))
+        .count();
+    assert_eq!(throttled, 10, "{answers:?}");
+    // Each admitted request saw the bucket after its own take.
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..10).collect::<Vec<_>>(), "{answers:?}");
+    assert_eq!(denied, 30, "{answers:?}");
+    assert!(
+        calls < 50,
+        "50 concurrent admissions took {calls} script calls: none shared one"
+    );
+}
+
+/// Script calls the store has run (EVALSHA and EVAL), from INFO.
+async fn script_calls(address: &str) -> u64 {
+    let client = redis::Client::open(format!("redis://{address}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
