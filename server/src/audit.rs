@@ -49,28 +49,42 @@ impl Placement {
     }
 }
 
-#[derive(Debug, Default)]
+/// The record; serialised as the audit line's fields (see [`Line`]), unset
+/// ones left out.
+#[derive(Debug, Default, Serialize)]
 struct Record {
     time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<String>,
     method: String,
     route: String,
     status: u16,
     decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     auth_failure: Option<&'static str>,
+    #[serde(rename = "policy_denied", skip_serializing_if = "Option::is_none")]
+    policy_reason: Option<String>,
     latency_ms: f64,
     tokens_in: u64,
     tokens_out: u64,
     redactions: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<String>,
+    /// Reported in the response's headers, not in the line.
+    #[serde(skip)]
     rate: Option<RateInfo>,
-    policy_reason: Option<String>,
 }
 
 struct Inner {
@@ -97,40 +111,13 @@ pub fn set_sink(sink: impl Fn(&[u8]) + Send + Sync + 'static) -> bool {
 pub const TARGET: &str = "securechat::audit";
 
 /// One audit line: the log format's `timestamp`, `level`, `message` and
-/// `target` around the record's fields; unset fields are left out.
+/// `target` around the record's fields.
 #[derive(Serialize)]
 struct Line<'a> {
     timestamp: String,
     level: &'static str,
-    time: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client: Option<&'a str>,
-    method: &'a str,
-    route: &'a str,
-    status: u16,
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    principal: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    auth_failure: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy_denied: Option<&'a str>,
-    latency_ms: f64,
-    tokens_in: u64,
-    tokens_out: u64,
-    redactions: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    answer: Option<&'a str>,
+    #[serde(flatten)]
+    record: &'a Record,
     message: &'static str,
     target: &'static str,
 }
@@ -141,25 +128,7 @@ impl Record {
         let line = Line {
             timestamp: now.to_rfc3339_opts(SecondsFormat::Micros, true),
             level: "INFO",
-            time: &self.time,
-            pod: self.pod.as_deref(),
-            node: self.node.as_deref(),
-            client: self.client.as_deref(),
-            method: &self.method,
-            route: &self.route,
-            status: self.status,
-            decision: self.decision,
-            principal: self.principal.as_deref(),
-            key_id: self.key_id.as_deref(),
-            role: self.role.as_deref(),
-            auth_failure: self.auth_failure,
-            policy_denied: self.policy_reason.as_deref(),
-            latency_ms: self.latency_ms,
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            redactions: self.redactions,
-            prompt: self.prompt.as_deref(),
-            answer: self.answer.as_deref(),
+            record: self,
             message: "audit",
             target: TARGET,
         };
