@@ -1,7 +1,6 @@
 // Wrapper module that builds CoreDNS with the plugins of main.go: the real
-// test node's cluster DNS (tests/cluster/node-up.sh). The k8s.io modules are
-// raised to the control plane's versions so the Go build cache of
-// `make tools` serves them.
+// test node's cluster DNS (tests/cluster/node-up.sh). Built in the tools'
+// workspace (../go.work), so the control plane's compiled packages serve it.
 module securechat.dev/tests/cluster/coredns
 
 go 1.26.0

@@ -1,5 +1,5 @@
-// Wrapper module for helm, kept separate so its k8s.io/* versions do not mix
-// with the control plane's under minimal version selection.
+// Wrapper module for helm, built in the tools' workspace (../go.work): one
+// build list with the control plane's k8s.io/* modules.
 module securechat.dev/tests/cluster/helm
 
 go 1.26.0

@@ -1,6 +1,7 @@
 // Wrapper module for kstatus (sigs.k8s.io/cli-utils/pkg/kstatus), the
-// status computation Flux's health checks and other GitOps tools use: its
-// k8s.io/* versions must not mix with the control plane's.
+// status computation Flux's health checks and other GitOps tools use. Built
+// in the tools' workspace (../go.work), which raises its k8s.io/* modules to
+// the control plane's.
 module securechat.dev/tests/cluster/kstatus
 
 go 1.26.7

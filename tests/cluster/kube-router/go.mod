@@ -1,7 +1,8 @@
 // Wrapper module that builds kube-router, whose policy controller enforces
-// NetworkPolicies on the real test node (tests/cluster/node-up.sh). Its own
-// module: minimal version selection would otherwise mix its k8s.io/*
-// versions with the control plane's.
+// NetworkPolicies on the real test node (tests/cluster/node-up.sh). Built in
+// the tools' workspace (../go.work), whose build list raises its k8s.io/*
+// modules to the control plane's; docker v28 is required here because the
+// workspace's go-connections v0.8 no longer has what docker v25's client uses.
 module securechat.dev/tests/cluster/kube-router
 
 go 1.26.0
@@ -19,7 +20,7 @@ require (
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
 	github.com/dgryski/go-farm v0.0.0-20200201041132-a6ae2369ad13 // indirect
 	github.com/distribution/reference v0.5.0 // indirect
-	github.com/docker/docker v25.0.3+incompatible // indirect
+	github.com/docker/docker v28.5.2+incompatible // indirect
 	github.com/docker/go-connections v0.5.0 // indirect
 	github.com/docker/go-units v0.5.0 // indirect
 	github.com/eapache/channels v1.1.0 // indirect

@@ -1,4 +1,5 @@
-// Wrapper module for np-guard's NetworkPolicy analyzer (k8snetpolicy).
+// Wrapper module for np-guard's NetworkPolicy analyzer (k8snetpolicy), built
+// in the tools' workspace (../go.work).
 module securechat.dev/tests/cluster/netpol
 
 go 1.26.0

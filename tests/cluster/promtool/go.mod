@@ -1,6 +1,6 @@
 // Wrapper module for promtool: the prometheus module's own go.mod is not
-// meant for `go install` (it has carried exclude/replace lines), and its
-// k8s.io/* versions must not mix with the control plane's.
+// meant for `go install` (it has carried exclude/replace lines). Built in the
+// tools' workspace (../go.work): one build list with the control plane's.
 module securechat.dev/tests/cluster/promtool
 
 go 1.26.7
