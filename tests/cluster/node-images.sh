@@ -65,12 +65,9 @@ mkdir -p "$work/pause"
 install -D -m 0755 "$bin/pause" "$work/pause/pause"
 small_image pause "$work/pause" /pause
 
-# busybox-static (node-up.sh installs it) puts a static build here.
+# busybox-static (node-packages.sh installs it) puts a static build here.
+tests/cluster/node-packages.sh
 busybox=/bin/busybox
-if [ ! -x "$busybox" ] || readelf -l "$busybox" | grep -q "program interpreter"; then
-	echo "error: $busybox is not a static busybox; apt-get install busybox-static (node-up.sh does)" >&2
-	exit 1
-fi
 mkdir -p "$work/client/bin" "$work/client/tmp"
 chmod 1777 "$work/client/tmp"
 install -m 0755 "$busybox" "$work/client/bin/busybox"

@@ -63,19 +63,8 @@ if [ -n "$owner" ]; then
 fi
 
 # ---- packages (Debian; once) ----
-need=()
-for cmd in containerd runc ctr iptables ipset conntrack nft; do
-	command -v "$cmd" >/dev/null || need+=("$cmd")
-done
-[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
-{ [ -x /bin/busybox ] && ! readelf -l /bin/busybox | grep -q "program interpreter"; } || need+=(busybox-static)
-if [ ${#need[@]} -gt 0 ]; then
-	step "installing containerd runc containernetworking-plugins iptables ipset conntrack nftables busybox-static (missing: ${need[*]})"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >/dev/null
-	apt-get install -y -qq --no-install-recommends containerd runc containernetworking-plugins \
-		iptables ipset conntrack nftables busybox-static >/dev/null
-fi
+step "packages"
+"$root/tests/cluster/node-packages.sh"
 cni_bin=/usr/lib/cni
 
 # ---- the host as it was (node-down.sh restores and checks it) ----
