@@ -21,7 +21,9 @@
 #      for SmolLM2 (per-step logits within mean |Δ| 1e-2 / max 0.1, the same
 #      32 greedy tokens on at least 4 of 5 prompts) and for a tiny random
 #      GLM-4 checkpoint (f32 within 1e-3 of the logit scale with the same 16
-#      greedy tokens, bf16 within 0.1), batching on the device, speed;
+#      greedy tokens, bf16 within 0.1), batching on the device (SmolLM2
+#      through the engine; GLM-4's batched step against its logits alone),
+#      speed;
 #   3. the CUDA image's server binary on the GPU serves a streamed chat
 #      answer over HTTPS (`serve --dev --device cuda`, an Admin key, one
 #      streamed request);

@@ -1,21 +1,27 @@
 //! ChatGLM3 and GLM-4 plumbing, on tiny random-weight checkpoints this test
 //! writes itself (config.json, tokenizer.json, tokenizer_config.json,
 //! model.safetensors in the Hugging Face layout). Their output is noise; what
-//! is checked is loading, family detection, the KV cache, the chat format,
+//! is checked is loading, family detection, our pass against
+//! candle-transformers' GLM code, the KV cache, batching, the chat format,
 //! and streaming through the same Engine the server uses.
 
 mod inference_support;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::glm4;
 use inference_support::glm_checkpoint::{SEQ_LENGTH, write_checkpoint};
-use inference_support::{collect, greedy, request, user};
+use inference_support::{Collected, batched_against_alone, collect, greedy, request, run, user};
 use securechat_crds::v1alpha1::{ModelDtype, ModelFamily as SpecFamily};
+use securechat_server::engine::{Engine, GenerationRequest};
 use securechat_server::inference::{
-    EngineOptions, GlmFamily, InferenceError, LoadedModel, ModelFamily, Placement, ServingOptions,
-    WeightFormat, check_family, detect_family, load_engine, load_model, load_model_as,
+    EngineOptions, GlmFamily, InferenceError, LoadedModel, LocalEngine, ModelFamily, Placement,
+    ServingOptions, WeightFormat, check_family, detect_family, load_engine, load_model,
+    load_model_as,
 };
 use serde_json::json;
 
@@ -143,8 +149,8 @@ fn forward_with_the_kv_cache_matches_a_full_recompute() {
         assert_eq!(first.len(), vocab);
         assert!(first.iter().all(|x| x.is_finite()));
 
-        // Two more tokens through the cache (one step, then a two-token call
-        // that the wrapper must split), against the whole sequence at once.
+        // Two more tokens through the cache (one step, then a two-token
+        // call), against the whole sequence at once.
         let next = [argmax(&first), 7, 9];
         let _ = loaded.model.forward(&next[..1], prompt.len()).unwrap();
         let cached = loaded.model.forward(&next[1..], prompt.len() + 1).unwrap();
@@ -424,4 +430,154 @@ fn a_dtype_for_a_gguf_file_is_refused() {
     .err()
     .expect("load must fail");
     assert!(err.to_string().contains("model.dtype F16"), "{err}");
+}
+
+/// candle-transformers' GLM model over the same files: the reference for
+/// our pass (it keeps one sequence's cache itself, so it cannot batch).
+fn candle_reference(dir: &Path) -> glm4::Model {
+    let config: glm4::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    glm4::Model::new(&config, vb).unwrap()
+}
+
+fn candle_logits(model: &mut glm4::Model, tokens: &[u32]) -> Vec<f32> {
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Our batched pass computes what candle-transformers' GLM code computes,
+/// in f32 (where only summation order differs): after the prompt and after
+/// each of three cached steps, for both families (ChatGLM3's fixed rotary
+/// base, GLM-4's `rope_ratio`).
+#[test]
+fn our_pass_computes_candle_transformers_glm_logits() {
+    for family in FAMILIES {
+        let (dir, _) = checkpoint(family);
+        let mut ours = load_as(dir.path(), ModelDtype::F32).unwrap();
+        let mut reference = candle_reference(dir.path());
+        let prompt = ours.encoder.encode(&user("hello there")).unwrap();
+        let mut mine = ours.model.forward(&prompt, 0).unwrap();
+        let mut theirs = candle_logits(&mut reference, &prompt);
+        for (step, pos) in (prompt.len()..).take(4).enumerate() {
+            let scale = theirs.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+            assert_eq!(mine.len(), theirs.len());
+            let worst = mine
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale.max(1.0),
+                "{family:?} step {step}: logits differ by {worst} (max |logit| {scale})"
+            );
+            let next = argmax(&theirs);
+            mine = ours.model.forward(&[next], pos).unwrap();
+            theirs = candle_logits(&mut reference, &[next]);
+        }
+    }
+}
+
+/// One batched step over three sequences, their blocks interleaved in the
+/// pool, gives each the logits it gets alone (f32: up to summation order),
+/// for its prompt and for three greedy tokens after it.
+#[test]
+fn a_batched_step_gives_each_sequence_its_logits_alone() {
+    for family in FAMILIES {
+        let (dir, _) = checkpoint(family);
+        let mut alone = load_as(dir.path(), ModelDtype::F32).unwrap();
+        let mut batched = load_as(dir.path(), ModelDtype::F32).unwrap();
+        let prompts: Vec<Vec<u32>> = ["hi", "a somewhat longer prompt than that", "third"]
+            .iter()
+            .map(|p| alone.encoder.encode(&user(p)).unwrap())
+            .collect();
+        let found = batched_against_alone(&mut alone, &mut batched, &prompts, 4);
+        for (i, steps) in found.iter().enumerate() {
+            for (step, &(off, same_argmax)) in steps.iter().enumerate() {
+                assert!(
+                    off <= 1e-4 && same_argmax,
+                    "{family:?} sequence {i} step {step}: {off:.1e} of the logit scale off its logits alone"
+                );
+            }
+        }
+    }
+}
+
+fn glm_engine(dir: &Path, max_sequences: usize) -> Arc<dyn Engine> {
+    let loaded = load_as(dir, ModelDtype::F32).unwrap();
+    Arc::new(
+        LocalEngine::start(
+            loaded.model,
+            loaded.encoder,
+            loaded.info,
+            ServingOptions {
+                max_sequences,
+                prefix_cache: false,
+                ..ServingOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+/// Through the engine: several GLM sequences run at once, and each one's
+/// greedy answer is the one it gives alone.
+#[test]
+fn glm_sequences_batch_and_answer_as_each_alone() {
+    const TOKENS: u32 = 24;
+    for family in FAMILIES {
+        let (dir, _) = checkpoint(family);
+        let requests: Vec<GenerationRequest> = ["one", "two words", "and three words", "four"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| request(&format!("{}{p}", "so ".repeat(i)), greedy(TOKENS)))
+            .collect();
+
+        let one_at_a_time = glm_engine(dir.path(), 1);
+        let alone: Vec<Collected> = requests
+            .iter()
+            .map(|r| run(one_at_a_time.as_ref(), r.clone()))
+            .collect();
+        drop(one_at_a_time);
+
+        let batched = glm_engine(dir.path(), requests.len());
+        let streams: Vec<_> = requests
+            .iter()
+            .map(|r| batched.generate(r.clone()).expect("admitted"))
+            .collect();
+        let mut most_running = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = batched.stats();
+            most_running = most_running.max(stats.running);
+            if most_running > 1
+                || (stats.running == 0 && stats.waiting == 0)
+                || std::time::Instant::now() > deadline
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let together: Vec<Collected> = streams.into_iter().map(collect).collect();
+        assert!(
+            most_running > 1,
+            "{family:?}: the engine never ran two GLM sequences at once"
+        );
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(a.text(), b.text(), "{family:?} sequence {i}");
+            assert_eq!(a.usage, b.usage, "{family:?} sequence {i}");
+            assert_eq!(a.finish_reason, b.finish_reason, "{family:?} sequence {i}");
+        }
+    }
 }

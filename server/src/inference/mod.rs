@@ -6,6 +6,7 @@
 //! The HTTP side only calls [`load_engine`] and the trait; no candle type
 //! crosses this module's boundary.
 
+mod candle_pool;
 mod chat_template;
 mod error;
 mod fused;

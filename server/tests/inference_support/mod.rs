@@ -12,7 +12,7 @@ use securechat_server::engine::{
     GenerationStream, Role, SamplingParams, Usage,
 };
 use securechat_server::inference::{
-    EngineOptions, ServingOptions, default_model_path, load_engine,
+    EngineOptions, LoadedModel, SeqStep, ServingOptions, default_model_path, load_engine,
 };
 
 /// The default model; a missing file fails the test (it must not skip).
@@ -130,4 +130,76 @@ pub fn wait_until_idle(engine: &dyn Engine, within: Duration) -> Result<(), Stri
 
 pub fn is_queue_full(r: &Result<GenerationStream, EngineError>) -> bool {
     matches!(r, Err(EngineError::QueueFull { .. }))
+}
+
+/// Runs `prompts` alone through `alone`'s single-sequence API, then
+/// together through `batched`'s batched step (their blocks interleaved in
+/// the pool): the prompt, then `steps - 1` greedy tokens picked from the
+/// logits alone. Returns per sequence and step the largest |Δ| between the
+/// two, relative to the logit scale alone, and whether their argmax agrees.
+pub fn batched_against_alone(
+    alone: &mut LoadedModel,
+    batched: &mut LoadedModel,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> Vec<Vec<(f32, bool)>> {
+    use securechat_kernels::attention::BLOCK_TOKENS;
+    let argmax =
+        |v: &[f32]| (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best }) as u32;
+    let expected: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|prompt| {
+            let mut out = vec![alone.model.forward(prompt, 0).unwrap()];
+            for step in 1..steps {
+                let t = argmax(out.last().unwrap());
+                out.push(alone.model.forward(&[t], prompt.len() + step - 1).unwrap());
+            }
+            out
+        })
+        .collect();
+
+    let n = prompts.len();
+    let per_sequence = batched.model.context_length().div_ceil(BLOCK_TOKENS);
+    let paged = batched.model.paged().expect("a batched pass");
+    paged.allocate_pool(n * per_sequence).unwrap();
+    // Sequence i holds blocks i, i + n, i + 2n, ...
+    let tables: Vec<Vec<u32>> = (0..n)
+        .map(|i| (0..per_sequence).map(|b| (i + b * n) as u32).collect())
+        .collect();
+    let mut found = vec![Vec::new(); n];
+    for step in 0..steps {
+        let inputs: Vec<Vec<u32>> = (0..n)
+            .map(|i| match step {
+                0 => prompts[i].clone(),
+                _ => vec![argmax(&expected[i][step - 1])],
+            })
+            .collect();
+        let batch: Vec<SeqStep<'_>> = (0..n)
+            .map(|i| SeqStep {
+                tokens: &inputs[i],
+                pos: if step == 0 {
+                    0
+                } else {
+                    prompts[i].len() + step - 1
+                },
+                blocks: &tables[i],
+                tiled_below: 0,
+                logits: true,
+            })
+            .collect();
+        let logits = paged.step(&batch).unwrap();
+        assert_eq!(logits.len(), n);
+        for i in 0..n {
+            let want = &expected[i][step];
+            assert_eq!(logits[i].len(), want.len());
+            let scale = want.iter().fold(0.0f32, |a, x| a.max(x.abs())).max(1e-6);
+            let worst = logits[i]
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            found[i].push((worst / scale, argmax(&logits[i]) == argmax(want)));
+        }
+    }
+    found
 }

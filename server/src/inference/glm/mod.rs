@@ -1,20 +1,22 @@
 //! ChatGLM3 and GLM-4 (the glm-4-9b-chat layout) from a Hugging Face model
 //! directory: `config.json`, `tokenizer.json` and `*.safetensors`, run by
-//! candle-transformers' `chatglm` and `glm4` model code.
+//! our batched pass on candle ops (`candle.rs`).
 
+mod candle;
 mod checkpoint;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::glm4;
 use securechat_crds::v1alpha1::ModelDtype;
 use serde_json::Value;
 
+use self::candle::CandleGlm;
 use super::LoadedModel;
 use super::error::{InferenceError, Result};
-use super::model::CausalLm;
+use super::model::{CausalLm, PagedLm, SeqStep};
 use super::prompt::PromptEncoder;
 use super::tokenizer::ChatTokenizer;
 use crate::engine::ModelInfo;
@@ -175,7 +177,7 @@ pub fn load(
     let files = checkpoint::weight_files(dir)?;
     let checkpoint = checkpoint::Checkpoint::open(&files)?;
     let vb = VarBuilder::from_backend(Box::new(checkpoint), dtype, device.clone());
-    let model = GlmModel::new(&config, vb, device)?;
+    let model = GlmModel::new(&config, vb)?;
     let default_id = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -192,44 +194,34 @@ pub fn load(
     })
 }
 
-/// A GLM model behind [`CausalLm`]. candle-transformers' models keep their
-/// own KV cache and count positions themselves; this wrapper holds the
-/// position the cache has reached so that it can check callers against it.
+/// A GLM model behind [`CausalLm`] and [`PagedLm`]: the scheduler runs
+/// every sequence through the batched step; the single-sequence API
+/// (`forward`) runs the same pass over a pool of its own, so the two
+/// cannot differ.
 pub struct GlmModel {
-    inner: glm4::Model,
-    device: Device,
+    pass: CandleGlm,
+    /// The single-sequence API's block table: its pool's blocks in order.
+    solo_blocks: Vec<u32>,
+    /// Positions the single-sequence API has run.
     cached: usize,
-    context_length: usize,
     vocab_size: usize,
 }
 
+/// Prompt positions the single-sequence API runs per pass: attention
+/// scores of one piece take heads × piece × context f32s (32 × 512 × 8,192
+/// × 4 bytes = 512 MiB for ChatGLM3-6B's full context).
+const PIECE: usize = 512;
+
 impl GlmModel {
-    fn new(c: &glm4::Config, vb: VarBuilder, device: &Device) -> Result<Self> {
-        // Both families run candle's glm4 code: ChatGLM3 is the same
-        // architecture (glm4's `rope_ratio` defaults to 1, chatglm's fixed
-        // rotary base), and candle 0.11's `chatglm` builds its attention mask
-        // in f32 whatever the weights' dtype, so it fails on f16/bf16
-        // weights ("dtype mismatch in where") where glm4's casts the mask.
-        let inner = glm4::Model::new(c, vb)?;
+    fn new(c: &glm4::Config, vb: VarBuilder) -> Result<Self> {
+        let pass = CandleGlm::load(c, vb)?;
+        let solo_blocks = (0..pass.solo_blocks() as u32).collect();
         Ok(Self {
-            inner,
-            device: device.clone(),
+            pass,
+            solo_blocks,
             cached: 0,
-            context_length: c.seq_length,
             vocab_size: c.padded_vocab_size,
         })
-    }
-
-    fn reset(&mut self) {
-        self.inner.reset_kv_cache();
-        self.cached = 0;
-    }
-
-    fn run(&mut self, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.inner.forward(&input)?;
-        self.cached += tokens.len();
-        logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
     }
 }
 
@@ -240,39 +232,59 @@ impl CausalLm for GlmModel {
             return fail("forward with no tokens".into());
         }
         if pos == 0 {
-            self.reset();
+            self.cached = 0;
         } else if pos != self.cached {
             return fail(format!(
                 "position {pos} does not follow the {} cached positions",
                 self.cached
             ));
         }
-        if pos + tokens.len() > self.context_length {
+        let context = self.pass.context_length();
+        if pos + tokens.len() > context {
             return fail(format!(
-                "{} positions exceed the context of {}",
+                "{} positions exceed the context of {context}",
                 pos + tokens.len(),
-                self.context_length
             ));
         }
-        if pos == 0 {
-            return Ok(self.run(tokens)?);
-        }
-        // candle's GLM code builds its causal mask for the new tokens alone,
-        // which is only right when nothing is cached or one token is added:
-        // later multi-token calls go one token at a time.
         let mut logits = Vec::new();
-        for &t in tokens {
-            logits = self.run(&[t])?;
+        for (i, piece) in tokens.chunks(PIECE).enumerate() {
+            let piece_pos = pos + i * PIECE;
+            logits = self.pass.solo_step(SeqStep {
+                tokens: piece,
+                pos: piece_pos,
+                blocks: &self.solo_blocks,
+                tiled_below: 0,
+                logits: true,
+            })?;
+            self.cached = piece_pos + piece.len();
         }
         Ok(logits)
     }
 
     fn context_length(&self) -> usize {
-        self.context_length
+        self.pass.context_length()
     }
 
     fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    fn paged(&mut self) -> Option<&mut dyn PagedLm> {
+        Some(self)
+    }
+}
+
+impl PagedLm for GlmModel {
+    fn bytes_per_token(&self) -> usize {
+        self.pass.bytes_per_token()
+    }
+
+    fn allocate_pool(&mut self, blocks: usize) -> Result<()> {
+        self.pass.allocate_pool(blocks)
+    }
+
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.pass.step(batch)
     }
 }
 

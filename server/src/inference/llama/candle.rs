@@ -13,11 +13,11 @@
 //! the rows gathered from its blocks.
 
 use candle_core::{DType, Device, Module, Tensor};
-use securechat_kernels::attention::BLOCK_TOKENS;
 
 use super::config::LlamaConfig;
 use super::weights::Weights;
-use crate::inference::error::{InferenceError, Result};
+use crate::inference::candle_pool::{KvPool, causal_mask};
+use crate::inference::error::Result;
 use crate::inference::kv_cache::CandleKvCache;
 use crate::inference::model::{PagedLm, RopeVariant, SeqStep};
 
@@ -29,11 +29,9 @@ pub(super) struct CandleLlama {
     sin: Tensor,
     /// The single-sequence API's cache ([`Self::forward_chunk`]).
     pub(super) cache: CandleKvCache,
-    /// The batched step's pool: per layer, keys and values of every slot,
-    /// `[blocks * BLOCK_TOKENS, n_kv_head, head_dim]` f32. Empty until
+    /// The batched step's pool, f32. Empty until
     /// [`PagedLm::allocate_pool`].
-    pool: Vec<(Tensor, Tensor)>,
-    pool_slots: usize,
+    pool: KvPool,
     device: Device,
 }
 
@@ -57,8 +55,7 @@ impl CandleLlama {
             cos,
             sin,
             cache,
-            pool: Vec::new(),
-            pool_slots: 0,
+            pool: KvPool::empty(),
             device: device.clone(),
         })
     }
@@ -167,33 +164,7 @@ impl CandleLlama {
     /// comment); the logits of those that ask, in order.
     fn run(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
         let c = self.config.clone();
-        if self.pool.is_empty() {
-            return Err(InferenceError::Unsupported(
-                "batched step before the key/value pool was allocated".into(),
-            ));
-        }
-        for s in batch {
-            let end = s.pos + s.tokens.len();
-            if s.tokens.is_empty() || end > c.context_length {
-                return Err(InferenceError::Unsupported(format!(
-                    "{} tokens at position {} in a context of {}",
-                    s.tokens.len(),
-                    s.pos,
-                    c.context_length
-                )));
-            }
-            if s.blocks.len() * BLOCK_TOKENS < end
-                || s.blocks
-                    .iter()
-                    .any(|&b| (b as usize + 1) * BLOCK_TOKENS > self.pool_slots)
-            {
-                return Err(InferenceError::Unsupported(format!(
-                    "a block table of {} blocks cannot hold {end} positions in a pool of {} slots",
-                    s.blocks.len(),
-                    self.pool_slots
-                )));
-            }
-        }
+        self.pool.check(batch, c.context_length)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -246,7 +217,6 @@ impl CandleLlama {
         batch: &[SeqStep<'_>],
     ) -> candle_core::Result<Tensor> {
         let layer = &self.weights.layers[index];
-        let (pool_k, pool_v) = &self.pool[index];
         let n_rep = c.n_head / c.n_kv_head;
         let [q, k, v]: [Tensor; 3] =
             layer.qkv.forward(x)?.try_into().map_err(|_| {
@@ -281,27 +251,7 @@ impl CandleLlama {
                 .narrow(0, row, seq)?
                 .reshape((seq, c.n_kv_head, c.head_dim))?
                 .contiguous()?;
-            // Runs of positions within one block are contiguous slots.
-            let mut p = s.pos;
-            while p < end {
-                let in_block = p % BLOCK_TOKENS;
-                let run = (BLOCK_TOKENS - in_block).min(end - p);
-                let slot = s.blocks[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + in_block;
-                pool_k.slice_set(&k_rows.narrow(0, p - s.pos, run)?, 0, slot)?;
-                pool_v.slice_set(&v_rows.narrow(0, p - s.pos, run)?, 0, slot)?;
-                p += run;
-            }
-            let slots: Vec<u32> = (0..end)
-                .map(|p| {
-                    s.blocks[p / BLOCK_TOKENS] * BLOCK_TOKENS as u32 + (p % BLOCK_TOKENS) as u32
-                })
-                .collect();
-            let slots = Tensor::new(slots.as_slice(), &self.device)?;
-            // [end, n_kv, hd] -> [n_kv, end, hd]
-            let gather = |pool: &Tensor| -> candle_core::Result<Tensor> {
-                pool.index_select(&slots, 0)?.transpose(0, 1)?.contiguous()
-            };
-            let (keys, values) = (gather(pool_k)?, gather(pool_v)?);
+            let (keys, values) = self.pool.write_and_gather(index, s, &k_rows, &v_rows)?;
             // As in `attention`: the query heads sharing a KV head stacked
             // along the rows, one batched matmul per KV head.
             let q = (q.reshape((c.n_kv_head, n_rep * seq, c.head_dim))?
@@ -326,22 +276,21 @@ impl CandleLlama {
 impl PagedLm for CandleLlama {
     fn bytes_per_token(&self) -> usize {
         let c = &self.config;
-        c.n_layer * 2 * c.n_kv_head * c.head_dim * DType::F32.size_in_bytes()
+        KvPool::bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim, DType::F32)
     }
 
     fn allocate_pool(&mut self, blocks: usize) -> Result<()> {
         let c = &self.config;
         // Freed first: the old pool and the new one need not fit together.
-        self.pool.clear();
-        self.pool_slots = 0;
-        let slots = blocks * BLOCK_TOKENS;
-        let shape = (slots, c.n_kv_head, c.head_dim);
-        for _ in 0..c.n_layer {
-            let k = Tensor::zeros(shape, DType::F32, &self.device)?;
-            let v = Tensor::zeros(shape, DType::F32, &self.device)?;
-            self.pool.push((k, v));
-        }
-        self.pool_slots = slots;
+        self.pool = KvPool::empty();
+        self.pool = KvPool::allocate(
+            c.n_layer,
+            blocks,
+            c.n_kv_head,
+            c.head_dim,
+            DType::F32,
+            &self.device,
+        )?;
         Ok(())
     }
 
@@ -362,22 +311,4 @@ fn rope_tables(c: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor,
         .unsqueeze(1)?;
     let angles = positions.broadcast_mul(&inv_freq)?;
     Ok((angles.cos()?, angles.sin()?))
-}
-
-/// Additive mask for rows laid out as (repeat, query) pairs: query `s` sits
-/// at absolute position `pos + s` and sees keys up to and including it.
-fn causal_mask(
-    n_rep: usize,
-    seq: usize,
-    pos: usize,
-    kv_len: usize,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let mut mask = Vec::with_capacity(n_rep * seq * kv_len);
-    for _ in 0..n_rep {
-        for s in 0..seq {
-            mask.extend((0..kv_len).map(|j| if j > pos + s { f32::NEG_INFINITY } else { 0.0 }));
-        }
-    }
-    Tensor::from_vec(mask, (1, n_rep * seq, kv_len), device)
 }

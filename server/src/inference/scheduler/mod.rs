@@ -21,9 +21,10 @@
 //!   sampling state is kept, and recomputed positions are summed as
 //!   before.
 //!
-//! Both llama passes (ours on the CPU, candle's on a GPU) are batched;
-//! GLM models, whose candle-transformers code keeps one sequence's cache
-//! inside the model, run through the same scheduler one sequence at a time.
+//! Every model's pass is batched: both llama passes (ours on the CPU,
+//! candle's on a GPU) and GLM's (candle ops, `inference/glm/candle.rs`).
+//! A model without a batched pass ([`CausalLm::paged`] is `None`) would run
+//! through the same scheduler one sequence at a time.
 
 mod blocks;
 mod queue;
@@ -228,8 +229,7 @@ impl LocalEngine {
             None => (context_length.div_ceil(BLOCK_TOKENS), 1, false),
         };
         // Alone in the model, a prompt stalls no one: it runs whole, as
-        // the model prefills it (GLM's candle code can only extend a
-        // cached sequence one token at a time).
+        // the model prefills it.
         let chunk_tokens = match model.paged() {
             Some(_) => opts.prefill_chunk_tokens,
             None => context_length,
