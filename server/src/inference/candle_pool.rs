@@ -1,9 +1,9 @@
-//! The key/value pool of the batched passes on candle ops (llama's in
-//! `llama/candle.rs`, GLM's in `glm/candle.rs`): per layer, the keys and
-//! values of every slot, `[blocks * BLOCK_TOKENS, n_kv_head, head_dim]`.
-//! A sequence's positions live in the blocks its block table names
-//! ([`SeqStep::blocks`]); both passes write and read them here, so the
-//! slot arithmetic has one home.
+//! What the batched passes on candle ops (llama's in `llama/candle.rs`,
+//! GLM's in `glm/candle.rs`) share: the key/value pool (per layer, the keys
+//! and values of every slot, `[blocks * BLOCK_TOKENS, n_kv_head,
+//! head_dim]`; a sequence's positions live in the blocks its block table
+//! names, [`SeqStep::blocks`]), one sequence's attention over what it has
+//! in the pool, and the rows a step's logits come from.
 
 use candle_core::{DType, Device, Tensor};
 use securechat_kernels::attention::BLOCK_TOKENS;
@@ -128,9 +128,59 @@ impl KvPool {
     }
 }
 
+/// One sequence's attention: its `seq` queries at positions `pos..`
+/// (`q`, `[1, n_head, seq, hd]`, rotated) against its keys and values so
+/// far (`[n_kv, end, hd]`, as [`KvPool::write_and_gather`] gives them).
+/// The query heads sharing a key/value head are stacked along the rows:
+/// one batched matmul per group, without repeating K/V. Scores and softmax
+/// in f32 whatever the weights' dtype. Returns `[seq, n_head * hd]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    pos: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, n_head, seq, head_dim) = q.dims4()?;
+    let (n_kv_head, end, _) = keys.dims3()?;
+    let n_rep = n_head / n_kv_head;
+    let q = (q.reshape((n_kv_head, n_rep * seq, head_dim))? * (1.0 / (head_dim as f64).sqrt()))?;
+    let mut scores = q.matmul(&keys.t()?)?.to_dtype(DType::F32)?;
+    if seq > 1 {
+        scores = scores.broadcast_add(&causal_mask(n_rep, seq, pos, end, q.device())?)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(values.dtype())?;
+    probs
+        .matmul(values)? // [n_kv, n_rep * seq, hd]
+        .reshape((n_head, seq, head_dim))?
+        .transpose(0, 1)?
+        .reshape((seq, n_head * head_dim))
+}
+
+/// The last row of each sequence of `batch` that asks for logits, stacked
+/// (`x` holds the batch's rows in order); `None` when none asks. They go
+/// through the output projection together: the vocabulary table is read
+/// once per step.
+pub(crate) fn asking_rows(
+    x: &Tensor,
+    batch: &[SeqStep<'_>],
+) -> candle_core::Result<Option<Tensor>> {
+    let mut last = Vec::new();
+    let mut end = 0;
+    for s in batch {
+        end += s.tokens.len();
+        if s.logits {
+            last.push(x.narrow(0, end - 1, 1)?);
+        }
+    }
+    if last.is_empty() {
+        return Ok(None);
+    }
+    Tensor::cat(&last, 0).map(Some)
+}
+
 /// Additive f32 mask for rows laid out as (repeat, query) pairs: query `s`
 /// sits at absolute position `pos + s` and sees keys up to and including it.
-pub(crate) fn causal_mask(
+fn causal_mask(
     n_rep: usize,
     seq: usize,
     pos: usize,

@@ -19,7 +19,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::glm4::Config;
 use securechat_kernels::attention::BLOCK_TOKENS;
 
-use crate::inference::candle_pool::{KvPool, causal_mask};
+use crate::inference::candle_pool::{KvPool, asking_rows, attend};
 use crate::inference::error::{InferenceError, Result};
 use crate::inference::model::SeqStep;
 
@@ -258,20 +258,9 @@ impl CandleGlm {
             };
             x = (residual + mlp)?;
         }
-        // Each asking sequence's last row, through the output projection
-        // together: the vocabulary table is read once per step.
-        let mut last = Vec::new();
-        let mut end = 0;
-        for s in batch {
-            end += s.tokens.len();
-            if s.logits {
-                last.push(x.narrow(0, end - 1, 1)?);
-            }
-        }
-        if last.is_empty() {
+        let Some(mut last) = asking_rows(&x, batch)? else {
             return Ok(Vec::new());
-        }
-        let mut last = Tensor::cat(&last, 0)?;
+        };
         if let Some(norm) = &self.final_norm {
             last = norm.forward(&last)?;
         }
@@ -282,8 +271,8 @@ impl CandleGlm {
     /// Attention of layer `index` for the stacked rows `x` of `batch`: the
     /// projection for all rows at once, then per sequence its new keys and
     /// values written to its slots and its queries against every slot it
-    /// has so far. Scores and softmax in f32 (the configs' own
-    /// `attention_softmax_in_fp32`), products in the weights' dtype.
+    /// has so far ([`attend`]: scores and softmax in f32, as the configs'
+    /// own `attention_softmax_in_fp32` says).
     fn attention(
         &self,
         pool: &KvPool,
@@ -297,7 +286,6 @@ impl CandleGlm {
             head_dim,
             ..
         } = self.shape;
-        let n_rep = n_head / n_kv_head;
         let qkv = self.layers[index].qkv.forward(x)?;
         let q = qkv.narrow(D::Minus1, 0, n_head * head_dim)?;
         let k = qkv.narrow(D::Minus1, n_head * head_dim, n_kv_head * head_dim)?;
@@ -306,12 +294,10 @@ impl CandleGlm {
             (n_head + n_kv_head) * head_dim,
             n_kv_head * head_dim,
         )?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
         let mut ys = Vec::with_capacity(batch.len());
         let mut row = 0;
         for s in batch {
             let seq = s.tokens.len();
-            let end = s.pos + seq;
             // [seq, n*hd] -> [1, n, seq, hd] with the rotation applied.
             let rotated = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
                 let heads = t
@@ -332,21 +318,7 @@ impl CandleGlm {
                 .reshape((seq, n_kv_head, head_dim))?
                 .contiguous()?;
             let (keys, values) = pool.write_and_gather(index, s, &k_rows, &v_rows)?;
-            // The query heads sharing a key/value head stacked along the
-            // rows: one batched matmul per group, no repeated K/V.
-            let q = q.reshape((n_kv_head, n_rep * seq, head_dim))?;
-            let mut scores = (q.matmul(&keys.t()?)?.to_dtype(DType::F32)? * scale)?;
-            if seq > 1 {
-                scores =
-                    scores.broadcast_add(&causal_mask(n_rep, seq, s.pos, end, &self.device)?)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
-            let y = probs.matmul(&values)?; // [n_kv, n_rep*seq, hd]
-            ys.push(
-                y.reshape((n_head, seq, head_dim))?
-                    .transpose(0, 1)?
-                    .reshape((seq, n_head * head_dim))?,
-            );
+            ys.push(attend(&q, &keys, &values, s.pos)?);
             row += seq;
         }
         self.layers[index].dense.forward(&Tensor::cat(&ys, 0)?)

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::LlamaConfig;
 use super::weights::Weights;
-use crate::inference::candle_pool::{KvPool, causal_mask};
+use crate::inference::candle_pool::{KvPool, asking_rows, attend};
 use crate::inference::error::Result;
 use crate::inference::kv_cache::CandleKvCache;
 use crate::inference::model::{PagedLm, RopeVariant, SeqStep};
@@ -69,8 +69,6 @@ impl CandleLlama {
     ) -> candle_core::Result<Tensor> {
         let layer = &self.weights.layers[index];
         let seq = x.dim(0)?;
-        let n_rep = c.n_head / c.n_kv_head;
-
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             // [seq, n*hd] -> [1, n, seq, hd], contiguous for rope.
             t.reshape((seq, n, c.head_dim))?
@@ -92,23 +90,7 @@ impl CandleLlama {
         let k = rope(&heads(k, c.n_kv_head)?, &cos, &sin)?;
         let v = heads(v, c.n_kv_head)?;
         let (k, v) = self.cache.append(index, &k.squeeze(0)?, &v.squeeze(0)?)?;
-        let kv_len = k.dim(1)?;
-
-        // Grouped-query attention without copying K/V per query head: the
-        // n_rep query heads sharing a KV head are stacked along the row axis,
-        // so one batched matmul per KV head serves them all.
-        let q = (q.reshape((c.n_kv_head, n_rep * seq, c.head_dim))?
-            * (1.0 / (c.head_dim as f64).sqrt()))?;
-        let mut att = q.matmul(&k.t()?)?;
-        if seq > 1 {
-            att = att.broadcast_add(&causal_mask(n_rep, seq, pos, kv_len, &self.device)?)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // [n_kv, n_rep*seq, hd]
-        let y = y
-            .reshape((c.n_head, seq, c.head_dim))?
-            .transpose(0, 1)?
-            .reshape((seq, c.hidden))?;
+        let y = attend(&q, &k, &v, pos)?;
         layer.wo.forward(&y)
     }
 
@@ -186,20 +168,9 @@ impl CandleLlama {
                 .w_down
                 .forward(&(candle_nn::ops::silu(&gate)? * up)?)?)?;
         }
-        // Each asking sequence's last row, through the output projection
-        // together: the vocabulary table is read once per step.
-        let mut last = Vec::new();
-        let mut end = 0;
-        for s in batch {
-            end += s.tokens.len();
-            if s.logits {
-                last.push(x.narrow(0, end - 1, 1)?);
-            }
-        }
-        if last.is_empty() {
+        let Some(last) = asking_rows(&x, batch)? else {
             return Ok(Vec::new());
-        }
-        let last = Tensor::cat(&last, 0)?;
+        };
         let last = candle_nn::ops::rms_norm(&last, &self.weights.output_norm, eps)?;
         let logits = self.weights.output.forward(&last)?.to_dtype(DType::F32)?;
         Ok(logits.to_vec2()?)
@@ -217,7 +188,6 @@ impl CandleLlama {
         batch: &[SeqStep<'_>],
     ) -> candle_core::Result<Tensor> {
         let layer = &self.weights.layers[index];
-        let n_rep = c.n_head / c.n_kv_head;
         let [q, k, v]: [Tensor; 3] =
             layer.qkv.forward(x)?.try_into().map_err(|_| {
                 candle_core::Error::Msg("QKV projection must give 3 outputs".into())
@@ -230,7 +200,6 @@ impl CandleLlama {
         let mut row = 0;
         for s in batch {
             let seq = s.tokens.len();
-            let end = s.pos + seq;
             let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
                 // [seq, n*hd] -> [1, n, seq, hd], contiguous for rope.
                 t.narrow(0, row, seq)?
@@ -252,21 +221,7 @@ impl CandleLlama {
                 .reshape((seq, c.n_kv_head, c.head_dim))?
                 .contiguous()?;
             let (keys, values) = self.pool.write_and_gather(index, s, &k_rows, &v_rows)?;
-            // As in `attention`: the query heads sharing a KV head stacked
-            // along the rows, one batched matmul per KV head.
-            let q = (q.reshape((c.n_kv_head, n_rep * seq, c.head_dim))?
-                * (1.0 / (c.head_dim as f64).sqrt()))?;
-            let mut att = q.matmul(&keys.t()?)?;
-            if seq > 1 {
-                att = att.broadcast_add(&causal_mask(n_rep, seq, s.pos, end, &self.device)?)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&values)?; // [n_kv, n_rep*seq, hd]
-            ys.push(
-                y.reshape((c.n_head, seq, c.head_dim))?
-                    .transpose(0, 1)?
-                    .reshape((seq, c.hidden))?,
-            );
+            ys.push(attend(&q, &keys, &values, s.pos)?);
             row += seq;
         }
         layer.wo.forward(&Tensor::cat(&ys, 0)?)
