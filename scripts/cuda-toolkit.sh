@@ -45,8 +45,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${wheels[*]}" ]; then
 		# Link-time stand-in for the driver: every cu* entry point cudarc
 		# declares, with the real library's soname, so the binary asks for
 		# libcuda.so.1 and gets the driver's at run time.
-		sys=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | tail -1)
-		[ -n "$sys" ] || { echo "cuda-toolkit: cudarc's sources are missing: run 'cargo fetch' in $root first" >&2; exit 1; }
+		cudarc_sys() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | tail -1 || true; }
+		sys=$(cudarc_sys)
+		# A fresh machine has only what its builds so far needed: cudarc
+		# comes with the cuda feature.
+		[ -n "$sys" ] || { (cd "$root" && cargo fetch --locked >&2) && sys=$(cudarc_sys); }
+		[ -n "$sys" ] || { echo "cuda-toolkit: cudarc's sources are missing after 'cargo fetch' in $root" >&2; exit 1; }
 		{
 			grep -o "fn cu[A-Za-z0-9_]*" "$sys" | sed 's/fn //'
 			# (versioned entry points, where bindings name them)
