@@ -106,17 +106,7 @@ fn the_candle_pass_batches_and_answers_as_each_alone() {
         .iter()
         .map(|r| batched.generate(r.clone()).expect("admitted"))
         .collect();
-    // Batched means batched: the engine runs several sequences at once
-    // (a model without a batched pass is held to one).
-    let mut most_running = 0;
-    loop {
-        let stats = batched.stats();
-        most_running = most_running.max(stats.running);
-        if most_running > 1 || (stats.running == 0 && stats.waiting == 0) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let most_running = peak_running(batched.as_ref());
     let together: Vec<Collected> = streams.into_iter().map(collect).collect();
     assert!(
         most_running > 1,

@@ -38,7 +38,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use inference_support::glm_checkpoint::write_checkpoint;
-use inference_support::{Collected, batched_against_alone, collect, greedy, request, run, user};
+use inference_support::{
+    Collected, batched_against_alone, collect, greedy, peak_running, request, run, user,
+};
 use securechat_crds::v1alpha1::ModelDtype;
 use securechat_server::engine::Engine;
 use securechat_server::inference::{
@@ -347,15 +349,7 @@ fn the_gpu_engine_batches_and_answers_as_each_alone() {
         .iter()
         .map(|r| many.generate(r.clone()).expect("admitted"))
         .collect();
-    let mut most_running = 0;
-    loop {
-        let stats = many.stats();
-        most_running = most_running.max(stats.running);
-        if most_running > 1 || (stats.running == 0 && stats.waiting == 0) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let most_running = peak_running(many.as_ref());
     let together: Vec<Collected> = streams.into_iter().map(collect).collect();
     println!(
         "{} sequences at once: {:?}",

@@ -10,12 +10,13 @@ mod inference_support;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::glm4;
 use inference_support::glm_checkpoint::{SEQ_LENGTH, write_checkpoint};
-use inference_support::{Collected, batched_against_alone, collect, greedy, request, run, user};
+use inference_support::{
+    Collected, batched_against_alone, collect, greedy, peak_running, request, run, user,
+};
 use securechat_crds::v1alpha1::{ModelDtype, ModelFamily as SpecFamily};
 use securechat_server::engine::{Engine, GenerationRequest};
 use securechat_server::inference::{
@@ -556,19 +557,7 @@ fn glm_sequences_batch_and_answer_as_each_alone() {
             .iter()
             .map(|r| batched.generate(r.clone()).expect("admitted"))
             .collect();
-        let mut most_running = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let stats = batched.stats();
-            most_running = most_running.max(stats.running);
-            if most_running > 1
-                || (stats.running == 0 && stats.waiting == 0)
-                || std::time::Instant::now() > deadline
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let most_running = peak_running(batched.as_ref());
         let together: Vec<Collected> = streams.into_iter().map(collect).collect();
         assert!(
             most_running > 1,

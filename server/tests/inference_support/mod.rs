@@ -203,3 +203,18 @@ pub fn batched_against_alone(
     }
     found
 }
+
+/// Polls `engine` until it runs two sequences at once or has nothing left
+/// to run; the most it saw running. Batched means batched: a model without
+/// a batched pass is held to one.
+pub fn peak_running(engine: &dyn Engine) -> usize {
+    let mut most_running = 0;
+    loop {
+        let stats = engine.stats();
+        most_running = most_running.max(stats.running);
+        if most_running > 1 || (stats.running == 0 && stats.waiting == 0) {
+            return most_running;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
